@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Writes the shipped config/switchyard.toml: server defaults, profiles, and a catalog made of
+the models in a prices CSV (model,provider,input_usd_per_mtok,output_usd_per_mtok,context_tokens)
+that the routing head covers (models/router/manifest.json).
+
+    python3 scripts/make_config.py ../shared/data/prices.csv models/router/manifest.json > config/switchyard.toml
+"""
+import csv
+import json
+import sys
+
+HEADER = '''# Switchyard configuration. Relative paths are resolved against this file's folder.
+# Every key is optional; the values below are the defaults unless marked otherwise.
+
+[server]
+# Address to listen on (override with --listen / SWITCHYARD_LISTEN).
+listen = "127.0.0.1:50051"
+# Largest accepted Route request in bytes; larger ones get INVALID_ARGUMENT.
+max_request_bytes = 1048576
+# Most messages in one conversation.
+max_messages = 256
+# Fallbacks after the primary when a request does not say, and the most it may ask for.
+default_fallbacks = 3
+max_fallbacks = 8
+# Most entries in each allow/deny list of a request.
+max_list_entries = 256
+# Requests that may wait for a free encoder session before Route answers RESOURCE_EXHAUSTED.
+max_queued_requests = 256
+
+[runtime]
+# ONNX Runtime library; unset = ORT_DYLIB_PATH, then .runtime/ (installed by scripts/bootstrap.sh).
+# onnxruntime = "/usr/lib/libonnxruntime.so.1.31.1"
+
+[encoder]
+dir = "../models/encoder"
+# "int8" (per-channel dynamic quantisation, ~2x faster) or "fp32" (exact).
+variant = "int8"
+# Parallel ONNX sessions, each serving one prompt at a time, and threads per session.
+# On 2 cores: 2 sessions x 1 thread gives the best throughput; 1 x 2 the lowest latency when idle.
+sessions = 2
+intra_threads = 1
+# Token cap of the routing text (the encoder's own limit is 256).
+max_tokens = 256
+
+[head]
+dir = "../models/router"
+
+[cache]
+# Routing texts whose predictions are kept (about 1 KB each); 0 disables the cache.
+capacity = 20000
+# Seconds an entry lives; 0 = until evicted.
+ttl_seconds = 3600
+
+[routing]
+# Profile applied when a request gives neither `profile` nor `cost_weight`.
+default_profile = "balanced"
+# Latency estimate for models without their own ttft_ms / output_tokens_per_second.
+default_ttft_ms = 500.0
+default_output_tokens_per_second = 60.0
+
+[routing.profiles]
+# Cost weight in [0,1]: 0 = best predicted quality whatever it costs, 1 = cheapest model that
+# meets min_quality. `switchyard tune` can write calibrated profiles here.
+quality = 0.0
+balanced = 0.5
+economy = 0.85
+
+# The catalog: candidate models with list prices (USD per million tokens) and context windows.
+# Generated from {prices} for the models the head in {head} covers.
+'''
+
+
+def main():
+    prices_path, manifest_path = sys.argv[1], sys.argv[2]
+    covered = set(json.load(open(manifest_path))["models"])
+    out = [HEADER.format(prices=prices_path.split("/")[-1], head="models/router")]
+    for row in csv.DictReader(open(prices_path)):
+        if row["model"] not in covered:
+            continue
+        out.append(
+            "[[models]]\n"
+            f'id = "{row["model"]}"\n'
+            f'provider = "{row["provider"]}"\n'
+            f'input_usd_per_mtok = {float(row["input_usd_per_mtok"])}\n'
+            f'output_usd_per_mtok = {float(row["output_usd_per_mtok"])}\n'
+            f'context_tokens = {int(row["context_tokens"])}\n'
+        )
+    sys.stdout.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

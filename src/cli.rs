@@ -1,0 +1,91 @@
+//! Command implementations behind the `switchyard` binary (argument parsing lives in `main.rs`).
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::{
+    config::Config,
+    engine::Engine,
+    pb,
+    transport::convert,
+};
+
+/// Routes one request in-process and prints the ranking as a table or JSON.
+pub async fn route(config: Config, request: pb::RouteRequest, as_json: bool) -> anyhow::Result<()> {
+    let server = config.server.clone();
+    let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::load(config)).await??);
+    let explain = request.explain;
+    let query = convert::route_query(request, &server).map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
+    let decision = engine.route(query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resp = convert::route_response(&engine, decision, explain);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&response_json(&resp))?);
+    } else {
+        print!("{}", response_table(&resp));
+    }
+    Ok(())
+}
+
+fn candidate_json(c: &pb::Candidate) -> serde_json::Value {
+    json!({
+        "model": c.model,
+        "provider": c.provider,
+        "predicted_quality": c.predicted_quality,
+        "predicted_output_tokens": c.predicted_output_tokens,
+        "predicted_cost_usd": c.predicted_cost_usd,
+        "predicted_latency_ms": c.predicted_latency_ms,
+        "utility": c.utility,
+    })
+}
+
+/// The response as JSON (the same field names as the proto).
+pub fn response_json(r: &pb::RouteResponse) -> serde_json::Value {
+    let t = r.timings.unwrap_or_default();
+    json!({
+        "request_id": r.request_id,
+        "router_version": r.router_version,
+        "profile": r.profile,
+        "cost_weight": r.cost_weight,
+        "input_tokens": r.input_tokens,
+        "candidates": r.candidates.iter().map(candidate_json).collect::<Vec<_>>(),
+        "timings": {
+            "prepare_us": t.prepare_us, "encode_us": t.encode_us, "predict_us": t.predict_us,
+            "rank_us": t.rank_us, "total_us": t.total_us, "cache_hit": t.cache_hit,
+        },
+        "explanations": r.explanations.iter().map(|e| json!({
+            "candidate": e.candidate.as_ref().map(candidate_json),
+            "rank": e.rank,
+            "reason": pb::ExclusionReason::try_from(e.reason).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The response as a table for people.
+pub fn response_table(r: &pb::RouteResponse) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let weight = if r.profile.is_empty() { format!("cost_weight {}", r.cost_weight) } else { format!("profile {} (cost_weight {})", r.profile, r.cost_weight) };
+    let _ = writeln!(s, "request {}  router {}  {weight}  input tokens {}", r.request_id, r.router_version, r.input_tokens);
+    let _ = writeln!(s, "{:<4} {:<44} {:<12} {:>8} {:>8} {:>11} {:>9} {:>8}", "rank", "model", "provider", "quality", "tokens", "cost_usd", "latency", "utility");
+    for (i, c) in r.candidates.iter().enumerate() {
+        let label = if i == 0 { "1*".to_string() } else { (i + 1).to_string() };
+        let _ = writeln!(
+            s,
+            "{label:<4} {:<44} {:<12} {:>8.3} {:>8} {:>11.6} {:>7.0}ms {:>8.3}",
+            c.model, c.provider, c.predicted_quality, c.predicted_output_tokens, c.predicted_cost_usd, c.predicted_latency_ms, c.utility
+        );
+    }
+    if !r.explanations.is_empty() {
+        let _ = writeln!(s, "\nall catalog models:");
+        for e in &r.explanations {
+            let c = e.candidate.clone().unwrap_or_default();
+            let rank = if e.rank == 0 { "-".to_string() } else { e.rank.to_string() };
+            let _ = writeln!(s, "{rank:>4} {:<44} q={:.3} cost=${:.6}  {}", c.model, c.predicted_quality, c.predicted_cost_usd, e.detail);
+        }
+    }
+    if let Some(t) = r.timings {
+        let _ = writeln!(s, "timings: total {} us (encode {} us, predict {} us, rank {} us, cache hit {})", t.total_us, t.encode_us, t.predict_us, t.rank_us, t.cache_hit);
+    }
+    s
+}

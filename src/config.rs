@@ -1,0 +1,318 @@
+//! The service configuration: one TOML file with the server settings, the model files, the cache,
+//! the named trade-off profiles and the catalog. Relative paths in it are resolved against the
+//! file's own folder, so the shipped `config/switchyard.toml` works from any working directory.
+//! Everything is validated before anything starts, with messages that name the key.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, CatalogError, CatalogModel};
+
+/// Path of the shipped default config, relative to the repository root.
+pub const DEFAULT_CONFIG: &str = "config/switchyard.toml";
+
+/// Errors while reading or validating the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("config `{key}` must be {limit}. Given: {value}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What it must be.
+        limit: String,
+        /// The value given.
+        value: String,
+    },
+    /// The catalog is invalid.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// Which encoder graph to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderVariant {
+    /// Dynamic int8, per-channel weights: about twice as fast, cosine ~0.99 to fp32.
+    #[default]
+    Int8,
+    /// The exact fp32 graph.
+    Fp32,
+}
+
+impl std::str::FromStr for EncoderVariant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "int8" => Ok(Self::Int8),
+            "fp32" => Ok(Self::Fp32),
+            other => Err(format!("encoder variant must be `int8` or `fp32`. Given: `{other}`")),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest accepted request, bytes (gRPC message size).
+    pub max_request_bytes: usize,
+    /// Most messages in one conversation.
+    pub max_messages: usize,
+    /// Fallbacks when a request does not say.
+    pub default_fallbacks: u32,
+    /// Most fallbacks a request may ask for.
+    pub max_fallbacks: u32,
+    /// Most entries in each allow/deny list.
+    pub max_list_entries: usize,
+    /// Requests that may wait for a free encoder session; beyond this `Route` answers
+    /// RESOURCE_EXHAUSTED at once instead of queueing (backpressure).
+    pub max_queued_requests: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            max_request_bytes: 1 << 20,
+            max_messages: 256,
+            default_fallbacks: 3,
+            max_fallbacks: 8,
+            max_list_entries: 256,
+            max_queued_requests: 256,
+        }
+    }
+}
+
+/// `[encoder]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// Folder with `manifest.json`, the ONNX graphs and `tokenizer.json`.
+    pub dir: PathBuf,
+    /// `int8` or `fp32`.
+    pub variant: EncoderVariant,
+    /// ONNX sessions run in parallel (each serves one prompt at a time).
+    pub sessions: usize,
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    /// Token cap of the routing text (the encoder's own limit is 256).
+    pub max_tokens: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self { dir: "models/encoder".into(), variant: EncoderVariant::Int8, sessions: 2, intra_threads: 1, max_tokens: 256 }
+    }
+}
+
+/// `[head]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadConfig {
+    /// Folder with `head.onnx` and `manifest.json`.
+    pub dir: PathBuf,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self { dir: "models/router".into() }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Routing texts kept; 0 turns the cache off.
+    pub capacity: u64,
+    /// Seconds an entry lives; 0 means no expiry.
+    pub ttl_seconds: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { capacity: 20_000, ttl_seconds: 3600 }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Profile used when a request names neither a profile nor a cost weight.
+    pub default_profile: String,
+    /// Named cost weights in [0,1].
+    pub profiles: BTreeMap<String, f64>,
+    /// Time to first token for models without their own figure, ms.
+    pub default_ttft_ms: f64,
+    /// Decoding speed for models without their own figure, tokens/s.
+    pub default_output_tokens_per_second: f64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_profile: "balanced".into(),
+            profiles: BTreeMap::from([("quality".into(), 0.0), ("balanced".into(), 0.5), ("economy".into(), 0.85)]),
+            default_ttft_ms: 500.0,
+            default_output_tokens_per_second: 60.0,
+        }
+    }
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Path of the ONNX Runtime library; empty to search (see `runtime::candidate_paths`).
+    pub onnxruntime: Option<PathBuf>,
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Server settings.
+    pub server: ServerConfig,
+    /// ONNX Runtime location.
+    pub runtime: RuntimeConfig,
+    /// The sentence encoder.
+    pub encoder: EncoderConfig,
+    /// The prediction head.
+    pub head: HeadConfig,
+    /// The prediction cache.
+    pub cache: CacheConfig,
+    /// Profiles and latency defaults.
+    pub routing: RoutingConfig,
+    /// The catalog.
+    pub models: Vec<CatalogModel>,
+}
+
+fn invalid(key: &str, limit: &str, value: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), limit: limit.into(), value: value.to_string() }
+}
+
+/// Finds the shipped config when none is given: `config/switchyard.toml` under the working
+/// directory, the executable's ancestors (so `target/release/switchyard` finds the repo's), or
+/// the source tree.
+pub fn locate_default() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.push(cwd.join(DEFAULT_CONFIG));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(DEFAULT_CONFIG)));
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG);
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or(source)
+}
+
+impl Config {
+    /// Reads, resolves relative paths against the file's folder, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes relative paths absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.encoder.dir);
+        fix(&mut self.head.dir);
+        if let Some(p) = self.runtime.onnxruntime.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks every cross-field rule; the message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("server.listen", "an address like 127.0.0.1:50051", &s.listen));
+        }
+        if s.max_request_bytes < 1024 {
+            return Err(invalid("server.max_request_bytes", ">= 1024", s.max_request_bytes));
+        }
+        if s.max_messages == 0 {
+            return Err(invalid("server.max_messages", ">= 1", 0));
+        }
+        if s.default_fallbacks > s.max_fallbacks {
+            return Err(invalid(
+                "server.default_fallbacks",
+                &format!("<= server.max_fallbacks ({})", s.max_fallbacks),
+                s.default_fallbacks,
+            ));
+        }
+        if s.max_queued_requests == 0 {
+            return Err(invalid("server.max_queued_requests", ">= 1", 0));
+        }
+        let e = &self.encoder;
+        if e.sessions == 0 || e.sessions > 64 {
+            return Err(invalid("encoder.sessions", "in 1..=64", e.sessions));
+        }
+        if e.intra_threads == 0 || e.intra_threads > 64 {
+            return Err(invalid("encoder.intra_threads", "in 1..=64", e.intra_threads));
+        }
+        if e.max_tokens < 8 || e.max_tokens > 512 {
+            return Err(invalid("encoder.max_tokens", "in 8..=512", e.max_tokens));
+        }
+        let r = &self.routing;
+        for (name, w) in &r.profiles {
+            if !(0.0..=1.0).contains(w) {
+                return Err(invalid(&format!("routing.profiles.{name}"), "in [0,1]", w));
+            }
+        }
+        if !r.profiles.contains_key(&r.default_profile) {
+            let known: Vec<_> = r.profiles.keys().cloned().collect();
+            return Err(invalid(
+                "routing.default_profile",
+                &format!("one of routing.profiles ({})", known.join(", ")),
+                &r.default_profile,
+            ));
+        }
+        if !(r.default_ttft_ms.is_finite() && r.default_ttft_ms >= 0.0) {
+            return Err(invalid("routing.default_ttft_ms", ">= 0", r.default_ttft_ms));
+        }
+        if !(r.default_output_tokens_per_second.is_finite() && r.default_output_tokens_per_second > 0.0) {
+            return Err(invalid("routing.default_output_tokens_per_second", "> 0", r.default_output_tokens_per_second));
+        }
+        Catalog::new(self.models.clone())?;
+        Ok(())
+    }
+
+    /// The validated catalog.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        Ok(Catalog::new(self.models.clone())?)
+    }
+}

@@ -1,0 +1,23 @@
+//! Switchyard: a learned LLM router served over gRPC.
+//!
+//! Layers, bottom up: `runtime` (loading ONNX Runtime), `encoder` (tokenize, embed, routing
+//! text), `predictor` (the ONNX head), `catalog` and `policy` (constraints, utility, fallbacks),
+//! `engine` (the core that ties them with a cache), `learning` (train and export heads),
+//! `transport` (gRPC), and `config`. Only `transport` knows protobuf.
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod encoder;
+pub mod engine;
+pub mod policy;
+pub mod predictor;
+pub mod runtime;
+pub mod transport;
+
+/// Generated protobuf and gRPC types of `switchyard.v1`.
+#[allow(missing_docs)]
+pub mod pb {
+    tonic::include_proto!("switchyard.v1");
+}

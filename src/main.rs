@@ -1,0 +1,146 @@
+//! The `switchyard` binary: parse arguments, start logging, call the library.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard::{
+    config::{self, Config, EncoderVariant},
+    pb,
+};
+
+/// Switchyard: a learned LLM router. Picks the model for each prompt by predicted quality and cost.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Config file (TOML). Default: the shipped `config/switchyard.toml`, found from the working
+    /// directory or the executable's location.
+    #[arg(long, env = "SWITCHYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// ONNX Runtime shared library (1.24 to 1.31). Default: config `runtime.onnxruntime`, then
+    /// `ORT_DYLIB_PATH`, then the copy `scripts/bootstrap.sh` installs under `.runtime/`.
+    #[arg(long, env = "SWITCHYARD_ONNXRUNTIME", global = true)]
+    onnxruntime: Option<PathBuf>,
+    /// Encoder graph: `int8` (default, about 2x faster, cosine ~0.99 to fp32) or `fp32` (exact).
+    #[arg(long, env = "SWITCHYARD_ENCODER_VARIANT", global = true)]
+    encoder_variant: Option<EncoderVariant>,
+    /// Log format: `text` or `json`. Verbosity via RUST_LOG (default `info`).
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gRPC service (Router, grpc.health.v1.Health, reflection) until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Route one prompt in-process and print the ranking (table, or JSON with --json).
+    Route(RouteArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on. Default: config `server.listen` (127.0.0.1:50051 in the shipped config).
+    #[arg(long, env = "SWITCHYARD_LISTEN")]
+    listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct RouteArgs {
+    /// The prompt to route (one user message).
+    prompt: String,
+    /// Named profile from the config (e.g. quality, balanced, economy). Exclusive with --cost-weight.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Cost weight in [0,1]: 0 = best predicted quality at any cost, 1 = cheapest model meeting --min-quality.
+    #[arg(long)]
+    cost_weight: Option<f64>,
+    /// Leave out models predicted to cost more than this many USD.
+    #[arg(long)]
+    max_cost_usd: Option<f64>,
+    /// Leave out models predicted below this quality in [0,1].
+    #[arg(long)]
+    min_quality: Option<f64>,
+    /// Only these models (repeat the flag).
+    #[arg(long = "allow-model")]
+    allowed_models: Vec<String>,
+    /// Never these models (repeat the flag).
+    #[arg(long = "deny-model")]
+    denied_models: Vec<String>,
+    /// Only these providers (repeat the flag).
+    #[arg(long = "allow-provider")]
+    allowed_providers: Vec<String>,
+    /// Never these providers (repeat the flag).
+    #[arg(long = "deny-provider")]
+    denied_providers: Vec<String>,
+    /// Fallbacks after the primary (default from the config: 3).
+    #[arg(long)]
+    fallbacks: Option<u32>,
+    /// Also list every catalog model with its predictions and why it was left out.
+    #[arg(long)]
+    explain: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let path = cli.config.clone().unwrap_or_else(config::locate_default);
+    let mut cfg = Config::load(&path)?;
+    if let Some(p) = &cli.onnxruntime {
+        cfg.runtime.onnxruntime = Some(p.clone());
+    }
+    if let Some(v) = cli.encoder_variant {
+        cfg.encoder.variant = v;
+    }
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if !matches!(cli.log_format.as_str(), "text" | "json") {
+        anyhow::bail!("--log-format must be `text` or `json`. Given: `{}`", cli.log_format);
+    }
+    init_logging(&cli.log_format);
+    let mut cfg = load_config(&cli)?;
+    match cli.command {
+        Command::Serve(args) => {
+            if let Some(listen) = args.listen {
+                cfg.server.listen = listen;
+                cfg.validate()?;
+            }
+            let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen / server.listen): {e}", cfg.server.listen))?;
+            switchyard::transport::serve(cfg, listener, switchyard::transport::shutdown_signal()).await?;
+        }
+        Command::Route(a) => {
+            let request = pb::RouteRequest {
+                prompt: a.prompt,
+                profile: a.profile.unwrap_or_default(),
+                cost_weight: a.cost_weight,
+                max_cost_usd: a.max_cost_usd,
+                min_quality: a.min_quality,
+                allowed_models: a.allowed_models,
+                denied_models: a.denied_models,
+                allowed_providers: a.allowed_providers,
+                denied_providers: a.denied_providers,
+                max_fallbacks: a.fallbacks,
+                explain: a.explain,
+                ..Default::default()
+            };
+            switchyard::cli::route(cfg, request, a.json).await?;
+        }
+    }
+    Ok(())
+}

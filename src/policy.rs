@@ -1,0 +1,402 @@
+//! The routing policy: from per-model predictions to a ranked, constrained list.
+//!
+//! Pure and synchronous (no I/O, no protobuf), so every rule here is unit-tested directly.
+//!
+//! Utility. For a model with predicted quality `q` in [0,1] and predicted cost `c` in USD,
+//! `utility = (1 - w) * q - w * log10(c) / COST_DECADES_PER_QUALITY`, where `w` is the cost
+//! weight. Cost enters on a log scale because prices span four orders of magnitude: a model ten
+//! times cheaper is worth the same quality everywhere on the price list. With `w = 0` the ranking
+//! is by quality alone; with `w = 1` by cost alone (the cheapest model that passes the
+//! constraints, `min_quality` included); `w = 0.5` trades one unit of quality against
+//! `COST_DECADES_PER_QUALITY` decades of cost. The scale does not depend on which other models a
+//! request allows, so adding a candidate never reorders the others.
+//!
+//! Constraints are applied in a fixed order, and a model's exclusion reason is the first rule it
+//! fails: coverage by the head, model allow/deny lists, provider allow/deny lists, context window,
+//! `min_quality`, `max_cost_usd`. When a rule leaves no model, the error names that rule.
+//!
+//! Fallbacks are the next best by utility, except that when none of them is from a provider
+//! other than the primary's and such a model is eligible, the best of those takes the last slot:
+//! one provider's outage must not take out the whole list.
+use crate::catalog::{Catalog, CatalogModel};
+
+/// Decades of cost that weigh as much as one unit of quality at `w = 0.5`.
+pub const COST_DECADES_PER_QUALITY: f64 = 3.0;
+/// Costs are floored at this many USD before the logarithm (free models stay finite).
+pub const MIN_COST_USD: f64 = 1e-9;
+
+/// What the head predicts for one model on one prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Predicted quality in [0,1].
+    pub quality: f64,
+    /// Predicted output tokens (>= 1).
+    pub output_tokens: f64,
+}
+
+/// The hard constraints of one request, already validated against the catalog.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Constraints {
+    /// Upper bound on predicted cost in USD.
+    pub max_cost_usd: Option<f64>,
+    /// Lower bound on predicted quality.
+    pub min_quality: Option<f64>,
+    /// When non-empty, the only models allowed.
+    pub allowed_models: Vec<String>,
+    /// Models never chosen.
+    pub denied_models: Vec<String>,
+    /// When non-empty, the only providers allowed.
+    pub allowed_providers: Vec<String>,
+    /// Providers never chosen.
+    pub denied_providers: Vec<String>,
+    /// Fallbacks after the primary.
+    pub max_fallbacks: usize,
+}
+
+/// Catalog-wide defaults for the latency estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyDefaults {
+    /// Time to first token, ms.
+    pub ttft_ms: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_second: f64,
+}
+
+/// Why a model was left out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exclusion {
+    /// The head has no output for this model.
+    NotCovered,
+    /// Denied by `denied_models` or absent from `allowed_models`.
+    ModelNotAllowed,
+    /// Denied by `denied_providers` or absent from `allowed_providers`.
+    ProviderNotAllowed,
+    /// The conversation does not fit the context window.
+    ContextWindow {
+        /// Input tokens of the conversation.
+        input_tokens: u32,
+        /// The model's window.
+        context_tokens: u32,
+    },
+    /// Predicted quality under `min_quality`.
+    MinQuality {
+        /// Predicted quality.
+        predicted: f64,
+        /// The floor.
+        floor: f64,
+    },
+    /// Predicted cost over `max_cost_usd`.
+    Budget {
+        /// Predicted cost.
+        predicted: f64,
+        /// The limit.
+        limit: f64,
+    },
+    /// Eligible but ranked after the last fallback.
+    BelowCutoff,
+}
+
+impl Exclusion {
+    /// The request field or rule that caused this exclusion.
+    pub fn constraint(&self) -> &'static str {
+        match self {
+            Exclusion::NotCovered => "head coverage",
+            Exclusion::ModelNotAllowed => "allowed_models/denied_models",
+            Exclusion::ProviderNotAllowed => "allowed_providers/denied_providers",
+            Exclusion::ContextWindow { .. } => "context window",
+            Exclusion::MinQuality { .. } => "min_quality",
+            Exclusion::Budget { .. } => "max_cost_usd",
+            Exclusion::BelowCutoff => "max_fallbacks",
+        }
+    }
+
+    /// The reason in words, with its numbers.
+    pub fn detail(&self) -> String {
+        match self {
+            Exclusion::NotCovered => "the routing head has no prediction for this model".into(),
+            Exclusion::ModelNotAllowed => "excluded by allowed_models/denied_models".into(),
+            Exclusion::ProviderNotAllowed => "excluded by allowed_providers/denied_providers".into(),
+            Exclusion::ContextWindow { input_tokens, context_tokens } => {
+                format!("{input_tokens} input tokens do not fit a {context_tokens}-token context window")
+            }
+            Exclusion::MinQuality { predicted, floor } => {
+                format!("predicted quality {predicted:.3} is below min_quality {floor}")
+            }
+            Exclusion::Budget { predicted, limit } => {
+                format!("predicted cost ${predicted:.6} is above max_cost_usd ${limit}")
+            }
+            Exclusion::BelowCutoff => "eligible, but ranked after the last fallback".into(),
+        }
+    }
+}
+
+/// One catalog model as scored for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Index into the catalog.
+    pub model: usize,
+    /// The head's prediction, if it covers the model.
+    pub prediction: Option<Prediction>,
+    /// Predicted cost in USD (0 when not covered).
+    pub cost_usd: f64,
+    /// Predicted latency in ms (0 when not covered).
+    pub latency_ms: f64,
+    /// Utility (negative infinity when not covered).
+    pub utility: f64,
+    /// 1-based rank among eligible models, 0 when excluded.
+    pub rank: usize,
+    /// Why it is not in the answer, if it is not.
+    pub exclusion: Option<Exclusion>,
+}
+
+/// No model survived the constraints.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("no model satisfies the constraints: `{constraint}` left no candidate ({detail})")]
+pub struct NoEligibleModel {
+    /// The rule that emptied the list.
+    pub constraint: &'static str,
+    /// What the closest models missed by.
+    pub detail: String,
+}
+
+/// The outcome: the chosen models in order, and every catalog model's score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    /// Indices into `scored`: primary first, then fallbacks.
+    pub chosen: Vec<usize>,
+    /// One entry per catalog model, in catalog order.
+    pub scored: Vec<Scored>,
+}
+
+/// Utility of a model with quality `q` and cost `cost_usd` at cost weight `w`.
+pub fn utility(q: f64, cost_usd: f64, w: f64) -> f64 {
+    (1.0 - w) * q - w * cost_usd.max(MIN_COST_USD).log10() / COST_DECADES_PER_QUALITY
+}
+
+fn latency_ms(m: &CatalogModel, output_tokens: f64, d: LatencyDefaults) -> f64 {
+    let ttft = m.ttft_ms.unwrap_or(d.ttft_ms);
+    let tps = m.output_tokens_per_second.unwrap_or(d.output_tokens_per_second);
+    ttft + output_tokens / tps * 1000.0
+}
+
+fn listed(list: &[String], id: &str) -> bool {
+    list.iter().any(|x| x == id)
+}
+
+/// Ranks `catalog` for one request. `predictions[i]` belongs to `catalog.models()[i]`.
+pub fn rank(
+    catalog: &Catalog,
+    predictions: &[Option<Prediction>],
+    input_tokens: u32,
+    cost_weight: f64,
+    c: &Constraints,
+    latency: LatencyDefaults,
+) -> Result<Ranking, NoEligibleModel> {
+    let models = catalog.models();
+    debug_assert_eq!(models.len(), predictions.len());
+    let mut scored: Vec<Scored> = models
+        .iter()
+        .zip(predictions)
+        .enumerate()
+        .map(|(i, (m, p))| {
+            let (cost_usd, latency_ms, utility) = match p {
+                Some(p) => {
+                    let cost = m.cost_usd(input_tokens, p.output_tokens);
+                    (cost, latency_ms(m, p.output_tokens, latency), utility(p.quality, cost, cost_weight))
+                }
+                None => (0.0, 0.0, f64::NEG_INFINITY),
+            };
+            Scored { model: i, prediction: *p, cost_usd, latency_ms, utility, rank: 0, exclusion: None }
+        })
+        .collect();
+
+    // The rules, in the order their reasons are reported.
+    type Rule<'a> = Box<dyn Fn(&CatalogModel, &Scored) -> Option<Exclusion> + 'a>;
+    let rules: Vec<Rule> = vec![
+        Box::new(|_, s| s.prediction.is_none().then_some(Exclusion::NotCovered)),
+        Box::new(|m, _| {
+            let denied = listed(&c.denied_models, &m.id)
+                || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
+            denied.then_some(Exclusion::ModelNotAllowed)
+        }),
+        Box::new(|m, _| {
+            let denied = listed(&c.denied_providers, &m.provider)
+                || (!c.allowed_providers.is_empty() && !listed(&c.allowed_providers, &m.provider));
+            denied.then_some(Exclusion::ProviderNotAllowed)
+        }),
+        Box::new(|m, _| {
+            (input_tokens >= m.context_tokens)
+                .then_some(Exclusion::ContextWindow { input_tokens, context_tokens: m.context_tokens })
+        }),
+        Box::new(|_, s| {
+            let (floor, q) = (c.min_quality?, s.prediction?.quality);
+            (q < floor).then_some(Exclusion::MinQuality { predicted: q, floor })
+        }),
+        Box::new(|_, s| {
+            let limit = c.max_cost_usd?;
+            (s.cost_usd > limit).then_some(Exclusion::Budget { predicted: s.cost_usd, limit })
+        }),
+    ];
+    for rule in &rules {
+        let before = scored.iter().filter(|s| s.exclusion.is_none()).count();
+        let mut closest: Option<Exclusion> = None;
+        for s in scored.iter_mut().filter(|s| s.exclusion.is_none()) {
+            if let Some(e) = rule(&models[s.model], s) {
+                closest = Some(match (closest.take(), &e) {
+                    (Some(Exclusion::Budget { predicted: a, limit }), Exclusion::Budget { predicted: b, .. }) => {
+                        Exclusion::Budget { predicted: a.min(*b), limit }
+                    }
+                    (Some(Exclusion::MinQuality { predicted: a, floor }), Exclusion::MinQuality { predicted: b, .. }) => {
+                        Exclusion::MinQuality { predicted: a.max(*b), floor }
+                    }
+                    (Some(Exclusion::ContextWindow { input_tokens, context_tokens: a }), Exclusion::ContextWindow { context_tokens: b, .. }) => {
+                        Exclusion::ContextWindow { input_tokens, context_tokens: a.max(*b) }
+                    }
+                    (Some(prev), _) => prev,
+                    (None, e) => e.clone(),
+                });
+                s.exclusion = Some(e);
+            }
+        }
+        if before > 0 && scored.iter().all(|s| s.exclusion.is_some()) {
+            let closest = closest.expect("a rule emptied a non-empty list, so it excluded something. This is a bug.");
+            let detail = match &closest {
+                Exclusion::Budget { .. } => format!("the cheapest remaining model: {}", closest.detail()),
+                Exclusion::MinQuality { .. } => format!("the best remaining model: {}", closest.detail()),
+                Exclusion::ContextWindow { .. } => format!("the largest remaining window: {}", closest.detail()),
+                other => format!("{before} remaining model(s) {}", other.detail().trim_start_matches("the ")),
+            };
+            return Err(NoEligibleModel { constraint: closest.constraint(), detail });
+        }
+    }
+
+    let mut eligible: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].exclusion.is_none()).collect();
+    eligible.sort_by(|&a, &b| {
+        scored[b]
+            .utility
+            .total_cmp(&scored[a].utility)
+            .then_with(|| models[scored[a].model].id.cmp(&models[scored[b].model].id))
+    });
+    for (r, &i) in eligible.iter().enumerate() {
+        scored[i].rank = r + 1;
+    }
+    let mut chosen: Vec<usize> = eligible.iter().copied().take(1 + c.max_fallbacks).collect();
+    let primary_provider = &models[scored[chosen[0]].model].provider;
+    let diverse = |i: &usize| &models[scored[*i].model].provider != primary_provider;
+    if chosen.len() > 1 && !chosen[1..].iter().any(diverse) {
+        if let Some(&other) = eligible.iter().find(|i| diverse(i)) {
+            *chosen.last_mut().expect("chosen has at least two entries. This is a bug.") = other;
+        }
+    }
+    for &i in &eligible {
+        if !chosen.contains(&i) {
+            scored[i].exclusion = Some(Exclusion::BelowCutoff);
+        }
+    }
+    Ok(Ranking { chosen, scored })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(id: &str, provider: &str, price: f64, ctx: u32) -> CatalogModel {
+        CatalogModel {
+            id: id.into(),
+            provider: provider.into(),
+            input_usd_per_mtok: price,
+            output_usd_per_mtok: price * 4.0,
+            context_tokens: ctx,
+            ttft_ms: None,
+            output_tokens_per_second: None,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::new(vec![
+            model("big", "a", 10.0, 128_000),
+            model("mid", "a", 1.0, 128_000),
+            model("small", "a", 0.1, 8_000),
+            model("other", "b", 0.5, 32_000),
+            model("uncovered", "c", 0.01, 128_000),
+        ])
+        .unwrap()
+    }
+
+    fn preds() -> Vec<Option<Prediction>> {
+        [0.9, 0.8, 0.5, 0.6]
+            .iter()
+            .map(|&q| Some(Prediction { quality: q, output_tokens: 200.0 }))
+            .chain([None])
+            .collect()
+    }
+
+    const LAT: LatencyDefaults = LatencyDefaults { ttft_ms: 400.0, output_tokens_per_second: 50.0 };
+
+    fn ids(cat: &Catalog, r: &Ranking) -> Vec<String> {
+        r.chosen.iter().map(|&i| cat.models()[r.scored[i].model].id.clone()).collect()
+    }
+
+    #[test]
+    fn weight_zero_ranks_by_quality_and_one_by_cost() {
+        let cat = catalog();
+        let c = Constraints { max_fallbacks: 3, ..Default::default() };
+        let r0 = rank(&cat, &preds(), 100, 0.0, &c, LAT).unwrap();
+        assert_eq!(ids(&cat, &r0)[0], "big");
+        let r1 = rank(&cat, &preds(), 100, 1.0, &c, LAT).unwrap();
+        assert_eq!(ids(&cat, &r1)[0], "small");
+        let r1q = rank(&cat, &preds(), 100, 1.0, &Constraints { min_quality: Some(0.55), ..c.clone() }, LAT).unwrap();
+        assert_eq!(ids(&cat, &r1q)[0], "other");
+    }
+
+    #[test]
+    fn fallbacks_span_providers() {
+        let cat = catalog();
+        let c = Constraints { max_fallbacks: 2, ..Default::default() };
+        let r = rank(&cat, &preds(), 100, 0.0, &c, LAT).unwrap();
+        // By quality: big, mid, other(0.6), small(0.5): "other" is already third.
+        assert_eq!(ids(&cat, &r), ["big", "mid", "other"]);
+        let c = Constraints { max_fallbacks: 1, ..Default::default() };
+        let r = rank(&cat, &preds(), 100, 0.0, &c, LAT).unwrap();
+        assert_eq!(ids(&cat, &r), ["big", "other"]);
+        let none = Constraints { max_fallbacks: 0, ..Default::default() };
+        assert_eq!(ids(&cat, &rank(&cat, &preds(), 100, 0.0, &none, LAT).unwrap()), ["big"]);
+    }
+
+    #[test]
+    fn constraints_exclude_with_reasons() {
+        let cat = catalog();
+        let c = Constraints {
+            denied_models: vec!["big".into()],
+            denied_providers: vec!["b".into()],
+            max_fallbacks: 3,
+            ..Default::default()
+        };
+        let r = rank(&cat, &preds(), 10_000, 0.0, &c, LAT).unwrap();
+        assert_eq!(ids(&cat, &r), ["mid"]);
+        assert_eq!(r.scored[0].exclusion, Some(Exclusion::ModelNotAllowed));
+        assert_eq!(r.scored[3].exclusion, Some(Exclusion::ProviderNotAllowed));
+        assert_eq!(r.scored[4].exclusion, Some(Exclusion::NotCovered));
+        assert!(matches!(r.scored[2].exclusion, Some(Exclusion::ContextWindow { .. })));
+    }
+
+    #[test]
+    fn emptying_constraint_is_named() {
+        let cat = catalog();
+        let c = Constraints { max_cost_usd: Some(1e-9), max_fallbacks: 3, ..Default::default() };
+        let err = rank(&cat, &preds(), 100, 0.5, &c, LAT).unwrap_err();
+        assert_eq!(err.constraint, "max_cost_usd");
+        assert!(err.detail.contains("cheapest"), "{}", err.detail);
+        let c = Constraints { allowed_models: vec!["uncovered".into()], max_fallbacks: 3, ..Default::default() };
+        assert_eq!(rank(&cat, &preds(), 100, 0.5, &c, LAT).unwrap_err().constraint, "allowed_models/denied_models");
+        let c = Constraints { max_fallbacks: 3, ..Default::default() };
+        assert_eq!(rank(&cat, &preds(), 500_000, 0.5, &c, LAT).unwrap_err().constraint, "context window");
+    }
+
+    #[test]
+    fn utility_is_monotone() {
+        assert!(utility(0.9, 0.01, 0.5) > utility(0.8, 0.01, 0.5));
+        assert!(utility(0.8, 0.001, 0.5) > utility(0.8, 0.01, 0.5));
+        assert!(utility(0.0, 0.0, 1.0).is_finite());
+    }
+}

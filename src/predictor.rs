@@ -1,0 +1,173 @@
+//! The prediction head: an ONNX graph from embeddings [N, D] to predicted quality [N, M] and
+//! predicted output tokens [N, M], for the M models listed, in output order, by its manifest.
+//!
+//! The head is produced by `switchyard train` (see `learning`); this module only loads and runs
+//! it, after checking that the manifest, the graph and the encoder agree.
+use std::{path::Path, sync::Mutex};
+
+use ndarray::ArrayView2;
+use ort::{environment::Environment, session::Session, value::TensorRef};
+use serde::{Deserialize, Serialize};
+
+/// Manifest format written by this version.
+pub const HEAD_FORMAT: &str = "switchyard-head/1";
+/// Name of the graph's input.
+pub const INPUT: &str = "embeddings";
+/// Name of the quality output.
+pub const QUALITY: &str = "quality";
+/// Name of the output-tokens output.
+pub const OUTPUT_TOKENS: &str = "output_tokens";
+
+/// Errors of the head layer.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// A file is missing or unreadable.
+    #[error("head file {path}: {message}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The manifest is invalid or does not match the graph or encoder.
+    #[error("head manifest: {0}")]
+    Manifest(String),
+    /// ONNX Runtime failed.
+    #[error("head inference: {0}")]
+    Inference(#[from] ort::Error),
+}
+
+impl HeadError {
+    /// Stable snake_case label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HeadError::File { .. } => "head_file",
+            HeadError::Manifest(_) => "head_manifest",
+            HeadError::Inference(_) => "head_inference",
+        }
+    }
+}
+
+/// Which encoder produced the embeddings the head was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderRef {
+    /// Encoder id, e.g. "all-MiniLM-L6-v2/int8".
+    pub id: String,
+    /// Embedding dimension.
+    pub dimension: usize,
+}
+
+/// `models/router/manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadManifest {
+    /// Always [`HEAD_FORMAT`].
+    pub format: String,
+    /// Short id of this head (name plus content hash); part of the router version.
+    pub head_id: String,
+    /// The graph file, relative to the manifest.
+    pub graph: String,
+    /// Hex SHA-256 of the graph file.
+    pub graph_sha256: String,
+    /// The encoder it was trained on.
+    pub encoder: EncoderRef,
+    /// Model ids in output order.
+    pub models: Vec<String>,
+    /// What it was trained on (files, prompts, observations, per-model counts).
+    pub trained_on: serde_json::Value,
+    /// Validation metrics on the held-out split.
+    pub validation: serde_json::Value,
+    /// The training settings.
+    pub training: serde_json::Value,
+    /// When it was written, RFC 3339.
+    pub created_at: String,
+}
+
+/// A loaded head.
+pub struct Head {
+    manifest: HeadManifest,
+    session: Mutex<Session>,
+}
+
+/// Predictions for a batch: row-major [N, M].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadOutput {
+    /// Rows.
+    pub rows: usize,
+    /// Predicted quality, [rows * models].
+    pub quality: Vec<f32>,
+    /// Predicted output tokens, [rows * models].
+    pub output_tokens: Vec<f32>,
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Head {
+    /// Loads `dir/manifest.json` and its graph, checks hash and shapes, and runs one row.
+    pub fn load(env: &Environment, dir: &Path) -> Result<Self, HeadError> {
+        let mpath = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mpath)
+            .map_err(|e| HeadError::File { path: mpath.clone(), message: e.to_string() })?;
+        let manifest: HeadManifest =
+            serde_json::from_str(&text).map_err(|e| HeadError::Manifest(format!("{}: {e}", mpath.display())))?;
+        if manifest.format != HEAD_FORMAT {
+            return Err(HeadError::Manifest(format!("format must be `{HEAD_FORMAT}`. Given: `{}`", manifest.format)));
+        }
+        if manifest.models.is_empty() {
+            return Err(HeadError::Manifest("`models` is empty".into()));
+        }
+        let gpath = dir.join(&manifest.graph);
+        let bytes =
+            std::fs::read(&gpath).map_err(|e| HeadError::File { path: gpath.clone(), message: e.to_string() })?;
+        let digest = sha256_hex(&bytes);
+        if digest != manifest.graph_sha256 {
+            return Err(HeadError::Manifest(format!(
+                "{} has sha256 {digest}, the manifest says {} (half-written or replaced file?)",
+                gpath.display(),
+                manifest.graph_sha256
+            )));
+        }
+        let session = crate::encoder::session_from_bytes(env, &bytes, 1)?;
+        let head = Self { manifest, session: Mutex::new(session) };
+        let probe = vec![0.0f32; head.manifest.encoder.dimension];
+        let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
+        if out.quality.len() != head.manifest.models.len() || out.output_tokens.len() != head.manifest.models.len() {
+            return Err(HeadError::Manifest(format!(
+                "the graph predicts {} models, the manifest lists {}",
+                out.quality.len(),
+                head.manifest.models.len()
+            )));
+        }
+        Ok(head)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &HeadManifest {
+        &self.manifest
+    }
+
+    /// Model ids in output order.
+    pub fn models(&self) -> &[String] {
+        &self.manifest.models
+    }
+
+    /// Runs the head on embeddings [N, D]. Blocks.
+    pub fn predict(&self, x: ArrayView2<'_, f32>) -> Result<HeadOutput, HeadError> {
+        if x.ncols() != self.manifest.encoder.dimension {
+            return Err(HeadError::Manifest(format!(
+                "embedding dimension {} does not match the head's {}",
+                x.ncols(),
+                self.manifest.encoder.dimension
+            )));
+        }
+        let x = x.as_standard_layout();
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = session.run(ort::inputs![INPUT => TensorRef::from_array_view(&x)?])?;
+        let q = outputs[QUALITY].try_extract_array::<f32>()?;
+        let t = outputs[OUTPUT_TOKENS].try_extract_array::<f32>()?;
+        Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect() })
+    }
+}

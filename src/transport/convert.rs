@@ -1,0 +1,226 @@
+//! Conversions between the wire types (`pb`) and the core, and the wire-level validation.
+//! Every rejection names the field, its limit and the value given.
+use std::str::FromStr;
+
+use tonic::Status;
+
+use crate::{
+    config::ServerConfig,
+    encoder::text::{ChatMessage, Role},
+    engine::{Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
+    pb,
+    policy::{Constraints, Exclusion, Scored},
+};
+
+/// Longest accepted `request_id`, bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RouteError::InvalidArgument { .. } => Status::invalid_argument(msg),
+            RouteError::NoEligibleModel(_) => Status::failed_precondition(msg),
+            RouteError::Overloaded { .. } => Status::resource_exhausted(msg),
+            RouteError::Worker(_) => Status::unavailable(msg),
+            RouteError::Encoder(_) | RouteError::Head(_) | RouteError::Runtime(_) | RouteError::Catalog(_) => {
+                tracing::error!(error = %msg, label = e.label(), "routing failed");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> RouteError {
+    RouteError::invalid(field, message)
+}
+
+fn check_list(field: &str, list: &[String], limit: usize) -> Result<Vec<String>, RouteError> {
+    if list.len() > limit {
+        return Err(invalid(field, format!("must have at most {limit} entries. Given: {}", list.len())));
+    }
+    if let Some(i) = list.iter().position(|s| s.trim().is_empty()) {
+        return Err(invalid(format!("{field}[{i}]"), "must be a non-empty name. Given: \"\""));
+    }
+    Ok(list.to_vec())
+}
+
+/// Turns a wire request into a core query, checking everything that needs no catalog.
+pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
+    if req.request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID_BYTES} bytes. Given: {} bytes", req.request_id.len())));
+    }
+    if req.request_id.chars().any(char::is_control) {
+        return Err(invalid("request_id", "must not contain control characters"));
+    }
+    let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
+
+    let messages = match (req.messages.is_empty(), req.prompt.is_empty()) {
+        (true, true) => {
+            return Err(invalid("messages", "must hold at least one message, or `prompt` must be set. Given: no messages and an empty prompt"))
+        }
+        (false, false) => {
+            return Err(invalid("prompt", format!("must be empty when `messages` is set. Given: {} messages and a prompt", req.messages.len())))
+        }
+        (true, false) => {
+            if req.prompt.trim().is_empty() {
+                return Err(invalid("prompt", "must contain non-whitespace text. Given: only whitespace"));
+            }
+            vec![ChatMessage::user(req.prompt)]
+        }
+        (false, true) => {
+            if req.messages.len() > server.max_messages {
+                return Err(invalid("messages", format!("must hold at most {} messages. Given: {}", server.max_messages, req.messages.len())));
+            }
+            req.messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let role = Role::from_str(&m.role).map_err(|()| {
+                        invalid(format!("messages[{i}].role"), format!("must be one of system, user, assistant, tool. Given: {:?}", m.role))
+                    })?;
+                    if m.content.trim().is_empty() {
+                        return Err(invalid(format!("messages[{i}].content"), "must contain non-whitespace text. Given: an empty content"));
+                    }
+                    Ok(ChatMessage { role, content: m.content })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+
+    let tradeoff = match (req.cost_weight, req.profile.is_empty()) {
+        (Some(_), false) => return Err(invalid("profile", format!("must be empty when `cost_weight` is set. Given: {:?}", req.profile))),
+        (Some(w), true) => {
+            if !(0.0..=1.0).contains(&w) {
+                return Err(invalid("cost_weight", format!("must be in [0, 1]. Given: {w}")));
+            }
+            Tradeoff::Weight(w)
+        }
+        (None, false) => Tradeoff::Profile(req.profile),
+        (None, true) => Tradeoff::Default,
+    };
+    if let Some(c) = req.max_cost_usd {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(invalid("max_cost_usd", format!("must be a finite number > 0. Given: {c}")));
+        }
+    }
+    if let Some(q) = req.min_quality {
+        if !(0.0..=1.0).contains(&q) {
+            return Err(invalid("min_quality", format!("must be in [0, 1]. Given: {q}")));
+        }
+    }
+    let max_fallbacks = req.max_fallbacks.unwrap_or(server.default_fallbacks);
+    if max_fallbacks > server.max_fallbacks {
+        return Err(invalid("max_fallbacks", format!("must be <= {}. Given: {max_fallbacks}", server.max_fallbacks)));
+    }
+    let lim = server.max_list_entries;
+    let constraints = Constraints {
+        max_cost_usd: req.max_cost_usd,
+        min_quality: req.min_quality,
+        allowed_models: check_list("allowed_models", &req.allowed_models, lim)?,
+        denied_models: check_list("denied_models", &req.denied_models, lim)?,
+        allowed_providers: check_list("allowed_providers", &req.allowed_providers, lim)?,
+        denied_providers: check_list("denied_providers", &req.denied_providers, lim)?,
+        max_fallbacks: max_fallbacks as usize,
+    };
+    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain })
+}
+
+fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
+    let m = &engine.catalog().models()[s.model];
+    let p = s.prediction;
+    pb::Candidate {
+        model: m.id.clone(),
+        provider: m.provider.clone(),
+        predicted_quality: p.map_or(0.0, |p| p.quality),
+        predicted_output_tokens: p.map_or(0, |p| p.output_tokens.round().clamp(0.0, f64::from(u32::MAX)) as u32),
+        predicted_cost_usd: s.cost_usd,
+        utility: if s.utility.is_finite() { s.utility } else { 0.0 },
+        predicted_latency_ms: s.latency_ms,
+    }
+}
+
+fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
+    use pb::ExclusionReason as R;
+    match e {
+        None => R::Unspecified,
+        Some(Exclusion::NotCovered) => R::NotCovered,
+        Some(Exclusion::ModelNotAllowed) => R::ModelNotAllowed,
+        Some(Exclusion::ProviderNotAllowed) => R::ProviderNotAllowed,
+        Some(Exclusion::ContextWindow { .. }) => R::ContextWindow,
+        Some(Exclusion::MinQuality { .. }) => R::MinQuality,
+        Some(Exclusion::Budget { .. }) => R::Budget,
+        Some(Exclusion::BelowCutoff) => R::BelowCutoff,
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl From<StageTimings> for pb::Timings {
+    fn from(t: StageTimings) -> Self {
+        pb::Timings {
+            prepare_us: micros(t.prepare),
+            encode_us: micros(t.encode),
+            predict_us: micros(t.predict),
+            rank_us: micros(t.rank),
+            total_us: micros(t.total),
+            cache_hit: t.cache_hit,
+        }
+    }
+}
+
+/// Builds the wire response for a decision.
+pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
+    let r = &d.ranking;
+    let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
+    let explanations = if explain {
+        r.scored
+            .iter()
+            .map(|s| pb::Explanation {
+                candidate: Some(candidate(engine, s)),
+                rank: s.rank as u32,
+                reason: reason(&s.exclusion) as i32,
+                detail: s.exclusion.as_ref().map(Exclusion::detail).unwrap_or_else(|| "chosen".into()),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    pb::RouteResponse {
+        request_id: d.request_id,
+        candidates,
+        router_version: engine.version().to_string(),
+        timings: Some(d.timings.into()),
+        explanations,
+        cost_weight: d.cost_weight,
+        input_tokens: d.input_tokens,
+        profile: d.profile.unwrap_or_default(),
+    }
+}
+
+/// Builds the catalog listing.
+pub fn list_models(engine: &Engine) -> pb::ListModelsResponse {
+    let cfg = engine.config();
+    pb::ListModelsResponse {
+        models: engine
+            .catalog()
+            .models()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| pb::ModelInfo {
+                model: m.id.clone(),
+                provider: m.provider.clone(),
+                input_usd_per_mtok: m.input_usd_per_mtok,
+                output_usd_per_mtok: m.output_usd_per_mtok,
+                context_tokens: m.context_tokens,
+                covered_by_head: engine.covers(i),
+            })
+            .collect(),
+        router_version: engine.version().to_string(),
+        encoder: engine.encoder().id().to_string(),
+        profiles: cfg.routing.profiles.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        default_profile: cfg.routing.default_profile.clone(),
+    }
+}
