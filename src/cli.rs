@@ -5,10 +5,31 @@ use serde_json::json;
 
 use crate::{
     config::Config,
+    encoder::Encoder,
     engine::Engine,
-    pb,
+    learning::job::{self, TrainJob},
+    pb, runtime,
     transport::convert,
 };
+
+/// Trains a head with the configured encoder and prints a summary.
+pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()> {
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
+    let encoder = Encoder::load(env, &config.encoder)?;
+    let s = job::run(job, &encoder, quiet)?;
+    let m = &s.manifest;
+    println!("wrote {}/head.onnx and manifest.json: head {} for {} models on {}", job.out_dir.display(), m.head_id, m.models.len(), m.encoder.id);
+    println!("embedding {:.1}s, training {:.1}s; {} malformed lines skipped", s.embed_seconds, s.train_seconds, s.skipped_lines);
+    for p in s.problems.iter().take(5) {
+        println!("  log problem: {p}");
+    }
+    println!(
+        "held-out ({} prompts): quality MAE {:.4} vs {:.4} per-model mean; Brier {:.4} vs {:.4}; median token error {:.0} vs {:.0}",
+        m.validation["prompts"], s.validation.quality_mae, s.baseline.quality_mae, s.validation.quality_brier, s.baseline.quality_brier,
+        s.validation.tokens_median_abs_error, s.baseline.tokens_median_abs_error
+    );
+    Ok(())
+}
 
 /// Routes one request in-process and prints the ranking as a table or JSON.
 pub async fn route(config: Config, request: pb::RouteRequest, as_json: bool) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod encoder;
 pub mod engine;
+pub mod learning;
 pub mod policy;
 pub mod predictor;
 pub mod runtime;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use switchyard::{
     config::{self, Config, EncoderVariant},
+    learning::{job::TrainJob, TrainConfig},
     pb,
 };
 
@@ -35,6 +36,52 @@ enum Command {
     Serve(ServeArgs),
     /// Route one prompt in-process and print the ranking (table, or JSON with --json).
     Route(RouteArgs),
+    /// Train a routing head from routing logs and export it as ONNX plus a manifest.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Routing log files (JSON Lines, gzip or plain; see ../shared/data/README.md for the format).
+    /// Repeat the flag for several files. Sparse logs (one model per prompt) are fine.
+    #[arg(long = "data", env = "SWITCHYARD_TRAIN_DATA", value_delimiter = ',', required = true)]
+    data: Vec<PathBuf>,
+    /// Output folder for head.onnx and manifest.json (the serving default is models/router).
+    #[arg(long, env = "SWITCHYARD_TRAIN_OUT", default_value = "models/router")]
+    out: PathBuf,
+    /// Share of prompts held out (by prompt) for the validation metrics in the manifest.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
+    /// Share of the remaining prompts used to pick the stopping epoch.
+    #[arg(long, default_value_t = 0.1)]
+    early_stop_fraction: f64,
+    /// Fail on the first malformed log line (default: skip it and count it).
+    #[arg(long)]
+    strict: bool,
+    /// Seed of the splits, initialisation and batch order: the same seed and data give the same head.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+    /// Hidden units of the head. More fits more but overfits small logs.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Most passes over the data (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Epochs without improvement before stopping.
+    #[arg(long, default_value_t = 15)]
+    patience: usize,
+    /// L2 penalty on weights; larger pulls predictions towards each model's average.
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    /// Adam step size.
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f32,
+    /// Name prefix of the head id (the id ends with the graph's hash).
+    #[arg(long, default_value = "head")]
+    name: String,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +187,27 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             switchyard::cli::route(cfg, request, a.json).await?;
+        }
+        Command::Train(a) => {
+            let job = TrainJob {
+                data: a.data,
+                out_dir: a.out,
+                val_fraction: a.val_fraction,
+                early_stop_fraction: a.early_stop_fraction,
+                strict: a.strict,
+                name: a.name,
+                train: TrainConfig {
+                    hidden: a.hidden,
+                    epochs: a.epochs,
+                    patience: a.patience,
+                    weight_decay: a.weight_decay,
+                    learning_rate: a.learning_rate,
+                    seed: a.seed,
+                    ..TrainConfig::default()
+                },
+            };
+            let quiet = a.quiet;
+            tokio::task::spawn_blocking(move || switchyard::cli::train(&cfg, &job, quiet)).await??;
         }
     }
     Ok(())

@@ -1,0 +1,395 @@
+//! ONNX export of the router head, with no ONNX crate.
+//!
+//! The serving path already runs ONNX models through `ort`, so the head ships as one more
+//! `.onnx` file: one runtime, one set of session knobs, and the same file works from Python for
+//! offline analysis. Writing it needs only a handful of messages of the public `onnx.proto`
+//! schema, declared below as `prost` structs with the public field numbers; pulling in an ONNX
+//! crate (and `protoc`) for that would be a heavier dependency than the ~150 lines here.
+//!
+//! The graph reproduces [`Mlp::predict`] op for op:
+//!
+//! ```text
+//! embeddings [batch, D] -Gemm(W1, b1)-> Relu -> hidden [batch, H]
+//! hidden -Gemm(Wq, bq)-> Sigmoid                 -> quality       [batch, M]
+//! hidden -Gemm(Wt, bt)-> Exp -> Sub(1) -> Relu   -> output_tokens [batch, M]
+//! ```
+//!
+//! `Relu` after `Sub` is the clamp at zero (`max(x, 0)`), the cheapest way to spell it in ONNX.
+use prost::Message;
+
+use super::mlp::Mlp;
+
+/// Name of the graph input: float `[batch, D]` prompt embeddings.
+pub const INPUT_NAME: &str = "embeddings";
+/// Name of the quality output: float `[batch, M]`, in `[0, 1]`.
+pub const QUALITY_OUTPUT: &str = "quality";
+/// Name of the token output: float `[batch, M]`, predicted output tokens (>= 0).
+pub const TOKENS_OUTPUT: &str = "output_tokens";
+/// ONNX opset the graph is written against.
+pub const OPSET_VERSION: i64 = 17;
+/// ONNX IR version of the file.
+pub const IR_VERSION: i64 = 8;
+
+/// `TensorProto.DataType.FLOAT`.
+const FLOAT: i32 = 1;
+/// `AttributeProto.AttributeType.FLOAT`.
+const ATTR_FLOAT: i32 = 1;
+/// `AttributeProto.AttributeType.INT`.
+const ATTR_INT: i32 = 2;
+
+/// Serialises `mlp` as an ONNX model (`ModelProto` bytes) with `metadata` as its
+/// `metadata_props`, in the order given (ONNX wants distinct keys; that is the caller's job).
+pub fn export(mlp: &Mlp, metadata: &[(String, String)]) -> Vec<u8> {
+    let (d, h, m) = (mlp.input_dim(), mlp.hidden_dim(), mlp.n_models());
+    let initializer = vec![
+        tensor("W1", &[d, h], mlp.w1().iter()),
+        tensor("b1", &[h], mlp.b1().iter()),
+        tensor("Wq", &[h, m], mlp.wq().iter()),
+        tensor("bq", &[m], mlp.bq().iter()),
+        tensor("Wt", &[h, m], mlp.wt().iter()),
+        tensor("bt", &[m], mlp.bt().iter()),
+        tensor("one", &[], [1.0f32].iter()),
+    ];
+    let node = vec![
+        gemm(&[INPUT_NAME, "W1", "b1"], "hidden_pre"),
+        node("Relu", &["hidden_pre"], "hidden"),
+        gemm(&["hidden", "Wq", "bq"], "quality_logits"),
+        node("Sigmoid", &["quality_logits"], QUALITY_OUTPUT),
+        gemm(&["hidden", "Wt", "bt"], "log_tokens"),
+        node("Exp", &["log_tokens"], "tokens_plus_one"),
+        node("Sub", &["tokens_plus_one", "one"], "tokens_raw"),
+        node("Relu", &["tokens_raw"], TOKENS_OUTPUT),
+    ];
+    let graph = GraphProto {
+        node,
+        name: "switchyard_router_head".into(),
+        initializer,
+        doc_string: "Per-model quality and output tokens from a prompt embedding.".into(),
+        input: vec![value_info(INPUT_NAME, d)],
+        output: vec![value_info(QUALITY_OUTPUT, m), value_info(TOKENS_OUTPUT, m)],
+    };
+    let model = ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET_VERSION,
+        }],
+        producer_name: "switchyard".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: String::new(),
+        graph: Some(graph),
+        metadata_props: metadata
+            .iter()
+            .map(|(key, value)| StringStringEntryProto {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+    };
+    model.encode_to_vec()
+}
+
+/// A float initializer; `raw_data` holds the values little-endian, row-major.
+fn tensor<'a>(name: &str, dims: &[usize], values: impl Iterator<Item = &'a f32>) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&v| v as i64).collect(),
+        data_type: FLOAT,
+        name: name.into(),
+        raw_data: values.flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn node(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        name: format!("{op_type}_{output}"),
+        op_type: op_type.into(),
+        domain: String::new(),
+        attribute: Vec::new(),
+    }
+}
+
+/// `Y = A B + C` with every attribute spelled out (they are the defaults), so the file says
+/// what it computes without the reader knowing Gemm's defaults.
+fn gemm(inputs: &[&str], output: &str) -> NodeProto {
+    let float = |name: &str, f| AttributeProto {
+        name: name.into(),
+        r#type: ATTR_FLOAT,
+        f: Some(f),
+        ..Default::default()
+    };
+    let int = |name: &str, i| AttributeProto {
+        name: name.into(),
+        r#type: ATTR_INT,
+        i: Some(i),
+        ..Default::default()
+    };
+    let mut gemm = node("Gemm", inputs, output);
+    gemm.attribute = vec![
+        float("alpha", 1.0),
+        float("beta", 1.0),
+        int("transA", 0),
+        int("transB", 0),
+    ];
+    gemm
+}
+
+/// A float `[batch, width]` graph input or output; `batch` is symbolic.
+fn value_info(name: &str, width: usize) -> ValueInfoProto {
+    let dim = |value| tensor_shape_proto::Dimension { value: Some(value) };
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        dim(tensor_shape_proto::dimension::Value::DimParam(
+                            "batch".into(),
+                        )),
+                        dim(tensor_shape_proto::dimension::Value::DimValue(width as i64)),
+                    ],
+                }),
+            })),
+        }),
+    }
+}
+
+// The subset of the public ONNX schema (onnx/onnx.proto, package `onnx`) that the export
+// writes. Field numbers are those of the public format; fields we never set are left out,
+// which protobuf readers treat as absent.
+
+/// `onnx.ModelProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct ModelProto {
+    #[prost(int64, tag = "1")]
+    pub ir_version: i64,
+    #[prost(message, repeated, tag = "8")]
+    pub opset_import: Vec<OperatorSetIdProto>,
+    #[prost(string, tag = "2")]
+    pub producer_name: String,
+    #[prost(string, tag = "3")]
+    pub producer_version: String,
+    #[prost(string, tag = "4")]
+    pub domain: String,
+    #[prost(int64, tag = "5")]
+    pub model_version: i64,
+    #[prost(string, tag = "6")]
+    pub doc_string: String,
+    #[prost(message, optional, tag = "7")]
+    pub graph: Option<GraphProto>,
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
+}
+
+/// `onnx.OperatorSetIdProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct OperatorSetIdProto {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+}
+
+/// `onnx.StringStringEntryProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `onnx.GraphProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct GraphProto {
+    #[prost(message, repeated, tag = "1")]
+    pub node: Vec<NodeProto>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(message, repeated, tag = "5")]
+    pub initializer: Vec<TensorProto>,
+    #[prost(string, tag = "10")]
+    pub doc_string: String,
+    #[prost(message, repeated, tag = "11")]
+    pub input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    pub output: Vec<ValueInfoProto>,
+}
+
+/// `onnx.NodeProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct NodeProto {
+    #[prost(string, repeated, tag = "1")]
+    pub input: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub output: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, tag = "4")]
+    pub op_type: String,
+    #[prost(string, tag = "7")]
+    pub domain: String,
+    #[prost(message, repeated, tag = "5")]
+    pub attribute: Vec<AttributeProto>,
+}
+
+/// `onnx.AttributeProto` (scalar, tensor and list kinds).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct AttributeProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `AttributeProto.AttributeType`: FLOAT = 1, INT = 2, STRING = 3, TENSOR = 4, FLOATS = 6,
+    /// INTS = 7.
+    #[prost(int32, tag = "20")]
+    pub r#type: i32,
+    // NOTE: proto2 `optional` scalars: explicit presence, so a zero value is still written.
+    #[prost(float, optional, tag = "2")]
+    pub f: Option<f32>,
+    #[prost(int64, optional, tag = "3")]
+    pub i: Option<i64>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub s: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    pub t: Option<TensorProto>,
+    #[prost(float, repeated, packed = "false", tag = "7")]
+    pub floats: Vec<f32>,
+    #[prost(int64, repeated, packed = "false", tag = "8")]
+    pub ints: Vec<i64>,
+}
+
+/// `onnx.TensorProto` (dense, `raw_data` only).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TensorProto {
+    #[prost(int64, repeated, packed = "false", tag = "1")]
+    pub dims: Vec<i64>,
+    /// `TensorProto.DataType` (FLOAT = 1).
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(string, tag = "8")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "9")]
+    pub raw_data: Vec<u8>,
+}
+
+/// `onnx.ValueInfoProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct ValueInfoProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub r#type: Option<TypeProto>,
+}
+
+/// `onnx.TypeProto` (tensor types only).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TypeProto {
+    #[prost(oneof = "type_proto::Value", tags = "1")]
+    pub value: Option<type_proto::Value>,
+}
+
+/// Nested messages of `onnx.TypeProto`.
+pub(super) mod type_proto {
+    /// `onnx.TypeProto.Tensor`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Tensor {
+        /// `TensorProto.DataType` of the elements.
+        #[prost(int32, tag = "1")]
+        pub elem_type: i32,
+        #[prost(message, optional, tag = "2")]
+        pub shape: Option<super::TensorShapeProto>,
+    }
+
+    /// The `value` oneof of `onnx.TypeProto`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Value {
+        #[prost(message, tag = "1")]
+        TensorType(Tensor),
+    }
+}
+
+/// `onnx.TensorShapeProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TensorShapeProto {
+    #[prost(message, repeated, tag = "1")]
+    pub dim: Vec<tensor_shape_proto::Dimension>,
+}
+
+/// Nested messages of `onnx.TensorShapeProto`.
+pub(super) mod tensor_shape_proto {
+    /// `onnx.TensorShapeProto.Dimension`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Dimension {
+        #[prost(oneof = "dimension::Value", tags = "1, 2")]
+        pub value: Option<dimension::Value>,
+    }
+
+    /// Nested types of `Dimension`.
+    pub mod dimension {
+        /// The `value` oneof of `onnx.TensorShapeProto.Dimension`.
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Value {
+            /// A fixed size.
+            #[prost(int64, tag = "1")]
+            DimValue(i64),
+            /// A symbolic size, e.g. `batch`.
+            #[prost(string, tag = "2")]
+            DimParam(String),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array1, Array2};
+
+    use super::*;
+
+    #[test]
+    fn export_round_trips_through_the_schema() {
+        let mlp = Mlp::from_parts(
+            Array2::from_shape_fn((3, 2), |(i, j)| (i * 2 + j) as f32 - 2.5),
+            Array1::from_vec(vec![0.1, -0.2]),
+            Array2::from_elem((2, 4), 0.5),
+            Array1::from_elem(4, -1.0),
+            Array2::from_elem((2, 4), 0.25),
+            Array1::from_elem(4, 5.0),
+        )
+        .expect("valid shapes");
+        let meta = vec![(
+            "models".to_string(),
+            "[\"a\",\"b\",\"c\",\"d\"]".to_string(),
+        )];
+        let bytes = export(&mlp, &meta);
+        let model = ModelProto::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(
+            (model.ir_version, model.opset_import[0].version),
+            (IR_VERSION, OPSET_VERSION)
+        );
+        assert_eq!(model.metadata_props[0].key, "models");
+        let graph = model.graph.expect("graph");
+        let w1 = &graph.initializer[0];
+        assert_eq!(
+            (w1.name.as_str(), w1.dims.as_slice()),
+            ("W1", [3i64, 2].as_slice())
+        );
+        let values: Vec<f32> = w1
+            .raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(values, [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]);
+        assert_eq!(graph.input[0].name, INPUT_NAME);
+        let trans_a = &graph.node[0].attribute[2];
+        // Explicit presence: a zero-valued attribute is still on the wire.
+        assert_eq!(
+            (trans_a.name.as_str(), trans_a.r#type, trans_a.i),
+            ("transA", ATTR_INT, Some(0))
+        );
+        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, [QUALITY_OUTPUT, TOKENS_OUTPUT]);
+    }
+}

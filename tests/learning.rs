@@ -1,0 +1,162 @@
+//! Training on the real shared data with the real encoder: the exported ONNX head reproduces the
+//! trainer's predictions, sparse logs train, and `switchyard train` works end to end.
+mod common;
+
+use std::{io::Write, process::Command};
+
+use common::{shared_data, shipped_encoder};
+use ndarray::{s, Array2, ArrayView2, Axis};
+use switchyard::{
+    learning::{export, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, SplitMix64, TrainConfig},
+    predictor::Head,
+    runtime,
+};
+
+fn embed(logs: &RoutingLogs) -> Array2<f32> {
+    let enc = shipped_encoder();
+    let texts: Vec<&str> = logs.prompts.iter().map(|p| p.text.as_str()).collect();
+    embed_prompts(&enc, &texts, true).unwrap()
+}
+
+fn max_diffs(mlp: &Mlp, head: &Head, x: ArrayView2<f32>) -> (f32, f32) {
+    let (q_ref, t_ref) = mlp.predict(x);
+    let out = head.predict(x).unwrap();
+    let dq = q_ref.iter().zip(&out.quality).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let dt = t_ref.iter().zip(&out.output_tokens).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0.0, f32::max);
+    (dq, dt)
+}
+
+#[test]
+fn exported_onnx_head_reproduces_trainer_predictions() {
+    let logs = read_logs(&[shared_data().join("alpaca_eval2/train.jsonl.gz")], true).unwrap();
+    let x = embed(&logs);
+    let data = Dataset::from_logs(&logs, x.view()).unwrap();
+    let (tr, va) = split_by_prompt(logs.prompts.len(), 0.2, 3);
+    let cfg = TrainConfig { hidden: 64, epochs: 30, ..TrainConfig::default() };
+    let (mlp, _) = train(&data.select(&tr), &data.select(&va), &cfg).unwrap();
+
+    // Write it the way `switchyard train` does and load it through the serving path.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = export(&mlp, &[]);
+    std::fs::write(dir.path().join("head.onnx"), &bytes).unwrap();
+    let manifest = serde_json::json!({
+        "format": "switchyard-head/1", "head_id": "test", "graph": "head.onnx",
+        "graph_sha256": switchyard::predictor::sha256_hex(&bytes),
+        "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
+        "models": logs.models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
+    });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let head = Head::load(runtime::environment(None).unwrap(), dir.path()).unwrap();
+
+    for x in [x.view(), x.select(Axis(0), &va).view(), x.slice(s![5..6, ..])] {
+        let (dq, dt) = max_diffs(&mlp, &head, x.view());
+        assert!(dq <= 1e-5, "quality differs by {dq}");
+        assert!(dt <= 1e-5, "tokens differ by {dt} (relative)");
+    }
+}
+
+#[test]
+fn sparse_logs_train_and_beat_the_per_model_mean() {
+    let full = read_logs(&[shared_data().join("zeroeval/train.jsonl.gz")], true).unwrap();
+    let x = embed(&full);
+    let (tr, va) = split_by_prompt(full.prompts.len(), 0.2, 1);
+    // Training prompts keep one random model each, as a gateway's logs would.
+    let mut rng = SplitMix64::new(7);
+    let train_set: std::collections::HashSet<usize> = tr.iter().copied().collect();
+    let mut by_prompt: Vec<Vec<usize>> = vec![Vec::new(); full.prompts.len()];
+    for (k, o) in full.observations.iter().enumerate() {
+        by_prompt[o.prompt].push(k);
+    }
+    let mut kept = Vec::new();
+    for (p, obs) in by_prompt.iter().enumerate() {
+        if train_set.contains(&p) {
+            kept.push(full.observations[obs[rng.next_below(obs.len())]]);
+        } else {
+            kept.extend(obs.iter().map(|&k| full.observations[k]));
+        }
+    }
+    let logs = RoutingLogs { observations: kept, ..full.clone() };
+    let data = Dataset::from_logs(&logs, x.view()).unwrap();
+    let (train_data, val_data) = (data.select(&tr), data.select(&va));
+    assert_eq!(train_data.n_observed(), tr.len(), "one observation per training prompt");
+    let (mlp, report) = train(&train_data, &val_data, &TrainConfig::default()).unwrap();
+    let (v, b) = (report.validation, report.baseline);
+    assert!(v.quality_brier < b.quality_brier - 0.005, "Brier {} vs baseline {}", v.quality_brier, b.quality_brier);
+    assert!(v.log_tokens_mae < b.log_tokens_mae, "log-token MAE {} vs baseline {}", v.log_tokens_mae, b.log_tokens_mae);
+    let (q, t) = mlp.predict(x.view());
+    assert!(q.iter().all(|v| (0.0..=1.0).contains(v)) && t.iter().all(|v| v.is_finite() && *v >= 0.0));
+}
+
+fn write_log(path: &std::path::Path, lines: &[String]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+#[test]
+fn train_command_writes_a_servable_head_and_reports_bad_lines() {
+    // A small real log: the first 120 alpaca prompts, all their models.
+    let text = {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(shared_data().join("alpaca_eval2/train.jsonl.gz")).unwrap())
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        ids.insert(v["prompt_id"].as_str().unwrap().to_string());
+        if ids.len() > 120 {
+            break;
+        }
+        lines.push(l.to_string());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    write_log(&good, &lines);
+    let mut bad_lines = lines.clone();
+    bad_lines.insert(3, "{\"prompt_id\": \"x\", \"prompt\": \"p\", \"model\": \"m\", \"score\": 7.0, \"output_tokens\": 3}".into());
+    bad_lines.insert(10, "not json".into());
+    let bad = dir.path().join("bad.jsonl");
+    write_log(&bad, &bad_lines);
+
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let out = dir.path().join("head");
+    let run = |data: &std::path::Path, strict: bool| {
+        let mut c = Command::new(bin);
+        c.args(["train", "--quiet", "--epochs", "20", "--name", "cli-test", "--data"]).arg(data).arg("--out").arg(&out);
+        if strict {
+            c.arg("--strict");
+        }
+        c.output().unwrap()
+    };
+    let strict = run(&bad, true);
+    assert!(!strict.status.success());
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(err.contains("bad.jsonl:4"), "strict mode names file and line: {err}");
+
+    let lenient = run(&bad, false);
+    assert!(lenient.status.success(), "{}", String::from_utf8_lossy(&lenient.stderr));
+    let stdout = String::from_utf8_lossy(&lenient.stdout);
+    assert!(stdout.contains("2 malformed lines skipped"), "{stdout}");
+
+    let ok = run(&good, false);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["head_id"].as_str().unwrap().starts_with("cli-test-"));
+    assert_eq!(manifest["trained_on"]["prompts"], 120);
+    assert_eq!(manifest["encoder"]["dimension"], 384);
+    assert!(manifest["validation"]["head"]["quality_brier"].as_f64().unwrap() > 0.0);
+    assert!(manifest["validation"]["prompts"].as_u64().unwrap() >= 20);
+    let head = Head::load(runtime::environment(None).unwrap(), &out).unwrap();
+    assert_eq!(head.models().len(), manifest["models"].as_array().unwrap().len());
+
+    // Same seed, same data: the same head, byte for byte.
+    let first = std::fs::read(out.join("head.onnx")).unwrap();
+    assert!(run(&good, false).status.success());
+    assert_eq!(first, std::fs::read(out.join("head.onnx")).unwrap(), "training is not reproducible");
+}

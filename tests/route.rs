@@ -1,0 +1,286 @@
+//! `Route` end to end against the real server: rankings, trade-off, constraints, fallbacks,
+//! determinism under load, and every bad input's status.
+mod common;
+
+use common::{TestServer, CHAT_PROMPT, MATH_PROMPT};
+use switchyard::pb::{self, ExclusionReason, RouteRequest};
+use tonic::Code;
+
+fn prompt(p: &str) -> RouteRequest {
+    RouteRequest { prompt: p.into(), ..Default::default() }
+}
+
+fn models(r: &pb::RouteResponse) -> Vec<String> {
+    r.candidates.iter().map(|c| c.model.clone()).collect()
+}
+
+#[tokio::test]
+async fn math_and_chat_get_different_rankings() {
+    let mut s = TestServer::start().await;
+    let math = s.client.route(RouteRequest { cost_weight: Some(0.0), ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
+    let chat = s.client.route(RouteRequest { cost_weight: Some(0.0), ..prompt(CHAT_PROMPT) }).await.unwrap().into_inner();
+    assert_eq!(math.candidates.len(), 4, "primary + 3 fallbacks by default");
+    assert_ne!(models(&math), models(&chat), "math and chit-chat ranked the same");
+    for r in [&math, &chat] {
+        assert!(!r.request_id.is_empty(), "request id generated");
+        assert!(r.router_version.starts_with(env!("CARGO_PKG_VERSION")));
+        for c in &r.candidates {
+            assert!((0.0..=1.0).contains(&c.predicted_quality));
+            assert!(c.predicted_output_tokens >= 1 && c.predicted_cost_usd > 0.0 && c.predicted_latency_ms > 0.0);
+        }
+        // Ranked by utility, which at weight 0 is quality.
+        assert!(r.candidates.windows(2).take(2).all(|w| w[0].utility >= w[1].utility));
+    }
+    // The math prompt is predicted to need more output than a one-line chat answer? Not always;
+    // but it must be predicted harder for a cheap model than for the primary.
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cost_weight_one_picks_cheaper_primary_than_zero() {
+    let mut s = TestServer::start().await;
+    for p in [MATH_PROMPT, CHAT_PROMPT] {
+        let q = s.client.route(RouteRequest { cost_weight: Some(0.0), ..prompt(p) }).await.unwrap().into_inner();
+        let c = s.client.route(RouteRequest { cost_weight: Some(1.0), ..prompt(p) }).await.unwrap().into_inner();
+        assert!(
+            c.candidates[0].predicted_cost_usd < q.candidates[0].predicted_cost_usd / 5.0,
+            "weight 1 primary {} ${} vs weight 0 primary {} ${}",
+            c.candidates[0].model,
+            c.candidates[0].predicted_cost_usd,
+            q.candidates[0].model,
+            q.candidates[0].predicted_cost_usd
+        );
+        assert!(q.candidates[0].predicted_quality > c.candidates[0].predicted_quality);
+        // Weight 1 with a quality floor: the cheapest model that meets it.
+        let floor = 0.5 * (q.candidates[0].predicted_quality + c.candidates[0].predicted_quality);
+        let f = s
+            .client
+            .route(RouteRequest { cost_weight: Some(1.0), min_quality: Some(floor), explain: true, ..prompt(p) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(f.candidates.iter().all(|c| c.predicted_quality >= floor));
+        let cheapest_ok = f
+            .explanations
+            .iter()
+            .filter_map(|e| e.candidate.as_ref().filter(|_| e.reason != ExclusionReason::NotCovered as i32))
+            .filter(|c| c.predicted_quality >= floor)
+            .map(|c| c.predicted_cost_usd)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(f.candidates[0].predicted_cost_usd, cheapest_ok);
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn deny_and_allow_lists_are_honoured() {
+    let mut s = TestServer::start().await;
+    let base = s.client.route(prompt(MATH_PROMPT)).await.unwrap().into_inner();
+    let top = base.candidates[0].clone();
+    let r = s
+        .client
+        .route(RouteRequest { denied_models: vec![top.model.clone()], explain: true, ..prompt(MATH_PROMPT) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!models(&r).contains(&top.model));
+    let e = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == top.model).unwrap();
+    assert_eq!(e.reason, ExclusionReason::ModelNotAllowed as i32);
+
+    let r = s.client.route(RouteRequest { denied_providers: vec![top.provider.clone()], ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
+    assert!(r.candidates.iter().all(|c| c.provider != top.provider));
+
+    let r = s
+        .client
+        .route(RouteRequest { allowed_providers: vec!["anthropic".into()], ..prompt(MATH_PROMPT) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.candidates.is_empty() && r.candidates.iter().all(|c| c.provider == "anthropic"));
+
+    let allowed = vec![base.candidates[2].model.clone(), base.candidates[3].model.clone()];
+    let r = s.client.route(RouteRequest { allowed_models: allowed.clone(), ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
+    let mut got = models(&r);
+    got.sort();
+    let mut want = allowed;
+    want.sort();
+    assert_eq!(got, want);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn budget_and_context_window_are_honoured() {
+    let mut s = TestServer::start().await;
+    let all = s.client.route(RouteRequest { explain: true, ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
+    let mut costs: Vec<f64> = all
+        .explanations
+        .iter()
+        .filter(|e| e.reason != ExclusionReason::NotCovered as i32)
+        .map(|e| e.candidate.as_ref().unwrap().predicted_cost_usd)
+        .collect();
+    costs.sort_by(f64::total_cmp);
+    let budget = costs[costs.len() / 4];
+    let r = s
+        .client
+        .route(RouteRequest { max_cost_usd: Some(budget), cost_weight: Some(0.0), explain: true, ..prompt(MATH_PROMPT) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.candidates.iter().all(|c| c.predicted_cost_usd <= budget));
+    assert!(r.explanations.iter().any(|e| e.reason == ExclusionReason::Budget as i32));
+
+    // About 9,000 input tokens: models with an 8k window must be left out.
+    let long = format!("{} {}", "Please summarise the following report carefully.", "the quarterly numbers were strong ".repeat(1900));
+    let r = s.client.route(RouteRequest { explain: true, max_fallbacks: Some(8), ..prompt(&long) }).await.unwrap().into_inner();
+    assert!(r.input_tokens > 8192, "input tokens {}", r.input_tokens);
+    let catalog = s.client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    let small: Vec<&str> = catalog.models.iter().filter(|m| m.context_tokens <= 8192).map(|m| m.model.as_str()).collect();
+    assert!(!small.is_empty(), "the catalog has 8k-window models to exclude");
+    for c in &r.candidates {
+        assert!(!small.contains(&c.model.as_str()), "{} cannot hold {} tokens", c.model, r.input_tokens);
+    }
+    for e in &r.explanations {
+        let m = &e.candidate.as_ref().unwrap().model;
+        if small.contains(&m.as_str()) && e.reason != ExclusionReason::NotCovered as i32 {
+            assert_eq!(e.reason, ExclusionReason::ContextWindow as i32, "{m}: {}", e.detail);
+        }
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn fallbacks_span_providers_and_respect_the_count() {
+    let mut s = TestServer::start().await;
+    for p in [MATH_PROMPT, CHAT_PROMPT] {
+        for n in [1u32, 3, 8] {
+            for w in [0.0, 0.5, 1.0] {
+                let r = s.client.route(RouteRequest { max_fallbacks: Some(n), cost_weight: Some(w), ..prompt(p) }).await.unwrap().into_inner();
+                assert_eq!(r.candidates.len(), n as usize + 1);
+                let primary = &r.candidates[0].provider;
+                assert!(r.candidates[1..].iter().any(|c| &c.provider != primary), "no other provider among fallbacks at n={n} w={w}: {:?}", models(&r));
+            }
+        }
+    }
+    let r = s.client.route(RouteRequest { max_fallbacks: Some(0), ..prompt(CHAT_PROMPT) }).await.unwrap().into_inner();
+    assert_eq!(r.candidates.len(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn conversations_and_request_ids() {
+    let mut s = TestServer::start().await;
+    let conv = RouteRequest {
+        request_id: "gateway-42".into(),
+        messages: vec![
+            pb::Message { role: "system".into(), content: "You are a helpful assistant.".into() },
+            pb::Message { role: "user".into(), content: MATH_PROMPT.into() },
+            pb::Message { role: "assistant".into(), content: "Let me think about it.".into() },
+            pb::Message { role: "user".into(), content: "go on".into() },
+        ],
+        cost_weight: Some(0.0),
+        ..Default::default()
+    };
+    let r = s.client.route(conv).await.unwrap().into_inner();
+    assert_eq!(r.request_id, "gateway-42");
+    // Input tokens count the whole conversation, not just the routing text.
+    let single = s.client.route(prompt(MATH_PROMPT)).await.unwrap().into_inner();
+    assert!(r.input_tokens > single.input_tokens + 10, "{} vs {}", r.input_tokens, single.input_tokens);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cache_hits_return_the_same_ranking() {
+    let mut s = TestServer::start().await;
+    let a = s.client.route(prompt(CHAT_PROMPT)).await.unwrap().into_inner();
+    let b = s.client.route(prompt(CHAT_PROMPT)).await.unwrap().into_inner();
+    assert!(!a.timings.unwrap().cache_hit && b.timings.unwrap().cache_hit);
+    assert_eq!(b.timings.unwrap().encode_us, 0);
+    assert_eq!(a.candidates, b.candidates);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_request_same_ranking_under_concurrent_load() {
+    // Cache off, so every call really runs the encoder while other prompts are in flight.
+    let mut config = common::shipped_config();
+    config.cache.capacity = 0;
+    let mut s = TestServer::start_with(config).await;
+    let probe = RouteRequest { cost_weight: Some(0.3), max_fallbacks: Some(8), ..prompt(MATH_PROMPT) };
+    let reference = s.client.route(probe.clone()).await.unwrap().into_inner().candidates;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let mut client = s.client.clone();
+        let probe = probe.clone();
+        tasks.spawn(async move {
+            if i % 3 == 0 {
+                Some(client.route(probe).await.unwrap().into_inner().candidates)
+            } else {
+                let other = format!("Write a {i}-line poem about {} in the style of a pirate.", "the sea ".repeat(i));
+                client.route(prompt(&other)).await.unwrap();
+                None
+            }
+        });
+    }
+    let mut checked = 0;
+    while let Some(r) = tasks.join_next().await {
+        if let Some(c) = r.unwrap() {
+            assert_eq!(c, reference, "ranking changed under load");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16);
+    s.shutdown().await;
+}
+
+async fn expect_status(s: &mut TestServer, req: RouteRequest, code: Code, needles: &[&str]) {
+    let err = s.client.route(req.clone()).await.expect_err(&format!("{req:?} should fail"));
+    assert_eq!(err.code(), code, "{}", err.message());
+    for n in needles {
+        assert!(err.message().contains(n), "message {:?} lacks {n:?}", err.message());
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_invalid_argument_naming_field_limit_and_value() {
+    let mut s = TestServer::start().await;
+    let ia = Code::InvalidArgument;
+    expect_status(&mut s, RouteRequest::default(), ia, &["messages"]).await;
+    expect_status(&mut s, prompt("   "), ia, &["prompt", "whitespace"]).await;
+    let empty_content = RouteRequest { messages: vec![pb::Message { role: "user".into(), content: "".into() }], ..Default::default() };
+    expect_status(&mut s, empty_content, ia, &["messages[0].content"]).await;
+    let bad_role = RouteRequest { messages: vec![pb::Message { role: "wizard".into(), content: "hi".into() }], ..Default::default() };
+    expect_status(&mut s, bad_role, ia, &["messages[0].role", "wizard"]).await;
+    let both = RouteRequest { messages: vec![pb::Message { role: "user".into(), content: "hi".into() }], ..prompt("hi") };
+    expect_status(&mut s, both, ia, &["prompt"]).await;
+    expect_status(&mut s, RouteRequest { cost_weight: Some(1.5), ..prompt("hi") }, ia, &["cost_weight", "[0, 1]", "1.5"]).await;
+    expect_status(&mut s, RouteRequest { cost_weight: Some(-0.1), ..prompt("hi") }, ia, &["cost_weight", "-0.1"]).await;
+    expect_status(&mut s, RouteRequest { cost_weight: Some(f64::NAN), ..prompt("hi") }, ia, &["cost_weight", "NaN"]).await;
+    expect_status(&mut s, RouteRequest { profile: "turbo".into(), ..prompt("hi") }, ia, &["profile", "turbo", "balanced"]).await;
+    expect_status(&mut s, RouteRequest { profile: "balanced".into(), cost_weight: Some(0.2), ..prompt("hi") }, ia, &["profile"]).await;
+    expect_status(&mut s, RouteRequest { allowed_models: vec!["gpt-17".into()], ..prompt("hi") }, ia, &["allowed_models", "gpt-17"]).await;
+    expect_status(&mut s, RouteRequest { denied_models: vec!["nope".into()], ..prompt("hi") }, ia, &["denied_models", "nope"]).await;
+    expect_status(&mut s, RouteRequest { allowed_providers: vec!["acme".into()], ..prompt("hi") }, ia, &["allowed_providers", "acme"]).await;
+    expect_status(&mut s, RouteRequest { max_fallbacks: Some(12), ..prompt("hi") }, ia, &["max_fallbacks", "8", "12"]).await;
+    expect_status(&mut s, RouteRequest { min_quality: Some(2.0), ..prompt("hi") }, ia, &["min_quality", "2"]).await;
+    expect_status(&mut s, RouteRequest { max_cost_usd: Some(-1.0), ..prompt("hi") }, ia, &["max_cost_usd", "-1"]).await;
+    expect_status(&mut s, RouteRequest { max_cost_usd: Some(f64::INFINITY), ..prompt("hi") }, ia, &["max_cost_usd", "inf"]).await;
+    expect_status(&mut s, RouteRequest { request_id: "x".repeat(200), ..prompt("hi") }, ia, &["request_id", "128", "200"]).await;
+    let many = RouteRequest {
+        messages: (0..300).map(|_| pb::Message { role: "user".into(), content: "hi".into() }).collect(),
+        ..Default::default()
+    };
+    expect_status(&mut s, many, ia, &["messages", "256", "300"]).await;
+    let huge = prompt(&"a".repeat(1_200_000));
+    expect_status(&mut s, huge, ia, &["bytes", "1048576"]).await;
+
+    // Constraints that exclude every model: FAILED_PRECONDITION naming the constraint.
+    let fp = Code::FailedPrecondition;
+    expect_status(&mut s, RouteRequest { max_cost_usd: Some(1e-12), ..prompt("hi") }, fp, &["max_cost_usd"]).await;
+    expect_status(&mut s, RouteRequest { min_quality: Some(1.0), ..prompt("hi") }, fp, &["min_quality"]).await;
+    let both_lists = RouteRequest { allowed_providers: vec!["anthropic".into()], denied_providers: vec!["anthropic".into()], ..prompt("hi") };
+    expect_status(&mut s, both_lists, fp, &["providers"]).await;
+
+    // The server is still fine.
+    s.client.route(prompt("still alive?")).await.unwrap();
+    s.shutdown().await;
+}

@@ -1,0 +1,77 @@
+//! The service surface besides `Route`: health, reflection, ListModels, and graceful shutdown.
+mod common;
+
+use common::TestServer;
+use switchyard::pb::ListModelsRequest;
+use tokio_stream::StreamExt;
+use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+use tonic_reflection::pb::v1::{
+    server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse, ServerReflectionRequest,
+};
+
+#[tokio::test]
+async fn health_reflection_and_catalog() {
+    let mut s = TestServer::start().await;
+    for service in ["", "switchyard.v1.Router"] {
+        let r = s.health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32);
+    }
+
+    let mut refl = ServerReflectionClient::new(s.channel.clone());
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected {resp:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"switchyard.v1.Router".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    let catalog = s.client.list_models(ListModelsRequest {}).await.unwrap().into_inner();
+    let prices = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/prices.csv"))
+        .or_else(|_| std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/prices.csv")));
+    assert!(catalog.models.len() >= 20, "catalog has {} models", catalog.models.len());
+    assert!(catalog.models.iter().all(|m| m.covered_by_head), "shipped catalog lists only covered models");
+    assert!(catalog.models.iter().all(|m| m.context_tokens > 0 && m.output_usd_per_mtok >= m.input_usd_per_mtok * 0.0));
+    if let Ok(prices) = prices {
+        // Every catalog price is the one in the shared price list.
+        for m in &catalog.models {
+            let line = prices.lines().find(|l| l.split(',').next() == Some(m.model.as_str())).expect("model in prices.csv");
+            let f: Vec<&str> = line.split(',').collect();
+            assert_eq!(f[1], m.provider);
+            assert_eq!(f[2].parse::<f64>().unwrap(), m.input_usd_per_mtok);
+            assert_eq!(f[3].parse::<f64>().unwrap(), m.output_usd_per_mtok);
+        }
+    }
+    assert_eq!(catalog.default_profile, "balanced");
+    assert!(catalog.encoder.starts_with("all-MiniLM-L6-v2/"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_head_fails_to_start_with_a_clear_error() {
+    let mut config = common::shipped_config();
+    config.head.dir = std::env::temp_dir().join("switchyard-no-such-head");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = switchyard::transport::serve(config, listener, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("switchyard-no-such-head"), "{err}");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let s = TestServer::start().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut c = s.client.clone();
+        tasks.spawn(async move { c.route(switchyard::pb::RouteRequest { prompt: format!("question number {i} about rust lifetimes"), ..Default::default() }).await });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    s.shutdown().await;
+    while let Some(r) = tasks.join_next().await {
+        let r = r.unwrap();
+        // Requests either completed, or (if they arrived after shutdown began) were refused cleanly.
+        if let Err(e) = r {
+            assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled), "{e}");
+        }
+    }
+}
