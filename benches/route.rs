@@ -1,1 +1,200 @@
-fn main(){}
+//! Route latency and throughput against the real server on loopback, next to the bare encoder.
+//!
+//! `cargo bench --bench route` (or `make bench`). Prints a markdown table: p50/p99 latency and
+//! throughput at concurrency 1, 4 and 16, for short prompts and prompts at the 256-token cap,
+//! with the cache cold (cache off: every request runs the encoder) and hot (every text cached),
+//! and the bare encoder (tokenize + embed + head, no gRPC, one caller) on the same prompts.
+//! Prompts are real ones from `../shared/data`. Set BENCH_REQUESTS to scale the run.
+use std::{
+    io::Read,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use switchyard::{
+    config::Config,
+    encoder::Encoder,
+    pb::{router_client::RouterClient, RouteRequest},
+    predictor::Head,
+    runtime,
+};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+fn real_prompts() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let mut out = Vec::new();
+    for f in ["alpaca_eval2/train.jsonl.gz", "zeroeval/train.jsonl.gz"] {
+        let file = std::fs::File::open(root.join(f)).expect("shared data present");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if seen.insert(v["prompt_id"].as_str().unwrap().to_string()) {
+                out.push(v["prompt"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Row {
+    label: String,
+    concurrency: usize,
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrency: usize, requests: usize) -> (Vec<Duration>, Duration) {
+    let prompts = Arc::new(prompts.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut c, prompts, next) = (client.clone(), Arc::clone(&prompts), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return lat;
+                }
+                let req = RouteRequest { prompt: prompts[i % prompts.len()].clone(), ..Default::default() };
+                let t = Instant::now();
+                c.route(req).await.expect("route succeeds");
+                lat.push(t.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(l) = tasks.join_next().await {
+        all.extend(l.unwrap());
+    }
+    let wall = start.elapsed();
+    all.sort();
+    (all, wall)
+}
+
+async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchyard::transport::serve(config, listener, async {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = RouterClient::new(channel);
+    // Wait for the models.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.route(RouteRequest { prompt: "warm up".into(), ..Default::default() }).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (client, tx)
+}
+
+#[tokio::main]
+async fn main() {
+    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).unwrap();
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref()).unwrap();
+    let encoder = Encoder::load(env, &config.encoder).unwrap();
+    let head = Head::load(env, &config.head.dir).unwrap();
+
+    // Short: real prompts of 8..=32 tokens. Long: real prompts joined until they pass 256 tokens.
+    let all = real_prompts();
+    let count = |p: &str| encoder.count_tokens(p).unwrap();
+    let short: Vec<String> = all.iter().filter(|p| (8..=32).contains(&count(p))).take(requests).cloned().collect();
+    let mut long = Vec::new();
+    let mut acc = String::new();
+    for p in &all {
+        acc.push_str(p);
+        acc.push('\n');
+        if count(&acc) > 300 {
+            long.push(std::mem::take(&mut acc));
+            if long.len() >= requests / 2 {
+                break;
+            }
+        }
+    }
+    let mean_tokens = |v: &[String]| v.iter().map(|p| count(p).min(254) as f64).sum::<f64>() / v.len() as f64;
+    println!(
+        "# Route benchmark\nprompts: {} short (mean {:.1} tokens), {} long (capped at 256 tokens); encoder {}, {} sessions x {} intra-op threads; {} CPUs",
+        short.len(),
+        mean_tokens(&short),
+        long.len(),
+        encoder.id(),
+        config.encoder.sessions,
+        config.encoder.intra_threads,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+
+    // Bare encoder (tokenize + embed + head), one caller, same prompts.
+    let mut rows = Vec::new();
+    for (name, set) in [("short", &short), ("256-token", &long)] {
+        let n = set.len().min(requests / 2).max(50);
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        for p in set.iter().cycle().take(n) {
+            let t = Instant::now();
+            let tokens = encoder.tokenize(p).unwrap();
+            let e = encoder.embed(&tokens).unwrap();
+            head.predict(ndarray::ArrayView2::from_shape((1, e.len()), &e).unwrap()).unwrap();
+            lat.push(t.elapsed());
+        }
+        let wall = t0.elapsed();
+        lat.sort();
+        rows.push(Row { label: format!("bare encoder+head, {name}"), concurrency: 1, p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99), rps: n as f64 / wall.as_secs_f64() });
+    }
+    drop(encoder);
+
+    let mut cold_cfg = config.clone();
+    cold_cfg.cache.capacity = 0;
+    let (cold, stop_cold) = start(cold_cfg).await;
+    let (hot, stop_hot) = start(config).await;
+    for (name, set, n) in [("short", &short, requests), ("256-token", &long, requests / 3)] {
+        // Warm the hot server's cache with every text.
+        for p in set.iter() {
+            hot.clone().route(RouteRequest { prompt: p.clone(), ..Default::default() }).await.unwrap();
+        }
+        for c in [1, 4, 16] {
+            for (cache, client) in [("miss", &cold), ("hit", &hot)] {
+                let (lat, wall) = run_load(client, set, c, n).await;
+                rows.push(Row {
+                    label: format!("Route, {name}, cache {cache}"),
+                    concurrency: c,
+                    p50: percentile(&lat, 0.5),
+                    p99: percentile(&lat, 0.99),
+                    rps: lat.len() as f64 / wall.as_secs_f64(),
+                });
+            }
+        }
+    }
+    let _ = (stop_cold.send(()), stop_hot.send(()));
+
+    println!("\n| what | concurrency | p50 ms | p99 ms | req/s |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} | {:.0} |", r.label, r.concurrency, ms(r.p50), ms(r.p99), r.rps);
+    }
+    for name in ["short", "256-token"] {
+        let bare = rows.iter().find(|r| r.label == format!("bare encoder+head, {name}")).unwrap();
+        let svc = rows.iter().find(|r| r.label == format!("Route, {name}, cache miss") && r.concurrency == 1).unwrap();
+        println!(
+            "\n{name}: Route p50 at concurrency 1 (cache miss) {} ms vs bare {} ms: service overhead {:+.1}%",
+            ms(svc.p50),
+            ms(bare.p50),
+            (svc.p50.as_secs_f64() / bare.p50.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+}

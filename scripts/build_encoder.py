@@ -16,9 +16,10 @@ What it does
    fusers look for: the offline ``onnxruntime.transformers.optimizer``
    (model_type "bert") fuses all 6 Attention, 12 SkipLayerNormalization and
    6 BiasGelu; at session time ORT 1.31 fuses Gelu/BiasGelu, q.k MatMul and,
-   in the int8 graph, SkipLayerNormalization and the quantised MatMuls (its
-   C++ attention matcher does not accept the opset-13+ Unsqueeze/Cast of the
-   mask path, so no Attention op there).
+   in the int8 graph, SkipLayerNormalization and the quantised MatMuls; its
+   C++ attention matcher stops at the mask path of this opset-17 graph
+   ("Failed to find path for mask"), so there is no Attention op at session
+   time.
        inputs : input_ids      int64   [batch, seq]
                 attention_mask int64   [batch, seq]
        output : sentence_embedding float32 [batch, 384]

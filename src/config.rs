@@ -169,6 +169,9 @@ pub struct RoutingConfig {
     pub default_ttft_ms: f64,
     /// Decoding speed for models without their own figure, tokens/s.
     pub default_output_tokens_per_second: f64,
+    /// A model whose training evidence near the prompt is below this share of the best-supported
+    /// model's is left out as outside the head's domain (0 disables; needs a head with `support`).
+    pub min_relative_support: f64,
 }
 
 impl Default for RoutingConfig {
@@ -178,6 +181,7 @@ impl Default for RoutingConfig {
             profiles: BTreeMap::from([("quality".into(), 0.0), ("balanced".into(), 0.5), ("economy".into(), 0.85)]),
             default_ttft_ms: 500.0,
             default_output_tokens_per_second: 60.0,
+            min_relative_support: 0.05,
         }
     }
 }
@@ -300,6 +304,9 @@ impl Config {
                 &format!("one of routing.profiles ({})", known.join(", ")),
                 &r.default_profile,
             ));
+        }
+        if !(0.0..=1.0).contains(&r.min_relative_support) {
+            return Err(invalid("routing.min_relative_support", "in [0,1]", r.min_relative_support));
         }
         if !(r.default_ttft_ms.is_finite() && r.default_ttft_ms >= 0.0) {
             return Err(invalid("routing.default_ttft_ms", ">= 0", r.default_ttft_ms));

@@ -151,6 +151,7 @@ pub struct Decision {
 struct Cached {
     quality: Vec<f32>,
     output_tokens: Vec<f32>,
+    support: Option<Vec<f32>>,
     text_tokens: u32,
 }
 
@@ -343,6 +344,7 @@ impl Engine {
                         let cached = Arc::new(Cached {
                             quality: out.quality,
                             output_tokens: out.output_tokens,
+                            support: out.support,
                             text_tokens: tokens.full_count,
                         });
                         if let Some(c) = &this.cache {
@@ -357,6 +359,10 @@ impl Engine {
         };
 
         let t = Instant::now();
+        // Support is compared among the catalog's models only.
+        let best_support = pred.support.as_ref().map(|s| {
+            self.head_index.iter().flatten().map(|&j| f64::from(s[j])).fold(0.0, f64::max)
+        });
         let predictions: Vec<Option<Prediction>> = self
             .head_index
             .iter()
@@ -364,12 +370,17 @@ impl Engine {
                 idx.map(|j| Prediction {
                     quality: f64::from(pred.quality[j]).clamp(0.0, 1.0),
                     output_tokens: f64::from(pred.output_tokens[j]).max(1.0),
+                    relative_support: match (&pred.support, best_support) {
+                        (Some(s), Some(best)) if best > 0.0 => f64::from(s[j]) / best,
+                        _ => 1.0,
+                    },
                 })
             })
             .collect();
         let r = &self.config.routing;
         let latency = LatencyDefaults { ttft_ms: r.default_ttft_ms, output_tokens_per_second: r.default_output_tokens_per_second };
-        let ranking = policy::rank(&self.catalog, &predictions, conversation_tokens, cost_weight, &q.constraints, latency)?;
+        let constraints = Constraints { min_relative_support: r.min_relative_support, ..q.constraints };
+        let ranking = policy::rank(&self.catalog, &predictions, conversation_tokens, cost_weight, &constraints, latency)?;
         timings.rank = t.elapsed();
         timings.total = t0.elapsed();
         Ok(Decision { request_id: q.request_id, ranking, cost_weight, profile, input_tokens: conversation_tokens, timings })

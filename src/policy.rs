@@ -12,7 +12,8 @@
 //! request allows, so adding a candidate never reorders the others.
 //!
 //! Constraints are applied in a fixed order, and a model's exclusion reason is the first rule it
-//! fails: coverage by the head, model allow/deny lists, provider allow/deny lists, context window,
+//! fails: coverage by the head, the head's domain (training evidence near the prompt, see
+//! `learning::Support`), model allow/deny lists, provider allow/deny lists, context window,
 //! `min_quality`, `max_cost_usd`. When a rule leaves no model, the error names that rule.
 //!
 //! Fallbacks are the next best by utility, except that when none of them is from a provider
@@ -32,6 +33,9 @@ pub struct Prediction {
     pub quality: f64,
     /// Predicted output tokens (>= 1).
     pub output_tokens: f64,
+    /// Training evidence for this model near the prompt, relative to the best-supported model
+    /// (1 = as much as any model); 1 when the head does not measure it.
+    pub relative_support: f64,
 }
 
 /// The hard constraints of one request, already validated against the catalog.
@@ -51,6 +55,8 @@ pub struct Constraints {
     pub denied_providers: Vec<String>,
     /// Fallbacks after the primary.
     pub max_fallbacks: usize,
+    /// Models with less relative support are out of the head's domain (0 disables the rule).
+    pub min_relative_support: f64,
 }
 
 /// Catalog-wide defaults for the latency estimate.
@@ -67,6 +73,13 @@ pub struct LatencyDefaults {
 pub enum Exclusion {
     /// The head has no output for this model.
     NotCovered,
+    /// The head has output for this model but no training evidence near this prompt.
+    OutOfDomain {
+        /// The model's relative support.
+        relative_support: f64,
+        /// The threshold.
+        threshold: f64,
+    },
     /// Denied by `denied_models` or absent from `allowed_models`.
     ModelNotAllowed,
     /// Denied by `denied_providers` or absent from `allowed_providers`.
@@ -101,6 +114,7 @@ impl Exclusion {
     pub fn constraint(&self) -> &'static str {
         match self {
             Exclusion::NotCovered => "head coverage",
+            Exclusion::OutOfDomain { .. } => "head domain",
             Exclusion::ModelNotAllowed => "allowed_models/denied_models",
             Exclusion::ProviderNotAllowed => "allowed_providers/denied_providers",
             Exclusion::ContextWindow { .. } => "context window",
@@ -114,6 +128,9 @@ impl Exclusion {
     pub fn detail(&self) -> String {
         match self {
             Exclusion::NotCovered => "the routing head has no prediction for this model".into(),
+            Exclusion::OutOfDomain { relative_support, threshold } => format!(
+                "the head saw this model on nothing like this prompt (relative support {relative_support:.4} < {threshold}); its prediction would be a guess"
+            ),
             Exclusion::ModelNotAllowed => "excluded by allowed_models/denied_models".into(),
             Exclusion::ProviderNotAllowed => "excluded by allowed_providers/denied_providers".into(),
             Exclusion::ContextWindow { input_tokens, context_tokens } => {
@@ -214,6 +231,11 @@ pub fn rank(
     type Rule<'a> = Box<dyn Fn(&CatalogModel, &Scored) -> Option<Exclusion> + 'a>;
     let rules: Vec<Rule> = vec![
         Box::new(|_, s| s.prediction.is_none().then_some(Exclusion::NotCovered)),
+        Box::new(|_, s| {
+            let r = s.prediction?.relative_support;
+            (r < c.min_relative_support)
+                .then_some(Exclusion::OutOfDomain { relative_support: r, threshold: c.min_relative_support })
+        }),
         Box::new(|m, _| {
             let denied = listed(&c.denied_models, &m.id)
                 || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
@@ -326,7 +348,7 @@ mod tests {
     fn preds() -> Vec<Option<Prediction>> {
         [0.9, 0.8, 0.5, 0.6]
             .iter()
-            .map(|&q| Some(Prediction { quality: q, output_tokens: 200.0 }))
+            .map(|&q| Some(Prediction { quality: q, output_tokens: 200.0, relative_support: 1.0 }))
             .chain([None])
             .collect()
     }

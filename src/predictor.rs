@@ -17,6 +17,8 @@ pub const INPUT: &str = "embeddings";
 pub const QUALITY: &str = "quality";
 /// Name of the output-tokens output.
 pub const OUTPUT_TOKENS: &str = "output_tokens";
+/// Name of the optional support output (training evidence per model near the prompt).
+pub const SUPPORT: &str = "support";
 
 /// Errors of the head layer.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,7 @@ pub struct HeadManifest {
 pub struct Head {
     manifest: HeadManifest,
     session: Mutex<Session>,
+    has_support: bool,
 }
 
 /// Predictions for a batch: row-major [N, M].
@@ -97,6 +100,8 @@ pub struct HeadOutput {
     pub quality: Vec<f32>,
     /// Predicted output tokens, [rows * models].
     pub output_tokens: Vec<f32>,
+    /// Training evidence per model near each row, [rows * models], if the head has it.
+    pub support: Option<Vec<f32>>,
 }
 
 /// Hex SHA-256 of bytes.
@@ -131,7 +136,8 @@ impl Head {
             )));
         }
         let session = crate::encoder::session_from_bytes(env, &bytes, 1)?;
-        let head = Self { manifest, session: Mutex::new(session) };
+        let has_support = session.outputs().iter().any(|o| o.name() == SUPPORT);
+        let head = Self { manifest, session: Mutex::new(session), has_support };
         let probe = vec![0.0f32; head.manifest.encoder.dimension];
         let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
         if out.quality.len() != head.manifest.models.len() || out.output_tokens.len() != head.manifest.models.len() {
@@ -147,6 +153,11 @@ impl Head {
     /// The manifest.
     pub fn manifest(&self) -> &HeadManifest {
         &self.manifest
+    }
+
+    /// True when the graph has the `support` output.
+    pub fn has_support(&self) -> bool {
+        self.has_support
     }
 
     /// Model ids in output order.
@@ -168,6 +179,11 @@ impl Head {
         let outputs = session.run(ort::inputs![INPUT => TensorRef::from_array_view(&x)?])?;
         let q = outputs[QUALITY].try_extract_array::<f32>()?;
         let t = outputs[OUTPUT_TOKENS].try_extract_array::<f32>()?;
-        Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect() })
+        let support = if self.has_support {
+            Some(outputs[SUPPORT].try_extract_array::<f32>()?.iter().copied().collect())
+        } else {
+            None
+        };
+        Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect(), support })
     }
 }

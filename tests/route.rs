@@ -63,7 +63,8 @@ async fn cost_weight_one_picks_cheaper_primary_than_zero() {
         let cheapest_ok = f
             .explanations
             .iter()
-            .filter_map(|e| e.candidate.as_ref().filter(|_| e.reason != ExclusionReason::NotCovered as i32))
+            .filter(|e| ![ExclusionReason::NotCovered as i32, ExclusionReason::OutOfDomain as i32].contains(&e.reason))
+            .filter_map(|e| e.candidate.as_ref())
             .filter(|c| c.predicted_quality >= floor)
             .map(|c| c.predicted_cost_usd)
             .fold(f64::INFINITY, f64::min);
@@ -282,5 +283,31 @@ async fn bad_input_gets_invalid_argument_naming_field_limit_and_value() {
 
     // The server is still fine.
     s.client.route(prompt("still alive?")).await.unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn models_never_observed_near_a_prompt_are_out_of_domain() {
+    // The shipped head learned math-benchmark models only on math and chat models only on chat:
+    // each family is left out of the other's prompts instead of being trusted blindly.
+    let mut s = TestServer::start().await;
+    let catalog = s.client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    let math = s.client.route(RouteRequest { explain: true, ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
+    let chat = s.client.route(RouteRequest { explain: true, ..prompt(CHAT_PROMPT) }).await.unwrap().into_inner();
+    let ood = |r: &pb::RouteResponse| -> Vec<String> {
+        r.explanations
+            .iter()
+            .filter(|e| e.reason == ExclusionReason::OutOfDomain as i32)
+            .map(|e| e.candidate.as_ref().unwrap().model.clone())
+            .collect()
+    };
+    let (om, oc) = (ood(&math), ood(&chat));
+    assert!(om.len() >= 10 && oc.len() >= 10, "math {} / chat {} out of domain", om.len(), oc.len());
+    assert!(oc.contains(&"o1-mini-2024-09-12".to_string()), "o1-mini was only observed on math and code");
+    assert!(om.contains(&"FuseChat-Gemma-2-9B-Instruct".to_string()), "FuseChat was only observed on open-ended chat");
+    // Each prompt's primary comes from the family that was observed on its kind of prompt.
+    assert!(om.contains(&chat.candidates[0].model), "chat primary {} should be a chat-evaluated model", chat.candidates[0].model);
+    assert!(oc.contains(&math.candidates[0].model), "math primary {} should be a math-evaluated model", math.candidates[0].model);
+    assert!(catalog.models.len() > om.len() + 4);
     s.shutdown().await;
 }

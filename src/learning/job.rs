@@ -13,7 +13,7 @@ use std::{
 use ndarray::Array2;
 use serde_json::json;
 
-use super::{baseline_metrics, evaluate, export, read_logs, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
+use super::{baseline_metrics, evaluate, export_with_support, read_logs, Support, DEFAULT_TAU, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
 use crate::{
     encoder::{Encoder, EncoderError},
     predictor::{sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT},
@@ -193,7 +193,10 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         );
     }
 
-    let bytes = export(&mlp, &[("producer".into(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))]);
+    // Domain of competence over every training prompt (never the held-out ones).
+    let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_TAU);
+    let producer = [("producer".to_string(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))];
+    let bytes = export_with_support(&mlp, Some(&support), &producer);
     let digest = sha256_hex(&bytes);
     let files: Vec<_> = job
         .data
@@ -227,7 +230,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "baseline_per_model_mean": metrics_json(&baseline),
         }),
         training: json!({
-            "architecture": format!("embeddings[{}] -> relu({}) -> sigmoid quality[{m}], exp-1 tokens[{m}]", encoder.dimension(), job.train.hidden, m = logs.models.len()),
+            "architecture": format!("embeddings[{}] -> relu({}) -> sigmoid quality[{m}], exp-1 tokens[{m}]; kernel support[{m}]", encoder.dimension(), job.train.hidden, m = logs.models.len()),
             "hidden": job.train.hidden,
             "epochs_max": job.train.epochs,
             "epochs_run": report.epochs_run,
@@ -241,6 +244,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "fit_prompts": fit_rows.len(),
             "early_stop_prompts": stop_rows.len(),
             "seconds": train_seconds,
+            "support": { "tau": DEFAULT_TAU, "prompts": train_idx.len() },
         }),
         created_at: now_rfc3339(),
     };

@@ -23,13 +23,15 @@ pub mod job;
 mod mlp;
 mod onnx;
 mod rng;
+mod support;
 mod train;
 
 pub use data::{read_logs, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
 pub use dataset::{split_by_prompt, Dataset};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
-pub use onnx::{export, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
+pub use onnx::{export, export_with_support, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
+pub use support::{Support, DEFAULT_TAU, SUPPORT_OUTPUT};
 pub use train::{baseline_metrics, evaluate, train, Metrics, TrainConfig, TrainReport};
 
 use std::path::PathBuf;

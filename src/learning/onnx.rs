@@ -17,7 +17,7 @@
 //! `Relu` after `Sub` is the clamp at zero (`max(x, 0)`), the cheapest way to spell it in ONNX.
 use prost::Message;
 
-use super::mlp::Mlp;
+use super::{mlp::Mlp, support::{Support, SUPPORT_OUTPUT}};
 
 /// Name of the graph input: float `[batch, D]` prompt embeddings.
 pub const INPUT_NAME: &str = "embeddings";
@@ -40,8 +40,14 @@ const ATTR_INT: i32 = 2;
 /// Serialises `mlp` as an ONNX model (`ModelProto` bytes) with `metadata` as its
 /// `metadata_props`, in the order given (ONNX wants distinct keys; that is the caller's job).
 pub fn export(mlp: &Mlp, metadata: &[(String, String)]) -> Vec<u8> {
+    export_with_support(mlp, None, metadata)
+}
+
+/// Like [`export`], plus a third output `support` [batch, M] computed by `support`:
+/// `MatMul(x, keys^T) -> Mul(1/tau) -> Softmax -> MatMul(weights)`.
+pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, metadata: &[(String, String)]) -> Vec<u8> {
     let (d, h, m) = (mlp.input_dim(), mlp.hidden_dim(), mlp.n_models());
-    let initializer = vec![
+    let mut initializer = vec![
         tensor("W1", &[d, h], mlp.w1().iter()),
         tensor("b1", &[h], mlp.b1().iter()),
         tensor("Wq", &[h, m], mlp.wq().iter()),
@@ -50,7 +56,7 @@ pub fn export(mlp: &Mlp, metadata: &[(String, String)]) -> Vec<u8> {
         tensor("bt", &[m], mlp.bt().iter()),
         tensor("one", &[], [1.0f32].iter()),
     ];
-    let node = vec![
+    let mut node = vec![
         gemm(&[INPUT_NAME, "W1", "b1"], "hidden_pre"),
         node("Relu", &["hidden_pre"], "hidden"),
         gemm(&["hidden", "Wq", "bq"], "quality_logits"),
@@ -60,13 +66,28 @@ pub fn export(mlp: &Mlp, metadata: &[(String, String)]) -> Vec<u8> {
         node("Sub", &["tokens_plus_one", "one"], "tokens_raw"),
         node("Relu", &["tokens_raw"], TOKENS_OUTPUT),
     ];
+    let mut output = vec![value_info(QUALITY_OUTPUT, m), value_info(TOKENS_OUTPUT, m)];
+    if let Some(s) = support {
+        let keys_t = s.keys.t().as_standard_layout().to_owned();
+        let inv = 1.0 / s.tau;
+        initializer.push(tensor("support_keys_t", &[d, s.keys.nrows()], keys_t.iter()));
+        initializer.push(tensor("support_weights", &[s.weights.nrows(), m], s.weights.iter()));
+        initializer.push(tensor("support_inv_tau", &[], [inv].iter()));
+        node.extend([
+            node_n("MatMul", &[INPUT_NAME, "support_keys_t"], "support_sim"),
+            node_n("Mul", &["support_sim", "support_inv_tau"], "support_scaled"),
+            node_n("Softmax", &["support_scaled"], "support_kernel"),
+            node_n("MatMul", &["support_kernel", "support_weights"], SUPPORT_OUTPUT),
+        ]);
+        output.push(value_info(SUPPORT_OUTPUT, m));
+    }
     let graph = GraphProto {
         node,
         name: "switchyard_router_head".into(),
         initializer,
         doc_string: "Per-model quality and output tokens from a prompt embedding.".into(),
         input: vec![value_info(INPUT_NAME, d)],
-        output: vec![value_info(QUALITY_OUTPUT, m), value_info(TOKENS_OUTPUT, m)],
+        output,
     };
     let model = ModelProto {
         ir_version: IR_VERSION,
@@ -99,6 +120,10 @@ fn tensor<'a>(name: &str, dims: &[usize], values: impl Iterator<Item = &'a f32>)
         name: name.into(),
         raw_data: values.flat_map(|v| v.to_le_bytes()).collect(),
     }
+}
+
+fn node_n(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {
+    node(op_type, inputs, output)
 }
 
 fn node(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {

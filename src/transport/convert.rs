@@ -122,6 +122,7 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         allowed_providers: check_list("allowed_providers", &req.allowed_providers, lim)?,
         denied_providers: check_list("denied_providers", &req.denied_providers, lim)?,
         max_fallbacks: max_fallbacks as usize,
+        min_relative_support: 0.0,
     };
     Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain })
 }
@@ -145,6 +146,7 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
     match e {
         None => R::Unspecified,
         Some(Exclusion::NotCovered) => R::NotCovered,
+        Some(Exclusion::OutOfDomain { .. }) => R::OutOfDomain,
         Some(Exclusion::ModelNotAllowed) => R::ModelNotAllowed,
         Some(Exclusion::ProviderNotAllowed) => R::ProviderNotAllowed,
         Some(Exclusion::ContextWindow { .. }) => R::ContextWindow,
