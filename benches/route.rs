@@ -4,7 +4,9 @@
 //! throughput at concurrency 1, 4 and 16, for short prompts and prompts at the 256-token cap,
 //! with the cache cold (cache off: every request runs the encoder) and hot (every text cached),
 //! and the bare encoder (tokenize + embed + head, no gRPC, one caller) on the same prompts.
-//! Prompts are real ones from `../shared/data`. Set BENCH_REQUESTS to scale the run.
+//! Prompts are real ones from `../shared/data`. Set BENCH_REQUESTS to scale the run, and
+//! BENCH_SESSIONS / BENCH_THREADS to try another encoder pool layout. The load generator runs in
+//! the same process (and on the same cores) as the server, so the service figures include it.
 use std::{
     io::Read,
     path::Path,
@@ -93,7 +95,7 @@ async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::
     tokio::spawn(switchyard::transport::serve(config, listener, async {
         let _ = rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
     let mut client = RouterClient::new(channel);
     // Wait for the models.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -107,7 +109,14 @@ async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::
 #[tokio::main]
 async fn main() {
     let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    let config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).unwrap();
+    let mut config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).unwrap();
+    // BENCH_SESSIONS / BENCH_THREADS override the encoder pool to compare layouts.
+    if let Some(n) = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()) {
+        config.encoder.sessions = n;
+    }
+    if let Some(n) = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()) {
+        config.encoder.intra_threads = n;
+    }
     let env = runtime::environment(config.runtime.onnxruntime.as_deref()).unwrap();
     let encoder = Encoder::load(env, &config.encoder).unwrap();
     let head = Head::load(env, &config.head.dir).unwrap();

@@ -230,7 +230,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "baseline_per_model_mean": metrics_json(&baseline),
         }),
         training: json!({
-            "architecture": format!("embeddings[{}] -> relu({}) -> sigmoid quality[{m}], exp-1 tokens[{m}]; kernel support[{m}]", encoder.dimension(), job.train.hidden, m = logs.models.len()),
+            "architecture": format!("embeddings[{}] -> relu({}) -> sigmoid quality[{m}], exp-1 tokens[{m}]; neighbour support[{m}]", encoder.dimension(), job.train.hidden, m = logs.models.len()),
             "hidden": job.train.hidden,
             "epochs_max": job.train.epochs,
             "epochs_run": report.epochs_run,

@@ -41,7 +41,7 @@ impl TestServer {
         let handle = tokio::spawn(switchyard::transport::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
         let mut health = HealthClient::new(channel.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
