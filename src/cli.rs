@@ -12,6 +12,42 @@ use crate::{
     transport::convert,
 };
 
+/// Evaluates the configured head on each log file, writes `report.json` and SVG plots to `out`.
+pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, knn_k: usize) -> anyhow::Result<()> {
+    use crate::learning::eval::{evaluate_file, svg};
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
+    let encoder = Encoder::load(env, &config.encoder)?;
+    let head = crate::predictor::Head::load(env, &config.head.dir)?;
+    let catalog = config.catalog()?;
+    let heldout: Vec<String> = head.manifest().validation["prompt_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(!heldout.is_empty(), "the head's manifest lists no held-out prompts (validation.prompt_ids); retrain it with this version");
+    std::fs::create_dir_all(out)?;
+    let mut reports = Vec::new();
+    for f in data {
+        let r = evaluate_file(f, &encoder, &head, &catalog, &heldout, config.routing.min_relative_support, knn_k)?;
+        let plot = out.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_")));
+        std::fs::write(&plot, svg(&r))?;
+        println!(
+            "{}: {} prompts x {} models; AIQ single {:.4}, router {:.4}, kNN {:.4}, oracle {:.4}; gap closed: router {:.1}%, kNN {:.1}%",
+            r.file, r.prompts, r.single_models.len(), r.single_aiq, r.router.aiq, r.knn.aiq, r.oracle.aiq, r.router_gap_closed * 100.0, r.knn_gap_closed * 100.0
+        );
+        let best = r.single_models.iter().find(|s| s.model == r.best_single).expect("best is a single model. This is a bug.");
+        println!(
+            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality at {}; mean calibration error {:.3}; plot {}",
+            best.model, best.quality, best.cost, r.router_quality_at_best_single_cost,
+            r.router_cost_share_to_match_best_single.map_or("never".to_string(), |s| format!("{:.0}% of its cost", s * 100.0)),
+            r.mean_calibration_error, plot.display()
+        );
+        reports.push(r);
+    }
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&reports)?)?;
+    println!("wrote {}", out.join("report.json").display());
+    Ok(())
+}
+
 /// Trains a head with the configured encoder and prints a summary.
 pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()> {
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;

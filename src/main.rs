@@ -38,6 +38,22 @@ enum Command {
     Route(RouteArgs),
     /// Train a routing head from routing logs and export it as ONNX plus a manifest.
     Train(TrainArgs),
+    /// Measure the head on full-matrix logs it never saw: quality-cost frontier against every
+    /// single model, the per-prompt oracle and a kNN router; writes JSON and an SVG plot.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Full-matrix routing log files; each is evaluated on its own, on the head's held-out prompts.
+    #[arg(long = "data", env = "SWITCHYARD_EVAL_DATA", value_delimiter = ',', required = true)]
+    data: Vec<PathBuf>,
+    /// Folder for report.json and one <file>.svg plot per log file.
+    #[arg(long, env = "SWITCHYARD_EVAL_OUT", default_value = "eval")]
+    out: PathBuf,
+    /// Neighbours of the kNN baseline router.
+    #[arg(long, env = "SWITCHYARD_EVAL_KNN_K", default_value_t = 25)]
+    knn_k: usize,
 }
 
 #[derive(Args, Debug)]
@@ -50,34 +66,34 @@ struct TrainArgs {
     #[arg(long, env = "SWITCHYARD_TRAIN_OUT", default_value = "models/router")]
     out: PathBuf,
     /// Share of prompts held out (by prompt) for the validation metrics in the manifest.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_VAL_FRACTION", default_value_t = 0.2)]
     val_fraction: f64,
     /// Share of the remaining prompts used to pick the stopping epoch.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_EARLY_STOP_FRACTION", default_value_t = 0.1)]
     early_stop_fraction: f64,
     /// Fail on the first malformed log line (default: skip it and count it).
-    #[arg(long)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_STRICT")]
     strict: bool,
     /// Seed of the splits, initialisation and batch order: the same seed and data give the same head.
-    #[arg(long, default_value_t = 0x5EED)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_SEED", default_value_t = 0x5EED)]
     seed: u64,
     /// Hidden units of the head. More fits more but overfits small logs.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_HIDDEN", default_value_t = 128)]
     hidden: usize,
     /// Most passes over the data (early stopping usually ends sooner).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_EPOCHS", default_value_t = 200)]
     epochs: usize,
     /// Epochs without improvement before stopping.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_PATIENCE", default_value_t = 15)]
     patience: usize,
     /// L2 penalty on weights; larger pulls predictions towards each model's average.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_WEIGHT_DECAY", default_value_t = 1e-4)]
     weight_decay: f32,
     /// Adam step size.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
     learning_rate: f32,
     /// Name prefix of the head id (the id ends with the graph's hash).
-    #[arg(long, default_value = "head")]
+    #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
     name: String,
     /// No progress lines.
     #[arg(long)]
@@ -187,6 +203,9 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             switchyard::cli::route(cfg, request, a.json).await?;
+        }
+        Command::Eval(a) => {
+            tokio::task::spawn_blocking(move || switchyard::cli::eval(&cfg, &a.data, &a.out, a.knn_k)).await??;
         }
         Command::Train(a) => {
             let job = TrainJob {

@@ -160,3 +160,29 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     assert!(run(&good, false).status.success());
     assert_eq!(first, std::fs::read(out.join("head.onnx")).unwrap(), "training is not reproducible");
 }
+
+#[test]
+fn eval_command_reports_frontiers_on_held_out_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["eval", "--data"]).arg(&data).arg("--out").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+    let r = &reports[0];
+    assert_eq!(r["file"], "alpaca_eval2/train.jsonl.gz");
+    let prompts = r["prompts"].as_u64().unwrap();
+    assert!(prompts >= 100, "held-out alpaca prompts: {prompts}");
+    let (single, router, oracle) = (r["single_aiq"].as_f64().unwrap(), r["router"]["aiq"].as_f64().unwrap(), r["oracle"]["aiq"].as_f64().unwrap());
+    assert!(oracle > single && oracle > router, "the oracle bounds everything: {single} {router} {oracle}");
+    let gap = r["router_gap_closed"].as_f64().unwrap();
+    assert!((gap - (router - single) / (oracle - single)).abs() < 1e-9);
+    // The best single model's figures are its real mean score over the evaluated prompts.
+    let best = r["best_single"].as_str().unwrap();
+    let singles = r["single_models"].as_array().unwrap();
+    let top = singles.iter().map(|s| s["quality"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert_eq!(singles.iter().find(|s| s["model"] == best).unwrap()["quality"].as_f64().unwrap(), top);
+    // Weight 0 of the oracle is the per-prompt best: at least the best single model.
+    assert!(r["oracle"]["quality"][0].as_f64().unwrap() >= top);
+    let svg = std::fs::read_to_string(dir.path().join("alpaca_eval2_train.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Switchyard") && svg.matches("<circle").count() == singles.len());
+}

@@ -136,15 +136,7 @@ impl Dataset {
                 self.log_tokens.ncols(),
             ),
         ];
-        for (what, expected, actual) in checks {
-            if expected != actual {
-                return Err(LearningError::ShapeMismatch {
-                    what,
-                    expected,
-                    actual,
-                });
-            }
-        }
+        super::check_shapes(&checks)?;
         if !self.x.iter().all(|v| v.is_finite()) {
             return Err(LearningError::InvalidValue {
                 what: "dataset x (must be finite)",

@@ -226,6 +226,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "split": "by prompt; held-out prompts never used for fitting or early stopping",
             "fraction": job.val_fraction,
             "prompts": holdout_idx.len(),
+            "prompt_ids": holdout_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect::<Vec<_>>(),
             "head": metrics_json(&validation),
             "baseline_per_model_mean": metrics_json(&baseline),
         }),

@@ -85,15 +85,7 @@ impl Mlp {
             ("wt columns vs models", m, wt.ncols()),
             ("bt length vs models", m, bt.len()),
         ];
-        for (what, expected, actual) in checks {
-            if expected != actual {
-                return Err(LearningError::ShapeMismatch {
-                    what,
-                    expected,
-                    actual,
-                });
-            }
-        }
+        super::check_shapes(&checks)?;
         // Standard layout lets the optimizer treat every tensor as a flat slice.
         let mlp = Mlp {
             w1: w1.as_standard_layout().into_owned(),

@@ -24,6 +24,8 @@ mod mlp;
 mod onnx;
 mod rng;
 mod support;
+pub mod eval;
+pub mod frontier;
 mod train;
 
 pub use data::{read_logs, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
@@ -35,6 +37,14 @@ pub use support::{Support, DEFAULT_TAU, SUPPORT_OUTPUT};
 pub use train::{baseline_metrics, evaluate, train, Metrics, TrainConfig, TrainReport};
 
 use std::path::PathBuf;
+
+/// Fails with [`LearningError::ShapeMismatch`] on the first `(what, expected, actual)` that differ.
+pub(crate) fn check_shapes(checks: &[(&'static str, usize, usize)]) -> Result<(), LearningError> {
+    match checks.iter().find(|(_, expected, actual)| expected != actual) {
+        Some(&(what, expected, actual)) => Err(LearningError::ShapeMismatch { what, expected, actual }),
+        None => Ok(()),
+    }
+}
 
 /// Errors of the learning layer: reading logs, building datasets, training.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,354 @@
+//! `switchyard eval`: the router's quality-cost frontier on full-matrix logs the head never saw,
+//! next to every single model, the per-prompt oracle, and a 25-nearest-neighbour router on the
+//! same embeddings (see `frontier` for the figures).
+//!
+//! Each log file is evaluated on its own (scores from different benchmarks are not on one scale).
+//! Evaluation prompts are the head's held-out prompts (`validation.prompt_ids` in its manifest)
+//! found in the file; the file's other prompts are the kNN router's memory. Models are the
+//! catalog models the head covers that were observed on at least 95% of those prompts, and
+//! prompts missing any of them are dropped, so every policy is scored on the same full matrix.
+//! Costs are real: the prompt's input tokens and the chosen model's actual output tokens at the
+//! catalog's list prices.
+use std::{collections::HashMap, path::PathBuf};
+
+use ndarray::{Array2, ArrayView2, Axis};
+use serde::Serialize;
+
+use super::{
+    frontier::{aiq, calibration_error, cost_to_reach, envelope, Point},
+    job::embed_prompts,
+    read_logs, LearningError,
+};
+use crate::{
+    catalog::Catalog,
+    encoder::{text::TOKENS_PER_MESSAGE, Encoder, EncoderError},
+    policy::utility,
+    predictor::{Head, HeadError},
+};
+
+/// Cost weights swept for every router.
+pub fn weight_grid() -> Vec<f64> {
+    (0..=40).map(|i| f64::from(i) / 40.0).collect()
+}
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Reading logs failed.
+    #[error(transparent)]
+    Learning(#[from] LearningError),
+    /// Embedding failed.
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    /// The head failed.
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    /// Not enough data to evaluate.
+    #[error("{file}: {message}")]
+    Data {
+        /// The log file.
+        file: String,
+        /// What is missing.
+        message: String,
+    },
+}
+
+/// One policy's sweep: a point per cost weight.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    /// Cost weights.
+    pub weights: Vec<f64>,
+    /// Mean cost per request (USD) at each weight.
+    pub cost: Vec<f64>,
+    /// Mean quality at each weight.
+    pub quality: Vec<f64>,
+    /// AIQ of the envelope of these points (with random mixing).
+    pub aiq: f64,
+}
+
+/// One single model's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleModel {
+    /// Model id.
+    pub model: String,
+    /// Mean actual quality.
+    pub quality: f64,
+    /// Mean actual cost per request, USD.
+    pub cost: f64,
+    /// Expected calibration error of the head's predicted quality for this model (10 bins).
+    pub calibration_error: f64,
+    /// Mean predicted quality.
+    pub predicted_quality: f64,
+}
+
+/// The evaluation of one log file.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetReport {
+    /// The log file.
+    pub file: String,
+    /// Prompts evaluated.
+    pub prompts: usize,
+    /// Prompts in the kNN router's memory.
+    pub knn_memory: usize,
+    /// Every single model.
+    pub single_models: Vec<SingleModel>,
+    /// The best single model by quality.
+    pub best_single: String,
+    /// AIQ of the single-model envelope.
+    pub single_aiq: f64,
+    /// The head's router.
+    pub router: Sweep,
+    /// 25-nearest-neighbour router on the same embeddings.
+    pub knn: Sweep,
+    /// The per-prompt oracle.
+    pub oracle: Sweep,
+    /// Share of the single-to-oracle AIQ gap the router closes.
+    pub router_gap_closed: f64,
+    /// Same for kNN.
+    pub knn_gap_closed: f64,
+    /// Router quality at the best single model's cost (envelope).
+    pub router_quality_at_best_single_cost: f64,
+    /// Cheapest router cost reaching the best single model's quality, as a share of its cost.
+    pub router_cost_share_to_match_best_single: Option<f64>,
+    /// Mean calibration error over models.
+    pub mean_calibration_error: f64,
+    /// AIQ cost range (cheapest and most expensive single model).
+    pub cost_range: (f64, f64),
+}
+
+struct Matrix {
+    models: Vec<usize>,
+    score: Array2<f64>,
+    cost: Array2<f64>,
+}
+
+fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, m: &Matrix, lo: f64, hi: f64) -> Sweep {
+    let weights = weight_grid();
+    let (mut cost, mut quality) = (Vec::new(), Vec::new());
+    let n = m.score.nrows();
+    for &w in &weights {
+        let (mut c_sum, mut q_sum) = (0.0, 0.0);
+        for p in 0..n {
+            let mut best: Option<(f64, usize)> = None;
+            for j in 0..m.models.len() {
+                if allowed.is_some_and(|a| !a[[p, j]]) {
+                    continue;
+                }
+                let u = utility(pred_q[[p, j]], pred_c[[p, j]], w);
+                if best.is_none_or(|(bu, _)| u > bu) {
+                    best = Some((u, j));
+                }
+            }
+            let j = best.map_or(0, |(_, j)| j);
+            c_sum += m.cost[[p, j]];
+            q_sum += m.score[[p, j]];
+        }
+        cost.push(c_sum / n as f64);
+        quality.push(q_sum / n as f64);
+    }
+    let pts: Vec<Point> = cost.iter().zip(&quality).map(|(&c, &q)| Point { cost: c, quality: q }).collect();
+    Sweep { aiq: aiq(&envelope(&pts), lo, hi), weights, cost, quality }
+}
+
+fn points(s: &Sweep) -> Vec<Point> {
+    s.cost.iter().zip(&s.quality).map(|(&cost, &quality)| Point { cost, quality }).collect()
+}
+
+/// Evaluates one log file.
+pub fn evaluate_file(
+    file: &PathBuf,
+    encoder: &Encoder,
+    head: &Head,
+    catalog: &Catalog,
+    heldout: &[String],
+    min_relative_support: f64,
+    knn_k: usize,
+) -> Result<DatasetReport, EvalError> {
+    let name = file.display().to_string();
+    let data_err = |message: String| EvalError::Data { file: name.clone(), message };
+    let logs = read_logs(std::slice::from_ref(file), false)?;
+    let held: std::collections::HashSet<&str> = heldout.iter().map(String::as_str).collect();
+    let (eval_p, mem_p): (Vec<usize>, Vec<usize>) = (0..logs.prompts.len()).partition(|&i| held.contains(logs.prompts[i].id.as_str()));
+    if eval_p.len() < 20 {
+        return Err(data_err(format!("only {} of its prompts are held out by the head; need >= 20", eval_p.len())));
+    }
+    // Observations by (prompt, model).
+    let mut obs: HashMap<(usize, usize), (f64, u32)> = HashMap::new();
+    for o in &logs.observations {
+        obs.insert((o.prompt, o.model), (f64::from(o.score), o.output_tokens));
+    }
+    let head_idx: HashMap<&str, usize> = head.models().iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let mut models: Vec<(usize, usize, usize)> = Vec::new(); // (log model, head output, catalog index)
+    for (lm, id) in logs.models.iter().enumerate() {
+        let (Some(&h), Some(c)) = (head_idx.get(id.as_str()), catalog.models().iter().position(|m| &m.id == id)) else { continue };
+        let seen = eval_p.iter().filter(|&&p| obs.contains_key(&(p, lm))).count();
+        if seen as f64 >= 0.95 * eval_p.len() as f64 {
+            models.push((lm, h, c));
+        }
+    }
+    if models.len() < 2 {
+        return Err(data_err(format!("{} catalog models cover the held-out prompts; need >= 2", models.len())));
+    }
+    let eval_p: Vec<usize> = eval_p.into_iter().filter(|&p| models.iter().all(|&(lm, _, _)| obs.contains_key(&(p, lm)))).collect();
+    let (n, k) = (eval_p.len(), models.len());
+
+    let texts: Vec<&str> = eval_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
+    let x = embed_prompts(encoder, &texts, true)?;
+    let mem_texts: Vec<&str> = mem_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
+    let mem_x = embed_prompts(encoder, &mem_texts, true)?;
+    let input_tokens: Vec<u32> =
+        texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
+
+    let cat = catalog.models();
+    let mut m = Matrix { models: models.iter().map(|&(lm, _, _)| lm).collect(), score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
+    for (r, &p) in eval_p.iter().enumerate() {
+        for (j, &(lm, _, c)) in models.iter().enumerate() {
+            let (s, t) = obs[&(p, lm)];
+            m.score[[r, j]] = s;
+            m.cost[[r, j]] = cat[c].cost_usd(input_tokens[r], f64::from(t));
+        }
+    }
+
+    // The head's predictions and domain rule.
+    let out = head.predict(x.view())?;
+    let hm = head.models().len();
+    let mut rq = Array2::zeros((n, k));
+    let mut rc = Array2::zeros((n, k));
+    let mut allowed = Array2::from_elem((n, k), true);
+    for r in 0..n {
+        let best_support = out.support.as_ref().map(|s| models.iter().map(|&(_, h, _)| f64::from(s[r * hm + h])).fold(0.0, f64::max));
+        for (j, &(_, h, c)) in models.iter().enumerate() {
+            rq[[r, j]] = f64::from(out.quality[r * hm + h]).clamp(0.0, 1.0);
+            rc[[r, j]] = cat[c].cost_usd(input_tokens[r], f64::from(out.output_tokens[r * hm + h]).max(1.0));
+            if let (Some(s), Some(b)) = (&out.support, best_support) {
+                allowed[[r, j]] = b <= 0.0 || f64::from(s[r * hm + h]) / b >= min_relative_support;
+            }
+        }
+        if !allowed.row(r).iter().any(|&a| a) {
+            allowed.row_mut(r).fill(true);
+        }
+    }
+
+    // kNN router: mean observed score and tokens of the k nearest memory prompts, per model.
+    let (kq, kc) = knn_predictions(x.view(), mem_x.view(), &mem_p, &models, &obs, knn_k, &input_tokens, catalog);
+
+    let singles: Vec<SingleModel> = models
+        .iter()
+        .enumerate()
+        .map(|(j, &(_, _, c))| {
+            let pred: Vec<f64> = rq.column(j).to_vec();
+            let act: Vec<f64> = m.score.column(j).to_vec();
+            SingleModel {
+                model: cat[c].id.clone(),
+                quality: m.score.column(j).mean().unwrap_or(0.0),
+                cost: m.cost.column(j).mean().unwrap_or(0.0),
+                calibration_error: calibration_error(&pred, &act, 10),
+                predicted_quality: rq.column(j).mean().unwrap_or(0.0),
+            }
+        })
+        .collect();
+    let single_pts: Vec<Point> = singles.iter().map(|s| Point { cost: s.cost, quality: s.quality }).collect();
+    let lo = single_pts.iter().map(|p| p.cost).fold(f64::INFINITY, f64::min);
+    let hi = single_pts.iter().map(|p| p.cost).fold(0.0, f64::max);
+    let single_env = envelope(&single_pts);
+    let single_aiq = aiq(&single_env, lo, hi);
+    let router = sweep(&rq, &rc, Some(&allowed), &m, lo, hi);
+    let knn = sweep(&kq, &kc, None, &m, lo, hi);
+    let oracle = sweep(&m.score, &m.cost, None, &m, lo, hi);
+    let best = singles.iter().max_by(|a, b| a.quality.total_cmp(&b.quality)).expect("at least two models. This is a bug.");
+    let router_env = envelope(&points(&router));
+    let gap = |a: f64| (a - single_aiq) / (oracle.aiq - single_aiq).max(1e-12);
+    Ok(DatasetReport {
+        // The file with its folder: the shared data's files are all called train.jsonl.gz.
+        file: file.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+        prompts: n,
+        knn_memory: mem_p.len(),
+        best_single: best.model.clone(),
+        router_quality_at_best_single_cost: super::frontier::quality_at(&router_env, best.cost),
+        router_cost_share_to_match_best_single: cost_to_reach(&router_env, best.quality).map(|c| c / best.cost),
+        mean_calibration_error: singles.iter().map(|s| s.calibration_error).sum::<f64>() / k as f64,
+        single_models: singles.clone(),
+        single_aiq,
+        router_gap_closed: gap(router.aiq),
+        knn_gap_closed: gap(knn.aiq),
+        router,
+        knn,
+        oracle,
+        cost_range: (lo, hi),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn knn_predictions(
+    x: ArrayView2<f32>,
+    mem: ArrayView2<f32>,
+    mem_p: &[usize],
+    models: &[(usize, usize, usize)],
+    obs: &HashMap<(usize, usize), (f64, u32)>,
+    k: usize,
+    input_tokens: &[u32],
+    catalog: &Catalog,
+) -> (Array2<f64>, Array2<f64>) {
+    let (n, m) = (x.nrows(), models.len());
+    let sims = x.dot(&mem.t());
+    // Global means as the fallback when no neighbour observed a model.
+    let global: Vec<(f64, f64)> = models
+        .iter()
+        .map(|&(lm, _, _)| {
+            let v: Vec<(f64, u32)> = mem_p.iter().filter_map(|&p| obs.get(&(p, lm)).copied()).collect();
+            let c = v.len().max(1) as f64;
+            (v.iter().map(|o| o.0).sum::<f64>() / c, v.iter().map(|o| f64::from(o.1)).sum::<f64>() / c)
+        })
+        .collect();
+    let mut q = Array2::zeros((n, m));
+    let mut c = Array2::zeros((n, m));
+    for r in 0..n {
+        let row = sims.index_axis(Axis(0), r);
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top = &order[..k.min(order.len())];
+        for (j, &(lm, _, ci)) in models.iter().enumerate() {
+            let v: Vec<(f64, u32)> = top.iter().filter_map(|&i| obs.get(&(mem_p[i], lm)).copied()).collect();
+            let (mq, mt) = if v.is_empty() {
+                global[j]
+            } else {
+                (v.iter().map(|o| o.0).sum::<f64>() / v.len() as f64, v.iter().map(|o| f64::from(o.1)).sum::<f64>() / v.len() as f64)
+            };
+            q[[r, j]] = mq;
+            c[[r, j]] = catalog.models()[ci].cost_usd(input_tokens[r], mt);
+        }
+    }
+    (q, c)
+}
+
+/// An SVG plot of one report: log-cost on x, quality on y; single models as dots, the router,
+/// kNN and oracle sweeps as lines.
+pub fn svg(r: &DatasetReport) -> String {
+    let (w, h, pad) = (900.0, 560.0, 60.0);
+    let all_cost: Vec<f64> = r.single_models.iter().map(|s| s.cost).chain(r.router.cost.iter().copied()).chain(r.oracle.cost.iter().copied()).chain(r.knn.cost.iter().copied()).collect();
+    let (cmin, cmax) = (all_cost.iter().copied().fold(f64::INFINITY, f64::min).max(1e-9), all_cost.iter().copied().fold(0.0, f64::max));
+    let (lx0, lx1) = (cmin.log10().floor(), cmax.log10().ceil().max(cmin.log10().floor() + 1.0));
+    let x = |c: f64| pad + (c.max(1e-12).log10() - lx0) / (lx1 - lx0) * (w - 2.0 * pad);
+    let y = |q: f64| h - pad - q * (h - 2.0 * pad);
+    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#);
+    s += &format!(r#"<text x="{pad}" y="24" font-size="15">{}: {} held-out prompts. Router closes {:.0}% of the single-model-to-oracle gap (kNN {:.0}%)</text>"#, r.file, r.prompts, r.router_gap_closed * 100.0, r.knn_gap_closed * 100.0);
+    for d in (lx0 as i32)..=(lx1 as i32) {
+        let xx = x(10f64.powi(d));
+        s += &format!(r##"<line x1="{xx}" y1="{}" x2="{xx}" y2="{}" stroke="#ddd"/><text x="{xx}" y="{}" text-anchor="middle">$1e{d}</text>"##, pad, h - pad, h - pad + 18.0);
+    }
+    for i in 0..=10 {
+        let q = f64::from(i) / 10.0;
+        s += &format!(r##"<line x1="{pad}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{q:.1}</text>"##, w - pad, pad - 6.0, y(q) + 4.0, yy = y(q));
+    }
+    s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">mean cost per request (USD, log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">mean quality</text>"#, w / 2.0, h - 16.0, h / 2.0, h / 2.0);
+    for (sw, color, label) in [(&r.oracle, "#2a9d8f", "oracle"), (&r.knn, "#e9c46a", "kNN-25"), (&r.router, "#e63946", "Switchyard")] {
+        let pts: Vec<String> = sw.cost.iter().zip(&sw.quality).map(|(&c, &q)| format!("{:.1},{:.1}", x(c), y(q))).collect();
+        s += &format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2.5" points="{}"/>"#, pts.join(" "));
+        let (lc, lq) = (sw.cost[0], sw.quality[0]);
+        s += &format!(r#"<text x="{:.1}" y="{:.1}" fill="{color}" font-weight="bold">{label}</text>"#, x(lc) + 6.0, y(lq) - 6.0);
+    }
+    for m in &r.single_models {
+        s += &format!(r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#264653"/><text x="{:.1}" y="{:.1}" font-size="9" fill="#555">{}</text>"##, x(m.cost), y(m.quality), x(m.cost) + 5.0, y(m.quality) + 3.0, m.model);
+    }
+    s + "</svg>\n"
+}
