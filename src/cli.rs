@@ -14,7 +14,12 @@ use crate::{
 
 /// Evaluates the configured head on each log file, writes `report.json` and SVG plots to `out`.
 pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, knn_k: usize) -> anyhow::Result<()> {
-    use crate::learning::eval::{evaluate_file, svg};
+    use crate::learning::eval::{evaluate_file, svg, EvalSettings};
+    let settings = EvalSettings {
+        min_relative_support: config.routing.min_relative_support,
+        cost_scale: config.routing.cost_scale_usd,
+        knn_k,
+    };
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
     let head = crate::predictor::Head::load(env, &config.head.dir)?;
@@ -27,7 +32,7 @@ pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path,
     std::fs::create_dir_all(out)?;
     let mut reports = Vec::new();
     for f in data {
-        let r = evaluate_file(f, &encoder, &head, &catalog, &heldout, config.routing.min_relative_support, knn_k)?;
+        let r = evaluate_file(f, &encoder, &head, &catalog, &heldout, settings)?;
         let plot = out.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_")));
         std::fs::write(&plot, svg(&r))?;
         println!(
@@ -52,6 +57,8 @@ pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path,
 pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()> {
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
+    let job = TrainJob { catalog: Some(config.catalog()?), cost_scale_usd: config.routing.cost_scale_usd, ..job.clone() };
+    let job = &job;
     let s = job::run(job, &encoder, quiet)?;
     let m = &s.manifest;
     println!("wrote {}/head.onnx and manifest.json: head {} for {} models on {}", job.out_dir.display(), m.head_id, m.models.len(), m.encoder.id);

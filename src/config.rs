@@ -169,6 +169,9 @@ pub struct RoutingConfig {
     pub default_ttft_ms: f64,
     /// Decoding speed for models without their own figure, tokens/s.
     pub default_output_tokens_per_second: f64,
+    /// Price of one unit of quality in the utility, USD per request: at cost weight 0.5, 0.1 more
+    /// quality is worth `cost_scale_usd / 10` more per request.
+    pub cost_scale_usd: f64,
     /// A model whose training evidence near the prompt is below this share of the best-supported
     /// model's is left out as outside the head's domain (0 disables; needs a head with `support`).
     pub min_relative_support: f64,
@@ -182,6 +185,7 @@ impl Default for RoutingConfig {
             default_ttft_ms: 500.0,
             default_output_tokens_per_second: 60.0,
             min_relative_support: 0.05,
+            cost_scale_usd: crate::policy::DEFAULT_COST_SCALE_USD,
         }
     }
 }
@@ -304,6 +308,9 @@ impl Config {
                 &format!("one of routing.profiles ({})", known.join(", ")),
                 &r.default_profile,
             ));
+        }
+        if !(r.cost_scale_usd.is_finite() && r.cost_scale_usd > 0.0) {
+            return Err(invalid("routing.cost_scale_usd", "a finite number > 0", r.cost_scale_usd));
         }
         if !(0.0..=1.0).contains(&r.min_relative_support) {
             return Err(invalid("routing.min_relative_support", "in [0,1]", r.min_relative_support));

@@ -21,7 +21,7 @@ use crate::{
         text::{routing_text, ChatMessage, TOKENS_PER_MESSAGE},
         Encoder, EncoderError,
     },
-    policy::{self, Constraints, LatencyDefaults, NoEligibleModel, Prediction, Ranking},
+    policy::{self, Constraints, NoEligibleModel, Prediction, Ranking, Scoring},
     predictor::{Head, HeadError},
     runtime::{self, RuntimeError},
 };
@@ -378,9 +378,13 @@ impl Engine {
             })
             .collect();
         let r = &self.config.routing;
-        let latency = LatencyDefaults { ttft_ms: r.default_ttft_ms, output_tokens_per_second: r.default_output_tokens_per_second };
+        let scoring = Scoring {
+            ttft_ms: r.default_ttft_ms,
+            output_tokens_per_second: r.default_output_tokens_per_second,
+            cost_scale_usd: r.cost_scale_usd,
+        };
         let constraints = Constraints { min_relative_support: r.min_relative_support, ..q.constraints };
-        let ranking = policy::rank(&self.catalog, &predictions, conversation_tokens, cost_weight, &constraints, latency)?;
+        let ranking = policy::rank(&self.catalog, &predictions, conversation_tokens, cost_weight, &constraints, scoring)?;
         timings.rank = t.elapsed();
         timings.total = t0.elapsed();
         Ok(Decision { request_id: q.request_id, ranking, cost_weight, profile, input_tokens: conversation_tokens, timings })

@@ -69,7 +69,7 @@ struct TrainArgs {
     #[arg(long, env = "SWITCHYARD_TRAIN_VAL_FRACTION", default_value_t = 0.2)]
     val_fraction: f64,
     /// Share of the remaining prompts used to pick the stopping epoch.
-    #[arg(long, env = "SWITCHYARD_TRAIN_EARLY_STOP_FRACTION", default_value_t = 0.1)]
+    #[arg(long, env = "SWITCHYARD_TRAIN_EARLY_STOP_FRACTION", default_value_t = 0.15)]
     early_stop_fraction: f64,
     /// Fail on the first malformed log line (default: skip it and count it).
     #[arg(long, env = "SWITCHYARD_TRAIN_STRICT")]
@@ -92,6 +92,10 @@ struct TrainArgs {
     /// Adam step size.
     #[arg(long, env = "SWITCHYARD_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
     learning_rate: f32,
+    /// Weight of the head's own predictions against each model's mean, in [0,1]; default: chosen
+    /// on the early-stopping prompts (see README, "Retraining").
+    #[arg(long, env = "SWITCHYARD_TRAIN_SHRINK")]
+    shrink: Option<f32>,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -215,6 +219,9 @@ async fn main() -> anyhow::Result<()> {
                 early_stop_fraction: a.early_stop_fraction,
                 strict: a.strict,
                 name: a.name,
+                catalog: None,
+                cost_scale_usd: cfg.routing.cost_scale_usd,
+                shrink: a.shrink,
                 train: TrainConfig {
                     hidden: a.hidden,
                     epochs: a.epochs,

@@ -7,7 +7,10 @@ use std::{io::Write, process::Command};
 use common::{shared_data, shipped_encoder};
 use ndarray::{s, Array2, ArrayView2, Axis};
 use switchyard::{
-    learning::{export, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, SplitMix64, TrainConfig},
+    learning::{
+        export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, Shrink, SplitMix64,
+        Support, TrainConfig, DEFAULT_TAU,
+    },
     predictor::Head,
     runtime,
 };
@@ -53,6 +56,27 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
         assert!(dq <= 1e-5, "quality differs by {dq}");
         assert!(dt <= 1e-5, "tokens differ by {dt} (relative)");
     }
+
+    // The full served graph: shrinkage and support outputs match their Rust definitions too.
+    let fit = data.select(&tr);
+    let mut shrink = Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 0.4);
+    shrink.weight[0] = 0.9;
+    let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_TAU);
+    let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
+    let mut session = switchyard::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
+    let xv = x.select(Axis(0), &va);
+    let outputs = session.run(ort::inputs!["embeddings" => ort::value::TensorRef::from_array_view(&xv).unwrap()]).unwrap();
+    let get = |name: &str| outputs[name].try_extract_array::<f32>().unwrap().to_owned();
+    let (q_raw, t_raw) = mlp.predict(xv.view());
+    let (q_ref, t_ref) = shrink.apply(&q_raw, &t_raw);
+    let s_ref = support.compute(xv.view());
+    let max_abs = |a: &ndarray::ArrayD<f32>, b: &Array2<f32>, rel: bool| {
+        a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs() / if rel { y.abs().max(1.0) } else { 1.0 }).fold(0.0f32, f32::max)
+    };
+    assert!(max_abs(&get("quality"), &q_ref, false) <= 1e-5);
+    assert!(max_abs(&get("output_tokens"), &t_ref, true) <= 1e-5);
+    assert!(max_abs(&get("support"), &s_ref, true) <= 1e-4);
+    assert!((q_ref.column(1).mean().unwrap() - fit.quality.column(1).iter().zip(fit.mask.column(1)).filter(|(_, m)| **m > 0.0).map(|(q, _)| *q).sum::<f32>() / fit.mask.column(1).sum()).abs() < 0.2);
 }
 
 #[test]

@@ -26,9 +26,16 @@ use crate::{
     predictor::{Head, HeadError},
 };
 
-/// Cost weights swept for every router.
+/// Cost weights swept for every router: 0, then `w / (1 - w)` log-spaced over six decades
+/// around the cost scale, then 1, so the sweep covers every price of quality.
 pub fn weight_grid() -> Vec<f64> {
-    (0..=40).map(|i| f64::from(i) / 40.0).collect()
+    let mut w = vec![0.0];
+    w.extend((0..=48).map(|i| {
+        let r = 10f64.powf(-3.0 + 6.0 * f64::from(i) / 48.0);
+        r / (1.0 + r)
+    }));
+    w.push(1.0);
+    w
 }
 
 /// Errors of an evaluation.
@@ -116,13 +123,36 @@ pub struct DatasetReport {
     pub cost_range: (f64, f64),
 }
 
-struct Matrix {
-    models: Vec<usize>,
-    score: Array2<f64>,
-    cost: Array2<f64>,
+/// Actual outcomes on a full matrix: [prompts, models].
+pub struct Outcomes {
+    /// Actual quality.
+    pub score: Array2<f64>,
+    /// Actual cost, USD.
+    pub cost: Array2<f64>,
 }
 
-fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, m: &Matrix, lo: f64, hi: f64) -> Sweep {
+impl Outcomes {
+    /// (mean cost, mean quality) of each single model, and the AIQ cost range.
+    pub fn singles(&self) -> (Vec<Point>, f64, f64) {
+        let pts: Vec<Point> = (0..self.score.ncols())
+            .map(|j| Point { cost: self.cost.column(j).mean().unwrap_or(0.0), quality: self.score.column(j).mean().unwrap_or(0.0) })
+            .collect();
+        let lo = pts.iter().map(|p| p.cost).fold(f64::INFINITY, f64::min);
+        let hi = pts.iter().map(|p| p.cost).fold(0.0, f64::max);
+        (pts, lo, hi)
+    }
+
+    /// Share of the single-model-to-oracle AIQ gap that routing on these predictions closes.
+    pub fn gap_closed(&self, pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, cost_scale: f64) -> f64 {
+        let (singles, lo, hi) = self.singles();
+        let single = aiq(&envelope(&singles), lo, hi);
+        let oracle = sweep(&self.score, &self.cost, None, self, lo, hi, cost_scale).aiq;
+        let router = sweep(pred_q, pred_c, allowed, self, lo, hi, cost_scale).aiq;
+        (router - single) / (oracle - single).max(1e-12)
+    }
+}
+
+fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, m: &Outcomes, lo: f64, hi: f64, cost_scale: f64) -> Sweep {
     let weights = weight_grid();
     let (mut cost, mut quality) = (Vec::new(), Vec::new());
     let n = m.score.nrows();
@@ -130,11 +160,11 @@ fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<boo
         let (mut c_sum, mut q_sum) = (0.0, 0.0);
         for p in 0..n {
             let mut best: Option<(f64, usize)> = None;
-            for j in 0..m.models.len() {
+            for j in 0..m.score.ncols() {
                 if allowed.is_some_and(|a| !a[[p, j]]) {
                     continue;
                 }
-                let u = utility(pred_q[[p, j]], pred_c[[p, j]], w);
+                let u = utility(pred_q[[p, j]], pred_c[[p, j]], w, cost_scale);
                 if best.is_none_or(|(bu, _)| u > bu) {
                     best = Some((u, j));
                 }
@@ -154,16 +184,27 @@ fn points(s: &Sweep) -> Vec<Point> {
     s.cost.iter().zip(&s.quality).map(|(&cost, &quality)| Point { cost, quality }).collect()
 }
 
-/// Evaluates one log file.
+/// Routing settings an evaluation applies, as the server would.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSettings {
+    /// `routing.min_relative_support`.
+    pub min_relative_support: f64,
+    /// `routing.cost_scale_usd`.
+    pub cost_scale: f64,
+    /// Neighbours of the kNN baseline.
+    pub knn_k: usize,
+}
+
+/// Evaluates one log file on the prompts in `heldout`.
 pub fn evaluate_file(
     file: &PathBuf,
     encoder: &Encoder,
     head: &Head,
     catalog: &Catalog,
     heldout: &[String],
-    min_relative_support: f64,
-    knn_k: usize,
+    settings: EvalSettings,
 ) -> Result<DatasetReport, EvalError> {
+    let EvalSettings { min_relative_support, cost_scale, knn_k } = settings;
     let name = file.display().to_string();
     let data_err = |message: String| EvalError::Data { file: name.clone(), message };
     let logs = read_logs(std::slice::from_ref(file), false)?;
@@ -200,7 +241,7 @@ pub fn evaluate_file(
         texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
 
     let cat = catalog.models();
-    let mut m = Matrix { models: models.iter().map(|&(lm, _, _)| lm).collect(), score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
+    let mut m = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
     for (r, &p) in eval_p.iter().enumerate() {
         for (j, &(lm, _, c)) in models.iter().enumerate() {
             let (s, t) = obs[&(p, lm)];
@@ -252,9 +293,9 @@ pub fn evaluate_file(
     let hi = single_pts.iter().map(|p| p.cost).fold(0.0, f64::max);
     let single_env = envelope(&single_pts);
     let single_aiq = aiq(&single_env, lo, hi);
-    let router = sweep(&rq, &rc, Some(&allowed), &m, lo, hi);
-    let knn = sweep(&kq, &kc, None, &m, lo, hi);
-    let oracle = sweep(&m.score, &m.cost, None, &m, lo, hi);
+    let router = sweep(&rq, &rc, Some(&allowed), &m, lo, hi, cost_scale);
+    let knn = sweep(&kq, &kc, None, &m, lo, hi, cost_scale);
+    let oracle = sweep(&m.score, &m.cost, None, &m, lo, hi, cost_scale);
     let best = singles.iter().max_by(|a, b| a.quality.total_cmp(&b.quality)).expect("at least two models. This is a bug.");
     let router_env = envelope(&points(&router));
     let gap = |a: f64| (a - single_aiq) / (oracle.aiq - single_aiq).max(1e-12);

@@ -13,7 +13,7 @@ use std::{
 use ndarray::Array2;
 use serde_json::json;
 
-use super::{baseline_metrics, evaluate, export_with_support, read_logs, Support, DEFAULT_TAU, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
+use super::{baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, Mlp, Shrink, Support, DEFAULT_TAU, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
 use crate::{
     encoder::{Encoder, EncoderError},
     predictor::{sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT},
@@ -36,6 +36,80 @@ pub struct TrainJob {
     pub name: String,
     /// Optimiser settings (the seed also drives the splits).
     pub train: TrainConfig,
+    /// The catalog (prices) used to choose the shrinkage on full-matrix early-stopping prompts;
+    /// without it the shrinkage is [`DEFAULT_SHRINK`].
+    pub catalog: Option<crate::catalog::Catalog>,
+    /// Price of one unit of quality, as the server will route (`routing.cost_scale_usd`).
+    pub cost_scale_usd: f64,
+    /// A fixed shrinkage weight instead of choosing one.
+    pub shrink: Option<f32>,
+}
+
+/// Shrinkage weight used when it cannot be chosen on the data.
+pub const DEFAULT_SHRINK: f32 = 0.5;
+/// Candidate shrinkage weights.
+const SHRINK_GRID: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+/// Chooses the shrinkage weight on the early-stopping prompts (see `learning::Shrink`).
+fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows: &[usize], mlp: &Mlp, encoder: &Encoder) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
+    let n_models = logs.models.len();
+    if let Some(a) = job.shrink {
+        return Ok((ndarray::Array1::from_elem(n_models, a), json!({ "weight": a, "chosen": "fixed by --shrink" })));
+    }
+    let Some(catalog) = &job.catalog else {
+        return Ok((ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK), json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no catalog to price outcomes" })));
+    };
+    let mut per_file = Vec::new();
+    let mut chosen: Vec<Option<f32>> = vec![None; n_models];
+    for file in &job.data {
+        let file_logs = read_logs(std::slice::from_ref(file), false)?;
+        let file_models: Vec<usize> = file_logs.models.iter().filter_map(|m| logs.models.iter().position(|x| x == m)).collect();
+        let ids: std::collections::HashSet<String> = file_logs.prompts.into_iter().map(|p| p.id).collect();
+        let group: Vec<usize> = rows.iter().copied().filter(|&r| ids.contains(&logs.prompts[r].id)).collect();
+        let models: Vec<(usize, &crate::catalog::CatalogModel)> = logs
+            .models
+            .iter()
+            .enumerate()
+            .filter_map(|(j, id)| catalog.get(id).map(|m| (j, m)))
+            .filter(|&(j, _)| group.iter().filter(|&&r| all.mask[[r, j]] > 0.0).count() as f64 >= 0.95 * group.len() as f64)
+            .collect();
+        let full: Vec<usize> = group.into_iter().filter(|&r| models.iter().all(|&(j, _)| all.mask[[r, j]] > 0.0)).collect();
+        if full.len() < 20 || models.len() < 2 {
+            continue;
+        }
+        let inp: Vec<u32> = full.iter().map(|&r| encoder.count_tokens(&logs.prompts[r].text).map(|c| c + crate::encoder::text::TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
+        let (n, k) = (full.len(), models.len());
+        let mut out = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
+        for (i, &r) in full.iter().enumerate() {
+            for (c, &(j, m)) in models.iter().enumerate() {
+                out.score[[i, c]] = f64::from(all.quality[[r, j]]);
+                out.cost[[i, c]] = m.cost_usd(inp[i], f64::from(all.log_tokens[[r, j]].exp() - 1.0));
+            }
+        }
+        let (q, t) = mlp.predict(all.x.select(ndarray::Axis(0), &full).view());
+        let cols: Vec<usize> = models.iter().map(|&(j, _)| j).collect();
+        let mut file_gaps: Vec<f64> = Vec::new();
+        for &a in &SHRINK_GRID {
+            let s = Shrink::priors(&all.quality, &all.log_tokens, &all.mask, a);
+            let (qs, ts) = s.apply(&q, &t);
+            let pq = qs.select(ndarray::Axis(1), &cols).mapv(f64::from);
+            let pt = ts.select(ndarray::Axis(1), &cols);
+            let pc = Array2::from_shape_fn((n, k), |(i, c)| models[c].1.cost_usd(inp[i], f64::from(pt[[i, c]])));
+            file_gaps.push(out.gap_closed(&pq, &pc, None, job.cost_scale_usd));
+        }
+        let best = (0..SHRINK_GRID.len()).max_by(|&a, &b| file_gaps[a].total_cmp(&file_gaps[b])).expect("grid is not empty. This is a bug.");
+        for &j in &file_models {
+            chosen[j] = Some(SHRINK_GRID[best]);
+        }
+        per_file.push(json!({ "file": file.display().to_string(), "prompts": n, "models": k, "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
+    }
+    if per_file.is_empty() {
+        return Ok((ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK), json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" })));
+    }
+    let picked: Vec<f32> = chosen.iter().flatten().copied().collect();
+    let fallback = picked.iter().sum::<f32>() / picked.len().max(1) as f32;
+    let weights = ndarray::Array1::from_iter(chosen.iter().map(|c| c.unwrap_or(fallback)));
+    Ok((weights, json!({ "chosen": "per log file: best gap closed on its early-stopping prompts", "grid": SHRINK_GRID, "files": per_file, "other_models": fallback })))
 }
 
 /// Errors of a training run.
@@ -109,6 +183,38 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
     })
 }
 
+/// Held-out metrics of `mlp` with `shrink` applied, over observed pairs.
+fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, data: &Dataset, token_weight: f32) -> Metrics {
+    let (q, t) = mlp.predict(data.x.view());
+    let (q, t) = shrink.apply(&q, &t);
+    let (mut n, mut bce, mut mae, mut brier, mut lmae) = (0usize, 0f64, 0f64, 0f64, 0f64);
+    let mut tok_err = Vec::new();
+    for ((((&m, &p), &y), &pt), &yl) in data.mask.iter().zip(&q).zip(&data.quality).zip(&t).zip(&data.log_tokens) {
+        if m == 0.0 {
+            continue;
+        }
+        let (p, y) = (f64::from(p).clamp(1e-6, 1.0 - 1e-6), f64::from(y));
+        n += 1;
+        bce -= y * p.ln() + (1.0 - y) * (1.0 - p).ln();
+        mae += (p - y).abs();
+        brier += (p - y).powi(2);
+        let zl = f64::from(pt.max(0.0)).ln_1p();
+        lmae += (zl - f64::from(yl)).abs();
+        tok_err.push((f64::from(pt) - (f64::from(yl).exp() - 1.0)).abs());
+    }
+    tok_err.sort_by(f64::total_cmp);
+    let d = n.max(1) as f64;
+    let sq: f64 = data.mask.iter().zip(&t).zip(&data.log_tokens).filter(|((m, _), _)| **m > 0.0).map(|((_, &pt), &yl)| (f64::from(pt.max(0.0)).ln_1p() - f64::from(yl)).powi(2)).sum();
+    Metrics {
+        observed: n,
+        loss: ((bce + f64::from(token_weight) * sq) / d) as f32,
+        quality_mae: (mae / d) as f32,
+        quality_brier: (brier / d) as f32,
+        log_tokens_mae: (lmae / d) as f32,
+        tokens_median_abs_error: tok_err.get(tok_err.len() / 2).copied().unwrap_or(0.0) as f32,
+    }
+}
+
 /// Current UTC time as RFC 3339 (no external date crate needed for one timestamp).
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -157,6 +263,11 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             return Err(JobError::Invalid { field, limit: "in (0, 0.9)", value: v.to_string() });
         }
     }
+    if let Some(a) = job.shrink {
+        if !(0.0..=1.0).contains(&a) {
+            return Err(JobError::Invalid { field: "shrink", limit: "in [0, 1]", value: a.to_string() });
+        }
+    }
     let logs = read_logs(&job.data, job.strict)?;
     if !quiet {
         eprintln!(
@@ -184,19 +295,25 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let t = Instant::now();
     let (mlp, report) = train(&fit, &stop, &job.train)?;
     let train_seconds = t.elapsed().as_secs_f64();
-    let validation = evaluate(&mlp, &holdout, job.train.token_loss_weight);
+    let raw_validation = evaluate(&mlp, &holdout, job.train.token_loss_weight);
     let baseline = baseline_metrics(&fit, &holdout, job.train.token_loss_weight);
+
+    // Domain of competence over every training prompt (never the held-out ones).
+    let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_TAU);
+    let (shrink_weight, shrink_report) = choose_shrink(job, &logs, &all, &stop_rows, &mlp, encoder)?;
+    let shrink = Shrink { weight: shrink_weight.clone(), ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
+    // The metrics of the head as exported (shrinkage included).
+    let validation = shrunk_metrics(&mlp, &shrink, &holdout, job.train.token_loss_weight);
     if !quiet {
+        let files: Vec<String> = shrink_report["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
+        eprintln!("shrinkage towards each model's mean ({}): {}", shrink_report["chosen"].as_str().unwrap_or(""), if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") });
         eprintln!(
             "trained {} epochs (best {}) in {train_seconds:.1}s; held-out quality MAE {:.4} (baseline {:.4}), Brier {:.4} (baseline {:.4})",
             report.epochs_run, report.best_epoch, validation.quality_mae, baseline.quality_mae, validation.quality_brier, baseline.quality_brier
         );
     }
-
-    // Domain of competence over every training prompt (never the held-out ones).
-    let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_TAU);
     let producer = [("producer".to_string(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))];
-    let bytes = export_with_support(&mlp, Some(&support), &producer);
+    let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &producer);
     let digest = sha256_hex(&bytes);
     let files: Vec<_> = job
         .data
@@ -228,6 +345,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "prompts": holdout_idx.len(),
             "prompt_ids": holdout_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect::<Vec<_>>(),
             "head": metrics_json(&validation),
+            "head_before_shrinkage": metrics_json(&raw_validation),
             "baseline_per_model_mean": metrics_json(&baseline),
         }),
         training: json!({
@@ -246,6 +364,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "early_stop_prompts": stop_rows.len(),
             "seconds": train_seconds,
             "support": { "tau": DEFAULT_TAU, "prompts": train_idx.len() },
+            "shrink": shrink_report,
         }),
         created_at: now_rfc3339(),
     };

@@ -23,6 +23,7 @@ pub mod job;
 mod mlp;
 mod onnx;
 mod rng;
+mod shrink;
 mod support;
 pub mod eval;
 pub mod frontier;
@@ -33,6 +34,7 @@ pub use dataset::{split_by_prompt, Dataset};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
 pub use onnx::{export, export_with_support, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
+pub use shrink::Shrink;
 pub use support::{Support, DEFAULT_TAU, SUPPORT_OUTPUT};
 pub use train::{baseline_metrics, evaluate, train, Metrics, TrainConfig, TrainReport};
 

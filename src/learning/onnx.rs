@@ -17,7 +17,11 @@
 //! `Relu` after `Sub` is the clamp at zero (`max(x, 0)`), the cheapest way to spell it in ONNX.
 use prost::Message;
 
-use super::{mlp::Mlp, support::{Support, SUPPORT_OUTPUT}};
+use super::{
+    mlp::Mlp,
+    shrink::Shrink,
+    support::{Support, SUPPORT_OUTPUT},
+};
 
 /// Name of the graph input: float `[batch, D]` prompt embeddings.
 pub const INPUT_NAME: &str = "embeddings";
@@ -40,12 +44,13 @@ const ATTR_INT: i32 = 2;
 /// Serialises `mlp` as an ONNX model (`ModelProto` bytes) with `metadata` as its
 /// `metadata_props`, in the order given (ONNX wants distinct keys; that is the caller's job).
 pub fn export(mlp: &Mlp, metadata: &[(String, String)]) -> Vec<u8> {
-    export_with_support(mlp, None, metadata)
+    export_with_support(mlp, None, None, metadata)
 }
 
 /// Like [`export`], plus a third output `support` [batch, M] computed by `support`:
-/// `MatMul(x, keys^T) -> Mul(1/tau) -> Softmax -> MatMul(weights)`.
-pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, metadata: &[(String, String)]) -> Vec<u8> {
+/// `MatMul(x, keys^T) -> Mul(1/tau) -> Softmax -> MatMul(weights)`, and with `shrink` the
+/// quality and log-token outputs pulled towards the per-model means as [`Shrink::apply`] does.
+pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<&Shrink>, metadata: &[(String, String)]) -> Vec<u8> {
     let (d, h, m) = (mlp.input_dim(), mlp.hidden_dim(), mlp.n_models());
     let mut initializer = vec![
         tensor("W1", &[d, h], mlp.w1().iter()),
@@ -60,12 +65,31 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, metadata: &[(St
         gemm(&[INPUT_NAME, "W1", "b1"], "hidden_pre"),
         node("Relu", &["hidden_pre"], "hidden"),
         gemm(&["hidden", "Wq", "bq"], "quality_logits"),
-        node("Sigmoid", &["quality_logits"], QUALITY_OUTPUT),
-        gemm(&["hidden", "Wt", "bt"], "log_tokens"),
+        node("Sigmoid", &["quality_logits"], if shrink.is_some() { "quality_raw" } else { QUALITY_OUTPUT }),
+        gemm(&["hidden", "Wt", "bt"], if shrink.is_some() { "log_tokens_raw" } else { "log_tokens" }),
         node("Exp", &["log_tokens"], "tokens_plus_one"),
         node("Sub", &["tokens_plus_one", "one"], "tokens_raw"),
         node("Relu", &["tokens_raw"], TOKENS_OUTPUT),
     ];
+    if let Some(s) = shrink {
+        let keep = s.weight.mapv(|w| 1.0 - w);
+        let prior_q = &s.prior_quality * &keep;
+        let prior_t = &s.prior_log_tokens * &keep;
+        initializer.push(tensor("shrink_weight", &[m], s.weight.iter()));
+        initializer.push(tensor("shrink_prior_quality", &[m], prior_q.iter()));
+        initializer.push(tensor("shrink_prior_log_tokens", &[m], prior_t.iter()));
+        // NOTE: inserted before the token nodes that read `log_tokens`.
+        let at = node.iter().position(|n| n.op_type == "Exp").expect("the graph has the token Exp node. This is a bug.");
+        node.splice(
+            at..at,
+            [
+                node_n("Mul", &["quality_raw", "shrink_weight"], "quality_scaled"),
+                node_n("Add", &["quality_scaled", "shrink_prior_quality"], QUALITY_OUTPUT),
+                node_n("Mul", &["log_tokens_raw", "shrink_weight"], "log_tokens_scaled"),
+                node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens"),
+            ],
+        );
+    }
     let mut output = vec![value_info(QUALITY_OUTPUT, m), value_info(TOKENS_OUTPUT, m)];
     if let Some(s) = support {
         let keys_t = s.keys.t().as_standard_layout().to_owned();
