@@ -12,9 +12,10 @@ use crate::{
     transport::convert,
 };
 
-/// Evaluates the configured head on each log file, writes `report.json` and SVG plots to `out`.
-pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, knn_k: usize) -> anyhow::Result<()> {
-    use crate::learning::eval::{evaluate_file, svg, EvalSettings};
+/// Evaluates the configured head on each log file: on the head's held-out prompts, or on every
+/// prompt with `all_prompts` (for logs the head never saw).
+pub fn evaluate_all(config: &Config, data: &[std::path::PathBuf], knn_k: usize, all_prompts: bool) -> anyhow::Result<Vec<crate::learning::eval::DatasetReport>> {
+    use crate::learning::eval::{evaluate_file, EvalSettings};
     let settings = EvalSettings {
         min_relative_support: config.routing.min_relative_support,
         cost_scale: config.routing.cost_scale_usd,
@@ -24,17 +25,29 @@ pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path,
     let encoder = Encoder::load(env, &config.encoder)?;
     let head = crate::predictor::Head::load(env, &config.head.dir)?;
     let catalog = config.catalog()?;
-    let heldout: Vec<String> = head.manifest().validation["prompt_ids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-        .unwrap_or_default();
-    anyhow::ensure!(!heldout.is_empty(), "the head's manifest lists no held-out prompts (validation.prompt_ids); retrain it with this version");
-    std::fs::create_dir_all(out)?;
     let mut reports = Vec::new();
     for f in data {
-        let r = evaluate_file(f, &encoder, &head, &catalog, &heldout, settings)?;
+        let prompts: Vec<String> = if all_prompts {
+            crate::learning::read_logs(std::slice::from_ref(f), false)?.prompts.into_iter().map(|p| p.id).collect()
+        } else {
+            head.manifest().validation["prompt_ids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default()
+        };
+        anyhow::ensure!(!prompts.is_empty(), "the head's manifest lists no held-out prompts (validation.prompt_ids): retrain it with this version, or pass --all-prompts for logs it never saw");
+        reports.push(evaluate_file(f, &encoder, &head, &catalog, &prompts, settings)?);
+    }
+    Ok(reports)
+}
+
+/// Evaluates and writes `report.json` and one SVG plot per file to `out`.
+pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, knn_k: usize, all_prompts: bool) -> anyhow::Result<()> {
+    let reports = evaluate_all(config, data, knn_k, all_prompts)?;
+    std::fs::create_dir_all(out)?;
+    for r in &reports {
         let plot = out.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_")));
-        std::fs::write(&plot, svg(&r))?;
+        std::fs::write(&plot, crate::learning::eval::svg(r))?;
         println!(
             "{}: {} prompts x {} models; AIQ single {:.4}, router {:.4}, kNN {:.4}, oracle {:.4}; gap closed: router {:.1}%, kNN {:.1}%",
             r.file, r.prompts, r.single_models.len(), r.single_aiq, r.router.aiq, r.knn.aiq, r.oracle.aiq, r.router_gap_closed * 100.0, r.knn_gap_closed * 100.0
@@ -46,11 +59,49 @@ pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path,
             r.router_cost_share_to_match_best_single.map_or("never".to_string(), |s| format!("{:.0}% of its cost", s * 100.0)),
             r.mean_calibration_error, plot.display()
         );
-        reports.push(r);
     }
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&reports)?)?;
     println!("wrote {}", out.join("report.json").display());
     Ok(())
+}
+
+/// Chooses a cost weight for `target`, prints what it delivers, and with `write` sets it as
+/// profile `name` in the config file at `config_path`.
+pub fn tune(
+    config: &Config,
+    config_path: &std::path::Path,
+    data: &[std::path::PathBuf],
+    target: crate::learning::tune::Target,
+    name: &str,
+    write: bool,
+    all_prompts: bool,
+) -> anyhow::Result<crate::learning::tune::Choice> {
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "--name must be letters, digits, '_' or '-'. Given: {name:?}"
+    );
+    anyhow::ensure!(
+        target.max_avg_cost.is_some() || target.min_quality_share.is_some() || target.max_top_share.is_some(),
+        "give at least one target: --max-avg-cost, --min-quality-share or --max-top-share"
+    );
+    let reports = evaluate_all(config, data, 25, all_prompts)?;
+    let c = crate::learning::tune::choose(&reports, target)?;
+    println!(
+        "profile {name}: cost_weight = {:.6}\n  expected on {} validation prompts: mean quality {:.4} ({:.1}% of the best single model's {:.4}), mean cost ${:.6}/request ({:.0}% of its ${:.6}), {:.1}% of requests to the most expensive model",
+        c.cost_weight, c.prompts, c.quality, c.quality / c.best_single_quality.max(1e-12) * 100.0, c.best_single_quality,
+        c.cost, c.cost / c.best_single_cost.max(1e-12) * 100.0, c.best_single_cost, c.top_share * 100.0
+    );
+    if write {
+        let text = std::fs::read_to_string(config_path)?;
+        let updated = crate::learning::tune::set_profile(&text, name, c.cost_weight);
+        let tmp = config_path.with_extension("toml.partial");
+        std::fs::write(&tmp, &updated)?;
+        // Refuse to leave a config that no longer loads.
+        Config::load(&tmp).map_err(|e| anyhow::anyhow!("the updated config would not load ({e}); left unchanged"))?;
+        std::fs::rename(&tmp, config_path)?;
+        println!("wrote profile `{name}` to {}", config_path.display());
+    }
+    Ok(c)
 }
 
 /// Trains a head with the configured encoder and prints a summary.

@@ -41,6 +41,8 @@ enum Command {
     /// Measure the head on full-matrix logs it never saw: quality-cost frontier against every
     /// single model, the per-prompt oracle and a kNN router; writes JSON and an SVG plot.
     Eval(EvalArgs),
+    /// Choose the cost weight that meets a target on validation logs and write it as a profile.
+    Tune(TuneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +56,35 @@ struct EvalArgs {
     /// Neighbours of the kNN baseline router.
     #[arg(long, env = "SWITCHYARD_EVAL_KNN_K", default_value_t = 25)]
     knn_k: usize,
+    /// Evaluate on every prompt of the files (logs the head never saw) instead of the head's
+    /// held-out prompts.
+    #[arg(long, env = "SWITCHYARD_EVAL_ALL_PROMPTS")]
+    all_prompts: bool,
+}
+
+#[derive(Args, Debug)]
+struct TuneArgs {
+    /// Full-matrix validation logs (pooled by prompt count); by default only the head's held-out prompts.
+    #[arg(long = "data", env = "SWITCHYARD_TUNE_DATA", value_delimiter = ',', required = true)]
+    data: Vec<PathBuf>,
+    /// Profile name to write (letters, digits, '_' or '-').
+    #[arg(long, env = "SWITCHYARD_TUNE_NAME")]
+    name: String,
+    /// Target: mean cost per request at most this many USD (then: highest quality).
+    #[arg(long, env = "SWITCHYARD_TUNE_MAX_AVG_COST")]
+    max_avg_cost: Option<f64>,
+    /// Target: mean quality at least this share of the best single model's, e.g. 0.95 (then: lowest cost).
+    #[arg(long, env = "SWITCHYARD_TUNE_MIN_QUALITY_SHARE")]
+    min_quality_share: Option<f64>,
+    /// Target: at most this share of requests to the most expensive model, e.g. 0.1.
+    #[arg(long, env = "SWITCHYARD_TUNE_MAX_TOP_SHARE")]
+    max_top_share: Option<f64>,
+    /// Write the profile into the config file (comments and other keys are kept).
+    #[arg(long)]
+    write: bool,
+    /// Use every prompt of the files instead of the head's held-out prompts.
+    #[arg(long)]
+    all_prompts: bool,
 }
 
 #[derive(Args, Debug)]
@@ -160,8 +191,12 @@ fn init_logging(format: &str) {
     }
 }
 
+fn cli_config_path(given: &Option<PathBuf>) -> PathBuf {
+    given.clone().unwrap_or_else(config::locate_default)
+}
+
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let path = cli.config.clone().unwrap_or_else(config::locate_default);
+    let path = cli_config_path(&cli.config);
     let mut cfg = Config::load(&path)?;
     if let Some(p) = &cli.onnxruntime {
         cfg.runtime.onnxruntime = Some(p.clone());
@@ -180,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
     }
     init_logging(&cli.log_format);
     let mut cfg = load_config(&cli)?;
+    let cli_config = cli.config.clone();
     match cli.command {
         Command::Serve(args) => {
             if let Some(listen) = args.listen {
@@ -209,7 +245,25 @@ async fn main() -> anyhow::Result<()> {
             switchyard::cli::route(cfg, request, a.json).await?;
         }
         Command::Eval(a) => {
-            tokio::task::spawn_blocking(move || switchyard::cli::eval(&cfg, &a.data, &a.out, a.knn_k)).await??;
+            tokio::task::spawn_blocking(move || switchyard::cli::eval(&cfg, &a.data, &a.out, a.knn_k, a.all_prompts)).await??;
+        }
+        Command::Tune(a) => {
+            for (flag, v, lo, hi) in [
+                ("--max-avg-cost", a.max_avg_cost, 0.0, f64::INFINITY),
+                ("--min-quality-share", a.min_quality_share, 0.0, 1.5),
+                ("--max-top-share", a.max_top_share, 0.0, 1.0),
+            ] {
+                if let Some(v) = v {
+                    anyhow::ensure!(v.is_finite() && v > lo && v <= hi, "{flag} must be in ({lo}, {hi}]. Given: {v}");
+                }
+            }
+            let path = cli_config_path(&cli_config);
+            let target = switchyard::learning::tune::Target {
+                max_avg_cost: a.max_avg_cost,
+                min_quality_share: a.min_quality_share,
+                max_top_share: a.max_top_share,
+            };
+            tokio::task::spawn_blocking(move || switchyard::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, a.all_prompts)).await??;
         }
         Command::Train(a) => {
             let job = TrainJob {

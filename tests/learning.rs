@@ -210,3 +210,36 @@ fn eval_command_reports_frontiers_on_held_out_prompts() {
     let svg = std::fs::read_to_string(dir.path().join("alpaca_eval2_train.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("Switchyard") && svg.matches("<circle").count() == singles.len());
 }
+
+#[test]
+fn tune_writes_a_profile_that_meets_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml"))
+        .unwrap()
+        .replace("\"../models/", &format!("\"{}/", models.display()));
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("--config").arg(&cfg).arg("tune").arg("--data").arg(&data).args(args).output().unwrap()
+    };
+    let out = run(&["--name", "frugal", "--min-quality-share", "0.97", "--write"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // "mean quality Q (S% of the best single model's B)": the share meets the target.
+    let share: f64 = stdout.split("mean quality ").nth(1).unwrap().split('(').nth(1).unwrap().split('%').next().unwrap().parse().unwrap();
+    assert!(share >= 97.0, "{stdout}");
+    let written = switchyard::config::Config::load(&cfg).unwrap();
+    let w = written.routing.profiles["frugal"];
+    assert!((0.0..=1.0).contains(&w));
+    assert_eq!(written.routing.profiles["balanced"], 0.5, "other profiles are kept");
+    assert!(std::fs::read_to_string(&cfg).unwrap().contains("# Cost weight in [0,1]"), "comments are kept");
+
+    // An unreachable target is refused and the config is untouched.
+    let before = std::fs::read_to_string(&cfg).unwrap();
+    let out = run(&["--name", "impossible", "--min-quality-share", "1.4", "--write"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cost weight meets the target"));
+    assert_eq!(before, std::fs::read_to_string(&cfg).unwrap());
+}

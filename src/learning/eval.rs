@@ -69,6 +69,8 @@ pub struct Sweep {
     pub cost: Vec<f64>,
     /// Mean quality at each weight.
     pub quality: Vec<f64>,
+    /// Share of requests sent to the most expensive model (by mean cost) at each weight.
+    pub top_share: Vec<f64>,
     /// AIQ of the envelope of these points (with random mixing).
     pub aiq: f64,
 }
@@ -154,10 +156,12 @@ impl Outcomes {
 
 fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, m: &Outcomes, lo: f64, hi: f64, cost_scale: f64) -> Sweep {
     let weights = weight_grid();
-    let (mut cost, mut quality) = (Vec::new(), Vec::new());
+    let (mut cost, mut quality, mut top_share) = (Vec::new(), Vec::new(), Vec::new());
     let n = m.score.nrows();
+    let means = m.cost.mean_axis(Axis(0)).expect("at least one prompt. This is a bug.");
+    let top = (0..means.len()).max_by(|&a, &b| means[a].total_cmp(&means[b])).unwrap_or(0);
     for &w in &weights {
-        let (mut c_sum, mut q_sum) = (0.0, 0.0);
+        let (mut c_sum, mut q_sum, mut top_n) = (0.0, 0.0, 0usize);
         for p in 0..n {
             let mut best: Option<(f64, usize)> = None;
             for j in 0..m.score.ncols() {
@@ -172,12 +176,14 @@ fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<boo
             let j = best.map_or(0, |(_, j)| j);
             c_sum += m.cost[[p, j]];
             q_sum += m.score[[p, j]];
+            top_n += usize::from(j == top);
         }
         cost.push(c_sum / n as f64);
         quality.push(q_sum / n as f64);
+        top_share.push(top_n as f64 / n as f64);
     }
     let pts: Vec<Point> = cost.iter().zip(&quality).map(|(&c, &q)| Point { cost: c, quality: q }).collect();
-    Sweep { aiq: aiq(&envelope(&pts), lo, hi), weights, cost, quality }
+    Sweep { aiq: aiq(&envelope(&pts), lo, hi), weights, cost, quality, top_share }
 }
 
 fn points(s: &Sweep) -> Vec<Point> {

@@ -27,6 +27,7 @@ mod shrink;
 mod support;
 pub mod eval;
 pub mod frontier;
+pub mod tune;
 mod train;
 
 pub use data::{read_logs, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
