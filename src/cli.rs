@@ -112,6 +112,15 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     let job = &job;
     let s = job::run(job, &encoder, quiet)?;
     let m = &s.manifest;
+    let missing: Vec<&str> = m.models.iter().filter(|id| config.catalog().map(|c| c.get(id).is_none()).unwrap_or(true)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        println!(
+            "{} of the {} models in the logs are not in the catalog (the head predicts them, but they are never routed to until the catalog lists them): {}",
+            missing.len(),
+            m.models.len(),
+            missing.join(", ")
+        );
+    }
     println!("wrote {}/head.onnx and manifest.json: head {} for {} models on {}", job.out_dir.display(), m.head_id, m.models.len(), m.encoder.id);
     println!("embedding {:.1}s, training {:.1}s; {} malformed lines skipped", s.embed_seconds, s.train_seconds, s.skipped_lines);
     for p in s.problems.iter().take(5) {

@@ -127,6 +127,13 @@ struct TrainArgs {
     /// on the early-stopping prompts (see README, "Retraining").
     #[arg(long, env = "SWITCHYARD_TRAIN_SHRINK")]
     shrink: Option<f32>,
+    /// Folder of the on-disk prompt-embedding cache (keyed by encoder and text), so a second run
+    /// over the same logs skips the encoder. Default: $XDG_CACHE_HOME or ~/.cache, `switchyard/embeddings`.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE")]
+    embedding_cache: Option<PathBuf>,
+    /// Embed every prompt, without reading or writing the cache.
+    #[arg(long)]
+    no_embedding_cache: bool,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -276,6 +283,8 @@ async fn main() -> anyhow::Result<()> {
                 catalog: None,
                 cost_scale_usd: cfg.routing.cost_scale_usd,
                 shrink: a.shrink,
+                embedding_cache: (!a.no_embedding_cache)
+                    .then(|| a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
                 train: TrainConfig {
                     hidden: a.hidden,
                     epochs: a.epochs,

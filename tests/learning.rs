@@ -152,6 +152,7 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     let out = dir.path().join("head");
     let run = |data: &std::path::Path, strict: bool| {
         let mut c = Command::new(bin);
+        c.env("XDG_CACHE_HOME", dir.path());
         c.args(["train", "--quiet", "--epochs", "20", "--name", "cli-test", "--data"]).arg(data).arg("--out").arg(&out);
         if strict {
             c.arg("--strict");
@@ -179,10 +180,16 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     let head = Head::load(runtime::environment(None).unwrap(), &out).unwrap();
     assert_eq!(head.models().len(), manifest["models"].as_array().unwrap().len());
 
-    // Same seed, same data: the same head, byte for byte.
+    // Same seed, same data: the same head, byte for byte (the second run reads its embeddings
+    // back from the on-disk cache, so this also checks the cache is exact).
+    let cache = dir.path().join("switchyard/embeddings/all-MiniLM-L6-v2_int8.emb");
+    let cached_bytes = std::fs::metadata(&cache).expect("embedding cache written").len();
+    assert_eq!(cached_bytes % (32 + 4 * 384), 0);
+    assert!(cached_bytes / (32 + 4 * 384) >= 120);
     let first = std::fs::read(out.join("head.onnx")).unwrap();
     assert!(run(&good, false).status.success());
     assert_eq!(first, std::fs::read(out.join("head.onnx")).unwrap(), "training is not reproducible");
+    assert_eq!(std::fs::metadata(&cache).unwrap().len(), cached_bytes, "nothing new to cache on the second run");
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub struct TrainJob {
     pub cost_scale_usd: f64,
     /// A fixed shrinkage weight instead of choosing one.
     pub shrink: Option<f32>,
+    /// Folder of the on-disk embedding cache; `None` embeds everything.
+    pub embedding_cache: Option<PathBuf>,
 }
 
 /// Log files whose models overlap, and those models: one head is trained per family.
@@ -336,6 +338,39 @@ pub fn embed_prompts(encoder: &Encoder, texts: &[&str], quiet: bool) -> Result<A
     Ok(Array2::from_shape_vec((n, d), flat).expect("every embedding has the encoder's dimension. This is a bug."))
 }
 
+/// Embeds with an on-disk cache: cached texts are read back, the rest embedded and appended.
+/// A cache that cannot be opened or written is reported and skipped, never fatal.
+pub fn embed_prompts_cached(encoder: &Encoder, texts: &[&str], cache_dir: Option<&Path>, quiet: bool) -> Result<(Array2<f32>, usize), EncoderError> {
+    let cache = cache_dir.and_then(|dir| match super::embed_cache::EmbeddingCache::open(dir, encoder.id(), encoder.dimension()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "embedding cache unavailable; embedding everything");
+            None
+        }
+    });
+    let Some(mut cache) = cache else {
+        return Ok((embed_prompts(encoder, texts, quiet)?, 0));
+    };
+    let misses: Vec<&str> = texts.iter().copied().filter(|t| cache.get(t).is_none()).collect();
+    let hits = texts.len() - misses.len();
+    if !quiet {
+        eprintln!("embedding cache: {hits} of {} prompts cached, {} to embed", texts.len(), misses.len());
+    }
+    if !misses.is_empty() {
+        let fresh = embed_prompts(encoder, &misses, quiet)?;
+        if let Err(e) = cache.insert_many(misses.iter().copied().zip(fresh.rows().into_iter().map(|r| r.to_slice().expect("standard layout. This is a bug.")))) {
+            tracing::warn!(error = %e, "could not write the embedding cache");
+        }
+    }
+    let d = encoder.dimension();
+    let mut x = Array2::zeros((texts.len(), d));
+    for (i, t) in texts.iter().enumerate() {
+        let v = cache.get(t).expect("every text is cached now. This is a bug.");
+        x.row_mut(i).assign(&ndarray::ArrayView1::from(v));
+    }
+    Ok((x, hits))
+}
+
 /// Runs the whole job with `encoder`; `quiet` turns progress lines off.
 pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummary, JobError> {
     for (field, v) in [("val_fraction", job.val_fraction), ("early_stop_fraction", job.early_stop_fraction)] {
@@ -361,7 +396,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     }
     let texts: Vec<&str> = logs.prompts.iter().map(|p| p.text.as_str()).collect();
     let t = Instant::now();
-    let x = embed_prompts(encoder, &texts, quiet)?;
+    let (x, _cached) = embed_prompts_cached(encoder, &texts, job.embedding_cache.as_deref(), quiet)?;
     let embed_seconds = t.elapsed().as_secs_f64();
     let all = Dataset::from_logs(&logs, x.view())?;
 

@@ -25,6 +25,7 @@ mod onnx;
 mod rng;
 mod shrink;
 mod support;
+pub mod embed_cache;
 pub mod eval;
 pub mod frontier;
 pub mod tune;
