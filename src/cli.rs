@@ -104,6 +104,21 @@ pub fn tune(
     Ok(c)
 }
 
+/// Adds models to the head and prints each one's held-out accuracy.
+pub fn extend(config: &Config, job: &crate::learning::extend::ExtendJob) -> anyhow::Result<()> {
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
+    let encoder = Encoder::load(env, &config.encoder)?;
+    let (manifest, added) = crate::learning::extend::run(job, &encoder, true)?;
+    for a in &added {
+        println!(
+            "added {}: {} labelled prompts; held-out ({} prompts) Brier {:.4} vs {:.4} for its mean, log-token MAE {:.3} vs {:.3}",
+            a.model, a.labels, a.validation_prompts, a.brier, a.baseline_brier, a.log_tokens_mae, a.baseline_log_tokens_mae
+        );
+    }
+    println!("wrote {}/head.onnx and manifest.json: head {} for {} models; add the new models to the catalog to route to them", job.out_dir.display(), manifest.head_id, manifest.models.len());
+    Ok(())
+}
+
 /// Trains a head with the configured encoder and prints a summary.
 pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()> {
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;

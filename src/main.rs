@@ -43,6 +43,30 @@ enum Command {
     Eval(EvalArgs),
     /// Choose the cost weight that meets a target on validation logs and write it as a profile.
     Tune(TuneArgs),
+    /// Add models to the head from a few hundred labelled prompts each, without retraining the others.
+    Extend(ExtendArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExtendArgs {
+    /// Routing logs with the new models' outcomes (lines of models the head has are ignored).
+    #[arg(long = "data", env = "SWITCHYARD_EXTEND_DATA", value_delimiter = ',', required = true)]
+    data: Vec<PathBuf>,
+    /// Where to write the extended head. Default: over the configured head (`head.dir`).
+    #[arg(long, env = "SWITCHYARD_EXTEND_OUT")]
+    out: Option<PathBuf>,
+    /// Share of each new model's prompts held out to report its accuracy.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
+    /// Ridge penalty of the new columns; larger pulls them towards the model's mean.
+    #[arg(long, default_value_t = 100.0)]
+    l2: f64,
+    /// Seed of the held-out split.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+    /// Folder of the on-disk prompt-embedding cache (as for `train`).
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE")]
+    embedding_cache: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +277,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Eval(a) => {
             tokio::task::spawn_blocking(move || switchyard::cli::eval(&cfg, &a.data, &a.out, a.knn_k, a.all_prompts)).await??;
+        }
+        Command::Extend(a) => {
+            anyhow::ensure!(a.val_fraction > 0.0 && a.val_fraction < 0.9, "--val-fraction must be in (0, 0.9). Given: {}", a.val_fraction);
+            anyhow::ensure!(a.l2.is_finite() && a.l2 >= 0.0, "--l2 must be a finite number >= 0. Given: {}", a.l2);
+            let job = switchyard::learning::extend::ExtendJob {
+                head_dir: cfg.head.dir.clone(),
+                out_dir: a.out.unwrap_or_else(|| cfg.head.dir.clone()),
+                data: a.data,
+                val_fraction: a.val_fraction,
+                l2: a.l2,
+                seed: a.seed,
+                embedding_cache: Some(a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
+            };
+            tokio::task::spawn_blocking(move || switchyard::cli::extend(&cfg, &job)).await??;
         }
         Command::Tune(a) => {
             for (flag, v, lo, hi) in [

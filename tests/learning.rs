@@ -9,7 +9,7 @@ use ndarray::{s, Array2, ArrayView2, Axis};
 use switchyard::{
     learning::{
         export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, Shrink, SplitMix64,
-        Support, TrainConfig, DEFAULT_TAU,
+        Support, TrainConfig, DEFAULT_NEIGHBOURS,
     },
     predictor::Head,
     runtime,
@@ -61,7 +61,7 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let fit = data.select(&tr);
     let mut shrink = Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 0.4);
     shrink.weight[0] = 0.9;
-    let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_TAU);
+    let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
     let mut session = switchyard::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
     let xv = x.select(Axis(0), &va);
@@ -249,4 +249,62 @@ fn tune_writes_a_profile_that_meets_its_target() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no cost weight meets the target"));
     assert_eq!(before, std::fs::read_to_string(&cfg).unwrap());
+}
+
+#[test]
+fn extend_adds_a_model_without_moving_the_others() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(shared_data().join("zeroeval/train.jsonl.gz")).unwrap()).read_to_string(&mut text).unwrap();
+    let new_model = "gpt-4o-mini-2024-07-18";
+    let (mut base, mut new): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for l in text.lines() {
+        if l.contains(&format!("\"model\": \"{new_model}\"")) { new.push(l.to_string()) } else { base.push(l.to_string()) }
+    }
+    assert!(new.len() > 1000);
+    let (base_log, new_log) = (dir.path().join("base.jsonl"), dir.path().join("new.jsonl"));
+    write_log(&base_log, &base);
+    write_log(&new_log, &new[..1000]);
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let (head, extended) = (dir.path().join("head"), dir.path().join("extended"));
+    let ok = |c: &mut Command| {
+        let o = c.env("XDG_CACHE_HOME", dir.path()).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    ok(Command::new(bin).args(["train", "--quiet", "--name", "base", "--data"]).arg(&base_log).arg("--out").arg(&head));
+    // A config whose head is the base head.
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let cfg_text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml"))
+        .unwrap()
+        .replace("\"../models/encoder\"", &format!("\"{}/encoder\"", models.display()))
+        .replace("\"../models/router\"", &format!("\"{}\"", head.display()));
+    let cfg = dir.path().join("cfg.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let out = ok(Command::new(bin).arg("--config").arg(&cfg).args(["extend", "--data"]).arg(&new_log).arg("--out").arg(&extended));
+    // "held-out (N prompts) Brier B vs M for its mean, log-token MAE T vs U"
+    let nums: Vec<f64> = out.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).collect();
+    let at = |after: &str| -> Vec<f64> { out.split(after).nth(1).unwrap().split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).take(2).collect() };
+    let (brier, tokens) = (at("Brier "), at("MAE "));
+    assert!(brier[0] < brier[1], "new column Brier {} vs mean {} ({out})", brier[0], brier[1]);
+    assert!(tokens[0] < tokens[1], "new column log-token MAE {} vs mean {}", tokens[0], tokens[1]);
+    assert!(!nums.is_empty());
+
+    let env = runtime::environment(None).unwrap();
+    let (old, grown) = (Head::load(env, &head).unwrap(), Head::load(env, &extended).unwrap());
+    assert_eq!(grown.models().len(), old.models().len() + 1);
+    assert_eq!(grown.models().last().unwrap(), new_model);
+    // The models the head already had predict exactly as before.
+    let enc = shipped_encoder();
+    let probe = enc.embed_text("What is 17 * 23? Show your work.").unwrap();
+    let x = ndarray::ArrayView2::from_shape((1, probe.len()), &probe).unwrap();
+    let (a, b) = (old.predict(x).unwrap(), grown.predict(x).unwrap());
+    let m = old.models().len();
+    assert_eq!(&a.quality[..], &b.quality[..m]);
+    assert_eq!(&a.output_tokens[..], &b.output_tokens[..m]);
+    // The new model has evidence near math prompts, so it is not out of the head's domain.
+    let s = b.support.unwrap();
+    let best = s.iter().copied().fold(0.0f32, f32::max);
+    assert!(s[m] / best > 0.05, "relative support of the new model {}", s[m] / best);
 }

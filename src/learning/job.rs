@@ -14,7 +14,7 @@ use std::{
 use ndarray::Array2;
 use serde_json::json;
 
-use super::{baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, Mlp, Shrink, Support, DEFAULT_TAU, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
+use super::{baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, Mlp, Shrink, Support, DEFAULT_NEIGHBOURS, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
 use crate::{
     encoder::{Encoder, EncoderError},
     predictor::{sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT},
@@ -314,7 +314,7 @@ pub fn now_rfc3339() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JobError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JobError> {
     let err = |source| JobError::Write { path: path.to_path_buf(), source };
     let tmp = path.with_extension("partial");
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
@@ -416,7 +416,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let baseline = baseline_metrics(&fit, &holdout, job.train.token_loss_weight);
 
     // Domain of competence over every training prompt (never the held-out ones).
-    let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_TAU);
+    let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_NEIGHBOURS);
     let (shrink_weight, shrink_report) = choose_shrink(job, &logs, &all, &stop_rows, &mlp, encoder)?;
     let shrink = Shrink { weight: shrink_weight.clone(), ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
     // The metrics of the head as exported (shrinkage included).
@@ -486,7 +486,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "fit_prompts": fit_rows.len(),
             "early_stop_prompts": stop_rows.len(),
             "seconds": train_seconds,
-            "support": { "tau": DEFAULT_TAU, "prompts": train_idx.len() },
+            "support": { "neighbours": DEFAULT_NEIGHBOURS, "prompts": train_idx.len() },
             "shrink": shrink_report,
         }),
         created_at: now_rfc3339(),

@@ -240,6 +240,11 @@ impl Mlp {
         out
     }
 
+    /// Hidden-layer activations `relu(x W1 + b1)`: the features a new model's output is fitted on.
+    pub fn features(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.hidden(x).1
+    }
+
     /// Pre-activation and activation of the hidden layer.
     fn hidden(&self, x: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
         let pre = x.dot(&self.w1) + &self.b1;

@@ -27,6 +27,7 @@ mod shrink;
 mod support;
 pub mod embed_cache;
 pub mod eval;
+pub mod extend;
 pub mod frontier;
 pub mod tune;
 mod train;
@@ -34,10 +35,10 @@ mod train;
 pub use data::{read_logs, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
 pub use dataset::{split_by_prompt, Dataset};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
-pub use onnx::{export, export_with_support, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
+pub use onnx::{export, export_with_support, import, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
 pub use shrink::Shrink;
-pub use support::{Support, DEFAULT_TAU, SUPPORT_OUTPUT};
+pub use support::{Support, DEFAULT_NEIGHBOURS, SUPPORT_OUTPUT};
 pub use train::{baseline_metrics, evaluate, train, Metrics, TrainConfig, TrainReport};
 
 use std::path::PathBuf;
@@ -114,6 +115,9 @@ pub enum LearningError {
         /// The limit and the value given.
         reason: String,
     },
+    /// A head file is not one this version exported (missing or malformed initializer).
+    #[error("not a Switchyard head graph: {0}")]
+    NotAHead(String),
     /// Training produced a non-finite loss (learning rate too high, or bad inputs).
     #[error("training diverged at epoch {epoch}: loss is not finite")]
     Diverged {
@@ -134,6 +138,7 @@ impl LearningError {
             LearningError::InvalidValue { .. } => "learning_invalid_value",
             LearningError::InvalidConfig { .. } => "learning_invalid_config",
             LearningError::Diverged { .. } => "learning_diverged",
+            LearningError::NotAHead(_) => "learning_not_a_head",
         }
     }
 }

@@ -36,6 +36,36 @@ pub const IR_VERSION: i64 = 8;
 
 /// `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;
+/// `TensorProto.DataType.INT64`.
+const INT64: i32 = 7;
+/// `AttributeProto.AttributeType.INTS`.
+const ATTR_INTS: i32 = 7;
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: ATTR_INT, i: Some(i), ..Default::default() }
+}
+
+/// The k most similar training prompts (values and indices).
+fn topk() -> NodeProto {
+    let mut n = node("TopK", &["support_sim", "support_k"], "support_top_values");
+    n.output.push("support_top_indices".into());
+    n.attribute = vec![int_attr("axis", 1), int_attr("largest", 1), int_attr("sorted", 1)];
+    n
+}
+
+/// Their rows of the support weights: [batch, k, M].
+fn gather() -> NodeProto {
+    let mut n = node("Gather", &["support_weights", "support_top_indices"], "support_rows");
+    n.attribute = vec![int_attr("axis", 0)];
+    n
+}
+
+/// The mean over the k neighbours: [batch, M].
+fn reduce_mean() -> NodeProto {
+    let mut n = node("ReduceMean", &["support_rows"], SUPPORT_OUTPUT);
+    n.attribute = vec![AttributeProto { name: "axes".into(), r#type: ATTR_INTS, ints: vec![1], ..Default::default() }, int_attr("keepdims", 0)];
+    n
+}
 /// `AttributeProto.AttributeType.FLOAT`.
 const ATTR_FLOAT: i32 = 1;
 /// `AttributeProto.AttributeType.INT`.
@@ -48,7 +78,7 @@ pub fn export(mlp: &Mlp, metadata: &[(String, String)]) -> Vec<u8> {
 }
 
 /// Like [`export`], plus a third output `support` [batch, M] computed by `support`:
-/// `MatMul(x, keys^T) -> Mul(1/tau) -> Softmax -> MatMul(weights)`, and with `shrink` the
+/// `MatMul(x, keys^T) -> TopK(k) -> Gather(weights) -> ReduceMean`, and with `shrink` the
 /// quality and log-token outputs pulled towards the per-model means as [`Shrink::apply`] does.
 pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<&Shrink>, metadata: &[(String, String)]) -> Vec<u8> {
     let (d, h, m) = (mlp.input_dim(), mlp.hidden_dim(), mlp.n_models());
@@ -93,15 +123,20 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
     let mut output = vec![value_info(QUALITY_OUTPUT, m), value_info(TOKENS_OUTPUT, m)];
     if let Some(s) = support {
         let keys_t = s.keys.t().as_standard_layout().to_owned();
-        let inv = 1.0 / s.tau;
+
         initializer.push(tensor("support_keys_t", &[d, s.keys.nrows()], keys_t.iter()));
         initializer.push(tensor("support_weights", &[s.weights.nrows(), m], s.weights.iter()));
-        initializer.push(tensor("support_inv_tau", &[], [inv].iter()));
+        initializer.push(TensorProto {
+            dims: vec![1],
+            data_type: INT64,
+            name: "support_k".into(),
+            raw_data: (s.k as i64).to_le_bytes().to_vec(),
+        });
         node.extend([
             node_n("MatMul", &[INPUT_NAME, "support_keys_t"], "support_sim"),
-            node_n("Mul", &["support_sim", "support_inv_tau"], "support_scaled"),
-            node_n("Softmax", &["support_scaled"], "support_kernel"),
-            node_n("MatMul", &["support_kernel", "support_weights"], SUPPORT_OUTPUT),
+            topk(),
+            gather(),
+            reduce_mean(),
         ]);
         output.push(value_info(SUPPORT_OUTPUT, m));
     }
@@ -134,6 +169,52 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
             .collect(),
     };
     model.encode_to_vec()
+}
+
+/// Reads a head written by [`export_with_support`] back: the MLP, and the support index and
+/// shrinkage when the graph has them (used to add a model without retraining the others).
+pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), super::LearningError> {
+    use ndarray::{Array1, Array2};
+    use super::LearningError::NotAHead;
+    let model = ModelProto::decode(bytes).map_err(|e| NotAHead(e.to_string()))?;
+    let graph = model.graph.ok_or_else(|| NotAHead("no graph".into()))?;
+    let find = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
+        let t = graph.initializer.iter().find(|t| t.name == name)?;
+        let dims = t.dims.iter().map(|&d| d as usize).collect();
+        let vals = t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Some((dims, vals))
+    };
+    let need = |name: &str| find(name).ok_or_else(|| NotAHead(format!("missing initializer `{name}`")));
+    let mat = |name: &str| -> Result<Array2<f32>, super::LearningError> {
+        let (d, v) = need(name)?;
+        if d.len() != 2 {
+            return Err(NotAHead(format!("`{name}` has {} dimensions, expected 2", d.len())));
+        }
+        Array2::from_shape_vec((d[0], d[1]), v).map_err(|e| NotAHead(format!("`{name}`: {e}")))
+    };
+    let vec = |name: &str| -> Result<Array1<f32>, super::LearningError> { Ok(Array1::from(need(name)?.1)) };
+    let mlp = Mlp::from_parts(mat("W1")?, vec("b1")?, mat("Wq")?, vec("bq")?, mat("Wt")?, vec("bt")?)?;
+    let support = match graph.initializer.iter().find(|t| t.name == "support_k") {
+        Some(t) if t.raw_data.len() == 8 => Some(Support {
+            keys: mat("support_keys_t")?.t().as_standard_layout().to_owned(),
+            weights: mat("support_weights")?,
+            k: i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes. This is a bug.")).max(1) as usize,
+        }),
+        Some(_) => return Err(NotAHead("`support_k` is not one int64".into())),
+        None => None,
+    };
+    let shrink = match find("shrink_weight") {
+        Some((_, w)) => {
+            let w = Array1::from(w);
+            let undo = |name: &str| -> Result<Array1<f32>, super::LearningError> {
+                let v = vec(name)?;
+                Ok(ndarray::Zip::from(&v).and(&w).map_collect(|&p, &a| if a < 1.0 { p / (1.0 - a) } else { 0.0 }))
+            };
+            Some(Shrink { prior_quality: undo("shrink_prior_quality")?, prior_log_tokens: undo("shrink_prior_log_tokens")?, weight: w })
+        }
+        None => None,
+    };
+    Ok((mlp, support, shrink))
 }
 
 /// A float initializer; `raw_data` holds the values little-endian, row-major.
