@@ -17,7 +17,7 @@ use crate::{
 pub fn evaluate_all(config: &Config, data: &[std::path::PathBuf], knn_k: usize, all_prompts: bool) -> anyhow::Result<Vec<crate::learning::eval::DatasetReport>> {
     use crate::learning::eval::{evaluate_file, EvalSettings};
     let settings = EvalSettings {
-        min_relative_support: config.routing.min_relative_support,
+        out_of_domain_p: config.routing.out_of_domain_p,
         cost_scale: config.routing.cost_scale_usd,
         knn_k,
     };

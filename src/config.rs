@@ -172,9 +172,10 @@ pub struct RoutingConfig {
     /// Price of one unit of quality in the utility, USD per request: at cost weight 0.5, 0.1 more
     /// quality is worth `cost_scale_usd / 10` more per request.
     pub cost_scale_usd: f64,
-    /// A model whose training evidence near the prompt is below this share of the best-supported
-    /// model's is left out as outside the head's domain (0 disables; needs a head with `support`).
-    pub min_relative_support: f64,
+    /// A model with no outcome among the training prompts nearest the request is left out as
+    /// outside the head's domain when that would happen by chance with probability below this
+    /// (given how often it was observed overall). 0 disables; needs a head with `support`.
+    pub out_of_domain_p: f64,
 }
 
 impl Default for RoutingConfig {
@@ -184,7 +185,7 @@ impl Default for RoutingConfig {
             profiles: BTreeMap::from([("quality".into(), 0.0), ("balanced".into(), 0.5), ("economy".into(), 0.85)]),
             default_ttft_ms: 500.0,
             default_output_tokens_per_second: 60.0,
-            min_relative_support: 0.05,
+            out_of_domain_p: 0.01,
             cost_scale_usd: crate::policy::DEFAULT_COST_SCALE_USD,
         }
     }
@@ -312,8 +313,8 @@ impl Config {
         if !(r.cost_scale_usd.is_finite() && r.cost_scale_usd > 0.0) {
             return Err(invalid("routing.cost_scale_usd", "a finite number > 0", r.cost_scale_usd));
         }
-        if !(0.0..=1.0).contains(&r.min_relative_support) {
-            return Err(invalid("routing.min_relative_support", "in [0,1]", r.min_relative_support));
+        if !(0.0..=1.0).contains(&r.out_of_domain_p) {
+            return Err(invalid("routing.out_of_domain_p", "in [0,1]", r.out_of_domain_p));
         }
         if !(r.default_ttft_ms.is_finite() && r.default_ttft_ms >= 0.0) {
             return Err(invalid("routing.default_ttft_ms", ">= 0", r.default_ttft_ms));

@@ -359,10 +359,7 @@ impl Engine {
         };
 
         let t = Instant::now();
-        // Support is compared among the catalog's models only.
-        let best_support = pred.support.as_ref().map(|s| {
-            self.head_index.iter().flatten().map(|&j| f64::from(s[j])).fold(0.0, f64::max)
-        });
+        let chance = self.head.domain_chance(pred.support.as_deref());
         let predictions: Vec<Option<Prediction>> = self
             .head_index
             .iter()
@@ -370,10 +367,7 @@ impl Engine {
                 idx.map(|j| Prediction {
                     quality: f64::from(pred.quality[j]).clamp(0.0, 1.0),
                     output_tokens: f64::from(pred.output_tokens[j]).max(1.0),
-                    relative_support: match (&pred.support, best_support) {
-                        (Some(s), Some(best)) if best > 0.0 => f64::from(s[j]) / best,
-                        _ => 1.0,
-                    },
+                    domain_chance: chance[j],
                 })
             })
             .collect();
@@ -383,7 +377,7 @@ impl Engine {
             output_tokens_per_second: r.default_output_tokens_per_second,
             cost_scale_usd: r.cost_scale_usd,
         };
-        let constraints = Constraints { min_relative_support: r.min_relative_support, ..q.constraints };
+        let constraints = Constraints { out_of_domain_p: r.out_of_domain_p, ..q.constraints };
         let ranking = policy::rank(&self.catalog, &predictions, conversation_tokens, cost_weight, &constraints, scoring)?;
         timings.rank = t.elapsed();
         timings.total = t0.elapsed();

@@ -36,9 +36,9 @@ pub struct Prediction {
     pub quality: f64,
     /// Predicted output tokens (>= 1).
     pub output_tokens: f64,
-    /// Training evidence for this model near the prompt, relative to the best-supported model
-    /// (1 = as much as any model); 1 when the head does not measure it.
-    pub relative_support: f64,
+    /// Chance that the head's lack of evidence for this model near the prompt is a fluke (see
+    /// `Head::domain_chance`); 1 when it has evidence or does not measure it.
+    pub domain_chance: f64,
 }
 
 /// The hard constraints of one request, already validated against the catalog.
@@ -58,8 +58,8 @@ pub struct Constraints {
     pub denied_providers: Vec<String>,
     /// Fallbacks after the primary.
     pub max_fallbacks: usize,
-    /// Models with less relative support are out of the head's domain (0 disables the rule).
-    pub min_relative_support: f64,
+    /// Models whose `domain_chance` is below this are out of the head's domain (0 disables).
+    pub out_of_domain_p: f64,
 }
 
 /// Server-wide scoring settings.
@@ -80,8 +80,8 @@ pub enum Exclusion {
     NotCovered,
     /// The head has output for this model but no training evidence near this prompt.
     OutOfDomain {
-        /// The model's relative support.
-        relative_support: f64,
+        /// The model's domain chance.
+        chance: f64,
         /// The threshold.
         threshold: f64,
     },
@@ -133,8 +133,8 @@ impl Exclusion {
     pub fn detail(&self) -> String {
         match self {
             Exclusion::NotCovered => "the routing head has no prediction for this model".into(),
-            Exclusion::OutOfDomain { relative_support, threshold } => format!(
-                "the head saw this model on nothing like this prompt (relative support {relative_support:.4} < {threshold}); its prediction would be a guess"
+            Exclusion::OutOfDomain { chance, threshold } => format!(
+                "the head has too few outcomes of this model among the training prompts nearest this one to trust its prediction (as few by chance: p = {chance:.2e} < {threshold})"
             ),
             Exclusion::ModelNotAllowed => "excluded by allowed_models/denied_models".into(),
             Exclusion::ProviderNotAllowed => "excluded by allowed_providers/denied_providers".into(),
@@ -237,9 +237,8 @@ pub fn rank(
     let rules: Vec<Rule> = vec![
         Box::new(|_, s| s.prediction.is_none().then_some(Exclusion::NotCovered)),
         Box::new(|_, s| {
-            let r = s.prediction?.relative_support;
-            (r < c.min_relative_support)
-                .then_some(Exclusion::OutOfDomain { relative_support: r, threshold: c.min_relative_support })
+            let p = s.prediction?.domain_chance;
+            (p < c.out_of_domain_p).then_some(Exclusion::OutOfDomain { chance: p, threshold: c.out_of_domain_p })
         }),
         Box::new(|m, _| {
             let denied = listed(&c.denied_models, &m.id)
@@ -353,7 +352,7 @@ mod tests {
     fn preds() -> Vec<Option<Prediction>> {
         [0.9, 0.8, 0.5, 0.6]
             .iter()
-            .map(|&q| Some(Prediction { quality: q, output_tokens: 200.0, relative_support: 1.0 }))
+            .map(|&q| Some(Prediction { quality: q, output_tokens: 200.0, domain_chance: 1.0 }))
             .chain([None])
             .collect()
     }

@@ -89,6 +89,8 @@ pub struct Head {
     manifest: HeadManifest,
     session: Mutex<Session>,
     has_support: bool,
+    /// Neighbours the support output averages over, and each model's observation rate.
+    domain: Option<(usize, Vec<f64>)>,
 }
 
 /// Predictions for a batch: row-major [N, M].
@@ -104,10 +106,37 @@ pub struct HeadOutput {
     pub support: Option<Vec<f32>>,
 }
 
+/// `P(X <= c)` for `X ~ Binomial(n, p)`.
+pub fn binomial_cdf(c: usize, n: usize, p: f64) -> f64 {
+    let p = p.clamp(0.0, 1.0);
+    if c >= n || p <= 0.0 {
+        return 1.0;
+    }
+    let (mut term, mut sum) = ((1.0 - p).powi(n as i32), 0.0);
+    for i in 0..=c {
+        sum += term;
+        // C(n, i+1) p^(i+1) (1-p)^(n-i-1) from the i-th term.
+        term *= (n - i) as f64 / (i + 1) as f64 * p / (1.0 - p).max(f64::MIN_POSITIVE);
+    }
+    sum.min(1.0)
+}
+
 /// Hex SHA-256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn binomial_cdf_matches_known_values() {
+        use super::binomial_cdf;
+        assert!((binomial_cdf(0, 32, 0.05) - 0.95f64.powi(32)).abs() < 1e-12);
+        assert!((binomial_cdf(1, 4, 0.5) - 5.0 / 16.0).abs() < 1e-12);
+        assert_eq!(binomial_cdf(4, 4, 0.5), 1.0);
+        assert_eq!(binomial_cdf(0, 4, 0.0), 1.0);
+    }
 }
 
 impl Head {
@@ -137,7 +166,12 @@ impl Head {
         }
         let session = crate::encoder::session_from_bytes(env, &bytes, 1)?;
         let has_support = session.outputs().iter().any(|o| o.name() == SUPPORT);
-        let head = Self { manifest, session: Mutex::new(session), has_support };
+        let domain = manifest.training.get("support").and_then(|s| {
+            let k = s.get("neighbours")?.as_u64()? as usize;
+            let rates: Vec<f64> = s.get("rates")?.as_array()?.iter().map(|v| v.as_f64().unwrap_or(1.0)).collect();
+            (rates.len() == manifest.models.len()).then_some((k, rates))
+        });
+        let head = Self { manifest, session: Mutex::new(session), has_support, domain };
         let probe = vec![0.0f32; head.manifest.encoder.dimension];
         let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
         if out.quality.len() != head.manifest.models.len() || out.output_tokens.len() != head.manifest.models.len() {
@@ -153,6 +187,25 @@ impl Head {
     /// The manifest.
     pub fn manifest(&self) -> &HeadManifest {
         &self.manifest
+    }
+
+    /// For each model, the probability that as few of the `k` training prompts nearest this one
+    /// as were answered by it would be, by chance, if it had been tried on prompts like this as
+    /// often as on any (a binomial tail at its overall rate); 1 when the head does not measure
+    /// support. A small value means the head has little evidence about this model on prompts
+    /// like this one, however often it was observed elsewhere.
+    pub fn domain_chance(&self, support: Option<&[f32]>) -> Vec<f64> {
+        let m = self.manifest.models.len();
+        match (support, &self.domain) {
+            (Some(s), Some((k, rates))) => (0..m)
+                .map(|j| {
+                    // support = count / (k * rate), so the neighbours that saw this model are:
+                    let count = (f64::from(s[j]) * *k as f64 * rates[j]).round() as usize;
+                    binomial_cdf(count, *k, rates[j])
+                })
+                .collect(),
+            _ => vec![1.0; m],
+        }
     }
 
     /// True when the graph has the `support` output.

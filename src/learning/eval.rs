@@ -193,8 +193,8 @@ fn points(s: &Sweep) -> Vec<Point> {
 /// Routing settings an evaluation applies, as the server would.
 #[derive(Debug, Clone, Copy)]
 pub struct EvalSettings {
-    /// `routing.min_relative_support`.
-    pub min_relative_support: f64,
+    /// `routing.out_of_domain_p`.
+    pub out_of_domain_p: f64,
     /// `routing.cost_scale_usd`.
     pub cost_scale: f64,
     /// Neighbours of the kNN baseline.
@@ -210,7 +210,7 @@ pub fn evaluate_file(
     heldout: &[String],
     settings: EvalSettings,
 ) -> Result<DatasetReport, EvalError> {
-    let EvalSettings { min_relative_support, cost_scale, knn_k } = settings;
+    let EvalSettings { out_of_domain_p, cost_scale, knn_k } = settings;
     let name = file.display().to_string();
     let data_err = |message: String| EvalError::Data { file: name.clone(), message };
     let logs = read_logs(std::slice::from_ref(file), false)?;
@@ -263,13 +263,11 @@ pub fn evaluate_file(
     let mut rc = Array2::zeros((n, k));
     let mut allowed = Array2::from_elem((n, k), true);
     for r in 0..n {
-        let best_support = out.support.as_ref().map(|s| models.iter().map(|&(_, h, _)| f64::from(s[r * hm + h])).fold(0.0, f64::max));
+        let chance = head.domain_chance(out.support.as_ref().map(|s| &s[r * hm..(r + 1) * hm]));
         for (j, &(_, h, c)) in models.iter().enumerate() {
             rq[[r, j]] = f64::from(out.quality[r * hm + h]).clamp(0.0, 1.0);
             rc[[r, j]] = cat[c].cost_usd(input_tokens[r], f64::from(out.output_tokens[r * hm + h]).max(1.0));
-            if let (Some(s), Some(b)) = (&out.support, best_support) {
-                allowed[[r, j]] = b <= 0.0 || f64::from(s[r * hm + h]) / b >= min_relative_support;
-            }
+            allowed[[r, j]] = chance[h] >= out_of_domain_p;
         }
         if !allowed.row(r).iter().any(|&a| a) {
             allowed.row_mut(r).fill(true);

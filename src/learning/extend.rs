@@ -198,6 +198,10 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         }
         manifest.models.push(logs.models[j].clone());
     }
+    if let (Some(sup), Some(s)) = (support.as_ref(), manifest.training.get_mut("support")) {
+        s["rates"] = json!(sup.rates());
+        s["prompts"] = json!(sup.keys.nrows());
+    }
     let extended = Mlp::from_parts(mlp.w1().to_owned(), mlp.b1().to_owned(), wq, bq, wt, bt)?;
     let bytes = export_with_support(&extended, support.as_ref(), shrink.as_ref(), &[("producer".into(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))]);
     let digest = sha256_hex(&bytes);

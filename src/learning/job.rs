@@ -486,7 +486,11 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "fit_prompts": fit_rows.len(),
             "early_stop_prompts": stop_rows.len(),
             "seconds": train_seconds,
-            "support": { "neighbours": DEFAULT_NEIGHBOURS, "prompts": train_idx.len() },
+            "support": {
+                "neighbours": support.k,
+                "prompts": train_idx.len(),
+                "rates": support.rates(),
+            },
             "shrink": shrink_report,
         }),
         created_at: now_rfc3339(),

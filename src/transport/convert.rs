@@ -122,7 +122,7 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         allowed_providers: check_list("allowed_providers", &req.allowed_providers, lim)?,
         denied_providers: check_list("denied_providers", &req.denied_providers, lim)?,
         max_fallbacks: max_fallbacks as usize,
-        min_relative_support: 0.0,
+        out_of_domain_p: 0.0,
     };
     Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain })
 }
