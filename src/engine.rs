@@ -167,6 +167,30 @@ pub struct Engine {
     permits: Semaphore,
     waiting: AtomicUsize,
     version: String,
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+/// Work for an encoder thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts `n` threads that run jobs until the sender is dropped (with the engine).
+fn start_workers(n: usize) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..n {
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new()
+            .name(format!("switchyard-encoder-{i}"))
+            .spawn(move || loop {
+                let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                };
+                job();
+            })
+            .expect("spawning an encoder thread failed. This is a bug.");
+    }
+    tx
 }
 
 impl Engine {
@@ -206,7 +230,8 @@ impl Engine {
         });
         let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
         let permits = Semaphore::new(encoder.parallelism());
-        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version })
+        let jobs = std::sync::Mutex::new(start_workers(encoder.parallelism()));
+        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version, jobs })
     }
 
     /// The config the engine runs with.
@@ -392,7 +417,10 @@ impl Engine {
         Ok(n)
     }
 
-    /// Runs `f` on the blocking pool once an encoder slot is free, refusing when too many wait.
+    /// Runs `f` on a dedicated encoder thread once one is free, refusing when too many wait.
+    /// NOTE: dedicated long-lived threads (one per session) instead of tokio's blocking pool keep
+    /// each ONNX session on a warm thread; `block_in_place` was measured too and was slower at
+    /// concurrency 1 on 2 cores.
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, RouteError> {
         let limit = self.config.server.max_queued_requests;
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -404,9 +432,16 @@ impl Engine {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             p.map_err(|e| RouteError::Worker(e.to_string()))?
         };
-        // NOTE: `block_in_place` (no thread hand-off) was measured too: faster under load, but
-        // slower at concurrency 1 on 2 cores, so the blocking pool stays.
-        let out = tokio::task::spawn_blocking(f).await.map_err(|e| RouteError::Worker(e.to_string()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| RouteError::Worker("the encoder workers have stopped".into()))?;
+        let out = rx.await.map_err(|_| RouteError::Worker("an encoder worker dropped a request".into()));
         drop(permit);
         out
     }
