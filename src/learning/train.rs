@@ -278,7 +278,12 @@ pub fn train(
         }
         train_losses.push(train_loss as f32);
         val_losses.push(val_loss as f32);
-        tracing::debug!(epoch, train_loss, val_loss, "epoch done");
+        // Progress on long runs: every 10th epoch at info, the rest at debug.
+        if epoch % 10 == 0 {
+            tracing::info!(epoch, max_epochs = cfg.epochs, train_loss, val_loss, best_epoch, "training");
+        } else {
+            tracing::debug!(epoch, train_loss, val_loss, "epoch done");
+        }
 
         if !use_val || val_loss < best_loss {
             best_loss = val_loss;
