@@ -158,6 +158,9 @@ struct TrainArgs {
     /// Embed every prompt, without reading or writing the cache.
     #[arg(long)]
     no_embedding_cache: bool,
+    /// MLPs averaged per model family, each from its own seed (less variance, more compute).
+    #[arg(long, env = "SWITCHYARD_TRAIN_ENSEMBLE", default_value_t = 5)]
+    ensemble: usize,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -321,6 +324,7 @@ async fn main() -> anyhow::Result<()> {
                 catalog: None,
                 cost_scale_usd: cfg.routing.cost_scale_usd,
                 shrink: a.shrink,
+                ensemble: a.ensemble,
                 embedding_cache: (!a.no_embedding_cache)
                     .then(|| a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
                 train: TrainConfig {

@@ -46,6 +46,8 @@ pub struct TrainJob {
     pub shrink: Option<f32>,
     /// Folder of the on-disk embedding cache; `None` embeds everything.
     pub embedding_cache: Option<PathBuf>,
+    /// MLPs averaged per model family (different seeds).
+    pub ensemble: usize,
 }
 
 /// Log files whose models overlap, and those models: one head is trained per family.
@@ -88,10 +90,12 @@ fn columns(d: &Dataset, rows: &[usize], cols: &[usize]) -> Dataset {
     Dataset { x: d.x.select(ndarray::Axis(0), rows), quality: pick(&d.quality), log_tokens: pick(&d.log_tokens), mask: pick(&d.mask) }
 }
 
-/// Trains one MLP per family on its prompts and models, and merges them into one block-diagonal
-/// MLP (hidden units of a family feed only that family's outputs).
-fn train_families(families: &[Family], fit: &Dataset, stop: &Dataset, cfg: &super::TrainConfig) -> Result<(Mlp, Vec<super::TrainReport>), JobError> {
-    if families.len() == 1 {
+/// Trains `ensemble` MLPs (seeds `seed`, `seed + 1`, ...) per family on its prompts and models,
+/// and merges them into one block-structured MLP: hidden units of a family feed only that
+/// family's outputs, and the members of an ensemble average their logits (quality) and log
+/// tokens, which is exactly an MLP whose output weights are divided by the ensemble size.
+fn train_families(families: &[Family], fit: &Dataset, stop: &Dataset, cfg: &super::TrainConfig, ensemble: usize) -> Result<(Mlp, Vec<super::TrainReport>), JobError> {
+    if families.len() == 1 && ensemble <= 1 {
         let (mlp, report) = train(fit, stop, cfg)?;
         return Ok((mlp, vec![report]));
     }
@@ -99,28 +103,36 @@ fn train_families(families: &[Family], fit: &Dataset, stop: &Dataset, cfg: &supe
         (0..d.n_rows()).filter(|&r| cols.iter().any(|&c| d.mask[[r, c]] > 0.0)).collect()
     };
     let (dim, m) = (fit.x.ncols(), fit.quality.ncols());
-    let mut parts = Vec::new();
+    let n = ensemble.max(1);
+    let mut parts: Vec<(&[usize], Mlp)> = Vec::new();
     let mut reports = Vec::new();
     for f in families {
         let (fr, sr) = (observed(fit, &f.models), observed(stop, &f.models));
-        let (mlp, report) = train(&columns(fit, &fr, &f.models), &columns(stop, &sr, &f.models), cfg)?;
-        parts.push(mlp);
-        reports.push(report);
+        let (fd, sd) = (columns(fit, &fr, &f.models), columns(stop, &sr, &f.models));
+        for member in 0..n {
+            let member_cfg = super::TrainConfig { seed: cfg.seed.wrapping_add(member as u64), ..cfg.clone() };
+            let (mlp, report) = train(&fd, &sd, &member_cfg)?;
+            parts.push((&f.models, mlp));
+            if member == 0 {
+                reports.push(report);
+            }
+        }
     }
-    let h: usize = parts.iter().map(Mlp::hidden_dim).sum();
+    let h: usize = parts.iter().map(|(_, p)| p.hidden_dim()).sum();
     let (mut w1, mut b1) = (Array2::zeros((dim, h)), ndarray::Array1::zeros(h));
     let (mut wq, mut wt) = (Array2::zeros((h, m)), Array2::zeros((h, m)));
     let (mut bq, mut bt) = (ndarray::Array1::zeros(m), ndarray::Array1::zeros(m));
+    let share = 1.0 / n as f32;
     let mut off = 0;
-    for (f, p) in families.iter().zip(&parts) {
+    for (cols, p) in &parts {
         let hp = p.hidden_dim();
         w1.slice_mut(ndarray::s![.., off..off + hp]).assign(&p.w1());
         b1.slice_mut(ndarray::s![off..off + hp]).assign(&p.b1());
-        for (k, &c) in f.models.iter().enumerate() {
-            wq.slice_mut(ndarray::s![off..off + hp, c]).assign(&p.wq().column(k));
-            wt.slice_mut(ndarray::s![off..off + hp, c]).assign(&p.wt().column(k));
-            bq[c] = p.bq()[k];
-            bt[c] = p.bt()[k];
+        for (k, &c) in cols.iter().enumerate() {
+            wq.slice_mut(ndarray::s![off..off + hp, c]).assign(&p.wq().column(k).mapv(|v| v * share));
+            wt.slice_mut(ndarray::s![off..off + hp, c]).assign(&p.wt().column(k).mapv(|v| v * share));
+            bq[c] += p.bq()[k] * share;
+            bt[c] += p.bt()[k] * share;
         }
         off += hp;
     }
@@ -135,6 +147,9 @@ const SHRINK_GRID: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9
 /// Chooses the shrinkage weight on the early-stopping prompts (see `learning::Shrink`).
 fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows: &[usize], mlp: &Mlp, encoder: &Encoder) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
     let n_models = logs.models.len();
+    if job.ensemble == 0 || job.ensemble > 32 {
+        return Err(JobError::Invalid { field: "ensemble", limit: "in 1..=32", value: job.ensemble.to_string() });
+    }
     if let Some(a) = job.shrink {
         return Ok((ndarray::Array1::from_elem(n_models, a), json!({ "weight": a, "chosen": "fixed by --shrink" })));
     }
@@ -409,7 +424,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
 
     let t = Instant::now();
     let families = model_families(job, &logs)?;
-    let (mlp, reports) = train_families(&families, &fit, &stop, &job.train)?;
+    let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble)?;
     let report = &reports[0];
     let train_seconds = t.elapsed().as_secs_f64();
     let raw_validation = evaluate(&mlp, &holdout, job.train.token_loss_weight);
@@ -471,6 +486,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "epochs_max": job.train.epochs,
             "epochs_run": report.epochs_run,
             "best_epoch": report.best_epoch,
+            "ensemble": job.ensemble,
             "families": families.iter().zip(&reports).map(|(f, r)| json!({
                 "files": f.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "models": f.models.len(),
@@ -508,4 +524,53 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         skipped_lines: logs.skipped_lines,
         problems: logs.problems.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn dataset(n: usize, seed: u64) -> Dataset {
+        let mut rng = super::super::SplitMix64::new(seed);
+        let x = Array2::from_shape_fn((n, 8), |_| rng.next_f64() as f32 - 0.5);
+        let quality = Array2::from_shape_fn((n, 3), |(r, c)| if (x[[r, c]] > 0.0) ^ (c == 2) { 1.0 } else { 0.0 });
+        let log_tokens = Array2::from_shape_fn((n, 3), |(r, _)| 3.0 + x[[r, 0]]);
+        // Models 0 and 1 observed on the first half, model 2 on the second: two families.
+        let mask = Array2::from_shape_fn((n, 3), |(r, c)| if (r < n / 2) == (c < 2) { 1.0 } else { 0.0 });
+        Dataset { x, quality, log_tokens, mask }
+    }
+
+    #[test]
+    fn merged_ensemble_averages_member_logits_per_family() {
+        let (fit, stop) = (dataset(120, 1), dataset(40, 2));
+        let families = vec![
+            Family { files: vec![], models: vec![0, 1] },
+            Family { files: vec![], models: vec![2] },
+        ];
+        let cfg = super::super::TrainConfig { hidden: 6, epochs: 5, ..Default::default() };
+        let (merged, reports) = train_families(&families, &fit, &stop, &cfg, 2).unwrap();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(merged.hidden_dim(), 4 * 6);
+        let (q, t) = merged.predict(fit.x.view());
+        // Rebuild family 0's members exactly as train_families does and average their logits.
+        let rows: Vec<usize> = (0..fit.n_rows()).filter(|&r| fit.mask[[r, 0]] > 0.0 || fit.mask[[r, 1]] > 0.0).collect();
+        let srows: Vec<usize> = (0..stop.n_rows()).filter(|&r| stop.mask[[r, 0]] > 0.0 || stop.mask[[r, 1]] > 0.0).collect();
+        let (fd, sd) = (columns(&fit, &rows, &[0, 1]), columns(&stop, &srows, &[0, 1]));
+        let logit = |p: f32| (p / (1.0 - p)).ln();
+        let mut mean_logit = Array2::<f32>::zeros((fit.n_rows(), 2));
+        let mut mean_log_t = Array2::<f32>::zeros((fit.n_rows(), 2));
+        for member in 0..2u64 {
+            let (m, _) = train(&fd, &sd, &super::super::TrainConfig { seed: cfg.seed + member, ..cfg.clone() }).unwrap();
+            let (mq, mt) = m.predict(fit.x.view());
+            mean_logit = mean_logit + mq.mapv(logit) / 2.0;
+            mean_log_t = mean_log_t + mt.mapv(|v| v.ln_1p()) / 2.0;
+        }
+        for r in 0..fit.n_rows() {
+            for c in 0..2 {
+                assert!((logit(q[[r, c]]) - mean_logit[[r, c]]).abs() < 1e-3, "quality logit at ({r},{c})");
+                assert!((t[[r, c]].ln_1p() - mean_log_t[[r, c]]).abs() < 1e-3, "log tokens at ({r},{c})");
+            }
+        }
+    }
 }

@@ -333,9 +333,12 @@ impl Mlp {
                 }
             });
 
-        grads.wq = hidden.t().dot(&d_logits);
+        // NOTE: `dot` may return column-major results for some shapes (seen with one model per
+        // family); the optimizer walks parameters and gradients as flat row-major slices.
+        let standard = |a: Array2<f32>| if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
+        grads.wq = standard(hidden.t().dot(&d_logits));
         grads.bq = d_logits.sum_axis(Axis(0));
-        grads.wt = hidden.t().dot(&d_z);
+        grads.wt = standard(hidden.t().dot(&d_z));
         grads.bt = d_z.sum_axis(Axis(0));
         let mut d_hidden = d_logits.dot(&self.wq.t()) + d_z.dot(&self.wt.t());
         Zip::from(&mut d_hidden).and(&pre).for_each(|d, &p| {
@@ -343,7 +346,7 @@ impl Mlp {
                 *d = 0.0;
             }
         });
-        grads.w1 = x.t().dot(&d_hidden);
+        grads.w1 = standard(x.t().dot(&d_hidden));
         grads.b1 = d_hidden.sum_axis(Axis(0));
         sums
     }
