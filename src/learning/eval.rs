@@ -26,6 +26,20 @@ use crate::{
     predictor::{Head, HeadError},
 };
 
+/// Share of the prompts a model must have answered to join a full matrix.
+pub const MIN_COVERAGE: f64 = 0.95;
+
+/// Picks a full matrix out of sparse outcomes: of `candidates`, the models that answered at least
+/// [`MIN_COVERAGE`] of `prompts`, then the prompts that all of those answered.
+pub fn full_matrix<M: Copy>(prompts: &[usize], candidates: impl IntoIterator<Item = M>, answered: impl Fn(usize, M) -> bool) -> (Vec<M>, Vec<usize>) {
+    let models: Vec<M> = candidates
+        .into_iter()
+        .filter(|&m| prompts.iter().filter(|&&p| answered(p, m)).count() as f64 >= MIN_COVERAGE * prompts.len() as f64)
+        .collect();
+    let rows = prompts.iter().copied().filter(|&p| models.iter().all(|&m| answered(p, m))).collect();
+    (models, rows)
+}
+
 /// Cost weights swept for every router: 0, then `w / (1 - w)` log-spaced over six decades
 /// around the cost scale, then 1, so the sweep covers every price of quality.
 pub fn weight_grid() -> Vec<f64> {
@@ -225,18 +239,14 @@ pub fn evaluate_file(
         obs.insert((o.prompt, o.model), (f64::from(o.score), o.output_tokens));
     }
     let head_idx: HashMap<&str, usize> = head.models().iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
-    let mut models: Vec<(usize, usize, usize)> = Vec::new(); // (log model, head output, catalog index)
-    for (lm, id) in logs.models.iter().enumerate() {
-        let (Some(&h), Some(c)) = (head_idx.get(id.as_str()), catalog.models().iter().position(|m| &m.id == id)) else { continue };
-        let seen = eval_p.iter().filter(|&&p| obs.contains_key(&(p, lm))).count();
-        if seen as f64 >= 0.95 * eval_p.len() as f64 {
-            models.push((lm, h, c));
-        }
-    }
+    // (log model, head output, catalog index) of every catalog model the head covers.
+    let candidates = logs.models.iter().enumerate().filter_map(|(lm, id)| {
+        Some((lm, *head_idx.get(id.as_str())?, catalog.models().iter().position(|m| &m.id == id)?))
+    });
+    let (models, eval_p) = full_matrix(&eval_p, candidates, |p, (lm, _, _)| obs.contains_key(&(p, lm)));
     if models.len() < 2 {
         return Err(data_err(format!("{} catalog models cover the held-out prompts; need >= 2", models.len())));
     }
-    let eval_p: Vec<usize> = eval_p.into_iter().filter(|&p| models.iter().all(|&(lm, _, _)| obs.contains_key(&(p, lm)))).collect();
     let (n, k) = (eval_p.len(), models.len());
 
     let texts: Vec<&str> = eval_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();

@@ -163,14 +163,8 @@ fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows:
         let file_models: Vec<usize> = file_logs.models.iter().filter_map(|m| logs.models.iter().position(|x| x == m)).collect();
         let ids: std::collections::HashSet<String> = file_logs.prompts.into_iter().map(|p| p.id).collect();
         let group: Vec<usize> = rows.iter().copied().filter(|&r| ids.contains(&logs.prompts[r].id)).collect();
-        let models: Vec<(usize, &crate::catalog::CatalogModel)> = logs
-            .models
-            .iter()
-            .enumerate()
-            .filter_map(|(j, id)| catalog.get(id).map(|m| (j, m)))
-            .filter(|&(j, _)| group.iter().filter(|&&r| all.mask[[r, j]] > 0.0).count() as f64 >= 0.95 * group.len() as f64)
-            .collect();
-        let full: Vec<usize> = group.into_iter().filter(|&r| models.iter().all(|&(j, _)| all.mask[[r, j]] > 0.0)).collect();
+        let candidates = logs.models.iter().enumerate().filter_map(|(j, id)| catalog.get(id).map(|m| (j, m)));
+        let (models, full) = super::eval::full_matrix(&group, candidates, |r, (j, _)| all.mask[[r, j]] > 0.0);
         if full.len() < 20 || models.len() < 2 {
             continue;
         }
