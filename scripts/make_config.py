@@ -51,6 +51,44 @@ capacity = 20000
 # Seconds an entry lives; 0 = until evicted.
 ttl_seconds = 3600
 
+[decision_log]
+# Every Route decision and Feedback report, in SQLite (WAL). Writes go through a bounded queue
+# and a writer thread, never on the request path.
+enabled = true
+path = "../var/decisions.db"
+# false: keep only each prompt's embedding, not its text (the trainer can still learn from it).
+store_prompts = true
+# Records waiting for the writer; when full, decisions are dropped and counted
+# (switchyard_decision_log_dropped_total) and Feedback answers RESOURCE_EXHAUSTED after feedback_wait_ms.
+queue_capacity = 10000
+batch_max = 512
+feedback_wait_ms = 1000
+# "normal": a commit survives a process crash; "full": also a power loss (a fsync per batch).
+synchronous = "normal"
+# Retention: rows older than max_age_days go (0 = keep), then the oldest while over max_bytes (0 = no limit).
+max_age_days = 30.0
+max_bytes = 1073741824
+retention_interval_seconds = 60
+
+[health]
+# Circuit breaker per model, from Feedback outcomes (timeouts, rate limits, server errors).
+window_seconds = 60
+# Attempts in the window before an error rate counts.
+min_requests = 10
+# From this error rate a model ranks behind every healthy one...
+degraded_error_rate = 0.2
+# ...and from this one (or after this many failures in a row) it is left out for a cool-down,
+# then tried again; each failed retry doubles the cool-down up to the maximum.
+open_error_rate = 0.5
+open_after_consecutive_failures = 5
+cool_down_seconds = 30.0
+max_cool_down_seconds = 600.0
+
+[reload]
+# Seconds between checks of this file and the encoder and head folders; a change that stays
+# put for one interval is validated and swapped in. 0 = off (SIGHUP and Admin.Reload always work).
+watch_interval_seconds = 0.0
+
 [routing]
 # Profile applied when a request gives neither `profile` nor `cost_weight`.
 default_profile = "balanced"

@@ -149,6 +149,39 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Writes the decision log's labelled feedback as routing-log lines (`-` = standard output;
+/// gzip when `out` ends in `.gz`) and prints a summary on standard error.
+pub fn export_logs(db: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (lines, skips) = crate::logs::store::training_lines(db)?;
+    let (decisions, feedback) = crate::logs::store::counts(db)?;
+    let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let f = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?);
+        if out.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()))
+        } else {
+            Box::new(f)
+        }
+    };
+    for l in &lines {
+        serde_json::to_writer(&mut w, l)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    drop(w);
+    eprintln!(
+        "{}: {decisions} decisions, {feedback} feedback reports -> {} training lines; skipped: {} without a decision in this log, {} without a quality label (availability outcomes, unrated successes), {} without output_tokens",
+        db.display(),
+        lines.len(),
+        skips.no_decision,
+        skips.no_quality,
+        skips.no_output_tokens
+    );
+    Ok(())
+}
+
 /// Routes one request in-process and prints the ranking as a table or JSON.
 pub async fn route(config: Config, request: pb::RouteRequest, as_json: bool) -> anyhow::Result<()> {
     let server = config.server.clone();

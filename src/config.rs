@@ -199,6 +199,27 @@ pub struct RuntimeConfig {
     pub onnxruntime: Option<PathBuf>,
 }
 
+/// `[reload]`: when the server picks up new models without a restart (an `Admin.Reload` call
+/// and SIGHUP always work).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Seconds between checks of the config file and the encoder and head folders for changes;
+    /// a change that stays put for one interval is reloaded. 0 turns watching off.
+    pub watch_interval_seconds: f64,
+}
+
+/// Settings given on the command line, kept so that a reload re-applies them to the re-read file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--onnxruntime`.
+    pub onnxruntime: Option<PathBuf>,
+    /// `--encoder-variant`.
+    pub encoder_variant: Option<EncoderVariant>,
+    /// `--listen`.
+    pub listen: Option<String>,
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -215,8 +236,20 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Profiles and latency defaults.
     pub routing: RoutingConfig,
+    /// The decision log.
+    pub decision_log: crate::logs::LogConfig,
+    /// Live model health (circuit breakers).
+    pub health: crate::health::HealthConfig,
+    /// Hot reload.
+    pub reload: ReloadConfig,
     /// The catalog.
     pub models: Vec<CatalogModel>,
+    /// The file this config was read from, for reloads.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// Command-line settings re-applied on reload.
+    #[serde(skip)]
+    pub overrides: Overrides,
 }
 
 fn invalid(key: &str, limit: &str, value: impl std::fmt::Display) -> ConfigError {
@@ -246,8 +279,37 @@ impl Config {
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
+        cfg.source = Some(path.to_path_buf());
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Applies command-line settings (and keeps them for [`Config::reread`]).
+    pub fn apply(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        if let Some(p) = &o.onnxruntime {
+            self.runtime.onnxruntime = Some(p.clone());
+        }
+        if let Some(v) = o.encoder_variant {
+            self.encoder.variant = v;
+        }
+        if let Some(l) = &o.listen {
+            self.server.listen = l.clone();
+        }
+        self.overrides = o;
+        self.validate()
+    }
+
+    /// Reads the file this config came from again and re-applies the command-line settings.
+    /// A config built in code (no file) is returned as it is.
+    pub fn reread(&self) -> Result<Config, ConfigError> {
+        match &self.source {
+            Some(path) => {
+                let mut cfg = Config::load(path)?;
+                cfg.apply(self.overrides.clone())?;
+                Ok(cfg)
+            }
+            None => Ok(self.clone()),
+        }
     }
 
     /// Makes relative paths absolute against `base`.
@@ -262,6 +324,7 @@ impl Config {
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             fix(p);
         }
+        crate::logs::resolve(&mut self.decision_log, base);
     }
 
     /// Checks every cross-field rule; the message names the key.
@@ -321,6 +384,13 @@ impl Config {
         }
         if !(r.default_output_tokens_per_second.is_finite() && r.default_output_tokens_per_second > 0.0) {
             return Err(invalid("routing.default_output_tokens_per_second", "> 0", r.default_output_tokens_per_second));
+        }
+        let range = |(key, limit, value): (String, String, String)| ConfigError::Invalid { key, limit, value };
+        self.decision_log.validate().map_err(range)?;
+        self.health.validate().map_err(range)?;
+        let w = self.reload.watch_interval_seconds;
+        if !(w.is_finite() && (0.0..=86_400.0).contains(&w)) {
+            return Err(invalid("reload.watch_interval_seconds", "in [0, 86400]", w));
         }
         Catalog::new(self.models.clone())?;
         Ok(())

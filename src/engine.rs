@@ -144,6 +144,10 @@ pub struct Decision {
     pub input_tokens: u32,
     /// Time per stage.
     pub timings: StageTimings,
+    /// The routing text that was embedded.
+    pub routing_text: String,
+    /// Its embedding, kept only when the decision log stores embeddings instead of prompts.
+    pub embedding: Option<Arc<[f32]>>,
 }
 
 /// What the cache keeps per routing text: the head's outputs in head order.
@@ -153,6 +157,7 @@ struct Cached {
     output_tokens: Vec<f32>,
     support: Option<Vec<f32>>,
     text_tokens: u32,
+    embedding: Option<Arc<[f32]>>,
 }
 
 /// The loaded engine: encoder, head, catalog, cache and settings.
@@ -168,6 +173,7 @@ pub struct Engine {
     waiting: AtomicUsize,
     version: String,
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    keep_embeddings: bool,
 }
 
 /// Work for an encoder thread.
@@ -231,7 +237,8 @@ impl Engine {
         let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
         let permits = Semaphore::new(encoder.parallelism());
         let jobs = std::sync::Mutex::new(start_workers(encoder.parallelism()));
-        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version, jobs })
+        let keep_embeddings = config.decision_log.enabled && !config.decision_log.store_prompts;
+        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version, jobs, keep_embeddings })
     }
 
     /// The config the engine runs with.
@@ -325,12 +332,18 @@ impl Engine {
         }
     }
 
-    /// Routes one query.
+    /// Routes one query with every model healthy.
     pub async fn route(self: &Arc<Self>, q: RouteQuery) -> Result<Decision, RouteError> {
+        self.route_with_health(q, &[]).await
+    }
+
+    /// Routes one query; `health[i]` is the live health of catalog model `i` (empty: all healthy).
+    pub async fn route_with_health(self: &Arc<Self>, q: RouteQuery, health: &[crate::health::Snapshot]) -> Result<Decision, RouteError> {
         let t0 = Instant::now();
         self.validate(&q)?;
         let (cost_weight, profile) = self.resolve_tradeoff(&q.tradeoff);
         let text = routing_text(&q.messages);
+        let logged_text = text.clone();
         if text.trim().is_empty() {
             return Err(RouteError::invalid("messages", "must contain a non-empty message. Given: only empty contents"));
         }
@@ -371,6 +384,7 @@ impl Engine {
                             output_tokens: out.output_tokens,
                             support: out.support,
                             text_tokens: tokens.full_count,
+                            embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
                         });
                         if let Some(c) = &this.cache {
                             c.insert(text, Arc::clone(&cached));
@@ -403,10 +417,19 @@ impl Engine {
             cost_scale_usd: r.cost_scale_usd,
         };
         let constraints = Constraints { out_of_domain_p: r.out_of_domain_p, ..q.constraints };
-        let ranking = policy::rank(&self.catalog, &predictions, conversation_tokens, cost_weight, &constraints, scoring)?;
+        let ranking = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring)?;
         timings.rank = t.elapsed();
         timings.total = t0.elapsed();
-        Ok(Decision { request_id: q.request_id, ranking, cost_weight, profile, input_tokens: conversation_tokens, timings })
+        Ok(Decision {
+            request_id: q.request_id,
+            ranking,
+            cost_weight,
+            profile,
+            input_tokens: conversation_tokens,
+            timings,
+            routing_text: logged_text,
+            embedding: pred.embedding.clone(),
+        })
     }
 
     fn count_conversation(&self, msgs: &[ChatMessage]) -> Result<u32, RouteError> {

@@ -3,7 +3,8 @@
 //! Layers, bottom up: `runtime` (loading ONNX Runtime), `encoder` (tokenize, embed, routing
 //! text), `predictor` (the ONNX head), `catalog` and `policy` (constraints, utility, fallbacks),
 //! `engine` (the core that ties them with a cache), `learning` (train and export heads),
-//! `transport` (gRPC), and `config`. Only `transport` knows protobuf.
+//! `health` (live circuit breakers from feedback), `logs` (the SQLite decision log), `transport`
+//! (gRPC), and `config`. Only `transport` knows protobuf.
 #![warn(missing_docs)]
 
 pub mod catalog;
@@ -11,10 +12,13 @@ pub mod cli;
 pub mod config;
 pub mod encoder;
 pub mod engine;
+pub mod health;
 pub mod learning;
+pub mod logs;
 pub mod policy;
 pub mod predictor;
 pub mod runtime;
+pub mod service;
 pub mod transport;
 
 /// Generated protobuf and gRPC types of `switchyard.v1`.

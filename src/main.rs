@@ -45,6 +45,26 @@ enum Command {
     Tune(TuneArgs),
     /// Add models to the head from a few hundred labelled prompts each, without retraining the others.
     Extend(ExtendArgs),
+    /// Work with the decision log (the SQLite file of decisions and feedback).
+    #[command(subcommand)]
+    Logs(LogsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LogsCommand {
+    /// Write the feedback reports that carry a quality label, joined to their decisions, as
+    /// routing-log lines for `switchyard train` (which can also read the database directly).
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The decision log. Default: config `decision_log.path`.
+    #[arg(long, env = "SWITCHYARD_LOG_DB")]
+    db: Option<PathBuf>,
+    /// Output file (JSON Lines; gzip when it ends in .gz); `-` for standard output.
+    #[arg(long, default_value = "-")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -232,12 +252,11 @@ fn cli_config_path(given: &Option<PathBuf>) -> PathBuf {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli_config_path(&cli.config);
     let mut cfg = Config::load(&path)?;
-    if let Some(p) = &cli.onnxruntime {
-        cfg.runtime.onnxruntime = Some(p.clone());
-    }
-    if let Some(v) = cli.encoder_variant {
-        cfg.encoder.variant = v;
-    }
+    let listen = match &cli.command {
+        Command::Serve(a) => a.listen.clone(),
+        _ => None,
+    };
+    cfg.apply(config::Overrides { onnxruntime: cli.onnxruntime.clone(), encoder_variant: cli.encoder_variant, listen })?;
     Ok(cfg)
 }
 
@@ -248,14 +267,14 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--log-format must be `text` or `json`. Given: `{}`", cli.log_format);
     }
     init_logging(&cli.log_format);
-    let mut cfg = load_config(&cli)?;
+    let cfg = load_config(&cli)?;
     let cli_config = cli.config.clone();
     match cli.command {
-        Command::Serve(args) => {
-            if let Some(listen) = args.listen {
-                cfg.server.listen = listen;
-                cfg.validate()?;
-            }
+        Command::Logs(LogsCommand::Export(a)) => {
+            let db = a.db.unwrap_or_else(|| cfg.decision_log.path.clone());
+            tokio::task::spawn_blocking(move || switchyard::cli::export_logs(&db, &a.out)).await??;
+        }
+        Command::Serve(_) => {
             let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen / server.listen): {e}", cfg.server.listen))?;

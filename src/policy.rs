@@ -21,10 +21,19 @@
 //! `learning::Support`), model allow/deny lists, provider allow/deny lists, context window,
 //! `min_quality`, `max_cost_usd`. When a rule leaves no model, the error names that rule.
 //!
+//! Live health comes last (see `health`): a model whose circuit is open (cooling down after
+//! repeated failures) is left out with reason UNHEALTHY, unless that would leave no model at
+//! all, in which case the cooling-down models stay, ranked last: routing to a model that may be
+//! failing beats refusing to route. Degraded models stay eligible but rank behind every healthy
+//! (or probing) one; within each tier the order is by utility.
+//!
 //! Fallbacks are the next best by utility, except that when none of them is from a provider
 //! other than the primary's and such a model is eligible, the best of those takes the last slot:
 //! one provider's outage must not take out the whole list.
-use crate::catalog::{Catalog, CatalogModel};
+use crate::{
+    catalog::{Catalog, CatalogModel},
+    health::{Snapshot, State},
+};
 
 /// Default price of one unit of quality, USD per request (see the module docs).
 pub const DEFAULT_COST_SCALE_USD: f64 = 0.01;
@@ -110,6 +119,8 @@ pub enum Exclusion {
         /// The limit.
         limit: f64,
     },
+    /// Cooling down after repeated failures reported by `Feedback` (circuit open).
+    Unhealthy(Snapshot),
     /// Eligible but ranked after the last fallback.
     BelowCutoff,
 }
@@ -125,6 +136,7 @@ impl Exclusion {
             Exclusion::ContextWindow { .. } => "context window",
             Exclusion::MinQuality { .. } => "min_quality",
             Exclusion::Budget { .. } => "max_cost_usd",
+            Exclusion::Unhealthy(_) => "model health",
             Exclusion::BelowCutoff => "max_fallbacks",
         }
     }
@@ -147,6 +159,7 @@ impl Exclusion {
             Exclusion::Budget { predicted, limit } => {
                 format!("predicted cost ${predicted:.6} is above max_cost_usd ${limit}")
             }
+            Exclusion::Unhealthy(h) => h.detail(),
             Exclusion::BelowCutoff => "eligible, but ranked after the last fallback".into(),
         }
     }
@@ -169,6 +182,20 @@ pub struct Scored {
     pub rank: usize,
     /// Why it is not in the answer, if it is not.
     pub exclusion: Option<Exclusion>,
+    /// Its live health when ranked.
+    pub health: Snapshot,
+}
+
+impl Scored {
+    /// Health tier for ranking: 0 healthy or probing, 1 degraded, 2 cooling down (kept only
+    /// when nothing else was eligible).
+    pub fn health_tier(&self) -> u8 {
+        match self.health.state {
+            State::Healthy | State::Probing => 0,
+            State::Degraded => 1,
+            State::CoolingDown { .. } => 2,
+        }
+    }
 }
 
 /// No model survived the constraints.
@@ -205,10 +232,13 @@ fn listed(list: &[String], id: &str) -> bool {
     list.iter().any(|x| x == id)
 }
 
-/// Ranks `catalog` for one request. `predictions[i]` belongs to `catalog.models()[i]`.
+/// Ranks `catalog` for one request. `predictions[i]` and `health[i]` belong to
+/// `catalog.models()[i]`; an empty `health` means every model is healthy.
+#[allow(clippy::too_many_arguments)]
 pub fn rank(
     catalog: &Catalog,
     predictions: &[Option<Prediction>],
+    health: &[Snapshot],
     input_tokens: u32,
     cost_weight: f64,
     c: &Constraints,
@@ -228,7 +258,8 @@ pub fn rank(
                 }
                 None => (0.0, 0.0, f64::NEG_INFINITY),
             };
-            Scored { model: i, prediction: *p, cost_usd, latency_ms, utility, rank: 0, exclusion: None }
+            let health = health.get(i).copied().unwrap_or(Snapshot::HEALTHY);
+            Scored { model: i, prediction: *p, cost_usd, latency_ms, utility, rank: 0, exclusion: None, health }
         })
         .collect();
 
@@ -296,11 +327,18 @@ pub fn rank(
         }
     }
 
+    let cooling = |s: &Scored| matches!(s.health.state, State::CoolingDown { .. });
+    if scored.iter().any(|s| s.exclusion.is_none() && !cooling(s)) {
+        for s in scored.iter_mut().filter(|s| s.exclusion.is_none() && cooling(s)) {
+            s.exclusion = Some(Exclusion::Unhealthy(s.health));
+        }
+    }
     let mut eligible: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].exclusion.is_none()).collect();
     eligible.sort_by(|&a, &b| {
-        scored[b]
-            .utility
-            .total_cmp(&scored[a].utility)
+        scored[a]
+            .health_tier()
+            .cmp(&scored[b].health_tier())
+            .then_with(|| scored[b].utility.total_cmp(&scored[a].utility))
             .then_with(|| models[scored[a].model].id.cmp(&models[scored[b].model].id))
     });
     for (r, &i) in eligible.iter().enumerate() {
@@ -367,11 +405,11 @@ mod tests {
     fn weight_zero_ranks_by_quality_and_one_by_cost() {
         let cat = catalog();
         let c = Constraints { max_fallbacks: 3, ..Default::default() };
-        let r0 = rank(&cat, &preds(), 100, 0.0, &c, LAT).unwrap();
+        let r0 = rank(&cat, &preds(), &[], 100, 0.0, &c, LAT).unwrap();
         assert_eq!(ids(&cat, &r0)[0], "big");
-        let r1 = rank(&cat, &preds(), 100, 1.0, &c, LAT).unwrap();
+        let r1 = rank(&cat, &preds(), &[], 100, 1.0, &c, LAT).unwrap();
         assert_eq!(ids(&cat, &r1)[0], "small");
-        let r1q = rank(&cat, &preds(), 100, 1.0, &Constraints { min_quality: Some(0.55), ..c.clone() }, LAT).unwrap();
+        let r1q = rank(&cat, &preds(), &[], 100, 1.0, &Constraints { min_quality: Some(0.55), ..c.clone() }, LAT).unwrap();
         assert_eq!(ids(&cat, &r1q)[0], "other");
     }
 
@@ -379,14 +417,14 @@ mod tests {
     fn fallbacks_span_providers() {
         let cat = catalog();
         let c = Constraints { max_fallbacks: 2, ..Default::default() };
-        let r = rank(&cat, &preds(), 100, 0.0, &c, LAT).unwrap();
+        let r = rank(&cat, &preds(), &[], 100, 0.0, &c, LAT).unwrap();
         // By quality: big, mid, other(0.6), small(0.5): "other" is already third.
         assert_eq!(ids(&cat, &r), ["big", "mid", "other"]);
         let c = Constraints { max_fallbacks: 1, ..Default::default() };
-        let r = rank(&cat, &preds(), 100, 0.0, &c, LAT).unwrap();
+        let r = rank(&cat, &preds(), &[], 100, 0.0, &c, LAT).unwrap();
         assert_eq!(ids(&cat, &r), ["big", "other"]);
         let none = Constraints { max_fallbacks: 0, ..Default::default() };
-        assert_eq!(ids(&cat, &rank(&cat, &preds(), 100, 0.0, &none, LAT).unwrap()), ["big"]);
+        assert_eq!(ids(&cat, &rank(&cat, &preds(), &[], 100, 0.0, &none, LAT).unwrap()), ["big"]);
     }
 
     #[test]
@@ -398,7 +436,7 @@ mod tests {
             max_fallbacks: 3,
             ..Default::default()
         };
-        let r = rank(&cat, &preds(), 10_000, 0.0, &c, LAT).unwrap();
+        let r = rank(&cat, &preds(), &[], 10_000, 0.0, &c, LAT).unwrap();
         assert_eq!(ids(&cat, &r), ["mid"]);
         assert_eq!(r.scored[0].exclusion, Some(Exclusion::ModelNotAllowed));
         assert_eq!(r.scored[3].exclusion, Some(Exclusion::ProviderNotAllowed));
@@ -410,13 +448,13 @@ mod tests {
     fn emptying_constraint_is_named() {
         let cat = catalog();
         let c = Constraints { max_cost_usd: Some(1e-9), max_fallbacks: 3, ..Default::default() };
-        let err = rank(&cat, &preds(), 100, 0.5, &c, LAT).unwrap_err();
+        let err = rank(&cat, &preds(), &[], 100, 0.5, &c, LAT).unwrap_err();
         assert_eq!(err.constraint, "max_cost_usd");
         assert!(err.detail.contains("cheapest"), "{}", err.detail);
         let c = Constraints { allowed_models: vec!["uncovered".into()], max_fallbacks: 3, ..Default::default() };
-        assert_eq!(rank(&cat, &preds(), 100, 0.5, &c, LAT).unwrap_err().constraint, "allowed_models/denied_models");
+        assert_eq!(rank(&cat, &preds(), &[], 100, 0.5, &c, LAT).unwrap_err().constraint, "allowed_models/denied_models");
         let c = Constraints { max_fallbacks: 3, ..Default::default() };
-        assert_eq!(rank(&cat, &preds(), 500_000, 0.5, &c, LAT).unwrap_err().constraint, "context window");
+        assert_eq!(rank(&cat, &preds(), &[], 500_000, 0.5, &c, LAT).unwrap_err().constraint, "context window");
     }
 
     #[test]
@@ -427,5 +465,29 @@ mod tests {
         // At w = 0.5, 0.1 quality is worth $0.001 at the default scale.
         assert!((utility(0.9, 0.002, 0.5, s) - utility(0.8, 0.001, 0.5, s)).abs() < 1e-12);
         assert!(utility(0.0, 0.0, 1.0, s).is_finite());
+    }
+
+    #[test]
+    fn unhealthy_models_are_left_out_and_degraded_ones_ranked_behind() {
+        use std::time::Duration;
+        let cat = catalog();
+        let c = Constraints { max_fallbacks: 3, ..Default::default() };
+        let mut health = vec![Snapshot::HEALTHY; 5];
+        health[0].state = State::CoolingDown { remaining: Duration::from_secs(5) };
+        health[1].state = State::Degraded;
+        let r = rank(&cat, &preds(), &health, 100, 0.0, &c, LAT).unwrap();
+        // big is cooling down; mid (degraded) drops behind the healthy other and small.
+        assert_eq!(ids(&cat, &r), ["other", "small", "mid"]);
+        assert!(matches!(r.scored[0].exclusion, Some(Exclusion::Unhealthy(_))));
+        assert_eq!(r.scored[0].exclusion.as_ref().unwrap().constraint(), "model health");
+        // Probing models rank normally.
+        health[0].state = State::Probing;
+        assert_eq!(ids(&cat, &rank(&cat, &preds(), &health, 100, 0.0, &c, LAT).unwrap())[0], "big");
+        // When only cooling-down models pass the request's constraints, they stay (fail open).
+        health[0].state = State::CoolingDown { remaining: Duration::from_secs(5) };
+        let only_big = Constraints { allowed_models: vec!["big".into()], ..c.clone() };
+        let r = rank(&cat, &preds(), &health, 100, 0.0, &only_big, LAT).unwrap();
+        assert_eq!(ids(&cat, &r), ["big"]);
+        assert_eq!(r.scored[0].health_tier(), 2);
     }
 }

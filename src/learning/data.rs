@@ -37,6 +37,9 @@ pub struct PromptEntry {
     pub text: String,
     /// Sub-benchmark or traffic tag, if any line for this prompt carried one.
     pub task: Option<String>,
+    /// A stored embedding and the encoder that made it, for decision logs kept without prompt
+    /// text (`decision_log.store_prompts = false`); the text is then empty.
+    pub embedding: Option<(String, Vec<f32>)>,
 }
 
 /// One observed outcome: a model's answer to a prompt.
@@ -171,6 +174,10 @@ struct LogLine {
     output_tokens: i64,
     #[serde(default)]
     task: Option<String>,
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
+    #[serde(default)]
+    encoder: Option<String>,
 }
 
 /// Running sums for one (prompt, model) pair.
@@ -204,6 +211,9 @@ impl Builder {
             path: path.to_path_buf(),
             source,
         };
+        if crate::logs::store::is_sqlite(path) {
+            return self.read_decision_log(path);
+        }
         let mut raw = BufReader::new(File::open(path).map_err(io_err)?);
         let is_gzip = raw.fill_buf().map_err(io_err)?.starts_with(&[0x1f, 0x8b]);
         // NOTE: MultiGzDecoder, not GzDecoder: rotated logs are often `cat`ed gzip members.
@@ -256,9 +266,56 @@ impl Builder {
         }
     }
 
+    /// Reads a decision log's labelled feedback (see `logs::store::training_lines`).
+    fn read_decision_log(&mut self, path: &Path) -> Result<(), LearningError> {
+        let (lines, skips) = crate::logs::store::training_lines(path).map_err(|e| LearningError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tracing::info!(
+            path = %path.display(),
+            lines = lines.len(),
+            no_decision = skips.no_decision,
+            no_quality = skips.no_quality,
+            no_output_tokens = skips.no_output_tokens,
+            "read the decision log's labelled feedback"
+        );
+        for l in lines {
+            let line = LogLine {
+                prompt_id: l.prompt_id,
+                prompt: l.prompt,
+                model: l.model,
+                score: l.score,
+                output_tokens: l.output_tokens,
+                task: Some(l.task),
+                embedding: l.embedding,
+                encoder: l.encoder,
+            };
+            if let Err(LineFault::Malformed(reason) | LineFault::Inconsistent(reason)) = self.add_record(line) {
+                self.skipped_lines += 1;
+                if self.problems.len() < MAX_PROBLEMS {
+                    self.problems.push(format!("{}: {reason}", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn add_line(&mut self, bytes: &[u8]) -> Result<(), LineFault> {
         let line: LogLine = serde_json::from_slice(bytes)
             .map_err(|e| LineFault::Malformed(format!("invalid record: {e}")))?;
+        self.add_record(line)
+    }
+
+    fn add_record(&mut self, line: LogLine) -> Result<(), LineFault> {
+        let embedding = match (line.embedding, line.encoder) {
+            (Some(v), Some(enc)) => Some((enc, v)),
+            (Some(_), None) => return Err(LineFault::Malformed("`embedding` needs `encoder`".into())),
+            (None, _) => None,
+        };
+        if line.prompt.is_empty() && embedding.is_none() {
+            return Err(LineFault::Malformed("empty `prompt` and no `embedding`".into()));
+        }
         if line.prompt_id.is_empty() {
             return Err(LineFault::Malformed("empty `prompt_id`".into()));
         }
@@ -297,6 +354,7 @@ impl Builder {
                     id: line.prompt_id,
                     text: line.prompt,
                     task: line.task,
+                    embedding,
                 });
                 i
             }

@@ -224,6 +224,7 @@ mod tests {
             id: id.into(),
             text: id.into(),
             task: None,
+            embedding: None,
         };
         let logs = RoutingLogs {
             prompts: vec![prompt("a"), prompt("b")],

@@ -380,6 +380,37 @@ pub fn embed_prompts_cached(encoder: &Encoder, texts: &[&str], cache_dir: Option
     Ok((x, hits))
 }
 
+/// Embeds the prompts of a log: stored embeddings (decision logs kept without prompt text) are
+/// used as they are when they come from this encoder; the rest go through the cached encoder.
+pub fn embed_logged_prompts(encoder: &Encoder, prompts: &[super::PromptEntry], cache_dir: Option<&Path>, quiet: bool) -> Result<Array2<f32>, JobError> {
+    let d = encoder.dimension();
+    for p in prompts {
+        if let Some((enc, v)) = &p.embedding {
+            if enc != encoder.id() || v.len() != d {
+                return Err(JobError::Invalid {
+                    field: "data",
+                    limit: "stored embeddings from the training encoder",
+                    value: format!("prompt {} has a {}-dimensional embedding from `{enc}`, the encoder is `{}` ({d})", p.id, v.len(), encoder.id()),
+                });
+            }
+        }
+    }
+    let texts: Vec<&str> = prompts.iter().filter(|p| p.embedding.is_none()).map(|p| p.text.as_str()).collect();
+    let (embedded, _cached) = embed_prompts_cached(encoder, &texts, cache_dir, quiet)?;
+    let mut x = Array2::<f32>::zeros((prompts.len(), d));
+    let mut next = 0;
+    for (i, p) in prompts.iter().enumerate() {
+        match &p.embedding {
+            Some((_, v)) => x.row_mut(i).assign(&ndarray::ArrayView1::from(v.as_slice())),
+            None => {
+                x.row_mut(i).assign(&embedded.row(next));
+                next += 1;
+            }
+        }
+    }
+    Ok(x)
+}
+
 /// Runs the whole job with `encoder`; `quiet` turns progress lines off.
 pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummary, JobError> {
     for (field, v) in [("val_fraction", job.val_fraction), ("early_stop_fraction", job.early_stop_fraction)] {
@@ -403,9 +434,8 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             logs.skipped_lines
         );
     }
-    let texts: Vec<&str> = logs.prompts.iter().map(|p| p.text.as_str()).collect();
     let t = Instant::now();
-    let (x, _cached) = embed_prompts_cached(encoder, &texts, job.embedding_cache.as_deref(), quiet)?;
+    let x = embed_logged_prompts(encoder, &logs.prompts, job.embedding_cache.as_deref(), quiet)?;
     let embed_seconds = t.elapsed().as_secs_f64();
     let all = Dataset::from_logs(&logs, x.view())?;
 

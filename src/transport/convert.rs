@@ -8,9 +8,18 @@ use crate::{
     config::ServerConfig,
     encoder::text::{ChatMessage, Role},
     engine::{Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
+    health::{Outcome, Snapshot, State},
+    logs::{now_ms, FeedbackRecord},
     pb,
     policy::{Constraints, Exclusion, Scored},
 };
+
+/// Longest accepted model id in `Feedback`, bytes.
+pub const MAX_MODEL_ID_BYTES: usize = 256;
+/// Largest accepted `latency_ms` (one day).
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
+/// Largest accepted `cost_usd` for one call.
+pub const MAX_COST_USD: f64 = 10_000.0;
 
 /// Longest accepted `request_id`, bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -35,6 +44,90 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> RouteError {
     RouteError::invalid(field, message)
 }
 
+fn check_request_id(id: &str) -> Result<(), RouteError> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID_BYTES} bytes. Given: {} bytes", id.len())));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(invalid("request_id", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Turns a wire feedback report into a core record, naming the field, limit and value on error.
+pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, RouteError> {
+    if req.request_id.is_empty() {
+        return Err(invalid("request_id", "must be set (the id of the Route call). Given: \"\""));
+    }
+    check_request_id(&req.request_id)?;
+    if req.model.trim().is_empty() {
+        return Err(invalid("model", "must name the model that was called. Given: an empty name"));
+    }
+    if req.model.len() > MAX_MODEL_ID_BYTES || req.model.chars().any(char::is_control) {
+        return Err(invalid("model", format!("must be at most {MAX_MODEL_ID_BYTES} bytes without control characters. Given: {} bytes", req.model.len())));
+    }
+    let outcome = match pb::Outcome::try_from(req.outcome) {
+        Ok(pb::Outcome::Success) => Outcome::Success,
+        Ok(pb::Outcome::Timeout) => Outcome::Timeout,
+        Ok(pb::Outcome::RateLimited) => Outcome::RateLimited,
+        Ok(pb::Outcome::ServerError) => Outcome::ServerError,
+        Ok(pb::Outcome::Refused) => Outcome::Refused,
+        Ok(pb::Outcome::Unspecified) | Err(_) => {
+            return Err(invalid("outcome", format!("must be one of SUCCESS, TIMEOUT, RATE_LIMITED, SERVER_ERROR, REFUSED. Given: {}", req.outcome)))
+        }
+    };
+    if let Some(l) = req.latency_ms {
+        if !(l.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&l)) {
+            return Err(invalid("latency_ms", format!("must be in [0, {MAX_LATENCY_MS}]. Given: {l}")));
+        }
+    }
+    if let Some(c) = req.cost_usd {
+        if !(c.is_finite() && (0.0..=MAX_COST_USD).contains(&c)) {
+            return Err(invalid("cost_usd", format!("must be in [0, {MAX_COST_USD}]. Given: {c}")));
+        }
+    }
+    if let Some(q) = req.quality {
+        if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+            return Err(invalid("quality", format!("must be in [0, 1]. Given: {q}")));
+        }
+    }
+    Ok(FeedbackRecord {
+        request_id: req.request_id,
+        ts_ms: now_ms(),
+        model: req.model,
+        outcome,
+        latency_ms: req.latency_ms,
+        input_tokens: req.input_tokens,
+        output_tokens: req.output_tokens,
+        cost_usd: req.cost_usd,
+        quality: req.quality,
+    })
+}
+
+fn health_state(s: &State) -> pb::HealthState {
+    match s {
+        State::Healthy => pb::HealthState::Healthy,
+        State::Degraded => pb::HealthState::Degraded,
+        State::CoolingDown { .. } => pb::HealthState::CoolingDown,
+        State::Probing => pb::HealthState::Probing,
+    }
+}
+
+/// The wire form of a model's health.
+pub fn model_health(h: &Snapshot) -> pb::ModelHealth {
+    pb::ModelHealth {
+        state: health_state(&h.state) as i32,
+        window_requests: h.window_requests,
+        error_rate: h.error_rate,
+        p50_latency_ms: h.p50_latency_ms,
+        consecutive_failures: h.consecutive_failures,
+        cool_down_remaining_s: match h.state {
+            State::CoolingDown { remaining } => remaining.as_secs_f64(),
+            _ => 0.0,
+        },
+    }
+}
+
 fn check_list(field: &str, list: &[String], limit: usize) -> Result<Vec<String>, RouteError> {
     if list.len() > limit {
         return Err(invalid(field, format!("must have at most {limit} entries. Given: {}", list.len())));
@@ -47,12 +140,7 @@ fn check_list(field: &str, list: &[String], limit: usize) -> Result<Vec<String>,
 
 /// Turns a wire request into a core query, checking everything that needs no catalog.
 pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
-    if req.request_id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID_BYTES} bytes. Given: {} bytes", req.request_id.len())));
-    }
-    if req.request_id.chars().any(char::is_control) {
-        return Err(invalid("request_id", "must not contain control characters"));
-    }
+    check_request_id(&req.request_id)?;
     let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
 
     let messages = match (req.messages.is_empty(), req.prompt.is_empty()) {
@@ -138,6 +226,7 @@ fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
         predicted_cost_usd: s.cost_usd,
         utility: if s.utility.is_finite() { s.utility } else { 0.0 },
         predicted_latency_ms: s.latency_ms,
+        health: health_state(&s.health.state) as i32,
     }
 }
 
@@ -152,6 +241,7 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
         Some(Exclusion::ContextWindow { .. }) => R::ContextWindow,
         Some(Exclusion::MinQuality { .. }) => R::MinQuality,
         Some(Exclusion::Budget { .. }) => R::Budget,
+        Some(Exclusion::Unhealthy(_)) => R::Unhealthy,
         Some(Exclusion::BelowCutoff) => R::BelowCutoff,
     }
 }
@@ -184,7 +274,11 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
                 candidate: Some(candidate(engine, s)),
                 rank: s.rank as u32,
                 reason: reason(&s.exclusion) as i32,
-                detail: s.exclusion.as_ref().map(Exclusion::detail).unwrap_or_else(|| "chosen".into()),
+                detail: match (&s.exclusion, s.health_tier()) {
+                    (Some(e), _) => e.detail(),
+                    (None, 0) => "chosen".into(),
+                    (None, _) => format!("chosen, but {}", s.health.detail()),
+                },
             })
             .collect()
     } else {
@@ -203,7 +297,7 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
 }
 
 /// Builds the catalog listing.
-pub fn list_models(engine: &Engine) -> pb::ListModelsResponse {
+pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsResponse {
     let cfg = engine.config();
     pb::ListModelsResponse {
         models: engine
@@ -218,6 +312,7 @@ pub fn list_models(engine: &Engine) -> pb::ListModelsResponse {
                 output_usd_per_mtok: m.output_usd_per_mtok,
                 context_tokens: m.context_tokens,
                 covered_by_head: engine.covers(i),
+                health: health.get(i).map(model_health),
             })
             .collect(),
         router_version: engine.version().to_string(),

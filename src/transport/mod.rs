@@ -1,15 +1,15 @@
-//! The gRPC transport: `switchyard.v1.Router`, the standard health service and reflection.
+//! The gRPC transport: `switchyard.v1.Router` and `Admin`, the standard health service,
+//! reflection and `/metrics`.
 //!
 //! Handlers only validate, call the engine and convert (`convert`). The server starts listening
 //! at once and answers health checks with NOT_SERVING while the models load; `Route` answers
 //! UNAVAILABLE until then. Shutdown is a future passed in by the caller (signals in the binary,
 //! a oneshot in tests), and in-flight requests finish before `serve` returns.
 pub mod convert;
+pub mod metrics;
+pub mod reload;
 
-use std::{
-    future::Future,
-    sync::{Arc, RwLock},
-};
+use std::{future::Future, sync::Arc};
 
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -19,10 +19,13 @@ use tonic_health::ServingStatus;
 use crate::{
     config::Config,
     engine::{Engine, RouteError},
+    logs::LogError,
     pb::{
         self,
+        admin_server::{Admin, AdminServer},
         router_server::{Router, RouterServer},
     },
+    service::Service,
 };
 
 /// The encoded descriptor set of `switchyard.v1`, for reflection.
@@ -43,53 +46,38 @@ pub enum TransportError {
     /// The engine could not be loaded.
     #[error("loading models: {0}")]
     Load(#[from] RouteError),
-}
-
-/// The engine slot shared by the handlers: empty until the models are loaded.
-#[derive(Clone, Default)]
-pub struct EngineSlot(Arc<RwLock<Option<Arc<Engine>>>>);
-
-impl EngineSlot {
-    /// The current engine, if loaded.
-    pub fn get(&self) -> Option<Arc<Engine>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Installs an engine; in-flight requests keep the one they hold.
-    pub fn set(&self, engine: Arc<Engine>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
-    }
+    /// The decision log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// The `Router` service implementation.
 pub struct RouterService {
-    engine: EngineSlot,
-    server: crate::config::ServerConfig,
+    service: Arc<Service>,
 }
 
-impl RouterService {
-    fn engine(&self) -> Result<Arc<Engine>, Status> {
-        self.engine.get().ok_or_else(|| Status::unavailable("models are loading; retry shortly (see the health service)"))
-    }
+fn loaded(service: &Service) -> Result<Arc<Engine>, Status> {
+    service.engine().ok_or_else(|| Status::unavailable("models are loading; retry shortly (see the health service)"))
 }
 
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
         let req = request.into_inner();
+        let engine = loaded(&self.service)?;
+        let server = &engine.config().server;
         let size = req.encoded_len();
-        if size > self.server.max_request_bytes {
+        if size > server.max_request_bytes {
             return Err(Status::invalid_argument(format!(
                 "request is {size} bytes, over the limit of {} bytes (server.max_request_bytes)",
-                self.server.max_request_bytes
+                server.max_request_bytes
             )));
         }
-        let engine = self.engine()?;
         let explain = req.explain;
-        let query = convert::route_query(req, &self.server)?;
+        let query = convert::route_query(req, server)?;
         let span = tracing::info_span!("route", request_id = %query.request_id);
         let _ = span.enter();
-        match engine.route(query).await {
+        match self.service.route(&engine, query).await {
             Ok(d) => {
                 tracing::debug!(
                     primary = %engine.catalog().models()[d.ranking.scored[d.ranking.chosen[0]].model].id,
@@ -107,17 +95,58 @@ impl Router for RouterService {
     }
 
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
-        Ok(Response::new(convert::list_models(&*self.engine()?)))
+        let engine = loaded(&self.service)?;
+        let health = self.service.catalog_health(&engine);
+        Ok(Response::new(convert::list_models(&engine, &health)))
+    }
+
+    async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let record = convert::feedback_record(request.into_inner())?;
+        match self.service.feedback(record).await {
+            Ok(ack) => Ok(Response::new(pb::FeedbackResponse {
+                known_request: ack.known_request,
+                health: ack.health.map(|h| convert::model_health(&h)),
+            })),
+            Err(e) => Err(Status::resource_exhausted(e.to_string())),
+        }
+    }
+}
+
+/// The `Admin` service implementation.
+pub struct AdminService {
+    service: Arc<Service>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn reload(&self, _: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
+        match self.service.reload().await {
+            Ok(r) => Ok(Response::new(pb::ReloadResponse {
+                router_version: r.version,
+                previous_version: r.previous,
+                models: r.models as u32,
+                load_ms: r.elapsed.as_secs_f64() * 1e3,
+            })),
+            Err(e) => Err(Status::failed_precondition(format!("reload rejected, the current models keep serving: {e}"))),
+        }
     }
 }
 
 /// Serves on `listener` until `shutdown` resolves. Loads the models in the background and flips
-/// health to SERVING when they are ready; a load failure ends `serve` with the error.
+/// health to SERVING when they are ready; a load failure ends `serve` with the error. On the same
+/// port: `switchyard.v1.Router`, `switchyard.v1.Admin`, `grpc.health.v1.Health`, reflection, and
+/// Prometheus metrics over HTTP/1.1 at `GET /metrics`. SIGHUP, `Admin.Reload` and (when
+/// `reload.watch_interval_seconds` is set) file changes reload the models. Shutdown finishes
+/// in-flight requests and drains the decision log.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TransportError> {
+    let service = {
+        let config = config.clone();
+        Arc::new(tokio::task::spawn_blocking(move || Service::new(config)).await.map_err(|e| RouteError::Worker(e.to_string()))??)
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     health.set_service_status("", ServingStatus::NotServing).await;
@@ -126,24 +155,25 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let slot = EngineSlot::default();
     // NOTE: tonic's own decoding limit sits above ours so that an oversized request gets our
     // INVALID_ARGUMENT naming the limit; only absurd sizes hit tonic's RESOURCE_EXHAUSTED.
     let decode_limit = config.server.max_request_bytes.saturating_mul(4).max(4 << 20);
-    let service = RouterService { engine: slot.clone(), server: config.server.clone() };
-    let router = RouterServer::new(service).max_decoding_message_size(decode_limit);
+    let router = RouterServer::new(RouterService { service: Arc::clone(&service) }).max_decoding_message_size(decode_limit);
+    let admin = AdminServer::new(AdminService { service: Arc::clone(&service) });
 
     let (load_failed_tx, load_failed_rx) = tokio::sync::oneshot::channel::<RouteError>();
     let loader = {
-        let slot = slot.clone();
+        let service = Arc::clone(&service);
         let health = health.clone();
+        let config = config.clone();
         tokio::spawn(async move {
             match tokio::task::spawn_blocking(move || Engine::load(config)).await {
                 Ok(Ok(engine)) => {
-                    slot.set(Arc::new(engine));
+                    service.install(Arc::new(engine));
                     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
                     health.set_service_status("", ServingStatus::Serving).await;
                     tracing::info!("models loaded; serving");
+                    reload::run_triggers(service).await;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "failed to load models");
@@ -166,16 +196,29 @@ pub async fn serve(
             }
         }
     };
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(health_service).add_service(reflection).add_service(router).add_service(admin);
+    let routes = tonic::service::Routes::from(routes.routes().into_axum_router().route("/metrics", axum::routing::get({
+        let service = Arc::clone(&service);
+        move || {
+            let service = Arc::clone(&service);
+            async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&service)) }
+        }
+    })));
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(router)
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
         // NOTE: without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small
         // unary replies on loopback.
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await?;
+        .await;
     loader.abort();
+    {
+        let service = Arc::clone(&service);
+        let _ = tokio::task::spawn_blocking(move || service.close()).await;
+    }
+    served?;
     let failure = failed.lock().await.take();
     match failure {
         Some(e) => Err(e.into()),

@@ -8,9 +8,90 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 
-/// The shipped config, as the binary would load it.
+/// The shipped config, as the binary would load it, except that the decision log goes to a
+/// fresh temporary file (tests never share or leave a database behind in the repo).
 pub fn shipped_config() -> Config {
-    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).expect("shipped config loads")
+    let mut cfg = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).expect("shipped config loads");
+    cfg.decision_log.path = temp_db_path();
+    cfg
+}
+
+/// A unique path for a test database under the system temp folder.
+pub fn temp_db_path() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("switchyard-test-{}-{n}", std::process::id())).join("decisions.db")
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes a copy of the shipped config to `path` with absolute model paths, the head in
+/// `head_dir`, the decision log at `db`, and each `(key, value)` of `set` replacing the line
+/// `key = ...` (keys are unique in the shipped file). Returns the path.
+pub fn write_config(path: &Path, head_dir: &Path, db: &Path, set: &[(&str, &str)]) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("config/switchyard.toml")).unwrap();
+    let encoder = repo().join("models/encoder");
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        let key = t.split(" = ").next().unwrap_or("");
+        let replaced = if line.starts_with("dir = \"../models/encoder\"") {
+            format!("dir = {:?}", encoder.display().to_string())
+        } else if line.starts_with("dir = \"../models/router\"") {
+            format!("dir = {:?}", head_dir.display().to_string())
+        } else if line.starts_with("path = \"../var/decisions.db\"") {
+            format!("path = {:?}", db.display().to_string())
+        } else if let Some((_, v)) = set.iter().find(|(k, _)| !t.starts_with('#') && *k == key) {
+            format!("{key} = {v}")
+        } else {
+            line.to_string()
+        };
+        out.push_str(&replaced);
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+    path.to_path_buf()
+}
+
+/// Copies the shipped head into `dir` (created) and returns it.
+pub fn copy_head(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["head.onnx", "manifest.json"] {
+        std::fs::copy(repo().join("models/router").join(f), dir.join(f)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// GETs `path` over HTTP/1.1 from the server's port and returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", text.lines().next().unwrap_or(""));
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// The value of a metric line (`name{labels} value`) in a Prometheus page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Polls `f` every 20 ms for up to 10 s until it returns Some.
+pub async fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A running server and its clients.

@@ -1,0 +1,431 @@
+//! Live model health: a circuit breaker per model, fed by the outcomes gateways report with
+//! `Feedback`.
+//!
+//! Per model, the attempts of the last `window_seconds` are kept (bounded). From them:
+//! - **Healthy**: fewer than `min_requests` attempts, or an error rate under `degraded_error_rate`.
+//! - **Degraded**: error rate at or above `degraded_error_rate`. Still eligible, but ranked
+//!   behind every healthy model.
+//! - **Cooling down** (circuit open): `open_after_consecutive_failures` failures in a row, or an
+//!   error rate at or above `open_error_rate` over at least `min_requests` attempts. Left out of
+//!   routing for `cool_down_seconds`; each time it opens again straight after a probe the
+//!   cool-down doubles, up to `max_cool_down_seconds`.
+//! - **Probing** (half-open): the cool-down has ended. The model is eligible again; the next
+//!   success closes the circuit (and forgets the window's failures), the next failure opens it again.
+//!
+//! Failures are timeouts, rate limits and server errors. A refusal is an answer (its quality is
+//! 0 for learning), not an availability failure. Health is per replica and in memory: a restart
+//! starts every model healthy, which is the safe default for a breaker.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// `[health]`: thresholds of the circuit breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Sliding window, seconds.
+    pub window_seconds: u64,
+    /// Attempts in the window before an error rate counts.
+    pub min_requests: u32,
+    /// Error rate from which a model is ranked behind healthy ones.
+    pub degraded_error_rate: f64,
+    /// Error rate from which the circuit opens.
+    pub open_error_rate: f64,
+    /// Failures in a row that open the circuit whatever the rate (0 disables).
+    pub open_after_consecutive_failures: u32,
+    /// First cool-down, seconds.
+    pub cool_down_seconds: f64,
+    /// Longest cool-down after repeated failed probes, seconds.
+    pub max_cool_down_seconds: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            window_seconds: 60,
+            min_requests: 10,
+            degraded_error_rate: 0.2,
+            open_error_rate: 0.5,
+            open_after_consecutive_failures: 5,
+            cool_down_seconds: 30.0,
+            max_cool_down_seconds: 600.0,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Checks the ranges; the error names the key, the limit and the value.
+    pub fn validate(&self) -> Result<(), (String, String, String)> {
+        let bad = |k: &str, l: &str, v: String| Err((format!("health.{k}"), l.to_string(), v));
+        if self.window_seconds == 0 || self.window_seconds > 86_400 {
+            return bad("window_seconds", "in 1..=86400", self.window_seconds.to_string());
+        }
+        if self.min_requests == 0 {
+            return bad("min_requests", ">= 1", "0".into());
+        }
+        for (k, v) in [("degraded_error_rate", self.degraded_error_rate), ("open_error_rate", self.open_error_rate)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return bad(k, "in (0, 1]", v.to_string());
+            }
+        }
+        if self.open_error_rate < self.degraded_error_rate {
+            return bad("open_error_rate", &format!(">= health.degraded_error_rate ({})", self.degraded_error_rate), self.open_error_rate.to_string());
+        }
+        if !(self.cool_down_seconds.is_finite() && self.cool_down_seconds > 0.0) {
+            return bad("cool_down_seconds", "a finite number > 0", self.cool_down_seconds.to_string());
+        }
+        if !(self.max_cool_down_seconds.is_finite() && self.max_cool_down_seconds >= self.cool_down_seconds) {
+            return bad("max_cool_down_seconds", &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds), self.max_cool_down_seconds.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// How an attempt ended, as the gateway reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The model answered.
+    Success,
+    /// No answer in time.
+    Timeout,
+    /// Rate or quota refusal.
+    RateLimited,
+    /// Provider failure.
+    ServerError,
+    /// A content refusal: an answer of quality 0, not an availability failure.
+    Refused,
+}
+
+impl Outcome {
+    /// True for availability failures (they count against health).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Timeout | Outcome::RateLimited | Outcome::ServerError)
+    }
+
+    /// Stable snake_case name (database, metrics, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Timeout => "timeout",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::ServerError => "server_error",
+            Outcome::Refused => "refused",
+        }
+    }
+
+    /// Parses [`Outcome::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [Outcome::Success, Outcome::Timeout, Outcome::RateLimited, Outcome::ServerError, Outcome::Refused]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+
+    /// Every outcome, for metrics.
+    pub const ALL: [Outcome; 5] = [Outcome::Success, Outcome::Timeout, Outcome::RateLimited, Outcome::ServerError, Outcome::Refused];
+}
+
+/// The circuit state of one model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum State {
+    /// Eligible, ranked normally.
+    Healthy,
+    /// Eligible, ranked behind healthy models.
+    Degraded,
+    /// Left out until the cool-down ends.
+    CoolingDown {
+        /// Time left.
+        remaining: Duration,
+    },
+    /// Eligible on trial after a cool-down.
+    Probing,
+}
+
+impl State {
+    /// Stable snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Degraded => "degraded",
+            State::CoolingDown { .. } => "cooling_down",
+            State::Probing => "probing",
+        }
+    }
+}
+
+/// One model's health as seen now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    /// Circuit state.
+    pub state: State,
+    /// Attempts in the window.
+    pub window_requests: u32,
+    /// Failed share of them.
+    pub error_rate: f64,
+    /// Median latency of the window's successes, ms (0 when none).
+    pub p50_latency_ms: f64,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// The window these figures cover, seconds.
+    pub window_seconds: u64,
+}
+
+impl Snapshot {
+    /// A model nobody reported on.
+    pub const HEALTHY: Snapshot = Snapshot {
+        state: State::Healthy,
+        window_requests: 0,
+        error_rate: 0.0,
+        p50_latency_ms: 0.0,
+        consecutive_failures: 0,
+        window_seconds: 0,
+    };
+
+    /// The state in words, with its numbers (for explanations and logs).
+    pub fn detail(&self) -> String {
+        let window_seconds = self.window_seconds;
+        let rate = format!(
+            "{} of the last {} attempts failed in {window_seconds} s ({:.0}%), {} in a row",
+            (self.error_rate * f64::from(self.window_requests)).round(),
+            self.window_requests,
+            self.error_rate * 100.0,
+            self.consecutive_failures
+        );
+        match self.state {
+            State::Healthy => format!("healthy: {rate}"),
+            State::Degraded => format!("degraded, ranked behind healthy models: {rate}"),
+            State::CoolingDown { remaining } => {
+                format!("cooling down after repeated failures, tried again in {:.1} s: {rate}", remaining.as_secs_f64())
+            }
+            State::Probing => format!("probing after a cool-down: the next failure opens the circuit again; {rate}"),
+        }
+    }
+}
+
+/// Most attempts kept per model (the window is also bounded by time).
+const MAX_EVENTS: usize = 4096;
+
+#[derive(Debug)]
+struct Event {
+    at: Instant,
+    failed: bool,
+    latency_ms: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct ModelHealth {
+    events: VecDeque<Event>,
+    consecutive_failures: u32,
+    /// When the circuit opened and how long it stays open.
+    open: Option<(Instant, Duration)>,
+    /// The last cool-down, for the doubling after a failed probe.
+    last_cool_down: Option<Duration>,
+}
+
+impl ModelHealth {
+    fn prune(&mut self, now: Instant, window: Duration) {
+        while self.events.front().is_some_and(|e| now.duration_since(e.at) > window) {
+            self.events.pop_front();
+        }
+    }
+
+    fn probing(&self, now: Instant) -> bool {
+        self.open.is_some_and(|(at, d)| now.duration_since(at) >= d)
+    }
+
+    fn snapshot(&self, cfg: &HealthConfig, now: Instant) -> Snapshot {
+        let window = Duration::from_secs(cfg.window_seconds);
+        let recent = self.events.iter().filter(|e| now.duration_since(e.at) <= window);
+        let (mut n, mut failed) = (0u32, 0u32);
+        let mut latencies = Vec::new();
+        for e in recent {
+            n += 1;
+            failed += u32::from(e.failed);
+            if let (false, Some(l)) = (e.failed, e.latency_ms) {
+                latencies.push(l);
+            }
+        }
+        let error_rate = if n == 0 { 0.0 } else { f64::from(failed) / f64::from(n) };
+        latencies.sort_by(f64::total_cmp);
+        let p50_latency_ms = if latencies.is_empty() { 0.0 } else { latencies[latencies.len() / 2] };
+        let state = match self.open {
+            Some((at, d)) if now.duration_since(at) < d => State::CoolingDown { remaining: d - now.duration_since(at) },
+            Some(_) => State::Probing,
+            None if n >= cfg.min_requests && error_rate >= cfg.degraded_error_rate => State::Degraded,
+            None => State::Healthy,
+        };
+        Snapshot {
+            state,
+            window_requests: n,
+            error_rate,
+            p50_latency_ms,
+            consecutive_failures: self.consecutive_failures,
+            window_seconds: cfg.window_seconds,
+        }
+    }
+}
+
+/// The breakers of every tracked model. Cheap to share; all methods take `&self`.
+#[derive(Debug)]
+pub struct HealthTracker {
+    cfg: HealthConfig,
+    models: Mutex<HashMap<String, ModelHealth>>,
+}
+
+impl HealthTracker {
+    /// An empty tracker: every model healthy.
+    pub fn new(cfg: HealthConfig) -> Self {
+        Self { cfg, models: Mutex::new(HashMap::new()) }
+    }
+
+    /// The thresholds.
+    pub fn config(&self) -> &HealthConfig {
+        &self.cfg
+    }
+
+    /// Records one attempt of `model` and returns its health after it. Callers track catalog
+    /// models only (the map must not grow with arbitrary names).
+    pub fn record(&self, model: &str, outcome: Outcome, latency_ms: Option<f64>, now: Instant) -> Snapshot {
+        let cfg = &self.cfg;
+        let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let h = models.entry(model.to_string()).or_default();
+        h.prune(now, Duration::from_secs(cfg.window_seconds));
+        let failed = outcome.is_failure();
+        let was_probing = h.probing(now);
+        if failed {
+            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+        } else {
+            h.consecutive_failures = 0;
+        }
+        if was_probing && !failed {
+            // The probe worked: close the circuit and forget the failures that opened it.
+            h.open = None;
+            h.last_cool_down = None;
+            h.events.clear();
+        }
+        h.events.push_back(Event { at: now, failed, latency_ms });
+        if h.events.len() > MAX_EVENTS {
+            h.events.pop_front();
+        }
+        let still_open = h.open.is_some_and(|(at, d)| now.duration_since(at) < d);
+        if failed && !still_open {
+            let snap = h.snapshot(cfg, now);
+            let by_rate = snap.window_requests >= cfg.min_requests && snap.error_rate >= cfg.open_error_rate;
+            let by_streak = cfg.open_after_consecutive_failures > 0 && h.consecutive_failures >= cfg.open_after_consecutive_failures;
+            if was_probing || by_rate || by_streak {
+                let base = Duration::from_secs_f64(cfg.cool_down_seconds);
+                let d = match (was_probing, h.last_cool_down) {
+                    (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
+                    _ => base,
+                };
+                h.open = Some((now, d));
+                h.last_cool_down = Some(d);
+                tracing::warn!(
+                    model,
+                    cool_down_s = d.as_secs_f64(),
+                    error_rate = snap.error_rate,
+                    consecutive_failures = h.consecutive_failures,
+                    "circuit opened: model left out of routing"
+                );
+            }
+        }
+        h.snapshot(cfg, now)
+    }
+
+    /// The health of `model` now.
+    pub fn snapshot(&self, model: &str, now: Instant) -> Snapshot {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        models.get(model).map_or(self.healthy(), |h| h.snapshot(&self.cfg, now))
+    }
+
+    fn healthy(&self) -> Snapshot {
+        Snapshot { window_seconds: self.cfg.window_seconds, ..Snapshot::HEALTHY }
+    }
+
+    /// The health of each of `models`, in order, under one lock.
+    pub fn snapshots<'a>(&self, models: impl IntoIterator<Item = &'a str>, now: Instant) -> Vec<Snapshot> {
+        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return models.into_iter().map(|_| self.healthy()).collect();
+        }
+        models.into_iter().map(|m| map.get(m).map_or(self.healthy(), |h| h.snapshot(&self.cfg, now))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig { window_seconds: 60, min_requests: 4, degraded_error_rate: 0.25, open_error_rate: 0.6, open_after_consecutive_failures: 3, cool_down_seconds: 10.0, max_cool_down_seconds: 25.0 }
+    }
+
+    #[test]
+    fn a_failing_model_degrades_opens_cools_down_probes_and_recovers() {
+        let t = HealthTracker::new(cfg());
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        for i in 0..3 {
+            assert_eq!(t.record("m", Outcome::Success, Some(100.0), at(f64::from(i))).state, State::Healthy);
+        }
+        // 1 failure in 4: degraded (25%), not open.
+        let s = t.record("m", Outcome::Timeout, None, at(3.0));
+        assert_eq!(s.state, State::Degraded);
+        assert_eq!(s.window_requests, 4);
+        assert!((s.error_rate - 0.25).abs() < 1e-12);
+        assert_eq!(s.p50_latency_ms, 100.0);
+        // A refusal is an answer, not a failure: the streak resets.
+        assert_eq!(t.record("m", Outcome::Refused, None, at(3.5)).consecutive_failures, 0);
+        t.record("m", Outcome::ServerError, None, at(4.0));
+        t.record("m", Outcome::RateLimited, None, at(4.5));
+        let s = t.record("m", Outcome::Timeout, None, at(5.0));
+        assert!(matches!(s.state, State::CoolingDown { .. }), "3 in a row opens the circuit: {s:?}");
+        assert!(matches!(t.snapshot("m", at(14.0)).state, State::CoolingDown { remaining } if (remaining.as_secs_f64() - 1.0).abs() < 1e-6));
+        assert_eq!(t.snapshot("m", at(15.0)).state, State::Probing);
+        // A failed probe reopens for twice as long, capped at the maximum.
+        let s = t.record("m", Outcome::Timeout, None, at(15.0));
+        assert!(matches!(s.state, State::CoolingDown { remaining } if remaining == Duration::from_secs(20)), "{s:?}");
+        assert_eq!(t.snapshot("m", at(35.0)).state, State::Probing);
+        let s = t.record("m", Outcome::Timeout, None, at(35.0));
+        assert!(matches!(s.state, State::CoolingDown { remaining } if remaining == Duration::from_secs(25)), "{s:?}");
+        // A successful probe closes the circuit and forgets the failures.
+        let s = t.record("m", Outcome::Success, Some(80.0), at(60.0));
+        assert_eq!(s.state, State::Healthy);
+        assert_eq!(s.window_requests, 1);
+        assert_eq!(s.error_rate, 0.0);
+    }
+
+    #[test]
+    fn error_rate_opens_the_circuit_and_the_window_forgets_old_failures() {
+        let c = HealthConfig { open_after_consecutive_failures: 0, ..cfg() };
+        let t = HealthTracker::new(c);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Alternate failure/success: never 3 in a row, but the rate reaches 60% at the 5th.
+        let outcomes = [Outcome::Timeout, Outcome::Success, Outcome::Timeout, Outcome::Success, Outcome::Timeout];
+        let mut last = t.snapshot("m", t0);
+        for (i, o) in outcomes.into_iter().enumerate() {
+            last = t.record("m", o, Some(10.0), at(i as u64));
+        }
+        assert!(matches!(last.state, State::CoolingDown { .. }), "{last:?}");
+        // Other models are untouched.
+        assert_eq!(t.snapshot("other", at(5)).state, State::Healthy);
+        // Old events leave the window.
+        let s = t.snapshot("m", at(200));
+        assert_eq!(s.window_requests, 0);
+        assert_eq!(s.state, State::Probing);
+    }
+
+    #[test]
+    fn config_ranges_are_checked() {
+        assert!(HealthConfig::default().validate().is_ok());
+        let e = HealthConfig { open_error_rate: 0.1, ..HealthConfig::default() }.validate().unwrap_err();
+        assert_eq!(e.0, "health.open_error_rate");
+        let e = HealthConfig { cool_down_seconds: -1.0, ..HealthConfig::default() }.validate().unwrap_err();
+        assert_eq!(e.0, "health.cool_down_seconds");
+    }
+}

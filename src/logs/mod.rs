@@ -1,0 +1,505 @@
+//! The decision log: every `Route` decision and every `Feedback` report, kept in an embedded
+//! SQLite database (WAL mode) and joined by request id.
+//!
+//! Writes never sit on the request path. Handlers put records on a bounded queue and a writer
+//! thread commits them in batches (one transaction per batch). When the queue is full:
+//! - a decision is dropped and counted (`switchyard_decision_log_dropped_total`, and a warning
+//!   at most every 10 s): routing goes on;
+//! - a feedback report waits up to `feedback_wait_ms` for room, then the RPC answers
+//!   RESOURCE_EXHAUSTED so the gateway retries it: an accepted report is never silently lost.
+//!
+//! A crash or `kill -9` loses at most what was still queued (the last unflushed batch); SQLite's
+//! WAL guarantees the file itself is never corrupted (see `tests/feedback.rs`). Shutdown drains
+//! the queue. Retention (age and size) runs on the writer thread between batches.
+pub mod store;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::health::Outcome;
+
+/// Errors of the decision log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// SQLite failed.
+    #[error("decision log {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// A file or folder could not be used.
+    #[error("decision log {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a decision log this build understands.
+    #[error("decision log {path}: {message}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[decision_log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log decisions and feedback at all.
+    pub enabled: bool,
+    /// The SQLite file (relative paths are resolved against the config file's folder).
+    pub path: PathBuf,
+    /// Keep the routing text of each decision. When false only its embedding is kept (the
+    /// trainer can still learn from it with the same encoder).
+    pub store_prompts: bool,
+    /// Records that may wait for the writer; beyond this decisions are dropped and counted.
+    pub queue_capacity: usize,
+    /// Most records committed in one transaction.
+    pub batch_max: usize,
+    /// `normal` (durable across a process crash) or `full` (also across power loss; a fsync per batch).
+    pub synchronous: String,
+    /// Rows older than this many days are deleted (0 keeps them forever).
+    pub max_age_days: f64,
+    /// The oldest rows are deleted while the database is larger than this (0 = no limit).
+    pub max_bytes: u64,
+    /// Seconds between retention passes.
+    pub retention_interval_seconds: u64,
+    /// How long a `Feedback` call waits for room in a full queue before RESOURCE_EXHAUSTED, ms.
+    pub feedback_wait_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "decisions.db".into(),
+            store_prompts: true,
+            queue_capacity: 10_000,
+            batch_max: 512,
+            synchronous: "normal".into(),
+            max_age_days: 30.0,
+            max_bytes: 1 << 30,
+            retention_interval_seconds: 60,
+            feedback_wait_ms: 1000,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the ranges; the error is (key, limit, value).
+    pub fn validate(&self) -> Result<(), (String, String, String)> {
+        let bad = |k: &str, l: &str, v: String| Err((format!("decision_log.{k}"), l.to_string(), v));
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity", ">= 1", "0".into());
+        }
+        if self.batch_max == 0 {
+            return bad("batch_max", ">= 1", "0".into());
+        }
+        if !matches!(self.synchronous.as_str(), "normal" | "full") {
+            return bad("synchronous", "`normal` or `full`", format!("{:?}", self.synchronous));
+        }
+        if !(self.max_age_days.is_finite() && self.max_age_days >= 0.0) {
+            return bad("max_age_days", "a finite number >= 0", self.max_age_days.to_string());
+        }
+        if self.retention_interval_seconds == 0 {
+            return bad("retention_interval_seconds", ">= 1", "0".into());
+        }
+        if self.enabled && self.path.as_os_str().is_empty() {
+            return bad("path", "a file path", "\"\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// One ranked model as logged with its decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedCandidate {
+    /// Catalog model id.
+    pub model: String,
+    /// Predicted quality.
+    pub quality: f64,
+    /// Predicted output tokens.
+    pub output_tokens: f64,
+    /// Predicted cost, USD.
+    pub cost_usd: f64,
+    /// Utility.
+    pub utility: f64,
+    /// Health state when decided.
+    pub health: String,
+}
+
+/// One `Route` decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRecord {
+    /// Request id.
+    pub request_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The routing text (None when prompt storage is off).
+    pub routing_text: Option<String>,
+    /// The embedding (when prompt storage is off).
+    pub embedding: Option<Arc<[f32]>>,
+    /// Encoder id.
+    pub encoder: String,
+    /// Router version.
+    pub router_version: String,
+    /// Cost weight applied.
+    pub cost_weight: f64,
+    /// Profile applied.
+    pub profile: Option<String>,
+    /// The request's constraints, as JSON.
+    pub constraints: serde_json::Value,
+    /// Input tokens.
+    pub input_tokens: u32,
+    /// Primary first, then fallbacks.
+    pub candidates: Vec<LoggedCandidate>,
+}
+
+/// One `Feedback` report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackRecord {
+    /// Request id.
+    pub request_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The model used.
+    pub model: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Latency, ms.
+    pub latency_ms: Option<f64>,
+    /// Input tokens billed.
+    pub input_tokens: Option<u32>,
+    /// Output tokens billed.
+    pub output_tokens: Option<u32>,
+    /// Cost paid, USD.
+    pub cost_usd: Option<f64>,
+    /// Quality in [0,1].
+    pub quality: Option<f64>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+enum Msg {
+    Decision(DecisionRecord),
+    Feedback(FeedbackRecord),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Counters of the log, for metrics.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Decisions committed.
+    pub decisions_written: AtomicU64,
+    /// Feedback reports committed.
+    pub feedback_written: AtomicU64,
+    /// Decisions dropped because the queue was full.
+    pub decisions_dropped: AtomicU64,
+    /// Feedback reports refused because the queue stayed full.
+    pub feedback_refused: AtomicU64,
+    /// Records lost to a failed write (disk full, I/O error).
+    pub write_failures: AtomicU64,
+    /// Committed batches.
+    pub batches: AtomicU64,
+    /// Rows removed by retention.
+    pub pruned_rows: AtomicU64,
+    /// Records waiting for the writer.
+    pub queued: AtomicU64,
+    last_drop_warning_ms: AtomicU64,
+}
+
+/// The feedback queue stayed full.
+#[derive(Debug, thiserror::Error)]
+#[error("the decision log queue is full ({capacity} records waiting for the writer); retry the report")]
+pub struct QueueFull {
+    /// The configured capacity.
+    pub capacity: usize,
+}
+
+/// Handle to the log: cheap to share; the writer thread stops when [`DecisionLog::close`] runs.
+pub struct DecisionLog {
+    cfg: LogConfig,
+    tx: RwLock<Option<mpsc::Sender<Msg>>>,
+    stats: Arc<LogStats>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DecisionLog {
+    /// Opens (or creates) the database and starts the writer thread. Errors are immediate, so a
+    /// server with an unwritable log path does not start.
+    pub fn open(cfg: LogConfig) -> Result<Self, LogError> {
+        let conn = store::open_for_writing(&cfg.path, cfg.synchronous == "full")?;
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let stats = Arc::new(LogStats::default());
+        let writer = {
+            let (wcfg, stats) = (cfg.clone(), Arc::clone(&stats));
+            std::thread::Builder::new()
+                .name("switchyard-decision-log".into())
+                .spawn(move || writer_loop(conn, rx, &wcfg, &stats))
+                .map_err(|source| LogError::Io { path: cfg.path.clone(), source })?
+        };
+        tracing::info!(path = %cfg.path.display(), store_prompts = cfg.store_prompts, "decision log open");
+        Ok(Self { cfg, tx: RwLock::new(Some(tx)), stats, writer: std::sync::Mutex::new(Some(writer)) })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Queues a decision without waiting; a full queue drops it and counts it.
+    pub fn log_decision(&self, rec: DecisionRecord) {
+        let Some(tx) = self.sender() else { return };
+        match tx.try_send(Msg::Decision(rec)) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                let dropped = self.stats.decisions_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = now_ms() as u64;
+                let last = self.stats.last_drop_warning_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 10_000
+                    && self.stats.last_drop_warning_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                {
+                    tracing::warn!(
+                        dropped_total = dropped,
+                        capacity = self.cfg.queue_capacity,
+                        "decision log queue full: decisions are being dropped (routing continues)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Queues a feedback report, waiting up to `feedback_wait_ms` for room.
+    pub async fn log_feedback(&self, rec: FeedbackRecord) -> Result<(), QueueFull> {
+        let Some(tx) = self.sender() else { return Err(QueueFull { capacity: self.cfg.queue_capacity }) };
+        let wait = Duration::from_millis(self.cfg.feedback_wait_ms);
+        match tx.send_timeout(Msg::Feedback(rec), wait).await {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => {
+                self.stats.feedback_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(capacity = self.cfg.queue_capacity, "decision log queue full: a feedback report was refused");
+                Err(QueueFull { capacity: self.cfg.queue_capacity })
+            }
+        }
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) {
+        let Some(tx) = self.sender() else { return };
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        if tx.send(Msg::Flush(ack_tx)).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || ack_rx.recv()).await;
+        }
+    }
+
+    /// Stops accepting records, drains the queue and waits for the writer (blocking).
+    pub fn close(&self) {
+        self.tx.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for DecisionLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Msg>, cfg: &LogConfig, stats: &LogStats) {
+    let mut last_retention = Instant::now() - Duration::from_secs(cfg.retention_interval_seconds);
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < cfg.batch_max {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let (mut decisions, mut feedback, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+        for m in batch {
+            match m {
+                Msg::Decision(d) => decisions.push(d),
+                Msg::Feedback(f) => feedback.push(f),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+        }
+        let n = (decisions.len() + feedback.len()) as u64;
+        stats.queued.fetch_sub(n, Ordering::Relaxed);
+        if n > 0 {
+            // One retry covers a transient SQLITE_BUSY from an external writer.
+            let mut result = store::write_batch(&mut conn, &decisions, &feedback);
+            if result.is_err() {
+                std::thread::sleep(Duration::from_millis(50));
+                result = store::write_batch(&mut conn, &decisions, &feedback);
+            }
+            match result {
+                Ok(()) => {
+                    stats.decisions_written.fetch_add(decisions.len() as u64, Ordering::Relaxed);
+                    stats.feedback_written.fetch_add(feedback.len() as u64, Ordering::Relaxed);
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.write_failures.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(error = %e, records = n, path = %cfg.path.display(), "decision log write failed; these records are lost");
+                }
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        if last_retention.elapsed() >= Duration::from_secs(cfg.retention_interval_seconds) {
+            last_retention = Instant::now();
+            let min_ts = (cfg.max_age_days > 0.0).then(|| now_ms() - (cfg.max_age_days * 86_400_000.0) as i64);
+            match store::enforce_retention(&mut conn, min_ts, cfg.max_bytes) {
+                Ok(p) if p.decisions + p.feedback > 0 => {
+                    stats.pruned_rows.fetch_add((p.decisions + p.feedback) as u64, Ordering::Relaxed);
+                    tracing::info!(decisions = p.decisions, feedback = p.feedback, "decision log retention removed old rows");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "decision log retention failed"),
+            }
+        }
+    }
+    tracing::debug!("decision log writer stopped");
+}
+
+/// Resolves a relative log path against `base` (the config file's folder).
+pub fn resolve(cfg: &mut LogConfig, base: &Path) {
+    if cfg.path.is_relative() {
+        cfg.path = base.join(&cfg.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(i: usize, ts_ms: i64) -> DecisionRecord {
+        DecisionRecord {
+            request_id: format!("r{i}"),
+            ts_ms,
+            routing_text: Some(format!("prompt {}", i % 3)),
+            embedding: None,
+            encoder: "enc".into(),
+            router_version: "v".into(),
+            cost_weight: 0.5,
+            profile: Some("balanced".into()),
+            constraints: serde_json::json!({}),
+            input_tokens: 7,
+            candidates: vec![],
+        }
+    }
+
+    fn feedback(i: usize, ts_ms: i64, quality: Option<f64>, outcome: Outcome) -> FeedbackRecord {
+        FeedbackRecord {
+            request_id: format!("r{i}"),
+            ts_ms,
+            model: "m".into(),
+            outcome,
+            latency_ms: Some(10.0),
+            input_tokens: Some(7),
+            output_tokens: Some(20),
+            cost_usd: Some(0.001),
+            quality,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_committed_joined_and_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { path: dir.path().join("sub/log.db"), batch_max: 3, ..LogConfig::default() };
+        let log = DecisionLog::open(cfg.clone()).unwrap();
+        for i in 0..5 {
+            log.log_decision(decision(i, now_ms()));
+        }
+        log.log_feedback(feedback(0, now_ms(), Some(0.75), Outcome::Success)).await.unwrap();
+        log.log_feedback(feedback(1, now_ms(), None, Outcome::Refused)).await.unwrap();
+        log.log_feedback(feedback(2, now_ms(), None, Outcome::Timeout)).await.unwrap();
+        log.log_feedback(feedback(99, now_ms(), Some(1.0), Outcome::Success)).await.unwrap();
+        log.flush().await;
+        assert_eq!(store::counts(&cfg.path).unwrap(), (5, 4));
+        let (lines, skips) = store::training_lines(&cfg.path).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].score, lines[0].prompt.as_str()), (0.75, "prompt 0"));
+        assert_eq!((lines[1].score, lines[1].prompt.as_str()), (0.0, "prompt 1"));
+        assert_ne!(lines[0].prompt_id, lines[1].prompt_id);
+        assert_eq!(skips, store::ExportSkips { no_decision: 1, no_quality: 1, no_output_tokens: 0 });
+        log.close();
+        assert_eq!(log.stats().decisions_written.load(Ordering::Relaxed), 5);
+        // After close nothing is accepted, and nothing panics.
+        log.log_decision(decision(9, now_ms()));
+        assert!(log.log_feedback(feedback(9, now_ms(), None, Outcome::Success)).await.is_err());
+    }
+
+    #[test]
+    fn retention_removes_old_rows_and_keeps_the_size_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut conn = store::open_for_writing(&path, false).unwrap();
+        let now = now_ms();
+        let old: Vec<_> = (0..50).map(|i| decision(i, now - 40 * 86_400_000)).collect();
+        let new: Vec<_> = (50..2050).map(|i| decision(i, now - 2050 + i as i64)).collect();
+        store::write_batch(&mut conn, &old, &[feedback(1, now - 40 * 86_400_000, Some(1.0), Outcome::Success)]).unwrap();
+        store::write_batch(&mut conn, &new, &[]).unwrap();
+        let p = store::enforce_retention(&mut conn, Some(now - 30 * 86_400_000), 0).unwrap();
+        assert_eq!(p, store::Pruned { decisions: 50, feedback: 1 });
+        let before = store::used_bytes(&conn).unwrap();
+        let limit = (before / 2) as u64;
+        store::enforce_retention(&mut conn, None, limit).unwrap();
+        assert!(store::used_bytes(&conn).unwrap() <= limit as i64);
+        // The newest rows are the ones kept.
+        let newest: String = conn.query_row("SELECT request_id FROM decisions ORDER BY ts_ms DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(newest, "r2049");
+        let oldest: i64 = conn.query_row("SELECT min(ts_ms) FROM decisions", [], |r| r.get(0)).unwrap();
+        assert!(oldest > now - 2050 + 500, "the oldest rows went first");
+    }
+
+    #[test]
+    fn embeddings_round_trip_and_a_newer_schema_is_refused() {
+        let v = [0.5f32, -1.25, 3.0];
+        assert_eq!(store::embedding_from_bytes(&store::embedding_bytes(&v)).unwrap(), v);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        drop(store::open_for_writing(&path, false).unwrap());
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = store::open_for_writing(&path, false).err().unwrap().to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+    }
+}

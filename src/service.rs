@@ -1,0 +1,300 @@
+//! The running service's core, below the gRPC handlers and above the engine: the current engine
+//! (swapped atomically on reload), live model health, the decision log and the counters. It
+//! knows nothing of protobuf.
+//!
+//! The engine is replaceable; health, the log and the counters outlive reloads.
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::Config,
+    engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
+    health::{HealthTracker, Outcome, Snapshot},
+    logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, QueueFull},
+    policy::Constraints,
+};
+
+/// Request ids remembered to tell a gateway whether this replica made a decision.
+const RECENT_REQUESTS: u64 = 100_000;
+
+/// Counters for metrics (beyond the log's own).
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Route calls answered, by result label ("ok" or a `RouteError` label).
+    pub routes: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Route calls answered from the prediction cache.
+    pub cache_hits: AtomicU64,
+    /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
+    pub feedback: [AtomicU64; 5],
+    /// Successful reloads.
+    pub reloads_ok: AtomicU64,
+    /// Rejected reloads.
+    pub reloads_failed: AtomicU64,
+}
+
+/// A feedback report was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    /// The decision log's queue stayed full.
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+}
+
+/// What a feedback report changed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedbackAck {
+    /// This replica made the decision recently.
+    pub known_request: bool,
+    /// The model's health after the report, when it is a catalog model.
+    pub health: Option<Snapshot>,
+}
+
+/// The outcome of a successful reload.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// Version now serving.
+    pub version: String,
+    /// Version that served before (empty if none).
+    pub previous: String,
+    /// Catalog size.
+    pub models: usize,
+    /// Load and validation time.
+    pub elapsed: Duration,
+}
+
+/// The prompt a new engine must route before it is swapped in.
+pub const RELOAD_TEST_PROMPT: &str = "Write a short haiku about routing requests between language models.";
+
+/// The service core.
+pub struct Service {
+    engine: RwLock<Option<Arc<Engine>>>,
+    config: RwLock<Config>,
+    health: HealthTracker,
+    log: Option<DecisionLog>,
+    recent: moka::sync::Cache<String, ()>,
+    reload_lock: tokio::sync::Mutex<()>,
+    stats: ServiceStats,
+}
+
+impl Service {
+    /// Opens the decision log (if enabled) and sets up health; the engine comes later ([`Service::install`]).
+    pub fn new(config: Config) -> Result<Self, LogError> {
+        let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
+        Ok(Self {
+            engine: RwLock::new(None),
+            health: HealthTracker::new(config.health.clone()),
+            config: RwLock::new(config),
+            log,
+            recent: moka::sync::Cache::builder().max_capacity(RECENT_REQUESTS).time_to_live(Duration::from_secs(3600)).build(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            stats: ServiceStats::default(),
+        })
+    }
+
+    /// The engine serving now, if loaded.
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs an engine; in-flight requests keep the one they hold. Returns the previous one.
+    pub fn install(&self, engine: Arc<Engine>) -> Option<Arc<Engine>> {
+        self.engine.write().unwrap_or_else(|e| e.into_inner()).replace(engine)
+    }
+
+    /// The config of the last successful (re)load.
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Live health.
+    pub fn health(&self) -> &HealthTracker {
+        &self.health
+    }
+
+    /// The decision log, if enabled.
+    pub fn log(&self) -> Option<&DecisionLog> {
+        self.log.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ServiceStats {
+        &self.stats
+    }
+
+    /// Health of each catalog model of `engine`, in catalog order.
+    pub fn catalog_health(&self, engine: &Engine) -> Vec<Snapshot> {
+        self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
+    }
+
+    fn count_route(&self, label: &'static str) {
+        *self.stats.routes.lock().unwrap_or_else(|e| e.into_inner()).entry(label).or_default() += 1;
+    }
+
+    /// Routes with live health, logs the decision (never waiting on the log), counts the result.
+    pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
+        let health = self.catalog_health(engine);
+        let constraints = q.constraints.clone();
+        let tradeoff = q.tradeoff.clone();
+        let result = engine.route_with_health(q, &health).await;
+        match &result {
+            Ok(d) => {
+                self.count_route("ok");
+                if d.timings.cache_hit {
+                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                }
+                self.recent.insert(d.request_id.clone(), ());
+                if let Some(log) = &self.log {
+                    log.log_decision(decision_record(engine, d, &constraints, &tradeoff, log.config().store_prompts));
+                }
+            }
+            Err(e) => self.count_route(e.label()),
+        }
+        result
+    }
+
+    /// Records one feedback report: health at once (catalog models only), the log via its queue.
+    pub async fn feedback(&self, rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
+        let in_catalog = self.engine().is_some_and(|e| e.catalog().get(&rec.model).is_some());
+        let known_request = self.recent.contains_key(&rec.request_id);
+        let (model, outcome, latency) = (rec.model.clone(), rec.outcome, rec.latency_ms);
+        if let Some(log) = &self.log {
+            log.log_feedback(rec).await?;
+        }
+        let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.stats.feedback[idx].fetch_add(1, Ordering::Relaxed);
+        let health = in_catalog.then(|| self.health.record(&model, outcome, latency, Instant::now()));
+        Ok(FeedbackAck { known_request, health })
+    }
+
+    /// Re-reads the config, loads and validates a new engine, and swaps it in. One reload at a
+    /// time; on any failure the current engine keeps serving and the error says why.
+    pub async fn reload(&self) -> Result<ReloadReport, RouteError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let t = Instant::now();
+        let result = self.load_and_validate().await;
+        match result {
+            Ok((engine, config)) => {
+                let version = engine.version().to_string();
+                let models = engine.catalog().models().len();
+                let old = self.install(engine);
+                let previous = old.map(|e| e.version().to_string()).unwrap_or_default();
+                self.warn_unreloadable(&config);
+                *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+                self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                let elapsed = t.elapsed();
+                tracing::info!(%version, %previous, models, load_ms = elapsed.as_millis() as u64, "reloaded models");
+                Ok(ReloadReport { version, previous, models, elapsed })
+            }
+            Err(e) => {
+                self.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "reload rejected; the current models keep serving");
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_and_validate(&self) -> Result<(Arc<Engine>, Config), RouteError> {
+        let config = self.config().reread().map_err(|e| RouteError::Catalog(format!("config: {e}")))?;
+        let cfg = config.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
+            .await
+            .map_err(|e| RouteError::Worker(e.to_string()))??;
+        let engine = Arc::new(engine);
+        validate_engine(&engine).await?;
+        Ok((engine, config))
+    }
+
+    fn warn_unreloadable(&self, new: &Config) {
+        let old = self.config();
+        if old.server.listen != new.server.listen {
+            tracing::warn!("server.listen changed: it takes effect at the next restart");
+        }
+        if old.decision_log != new.decision_log {
+            tracing::warn!("[decision_log] changed: it takes effect at the next restart");
+        }
+        if old.health != new.health {
+            tracing::warn!("[health] changed: it takes effect at the next restart");
+        }
+    }
+
+    /// Drains the decision log (blocking until it is written).
+    pub fn close(&self) {
+        if let Some(log) = &self.log {
+            log.close();
+        }
+    }
+}
+
+/// Checks a freshly loaded engine by routing a test prompt under the default profile: the head
+/// must produce finite predictions in range for the catalog.
+pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
+    let q = RouteQuery {
+        request_id: "reload-check".into(),
+        messages: vec![crate::encoder::text::ChatMessage::user(RELOAD_TEST_PROMPT.to_string())],
+        tradeoff: Tradeoff::Default,
+        constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
+        explain: false,
+    };
+    let d = engine.route(q).await.map_err(|e| match e {
+        // Constraints of a test prompt emptying the list is a catalog problem, not a crash.
+        RouteError::NoEligibleModel(n) => RouteError::Catalog(format!("the test prompt found no eligible model: {n}")),
+        other => other,
+    })?;
+    for s in &d.ranking.scored {
+        if let Some(p) = s.prediction {
+            if !(p.quality.is_finite() && p.output_tokens.is_finite() && s.cost_usd.is_finite()) {
+                let id = &engine.catalog().models()[s.model].id;
+                return Err(RouteError::Catalog(format!("the head predicts a non-finite value for {id} on the test prompt")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decision_record(engine: &Engine, d: &Decision, c: &Constraints, t: &Tradeoff, store_prompts: bool) -> DecisionRecord {
+    let models = engine.catalog().models();
+    let candidates = d
+        .ranking
+        .chosen
+        .iter()
+        .map(|&i| {
+            let s = &d.ranking.scored[i];
+            LoggedCandidate {
+                model: models[s.model].id.clone(),
+                quality: s.prediction.map_or(0.0, |p| p.quality),
+                output_tokens: s.prediction.map_or(0.0, |p| p.output_tokens),
+                cost_usd: s.cost_usd,
+                utility: s.utility,
+                health: s.health.state.as_str().into(),
+            }
+        })
+        .collect();
+    let constraints = serde_json::json!({
+        "max_cost_usd": c.max_cost_usd,
+        "min_quality": c.min_quality,
+        "allowed_models": c.allowed_models,
+        "denied_models": c.denied_models,
+        "allowed_providers": c.allowed_providers,
+        "denied_providers": c.denied_providers,
+        "max_fallbacks": c.max_fallbacks,
+        "tradeoff": match t { Tradeoff::Default => "default".to_string(), Tradeoff::Profile(p) => format!("profile:{p}"), Tradeoff::Weight(w) => format!("weight:{w}") },
+    });
+    DecisionRecord {
+        request_id: d.request_id.clone(),
+        ts_ms: now_ms(),
+        routing_text: store_prompts.then(|| d.routing_text.clone()),
+        embedding: if store_prompts { None } else { d.embedding.clone() },
+        encoder: engine.encoder().id().to_string(),
+        router_version: engine.version().to_string(),
+        cost_weight: d.cost_weight,
+        profile: d.profile.clone(),
+        constraints,
+        input_tokens: d.input_tokens,
+        candidates,
+    }
+}

@@ -1,0 +1,206 @@
+//! The feedback loop against the real server and a real SQLite file: Feedback RPC validation,
+//! the decision log and its join, live health (circuit breaker) in Route and ListModels, metrics,
+//! and a full queue that drops decisions without failing a request.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switchyard::pb::{self, ExclusionReason, HealthState, Outcome};
+use tonic::Code;
+
+fn route(prompt: &str, id: &str) -> pb::RouteRequest {
+    pb::RouteRequest { prompt: prompt.into(), request_id: id.into(), profile: "quality".into(), ..Default::default() }
+}
+
+fn report(id: &str, model: &str, outcome: Outcome) -> pb::FeedbackRequest {
+    pb::FeedbackRequest { request_id: id.into(), model: model.into(), outcome: outcome as i32, latency_ms: Some(850.0), ..Default::default() }
+}
+
+fn db_counts(path: &std::path::Path) -> (i64, i64) {
+    switchyard::logs::store::counts(path).unwrap_or((0, 0))
+}
+
+#[tokio::test]
+async fn decisions_and_feedback_are_logged_joined_and_validated() {
+    let cfg = shipped_config();
+    let db = cfg.decision_log.path.clone();
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client.clone();
+
+    let r = c.route(route(MATH_PROMPT, "req-1")).await.unwrap().into_inner();
+    let primary = r.candidates[0].model.clone();
+    let fallback = r.candidates[1].model.clone();
+    c.route(route(CHAT_PROMPT, "req-2")).await.unwrap();
+
+    // Two attempts for one request (the primary timed out, the fallback answered and was rated).
+    let ack = c.feedback(report("req-1", &primary, Outcome::Timeout)).await.unwrap().into_inner();
+    assert!(ack.known_request);
+    assert_eq!(ack.health.unwrap().window_requests, 1);
+    let rated = pb::FeedbackRequest { quality: Some(0.75), output_tokens: Some(321), input_tokens: Some(80), cost_usd: Some(0.002), ..report("req-1", &fallback, Outcome::Success) };
+    c.feedback(rated).await.unwrap();
+    c.feedback(pb::FeedbackRequest { output_tokens: Some(12), ..report("req-2", &primary, Outcome::Refused) }).await.unwrap();
+    // An id this replica never saw is accepted and kept; a model outside the catalog too.
+    let ack = c.feedback(report("made-elsewhere", "some-private-model", Outcome::Success)).await.unwrap().into_inner();
+    assert!(!ack.known_request);
+    assert!(ack.health.is_none(), "no health is tracked for models outside the catalog");
+
+    // Bad reports name the field, the limit and the value.
+    for (bad, field, shows) in [
+        (pb::FeedbackRequest { outcome: 0, ..report("x", &primary, Outcome::Success) }, "outcome", "Given: 0"),
+        (pb::FeedbackRequest { outcome: 42, ..report("x", &primary, Outcome::Success) }, "outcome", "Given: 42"),
+        (pb::FeedbackRequest { quality: Some(1.5), ..report("x", &primary, Outcome::Success) }, "quality", "1.5"),
+        (pb::FeedbackRequest { latency_ms: Some(-3.0), ..report("x", &primary, Outcome::Success) }, "latency_ms", "-3"),
+        (pb::FeedbackRequest { cost_usd: Some(f64::NAN), ..report("x", &primary, Outcome::Success) }, "cost_usd", "NaN"),
+        (report("", &primary, Outcome::Success), "request_id", "must be set"),
+        (report(&"r".repeat(200), &primary, Outcome::Success), "request_id", "200 bytes"),
+        (report("x", " ", Outcome::Success), "model", "empty"),
+    ] {
+        let e = c.feedback(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains(field) && e.message().contains(shows), "{}", e.message());
+    }
+
+    let (decisions, feedback) = eventually(|| Some(db_counts(&db)).filter(|&(d, f)| d >= 2 && f >= 4)).await;
+    assert_eq!((decisions, feedback), (2, 4), "rejected reports are not stored");
+
+    // The decision row holds the routing text and the ranked candidates as served.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (text, candidates, weight): (String, String, f64) = conn
+        .query_row("SELECT routing_text, candidates, cost_weight FROM decisions WHERE request_id = 'req-1'", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap();
+    assert_eq!(text, MATH_PROMPT);
+    assert_eq!(weight, 0.0);
+    let candidates: serde_json::Value = serde_json::from_str(&candidates).unwrap();
+    assert_eq!(candidates[0]["model"], primary.as_str());
+    assert_eq!(candidates.as_array().unwrap().len(), r.candidates.len());
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+
+    // The join keeps rated and refused answers, not availability outcomes or unknown requests.
+    let (lines, skips) = switchyard::logs::store::training_lines(&db).unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0].model.as_str(), lines[0].score, lines[0].output_tokens), (fallback.as_str(), 0.75, 321));
+    assert_eq!((lines[1].prompt.as_str(), lines[1].score), (CHAT_PROMPT, 0.0));
+    assert_eq!((skips.no_decision, skips.no_quality), (1, 1));
+
+    let page = http_get(server.addr, "/metrics").await;
+    assert_eq!(metric(&page, "switchyard_feedback_total{outcome=\"timeout\"}"), Some(1.0));
+    assert_eq!(metric(&page, "switchyard_feedback_total{outcome=\"success\"}"), Some(2.0));
+    assert_eq!(metric(&page, "switchyard_route_requests_total{result=\"ok\"}"), Some(2.0));
+    assert_eq!(metric(&page, "switchyard_decision_log_decisions_written_total"), Some(2.0));
+    assert_eq!(metric(&page, "switchyard_decision_log_dropped_total"), Some(0.0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_prompt_storage_only_the_embedding_is_kept() {
+    let mut cfg = shipped_config();
+    cfg.decision_log.store_prompts = false;
+    let db = cfg.decision_log.path.clone();
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client.clone();
+    // Twice: the second answer comes from the prediction cache and must log the embedding too.
+    c.route(route(MATH_PROMPT, "a")).await.unwrap();
+    let r = c.route(route(MATH_PROMPT, "b")).await.unwrap().into_inner();
+    assert!(r.timings.unwrap().cache_hit);
+    eventually(|| Some(()).filter(|_| db_counts(&db).0 == 2)).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn.prepare("SELECT routing_text, embedding FROM decisions ORDER BY id").unwrap();
+    let rows: Vec<(Option<String>, Option<Vec<u8>>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    for (text, emb) in &rows {
+        assert!(text.is_none(), "the prompt text must not be stored");
+        let v = switchyard::logs::store::embedding_from_bytes(emb.as_ref().expect("embedding stored")).unwrap();
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "a real (normalised) embedding, norm {norm}");
+    }
+    assert_eq!(rows[0].1, rows[1].1, "cache hit and miss log the same embedding");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_model_cools_down_is_probed_and_recovers() {
+    let mut cfg = shipped_config();
+    cfg.health = switchyard::health::HealthConfig {
+        window_seconds: 60,
+        min_requests: 4,
+        degraded_error_rate: 0.2,
+        open_error_rate: 0.9,
+        open_after_consecutive_failures: 3,
+        cool_down_seconds: 1.5,
+        max_cool_down_seconds: 10.0,
+    };
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client.clone();
+    let explain = |id: &str| pb::RouteRequest { explain: true, ..route(MATH_PROMPT, id) };
+    let first = c.route(explain("h0")).await.unwrap().into_inner();
+    let primary = first.candidates[0].model.clone();
+    assert_eq!(first.candidates[0].health, HealthState::Healthy as i32);
+
+    for i in 0..3 {
+        let ack = c.feedback(report(&format!("h{i}"), &primary, Outcome::ServerError)).await.unwrap().into_inner();
+        let h = ack.health.unwrap();
+        if i == 2 {
+            assert_eq!(h.state, HealthState::CoolingDown as i32);
+            assert!(h.cool_down_remaining_s > 1.0 && h.cool_down_remaining_s <= 1.5, "{h:?}");
+        }
+    }
+    let r = c.route(explain("h3")).await.unwrap().into_inner();
+    assert_ne!(r.candidates[0].model, primary, "a cooling-down model is not offered");
+    assert!(r.candidates.iter().all(|x| x.model != primary));
+    let e = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == primary).unwrap();
+    assert_eq!(e.reason, ExclusionReason::Unhealthy as i32);
+    assert!(e.detail.contains("cooling down") && e.detail.contains("3 in a row"), "{}", e.detail);
+    let listed = c.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    let h = listed.models.iter().find(|m| m.model == primary).unwrap().health.unwrap();
+    assert_eq!((h.state, h.window_requests, h.consecutive_failures), (HealthState::CoolingDown as i32, 3, 3));
+    assert_eq!(h.error_rate, 1.0);
+
+    // After the cool-down the model is tried again, ranked normally.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = c.route(explain("h4")).await.unwrap().into_inner();
+    assert_eq!(r.candidates[0].model, primary);
+    assert_eq!(r.candidates[0].health, HealthState::Probing as i32);
+    // The probe succeeds: the circuit closes and the failures are forgotten.
+    let h = c.feedback(report("h4", &primary, Outcome::Success)).await.unwrap().into_inner().health.unwrap();
+    assert_eq!((h.state, h.window_requests), (HealthState::Healthy as i32, 1));
+
+    // A model failing now and then (1 of its 5 attempts in the window) stays eligible but ranks behind healthy ones.
+    let second = r.candidates[1].model.clone();
+    for o in [Outcome::Success, Outcome::Success, Outcome::Success, Outcome::Timeout] {
+        c.feedback(report("h5", &primary, o)).await.unwrap();
+    }
+    let r = c.route(explain("h6")).await.unwrap().into_inner();
+    assert_eq!(r.candidates[0].model, second, "the degraded model drops behind");
+    let demoted = r.candidates.iter().find(|x| x.model == primary);
+    if let Some(d) = demoted {
+        assert_eq!(d.health, HealthState::Degraded as i32);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_log_queue_drops_decisions_and_never_fails_a_route() {
+    let mut cfg = shipped_config();
+    cfg.decision_log.queue_capacity = 1;
+    cfg.decision_log.batch_max = 1;
+    cfg.decision_log.synchronous = "full".into();
+    let db = cfg.decision_log.path.clone();
+    let server = TestServer::start_with(cfg).await;
+    let n = 300;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut c = server.client.clone();
+        tasks.push(tokio::spawn(async move { c.route(route(CHAT_PROMPT, &format!("q{i}"))).await.map(|_| ()) }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("routing never fails because of the log");
+    }
+    let page = http_get(server.addr, "/metrics").await;
+    let dropped = metric(&page, "switchyard_decision_log_dropped_total").unwrap();
+    let written = eventually(|| Some(db_counts(&db).0).filter(|&d| d as f64 + dropped >= n as f64)).await;
+    assert_eq!(written as f64 + dropped, n as f64, "every decision is either written or counted as dropped");
+    assert!(dropped > 0.0, "a one-slot queue under 300 concurrent requests drops some decisions");
+    server.shutdown().await;
+}
