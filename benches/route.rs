@@ -5,7 +5,8 @@
 //! with the cache cold (cache off: every request runs the encoder) and hot (every text cached),
 //! and the bare encoder (tokenize + embed + head, no gRPC, one caller) on the same prompts.
 //! Prompts are real ones from `../shared/data`. Set BENCH_REQUESTS to scale the run, and
-//! BENCH_SESSIONS / BENCH_THREADS to try another encoder pool layout. The load generator runs in
+//! BENCH_SESSIONS / BENCH_THREADS to try another encoder pool layout, and BENCH_DECISION_LOG=off
+//! to measure without the decision log (it is on by default, as in the shipped config). The load generator runs in
 //! the same process (and on the same cores) as the server, so the service figures include it.
 use std::{
     io::Read,
@@ -88,7 +89,7 @@ async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrenc
     (all, wall)
 }
 
-async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::Sender<()>) {
+async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::Sender<()>, std::net::SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -103,7 +104,17 @@ async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (client, tx)
+    (client, tx, addr)
+}
+
+/// The decision-log lines of the server's `/metrics` page.
+async fn log_metrics(addr: std::net::SocketAddr) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.unwrap();
+    page.lines().filter(|l| l.starts_with("switchyard_decision_log")).map(String::from).collect()
 }
 
 #[tokio::main]
@@ -117,6 +128,11 @@ async fn main() {
     if let Some(n) = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()) {
         config.encoder.intra_threads = n;
     }
+    // The decision log writes to a throw-away file; BENCH_DECISION_LOG=off measures without it.
+    let log_dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+    config.decision_log.path = log_dir.join("decisions.db");
+    config.decision_log.enabled = std::env::var("BENCH_DECISION_LOG").map_or(true, |v| v != "off");
+    println!("decision log: {}", if config.decision_log.enabled { "on" } else { "off" });
     let env = runtime::environment(config.runtime.onnxruntime.as_deref()).unwrap();
     let encoder = Encoder::load(env, &config.encoder).unwrap();
     let head = Head::load(env, &config.head.dir).unwrap();
@@ -170,8 +186,8 @@ async fn main() {
 
     let mut cold_cfg = config.clone();
     cold_cfg.cache.capacity = 0;
-    let (cold, stop_cold) = start(cold_cfg).await;
-    let (hot, stop_hot) = start(config).await;
+    let (cold, stop_cold, cold_addr) = start(cold_cfg).await;
+    let (hot, stop_hot, hot_addr) = start(config).await;
     for (name, set, n) in [("short", &short, requests), ("256-token", &long, requests / 3)] {
         // Warm the hot server's cache with every text.
         for p in set.iter() {
@@ -190,6 +206,11 @@ async fn main() {
             }
         }
     }
+    let mut log_lines = Vec::new();
+    for (name, addr) in [("cold", cold_addr), ("hot", hot_addr)] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        log_lines.extend(log_metrics(addr).await.into_iter().map(|l| format!("{name} server: {l}")));
+    }
     let _ = (stop_cold.send(()), stop_hot.send(()));
 
     println!("\n| what | concurrency | p50 ms | p99 ms | req/s |\n|---|---|---|---|---|");
@@ -205,5 +226,11 @@ async fn main() {
             ms(bare.p50),
             (svc.p50.as_secs_f64() / bare.p50.as_secs_f64() - 1.0) * 100.0
         );
+    }
+    if !log_lines.is_empty() {
+        println!("\ndecision log counters at the end:");
+        for l in log_lines {
+            println!("  {l}");
+        }
     }
 }

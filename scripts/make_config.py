@@ -62,6 +62,8 @@ store_prompts = true
 # (switchyard_decision_log_dropped_total) and Feedback answers RESOURCE_EXHAUSTED after feedback_wait_ms.
 queue_capacity = 10000
 batch_max = 512
+# ms the writer waits after a batch's first record for more (fewer transactions under load).
+linger_ms = 5
 feedback_wait_ms = 1000
 # "normal": a commit survives a process crash; "full": also a power loss (a fsync per batch).
 synchronous = "normal"

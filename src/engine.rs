@@ -148,6 +148,10 @@ pub struct Decision {
     pub routing_text: String,
     /// Its embedding, kept only when the decision log stores embeddings instead of prompts.
     pub embedding: Option<Arc<[f32]>>,
+    /// The request's constraints as applied.
+    pub constraints: Constraints,
+    /// How the request chose its trade-off.
+    pub tradeoff: Tradeoff,
 }
 
 /// What the cache keeps per routing text: the head's outputs in head order.
@@ -429,6 +433,8 @@ impl Engine {
             timings,
             routing_text: logged_text,
             embedding: pred.embedding.clone(),
+            constraints,
+            tradeoff: q.tradeoff,
         })
     }
 

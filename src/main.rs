@@ -181,6 +181,11 @@ struct TrainArgs {
     /// MLPs averaged per model family, each from its own seed (less variance, more compute).
     #[arg(long, env = "SWITCHYARD_TRAIN_ENSEMBLE", default_value_t = 5)]
     ensemble: usize,
+    /// Head per model family: `lowrank` (shared factors from the embedding, calibrated link per
+    /// model; needs dense logs), `mlp` (ensemble of MLPs), or `auto`: lowrank where at least 3
+    /// models answered 95% of the family's prompts, else mlp.
+    #[arg(long, env = "SWITCHYARD_TRAIN_METHOD", default_value = "auto")]
+    method: switchyard::learning::job::HeadMethod,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -344,6 +349,7 @@ async fn main() -> anyhow::Result<()> {
                 cost_scale_usd: cfg.routing.cost_scale_usd,
                 shrink: a.shrink,
                 ensemble: a.ensemble,
+                method: a.method,
                 embedding_cache: (!a.no_embedding_cache)
                     .then(|| a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
                 train: TrainConfig {

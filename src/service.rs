@@ -138,10 +138,8 @@ impl Service {
     /// Routes with live health, logs the decision (never waiting on the log), counts the result.
     pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         let health = self.catalog_health(engine);
-        let constraints = q.constraints.clone();
-        let tradeoff = q.tradeoff.clone();
-        let result = engine.route_with_health(q, &health).await;
-        match &result {
+        let mut result = engine.route_with_health(q, &health).await;
+        match &mut result {
             Ok(d) => {
                 self.count_route("ok");
                 if d.timings.cache_hit {
@@ -149,7 +147,7 @@ impl Service {
                 }
                 self.recent.insert(d.request_id.clone(), ());
                 if let Some(log) = &self.log {
-                    log.log_decision(decision_record(engine, d, &constraints, &tradeoff, log.config().store_prompts));
+                    log.log_decision(decision_record(engine, d, log.config().store_prompts));
                 }
             }
             Err(e) => self.count_route(e.label()),
@@ -256,7 +254,7 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
     Ok(())
 }
 
-fn decision_record(engine: &Engine, d: &Decision, c: &Constraints, t: &Tradeoff, store_prompts: bool) -> DecisionRecord {
+fn decision_record(engine: &Engine, d: &mut Decision, store_prompts: bool) -> DecisionRecord {
     let models = engine.catalog().models();
     let candidates = d
         .ranking
@@ -270,20 +268,10 @@ fn decision_record(engine: &Engine, d: &Decision, c: &Constraints, t: &Tradeoff,
                 output_tokens: s.prediction.map_or(0.0, |p| p.output_tokens),
                 cost_usd: s.cost_usd,
                 utility: s.utility,
-                health: s.health.state.as_str().into(),
+                health: s.health.state.as_str(),
             }
         })
         .collect();
-    let constraints = serde_json::json!({
-        "max_cost_usd": c.max_cost_usd,
-        "min_quality": c.min_quality,
-        "allowed_models": c.allowed_models,
-        "denied_models": c.denied_models,
-        "allowed_providers": c.allowed_providers,
-        "denied_providers": c.denied_providers,
-        "max_fallbacks": c.max_fallbacks,
-        "tradeoff": match t { Tradeoff::Default => "default".to_string(), Tradeoff::Profile(p) => format!("profile:{p}"), Tradeoff::Weight(w) => format!("weight:{w}") },
-    });
     DecisionRecord {
         request_id: d.request_id.clone(),
         ts_ms: now_ms(),
@@ -293,7 +281,13 @@ fn decision_record(engine: &Engine, d: &Decision, c: &Constraints, t: &Tradeoff,
         router_version: engine.version().to_string(),
         cost_weight: d.cost_weight,
         profile: d.profile.clone(),
-        constraints,
+        // Taken, not cloned: the response does not need them.
+        constraints: std::mem::take(&mut d.constraints),
+        tradeoff: match &d.tradeoff {
+            Tradeoff::Default => "default".into(),
+            Tradeoff::Profile(p) => format!("profile:{p}"),
+            Tradeoff::Weight(w) => format!("weight:{w}"),
+        },
         input_tokens: d.input_tokens,
         candidates,
     }

@@ -8,7 +8,7 @@ use common::{shared_data, shipped_encoder};
 use ndarray::{s, Array2, ArrayView2, Axis};
 use switchyard::{
     learning::{
-        export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, Shrink, SplitMix64,
+        baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, Shrink, SplitMix64,
         Support, TrainConfig, DEFAULT_NEIGHBOURS,
     },
     predictor::Head,
@@ -56,6 +56,26 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
         assert!(dq <= 1e-5, "quality differs by {dq}");
         assert!(dt <= 1e-5, "tokens differ by {dt} (relative)");
     }
+
+    // The factor head is exported through the same graph: it must reproduce its own predictions
+    // too, and beat the per-model means on held-out prompts.
+    let lowrank = switchyard::learning::lowrank::fit(&data.select(&tr), &Default::default()).unwrap().expect("alpaca_eval2 is dense");
+    let bytes = export(&lowrank, &[]);
+    std::fs::write(dir.path().join("head.onnx"), &bytes).unwrap();
+    let manifest = serde_json::json!({
+        "format": "switchyard-head/1", "head_id": "test-lowrank", "graph": "head.onnx",
+        "graph_sha256": switchyard::predictor::sha256_hex(&bytes),
+        "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
+        "models": logs.models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
+    });
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let lr_head = Head::load(runtime::environment(None).unwrap(), dir.path()).unwrap();
+    let (dq, dt) = max_diffs(&lowrank, &lr_head, x.select(Axis(0), &va).view());
+    assert!(dq <= 1e-5 && dt <= 1e-5, "factor head export differs: quality {dq}, tokens {dt}");
+    let held = data.select(&va);
+    let (m_lr, m_base) = (evaluate(&lowrank, &held, 0.1), baseline_metrics(&data.select(&tr), &held, 0.1));
+    assert!(m_lr.quality_brier < m_base.quality_brier, "factor head Brier {} vs means {}", m_lr.quality_brier, m_base.quality_brier);
+    assert!(m_lr.log_tokens_mae < m_base.log_tokens_mae, "factor head length error {} vs means {}", m_lr.log_tokens_mae, m_base.log_tokens_mae);
 
     // The full served graph: shrinkage and support outputs match their Rust definitions too.
     let fit = data.select(&tr);
@@ -173,6 +193,7 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert!(manifest["head_id"].as_str().unwrap().starts_with("cli-test-"));
+    assert_eq!(manifest["training"]["families"][0]["method"], "lowrank", "dense benchmark logs get the factor head");
     assert_eq!(manifest["trained_on"]["prompts"], 120);
     assert_eq!(manifest["encoder"]["dimension"], 384);
     assert!(manifest["validation"]["head"]["quality_brier"].as_f64().unwrap() > 0.0);

@@ -48,6 +48,8 @@ pub struct TrainJob {
     pub embedding_cache: Option<PathBuf>,
     /// MLPs averaged per model family (different seeds).
     pub ensemble: usize,
+    /// Factor head, MLP ensemble, or the factor head where the logs are dense enough.
+    pub method: HeadMethod,
 }
 
 /// Log files whose models overlap, and those models: one head is trained per family.
@@ -90,42 +92,113 @@ fn columns(d: &Dataset, rows: &[usize], cols: &[usize]) -> Dataset {
     Dataset { x: d.x.select(ndarray::Axis(0), rows), quality: pick(&d.quality), log_tokens: pick(&d.log_tokens), mask: pick(&d.mask) }
 }
 
-/// Trains `ensemble` MLPs (seeds `seed`, `seed + 1`, ...) per family on its prompts and models,
-/// and merges them into one block-structured MLP: hidden units of a family feed only that
-/// family's outputs, and the members of an ensemble average their logits (quality) and log
-/// tokens, which is exactly an MLP whose output weights are divided by the ensemble size.
-fn train_families(families: &[Family], fit: &Dataset, stop: &Dataset, cfg: &super::TrainConfig, ensemble: usize) -> Result<(Mlp, Vec<super::TrainReport>), JobError> {
-    if families.len() == 1 && ensemble <= 1 {
-        let (mlp, report) = train(fit, stop, cfg)?;
-        return Ok((mlp, vec![report]));
+/// Which kind of head each family gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadMethod {
+    /// The factor head where the family's logs are dense enough (at least 3 models observed on
+    /// 95% of its prompts), else the MLP ensemble.
+    #[default]
+    Auto,
+    /// Always the MLP ensemble.
+    Mlp,
+    /// Always the factor head (fails on sparse logs).
+    LowRank,
+}
+
+impl std::str::FromStr for HeadMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "mlp" => Ok(Self::Mlp),
+            "lowrank" => Ok(Self::LowRank),
+            other => Err(format!("method must be `auto`, `mlp` or `lowrank`. Given: `{other}`")),
+        }
     }
+}
+
+/// What was trained for one family.
+#[derive(Debug, Clone)]
+pub struct FamilyReport {
+    /// "lowrank" or "mlp".
+    pub method: &'static str,
+    /// The (first) member's training report; for the factor head, epochs are 0.
+    pub train: super::TrainReport,
+}
+
+/// Trains one head per family and merges them into one block-structured MLP: hidden units of a
+/// family feed only that family's outputs. A family gets the factor head (`lowrank`, fitted on
+/// all of `fit` and `stop`: it needs no early stopping) or `ensemble` MLPs (seeds `seed`,
+/// `seed + 1`, ...) whose logits (quality) and log tokens are averaged, which is exactly an MLP
+/// whose output weights are divided by the ensemble size.
+fn train_families(
+    families: &[Family],
+    fit: &Dataset,
+    stop: &Dataset,
+    cfg: &super::TrainConfig,
+    ensemble: usize,
+    method: HeadMethod,
+) -> Result<(Mlp, Vec<FamilyReport>), JobError> {
     let observed = |d: &Dataset, cols: &[usize]| -> Vec<usize> {
         (0..d.n_rows()).filter(|&r| cols.iter().any(|&c| d.mask[[r, c]] > 0.0)).collect()
     };
     let (dim, m) = (fit.x.ncols(), fit.quality.ncols());
     let n = ensemble.max(1);
-    let mut parts: Vec<(&[usize], Mlp)> = Vec::new();
+    let mut parts: Vec<(&[usize], Mlp, f32)> = Vec::new();
     let mut reports = Vec::new();
     for f in families {
         let (fr, sr) = (observed(fit, &f.models), observed(stop, &f.models));
         let (fd, sd) = (columns(fit, &fr, &f.models), columns(stop, &sr, &f.models));
+        if method != HeadMethod::Mlp {
+            let t = Instant::now();
+            let both = Dataset {
+                x: ndarray::concatenate![ndarray::Axis(0), fd.x, sd.x],
+                quality: ndarray::concatenate![ndarray::Axis(0), fd.quality, sd.quality],
+                log_tokens: ndarray::concatenate![ndarray::Axis(0), fd.log_tokens, sd.log_tokens],
+                mask: ndarray::concatenate![ndarray::Axis(0), fd.mask, sd.mask],
+            };
+            let lr_cfg = super::lowrank::LowRankConfig { seed: cfg.seed, ..Default::default() };
+            match super::lowrank::fit(&both, &lr_cfg)? {
+                Some(head) => {
+                    let report = super::TrainReport {
+                        epochs_run: 0,
+                        best_epoch: 0,
+                        train_loss: Vec::new(),
+                        val_loss: Vec::new(),
+                        validation: evaluate(&head, &sd, cfg.token_loss_weight),
+                        baseline: baseline_metrics(&fd, &sd, cfg.token_loss_weight),
+                        seconds: t.elapsed().as_secs_f64(),
+                    };
+                    parts.push((&f.models, head, 1.0));
+                    reports.push(FamilyReport { method: "lowrank", train: report });
+                    continue;
+                }
+                None if method == HeadMethod::LowRank => {
+                    return Err(JobError::Invalid {
+                        field: "method",
+                        limit: "`lowrank` only for logs with at least 3 models observed on 95% of a family's prompts (use `auto` or `mlp`)",
+                        value: format!("lowrank for {}", f.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+                    })
+                }
+                None => {}
+            }
+        }
         for member in 0..n {
             let member_cfg = super::TrainConfig { seed: cfg.seed.wrapping_add(member as u64), ..cfg.clone() };
             let (mlp, report) = train(&fd, &sd, &member_cfg)?;
-            parts.push((&f.models, mlp));
+            parts.push((&f.models, mlp, 1.0 / n as f32));
             if member == 0 {
-                reports.push(report);
+                reports.push(FamilyReport { method: "mlp", train: report });
             }
         }
     }
-    let h: usize = parts.iter().map(|(_, p)| p.hidden_dim()).sum();
+    let h: usize = parts.iter().map(|(_, p, _)| p.hidden_dim()).sum();
     let (mut w1, mut b1) = (Array2::zeros((dim, h)), ndarray::Array1::zeros(h));
     let (mut wq, mut wt) = (Array2::zeros((h, m)), Array2::zeros((h, m)));
     let (mut bq, mut bt) = (ndarray::Array1::zeros(m), ndarray::Array1::zeros(m));
-    let share = 1.0 / n as f32;
     let mut off = 0;
-    for (cols, p) in &parts {
-        let hp = p.hidden_dim();
+    for (cols, p, share) in &parts {
+        let (hp, share) = (p.hidden_dim(), *share);
         w1.slice_mut(ndarray::s![.., off..off + hp]).assign(&p.w1());
         b1.slice_mut(ndarray::s![off..off + hp]).assign(&p.b1());
         for (k, &c) in cols.iter().enumerate() {
@@ -448,24 +521,42 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
 
     let t = Instant::now();
     let families = model_families(job, &logs)?;
-    let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble)?;
-    let report = &reports[0];
+    let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble, job.method)?;
+    let report = &reports[0].train;
     let train_seconds = t.elapsed().as_secs_f64();
     let raw_validation = evaluate(&mlp, &holdout, job.train.token_loss_weight);
     let baseline = baseline_metrics(&fit, &holdout, job.train.token_loss_weight);
 
     // Domain of competence over every training prompt (never the held-out ones).
     let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_NEIGHBOURS);
-    let (shrink_weight, shrink_report) = choose_shrink(job, &logs, &all, &stop_rows, &mlp, encoder)?;
+    let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &all, &stop_rows, &mlp, encoder)?;
+    // The factor head was fitted on the early-stopping prompts too (choosing its shrinkage there
+    // would be in-sample) and is calibrated per model already: no shrinkage (the numpy
+    // prototype chose 1.0 on out-of-fold predictions in 17 of 20 dataset-splits).
+    if job.shrink.is_none() {
+        let mut fixed = Vec::new();
+        for (f, r) in families.iter().zip(&reports) {
+            if r.method == "lowrank" {
+                for &j in &f.models {
+                    shrink_weight[j] = 1.0;
+                }
+                fixed.extend(f.files.iter().map(|p| p.display().to_string()));
+            }
+        }
+        if !fixed.is_empty() {
+            shrink_report["factor_head_files_unshrunk"] = json!(fixed);
+        }
+    }
     let shrink = Shrink { weight: shrink_weight.clone(), ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
     // The metrics of the head as exported (shrinkage included).
     let validation = shrunk_metrics(&mlp, &shrink, &holdout, job.train.token_loss_weight);
     if !quiet {
         let files: Vec<String> = shrink_report["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
         eprintln!("shrinkage towards each model's mean ({}): {}", shrink_report["chosen"].as_str().unwrap_or(""), if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") });
+        let methods: Vec<&str> = reports.iter().map(|r| r.method).collect();
         eprintln!(
-            "trained {} epochs (best {}) in {train_seconds:.1}s; held-out quality MAE {:.4} (baseline {:.4}), Brier {:.4} (baseline {:.4})",
-            report.epochs_run, report.best_epoch, validation.quality_mae, baseline.quality_mae, validation.quality_brier, baseline.quality_brier
+            "trained ({}) in {train_seconds:.1}s; first MLP family: {} epochs (best {}); held-out quality MAE {:.4} (baseline {:.4}), Brier {:.4} (baseline {:.4})",
+            methods.join(", "), report.epochs_run, report.best_epoch, validation.quality_mae, baseline.quality_mae, validation.quality_brier, baseline.quality_brier
         );
     }
     let producer = [("producer".to_string(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))];
@@ -514,9 +605,12 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "families": families.iter().zip(&reports).map(|(f, r)| json!({
                 "files": f.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "models": f.models.len(),
-                "epochs_run": r.epochs_run,
-                "best_epoch": r.best_epoch,
+                "method": r.method,
+                "epochs_run": r.train.epochs_run,
+                "best_epoch": r.train.best_epoch,
             })).collect::<Vec<_>>(),
+            "method": format!("{:?}", job.method).to_lowercase(),
+            "lowrank": { "rank_quality": 2, "rank_tokens": 4, "ridge": 3.0, "folds": 5, "link_l2": 0.01, "min_coverage": 0.95 },
             "batch_size": job.train.batch_size,
             "learning_rate": job.train.learning_rate,
             "weight_decay": job.train.weight_decay,
@@ -573,7 +667,7 @@ mod tests {
             Family { files: vec![], models: vec![2] },
         ];
         let cfg = super::super::TrainConfig { hidden: 6, epochs: 5, ..Default::default() };
-        let (merged, reports) = train_families(&families, &fit, &stop, &cfg, 2).unwrap();
+        let (merged, reports) = train_families(&families, &fit, &stop, &cfg, 2, HeadMethod::Mlp).unwrap();
         assert_eq!(reports.len(), 2);
         assert_eq!(merged.hidden_dim(), 4 * 6);
         let (q, t) = merged.predict(fit.x.view());

@@ -20,6 +20,7 @@
 mod data;
 mod dataset;
 pub mod job;
+pub mod lowrank;
 mod mlp;
 mod onnx;
 mod rng;

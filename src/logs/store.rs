@@ -107,6 +107,21 @@ pub fn embedding_from_bytes(b: &[u8]) -> Option<Vec<f32>> {
     (b.len() % 4 == 0).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
+fn constraints_json(d: &DecisionRecord) -> String {
+    let c = &d.constraints;
+    serde_json::json!({
+        "tradeoff": d.tradeoff,
+        "max_cost_usd": c.max_cost_usd,
+        "min_quality": c.min_quality,
+        "allowed_models": c.allowed_models,
+        "denied_models": c.denied_models,
+        "allowed_providers": c.allowed_providers,
+        "denied_providers": c.denied_providers,
+        "max_fallbacks": c.max_fallbacks,
+    })
+    .to_string()
+}
+
 /// Writes one batch in one transaction.
 pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback: &[FeedbackRecord]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -126,7 +141,7 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 d.router_version,
                 d.cost_weight,
                 d.profile,
-                d.constraints.to_string(),
+                constraints_json(d),
                 d.input_tokens,
                 candidates,
             ])?;
