@@ -127,18 +127,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn binomial_cdf_matches_known_values() {
-        use super::binomial_cdf;
-        assert!((binomial_cdf(0, 32, 0.05) - 0.95f64.powi(32)).abs() < 1e-12);
-        assert!((binomial_cdf(1, 4, 0.5) - 5.0 / 16.0).abs() < 1e-12);
-        assert_eq!(binomial_cdf(4, 4, 0.5), 1.0);
-        assert_eq!(binomial_cdf(0, 4, 0.0), 1.0);
-    }
-}
-
 impl Head {
     /// Loads `dir/manifest.json` and its graph, checks hash and shapes, and runs one row.
     pub fn load(env: &Environment, dir: &Path) -> Result<Self, HeadError> {
@@ -238,5 +226,17 @@ impl Head {
             None
         };
         Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect(), support })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn binomial_cdf_matches_known_values() {
+        use super::binomial_cdf;
+        assert!((binomial_cdf(0, 32, 0.05) - 0.95f64.powi(32)).abs() < 1e-12);
+        assert!((binomial_cdf(1, 4, 0.5) - 5.0 / 16.0).abs() < 1e-12);
+        assert_eq!(binomial_cdf(4, 4, 0.5), 1.0);
+        assert_eq!(binomial_cdf(0, 4, 0.0), 1.0);
     }
 }

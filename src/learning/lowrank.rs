@@ -382,8 +382,8 @@ mod tests {
             mask: Array2::ones((n, m)),
         };
         for r in 0..n {
-            for j in 0..m {
-                let p = sigmoid(skill[j] - 1.5 * difficulty[r]);
+            for (j, skill) in skill.iter().enumerate() {
+                let p = sigmoid(skill - 1.5 * difficulty[r]);
                 d.quality[[r, j]] = if rng.next_f64() < p { 1.0 } else { 0.0 };
                 d.log_tokens[[r, j]] = (5.0 + 0.5 * f64::from(x[[r, 2]]) + 0.2 * j as f64) as f32;
             }

@@ -210,7 +210,9 @@ pub fn now_ms() -> i64 {
 }
 
 enum Msg {
-    Decision(DecisionRecord),
+    // Boxed: a decision is several times larger than the other messages, and the queue holds
+    // up to `queue_capacity` of them.
+    Decision(Box<DecisionRecord>),
     Feedback(FeedbackRecord),
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -288,7 +290,7 @@ impl DecisionLog {
     /// Queues a decision without waiting; a full queue drops it and counts it.
     pub fn log_decision(&self, rec: DecisionRecord) {
         let Some(tx) = self.sender() else { return };
-        match tx.try_send(Msg::Decision(rec)) {
+        match tx.try_send(Msg::Decision(Box::new(rec))) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -367,7 +369,7 @@ fn writer_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Msg>, cfg:
         let (mut decisions, mut feedback, mut acks) = (Vec::new(), Vec::new(), Vec::new());
         for m in batch {
             match m {
-                Msg::Decision(d) => decisions.push(d),
+                Msg::Decision(d) => decisions.push(*d),
                 Msg::Feedback(f) => feedback.push(f),
                 Msg::Flush(ack) => acks.push(ack),
             }
