@@ -106,6 +106,8 @@ pub struct TestServer {
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), switchyard::transport::TransportError>>>,
+    /// A folder made by `temp_db_path`, removed when the server goes.
+    scratch: Option<std::path::PathBuf>,
 }
 
 impl TestServer {
@@ -116,6 +118,12 @@ impl TestServer {
 
     /// Starts with `config` and waits until health says SERVING.
     pub async fn start_with(config: Config) -> Self {
+        let scratch = config
+            .decision_log
+            .path
+            .parent()
+            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("switchyard-test-")))
+            .map(Path::to_path_buf);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -138,7 +146,7 @@ impl TestServer {
             assert!(!handle.is_finished(), "server exited while loading");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { addr, client: RouterClient::new(channel.clone()), health, channel, stop: Some(stop), handle: Some(handle) }
+        Self { addr, client: RouterClient::new(channel.clone()), health, channel, stop: Some(stop), handle: Some(handle), scratch }
     }
 
     /// Stops the server and waits for it to finish in-flight requests.
@@ -156,6 +164,9 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
+        }
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
