@@ -29,6 +29,20 @@ fn max_diffs(mlp: &Mlp, head: &Head, x: ArrayView2<f32>) -> (f32, f32) {
     (dq, dt)
 }
 
+/// Exports `mlp` into `dir` with a minimal manifest and loads it through the serving path.
+fn load_exported(mlp: &Mlp, models: &[String], dir: &std::path::Path) -> Head {
+    let bytes = export(mlp, &[]);
+    std::fs::write(dir.join("head.onnx"), &bytes).unwrap();
+    let manifest = serde_json::json!({
+        "format": "switchyard-head/1", "head_id": "test", "graph": "head.onnx",
+        "graph_sha256": switchyard::predictor::sha256_hex(&bytes),
+        "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
+        "models": models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
+    });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    Head::load(runtime::environment(None).unwrap(), dir).unwrap()
+}
+
 #[test]
 fn exported_onnx_head_reproduces_trainer_predictions() {
     let logs = read_logs(&[shared_data().join("alpaca_eval2/train.jsonl.gz")], true).unwrap();
@@ -40,16 +54,7 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
 
     // Write it the way `switchyard train` does and load it through the serving path.
     let dir = tempfile::tempdir().unwrap();
-    let bytes = export(&mlp, &[]);
-    std::fs::write(dir.path().join("head.onnx"), &bytes).unwrap();
-    let manifest = serde_json::json!({
-        "format": "switchyard-head/1", "head_id": "test", "graph": "head.onnx",
-        "graph_sha256": switchyard::predictor::sha256_hex(&bytes),
-        "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
-        "models": logs.models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
-    });
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
-    let head = Head::load(runtime::environment(None).unwrap(), dir.path()).unwrap();
+    let head = load_exported(&mlp, &logs.models, dir.path());
 
     for x in [x.view(), x.select(Axis(0), &va).view(), x.slice(s![5..6, ..])] {
         let (dq, dt) = max_diffs(&mlp, &head, x.view());
@@ -60,16 +65,7 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     // The factor head is exported through the same graph: it must reproduce its own predictions
     // too, and beat the per-model means on held-out prompts.
     let lowrank = switchyard::learning::lowrank::fit(&data.select(&tr), &Default::default()).unwrap().expect("alpaca_eval2 is dense");
-    let bytes = export(&lowrank, &[]);
-    std::fs::write(dir.path().join("head.onnx"), &bytes).unwrap();
-    let manifest = serde_json::json!({
-        "format": "switchyard-head/1", "head_id": "test-lowrank", "graph": "head.onnx",
-        "graph_sha256": switchyard::predictor::sha256_hex(&bytes),
-        "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
-        "models": logs.models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
-    });
-    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
-    let lr_head = Head::load(runtime::environment(None).unwrap(), dir.path()).unwrap();
+    let lr_head = load_exported(&lowrank, &logs.models, dir.path());
     let (dq, dt) = max_diffs(&lowrank, &lr_head, x.select(Axis(0), &va).view());
     assert!(dq <= 1e-5 && dt <= 1e-5, "factor head export differs: quality {dq}, tokens {dt}");
     let held = data.select(&va);
