@@ -252,7 +252,8 @@ pub struct Config {
     pub overrides: Overrides,
 }
 
-fn invalid(key: &str, limit: &str, value: impl std::fmt::Display) -> ConfigError {
+/// A value-out-of-range error naming the key, the limit and the value.
+pub(crate) fn invalid(key: &str, limit: &str, value: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid { key: key.into(), limit: limit.into(), value: value.to_string() }
 }
 
@@ -324,7 +325,7 @@ impl Config {
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             fix(p);
         }
-        crate::logs::resolve(&mut self.decision_log, base);
+        fix(&mut self.decision_log.path);
     }
 
     /// Checks every cross-field rule; the message names the key.
@@ -385,9 +386,8 @@ impl Config {
         if !(r.default_output_tokens_per_second.is_finite() && r.default_output_tokens_per_second > 0.0) {
             return Err(invalid("routing.default_output_tokens_per_second", "> 0", r.default_output_tokens_per_second));
         }
-        let range = |(key, limit, value): (String, String, String)| ConfigError::Invalid { key, limit, value };
-        self.decision_log.validate().map_err(range)?;
-        self.health.validate().map_err(range)?;
+        self.decision_log.validate()?;
+        self.health.validate()?;
         let w = self.reload.watch_interval_seconds;
         if !(w.is_finite() && (0.0..=86_400.0).contains(&w)) {
             return Err(invalid("reload.watch_interval_seconds", "in [0, 86400]", w));

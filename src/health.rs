@@ -59,8 +59,8 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     /// Checks the ranges; the error names the key, the limit and the value.
-    pub fn validate(&self) -> Result<(), (String, String, String)> {
-        let bad = |k: &str, l: &str, v: String| Err((format!("health.{k}"), l.to_string(), v));
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let bad = |k: &str, l: &str, v: String| Err(crate::config::invalid(&format!("health.{k}"), l, v));
         if self.window_seconds == 0 || self.window_seconds > 86_400 {
             return bad("window_seconds", "in 1..=86400", self.window_seconds.to_string());
         }
@@ -423,9 +423,11 @@ mod tests {
     #[test]
     fn config_ranges_are_checked() {
         assert!(HealthConfig::default().validate().is_ok());
-        let e = HealthConfig { open_error_rate: 0.1, ..HealthConfig::default() }.validate().unwrap_err();
-        assert_eq!(e.0, "health.open_error_rate");
-        let e = HealthConfig { cool_down_seconds: -1.0, ..HealthConfig::default() }.validate().unwrap_err();
-        assert_eq!(e.0, "health.cool_down_seconds");
+        let key = |c: HealthConfig| match c.validate().unwrap_err() {
+            crate::config::ConfigError::Invalid { key, .. } => key,
+            other => panic!("{other}"),
+        };
+        assert_eq!(key(HealthConfig { open_error_rate: 0.1, ..HealthConfig::default() }), "health.open_error_rate");
+        assert_eq!(key(HealthConfig { cool_down_seconds: -1.0, ..HealthConfig::default() }), "health.cool_down_seconds");
     }
 }

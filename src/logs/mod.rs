@@ -14,7 +14,7 @@
 pub mod store;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, RwLock,
@@ -107,9 +107,9 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    /// Checks the ranges; the error is (key, limit, value).
-    pub fn validate(&self) -> Result<(), (String, String, String)> {
-        let bad = |k: &str, l: &str, v: String| Err((format!("decision_log.{k}"), l.to_string(), v));
+    /// Checks the ranges; the error names the key, the limit and the value.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let bad = |k: &str, l: &str, v: String| Err(crate::config::invalid(&format!("decision_log.{k}"), l, v));
         if self.queue_capacity == 0 {
             return bad("queue_capacity", ">= 1", "0".into());
         }
@@ -412,13 +412,6 @@ fn writer_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Msg>, cfg:
         }
     }
     tracing::debug!("decision log writer stopped");
-}
-
-/// Resolves a relative log path against `base` (the config file's folder).
-pub fn resolve(cfg: &mut LogConfig, base: &Path) {
-    if cfg.path.is_relative() {
-        cfg.path = base.join(&cfg.path);
-    }
 }
 
 #[cfg(test)]
