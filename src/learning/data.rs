@@ -21,7 +21,7 @@ use std::{
 };
 
 use flate2::bufread::MultiGzDecoder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::LearningError;
 
@@ -162,22 +162,32 @@ pub fn read_logs(paths: &[PathBuf], strict: bool) -> Result<RoutingLogs, Learnin
     Ok(logs)
 }
 
-/// One line of the log format. Unknown fields are ignored so the gateway can add some.
-#[derive(Deserialize)]
-struct LogLine {
-    prompt_id: String,
-    prompt: String,
-    model: String,
-    score: f64,
+/// One line of the log format, as read here and as written by `switchyard logs export`.
+/// Unknown fields are ignored so the gateway can add some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Stable id of the prompt; many lines share it (one per model).
+    pub prompt_id: String,
+    /// The prompt text; empty when only `embedding` is given.
+    #[serde(default)]
+    pub prompt: String,
+    /// Model id.
+    pub model: String,
+    /// Quality in [0, 1].
+    pub score: f64,
+    /// Tokens in the answer.
     // NOTE: signed on purpose, so a negative count is reported as such rather than as a
     // generic type error.
-    output_tokens: i64,
-    #[serde(default)]
-    task: Option<String>,
-    #[serde(default)]
-    embedding: Option<Vec<f32>>,
-    #[serde(default)]
-    encoder: Option<String>,
+    pub output_tokens: i64,
+    /// Sub-benchmark or traffic tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// A stored embedding, for decision logs kept without prompt text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    /// Encoder id of `embedding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
 }
 
 /// Running sums for one (prompt, model) pair.
@@ -280,17 +290,7 @@ impl Builder {
             no_output_tokens = skips.no_output_tokens,
             "read the decision log's labelled feedback"
         );
-        for l in lines {
-            let line = LogLine {
-                prompt_id: l.prompt_id,
-                prompt: l.prompt,
-                model: l.model,
-                score: l.score,
-                output_tokens: l.output_tokens,
-                task: Some(l.task),
-                embedding: l.embedding,
-                encoder: l.encoder,
-            };
+        for line in lines {
             if let Err(LineFault::Malformed(reason) | LineFault::Inconsistent(reason)) = self.add_record(line) {
                 self.skipped_lines += 1;
                 if self.problems.len() < MAX_PROBLEMS {
@@ -302,12 +302,12 @@ impl Builder {
     }
 
     fn add_line(&mut self, bytes: &[u8]) -> Result<(), LineFault> {
-        let line: LogLine = serde_json::from_slice(bytes)
+        let line: LogRecord = serde_json::from_slice(bytes)
             .map_err(|e| LineFault::Malformed(format!("invalid record: {e}")))?;
         self.add_record(line)
     }
 
-    fn add_record(&mut self, line: LogLine) -> Result<(), LineFault> {
+    fn add_record(&mut self, line: LogRecord) -> Result<(), LineFault> {
         let embedding = match (line.embedding, line.encoder) {
             (Some(v), Some(enc)) => Some((enc, v)),
             (Some(_), None) => return Err(LineFault::Malformed("`embedding` needs `encoder`".into())),

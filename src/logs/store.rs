@@ -8,9 +8,10 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{DecisionRecord, FeedbackRecord, LogError};
+use crate::learning::LogRecord;
 
 /// Schema version in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -223,30 +224,6 @@ pub fn enforce_retention(conn: &mut Connection, min_ts_ms: Option<i64>, max_byte
     Ok(pruned)
 }
 
-/// One line of the training format, built from a feedback report joined to its decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingLine {
-    /// Hash of the routing text (or of the embedding): the same prompt gets the same id across
-    /// requests, so the trainer's split by prompt never puts one prompt on both sides.
-    pub prompt_id: String,
-    /// The routing text; empty when the operator stored embeddings only.
-    pub prompt: String,
-    /// The model the gateway used.
-    pub model: String,
-    /// Reported quality (a refusal without one counts as 0).
-    pub score: f64,
-    /// Reported output tokens.
-    pub output_tokens: i64,
-    /// Always "feedback".
-    pub task: String,
-    /// The stored embedding, when the prompt text was not stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedding: Option<Vec<f32>>,
-    /// Encoder id of `embedding`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encoder: Option<String>,
-}
-
 /// Why feedback reports did not become training lines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
 pub struct ExportSkips {
@@ -266,7 +243,7 @@ fn prompt_id(bytes: &[u8]) -> String {
 
 /// Joins every feedback report to the latest decision with its request id and returns the
 /// ones that carry a quality label as training lines, in feedback order.
-pub fn training_lines(path: &Path) -> Result<(Vec<TrainingLine>, ExportSkips), LogError> {
+pub fn training_lines(path: &Path) -> Result<(Vec<LogRecord>, ExportSkips), LogError> {
     let conn = open_for_reading(path)?;
     let e = db_err(path);
     let mut stmt = conn
@@ -304,32 +281,17 @@ pub fn training_lines(path: &Path) -> Result<(Vec<TrainingLine>, ExportSkips), L
             skips.no_output_tokens += 1;
             continue;
         };
-        let line = match (text, emb) {
-            (Some(text), _) => TrainingLine {
-                prompt_id: prompt_id(text.as_bytes()),
-                prompt: text,
-                model,
-                score,
-                output_tokens,
-                task: "feedback".into(),
-                embedding: None,
-                encoder: None,
-            },
-            (None, Some(bytes)) => TrainingLine {
-                prompt_id: prompt_id(&bytes),
-                prompt: String::new(),
-                model,
-                score,
-                output_tokens,
-                task: "feedback".into(),
-                embedding: embedding_from_bytes(&bytes),
-                encoder,
-            },
+        // The prompt id hashes the routing text (or the embedding), so the same prompt across
+        // requests is one prompt for the trainer's split.
+        let (prompt_id, prompt, embedding, encoder) = match (text, emb) {
+            (Some(text), _) => (prompt_id(text.as_bytes()), text, None, None),
+            (None, Some(bytes)) => (prompt_id(&bytes), String::new(), embedding_from_bytes(&bytes), encoder),
             (None, None) => {
                 skips.no_decision += 1;
                 continue;
             }
         };
+        let line = LogRecord { prompt_id, prompt, model, score, output_tokens, task: Some("feedback".into()), embedding, encoder };
         out.push(line);
     }
     Ok((out, skips))
