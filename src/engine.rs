@@ -144,8 +144,8 @@ pub struct Decision {
     pub input_tokens: u32,
     /// Time per stage.
     pub timings: StageTimings,
-    /// The routing text that was embedded.
-    pub routing_text: String,
+    /// The routing text that was embedded, kept only when the decision log stores prompts.
+    pub routing_text: Option<String>,
     /// Its embedding, kept only when the decision log stores embeddings instead of prompts.
     pub embedding: Option<Arc<[f32]>>,
     /// The request's constraints as applied.
@@ -178,6 +178,7 @@ pub struct Engine {
     version: String,
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     keep_embeddings: bool,
+    keep_text: bool,
 }
 
 /// Work for an encoder thread.
@@ -241,8 +242,9 @@ impl Engine {
         let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
         let permits = Semaphore::new(encoder.parallelism());
         let jobs = std::sync::Mutex::new(start_workers(encoder.parallelism()));
-        let keep_embeddings = config.decision_log.enabled && !config.decision_log.store_prompts;
-        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version, jobs, keep_embeddings })
+        let log = &config.decision_log;
+        let (keep_text, keep_embeddings) = (log.enabled && log.store_prompts, log.enabled && !log.store_prompts);
+        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version, jobs, keep_embeddings, keep_text })
     }
 
     /// The config the engine runs with.
@@ -347,7 +349,7 @@ impl Engine {
         self.validate(&q)?;
         let (cost_weight, profile) = self.resolve_tradeoff(&q.tradeoff);
         let text = routing_text(&q.messages);
-        let logged_text = text.clone();
+        let logged_text = self.keep_text.then(|| text.clone());
         if text.trim().is_empty() {
             return Err(RouteError::invalid("messages", "must contain a non-empty message. Given: only empty contents"));
         }

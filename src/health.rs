@@ -336,6 +336,11 @@ impl HealthTracker {
         h.snapshot(cfg, now)
     }
 
+    /// True while no model has a report (every model is healthy).
+    pub fn is_empty(&self) -> bool {
+        self.models.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     /// The health of `model` now.
     pub fn snapshot(&self, model: &str, now: Instant) -> Snapshot {
         let models = self.models.lock().unwrap_or_else(|e| e.into_inner());

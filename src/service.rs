@@ -137,7 +137,8 @@ impl Service {
 
     /// Routes with live health, logs the decision (never waiting on the log), counts the result.
     pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
-        let health = self.catalog_health(engine);
+        // No report yet: every model is healthy, which the policy reads from an empty list.
+        let health = if self.health.is_empty() { Vec::new() } else { self.catalog_health(engine) };
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
@@ -147,7 +148,7 @@ impl Service {
                 }
                 self.recent.insert(d.request_id.clone(), ());
                 if let Some(log) = &self.log {
-                    log.log_decision(decision_record(engine, d, log.config().store_prompts));
+                    log.log_decision(decision_record(engine, d));
                 }
             }
             Err(e) => self.count_route(e.label()),
@@ -181,7 +182,6 @@ impl Service {
                 let models = engine.catalog().models().len();
                 let old = self.install(engine);
                 let previous = old.map(|e| e.version().to_string()).unwrap_or_default();
-                self.warn_unreloadable(&config);
                 *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
                 self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 let elapsed = t.elapsed();
@@ -197,7 +197,8 @@ impl Service {
     }
 
     async fn load_and_validate(&self) -> Result<(Arc<Engine>, Config), RouteError> {
-        let config = self.config().reread().map_err(|e| RouteError::Catalog(format!("config: {e}")))?;
+        let mut config = self.config().reread().map_err(|e| RouteError::Catalog(format!("config: {e}")))?;
+        keep_restart_only_settings(&mut config, &self.config());
         let cfg = config.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
             .await
@@ -207,24 +208,30 @@ impl Service {
         Ok((engine, config))
     }
 
-    fn warn_unreloadable(&self, new: &Config) {
-        let old = self.config();
-        if old.server.listen != new.server.listen {
-            tracing::warn!("server.listen changed: it takes effect at the next restart");
-        }
-        if old.decision_log != new.decision_log {
-            tracing::warn!("[decision_log] changed: it takes effect at the next restart");
-        }
-        if old.health != new.health {
-            tracing::warn!("[health] changed: it takes effect at the next restart");
-        }
-    }
-
     /// Drains the decision log (blocking until it is written).
     pub fn close(&self) {
         if let Some(log) = &self.log {
             log.close();
         }
+    }
+}
+
+/// Puts back the settings a reload cannot change (the listening socket, the open decision log
+/// and the health trackers were set up at start), warning when the file changed them, so that
+/// the new engine works with the running log (for example, keeps embeddings instead of prompt
+/// text exactly when the log stores them).
+fn keep_restart_only_settings(new: &mut Config, running: &Config) {
+    if new.server.listen != running.server.listen {
+        tracing::warn!("server.listen changed: it takes effect at the next restart");
+        new.server.listen = running.server.listen.clone();
+    }
+    if new.decision_log != running.decision_log {
+        tracing::warn!("[decision_log] changed: it takes effect at the next restart");
+        new.decision_log = running.decision_log.clone();
+    }
+    if new.health != running.health {
+        tracing::warn!("[health] changed: it takes effect at the next restart");
+        new.health = running.health.clone();
     }
 }
 
@@ -254,7 +261,9 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
     Ok(())
 }
 
-fn decision_record(engine: &Engine, d: &mut Decision, store_prompts: bool) -> DecisionRecord {
+/// The log record of a decision; the text or embedding the engine kept for it is moved out
+/// (the response does not need them).
+fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
     let models = engine.catalog().models();
     let candidates = d
         .ranking
@@ -275,8 +284,8 @@ fn decision_record(engine: &Engine, d: &mut Decision, store_prompts: bool) -> De
     DecisionRecord {
         request_id: d.request_id.clone(),
         ts_ms: now_ms(),
-        routing_text: store_prompts.then(|| d.routing_text.clone()),
-        embedding: if store_prompts { None } else { d.embedding.clone() },
+        routing_text: d.routing_text.take(),
+        embedding: d.embedding.take(),
         encoder: engine.encoder().id().to_string(),
         router_version: engine.version().to_string(),
         cost_weight: d.cost_weight,

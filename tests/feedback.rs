@@ -55,6 +55,8 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
         (report("", &primary, Outcome::Success), "request_id", "must be set"),
         (report(&"r".repeat(200), &primary, Outcome::Success), "request_id", "200 bytes"),
         (report("x", " ", Outcome::Success), "model", "empty"),
+        (report("x", &"m".repeat(300), Outcome::Success), "model", "300 bytes"),
+        (report("x", "gpt\u{7}", Outcome::Success), "model", "control characters"),
     ] {
         let e = c.feedback(bad).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());

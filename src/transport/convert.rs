@@ -63,8 +63,11 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
     if req.model.trim().is_empty() {
         return Err(invalid("model", "must name the model that was called. Given: an empty name"));
     }
-    if req.model.len() > MAX_MODEL_ID_BYTES || req.model.chars().any(char::is_control) {
-        return Err(invalid("model", format!("must be at most {MAX_MODEL_ID_BYTES} bytes without control characters. Given: {} bytes", req.model.len())));
+    if req.model.len() > MAX_MODEL_ID_BYTES {
+        return Err(invalid("model", format!("must be at most {MAX_MODEL_ID_BYTES} bytes. Given: {} bytes", req.model.len())));
+    }
+    if req.model.chars().any(char::is_control) {
+        return Err(invalid("model", "must not contain control characters"));
     }
     let outcome = match pb::Outcome::try_from(req.outcome) {
         Ok(pb::Outcome::Success) => Outcome::Success,

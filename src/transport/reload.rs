@@ -58,14 +58,14 @@ pub async fn run_triggers(service: Arc<Service>) {
                 let now = fingerprint(&service.config());
                 if now != loaded && now == seen {
                     tracing::info!("model or config files changed; reloading");
-                    // Success or failure, this fingerprint is settled: a rejected one waits for
-                    // the next change (the error is logged by `reload`).
+                    // Success or failure, the files are settled: after a success the config may
+                    // name other folders, whose files are now the loaded ones; after a failure
+                    // the config is unchanged and the rejected files wait for the next change
+                    // (`reload` logs the error).
                     let _ = service.reload().await;
                     loaded = fingerprint(&service.config());
-                    if loaded != now {
-                        // The files moved again while loading: compare against what was tried.
-                        loaded = now.clone();
-                    }
+                    seen = loaded.clone();
+                    continue;
                 }
                 seen = now;
             }
