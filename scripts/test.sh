@@ -5,5 +5,11 @@
 # SWITCHYARD_DATA pointing at it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+data="${SWITCHYARD_DATA:-../shared/data}"
+if [ ! -f "$data/zeroeval/train.jsonl.gz" ] || [ ! -f "$data/alpaca_eval2/train.jsonl.gz" ]; then
+    echo "test: the routing data is not at $data (expected zeroeval/ and alpaca_eval2/ there);" >&2
+    echo "test: put shared/ beside the repo or set SWITCHYARD_DATA to its data folder" >&2
+    exit 2
+fi
 scripts/bootstrap.sh
 cargo test --release --locked "$@"
