@@ -25,8 +25,10 @@ const RECENT_REQUESTS: u64 = 100_000;
 /// Counters for metrics (beyond the log's own).
 #[derive(Debug, Default)]
 pub struct ServiceStats {
-    /// Route calls answered, by result label ("ok" or a `RouteError` label).
-    pub routes: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Route calls answered.
+    pub routes_ok: AtomicU64,
+    /// Route calls refused, by `RouteError` label (rare: a lock is fine here, not on success).
+    pub route_errors: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Route calls answered from the prediction cache.
     pub cache_hits: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
@@ -131,9 +133,6 @@ impl Service {
         self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
     }
 
-    fn count_route(&self, label: &'static str) {
-        *self.stats.routes.lock().unwrap_or_else(|e| e.into_inner()).entry(label).or_default() += 1;
-    }
 
     /// Routes with live health, logs the decision (never waiting on the log), counts the result.
     pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
@@ -142,7 +141,7 @@ impl Service {
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
-                self.count_route("ok");
+                self.stats.routes_ok.fetch_add(1, Ordering::Relaxed);
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
@@ -151,7 +150,7 @@ impl Service {
                     log.log_decision(decision_record(engine, d));
                 }
             }
-            Err(e) => self.count_route(e.label()),
+            Err(e) => *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(e.label()).or_default() += 1,
         }
         result
     }

@@ -16,7 +16,8 @@ pub fn render(service: &Service) -> String {
     let mut out = String::new();
     let st = service.stats();
     family(&mut out, "switchyard_route_requests_total", "counter", "Route calls by result (ok or the error label).");
-    for (label, n) in st.routes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    let _ = writeln!(out, "switchyard_route_requests_total{{result=\"ok\"}} {}", st.routes_ok.load(Ordering::Relaxed));
+    for (label, n) in st.route_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "switchyard_route_requests_total{{result=\"{label}\"}} {n}");
     }
     family(&mut out, "switchyard_route_cache_hits_total", "counter", "Route calls answered from the prediction cache.");
