@@ -190,9 +190,13 @@ async fn a_full_log_queue_drops_decisions_and_never_fails_a_route() {
     cfg.decision_log.synchronous = "full".into();
     let db = cfg.decision_log.path.clone();
     let server = TestServer::start_with(cfg).await;
-    let n = 300;
+    // One request first puts the prompt in the cache, so the burst below is all cache hits: it
+    // loads the log, not the encoder (300 simultaneous misses would meet the encoder's own
+    // backpressure, `server.max_queued_requests`, instead).
+    server.client.clone().route(route(CHAT_PROMPT, "warm")).await.unwrap();
+    let n = 301;
     let mut tasks = Vec::new();
-    for i in 0..n {
+    for i in 1..n {
         let mut c = server.client.clone();
         tasks.push(tokio::spawn(async move { c.route(route(CHAT_PROMPT, &format!("q{i}"))).await.map(|_| ()) }));
     }
