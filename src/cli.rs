@@ -43,9 +43,13 @@ pub fn evaluate_all(config: &Config, data: &[std::path::PathBuf], knn_k: usize, 
 
 /// Evaluates and writes `report.json` and one SVG plot per file to `out`.
 pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, knn_k: usize, all_prompts: bool) -> anyhow::Result<()> {
-    let reports = evaluate_all(config, data, knn_k, all_prompts)?;
+    write_reports(&evaluate_all(config, data, knn_k, all_prompts)?, out)
+}
+
+/// Prints each report's figures and writes `report.json` and one SVG plot per file to `out`.
+fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    for r in &reports {
+    for r in reports {
         let plot = out.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_")));
         std::fs::write(&plot, crate::learning::eval::svg(r))?;
         println!(
@@ -53,16 +57,70 @@ pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path,
             r.file, r.prompts, r.single_models.len(), r.single_aiq, r.router.aiq, r.knn.aiq, r.oracle.aiq, r.router_gap_closed * 100.0, r.knn_gap_closed * 100.0
         );
         let best = r.single_models.iter().find(|s| s.model == r.best_single).expect("best is a single model. This is a bug.");
+        let below = r.router_below_single_frontier;
         println!(
-            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality at {}; mean calibration error {:.3}; plot {}",
+            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality at {}; below the single-model frontier on {:.0}% of the cost range{}; mean calibration error {:.3}; plot {}",
             best.model, best.quality, best.cost, r.router_quality_at_best_single_cost,
             r.router_cost_share_to_match_best_single.map_or("never".to_string(), |s| format!("{:.0}% of its cost", s * 100.0)),
+            below.share_of_cost_range * 100.0,
+            if below.share_of_cost_range > 0.0 { format!(" (at most {:.3} quality, at ${:.6})", below.max_quality, below.at_cost) } else { String::new() },
             r.mean_calibration_error, plot.display()
         );
     }
-    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&reports)?)?;
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(reports)?)?;
     println!("wrote {}", out.join("report.json").display());
     Ok(())
+}
+
+/// K-fold cross-validation of a training job: every prompt is held out exactly once. Trains one
+/// head per fold (written to `<out>/fold-<i>/`), evaluates each on its fold as `eval` does, and
+/// pools the folds per log file, so the figures cover every prompt of the logs instead of one
+/// validation split (`<out>/report.json` and plots). Log files without a full matrix are trained
+/// on but not evaluated.
+pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usize, quiet: bool) -> anyhow::Result<()> {
+    use crate::learning::eval::{collect_file, pool, report, EvalSettings};
+    anyhow::ensure!((2..=20).contains(&folds), "--cv must be in 2..=20 folds. Given: {folds}");
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
+    let encoder = Encoder::load(env, &config.encoder)?;
+    let catalog = config.catalog()?;
+    let settings = EvalSettings { out_of_domain_p: config.routing.out_of_domain_p, cost_scale: config.routing.cost_scale_usd, knn_k };
+    let logs = crate::learning::read_logs(&job.data, job.strict)?;
+    let fold_of = crate::learning::folds(logs.prompts.len(), folds, job.train.seed);
+    let mut parts: Vec<Vec<crate::learning::eval::FileOutcomes>> = (0..job.data.len()).map(|_| Vec::new()).collect();
+    let mut skipped: Vec<String> = Vec::new();
+    for f in 0..folds {
+        let ids: std::collections::HashSet<String> = logs.prompts.iter().zip(&fold_of).filter(|(_, &k)| k == f).map(|(p, _)| p.id.clone()).collect();
+        let fold_job = TrainJob {
+            out_dir: job.out_dir.join(format!("fold-{f}")),
+            holdout: Some(ids.clone()),
+            catalog: Some(catalog.clone()),
+            cost_scale_usd: config.routing.cost_scale_usd,
+            ..job.clone()
+        };
+        let s = job::run(&fold_job, &encoder, true)?;
+        let head = crate::predictor::Head::load(env, &fold_job.out_dir)?;
+        let ids: Vec<String> = ids.into_iter().collect();
+        for (i, file) in job.data.iter().enumerate() {
+            match collect_file(file, &encoder, &head, &catalog, &ids, settings, job.embedding_cache.as_deref()) {
+                Ok(o) => parts[i].push(o),
+                Err(crate::learning::eval::EvalError::Data { file, message }) => skipped.push(format!("fold {f}, {file}: {message}")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !quiet {
+            eprintln!(
+                "fold {}/{folds}: {} held-out prompts; quality MAE {:.4} (per-model mean {:.4}); head in {}",
+                f + 1, s.manifest.validation["prompts"], s.validation.quality_mae, s.baseline.quality_mae, fold_job.out_dir.display()
+            );
+        }
+    }
+    for m in &skipped {
+        println!("not evaluated: {m}");
+    }
+    // A file is reported only when every fold could be evaluated: a partial pool is not a cross-validation.
+    let reports: Vec<_> = parts.into_iter().filter(|p| p.len() == folds).filter_map(pool).map(|o| report(&o, settings.cost_scale)).collect();
+    anyhow::ensure!(!reports.is_empty(), "no log file could be evaluated in every fold (a file needs a full matrix of >= 2 catalog models on >= 20 prompts per fold)");
+    write_reports(&reports, &job.out_dir)
 }
 
 /// Chooses a cost weight for `target`, prints what it delivers, and with `write` sets it as

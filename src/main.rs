@@ -189,6 +189,14 @@ struct TrainArgs {
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
     name: String,
+    /// Cross-validate instead of training one head: K folds by prompt, one head per fold in
+    /// `<out>/fold-<i>/`, each evaluated on its fold as `switchyard eval` does; the pooled figures
+    /// (every prompt held out once) go to `<out>/report.json` and one SVG plot per log file.
+    #[arg(long, env = "SWITCHYARD_TRAIN_CV", value_name = "K")]
+    cv: Option<usize>,
+    /// Neighbours of the kNN baseline router in `--cv` reports.
+    #[arg(long, env = "SWITCHYARD_EVAL_KNN_K", default_value_t = 25)]
+    knn_k: usize,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -350,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
                 shrink: a.shrink,
                 ensemble: a.ensemble,
                 method: a.method,
+                holdout: None,
                 embedding_cache: (!a.no_embedding_cache)
                     .then(|| a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
                 train: TrainConfig {
@@ -363,7 +372,10 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             let quiet = a.quiet;
-            tokio::task::spawn_blocking(move || switchyard::cli::train(&cfg, &job, quiet)).await??;
+            match a.cv {
+                Some(k) => tokio::task::spawn_blocking(move || switchyard::cli::cross_validate(&cfg, &job, k, a.knn_k, quiet)).await??,
+                None => tokio::task::spawn_blocking(move || switchyard::cli::train(&cfg, &job, quiet)).await??,
+            }
         }
     }
     Ok(())

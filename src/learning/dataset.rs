@@ -177,6 +177,17 @@ impl Dataset {
     }
 }
 
+/// Assigns `n_prompts` prompts to `k` folds of (nearly) equal size, shuffled by `seed`.
+pub fn folds(n_prompts: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n_prompts).collect();
+    SplitMix64::new(seed).shuffle(&mut order);
+    let mut fold = vec![0; n_prompts];
+    for (i, &p) in order.iter().enumerate() {
+        fold[p] = i % k.max(1);
+    }
+    fold
+}
+
 /// Splits prompt indices `0..n_prompts` into `(train, validation)`, each sorted ascending.
 ///
 /// `val_fraction` is clamped to `[0, 1]` and rounded to whole prompts; with at least two

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{
     frontier::{aiq, calibration_error, cost_to_reach, envelope, Point},
-    job::embed_prompts,
+    job::{embed_prompts, embed_prompts_cached},
     read_logs, LearningError,
 };
 use crate::{
@@ -133,6 +133,8 @@ pub struct DatasetReport {
     pub router_quality_at_best_single_cost: f64,
     /// Cheapest router cost reaching the best single model's quality, as a share of its cost.
     pub router_cost_share_to_match_best_single: Option<f64>,
+    /// Where the router's frontier is below the single models' (the "never below").
+    pub router_below_single_frontier: Shortfall,
     /// Mean calibration error over models.
     pub mean_calibration_error: f64,
     /// AIQ cost range (cheapest and most expensive single model).
@@ -215,6 +217,25 @@ pub struct EvalSettings {
     pub knn_k: usize,
 }
 
+/// One log file's evaluation matrices, [prompts, models]: what happened, and what each router
+/// predicted. Folds of a cross-validation are collected one by one and [`pool`]ed.
+pub struct FileOutcomes {
+    /// The log file, with its folder.
+    pub file: String,
+    /// Catalog ids of the columns.
+    pub models: Vec<String>,
+    /// Actual quality and cost.
+    pub actual: Outcomes,
+    /// The head's predicted quality and cost.
+    pub head: Outcomes,
+    /// Models the head's domain rule allows per prompt.
+    pub allowed: Array2<bool>,
+    /// The kNN router's predicted quality and cost.
+    pub knn: Outcomes,
+    /// Prompts in the kNN router's memory.
+    pub knn_memory: usize,
+}
+
 /// Evaluates one log file on the prompts in `heldout`.
 pub fn evaluate_file(
     file: &PathBuf,
@@ -224,7 +245,22 @@ pub fn evaluate_file(
     heldout: &[String],
     settings: EvalSettings,
 ) -> Result<DatasetReport, EvalError> {
-    let EvalSettings { out_of_domain_p, cost_scale, knn_k } = settings;
+    Ok(report(&collect_file(file, encoder, head, catalog, heldout, settings, None)?, settings.cost_scale))
+}
+
+/// The matrices [`report`] needs for one log file on the prompts in `heldout` (the file's other
+/// prompts are the kNN router's memory). With `embedding_cache`, embeddings come from (and go to)
+/// the training cache.
+pub fn collect_file(
+    file: &PathBuf,
+    encoder: &Encoder,
+    head: &Head,
+    catalog: &Catalog,
+    heldout: &[String],
+    settings: EvalSettings,
+    embedding_cache: Option<&std::path::Path>,
+) -> Result<FileOutcomes, EvalError> {
+    let EvalSettings { out_of_domain_p, knn_k, .. } = settings;
     let name = file.display().to_string();
     let data_err = |message: String| EvalError::Data { file: name.clone(), message };
     let logs = read_logs(std::slice::from_ref(file), false)?;
@@ -250,9 +286,13 @@ pub fn evaluate_file(
     let (n, k) = (eval_p.len(), models.len());
 
     let texts: Vec<&str> = eval_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
-    let x = embed_prompts(encoder, &texts, true)?;
+    let embed = |texts: &[&str]| match embedding_cache {
+        Some(dir) => embed_prompts_cached(encoder, texts, Some(dir), true).map(|(x, _)| x),
+        None => embed_prompts(encoder, texts, true),
+    };
+    let x = embed(&texts)?;
     let mem_texts: Vec<&str> = mem_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
-    let mem_x = embed_prompts(encoder, &mem_texts, true)?;
+    let mem_x = embed(&mem_texts)?;
     let input_tokens: Vec<u32> =
         texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
 
@@ -286,15 +326,54 @@ pub fn evaluate_file(
 
     // kNN router: mean observed score and tokens of the k nearest memory prompts, per model.
     let (kq, kc) = knn_predictions(x.view(), mem_x.view(), &mem_p, &models, &obs, knn_k, &input_tokens, catalog);
+    Ok(FileOutcomes {
+        // The file with its folder: the shared data's files are all called train.jsonl.gz.
+        file: file.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+        models: models.iter().map(|&(_, _, c)| cat[c].id.clone()).collect(),
+        actual: m,
+        head: Outcomes { score: rq, cost: rc },
+        allowed,
+        knn: Outcomes { score: kq, cost: kc },
+        knn_memory: mem_p.len(),
+    })
+}
 
-    let singles: Vec<SingleModel> = models
+/// Stacks the folds of one file (each evaluated by the head that did not see it) into one set of
+/// matrices over the models every fold has; `knn_memory` becomes the folds' mean.
+pub fn pool(parts: Vec<FileOutcomes>) -> Option<FileOutcomes> {
+    let first = parts.first()?;
+    let models: Vec<String> = first.models.iter().filter(|m| parts.iter().all(|p| p.models.contains(m))).cloned().collect();
+    let cols = |p: &FileOutcomes| -> Vec<usize> { models.iter().map(|m| p.models.iter().position(|x| x == m).expect("model is in every fold. This is a bug.")).collect() };
+    let stack = |get: &dyn Fn(&FileOutcomes) -> &Array2<f64>| -> Array2<f64> {
+        let views: Vec<Array2<f64>> = parts.iter().map(|p| get(p).select(Axis(1), &cols(p))).collect();
+        ndarray::concatenate(Axis(0), &views.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same columns. This is a bug.")
+    };
+    let allowed_parts: Vec<Array2<bool>> = parts.iter().map(|p| p.allowed.select(Axis(1), &cols(p))).collect();
+    let allowed = ndarray::concatenate(Axis(0), &allowed_parts.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same columns. This is a bug.");
+    Some(FileOutcomes {
+        file: first.file.clone(),
+        actual: Outcomes { score: stack(&|p| &p.actual.score), cost: stack(&|p| &p.actual.cost) },
+        head: Outcomes { score: stack(&|p| &p.head.score), cost: stack(&|p| &p.head.cost) },
+        knn: Outcomes { score: stack(&|p| &p.knn.score), cost: stack(&|p| &p.knn.cost) },
+        allowed,
+        knn_memory: parts.iter().map(|p| p.knn_memory).sum::<usize>() / parts.len(),
+        models,
+    })
+}
+
+/// The figures of one file's matrices.
+pub fn report(o: &FileOutcomes, cost_scale: f64) -> DatasetReport {
+    let (m, rq) = (&o.actual, &o.head.score);
+    let (n, k) = m.score.dim();
+    let singles: Vec<SingleModel> = o
+        .models
         .iter()
         .enumerate()
-        .map(|(j, &(_, _, c))| {
+        .map(|(j, id)| {
             let pred: Vec<f64> = rq.column(j).to_vec();
             let act: Vec<f64> = m.score.column(j).to_vec();
             SingleModel {
-                model: cat[c].id.clone(),
+                model: id.clone(),
                 quality: m.score.column(j).mean().unwrap_or(0.0),
                 cost: m.cost.column(j).mean().unwrap_or(0.0),
                 calibration_error: calibration_error(&pred, &act, 10),
@@ -307,20 +386,20 @@ pub fn evaluate_file(
     let hi = single_pts.iter().map(|p| p.cost).fold(0.0, f64::max);
     let single_env = envelope(&single_pts);
     let single_aiq = aiq(&single_env, lo, hi);
-    let router = sweep(&rq, &rc, Some(&allowed), &m, lo, hi, cost_scale);
-    let knn = sweep(&kq, &kc, None, &m, lo, hi, cost_scale);
-    let oracle = sweep(&m.score, &m.cost, None, &m, lo, hi, cost_scale);
+    let router = sweep(rq, &o.head.cost, Some(&o.allowed), m, lo, hi, cost_scale);
+    let knn = sweep(&o.knn.score, &o.knn.cost, None, m, lo, hi, cost_scale);
+    let oracle = sweep(&m.score, &m.cost, None, m, lo, hi, cost_scale);
     let best = singles.iter().max_by(|a, b| a.quality.total_cmp(&b.quality)).expect("at least two models. This is a bug.");
     let router_env = envelope(&points(&router));
     let gap = |a: f64| (a - single_aiq) / (oracle.aiq - single_aiq).max(1e-12);
-    Ok(DatasetReport {
-        // The file with its folder: the shared data's files are all called train.jsonl.gz.
-        file: file.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+    DatasetReport {
+        file: o.file.clone(),
         prompts: n,
-        knn_memory: mem_p.len(),
+        knn_memory: o.knn_memory,
         best_single: best.model.clone(),
         router_quality_at_best_single_cost: super::frontier::quality_at(&router_env, best.cost),
         router_cost_share_to_match_best_single: cost_to_reach(&router_env, best.quality).map(|c| c / best.cost),
+        router_below_single_frontier: below(&router_env, &single_env, lo, hi),
         mean_calibration_error: singles.iter().map(|s| s.calibration_error).sum::<f64>() / k as f64,
         single_models: singles.clone(),
         single_aiq,
@@ -330,7 +409,40 @@ pub fn evaluate_file(
         knn,
         oracle,
         cost_range: (lo, hi),
-    })
+    }
+}
+
+/// Where a router's frontier falls below the single models' over the AIQ cost range.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Shortfall {
+    /// Share of the log-cost range where the router's frontier is below the single models'.
+    pub share_of_cost_range: f64,
+    /// The largest quality shortfall there.
+    pub max_quality: f64,
+    /// The cost at which that largest shortfall is (USD per request).
+    pub at_cost: f64,
+}
+
+/// The router frontier's shortfall below the single-model frontier, sampled as AIQ samples it.
+fn below(router: &[Point], single: &[Point], lo: f64, hi: f64) -> Shortfall {
+    const N: usize = 512;
+    let (a, b) = (lo.max(1e-12).ln(), hi.max(1e-12).ln());
+    let mut out = Shortfall { share_of_cost_range: 0.0, max_quality: 0.0, at_cost: lo };
+    let mut n_below = 0usize;
+    for i in 0..N {
+        let c = (a + (b - a) * (i as f64 + 0.5) / N as f64).exp();
+        let d = super::frontier::quality_at(single, c) - super::frontier::quality_at(router, c);
+        // A thousandth of quality is below what any of these logs can tell apart.
+        if d > 1e-3 {
+            n_below += 1;
+            if d > out.max_quality {
+                out.max_quality = d;
+                out.at_cost = c;
+            }
+        }
+    }
+    out.share_of_cost_range = n_below as f64 / N as f64;
+    out
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -50,6 +50,9 @@ pub struct TrainJob {
     pub ensemble: usize,
     /// Factor head, MLP ensemble, or the factor head where the logs are dense enough.
     pub method: HeadMethod,
+    /// The prompts (by id) to hold out instead of a random `val_fraction` of them: one fold of a
+    /// cross-validation (`switchyard train --cv`).
+    pub holdout: Option<std::collections::HashSet<String>>,
 }
 
 /// Log files whose models overlap, and those models: one head is trained per family.
@@ -513,7 +516,16 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let all = Dataset::from_logs(&logs, x.view())?;
 
     let seed = job.train.seed;
-    let (train_idx, holdout_idx) = split_by_prompt(logs.prompts.len(), job.val_fraction, seed);
+    let (train_idx, holdout_idx) = match &job.holdout {
+        Some(ids) => {
+            let (held, train): (Vec<usize>, Vec<usize>) = (0..logs.prompts.len()).partition(|&i| ids.contains(&logs.prompts[i].id));
+            if held.is_empty() || train.len() < 2 {
+                return Err(JobError::Invalid { field: "holdout", limit: "at least one held-out and two training prompts", value: format!("{} held out of {}", held.len(), logs.prompts.len()) });
+            }
+            (train, held)
+        }
+        None => split_by_prompt(logs.prompts.len(), job.val_fraction, seed),
+    };
     let (inner_fit, inner_stop) = split_by_prompt(train_idx.len(), job.early_stop_fraction, seed.wrapping_add(1));
     let fit_rows: Vec<usize> = inner_fit.iter().map(|&i| train_idx[i]).collect();
     let stop_rows: Vec<usize> = inner_stop.iter().map(|&i| train_idx[i]).collect();
@@ -587,8 +599,8 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             "observations_per_model": logs.models.iter().zip(&counts).map(|(m, c)| (m.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
         }),
         validation: json!({
-            "split": "by prompt; held-out prompts never used for fitting or early stopping",
-            "fraction": job.val_fraction,
+            "split": if job.holdout.is_some() { "by prompt, given (a cross-validation fold); held-out prompts never used for fitting or early stopping" } else { "by prompt; held-out prompts never used for fitting or early stopping" },
+            "fraction": holdout_idx.len() as f64 / logs.prompts.len().max(1) as f64,
             "prompts": holdout_idx.len(),
             "prompt_ids": holdout_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect::<Vec<_>>(),
             "head": metrics_json(&validation),
