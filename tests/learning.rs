@@ -8,7 +8,7 @@ use common::{shared_data, shipped_encoder};
 use ndarray::{s, Array2, ArrayView2, Axis};
 use switchyard::{
     learning::{
-        baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, Mlp, RoutingLogs, Shrink, SplitMix64,
+        baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64,
         Support, TrainConfig, DEFAULT_NEIGHBOURS,
     },
     predictor::Head,
@@ -77,14 +77,28 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let fit = data.select(&tr);
     let mut shrink = Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 0.4);
     shrink.weight[0] = 0.9;
+    // Half of the models get a local quality prior (their mean on the nearest training prompts),
+    // and tokens their own weight, as a factor family's are exported.
+    let half: Vec<usize> = (0..logs.models.len()).step_by(2).collect();
+    shrink.local = Some(LocalPrior::new(&fit.quality, &fit.mask, &half, DEFAULT_NEIGHBOURS, 1.0));
+    shrink.token_weight.fill(0.7);
     let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
+    // It reads back as written (what `extend` starts from).
+    let (_, _, back) = switchyard::learning::import(&bytes).unwrap();
+    let back = back.unwrap();
+    assert_eq!((&back.local, &back.weight, &back.token_weight), (&shrink.local, &shrink.weight, &shrink.token_weight));
+    assert!(back.prior_quality.iter().zip(&shrink.prior_quality).all(|(a, b)| (a - b).abs() < 1e-6));
     let mut session = switchyard::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
     let xv = x.select(Axis(0), &va);
     let outputs = session.run(ort::inputs!["embeddings" => ort::value::TensorRef::from_array_view(&xv).unwrap()]).unwrap();
     let get = |name: &str| outputs[name].try_extract_array::<f32>().unwrap().to_owned();
     let (q_raw, t_raw) = mlp.predict(xv.view());
-    let (q_ref, t_ref) = shrink.apply(&q_raw, &t_raw);
+    let (q_ref, t_ref) = shrink.apply(Some(&support), xv.view(), &q_raw, &t_raw);
+    // The local prior moves the models it covers (else this test would not test it).
+    let (q_global, _) = Shrink { local: None, ..shrink.clone() }.apply(Some(&support), xv.view(), &q_raw, &t_raw);
+    assert!(half.iter().any(|&j| q_ref.column(j).iter().zip(q_global.column(j)).any(|(a, b)| (a - b).abs() > 1e-3)));
+    assert_eq!(q_ref.column(1), q_global.column(1));
     let s_ref = support.compute(xv.view());
     let max_abs = |a: &ndarray::ArrayD<f32>, b: &Array2<f32>, rel: bool| {
         a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs() / if rel { y.abs().max(1.0) } else { 1.0 }).fold(0.0f32, f32::max)
@@ -233,6 +247,43 @@ fn eval_command_reports_frontiers_on_held_out_prompts() {
     assert!(r["oracle"]["quality"][0].as_f64().unwrap() >= top);
     let svg = std::fs::read_to_string(dir.path().join("alpaca_eval2_train.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("Switchyard") && svg.matches("<circle").count() == singles.len());
+}
+
+#[test]
+fn cross_validation_holds_out_every_prompt_once_and_pools_the_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("XDG_CACHE_HOME", dir.path())
+        .args(["train", "--quiet", "--cv", "3", "--name", "cv", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("cv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs = read_logs(&[data], true).unwrap();
+    // The folds' held-out prompts partition the log: each prompt is held out by exactly one head.
+    let mut held: Vec<String> = Vec::new();
+    for f in 0..3 {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("cv/fold-{f}/manifest.json"))).unwrap()).unwrap();
+        held.extend(m["validation"]["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+    }
+    held.sort();
+    let mut all: Vec<String> = logs.prompts.iter().map(|p| p.id.clone()).collect();
+    all.sort();
+    assert_eq!(held, all);
+    // One pooled report over (nearly) all of them: the full matrix drops only prompts some
+    // catalog model did not answer.
+    let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("cv/report.json")).unwrap()).unwrap();
+    let r = &reports[0];
+    let prompts = r["prompts"].as_u64().unwrap() as usize;
+    assert!(prompts > all.len() * 9 / 10 && prompts <= all.len(), "{prompts} of {} prompts evaluated", all.len());
+    let (single, router, oracle) = (r["single_aiq"].as_f64().unwrap(), r["router"]["aiq"].as_f64().unwrap(), r["oracle"]["aiq"].as_f64().unwrap());
+    assert!(oracle > single && oracle > router, "{single} {router} {oracle}");
+    let below = &r["router_below_single_frontier"];
+    assert!((0.0..=1.0).contains(&below["share_of_cost_range"].as_f64().unwrap()));
+    assert!(std::fs::read_to_string(dir.path().join("cv/alpaca_eval2_train.svg")).unwrap().starts_with("<svg"));
 }
 
 #[test]

@@ -180,6 +180,13 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         if let Some(s) = shrink.as_mut() {
             let w = s.weight.mean().unwrap_or(1.0);
             s.weight = concatenate![Axis(0), s.weight, Array1::from_elem(1, w)];
+            s.token_weight = concatenate![Axis(0), s.token_weight, Array1::from_elem(1, w)];
+            if let Some(l) = s.local.as_mut() {
+                // No neighbours' evidence for the new model: its prior is its mean.
+                let zero = Array2::<f32>::zeros((l.keys, 1));
+                l.quality_sum = concatenate![Axis(1), l.quality_sum, zero];
+                l.count = concatenate![Axis(1), l.count, zero];
+            }
             s.prior_quality = concatenate![Axis(0), s.prior_quality, Array1::from_elem(1, aq.mean().unwrap_or(0.0) as f32)];
             s.prior_log_tokens = concatenate![Axis(0), s.prior_log_tokens, Array1::from_elem(1, at.mean().unwrap_or(0.0) as f32)];
         }

@@ -235,40 +235,22 @@ fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows:
     let mut per_file = Vec::new();
     let mut chosen: Vec<Option<f32>> = vec![None; n_models];
     for file in &job.data {
-        let file_logs = read_logs(std::slice::from_ref(file), false)?;
-        let file_models: Vec<usize> = file_logs.models.iter().filter_map(|m| logs.models.iter().position(|x| x == m)).collect();
-        let ids: std::collections::HashSet<String> = file_logs.prompts.into_iter().map(|p| p.id).collect();
-        let group: Vec<usize> = rows.iter().copied().filter(|&r| ids.contains(&logs.prompts[r].id)).collect();
-        let candidates = logs.models.iter().enumerate().filter_map(|(j, id)| catalog.get(id).map(|m| (j, m)));
-        let (models, full) = super::eval::full_matrix(&group, candidates, |r, (j, _)| all.mask[[r, j]] > 0.0);
-        if full.len() < 20 || models.len() < 2 {
+        let Some(p) = priced_outcomes(file, logs, all, rows, 0..n_models, catalog, encoder)? else {
             continue;
-        }
-        let inp: Vec<u32> = full.iter().map(|&r| encoder.count_tokens(&logs.prompts[r].text).map(|c| c + crate::encoder::text::TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
-        let (n, k) = (full.len(), models.len());
-        let mut out = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
-        for (i, &r) in full.iter().enumerate() {
-            for (c, &(j, m)) in models.iter().enumerate() {
-                out.score[[i, c]] = f64::from(all.quality[[r, j]]);
-                out.cost[[i, c]] = m.cost_usd(inp[i], f64::from(all.log_tokens[[r, j]].exp() - 1.0));
-            }
-        }
-        let (q, t) = mlp.predict(all.x.select(ndarray::Axis(0), &full).view());
-        let cols: Vec<usize> = models.iter().map(|&(j, _)| j).collect();
+        };
+        let (q, t) = mlp.predict(all.x.select(ndarray::Axis(0), &p.rows).view());
+        let cols: Vec<usize> = p.models.iter().map(|&(j, _)| j).collect();
         let mut file_gaps: Vec<f64> = Vec::new();
         for &a in &SHRINK_GRID {
             let s = Shrink::priors(&all.quality, &all.log_tokens, &all.mask, a);
-            let (qs, ts) = s.apply(&q, &t);
-            let pq = qs.select(ndarray::Axis(1), &cols).mapv(f64::from);
-            let pt = ts.select(ndarray::Axis(1), &cols);
-            let pc = Array2::from_shape_fn((n, k), |(i, c)| models[c].1.cost_usd(inp[i], f64::from(pt[[i, c]])));
-            file_gaps.push(out.gap_closed(&pq, &pc, None, job.cost_scale_usd));
+            let (qs, ts) = s.apply(None, all.x.view(), &q, &t);
+            file_gaps.push(p.gap(&qs.select(ndarray::Axis(1), &cols), &ts.select(ndarray::Axis(1), &cols), job.cost_scale_usd));
         }
         let best = (0..SHRINK_GRID.len()).max_by(|&a, &b| file_gaps[a].total_cmp(&file_gaps[b])).expect("grid is not empty. This is a bug.");
-        for &j in &file_models {
+        for &j in &p.file_models {
             chosen[j] = Some(SHRINK_GRID[best]);
         }
-        per_file.push(json!({ "file": file.display().to_string(), "prompts": n, "models": k, "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
+        per_file.push(json!({ "file": file.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
     }
     if per_file.is_empty() {
         return Ok((ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK), json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" })));
@@ -277,6 +259,150 @@ fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows:
     let fallback = picked.iter().sum::<f32>() / picked.len().max(1) as f32;
     let weights = ndarray::Array1::from_iter(chosen.iter().map(|c| c.unwrap_or(fallback)));
     Ok((weights, json!({ "chosen": "per log file: best gap closed on its early-stopping prompts", "grid": SHRINK_GRID, "files": per_file, "other_models": fallback })))
+}
+
+/// One log file's full matrix within some training rows, priced by the catalog: what the
+/// shrinkage and the local prior are chosen on.
+struct Priced<'a> {
+    /// Rows of `all` (prompts of the file answered by every model below).
+    rows: Vec<usize>,
+    /// Positions of those rows in the `rows` given to [`priced_outcomes`].
+    positions: Vec<usize>,
+    /// (model index, catalog entry) of the columns.
+    models: Vec<(usize, &'a crate::catalog::CatalogModel)>,
+    /// Every model of the file that is among the candidates (the ones a choice applies to).
+    file_models: Vec<usize>,
+    /// Input tokens per row.
+    input_tokens: Vec<u32>,
+    /// Actual quality and cost.
+    outcomes: Outcomes,
+}
+
+impl Priced<'_> {
+    /// Gap closed by routing on predicted quality and tokens ([rows, models], columns as `models`).
+    fn gap(&self, quality: &Array2<f32>, tokens: &Array2<f32>, cost_scale: f64) -> f64 {
+        let (n, k) = (self.rows.len(), self.models.len());
+        let pc = Array2::from_shape_fn((n, k), |(i, c)| self.models[c].1.cost_usd(self.input_tokens[i], f64::from(tokens[[i, c]])));
+        self.outcomes.gap_closed(&quality.mapv(f64::from), &pc, None, cost_scale)
+    }
+}
+
+/// The full matrix of `file`'s catalog models among `candidates` over `rows`; `None` with fewer
+/// than 20 prompts or 2 models.
+#[allow(clippy::too_many_arguments)]
+fn priced_outcomes<'a>(
+    file: &Path,
+    logs: &super::RoutingLogs,
+    all: &Dataset,
+    rows: &[usize],
+    candidates: impl Iterator<Item = usize>,
+    catalog: &'a crate::catalog::Catalog,
+    encoder: &Encoder,
+) -> Result<Option<Priced<'a>>, JobError> {
+    let file_logs = read_logs(&[file.to_path_buf()], false)?;
+    let ids: std::collections::HashSet<String> = file_logs.prompts.into_iter().map(|p| p.id).collect();
+    let in_file: std::collections::HashSet<&str> = file_logs.models.iter().map(String::as_str).collect();
+    let file_models: Vec<usize> = candidates.filter(|&j| in_file.contains(logs.models[j].as_str())).collect();
+    let group: Vec<usize> = (0..rows.len()).filter(|&p| ids.contains(&logs.prompts[rows[p]].id)).collect();
+    let priced = file_models.iter().filter_map(|&j| catalog.get(&logs.models[j]).map(|m| (j, m)));
+    let (models, positions) = super::eval::full_matrix(&group, priced, |p, (j, _)| all.mask[[rows[p], j]] > 0.0);
+    if positions.len() < 20 || models.len() < 2 {
+        return Ok(None);
+    }
+    let rows: Vec<usize> = positions.iter().map(|&p| rows[p]).collect();
+    let input_tokens: Vec<u32> = rows.iter().map(|&r| encoder.count_tokens(&logs.prompts[r].text).map(|c| c + crate::encoder::text::TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
+    let (n, k) = (rows.len(), models.len());
+    let mut outcomes = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
+    for (i, &r) in rows.iter().enumerate() {
+        for (c, &(j, m)) in models.iter().enumerate() {
+            outcomes.score[[i, c]] = f64::from(all.quality[[r, j]]);
+            outcomes.cost[[i, c]] = m.cost_usd(input_tokens[i], f64::from(all.log_tokens[[r, j]].exp() - 1.0));
+        }
+    }
+    Ok(Some(Priced { rows, positions, models, file_models, input_tokens, outcomes }))
+}
+
+fn methods_use_mlp(reports: &[FamilyReport]) -> bool {
+    reports.iter().any(|r| r.method == "mlp")
+}
+
+/// Neighbours of the local quality prior (the support index's count).
+const LOCAL_NEIGHBOURS: usize = DEFAULT_NEIGHBOURS;
+/// Pseudo-count of each model's global mean in the local prior.
+const LOCAL_KAPPA: f32 = 1.0;
+/// Candidate weights of a factor head against its local prior (1 = the factor head alone).
+const LOCAL_GRID: [f32; 5] = [1.0, 0.75, 0.5, 0.25, 0.0];
+/// Gap closed (a share) by which a blend must beat the factor head alone in that inner
+/// cross-validation to be chosen: the choice is noisy (on the shared data, over 8 outer
+/// cross-validations, zeroeval lost 0.7 points when any gain counted).
+const LOCAL_MARGIN: f64 = 0.01;
+/// Folds of the inner cross-validation that chooses it.
+const LOCAL_FOLDS: usize = 5;
+
+/// Chooses, per log file of each factor family, how much of the factor head's quality to keep
+/// against the local prior ([`super::LocalPrior`]): an inner 5-fold cross-validation over the
+/// training prompts (factor head refitted without each fold, neighbours from the other folds),
+/// pooled, then the weight whose routing closes the most of the single-to-oracle gap. Every
+/// training prompt is scored once, out of fold, so the choice rests on all of them rather than on
+/// the early-stopping prompts alone. Returns the weight per model (`None`: no choice made).
+fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, train_idx: &[usize], families: &[Family], reports: &[FamilyReport], encoder: &Encoder) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
+    let mut weights = vec![None; logs.models.len()];
+    let Some(catalog) = &job.catalog else {
+        return Ok((weights, json!({ "chosen": "none: no catalog to price outcomes" })));
+    };
+    let mut per_file = Vec::new();
+    for (f, r) in families.iter().zip(reports) {
+        if r.method != "lowrank" {
+            continue;
+        }
+        let rows: Vec<usize> = train_idx.iter().copied().filter(|&i| f.models.iter().any(|&j| all.mask[[i, j]] > 0.0)).collect();
+        let fold = super::folds(rows.len(), LOCAL_FOLDS, job.train.seed.wrapping_add(2));
+        let mf = f.models.len();
+        let (mut head_q, mut head_t, mut local_q) = (Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)));
+        let mut complete = true;
+        for k in 0..LOCAL_FOLDS {
+            let (fit_pos, held_pos): (Vec<usize>, Vec<usize>) = (0..rows.len()).partition(|&p| fold[p] != k);
+            let fit_rows: Vec<usize> = fit_pos.iter().map(|&p| rows[p]).collect();
+            let fd = columns(all, &fit_rows, &f.models);
+            let Some(head) = super::lowrank::fit(&fd, &super::lowrank::LowRankConfig { seed: job.train.seed, ..Default::default() })? else {
+                complete = false;
+                break;
+            };
+            let xh = all.x.select(ndarray::Axis(0), &held_pos.iter().map(|&p| rows[p]).collect::<Vec<_>>());
+            let (q, t) = head.predict(xh.view());
+            let support = Support::new(fd.x.view(), fd.mask.view(), LOCAL_NEIGHBOURS);
+            let prior = Shrink::priors(&fd.quality, &fd.log_tokens, &fd.mask, 1.0).prior_quality;
+            let local = super::LocalPrior::new(&fd.quality, &fd.mask, &(0..mf).collect::<Vec<_>>(), LOCAL_NEIGHBOURS, LOCAL_KAPPA);
+            let lq = local.at(&support, xh.view(), &prior);
+            for (i, &p) in held_pos.iter().enumerate() {
+                head_q.row_mut(p).assign(&q.row(i));
+                head_t.row_mut(p).assign(&t.row(i));
+                local_q.row_mut(p).assign(&lq.row(i));
+            }
+        }
+        if !complete {
+            continue;
+        }
+        for file in &f.files {
+            let Some(p) = priced_outcomes(file, logs, all, &rows, f.models.iter().copied(), catalog, encoder)? else {
+                continue;
+            };
+            // Columns of the family's matrices, for the file's priced models.
+            let cols: Vec<usize> = p.models.iter().map(|&(j, _)| f.models.iter().position(|&x| x == j).expect("a family model. This is a bug.")).collect();
+            let pick = |a: &Array2<f32>| a.select(ndarray::Axis(0), &p.positions).select(ndarray::Axis(1), &cols);
+            let (hq, ht, lq) = (pick(&head_q), pick(&head_t), pick(&local_q));
+            let gaps: Vec<f64> = LOCAL_GRID.iter().map(|&a| p.gap(&(&hq * a + &(&lq * (1.0 - a))), &ht, job.cost_scale_usd)).collect();
+            // The best, if it beats the factor head alone by LOCAL_MARGIN (else the factor head:
+            // the simpler model unless the evidence is clear); ties keep more of the factor head.
+            let best = (0..LOCAL_GRID.len()).fold(0, |b, i| if gaps[i] > gaps[b] { i } else { b });
+            let best = if gaps[best] >= gaps[0] + LOCAL_MARGIN { best } else { 0 };
+            for &j in &p.file_models {
+                weights[j] = Some(LOCAL_GRID[best]);
+            }
+            per_file.push(json!({ "file": file.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": LOCAL_GRID[best], "gap_closed_by_weight": gaps }));
+        }
+    }
+    Ok((weights, json!({ "chosen": "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts", "neighbours": LOCAL_NEIGHBOURS, "kappa": LOCAL_KAPPA, "grid": LOCAL_GRID, "files": per_file })))
 }
 
 /// Errors of a training run.
@@ -351,9 +477,9 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
 }
 
 /// Held-out metrics of `mlp` with `shrink` applied, over observed pairs.
-fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, data: &Dataset, token_weight: f32) -> Metrics {
+fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, support: &Support, data: &Dataset, token_weight: f32) -> Metrics {
     let (q, t) = mlp.predict(data.x.view());
-    let (q, t) = shrink.apply(&q, &t);
+    let (q, t) = shrink.apply(Some(support), data.x.view(), &q, &t);
     let (mut n, mut bce, mut mae, mut brier, mut lmae) = (0usize, 0f64, 0f64, 0f64, 0f64);
     let mut tok_err = Vec::new();
     for ((((&m, &p), &y), &pt), &yl) in data.mask.iter().zip(&q).zip(&data.quality).zip(&t).zip(&data.log_tokens) {
@@ -543,28 +669,40 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_NEIGHBOURS);
     let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &all, &stop_rows, &mlp, encoder)?;
     // The factor head was fitted on the early-stopping prompts too (choosing its shrinkage there
-    // would be in-sample) and is calibrated per model already: no shrinkage (the numpy
-    // prototype chose 1.0 on out-of-fold predictions in 17 of 20 dataset-splits).
-    if job.shrink.is_none() {
-        let mut fixed = Vec::new();
+    // would be in-sample) and is calibrated per model already: its quality is weighed against
+    // the local prior instead (chosen by an inner cross-validation), its tokens are its own.
+    let mut token_weight = shrink_weight.clone();
+    let mut local_models = Vec::new();
+    if job.shrink.is_none() && reports.iter().any(|r| r.method == "lowrank") {
+        let (local_weights, local_report) = choose_local(job, &logs, &all, &train_idx, &families, &reports, encoder)?;
         for (f, r) in families.iter().zip(&reports) {
             if r.method == "lowrank" {
                 for &j in &f.models {
-                    shrink_weight[j] = 1.0;
+                    shrink_weight[j] = local_weights[j].unwrap_or(1.0);
+                    token_weight[j] = 1.0;
+                    local_models.push(j);
                 }
-                fixed.extend(f.files.iter().map(|p| p.display().to_string()));
             }
         }
-        if !fixed.is_empty() {
-            shrink_report["factor_head_files_unshrunk"] = json!(fixed);
-        }
+        shrink_report["local_prior"] = local_report;
     }
-    let shrink = Shrink { weight: shrink_weight.clone(), ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
+    let train_rows = all.select(&train_idx);
+    let local = local_models
+        .iter()
+        .any(|&j| shrink_weight[j] < 1.0)
+        .then(|| super::LocalPrior::new(&train_rows.quality, &train_rows.mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA));
+    let shrink = Shrink { weight: shrink_weight.clone(), token_weight, local, ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
     // The metrics of the head as exported (shrinkage included).
-    let validation = shrunk_metrics(&mlp, &shrink, &holdout, job.train.token_loss_weight);
+    let validation = shrunk_metrics(&mlp, &shrink, &support, &holdout, job.train.token_loss_weight);
     if !quiet {
         let files: Vec<String> = shrink_report["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
-        eprintln!("shrinkage towards each model's mean ({}): {}", shrink_report["chosen"].as_str().unwrap_or(""), if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") });
+        let local: Vec<String> = shrink_report["local_prior"]["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
+        if methods_use_mlp(&reports) {
+            eprintln!("MLP families, shrinkage towards each model's mean ({}): {}", shrink_report["chosen"].as_str().unwrap_or(""), if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") });
+        }
+        if !local.is_empty() {
+            eprintln!("factor families, weight of the factor head against the local prior (inner 5-fold cross-validation): {}", local.join(", "));
+        }
         let methods: Vec<&str> = reports.iter().map(|r| r.method).collect();
         eprintln!(
             "trained ({}) in {train_seconds:.1}s; first MLP family: {} epochs (best {}); held-out quality MAE {:.4} (baseline {:.4}), Brier {:.4} (baseline {:.4})",

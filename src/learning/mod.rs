@@ -38,7 +38,7 @@ pub use dataset::{folds, split_by_prompt, Dataset};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
 pub use onnx::{export, export_with_support, import, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
-pub use shrink::Shrink;
+pub use shrink::{LocalPrior, Shrink};
 pub use support::{Support, DEFAULT_NEIGHBOURS, SUPPORT_OUTPUT};
 pub use train::{baseline_metrics, evaluate, train, Metrics, TrainConfig, TrainReport};
 

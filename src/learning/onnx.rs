@@ -19,7 +19,7 @@ use prost::Message;
 
 use super::{
     mlp::Mlp,
-    shrink::Shrink,
+    shrink::{LocalPrior, Shrink},
     support::{Support, SUPPORT_OUTPUT},
 };
 
@@ -45,19 +45,24 @@ fn int_attr(name: &str, i: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: ATTR_INT, i: Some(i), ..Default::default() }
 }
 
-/// The k most similar training prompts (values and indices).
-fn topk() -> NodeProto {
-    let mut n = node("TopK", &["support_sim", "support_k"], "support_top_values");
-    n.output.push("support_top_indices".into());
+/// The k most similar training prompts: `<out>_values` and `<out>_indices`.
+fn topk(sim: &str, k: &str, out: &str) -> NodeProto {
+    let mut n = node("TopK", &[sim, k], &format!("{out}_values"));
+    n.output.push(format!("{out}_indices"));
     n.attribute = vec![int_attr("axis", 1), int_attr("largest", 1), int_attr("sorted", 1)];
     n
 }
 
-/// Their rows of the support weights: [batch, k, M].
-fn gather() -> NodeProto {
-    let mut n = node("Gather", &["support_weights", "support_top_indices"], "support_rows");
+/// The rows of `table` at `indices`: [batch, k, M].
+fn gather(table: &str, indices: &str, out: &str) -> NodeProto {
+    let mut n = node("Gather", &[table, indices], out);
     n.attribute = vec![int_attr("axis", 0)];
     n
+}
+
+/// An int64 initializer of shape `[values.len()]`.
+fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto { dims: vec![values.len() as i64], data_type: INT64, name: name.into(), raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
 }
 
 /// The mean over the k neighbours: [batch, M].
@@ -101,45 +106,78 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
         node("Sub", &["tokens_plus_one", "one"], "tokens_raw"),
         node("Relu", &["tokens_raw"], TOKENS_OUTPUT),
     ];
-    if let Some(s) = shrink {
-        let keep = s.weight.mapv(|w| 1.0 - w);
-        let prior_q = &s.prior_quality * &keep;
-        let prior_t = &s.prior_log_tokens * &keep;
-        initializer.push(tensor("shrink_weight", &[m], s.weight.iter()));
-        initializer.push(tensor("shrink_prior_quality", &[m], prior_q.iter()));
-        initializer.push(tensor("shrink_prior_log_tokens", &[m], prior_t.iter()));
-        // NOTE: inserted before the token nodes that read `log_tokens`.
-        let at = node.iter().position(|n| n.op_type == "Exp").expect("the graph has the token Exp node. This is a bug.");
-        node.splice(
-            at..at,
-            [
-                node_n("Mul", &["quality_raw", "shrink_weight"], "quality_scaled"),
-                node_n("Add", &["quality_scaled", "shrink_prior_quality"], QUALITY_OUTPUT),
-                node_n("Mul", &["log_tokens_raw", "shrink_weight"], "log_tokens_scaled"),
-                node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens"),
-            ],
-        );
-    }
     let mut output = vec![value_info(QUALITY_OUTPUT, m), value_info(TOKENS_OUTPUT, m)];
+    // The support nodes go first: the local prior reads their similarities.
+    let mut front = Vec::new();
     if let Some(s) = support {
         let keys_t = s.keys.t().as_standard_layout().to_owned();
-
         initializer.push(tensor("support_keys_t", &[d, s.keys.nrows()], keys_t.iter()));
         initializer.push(tensor("support_weights", &[s.weights.nrows(), m], s.weights.iter()));
-        initializer.push(TensorProto {
-            dims: vec![1],
-            data_type: INT64,
-            name: "support_k".into(),
-            raw_data: (s.k as i64).to_le_bytes().to_vec(),
-        });
-        node.extend([
+        initializer.push(int64_tensor("support_k", &[s.k as i64]));
+        front.extend([
             node_n("MatMul", &[INPUT_NAME, "support_keys_t"], "support_sim"),
-            topk(),
-            gather(),
+            topk("support_sim", "support_k", "support_top"),
+            gather("support_weights", "support_top_indices", "support_rows"),
             reduce_mean(),
         ]);
         output.push(value_info(SUPPORT_OUTPUT, m));
     }
+    if let Some(s) = shrink {
+        let keep = s.weight.mapv(|w| 1.0 - w);
+        let prior_t = &s.prior_log_tokens * &s.token_weight.mapv(|w| 1.0 - w);
+        initializer.push(tensor("shrink_weight", &[m], s.weight.iter()));
+        initializer.push(tensor("shrink_weight_tokens", &[m], s.token_weight.iter()));
+        initializer.push(tensor("shrink_prior_log_tokens", &[m], prior_t.iter()));
+        let mut shrink_nodes = Vec::new();
+        match (&s.local, support) {
+            (Some(l), Some(_)) => {
+                let kappa_prior = &s.prior_quality * l.kappa;
+                initializer.push(tensor("shrink_keep", &[m], keep.iter()));
+                initializer.push(tensor("local_quality_sum", &[l.keys, m], l.quality_sum.iter()));
+                initializer.push(tensor("local_count", &[l.keys, m], l.count.iter()));
+                initializer.push(tensor("local_kappa_prior", &[m], kappa_prior.iter()));
+                initializer.push(tensor("local_kappa", &[1], [l.kappa].iter()));
+                initializer.push(int64_tensor("local_k", &[l.k as i64]));
+                initializer.push(int64_tensor("local_start", &[0]));
+                initializer.push(int64_tensor("local_keys", &[l.keys as i64]));
+                initializer.push(int64_tensor("axis_1", &[1]));
+                // Each model's observed quality and count over the k nearest memory prompts.
+                let sum = |table: &str, out: &str| {
+                    let mut reduce = node_n("ReduceSum", &[&format!("{out}_rows"), "axis_1"], out);
+                    reduce.attribute = vec![int_attr("keepdims", 0)];
+                    [gather(table, "local_top_indices", &format!("{out}_rows")), reduce]
+                };
+                shrink_nodes.extend([
+                    node_n("Slice", &["support_sim", "local_start", "local_keys", "axis_1"], "local_sim"),
+                    topk("local_sim", "local_k", "local_top"),
+                ]);
+                shrink_nodes.extend(sum("local_quality_sum", "local_sum"));
+                shrink_nodes.extend(sum("local_count", "local_n"));
+                shrink_nodes.extend([
+                    node_n("Add", &["local_sum", "local_kappa_prior"], "local_num"),
+                    node_n("Add", &["local_n", "local_kappa"], "local_den"),
+                    node_n("Div", &["local_num", "local_den"], "local_quality"),
+                    node_n("Mul", &["local_quality", "shrink_keep"], "quality_prior"),
+                ]);
+            }
+            _ => {
+                let prior_q = &s.prior_quality * &keep;
+                initializer.push(tensor("shrink_prior_quality", &[m], prior_q.iter()));
+            }
+        }
+        let prior = if s.local.is_some() && support.is_some() { "quality_prior" } else { "shrink_prior_quality" };
+        shrink_nodes.extend([
+            node_n("Mul", &["quality_raw", "shrink_weight"], "quality_scaled"),
+            node_n("Add", &["quality_scaled", prior], QUALITY_OUTPUT),
+            node_n("Mul", &["log_tokens_raw", "shrink_weight_tokens"], "log_tokens_scaled"),
+            node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens"),
+        ]);
+        // NOTE: inserted before the token nodes that read `log_tokens`.
+        let at = node.iter().position(|n| n.op_type == "Exp").expect("the graph has the token Exp node. This is a bug.");
+        node.splice(at..at, shrink_nodes);
+    }
+    front.append(&mut node);
+    let node = front;
     let graph = GraphProto {
         node,
         name: "switchyard_router_head".into(),
@@ -194,6 +232,7 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
     };
     let vec = |name: &str| -> Result<Array1<f32>, super::LearningError> { Ok(Array1::from(need(name)?.1)) };
     let mlp = Mlp::from_parts(mat("W1")?, vec("b1")?, mat("Wq")?, vec("bq")?, mat("Wt")?, vec("bt")?)?;
+    let int64 = |name: &str| -> Option<i64> { graph.initializer.iter().find(|t| t.name == name && t.raw_data.len() == 8).map(|t| i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes. This is a bug."))) };
     let support = match graph.initializer.iter().find(|t| t.name == "support_k") {
         Some(t) if t.raw_data.len() == 8 => Some(Support {
             keys: mat("support_keys_t")?.t().as_standard_layout().to_owned(),
@@ -206,11 +245,27 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
     let shrink = match find("shrink_weight") {
         Some((_, w)) => {
             let w = Array1::from(w);
-            let undo = |name: &str| -> Result<Array1<f32>, super::LearningError> {
+            // Heads from before separate token weights use the quality weight for both.
+            let wt = find("shrink_weight_tokens").map_or_else(|| w.clone(), |(_, v)| Array1::from(v));
+            let undo = |name: &str, a: &Array1<f32>| -> Result<Array1<f32>, super::LearningError> {
                 let v = vec(name)?;
-                Ok(ndarray::Zip::from(&v).and(&w).map_collect(|&p, &a| if a < 1.0 { p / (1.0 - a) } else { 0.0 }))
+                Ok(ndarray::Zip::from(&v).and(a).map_collect(|&p, &a| if a < 1.0 { p / (1.0 - a) } else { 0.0 }))
             };
-            Some(Shrink { prior_quality: undo("shrink_prior_quality")?, prior_log_tokens: undo("shrink_prior_log_tokens")?, weight: w })
+            let local = match (find("local_kappa"), int64("local_k"), int64("local_keys")) {
+                (Some((_, kappa)), Some(k), Some(keys)) => Some(LocalPrior {
+                    k: k.max(1) as usize,
+                    keys: keys.max(0) as usize,
+                    quality_sum: mat("local_quality_sum")?,
+                    count: mat("local_count")?,
+                    kappa: kappa.first().copied().unwrap_or(1.0),
+                }),
+                _ => None,
+            };
+            let prior_quality = match &local {
+                Some(l) => vec("local_kappa_prior")? / l.kappa.max(f32::MIN_POSITIVE),
+                None => undo("shrink_prior_quality", &w)?,
+            };
+            Some(Shrink { prior_quality, prior_log_tokens: undo("shrink_prior_log_tokens", &wt)?, weight: w, token_weight: wt, local })
         }
         None => None,
     };

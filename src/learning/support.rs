@@ -65,17 +65,29 @@ impl Support {
 
     /// Support of every model at each row of `x` ([N, D], L2-normalised), as the graph computes it.
     pub fn compute(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let sim = x.dot(&self.keys.t());
         let mut out = Array2::zeros((x.nrows(), self.weights.ncols()));
-        for (r, row) in sim.rows().into_iter().enumerate() {
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            // Ties by index, as ONNX TopK breaks them.
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            for &i in &order[..self.k] {
+        for (r, near) in self.nearest(x, self.k, self.keys.nrows()).into_iter().enumerate() {
+            for i in near {
                 out.row_mut(r).scaled_add(1.0 / self.k as f32, &self.weights.row(i));
             }
         }
         out
+    }
+
+    /// The `k` most similar of the first `limit` keys to each row of `x`, most similar first
+    /// (ties by index, as ONNX TopK breaks them).
+    pub fn nearest(&self, x: ArrayView2<f32>, k: usize, limit: usize) -> Vec<Vec<usize>> {
+        let limit = limit.min(self.keys.nrows());
+        let sim = x.dot(&self.keys.slice(ndarray::s![..limit, ..]).t());
+        sim.rows()
+            .into_iter()
+            .map(|row| {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                order.truncate(k.min(limit));
+                order
+            })
+            .collect()
     }
 }
 
