@@ -15,7 +15,7 @@ use crate::{
 /// Evaluates the configured head on each log file: on the head's held-out prompts, or on every
 /// prompt with `all_prompts` (for logs the head never saw).
 pub fn evaluate_all(config: &Config, data: &[std::path::PathBuf], knn_k: usize, all_prompts: bool) -> anyhow::Result<Vec<crate::learning::eval::DatasetReport>> {
-    use crate::learning::eval::{evaluate_file, EvalSettings};
+    use crate::learning::eval::{collect_file, report, EvalSettings};
     let settings = EvalSettings {
         out_of_domain_p: config.routing.out_of_domain_p,
         cost_scale: config.routing.cost_scale_usd,
@@ -36,7 +36,7 @@ pub fn evaluate_all(config: &Config, data: &[std::path::PathBuf], knn_k: usize, 
                 .unwrap_or_default()
         };
         anyhow::ensure!(!prompts.is_empty(), "the head's manifest lists no held-out prompts (validation.prompt_ids): retrain it with this version, or pass --all-prompts for logs it never saw");
-        reports.push(evaluate_file(f, &encoder, &head, &catalog, &prompts, settings)?);
+        reports.push(report(&collect_file(f, &encoder, &head, &catalog, &prompts, settings, None)?, settings.cost_scale));
     }
     Ok(reports)
 }

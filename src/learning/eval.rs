@@ -236,18 +236,6 @@ pub struct FileOutcomes {
     pub knn_memory: usize,
 }
 
-/// Evaluates one log file on the prompts in `heldout`.
-pub fn evaluate_file(
-    file: &PathBuf,
-    encoder: &Encoder,
-    head: &Head,
-    catalog: &Catalog,
-    heldout: &[String],
-    settings: EvalSettings,
-) -> Result<DatasetReport, EvalError> {
-    Ok(report(&collect_file(file, encoder, head, catalog, heldout, settings, None)?, settings.cost_scale))
-}
-
 /// The matrices [`report`] needs for one log file on the prompts in `heldout` (the file's other
 /// prompts are the kNN router's memory). With `embedding_cache`, embeddings come from (and go to)
 /// the training cache.
