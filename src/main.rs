@@ -81,8 +81,8 @@ struct ExtendArgs {
     /// Ridge penalty of the new columns; larger pulls them towards the model's mean.
     #[arg(long, default_value_t = 100.0)]
     l2: f64,
-    /// Seed of the held-out split.
-    #[arg(long, default_value_t = 0x5EED)]
+    /// Seed of the held-out split (decimal or 0x-prefixed hex).
+    #[arg(long, default_value_t = 0x5EED, value_parser = parse_seed)]
     seed: u64,
     /// Folder of the on-disk prompt-embedding cache (as for `train`).
     #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE")]
@@ -131,6 +131,16 @@ struct TuneArgs {
     all_prompts: bool,
 }
 
+/// A seed in decimal or 0x-prefixed hex, as the README writes the shipped one.
+fn parse_seed(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("a seed is a whole number from 0 to {}, in decimal or 0x hex. Given: `{s}`", u64::MAX))
+}
+
 #[derive(Args, Debug)]
 struct TrainArgs {
     /// Routing log files (JSON Lines, gzip or plain; see ../shared/data/README.md for the format).
@@ -149,8 +159,9 @@ struct TrainArgs {
     /// Fail on the first malformed log line (default: skip it and count it).
     #[arg(long, env = "SWITCHYARD_TRAIN_STRICT")]
     strict: bool,
-    /// Seed of the splits, initialisation and batch order: the same seed and data give the same head.
-    #[arg(long, env = "SWITCHYARD_TRAIN_SEED", default_value_t = 0x5EED)]
+    /// Seed of the splits, initialisation and batch order: the same seed and data give the same
+    /// head. Decimal or 0x-prefixed hex (the default is 0x5EED = 24301).
+    #[arg(long, env = "SWITCHYARD_TRAIN_SEED", default_value_t = 0x5EED, value_parser = parse_seed)]
     seed: u64,
     /// Hidden units of the head. More fits more but overfits small logs.
     #[arg(long, env = "SWITCHYARD_TRAIN_HIDDEN", default_value_t = 128)]
