@@ -78,9 +78,10 @@ struct ExtendArgs {
     /// Share of each new model's prompts held out to report its accuracy.
     #[arg(long, default_value_t = 0.2)]
     val_fraction: f64,
-    /// Ridge penalty of the new columns; larger pulls them towards the model's mean.
-    #[arg(long, default_value_t = 100.0)]
-    l2: f64,
+    /// Ridge penalty of the new columns; larger pulls them towards the model's mean. Default: 3
+    /// on a factor head (at most 32 hidden units), 100 on a wider MLP head (README, "Adding a model").
+    #[arg(long)]
+    l2: Option<f64>,
     /// Seed of the held-out split (decimal or 0x-prefixed hex).
     #[arg(long, default_value_t = 0x5EED, value_parser = parse_seed)]
     seed: u64,
@@ -326,7 +327,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Extend(a) => {
             anyhow::ensure!(a.val_fraction > 0.0 && a.val_fraction < 0.9, "--val-fraction must be in (0, 0.9). Given: {}", a.val_fraction);
-            anyhow::ensure!(a.l2.is_finite() && a.l2 >= 0.0, "--l2 must be a finite number >= 0. Given: {}", a.l2);
+            if let Some(l2) = a.l2 {
+                anyhow::ensure!(l2.is_finite() && l2 >= 0.0, "--l2 must be a finite number >= 0. Given: {l2}");
+            }
             let job = switchyard::learning::extend::ExtendJob {
                 head_dir: cfg.head.dir.clone(),
                 out_dir: a.out.unwrap_or_else(|| cfg.head.dir.clone()),

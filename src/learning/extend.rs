@@ -33,8 +33,8 @@ pub struct ExtendJob {
     pub out_dir: PathBuf,
     /// Share of each new model's prompts held out to report its accuracy.
     pub val_fraction: f64,
-    /// Ridge penalty on the new columns.
-    pub l2: f64,
+    /// Ridge penalty on the new columns; `None` picks it from the head's width ([`default_l2`]).
+    pub l2: Option<f64>,
     /// Seed of the split.
     pub seed: u64,
     /// Embedding cache folder.
@@ -126,12 +126,24 @@ pub fn fit_ridge(x: &Array2<f64>, y: &Array1<f64>, l2: f64) -> Array1<f64> {
     solve_spd(&a, &x.t().dot(y))
 }
 
+/// The ridge penalty for new columns on a head of `hidden` units: a factor head's few units need
+/// little (3 was best of 3, 10, 30, 100 on zeroeval at 250 to 1,000 labels), a 128-unit MLP's
+/// many need more (100 was best there).
+pub fn default_l2(hidden: usize) -> f64 {
+    if hidden <= 32 {
+        3.0
+    } else {
+        100.0
+    }
+}
+
 /// Runs the job: returns the new manifest and each added model's held-out accuracy.
 pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManifest, Vec<Added>), JobError> {
     let read = |p: PathBuf| std::fs::read(&p).map_err(|source| JobError::Write { path: p, source });
     let mut manifest: HeadManifest = serde_json::from_slice(&read(job.head_dir.join("manifest.json"))?)
         .map_err(|e| JobError::Invalid { field: "head", limit: "a folder with a valid manifest.json", value: e.to_string() })?;
     let (mlp, support, shrink) = import(&read(job.head_dir.join(&manifest.graph))?)?;
+    let l2 = job.l2.unwrap_or_else(|| default_l2(mlp.hidden_dim()));
     let logs = read_logs(&job.data, false)?;
     let new: Vec<usize> = (0..logs.models.len()).filter(|&j| !manifest.models.contains(&logs.models[j])).collect();
     if new.is_empty() {
@@ -154,7 +166,7 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         };
         let (fx, vx) = (features.select(Axis(0), &rows(&fit_i)), features.select(Axis(0), &rows(&val_i)));
         let ((fq, ft), (vq, vt)) = (target(&fit_i), target(&val_i));
-        let (cq, ct) = (fit_logistic(&fx, &fq, job.l2), fit_ridge(&fx, &ft, job.l2));
+        let (cq, ct) = (fit_logistic(&fx, &fq, l2), fit_ridge(&fx, &ft, l2));
         let pq = vx.dot(&cq).mapv(|z| 1.0 / (1.0 + (-z).exp()));
         let pt = vx.dot(&ct);
         let (mq, mt) = (fq.mean().unwrap_or(0.0), ft.mean().unwrap_or(0.0));
@@ -171,7 +183,7 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         // The column that ships is fitted on every label.
         let all: Vec<usize> = (0..obs.len()).collect();
         let (ax, (aq, at)) = (features.select(Axis(0), &rows(&all)), target(&all));
-        let (cq, ct) = (fit_logistic(&ax, &aq, job.l2), fit_ridge(&ax, &at, job.l2));
+        let (cq, ct) = (fit_logistic(&ax, &aq, l2), fit_ridge(&ax, &at, l2));
         let h = cq.len() - 1;
         wq = concatenate![Axis(1), wq, cq.slice(s![..h]).mapv(|v| v as f32).insert_axis(Axis(1))];
         wt = concatenate![Axis(1), wt, ct.slice(s![..h]).mapv(|v| v as f32).insert_axis(Axis(1))];
@@ -217,7 +229,7 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
     manifest.graph = "head.onnx".into();
     manifest.graph_sha256 = digest;
     manifest.created_at = super::job::now_rfc3339();
-    let entry = json!({ "files": job.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "added": added, "l2": job.l2 });
+    let entry = json!({ "files": job.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "added": added, "l2": l2 });
     match manifest.trained_on.get_mut("extended").and_then(|v| v.as_array_mut()) {
         Some(list) => list.push(entry),
         None => manifest.trained_on["extended"] = json!([entry]),
