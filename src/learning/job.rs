@@ -64,30 +64,54 @@ pub struct Family {
     pub models: Vec<usize>,
 }
 
+/// One of the job's log files, read once: which prompts and models it holds.
+pub struct LogFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its prompts' ids.
+    pub prompt_ids: std::collections::HashSet<String>,
+    /// Its models, as indices into the merged logs' `models`.
+    pub models: std::collections::BTreeSet<usize>,
+}
+
+/// Reads each of the job's files once for what the families, the shrinkage and the local prior
+/// need to know of it.
+pub fn log_files(job: &TrainJob, logs: &super::RoutingLogs) -> Result<Vec<LogFile>, JobError> {
+    let index: HashMap<&str, usize> = logs.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    job.data
+        .iter()
+        .map(|path| {
+            let file = read_logs(std::slice::from_ref(path), false)?;
+            Ok(LogFile {
+                path: path.clone(),
+                models: file.models.iter().filter_map(|m| index.get(m.as_str()).copied()).collect(),
+                prompt_ids: file.prompts.into_iter().map(|p| p.id).collect(),
+            })
+        })
+        .collect()
+}
+
 /// Groups the job's files into families: files that share a model belong together (daily logs of
 /// one gateway form one family); files with disjoint models (two benchmarks, two products) are
 /// trained apart, since their scores need not share a scale and a shared hidden layer lets the
 /// larger one crowd out the smaller (measured on the shared data: -17% of the gap on alpaca_eval2
 /// jointly, +3% alone).
-pub fn model_families(job: &TrainJob, logs: &super::RoutingLogs) -> Result<Vec<Family>, JobError> {
-    let index: HashMap<&str, usize> = logs.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+pub fn model_families(files: &[LogFile]) -> Vec<Family> {
     let mut sets: Vec<(Vec<PathBuf>, std::collections::BTreeSet<usize>)> = Vec::new();
-    for file in &job.data {
-        let models: std::collections::BTreeSet<usize> =
-            read_logs(std::slice::from_ref(file), false)?.models.iter().filter_map(|m| index.get(m.as_str()).copied()).collect();
-        let (mut files, mut merged) = (vec![file.clone()], models);
+    for file in files {
+        let (mut paths, mut merged) = (vec![file.path.clone()], file.models.clone());
         sets.retain(|(f, m)| {
             if m.is_disjoint(&merged) {
                 true
             } else {
-                files.extend(f.iter().cloned());
+                paths.extend(f.iter().cloned());
                 merged.extend(m.iter().copied());
                 false
             }
         });
-        sets.push((files, merged));
+        sets.push((paths, merged));
     }
-    Ok(sets.into_iter().map(|(files, models)| Family { files, models: models.into_iter().collect() }).collect())
+    sets.into_iter().map(|(files, models)| Family { files, models: models.into_iter().collect() }).collect()
 }
 
 fn columns(d: &Dataset, rows: &[usize], cols: &[usize]) -> Dataset {
@@ -221,7 +245,7 @@ pub const DEFAULT_SHRINK: f32 = 0.5;
 const SHRINK_GRID: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// Chooses the shrinkage weight on the early-stopping prompts (see `learning::Shrink`).
-fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows: &[usize], mlp: &Mlp, encoder: &Encoder) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
+fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], all: &Dataset, rows: &[usize], mlp: &Mlp, encoder: &Encoder) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
     let n_models = logs.models.len();
     if job.ensemble == 0 || job.ensemble > 32 {
         return Err(JobError::Invalid { field: "ensemble", limit: "in 1..=32", value: job.ensemble.to_string() });
@@ -234,23 +258,24 @@ fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, rows:
     };
     let mut per_file = Vec::new();
     let mut chosen: Vec<Option<f32>> = vec![None; n_models];
-    for file in &job.data {
-        let Some(p) = priced_outcomes(file, logs, all, rows, 0..n_models, catalog, encoder)? else {
+    for file in files {
+        let Some(p) = priced_outcomes(file, logs, all, rows, file.models.iter().copied(), catalog, encoder)? else {
             continue;
         };
-        let (q, t) = mlp.predict(all.x.select(ndarray::Axis(0), &p.rows).view());
+        let x = all.x.select(ndarray::Axis(0), &p.rows);
+        let (q, t) = mlp.predict(x.view());
         let cols: Vec<usize> = p.models.iter().map(|&(j, _)| j).collect();
         let mut file_gaps: Vec<f64> = Vec::new();
         for &a in &SHRINK_GRID {
             let s = Shrink::priors(&all.quality, &all.log_tokens, &all.mask, a);
-            let (qs, ts) = s.apply(None, all.x.view(), &q, &t);
+            let (qs, ts) = s.apply(None, x.view(), &q, &t);
             file_gaps.push(p.gap(&qs.select(ndarray::Axis(1), &cols), &ts.select(ndarray::Axis(1), &cols), job.cost_scale_usd));
         }
         let best = (0..SHRINK_GRID.len()).max_by(|&a, &b| file_gaps[a].total_cmp(&file_gaps[b])).expect("grid is not empty. This is a bug.");
         for &j in &p.file_models {
             chosen[j] = Some(SHRINK_GRID[best]);
         }
-        per_file.push(json!({ "file": file.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
+        per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
     }
     if per_file.is_empty() {
         return Ok((ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK), json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" })));
@@ -289,9 +314,8 @@ impl Priced<'_> {
 
 /// The full matrix of `file`'s catalog models among `candidates` over `rows`; `None` with fewer
 /// than 20 prompts or 2 models.
-#[allow(clippy::too_many_arguments)]
 fn priced_outcomes<'a>(
-    file: &Path,
+    file: &LogFile,
     logs: &super::RoutingLogs,
     all: &Dataset,
     rows: &[usize],
@@ -299,11 +323,8 @@ fn priced_outcomes<'a>(
     catalog: &'a crate::catalog::Catalog,
     encoder: &Encoder,
 ) -> Result<Option<Priced<'a>>, JobError> {
-    let file_logs = read_logs(&[file.to_path_buf()], false)?;
-    let ids: std::collections::HashSet<String> = file_logs.prompts.into_iter().map(|p| p.id).collect();
-    let in_file: std::collections::HashSet<&str> = file_logs.models.iter().map(String::as_str).collect();
-    let file_models: Vec<usize> = candidates.filter(|&j| in_file.contains(logs.models[j].as_str())).collect();
-    let group: Vec<usize> = (0..rows.len()).filter(|&p| ids.contains(&logs.prompts[rows[p]].id)).collect();
+    let file_models: Vec<usize> = candidates.filter(|j| file.models.contains(j)).collect();
+    let group: Vec<usize> = (0..rows.len()).filter(|&p| file.prompt_ids.contains(&logs.prompts[rows[p]].id)).collect();
     let priced = file_models.iter().filter_map(|&j| catalog.get(&logs.models[j]).map(|m| (j, m)));
     let (models, positions) = super::eval::full_matrix(&group, priced, |p, (j, _)| all.mask[[rows[p], j]] > 0.0);
     if positions.len() < 20 || models.len() < 2 {
@@ -320,10 +341,6 @@ fn priced_outcomes<'a>(
         }
     }
     Ok(Some(Priced { rows, positions, models, file_models, input_tokens, outcomes }))
-}
-
-fn methods_use_mlp(reports: &[FamilyReport]) -> bool {
-    reports.iter().any(|r| r.method == "mlp")
 }
 
 /// Neighbours of the local quality prior (the support index's count).
@@ -345,16 +362,13 @@ const LOCAL_FOLDS: usize = 5;
 /// pooled, then the weight whose routing closes the most of the single-to-oracle gap. Every
 /// training prompt is scored once, out of fold, so the choice rests on all of them rather than on
 /// the early-stopping prompts alone. Returns the weight per model (`None`: no choice made).
-fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, train_idx: &[usize], families: &[Family], reports: &[FamilyReport], encoder: &Encoder) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
+fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], all: &Dataset, train_idx: &[usize], factor_families: &[&Family], encoder: &Encoder) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
     let mut weights = vec![None; logs.models.len()];
     let Some(catalog) = &job.catalog else {
         return Ok((weights, json!({ "chosen": "none: no catalog to price outcomes" })));
     };
     let mut per_file = Vec::new();
-    for (f, r) in families.iter().zip(reports) {
-        if r.method != "lowrank" {
-            continue;
-        }
+    for f in factor_families {
         let rows: Vec<usize> = train_idx.iter().copied().filter(|&i| f.models.iter().any(|&j| all.mask[[i, j]] > 0.0)).collect();
         let fold = super::folds(rows.len(), LOCAL_FOLDS, job.train.seed.wrapping_add(2));
         let mf = f.models.len();
@@ -383,7 +397,7 @@ fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, train_
         if !complete {
             continue;
         }
-        for file in &f.files {
+        for file in files.iter().filter(|lf| f.files.contains(&lf.path)) {
             let Some(p) = priced_outcomes(file, logs, all, &rows, f.models.iter().copied(), catalog, encoder)? else {
                 continue;
             };
@@ -399,7 +413,7 @@ fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, all: &Dataset, train_
             for &j in &p.file_models {
                 weights[j] = Some(LOCAL_GRID[best]);
             }
-            per_file.push(json!({ "file": file.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": LOCAL_GRID[best], "gap_closed_by_weight": gaps }));
+            per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": LOCAL_GRID[best], "gap_closed_by_weight": gaps }));
         }
     }
     Ok((weights, json!({ "chosen": "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts", "neighbours": LOCAL_NEIGHBOURS, "kappa": LOCAL_KAPPA, "grid": LOCAL_GRID, "files": per_file })))
@@ -658,7 +672,8 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let (fit, stop, holdout) = (all.select(&fit_rows), all.select(&stop_rows), all.select(&holdout_idx));
 
     let t = Instant::now();
-    let families = model_families(job, &logs)?;
+    let files = log_files(job, &logs)?;
+    let families = model_families(&files);
     let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble, job.method)?;
     let report = &reports[0].train;
     let train_seconds = t.elapsed().as_secs_f64();
@@ -667,37 +682,36 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
 
     // Domain of competence over every training prompt (never the held-out ones).
     let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_NEIGHBOURS);
-    let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &all, &stop_rows, &mlp, encoder)?;
+    let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &files, &all, &stop_rows, &mlp, encoder)?;
     // The factor head was fitted on the early-stopping prompts too (choosing its shrinkage there
     // would be in-sample) and is calibrated per model already: its quality is weighed against
     // the local prior instead (chosen by an inner cross-validation), its tokens are its own.
     let mut token_weight = shrink_weight.clone();
     let mut local_models = Vec::new();
-    if job.shrink.is_none() && reports.iter().any(|r| r.method == "lowrank") {
-        let (local_weights, local_report) = choose_local(job, &logs, &all, &train_idx, &families, &reports, encoder)?;
-        for (f, r) in families.iter().zip(&reports) {
-            if r.method == "lowrank" {
-                for &j in &f.models {
-                    shrink_weight[j] = local_weights[j].unwrap_or(1.0);
-                    token_weight[j] = 1.0;
-                    local_models.push(j);
-                }
+    let factor_families: Vec<&Family> = families.iter().zip(&reports).filter(|(_, r)| r.method == "lowrank").map(|(f, _)| f).collect();
+    if job.shrink.is_none() && !factor_families.is_empty() {
+        let (local_weights, local_report) = choose_local(job, &logs, &files, &all, &train_idx, &factor_families, encoder)?;
+        for f in &factor_families {
+            for &j in &f.models {
+                shrink_weight[j] = local_weights[j].unwrap_or(1.0);
+                token_weight[j] = 1.0;
+                local_models.push(j);
             }
         }
         shrink_report["local_prior"] = local_report;
     }
-    let train_rows = all.select(&train_idx);
-    let local = local_models
-        .iter()
-        .any(|&j| shrink_weight[j] < 1.0)
-        .then(|| super::LocalPrior::new(&train_rows.quality, &train_rows.mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA));
+    // Its memory is the support index's keys: every training prompt, in the same order.
+    let local = local_models.iter().any(|&j| shrink_weight[j] < 1.0).then(|| {
+        let (quality, mask) = (all.quality.select(ndarray::Axis(0), &train_idx), all.mask.select(ndarray::Axis(0), &train_idx));
+        super::LocalPrior::new(&quality, &mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA)
+    });
     let shrink = Shrink { weight: shrink_weight.clone(), token_weight, local, ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
     // The metrics of the head as exported (shrinkage included).
     let validation = shrunk_metrics(&mlp, &shrink, &support, &holdout, job.train.token_loss_weight);
     if !quiet {
         let files: Vec<String> = shrink_report["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
         let local: Vec<String> = shrink_report["local_prior"]["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
-        if methods_use_mlp(&reports) {
+        if reports.iter().any(|r| r.method == "mlp") {
             eprintln!("MLP families, shrinkage towards each model's mean ({}): {}", shrink_report["chosen"].as_str().unwrap_or(""), if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") });
         }
         if !local.is_empty() {

@@ -129,7 +129,8 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
         initializer.push(tensor("shrink_weight_tokens", &[m], s.token_weight.iter()));
         initializer.push(tensor("shrink_prior_log_tokens", &[m], prior_t.iter()));
         let mut shrink_nodes = Vec::new();
-        match (&s.local, support) {
+        // The quality prior: per prompt from the neighbours, or each model's global mean.
+        let prior = match (&s.local, support) {
             (Some(l), Some(_)) => {
                 let kappa_prior = &s.prior_quality * l.kappa;
                 initializer.push(tensor("shrink_keep", &[m], keep.iter()));
@@ -159,13 +160,14 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
                     node_n("Div", &["local_num", "local_den"], "local_quality"),
                     node_n("Mul", &["local_quality", "shrink_keep"], "quality_prior"),
                 ]);
+                "quality_prior"
             }
             _ => {
                 let prior_q = &s.prior_quality * &keep;
                 initializer.push(tensor("shrink_prior_quality", &[m], prior_q.iter()));
+                "shrink_prior_quality"
             }
-        }
-        let prior = if s.local.is_some() && support.is_some() { "quality_prior" } else { "shrink_prior_quality" };
+        };
         shrink_nodes.extend([
             node_n("Mul", &["quality_raw", "shrink_weight"], "quality_scaled"),
             node_n("Add", &["quality_scaled", prior], QUALITY_OUTPUT),
