@@ -4,7 +4,7 @@
 //! throughput at concurrency 1, 4 and 16, for short prompts and prompts at the 256-token cap,
 //! with the cache cold (cache off: every request runs the encoder) and hot (every text cached),
 //! and the bare encoder (tokenize + embed + head, no gRPC, one caller) on the same prompts.
-//! Prompts are real ones from `../shared/data`. Set BENCH_REQUESTS to scale the run, and
+//! Prompts are real ones from `data/` (or `POINTSMAN_DATA`). Set BENCH_REQUESTS to scale the run, and
 //! BENCH_SESSIONS / BENCH_THREADS to try another encoder pool layout, and BENCH_DECISION_LOG=off
 //! to measure without the decision log (it is on by default, as in the shipped config). The load generator runs in
 //! the same process (and on the same cores) as the server, so the service figures include it.
@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchyard::{
+use pointsman::{
     config::Config,
     encoder::Encoder,
     pb::{router_client::RouterClient, RouteRequest},
@@ -26,10 +26,12 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 fn real_prompts() -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let root = std::env::var_os("POINTSMAN_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
     let mut out = Vec::new();
     for f in ["alpaca_eval2/train.jsonl.gz", "zeroeval/train.jsonl.gz"] {
-        let file = std::fs::File::open(root.join(f)).expect("shared data present");
+        let file = std::fs::File::open(root.join(f)).expect("routing data present (data/ or POINTSMAN_DATA)");
         let mut text = String::new();
         flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
         let mut seen = std::collections::HashSet::new();
@@ -93,7 +95,7 @@ async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(switchyard::transport::serve(config, listener, async {
+    tokio::spawn(pointsman::transport::serve(config, listener, async {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
@@ -114,13 +116,13 @@ async fn log_metrics(addr: std::net::SocketAddr) -> Vec<String> {
     s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut page = String::new();
     s.read_to_string(&mut page).await.unwrap();
-    page.lines().filter(|l| l.starts_with("switchyard_decision_log")).map(String::from).collect()
+    page.lines().filter(|l| l.starts_with("pointsman_decision_log")).map(String::from).collect()
 }
 
 #[tokio::main]
 async fn main() {
     let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    let mut config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).unwrap();
+    let mut config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointsman.toml")).unwrap();
     // BENCH_SESSIONS / BENCH_THREADS override the encoder pool to compare layouts.
     if let Some(n) = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()) {
         config.encoder.sessions = n;
@@ -129,7 +131,7 @@ async fn main() {
         config.encoder.intra_threads = n;
     }
     // The decision log writes to a throw-away file; BENCH_DECISION_LOG=off measures without it.
-    let log_dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+    let log_dir = std::env::temp_dir().join(format!("pointsman-bench-{}", std::process::id()));
     config.decision_log.path = log_dir.join("decisions.db");
     config.decision_log.enabled = std::env::var("BENCH_DECISION_LOG").map_or(true, |v| v != "off");
     println!("decision log: {}", if config.decision_log.enabled { "on" } else { "off" });

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what Switchyard needs besides crates: the ONNX Runtime shared library, taken from
+# Installs what Pointsman needs besides crates: the ONNX Runtime shared library, taken from
 # the official `onnxruntime` wheel on PyPI (the library inside needs only libc/libstdc++).
 # Idempotent: does nothing when the library is already in place.
 #   scripts/bootstrap.sh            install into .runtime/ at the repo root

@@ -44,8 +44,8 @@ How to run
     .venv-models/bin/python scripts/build_encoder.py
 
 Options: ``--out DIR`` (default ``models/encoder`` under the repository root),
-``--cache-dir DIR`` (default ``$XDG_CACHE_HOME/switchyard/models`` or
-``~/.cache/switchyard/models``), ``--data-dir DIR`` (default ``/work/shared/data``;
+``--cache-dir DIR`` (default ``$XDG_CACHE_HOME/pointsman/models`` or
+``~/.cache/pointsman/models``), ``--data-dir DIR`` (default the repo's ``data/``;
 the int8 evaluation is skipped with a warning when it is missing unless
 ``--require-data`` is given), ``--prompts N`` (default 300).
 ``--bench`` only times the built models (batch 1, median of 200 runs, 1 and 2
@@ -322,7 +322,7 @@ def build_graph(w: dict[str, np.ndarray], cfg: dict) -> onnx.ModelProto:
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="switchyard/scripts/build_encoder.py",
+        producer_name="pointsman/scripts/build_encoder.py",
         producer_version="1",
         ir_version=IR_VERSION,
     )
@@ -602,7 +602,7 @@ def quantize(fp32_path: Path, int8_path: Path) -> None:
     )
     # Normalise metadata so the bytes are reproducible.
     m = onnx.load(str(int8_path))
-    m.producer_name = "switchyard/scripts/build_encoder.py (onnxruntime.quantization.quantize_dynamic)"
+    m.producer_name = "pointsman/scripts/build_encoder.py (onnxruntime.quantization.quantize_dynamic)"
     m.producer_version = "1"
     onnx.save(m, str(int8_path))
 
@@ -654,14 +654,14 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "switchyard" / "models"
+    return Path(base) / "pointsman" / "models"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "encoder")
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    ap.add_argument("--data-dir", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent.parent / "data")
     ap.add_argument("--prompts", type=int, default=300)
     ap.add_argument("--require-data", action="store_true")
     ap.add_argument("--bench", action="store_true",

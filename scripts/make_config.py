@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
-"""Writes the shipped config/switchyard.toml: server defaults, profiles, and a catalog made of
+"""Writes the shipped config/pointsman.toml: server defaults, profiles, and a catalog made of
 the models in a prices CSV (model,provider,input_usd_per_mtok,output_usd_per_mtok,context_tokens)
 that the routing head covers (models/router/manifest.json).
 
-    python3 scripts/make_config.py ../shared/data/prices.csv models/router/manifest.json > config/switchyard.toml
+    python3 scripts/make_config.py data/prices.csv models/router/manifest.json > config/pointsman.toml
 """
 import csv
 import json
 import sys
 
-HEADER = '''# Switchyard configuration. Relative paths are resolved against this file's folder.
+HEADER = '''# Pointsman configuration. Relative paths are resolved against this file's folder.
 # Every key is optional; the values below are the defaults unless marked otherwise.
 
 [server]
-# Address to listen on (override with --listen / SWITCHYARD_LISTEN).
+# Address to listen on (override with --listen / POINTSMAN_LISTEN).
 listen = "127.0.0.1:50051"
 # Largest accepted Route request in bytes; larger ones get INVALID_ARGUMENT.
 max_request_bytes = 1048576
@@ -59,7 +59,7 @@ path = "../var/decisions.db"
 # false: keep only each prompt's embedding, not its text (the trainer can still learn from it).
 store_prompts = true
 # Records waiting for the writer; when full, decisions are dropped and counted
-# (switchyard_decision_log_dropped_total) and Feedback answers RESOURCE_EXHAUSTED after feedback_wait_ms.
+# (pointsman_decision_log_dropped_total) and Feedback answers RESOURCE_EXHAUSTED after feedback_wait_ms.
 queue_capacity = 10000
 batch_max = 512
 # ms the writer waits after a batch's first record for more (fewer transactions under load).
@@ -100,7 +100,7 @@ default_output_tokens_per_second = 60.0
 
 [routing.profiles]
 # Cost weight in [0,1]: 0 = best predicted quality whatever it costs, 1 = cheapest model that
-# meets min_quality. `switchyard tune` can write calibrated profiles here.
+# meets min_quality. `pointsman tune` can write calibrated profiles here.
 quality = 0.0
 balanced = 0.5
 economy = 0.85

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Sets up what is missing (ONNX Runtime), then builds once in release and runs the whole test
 # suite: unit tests, the real encoder and head through ONNX Runtime, training on the shared data,
-# and the real gRPC server on 127.0.0.1:0. Needs ../shared/data beside the repo (or
-# SWITCHYARD_DATA pointing at it).
+# and the real gRPC server on 127.0.0.1:0. The routing data is the repo's own data/ (set
+# POINTSMAN_DATA to use another folder of the same layout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data="${SWITCHYARD_DATA:-../shared/data}"
+data="${POINTSMAN_DATA:-data}"
 if [ ! -f "$data/zeroeval/train.jsonl.gz" ] || [ ! -f "$data/alpaca_eval2/train.jsonl.gz" ]; then
     echo "test: the routing data is not at $data (expected zeroeval/ and alpaca_eval2/ there);" >&2
-    echo "test: put shared/ beside the repo or set SWITCHYARD_DATA to its data folder" >&2
+    echo "test: restore data/ (git checkout -- data) or set POINTSMAN_DATA to a folder of that layout" >&2
     exit 2
 fi
 scripts/bootstrap.sh

@@ -1,4 +1,4 @@
-//! Command implementations behind the `switchyard` binary (argument parsing lives in `main.rs`).
+//! Command implementations behind the `pointsman` binary (argument parsing lives in `main.rs`).
 use std::sync::Arc;
 
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! The service configuration: one TOML file with the server settings, the model files, the cache,
 //! the named trade-off profiles and the catalog. Relative paths in it are resolved against the
-//! file's own folder, so the shipped `config/switchyard.toml` works from any working directory.
+//! file's own folder, so the shipped `config/pointsman.toml` works from any working directory.
 //! Everything is validated before anything starts, with messages that name the key.
 use std::{
     collections::BTreeMap,
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, CatalogError, CatalogModel};
 
 /// Path of the shipped default config, relative to the repository root.
-pub const DEFAULT_CONFIG: &str = "config/switchyard.toml";
+pub const DEFAULT_CONFIG: &str = "config/pointsman.toml";
 
 /// Errors while reading or validating the config.
 #[derive(Debug, thiserror::Error)]
@@ -257,8 +257,8 @@ pub(crate) fn invalid(key: &str, limit: &str, value: impl std::fmt::Display) -> 
     ConfigError::Invalid { key: key.into(), limit: limit.into(), value: value.to_string() }
 }
 
-/// Finds the shipped config when none is given: `config/switchyard.toml` under the working
-/// directory, the executable's ancestors (so `target/release/switchyard` finds the repo's), or
+/// Finds the shipped config when none is given: `config/pointsman.toml` under the working
+/// directory, the executable's ancestors (so `target/release/pointsman` finds the repo's), or
 /// the source tree.
 pub fn locate_default() -> PathBuf {
     let mut candidates = Vec::new();

@@ -191,7 +191,7 @@ fn start_workers(n: usize) -> std::sync::mpsc::Sender<Job> {
     for i in 0..n {
         let rx = Arc::clone(&rx);
         std::thread::Builder::new()
-            .name(format!("switchyard-encoder-{i}"))
+            .name(format!("pointsman-encoder-{i}"))
             .spawn(move || loop {
                 let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
                     Ok(job) => job,

@@ -1,4 +1,4 @@
-//! Switchyard: a learned LLM router served over gRPC.
+//! Pointsman: a learned LLM router served over gRPC.
 //!
 //! Layers, bottom up: `runtime` (loading ONNX Runtime), `encoder` (tokenize, embed, routing
 //! text), `predictor` (the ONNX head), `catalog` and `policy` (constraints, utility, fallbacks),
@@ -21,8 +21,8 @@ pub mod runtime;
 pub mod service;
 pub mod transport;
 
-/// Generated protobuf and gRPC types of `switchyard.v1`.
+/// Generated protobuf and gRPC types of `pointsman.v1`.
 #[allow(missing_docs)]
 pub mod pb {
-    tonic::include_proto!("switchyard.v1");
+    tonic::include_proto!("pointsman.v1");
 }

@@ -1,30 +1,30 @@
-//! The `switchyard` binary: parse arguments, start logging, call the library.
+//! The `pointsman` binary: parse arguments, start logging, call the library.
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use switchyard::{
+use pointsman::{
     config::{self, Config, EncoderVariant},
     learning::{job::TrainJob, TrainConfig},
     pb,
 };
 
-/// Switchyard: a learned LLM router. Picks the model for each prompt by predicted quality and cost.
+/// Pointsman: a learned LLM router. Picks the model for each prompt by predicted quality and cost.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Config file (TOML). Default: the shipped `config/switchyard.toml`, found from the working
+    /// Config file (TOML). Default: the shipped `config/pointsman.toml`, found from the working
     /// directory or the executable's location.
-    #[arg(long, env = "SWITCHYARD_CONFIG", global = true)]
+    #[arg(long, env = "POINTSMAN_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// ONNX Runtime shared library (1.24 to 1.31). Default: config `runtime.onnxruntime`, then
     /// `ORT_DYLIB_PATH`, then the copy `scripts/bootstrap.sh` installs under `.runtime/`.
-    #[arg(long, env = "SWITCHYARD_ONNXRUNTIME", global = true)]
+    #[arg(long, env = "POINTSMAN_ONNXRUNTIME", global = true)]
     onnxruntime: Option<PathBuf>,
     /// Encoder graph: `int8` (default, about 2x faster, cosine ~0.99 to fp32) or `fp32` (exact).
-    #[arg(long, env = "SWITCHYARD_ENCODER_VARIANT", global = true)]
+    #[arg(long, env = "POINTSMAN_ENCODER_VARIANT", global = true)]
     encoder_variant: Option<EncoderVariant>,
     /// Log format: `text` or `json`. Verbosity via RUST_LOG (default `info`).
-    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(long, env = "POINTSMAN_LOG_FORMAT", default_value = "text", global = true)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -53,14 +53,14 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum LogsCommand {
     /// Write the feedback reports that carry a quality label, joined to their decisions, as
-    /// routing-log lines for `switchyard train` (which can also read the database directly).
+    /// routing-log lines for `pointsman train` (which can also read the database directly).
     Export(ExportArgs),
 }
 
 #[derive(Args, Debug)]
 struct ExportArgs {
     /// The decision log. Default: config `decision_log.path`.
-    #[arg(long, env = "SWITCHYARD_LOG_DB")]
+    #[arg(long, env = "POINTSMAN_LOG_DB")]
     db: Option<PathBuf>,
     /// Output file (JSON Lines; gzip when it ends in .gz); `-` for standard output.
     #[arg(long, default_value = "-")]
@@ -70,10 +70,10 @@ struct ExportArgs {
 #[derive(Args, Debug)]
 struct ExtendArgs {
     /// Routing logs with the new models' outcomes (lines of models the head has are ignored).
-    #[arg(long = "data", env = "SWITCHYARD_EXTEND_DATA", value_delimiter = ',', required = true)]
+    #[arg(long = "data", env = "POINTSMAN_EXTEND_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
     /// Where to write the extended head. Default: over the configured head (`head.dir`).
-    #[arg(long, env = "SWITCHYARD_EXTEND_OUT")]
+    #[arg(long, env = "POINTSMAN_EXTEND_OUT")]
     out: Option<PathBuf>,
     /// Share of each new model's prompts held out to report its accuracy.
     #[arg(long, default_value_t = 0.2)]
@@ -86,43 +86,43 @@ struct ExtendArgs {
     #[arg(long, default_value_t = 0x5EED, value_parser = parse_seed)]
     seed: u64,
     /// Folder of the on-disk prompt-embedding cache (as for `train`).
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE")]
+    #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
     embedding_cache: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct EvalArgs {
     /// Full-matrix routing log files; each is evaluated on its own, on the head's held-out prompts.
-    #[arg(long = "data", env = "SWITCHYARD_EVAL_DATA", value_delimiter = ',', required = true)]
+    #[arg(long = "data", env = "POINTSMAN_EVAL_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
     /// Folder for report.json and one <file>.svg plot per log file.
-    #[arg(long, env = "SWITCHYARD_EVAL_OUT", default_value = "eval")]
+    #[arg(long, env = "POINTSMAN_EVAL_OUT", default_value = "eval")]
     out: PathBuf,
     /// Neighbours of the kNN baseline router.
-    #[arg(long, env = "SWITCHYARD_EVAL_KNN_K", default_value_t = 25)]
+    #[arg(long, env = "POINTSMAN_EVAL_KNN_K", default_value_t = 25)]
     knn_k: usize,
     /// Evaluate on every prompt of the files (logs the head never saw) instead of the head's
     /// held-out prompts.
-    #[arg(long, env = "SWITCHYARD_EVAL_ALL_PROMPTS")]
+    #[arg(long, env = "POINTSMAN_EVAL_ALL_PROMPTS")]
     all_prompts: bool,
 }
 
 #[derive(Args, Debug)]
 struct TuneArgs {
     /// Full-matrix validation logs (pooled by prompt count); by default only the head's held-out prompts.
-    #[arg(long = "data", env = "SWITCHYARD_TUNE_DATA", value_delimiter = ',', required = true)]
+    #[arg(long = "data", env = "POINTSMAN_TUNE_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
     /// Profile name to write (letters, digits, '_' or '-').
-    #[arg(long, env = "SWITCHYARD_TUNE_NAME")]
+    #[arg(long, env = "POINTSMAN_TUNE_NAME")]
     name: String,
     /// Target: mean cost per request at most this many USD (then: highest quality).
-    #[arg(long, env = "SWITCHYARD_TUNE_MAX_AVG_COST")]
+    #[arg(long, env = "POINTSMAN_TUNE_MAX_AVG_COST")]
     max_avg_cost: Option<f64>,
     /// Target: mean quality at least this share of the best single model's, e.g. 0.95 (then: lowest cost).
-    #[arg(long, env = "SWITCHYARD_TUNE_MIN_QUALITY_SHARE")]
+    #[arg(long, env = "POINTSMAN_TUNE_MIN_QUALITY_SHARE")]
     min_quality_share: Option<f64>,
     /// Target: at most this share of requests to the most expensive model, e.g. 0.1.
-    #[arg(long, env = "SWITCHYARD_TUNE_MAX_TOP_SHARE")]
+    #[arg(long, env = "POINTSMAN_TUNE_MAX_TOP_SHARE")]
     max_top_share: Option<f64>,
     /// Write the profile into the config file (comments and other keys are kept).
     #[arg(long)]
@@ -146,68 +146,68 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 struct TrainArgs {
     /// Routing log files (JSON Lines, gzip or plain; see ../shared/data/README.md for the format).
     /// Repeat the flag for several files. Sparse logs (one model per prompt) are fine.
-    #[arg(long = "data", env = "SWITCHYARD_TRAIN_DATA", value_delimiter = ',', required = true)]
+    #[arg(long = "data", env = "POINTSMAN_TRAIN_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
     /// Output folder for head.onnx and manifest.json (the serving default is models/router).
-    #[arg(long, env = "SWITCHYARD_TRAIN_OUT", default_value = "models/router")]
+    #[arg(long, env = "POINTSMAN_TRAIN_OUT", default_value = "models/router")]
     out: PathBuf,
     /// Share of prompts held out (by prompt) for the validation metrics in the manifest.
-    #[arg(long, env = "SWITCHYARD_TRAIN_VAL_FRACTION", default_value_t = 0.2)]
+    #[arg(long, env = "POINTSMAN_TRAIN_VAL_FRACTION", default_value_t = 0.2)]
     val_fraction: f64,
     /// Share of the remaining prompts used to pick the stopping epoch.
-    #[arg(long, env = "SWITCHYARD_TRAIN_EARLY_STOP_FRACTION", default_value_t = 0.15)]
+    #[arg(long, env = "POINTSMAN_TRAIN_EARLY_STOP_FRACTION", default_value_t = 0.15)]
     early_stop_fraction: f64,
     /// Fail on the first malformed log line (default: skip it and count it).
-    #[arg(long, env = "SWITCHYARD_TRAIN_STRICT")]
+    #[arg(long, env = "POINTSMAN_TRAIN_STRICT")]
     strict: bool,
     /// Seed of the splits, initialisation and batch order: the same seed and data give the same
     /// head. Decimal or 0x-prefixed hex (the default is 0x5EED = 24301).
-    #[arg(long, env = "SWITCHYARD_TRAIN_SEED", default_value_t = 0x5EED, value_parser = parse_seed)]
+    #[arg(long, env = "POINTSMAN_TRAIN_SEED", default_value_t = 0x5EED, value_parser = parse_seed)]
     seed: u64,
     /// Hidden units of the head. More fits more but overfits small logs.
-    #[arg(long, env = "SWITCHYARD_TRAIN_HIDDEN", default_value_t = 128)]
+    #[arg(long, env = "POINTSMAN_TRAIN_HIDDEN", default_value_t = 128)]
     hidden: usize,
     /// Most passes over the data (early stopping usually ends sooner).
-    #[arg(long, env = "SWITCHYARD_TRAIN_EPOCHS", default_value_t = 200)]
+    #[arg(long, env = "POINTSMAN_TRAIN_EPOCHS", default_value_t = 200)]
     epochs: usize,
     /// Epochs without improvement before stopping.
-    #[arg(long, env = "SWITCHYARD_TRAIN_PATIENCE", default_value_t = 15)]
+    #[arg(long, env = "POINTSMAN_TRAIN_PATIENCE", default_value_t = 15)]
     patience: usize,
     /// L2 penalty on weights; larger pulls predictions towards each model's average.
-    #[arg(long, env = "SWITCHYARD_TRAIN_WEIGHT_DECAY", default_value_t = 1e-4)]
+    #[arg(long, env = "POINTSMAN_TRAIN_WEIGHT_DECAY", default_value_t = 1e-4)]
     weight_decay: f32,
     /// Adam step size.
-    #[arg(long, env = "SWITCHYARD_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
+    #[arg(long, env = "POINTSMAN_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
     learning_rate: f32,
     /// Weight of the head's own predictions against each model's mean, in [0,1]; default: chosen
     /// on the early-stopping prompts (see README, "Retraining").
-    #[arg(long, env = "SWITCHYARD_TRAIN_SHRINK")]
+    #[arg(long, env = "POINTSMAN_TRAIN_SHRINK")]
     shrink: Option<f32>,
     /// Folder of the on-disk prompt-embedding cache (keyed by encoder and text), so a second run
-    /// over the same logs skips the encoder. Default: $XDG_CACHE_HOME or ~/.cache, `switchyard/embeddings`.
-    #[arg(long, env = "SWITCHYARD_EMBEDDING_CACHE")]
+    /// over the same logs skips the encoder. Default: $XDG_CACHE_HOME or ~/.cache, `pointsman/embeddings`.
+    #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
     embedding_cache: Option<PathBuf>,
     /// Embed every prompt, without reading or writing the cache.
     #[arg(long)]
     no_embedding_cache: bool,
     /// MLPs averaged per model family, each from its own seed (less variance, more compute).
-    #[arg(long, env = "SWITCHYARD_TRAIN_ENSEMBLE", default_value_t = 5)]
+    #[arg(long, env = "POINTSMAN_TRAIN_ENSEMBLE", default_value_t = 5)]
     ensemble: usize,
     /// Head per model family: `lowrank` (shared factors from the embedding, calibrated link per
     /// model; needs dense logs), `mlp` (ensemble of MLPs), or `auto`: lowrank where at least 3
     /// models answered 95% of the family's prompts, else mlp.
-    #[arg(long, env = "SWITCHYARD_TRAIN_METHOD", default_value = "auto")]
-    method: switchyard::learning::job::HeadMethod,
+    #[arg(long, env = "POINTSMAN_TRAIN_METHOD", default_value = "auto")]
+    method: pointsman::learning::job::HeadMethod,
     /// Name prefix of the head id (the id ends with the graph's hash).
-    #[arg(long, env = "SWITCHYARD_TRAIN_NAME", default_value = "head")]
+    #[arg(long, env = "POINTSMAN_TRAIN_NAME", default_value = "head")]
     name: String,
     /// Cross-validate instead of training one head: K folds by prompt, one head per fold in
-    /// `<out>/fold-<i>/`, each evaluated on its fold as `switchyard eval` does; the pooled figures
+    /// `<out>/fold-<i>/`, each evaluated on its fold as `pointsman eval` does; the pooled figures
     /// (every prompt held out once) go to `<out>/report.json` and one SVG plot per log file.
-    #[arg(long, env = "SWITCHYARD_TRAIN_CV", value_name = "K")]
+    #[arg(long, env = "POINTSMAN_TRAIN_CV", value_name = "K")]
     cv: Option<usize>,
     /// Neighbours of the kNN baseline router in `--cv` reports.
-    #[arg(long, env = "SWITCHYARD_EVAL_KNN_K", default_value_t = 25)]
+    #[arg(long, env = "POINTSMAN_EVAL_KNN_K", default_value_t = 25)]
     knn_k: usize,
     /// No progress lines.
     #[arg(long)]
@@ -217,7 +217,7 @@ struct TrainArgs {
 #[derive(Args, Debug)]
 struct ServeArgs {
     /// Address to listen on. Default: config `server.listen` (127.0.0.1:50051 in the shipped config).
-    #[arg(long, env = "SWITCHYARD_LISTEN")]
+    #[arg(long, env = "POINTSMAN_LISTEN")]
     listen: Option<String>,
 }
 
@@ -297,13 +297,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Logs(LogsCommand::Export(a)) => {
             let db = a.db.unwrap_or_else(|| cfg.decision_log.path.clone());
-            tokio::task::spawn_blocking(move || switchyard::cli::export_logs(&db, &a.out)).await??;
+            tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out)).await??;
         }
         Command::Serve(_) => {
             let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen / server.listen): {e}", cfg.server.listen))?;
-            switchyard::transport::serve(cfg, listener, switchyard::transport::shutdown_signal()).await?;
+            pointsman::transport::serve(cfg, listener, pointsman::transport::shutdown_signal()).await?;
         }
         Command::Route(a) => {
             let request = pb::RouteRequest {
@@ -320,26 +320,26 @@ async fn main() -> anyhow::Result<()> {
                 explain: a.explain,
                 ..Default::default()
             };
-            switchyard::cli::route(cfg, request, a.json).await?;
+            pointsman::cli::route(cfg, request, a.json).await?;
         }
         Command::Eval(a) => {
-            tokio::task::spawn_blocking(move || switchyard::cli::eval(&cfg, &a.data, &a.out, a.knn_k, a.all_prompts)).await??;
+            tokio::task::spawn_blocking(move || pointsman::cli::eval(&cfg, &a.data, &a.out, a.knn_k, a.all_prompts)).await??;
         }
         Command::Extend(a) => {
             anyhow::ensure!(a.val_fraction > 0.0 && a.val_fraction < 0.9, "--val-fraction must be in (0, 0.9). Given: {}", a.val_fraction);
             if let Some(l2) = a.l2 {
                 anyhow::ensure!(l2.is_finite() && l2 >= 0.0, "--l2 must be a finite number >= 0. Given: {l2}");
             }
-            let job = switchyard::learning::extend::ExtendJob {
+            let job = pointsman::learning::extend::ExtendJob {
                 head_dir: cfg.head.dir.clone(),
                 out_dir: a.out.unwrap_or_else(|| cfg.head.dir.clone()),
                 data: a.data,
                 val_fraction: a.val_fraction,
                 l2: a.l2,
                 seed: a.seed,
-                embedding_cache: Some(a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
+                embedding_cache: Some(a.embedding_cache.unwrap_or_else(pointsman::learning::embed_cache::EmbeddingCache::default_dir)),
             };
-            tokio::task::spawn_blocking(move || switchyard::cli::extend(&cfg, &job)).await??;
+            tokio::task::spawn_blocking(move || pointsman::cli::extend(&cfg, &job)).await??;
         }
         Command::Tune(a) => {
             for (flag, v, lo, hi) in [
@@ -352,12 +352,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let path = cli_config_path(&cli_config);
-            let target = switchyard::learning::tune::Target {
+            let target = pointsman::learning::tune::Target {
                 max_avg_cost: a.max_avg_cost,
                 min_quality_share: a.min_quality_share,
                 max_top_share: a.max_top_share,
             };
-            tokio::task::spawn_blocking(move || switchyard::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, a.all_prompts)).await??;
+            tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, a.all_prompts)).await??;
         }
         Command::Train(a) => {
             let job = TrainJob {
@@ -374,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
                 method: a.method,
                 holdout: None,
                 embedding_cache: (!a.no_embedding_cache)
-                    .then(|| a.embedding_cache.unwrap_or_else(switchyard::learning::embed_cache::EmbeddingCache::default_dir)),
+                    .then(|| a.embedding_cache.unwrap_or_else(pointsman::learning::embed_cache::EmbeddingCache::default_dir)),
                 train: TrainConfig {
                     hidden: a.hidden,
                     epochs: a.epochs,
@@ -387,8 +387,8 @@ async fn main() -> anyhow::Result<()> {
             };
             let quiet = a.quiet;
             match a.cv {
-                Some(k) => tokio::task::spawn_blocking(move || switchyard::cli::cross_validate(&cfg, &job, k, a.knn_k, quiet)).await??,
-                None => tokio::task::spawn_blocking(move || switchyard::cli::train(&cfg, &job, quiet)).await??,
+                Some(k) => tokio::task::spawn_blocking(move || pointsman::cli::cross_validate(&cfg, &job, k, a.knn_k, quiet)).await??,
+                None => tokio::task::spawn_blocking(move || pointsman::cli::train(&cfg, &job, quiet)).await??,
             }
         }
     }

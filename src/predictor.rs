@@ -1,7 +1,7 @@
 //! The prediction head: an ONNX graph from embeddings [N, D] to predicted quality [N, M] and
 //! predicted output tokens [N, M], for the M models listed, in output order, by its manifest.
 //!
-//! The head is produced by `switchyard train` (see `learning`); this module only loads and runs
+//! The head is produced by `pointsman train` (see `learning`); this module only loads and runs
 //! it, after checking that the manifest, the graph and the encoder agree.
 use std::{path::Path, sync::Mutex};
 
@@ -10,7 +10,7 @@ use ort::{environment::Environment, session::Session, value::TensorRef};
 use serde::{Deserialize, Serialize};
 
 /// Manifest format written by this version.
-pub const HEAD_FORMAT: &str = "switchyard-head/1";
+pub const HEAD_FORMAT: &str = "pointsman-head/1";
 /// Name of the graph's input.
 pub const INPUT: &str = "embeddings";
 /// Name of the quality output.

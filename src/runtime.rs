@@ -1,10 +1,10 @@
 //! Loading the ONNX Runtime shared library.
 //!
-//! Switchyard builds `ort` with `load-dynamic`, so nothing is downloaded at build time and any
+//! Pointsman builds `ort` with `load-dynamic`, so nothing is downloaded at build time and any
 //! compatible ONNX Runtime (1.24 to 1.31) can be used. The library is found, in order, at the
 //! path given explicitly (`--onnxruntime` / config), at `ORT_DYLIB_PATH`, then at the copy that
 //! `scripts/bootstrap.sh` installs under `.runtime/` (searched from the working directory and
-//! from the executable's ancestors, so `target/release/switchyard` finds the repo's copy).
+//! from the executable's ancestors, so `target/release/pointsman` finds the repo's copy).
 //! The library is loaded once per process; later calls reuse the same environment.
 use std::{
     path::{Path, PathBuf},
@@ -125,7 +125,7 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Runt
     let load_err = |message: String| RuntimeError::Load { path: path.clone(), message };
     let env = ort::init_from(&path)
         .map_err(|e| load_err(e.to_string()))?
-        .with_name("switchyard")
+        .with_name("pointsman")
         .build()
         .map_err(|e| load_err(e.to_string()))?;
     tracing::info!(path = %path.display(), "loaded ONNX Runtime");

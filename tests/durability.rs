@@ -14,12 +14,12 @@ use std::{
 };
 
 use common::*;
-use switchyard::{
+use pointsman::{
     config::Config,
     pb::{self, admin_client::AdminClient, router_client::RouterClient, Outcome},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const BIN: &str = env!("CARGO_BIN_EXE_pointsman");
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -54,7 +54,7 @@ async fn kill_9_loses_at_most_the_unflushed_batch_and_never_corrupts_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("decisions.db");
     let batch = 64usize;
-    let cfg = write_config(&dir.path().join("switchyard.toml"), &repo().join("models/router"), &db, &[("batch_max", &batch.to_string())]);
+    let cfg = write_config(&dir.path().join("pointsman.toml"), &repo().join("models/router"), &db, &[("batch_max", &batch.to_string())]);
     let port = free_port();
     let mut child = spawn_server(&cfg, port);
     let client = connect(port).await;
@@ -96,7 +96,7 @@ async fn kill_9_loses_at_most_the_unflushed_batch_and_never_corrupts_the_log() {
     let conn = rusqlite::Connection::open(&db).unwrap();
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
-    let (decisions, feedback) = switchyard::logs::store::counts(&db).unwrap();
+    let (decisions, feedback) = pointsman::logs::store::counts(&db).unwrap();
     eprintln!("kill -9 after {routes} acknowledged routes and {reports} reports: {decisions} decisions and {feedback} reports stored");
     // At most what was queued or in the batch being written at the kill is missing.
     let bound = 2 * batch;
@@ -115,7 +115,7 @@ async fn kill_9_loses_at_most_the_unflushed_batch_and_never_corrupts_the_log() {
     let mut child = spawn_server(&cfg, port);
     let mut c = connect(port).await;
     c.route(pb::RouteRequest { prompt: CHAT_PROMPT.into(), request_id: "after-restart".into(), ..Default::default() }).await.unwrap();
-    let grown = eventually(|| Some(switchyard::logs::store::counts(&db).unwrap().0).filter(|&d| d > decisions)).await;
+    let grown = eventually(|| Some(pointsman::logs::store::counts(&db).unwrap().0).filter(|&d| d > decisions)).await;
     assert_eq!(grown, decisions + 1);
     // A clean stop (SIGTERM) drains the queue: nothing routed before it is lost.
     for i in 0..50 {
@@ -123,12 +123,12 @@ async fn kill_9_loses_at_most_the_unflushed_batch_and_never_corrupts_the_log() {
     }
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     child.wait().unwrap();
-    assert_eq!(switchyard::logs::store::counts(&db).unwrap().0, decisions + 51);
+    assert_eq!(pointsman::logs::store::counts(&db).unwrap().0, decisions + 51);
 }
 
 /// The first `n` distinct prompts of a routing log.
 fn prompts(path: &Path, n: usize) -> Vec<String> {
-    let logs = switchyard::learning::read_logs(&[path.to_path_buf()], true).unwrap();
+    let logs = pointsman::learning::read_logs(&[path.to_path_buf()], true).unwrap();
     logs.prompts.into_iter().take(n).map(|p| p.text).collect()
 }
 
@@ -136,7 +136,7 @@ fn prompts(path: &Path, n: usize) -> Vec<String> {
 async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_reported() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("decisions.db");
-    let cfg_path = dir.path().join("switchyard.toml");
+    let cfg_path = dir.path().join("pointsman.toml");
     write_config(&cfg_path, &repo().join("models/router"), &db, &[]);
     let server = TestServer::start_with(Config::load(&cfg_path).unwrap()).await;
     let mut c = server.client.clone();
@@ -166,13 +166,13 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
         }
     }
     let reports = 2 * texts.len() as i64 + 10;
-    eventually(|| Some(()).filter(|_| switchyard::logs::store::counts(&db).unwrap().1 == reports)).await;
+    eventually(|| Some(()).filter(|_| pointsman::logs::store::counts(&db).unwrap().1 == reports)).await;
 
     // Export: one training line per rated report.
     let out = dir.path().join("export.jsonl.gz");
     let status = Command::new(BIN).args(["--config", cfg_path.to_str().unwrap(), "logs", "export", "--out", out.to_str().unwrap()]).status().unwrap();
     assert!(status.success());
-    let exported = switchyard::learning::read_logs(&[out], true).unwrap();
+    let exported = pointsman::learning::read_logs(&[out], true).unwrap();
     assert_eq!((exported.prompts.len(), exported.models.len(), exported.observations.len()), (texts.len(), 2, 2 * texts.len()));
 
     // Retrain straight from the database, then reload the server onto the new head.

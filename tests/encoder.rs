@@ -2,7 +2,7 @@
 //! determinism of batch-of-one embeddings under concurrent use.
 use std::path::Path;
 
-use switchyard::{
+use pointsman::{
     config::{EncoderConfig, EncoderVariant},
     encoder::{cosine, Encoder},
     runtime,

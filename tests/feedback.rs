@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use switchyard::pb::{self, ExclusionReason, HealthState, Outcome};
+use pointsman::pb::{self, ExclusionReason, HealthState, Outcome};
 use tonic::Code;
 
 fn route(prompt: &str, id: &str) -> pb::RouteRequest {
@@ -18,7 +18,7 @@ fn report(id: &str, model: &str, outcome: Outcome) -> pb::FeedbackRequest {
 }
 
 fn db_counts(path: &std::path::Path) -> (i64, i64) {
-    switchyard::logs::store::counts(path).unwrap_or((0, 0))
+    pointsman::logs::store::counts(path).unwrap_or((0, 0))
 }
 
 #[tokio::test]
@@ -80,18 +80,18 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
     assert_eq!(mode, "wal");
 
     // The join keeps rated and refused answers, not availability outcomes or unknown requests.
-    let (lines, skips) = switchyard::logs::store::training_lines(&db).unwrap();
+    let (lines, skips) = pointsman::logs::store::training_lines(&db).unwrap();
     assert_eq!(lines.len(), 2);
     assert_eq!((lines[0].model.as_str(), lines[0].score, lines[0].output_tokens), (fallback.as_str(), 0.75, 321));
     assert_eq!((lines[1].prompt.as_str(), lines[1].score), (CHAT_PROMPT, 0.0));
     assert_eq!((skips.no_decision, skips.no_quality), (1, 1));
 
     let page = http_get(server.addr, "/metrics").await;
-    assert_eq!(metric(&page, "switchyard_feedback_total{outcome=\"timeout\"}"), Some(1.0));
-    assert_eq!(metric(&page, "switchyard_feedback_total{outcome=\"success\"}"), Some(2.0));
-    assert_eq!(metric(&page, "switchyard_route_requests_total{result=\"ok\"}"), Some(2.0));
-    assert_eq!(metric(&page, "switchyard_decision_log_decisions_written_total"), Some(2.0));
-    assert_eq!(metric(&page, "switchyard_decision_log_dropped_total"), Some(0.0));
+    assert_eq!(metric(&page, "pointsman_feedback_total{outcome=\"timeout\"}"), Some(1.0));
+    assert_eq!(metric(&page, "pointsman_feedback_total{outcome=\"success\"}"), Some(2.0));
+    assert_eq!(metric(&page, "pointsman_route_requests_total{result=\"ok\"}"), Some(2.0));
+    assert_eq!(metric(&page, "pointsman_decision_log_decisions_written_total"), Some(2.0));
+    assert_eq!(metric(&page, "pointsman_decision_log_dropped_total"), Some(0.0));
     server.shutdown().await;
 }
 
@@ -112,7 +112,7 @@ async fn without_prompt_storage_only_the_embedding_is_kept() {
     let rows: Vec<(Option<String>, Option<Vec<u8>>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
     for (text, emb) in &rows {
         assert!(text.is_none(), "the prompt text must not be stored");
-        let v = switchyard::logs::store::embedding_from_bytes(emb.as_ref().expect("embedding stored")).unwrap();
+        let v = pointsman::logs::store::embedding_from_bytes(emb.as_ref().expect("embedding stored")).unwrap();
         assert_eq!(v.len(), 384);
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "a real (normalised) embedding, norm {norm}");
@@ -124,7 +124,7 @@ async fn without_prompt_storage_only_the_embedding_is_kept() {
 #[tokio::test]
 async fn a_failing_model_cools_down_is_probed_and_recovers() {
     let mut cfg = shipped_config();
-    cfg.health = switchyard::health::HealthConfig {
+    cfg.health = pointsman::health::HealthConfig {
         window_seconds: 60,
         min_requests: 4,
         degraded_error_rate: 0.2,
@@ -204,7 +204,7 @@ async fn a_full_log_queue_drops_decisions_and_never_fails_a_route() {
         t.await.unwrap().expect("routing never fails because of the log");
     }
     let page = http_get(server.addr, "/metrics").await;
-    let dropped = metric(&page, "switchyard_decision_log_dropped_total").unwrap();
+    let dropped = metric(&page, "pointsman_decision_log_dropped_total").unwrap();
     let written = eventually(|| Some(db_counts(&db).0).filter(|&d| d as f64 + dropped >= n as f64)).await;
     assert_eq!(written as f64 + dropped, n as f64, "every decision is either written or counted as dropped");
     assert!(dropped > 0.0, "a one-slot queue under 300 concurrent requests drops some decisions");

@@ -1,12 +1,12 @@
 //! Training on the real shared data with the real encoder: the exported ONNX head reproduces the
-//! trainer's predictions, sparse logs train, and `switchyard train` works end to end.
+//! trainer's predictions, sparse logs train, and `pointsman train` works end to end.
 mod common;
 
 use std::{io::Write, process::Command};
 
 use common::{shared_data, shipped_encoder};
 use ndarray::{s, Array2, ArrayView2, Axis};
-use switchyard::{
+use pointsman::{
     learning::{
         baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64,
         Support, TrainConfig, DEFAULT_NEIGHBOURS,
@@ -34,8 +34,8 @@ fn load_exported(mlp: &Mlp, models: &[String], dir: &std::path::Path) -> Head {
     let bytes = export(mlp, &[]);
     std::fs::write(dir.join("head.onnx"), &bytes).unwrap();
     let manifest = serde_json::json!({
-        "format": "switchyard-head/1", "head_id": "test", "graph": "head.onnx",
-        "graph_sha256": switchyard::predictor::sha256_hex(&bytes),
+        "format": "pointsman-head/1", "head_id": "test", "graph": "head.onnx",
+        "graph_sha256": pointsman::predictor::sha256_hex(&bytes),
         "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
         "models": models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
     });
@@ -52,7 +52,7 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let cfg = TrainConfig { hidden: 64, epochs: 30, ..TrainConfig::default() };
     let (mlp, _) = train(&data.select(&tr), &data.select(&va), &cfg).unwrap();
 
-    // Write it the way `switchyard train` does and load it through the serving path.
+    // Write it the way `pointsman train` does and load it through the serving path.
     let dir = tempfile::tempdir().unwrap();
     let head = load_exported(&mlp, &logs.models, dir.path());
 
@@ -64,7 +64,7 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
 
     // The factor head is exported through the same graph: it must reproduce its own predictions
     // too, and beat the per-model means on held-out prompts.
-    let lowrank = switchyard::learning::lowrank::fit(&data.select(&tr), &Default::default()).unwrap().expect("alpaca_eval2 is dense");
+    let lowrank = pointsman::learning::lowrank::fit(&data.select(&tr), &Default::default()).unwrap().expect("alpaca_eval2 is dense");
     let lr_head = load_exported(&lowrank, &logs.models, dir.path());
     let (dq, dt) = max_diffs(&lowrank, &lr_head, x.select(Axis(0), &va).view());
     assert!(dq <= 1e-5 && dt <= 1e-5, "factor head export differs: quality {dq}, tokens {dt}");
@@ -85,11 +85,11 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
     // It reads back as written (what `extend` starts from).
-    let (_, _, back) = switchyard::learning::import(&bytes).unwrap();
+    let (_, _, back) = pointsman::learning::import(&bytes).unwrap();
     let back = back.unwrap();
     assert_eq!((&back.local, &back.weight, &back.token_weight), (&shrink.local, &shrink.weight, &shrink.token_weight));
     assert!(back.prior_quality.iter().zip(&shrink.prior_quality).all(|(a, b)| (a - b).abs() < 1e-6));
-    let mut session = switchyard::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
+    let mut session = pointsman::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
     let xv = x.select(Axis(0), &va);
     let outputs = session.run(ort::inputs!["embeddings" => ort::value::TensorRef::from_array_view(&xv).unwrap()]).unwrap();
     let get = |name: &str| outputs[name].try_extract_array::<f32>().unwrap().to_owned();
@@ -178,7 +178,7 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     let bad = dir.path().join("bad.jsonl");
     write_log(&bad, &bad_lines);
 
-    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let bin = env!("CARGO_BIN_EXE_pointsman");
     let out = dir.path().join("head");
     let run = |data: &std::path::Path, strict: bool| {
         let mut c = Command::new(bin);
@@ -213,7 +213,7 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
 
     // Same seed, same data: the same head, byte for byte (the second run reads its embeddings
     // back from the on-disk cache, so this also checks the cache is exact).
-    let cache = dir.path().join("switchyard/embeddings/all-MiniLM-L6-v2_int8.emb");
+    let cache = dir.path().join("pointsman/embeddings/all-MiniLM-L6-v2_int8.emb");
     let cached_bytes = std::fs::metadata(&cache).expect("embedding cache written").len();
     assert_eq!(cached_bytes % (32 + 4 * 384), 0);
     assert!(cached_bytes / (32 + 4 * 384) >= 120);
@@ -227,7 +227,7 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
 fn eval_command_reports_frontiers_on_held_out_prompts() {
     let dir = tempfile::tempdir().unwrap();
     let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["eval", "--data"]).arg(&data).arg("--out").arg(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pointsman")).args(["eval", "--data"]).arg(&data).arg("--out").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     let r = &reports[0];
@@ -246,14 +246,14 @@ fn eval_command_reports_frontiers_on_held_out_prompts() {
     // Weight 0 of the oracle is the per-prompt best: at least the best single model.
     assert!(r["oracle"]["quality"][0].as_f64().unwrap() >= top);
     let svg = std::fs::read_to_string(dir.path().join("alpaca_eval2_train.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("Switchyard") && svg.matches("<circle").count() == singles.len());
+    assert!(svg.starts_with("<svg") && svg.contains("Pointsman") && svg.matches("<circle").count() == singles.len());
 }
 
 #[test]
 fn cross_validation_holds_out_every_prompt_once_and_pools_the_folds() {
     let dir = tempfile::tempdir().unwrap();
     let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let out = Command::new(env!("CARGO_BIN_EXE_pointsman"))
         .env("XDG_CACHE_HOME", dir.path())
         .args(["train", "--quiet", "--cv", "3", "--name", "cv", "--data"])
         .arg(&data)
@@ -290,14 +290,14 @@ fn cross_validation_holds_out_every_prompt_once_and_pools_the_folds() {
 fn tune_writes_a_profile_that_meets_its_target() {
     let dir = tempfile::tempdir().unwrap();
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml"))
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointsman.toml"))
         .unwrap()
         .replace("\"../models/", &format!("\"{}/", models.display()));
-    let cfg = dir.path().join("switchyard.toml");
+    let cfg = dir.path().join("pointsman.toml");
     std::fs::write(&cfg, &text).unwrap();
     let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("--config").arg(&cfg).arg("tune").arg("--data").arg(&data).args(args).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_pointsman")).arg("--config").arg(&cfg).arg("tune").arg("--data").arg(&data).args(args).output().unwrap()
     };
     let out = run(&["--name", "frugal", "--min-quality-share", "0.97", "--write"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -305,7 +305,7 @@ fn tune_writes_a_profile_that_meets_its_target() {
     // "mean quality Q (S% of the best single model's B)": the share meets the target.
     let share: f64 = stdout.split("mean quality ").nth(1).unwrap().split('(').nth(1).unwrap().split('%').next().unwrap().parse().unwrap();
     assert!(share >= 97.0, "{stdout}");
-    let written = switchyard::config::Config::load(&cfg).unwrap();
+    let written = pointsman::config::Config::load(&cfg).unwrap();
     let w = written.routing.profiles["frugal"];
     assert!((0.0..=1.0).contains(&w));
     assert_eq!(written.routing.profiles["balanced"], 0.5, "other profiles are kept");
@@ -334,7 +334,7 @@ fn extend_adds_a_model_without_moving_the_others() {
     let (base_log, new_log) = (dir.path().join("base.jsonl"), dir.path().join("new.jsonl"));
     write_log(&base_log, &base);
     write_log(&new_log, &new[..1000]);
-    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let bin = env!("CARGO_BIN_EXE_pointsman");
     let (head, extended) = (dir.path().join("head"), dir.path().join("extended"));
     let ok = |c: &mut Command| {
         let o = c.env("XDG_CACHE_HOME", dir.path()).output().unwrap();
@@ -344,7 +344,7 @@ fn extend_adds_a_model_without_moving_the_others() {
     ok(Command::new(bin).args(["train", "--quiet", "--name", "base", "--data"]).arg(&base_log).arg("--out").arg(&head));
     // A config whose head is the base head.
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let cfg_text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml"))
+    let cfg_text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointsman.toml"))
         .unwrap()
         .replace("\"../models/encoder\"", &format!("\"{}/encoder\"", models.display()))
         .replace("\"../models/router\"", &format!("\"{}\"", head.display()));

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::*;
-use switchyard::{
+use pointsman::{
     config::Config,
     pb::{self, admin_client::AdminClient},
 };
@@ -47,7 +47,7 @@ async fn reload_under_load_swaps_atomically_and_rejects_bad_files() {
     let head_b = copy_head(&dir.path().join("head-b"));
     set_head_id(&head_b, "reloaded-b");
     let db = dir.path().join("decisions.db");
-    let cfg_path = dir.path().join("switchyard.toml");
+    let cfg_path = dir.path().join("pointsman.toml");
     write_config(&cfg_path, &head_a, &db, &[]);
     let server = TestServer::start_with(Config::load(&cfg_path).unwrap()).await;
     let v_a = version(&server).await;
@@ -131,8 +131,8 @@ async fn reload_under_load_swaps_atomically_and_rejects_bad_files() {
     assert!(ok > 20, "the load ran ({ok} requests)");
     assert!(versions.contains(&v_a) && versions.iter().any(|v| v.ends_with("+reloaded-b")), "{versions:?}");
     let page = http_get(server.addr, "/metrics").await;
-    assert_eq!(metric(&page, "switchyard_reloads_total{result=\"ok\"}"), Some(2.0));
-    assert_eq!(metric(&page, "switchyard_reloads_total{result=\"rejected\"}"), Some(4.0));
+    assert_eq!(metric(&page, "pointsman_reloads_total{result=\"ok\"}"), Some(2.0));
+    assert_eq!(metric(&page, "pointsman_reloads_total{result=\"rejected\"}"), Some(4.0));
     server.shutdown().await;
 }
 
@@ -140,7 +140,7 @@ async fn reload_under_load_swaps_atomically_and_rejects_bad_files() {
 async fn the_watcher_reloads_changed_files_and_skips_broken_ones() {
     let dir = tempfile::tempdir().unwrap();
     let head = copy_head(&dir.path().join("head"));
-    let cfg_path = dir.path().join("switchyard.toml");
+    let cfg_path = dir.path().join("pointsman.toml");
     write_config(&cfg_path, &head, &dir.path().join("d.db"), &[("watch_interval_seconds", "0.2")]);
     let server = TestServer::start_with(Config::load(&cfg_path).unwrap()).await;
     let v0 = version(&server).await;
@@ -160,6 +160,6 @@ async fn the_watcher_reloads_changed_files_and_skips_broken_ones() {
     let r = server.client.clone().route(pb::RouteRequest { prompt: CHAT_PROMPT.into(), ..Default::default() }).await.unwrap();
     assert!(r.into_inner().router_version.ends_with("+watched-1"));
     let page = http_get(server.addr, "/metrics").await;
-    assert_eq!(metric(&page, "switchyard_reloads_total{result=\"rejected\"}"), Some(1.0), "a rejected fingerprint is not retried");
+    assert_eq!(metric(&page, "pointsman_reloads_total{result=\"rejected\"}"), Some(1.0), "a rejected fingerprint is not retried");
     server.shutdown().await;
 }

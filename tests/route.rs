@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestServer, CHAT_PROMPT, MATH_PROMPT};
-use switchyard::pb::{self, ExclusionReason, RouteRequest};
+use pointsman::pb::{self, ExclusionReason, RouteRequest};
 use tonic::Code;
 
 fn prompt(p: &str) -> RouteRequest {

@@ -2,7 +2,7 @@
 mod common;
 
 use common::TestServer;
-use switchyard::pb::ListModelsRequest;
+use pointsman::pb::ListModelsRequest;
 use tokio_stream::StreamExt;
 use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
 use tonic_reflection::pb::v1::{
@@ -13,7 +13,7 @@ use tonic_reflection::pb::v1::{
 #[tokio::test]
 async fn health_reflection_and_catalog() {
     let mut s = TestServer::start().await;
-    for service in ["", "switchyard.v1.Router"] {
+    for service in ["", "pointsman.v1.Router"] {
         let r = s.health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32);
     }
@@ -24,7 +24,7 @@ async fn health_reflection_and_catalog() {
     let resp = stream.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected {resp:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"switchyard.v1.Router".to_string()), "{names:?}");
+    assert!(names.contains(&"pointsman.v1.Router".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
     let catalog = s.client.list_models(ListModelsRequest {}).await.unwrap().into_inner();
@@ -51,10 +51,10 @@ async fn health_reflection_and_catalog() {
 #[tokio::test]
 async fn a_missing_head_fails_to_start_with_a_clear_error() {
     let mut config = common::shipped_config();
-    config.head.dir = std::env::temp_dir().join("switchyard-no-such-head");
+    config.head.dir = std::env::temp_dir().join("pointsman-no-such-head");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = switchyard::transport::serve(config, listener, std::future::pending()).await.unwrap_err();
-    assert!(err.to_string().contains("switchyard-no-such-head"), "{err}");
+    let err = pointsman::transport::serve(config, listener, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("pointsman-no-such-head"), "{err}");
 }
 
 #[tokio::test]
@@ -63,7 +63,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
         let mut c = s.client.clone();
-        tasks.spawn(async move { c.route(switchyard::pb::RouteRequest { prompt: format!("question number {i} about rust lifetimes"), ..Default::default() }).await });
+        tasks.spawn(async move { c.route(pointsman::pb::RouteRequest { prompt: format!("question number {i} about rust lifetimes"), ..Default::default() }).await });
     }
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     s.shutdown().await;

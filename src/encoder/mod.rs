@@ -88,7 +88,7 @@ pub struct ManifestFile {
     pub sha256: Option<String>,
 }
 
-/// `models/encoder/manifest.json` (the fields Switchyard reads).
+/// `models/encoder/manifest.json` (the fields Pointsman reads).
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncoderManifest {
     /// Model id, e.g. "all-MiniLM-L6-v2".
@@ -191,7 +191,7 @@ impl Encoder {
             next: AtomicUsize::new(0),
         };
         // Fail at load, not on the first request, if the graph and manifest disagree.
-        enc.embed_text("switchyard self-check")?;
+        enc.embed_text("pointsman self-check")?;
         Ok(enc)
     }
 

@@ -162,7 +162,7 @@ pub fn read_logs(paths: &[PathBuf], strict: bool) -> Result<RoutingLogs, Learnin
     Ok(logs)
 }
 
-/// One line of the log format, as read here and as written by `switchyard logs export`.
+/// One line of the log format, as read here and as written by `pointsman logs export`.
 /// Unknown fields are ignored so the gateway can add some.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -428,7 +428,7 @@ mod tests {
     use super::*;
 
     fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("switchyard-data-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pointsman-data-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         dir.join(name)
     }

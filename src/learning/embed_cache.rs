@@ -24,13 +24,13 @@ pub struct EmbeddingCache {
 }
 
 impl EmbeddingCache {
-    /// The default folder: `$XDG_CACHE_HOME/switchyard/embeddings`, else `~/.cache/...`, else `.cache/...`.
+    /// The default folder: `$XDG_CACHE_HOME/pointsman/embeddings`, else `~/.cache/...`, else `.cache/...`.
     pub fn default_dir() -> PathBuf {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .unwrap_or_else(|| PathBuf::from(".cache"));
-        base.join("switchyard").join("embeddings")
+        base.join("pointsman").join("embeddings")
     }
 
     /// Opens (or starts) the cache of `encoder` in `dir`.

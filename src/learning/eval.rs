@@ -1,4 +1,4 @@
-//! `switchyard eval`: the router's quality-cost frontier on full-matrix logs the head never saw,
+//! `pointsman eval`: the router's quality-cost frontier on full-matrix logs the head never saw,
 //! next to every single model, the per-prompt oracle, and a 25-nearest-neighbour router on the
 //! same embeddings (see `frontier` for the figures).
 //!
@@ -496,7 +496,7 @@ pub fn svg(r: &DatasetReport) -> String {
         s += &format!(r##"<line x1="{pad}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{q:.1}</text>"##, w - pad, pad - 6.0, y(q) + 4.0, yy = y(q));
     }
     s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">mean cost per request (USD, log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">mean quality</text>"#, w / 2.0, h - 16.0, h / 2.0, h / 2.0);
-    for (sw, color, label) in [(&r.oracle, "#2a9d8f", "oracle"), (&r.knn, "#e9c46a", "kNN-25"), (&r.router, "#e63946", "Switchyard")] {
+    for (sw, color, label) in [(&r.oracle, "#2a9d8f", "oracle"), (&r.knn, "#e9c46a", "kNN-25"), (&r.router, "#e63946", "Pointsman")] {
         let pts: Vec<String> = sw.cost.iter().zip(&sw.quality).map(|(&c, &q)| format!("{:.1},{:.1}", x(c), y(q))).collect();
         s += &format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2.5" points="{}"/>"#, pts.join(" "));
         let (lc, lq) = (sw.cost[0], sw.quality[0]);

@@ -1,4 +1,4 @@
-//! `switchyard extend`: add models to a trained head from a few hundred labelled prompts each,
+//! `pointsman extend`: add models to a trained head from a few hundred labelled prompts each,
 //! without retraining the models it already predicts.
 //!
 //! The head's hidden layer is a learned description of prompts; a new model gets its own output
@@ -222,7 +222,7 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         s["prompts"] = json!(sup.keys.nrows());
     }
     let extended = Mlp::from_parts(mlp.w1().to_owned(), mlp.b1().to_owned(), wq, bq, wt, bt)?;
-    let bytes = export_with_support(&extended, support.as_ref(), shrink.as_ref(), &[("producer".into(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))]);
+    let bytes = export_with_support(&extended, support.as_ref(), shrink.as_ref(), &[("producer".into(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))]);
     let digest = sha256_hex(&bytes);
     let base = manifest.head_id.rsplit_once('-').map_or(manifest.head_id.as_str(), |(b, _)| b).to_string();
     manifest.head_id = format!("{base}-{}", &digest[..8]);

@@ -1,4 +1,4 @@
-//! Quality-cost frontiers and the figures `switchyard eval` reports.
+//! Quality-cost frontiers and the figures `pointsman eval` reports.
 //!
 //! A policy (one model, a router at one cost weight, the oracle...) is a point (mean cost per
 //! request, mean quality). A set of points defines what is achievable: any two policies can be

@@ -1,4 +1,4 @@
-//! One `switchyard train` run, end to end: read logs, embed each prompt with the serving encoder
+//! One `pointsman train` run, end to end: read logs, embed each prompt with the serving encoder
 //! (batch of one, exactly as at serving time), hold out a validation split by prompt, train with
 //! early stopping on a further inner split, export ONNX, and write `head.onnx` plus its manifest.
 //!
@@ -51,7 +51,7 @@ pub struct TrainJob {
     /// Factor head, MLP ensemble, or the factor head where the logs are dense enough.
     pub method: HeadMethod,
     /// The prompts (by id) to hold out instead of a random `val_fraction` of them: one fold of a
-    /// cross-validation (`switchyard train --cv`).
+    /// cross-validation (`pointsman train --cv`).
     pub holdout: Option<std::collections::HashSet<String>>,
 }
 
@@ -723,7 +723,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             methods.join(", "), report.epochs_run, report.best_epoch, validation.quality_mae, baseline.quality_mae, validation.quality_brier, baseline.quality_brier
         );
     }
-    let producer = [("producer".to_string(), format!("switchyard {}", env!("CARGO_PKG_VERSION")))];
+    let producer = [("producer".to_string(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))];
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &producer);
     let digest = sha256_hex(&bytes);
     let files: Vec<_> = job

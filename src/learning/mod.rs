@@ -1,6 +1,6 @@
 //! Learning: from routing logs to an ONNX router head.
 //!
-//! The offline half of Switchyard. One training run is a straight pipeline:
+//! The offline half of Pointsman. One training run is a straight pipeline:
 //!
 //! 1. [`read_logs`] turns JSON Lines routing logs (gzip or plain) into a dense index of prompts
 //!    and models plus a sparse list of observed outcomes.
@@ -15,7 +15,7 @@
 //!    the graph computes, so tests can compare the two.
 //!
 //! The pieces above depend on nothing else in the crate; [`job`] ties them to the serving
-//! encoder and the head manifest for `switchyard train`.
+//! encoder and the head manifest for `pointsman train`.
 
 mod data;
 mod dataset;
@@ -117,7 +117,7 @@ pub enum LearningError {
         reason: String,
     },
     /// A head file is not one this version exported (missing or malformed initializer).
-    #[error("not a Switchyard head graph: {0}")]
+    #[error("not a Pointsman head graph: {0}")]
     NotAHead(String),
     /// Training produced a non-finite loss (learning rate too high, or bad inputs).
     #[error("training diverged at epoch {epoch}: loss is not finite")]

@@ -182,7 +182,7 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
     let node = front;
     let graph = GraphProto {
         node,
-        name: "switchyard_router_head".into(),
+        name: "pointsman_router_head".into(),
         initializer,
         doc_string: "Per-model quality and output tokens from a prompt embedding.".into(),
         input: vec![value_info(INPUT_NAME, d)],
@@ -194,7 +194,7 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
             domain: String::new(),
             version: OPSET_VERSION,
         }],
-        producer_name: "switchyard".into(),
+        producer_name: "pointsman".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         domain: String::new(),
         model_version: 1,

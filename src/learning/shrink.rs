@@ -7,7 +7,7 @@
 //! sends each price point to the best single model, so it cannot fall below the single-model
 //! frontier by much, and larger `a` lets per-prompt evidence move it.
 //!
-//! `a` is chosen per model family by `switchyard train` on the early-stopping prompts (never the
+//! `a` is chosen per model family by `pointsman train` on the early-stopping prompts (never the
 //! held-out ones): for each log file, the prompts answered by every catalog model form a full
 //! matrix on which the share of the single-to-oracle gap each `a` closes is measured, and the
 //! best `a` applies to that file's models (their scores share one scale and one noise level).

@@ -1,5 +1,5 @@
-//! `switchyard tune`: choose the cost weight that meets an operator's target on validation logs,
-//! from the router sweeps `switchyard eval` measures.
+//! `pointsman tune`: choose the cost weight that meets an operator's target on validation logs,
+//! from the router sweeps `pointsman eval` measures.
 //!
 //! Targets (any combination; all must hold):
 //! - `max_avg_cost`: mean cost per request at most this many USD;

@@ -3,7 +3,7 @@
 //!
 //! Writes never sit on the request path. Handlers put records on a bounded queue and a writer
 //! thread commits them in batches (one transaction per batch). When the queue is full:
-//! - a decision is dropped and counted (`switchyard_decision_log_dropped_total`, and a warning
+//! - a decision is dropped and counted (`pointsman_decision_log_dropped_total`, and a warning
 //!   at most every 10 s): routing goes on;
 //! - a feedback report waits up to `feedback_wait_ms` for room, then the RPC answers
 //!   RESOURCE_EXHAUSTED so the gateway retries it: an accepted report is never silently lost.
@@ -265,7 +265,7 @@ impl DecisionLog {
         let writer = {
             let (wcfg, stats) = (cfg.clone(), Arc::clone(&stats));
             std::thread::Builder::new()
-                .name("switchyard-decision-log".into())
+                .name("pointsman-decision-log".into())
                 .spawn(move || writer_loop(conn, rx, &wcfg, &stats))
                 .map_err(|source| LogError::Io { path: cfg.path.clone(), source })?
         };

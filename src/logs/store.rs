@@ -80,7 +80,7 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), LogError> {
     if v > SCHEMA_VERSION {
         return Err(LogError::Schema {
             path: path.into(),
-            message: format!("schema version {v} is newer than this build's {SCHEMA_VERSION}; upgrade switchyard"),
+            message: format!("schema version {v} is newer than this build's {SCHEMA_VERSION}; upgrade pointsman"),
         });
     }
     Ok(())

@@ -15,31 +15,31 @@ fn escape(v: &str) -> String {
 pub fn render(service: &Service) -> String {
     let mut out = String::new();
     let st = service.stats();
-    family(&mut out, "switchyard_route_requests_total", "counter", "Route calls by result (ok or the error label).");
-    let _ = writeln!(out, "switchyard_route_requests_total{{result=\"ok\"}} {}", st.routes_ok.load(Ordering::Relaxed));
+    family(&mut out, "pointsman_route_requests_total", "counter", "Route calls by result (ok or the error label).");
+    let _ = writeln!(out, "pointsman_route_requests_total{{result=\"ok\"}} {}", st.routes_ok.load(Ordering::Relaxed));
     for (label, n) in st.route_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let _ = writeln!(out, "switchyard_route_requests_total{{result=\"{label}\"}} {n}");
+        let _ = writeln!(out, "pointsman_route_requests_total{{result=\"{label}\"}} {n}");
     }
-    family(&mut out, "switchyard_route_cache_hits_total", "counter", "Route calls answered from the prediction cache.");
-    let _ = writeln!(out, "switchyard_route_cache_hits_total {}", st.cache_hits.load(Ordering::Relaxed));
-    family(&mut out, "switchyard_feedback_total", "counter", "Feedback reports accepted, by outcome.");
+    family(&mut out, "pointsman_route_cache_hits_total", "counter", "Route calls answered from the prediction cache.");
+    let _ = writeln!(out, "pointsman_route_cache_hits_total {}", st.cache_hits.load(Ordering::Relaxed));
+    family(&mut out, "pointsman_feedback_total", "counter", "Feedback reports accepted, by outcome.");
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
-        let _ = writeln!(out, "switchyard_feedback_total{{outcome=\"{}\"}} {}", o.as_str(), n.load(Ordering::Relaxed));
+        let _ = writeln!(out, "pointsman_feedback_total{{outcome=\"{}\"}} {}", o.as_str(), n.load(Ordering::Relaxed));
     }
-    family(&mut out, "switchyard_reloads_total", "counter", "Model reloads by result.");
-    let _ = writeln!(out, "switchyard_reloads_total{{result=\"ok\"}} {}", st.reloads_ok.load(Ordering::Relaxed));
-    let _ = writeln!(out, "switchyard_reloads_total{{result=\"rejected\"}} {}", st.reloads_failed.load(Ordering::Relaxed));
+    family(&mut out, "pointsman_reloads_total", "counter", "Model reloads by result.");
+    let _ = writeln!(out, "pointsman_reloads_total{{result=\"ok\"}} {}", st.reloads_ok.load(Ordering::Relaxed));
+    let _ = writeln!(out, "pointsman_reloads_total{{result=\"rejected\"}} {}", st.reloads_failed.load(Ordering::Relaxed));
     if let Some(log) = service.log() {
         let s = log.stats();
         let rows = [
-            ("switchyard_decision_log_decisions_written_total", "counter", "Decisions committed to the decision log.", &s.decisions_written),
-            ("switchyard_decision_log_feedback_written_total", "counter", "Feedback reports committed to the decision log.", &s.feedback_written),
-            ("switchyard_decision_log_dropped_total", "counter", "Decisions dropped because the log's queue was full (routing went on).", &s.decisions_dropped),
-            ("switchyard_decision_log_feedback_refused_total", "counter", "Feedback reports refused with RESOURCE_EXHAUSTED because the queue stayed full.", &s.feedback_refused),
-            ("switchyard_decision_log_write_failures_total", "counter", "Records lost to failed writes.", &s.write_failures),
-            ("switchyard_decision_log_batches_total", "counter", "Committed write batches.", &s.batches),
-            ("switchyard_decision_log_pruned_rows_total", "counter", "Rows removed by retention.", &s.pruned_rows),
-            ("switchyard_decision_log_queued", "gauge", "Records waiting for the writer.", &s.queued),
+            ("pointsman_decision_log_decisions_written_total", "counter", "Decisions committed to the decision log.", &s.decisions_written),
+            ("pointsman_decision_log_feedback_written_total", "counter", "Feedback reports committed to the decision log.", &s.feedback_written),
+            ("pointsman_decision_log_dropped_total", "counter", "Decisions dropped because the log's queue was full (routing went on).", &s.decisions_dropped),
+            ("pointsman_decision_log_feedback_refused_total", "counter", "Feedback reports refused with RESOURCE_EXHAUSTED because the queue stayed full.", &s.feedback_refused),
+            ("pointsman_decision_log_write_failures_total", "counter", "Records lost to failed writes.", &s.write_failures),
+            ("pointsman_decision_log_batches_total", "counter", "Committed write batches.", &s.batches),
+            ("pointsman_decision_log_pruned_rows_total", "counter", "Rows removed by retention.", &s.pruned_rows),
+            ("pointsman_decision_log_queued", "gauge", "Records waiting for the writer.", &s.queued),
         ];
         for (name, kind, help, v) in rows {
             family(&mut out, name, kind, help);
@@ -47,16 +47,16 @@ pub fn render(service: &Service) -> String {
         }
     }
     if let Some(engine) = service.engine() {
-        family(&mut out, "switchyard_info", "gauge", "The version serving and its encoder.");
-        let _ = writeln!(out, "switchyard_info{{version=\"{}\",encoder=\"{}\"}} 1", escape(engine.version()), escape(engine.encoder().id()));
+        family(&mut out, "pointsman_info", "gauge", "The version serving and its encoder.");
+        let _ = writeln!(out, "pointsman_info{{version=\"{}\",encoder=\"{}\"}} 1", escape(engine.version()), escape(engine.encoder().id()));
         let health = service.catalog_health(&engine);
-        family(&mut out, "switchyard_model_health_state", "gauge", "1 for each model's current circuit state.");
+        family(&mut out, "pointsman_model_health_state", "gauge", "1 for each model's current circuit state.");
         for (m, h) in engine.catalog().models().iter().zip(&health) {
-            let _ = writeln!(out, "switchyard_model_health_state{{model=\"{}\",state=\"{}\"}} 1", escape(&m.id), h.state.as_str());
+            let _ = writeln!(out, "pointsman_model_health_state{{model=\"{}\",state=\"{}\"}} 1", escape(&m.id), h.state.as_str());
         }
-        family(&mut out, "switchyard_model_error_rate", "gauge", "Failed share of each model's attempts in the health window.");
+        family(&mut out, "pointsman_model_error_rate", "gauge", "Failed share of each model's attempts in the health window.");
         for (m, h) in engine.catalog().models().iter().zip(&health) {
-            let _ = writeln!(out, "switchyard_model_error_rate{{model=\"{}\"}} {}", escape(&m.id), h.error_rate);
+            let _ = writeln!(out, "pointsman_model_error_rate{{model=\"{}\"}} {}", escape(&m.id), h.error_rate);
         }
     }
     out

@@ -1,4 +1,4 @@
-//! The gRPC transport: `switchyard.v1.Router` and `Admin`, the standard health service,
+//! The gRPC transport: `pointsman.v1.Router` and `Admin`, the standard health service,
 //! reflection and `/metrics`.
 //!
 //! Handlers only validate, call the engine and convert (`convert`). The server starts listening
@@ -28,11 +28,11 @@ use crate::{
     service::Service,
 };
 
-/// The encoded descriptor set of `switchyard.v1`, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");
+/// The encoded descriptor set of `pointsman.v1`, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pointsman_descriptor");
 
 /// Name of the routing service in health checks.
-pub const SERVICE_NAME: &str = "switchyard.v1.Router";
+pub const SERVICE_NAME: &str = "pointsman.v1.Router";
 
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,7 @@ impl Admin for AdminService {
 
 /// Serves on `listener` until `shutdown` resolves. Loads the models in the background and flips
 /// health to SERVING when they are ready; a load failure ends `serve` with the error. On the same
-/// port: `switchyard.v1.Router`, `switchyard.v1.Admin`, `grpc.health.v1.Health`, reflection, and
+/// port: `pointsman.v1.Router`, `pointsman.v1.Admin`, `grpc.health.v1.Health`, reflection, and
 /// Prometheus metrics over HTTP/1.1 at `GET /metrics`. SIGHUP, `Admin.Reload` and (when
 /// `reload.watch_interval_seconds` is set) file changes reload the models. Shutdown finishes
 /// in-flight requests and drains the decision log.

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use switchyard::{config::Config, pb::router_client::RouterClient};
+use pointsman::{config::Config, pb::router_client::RouterClient};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
@@ -11,7 +11,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 /// The shipped config, as the binary would load it, except that the decision log goes to a
 /// fresh temporary file (tests never share or leave a database behind in the repo).
 pub fn shipped_config() -> Config {
-    let mut cfg = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml")).expect("shipped config loads");
+    let mut cfg = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointsman.toml")).expect("shipped config loads");
     cfg.decision_log.path = temp_db_path();
     cfg
 }
@@ -20,7 +20,7 @@ pub fn shipped_config() -> Config {
 pub fn temp_db_path() -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("switchyard-test-{}-{n}", std::process::id())).join("decisions.db")
+    std::env::temp_dir().join(format!("pointsman-test-{}-{n}", std::process::id())).join("decisions.db")
 }
 
 /// The repository root.
@@ -32,7 +32,7 @@ pub fn repo() -> &'static Path {
 /// `head_dir`, the decision log at `db`, and each `(key, value)` of `set` replacing the line
 /// `key = ...` (keys are unique in the shipped file). Returns the path.
 pub fn write_config(path: &Path, head_dir: &Path, db: &Path, set: &[(&str, &str)]) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(repo().join("config/switchyard.toml")).unwrap();
+    let text = std::fs::read_to_string(repo().join("config/pointsman.toml")).unwrap();
     let encoder = repo().join("models/encoder");
     let mut out = String::new();
     for line in text.lines() {
@@ -105,7 +105,7 @@ pub struct TestServer {
     /// Channel for other clients (reflection).
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), switchyard::transport::TransportError>>>,
+    handle: Option<JoinHandle<Result<(), pointsman::transport::TransportError>>>,
     /// A folder made by `temp_db_path`, removed when the server goes.
     scratch: Option<std::path::PathBuf>,
 }
@@ -122,12 +122,12 @@ impl TestServer {
             .decision_log
             .path
             .parent()
-            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("switchyard-test-")))
+            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pointsman-test-")))
             .map(Path::to_path_buf);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(switchyard::transport::serve(config, listener, async {
+        let handle = tokio::spawn(pointsman::transport::serve(config, listener, async {
             let _ = stopped.await;
         }));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
@@ -135,7 +135,7 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let status = health
-                .check(HealthCheckRequest { service: "switchyard.v1.Router".into() })
+                .check(HealthCheckRequest { service: "pointsman.v1.Router".into() })
                 .await
                 .map(|r| r.into_inner().status)
                 .unwrap_or_default();
@@ -176,16 +176,16 @@ pub const MATH_PROMPT: &str = "Let $S$ be the set of positive integers $n$ such 
 /// Chit-chat.
 pub const CHAT_PROMPT: &str = "hey! what's a fun thing to do with friends on a rainy saturday afternoon?";
 
-/// The shared routing data: `SWITCHYARD_DATA`, else `../shared/data` beside the repo.
+/// The routing data: `POINTSMAN_DATA`, else the repo's own `data/`.
 pub fn shared_data() -> std::path::PathBuf {
-    std::env::var_os("SWITCHYARD_DATA")
+    std::env::var_os("POINTSMAN_DATA")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
 }
 
 /// The serving encoder of the shipped config.
-pub fn shipped_encoder() -> switchyard::encoder::Encoder {
+pub fn shipped_encoder() -> pointsman::encoder::Encoder {
     let cfg = shipped_config();
-    let env = switchyard::runtime::environment(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
-    switchyard::encoder::Encoder::load(env, &cfg.encoder).expect("encoder loads")
+    let env = pointsman::runtime::environment(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
+    pointsman::encoder::Encoder::load(env, &cfg.encoder).expect("encoder loads")
 }
