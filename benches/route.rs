@@ -182,7 +182,13 @@ async fn main() {
         }
         let wall = t0.elapsed();
         lat.sort();
-        rows.push(Row { label: format!("bare encoder+head, {name}"), concurrency: 1, p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99), rps: n as f64 / wall.as_secs_f64() });
+        rows.push(Row {
+            label: format!("bare encoder+head, {name}"),
+            concurrency: 1,
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            rps: n as f64 / wall.as_secs_f64(),
+        });
     }
     drop(encoder);
 

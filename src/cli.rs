@@ -14,13 +14,14 @@ use crate::{
 
 /// Evaluates the configured head on each log file: on the head's held-out prompts, or on every
 /// prompt with `all_prompts` (for logs the head never saw).
-pub fn evaluate_all(config: &Config, data: &[std::path::PathBuf], knn_k: usize, all_prompts: bool) -> anyhow::Result<Vec<crate::learning::eval::DatasetReport>> {
+pub fn evaluate_all(
+    config: &Config,
+    data: &[std::path::PathBuf],
+    knn_k: usize,
+    all_prompts: bool,
+) -> anyhow::Result<Vec<crate::learning::eval::DatasetReport>> {
     use crate::learning::eval::{collect_file, report, EvalSettings};
-    let settings = EvalSettings {
-        out_of_domain_p: config.routing.out_of_domain_p,
-        cost_scale: config.routing.cost_scale_usd,
-        knn_k,
-    };
+    let settings = EvalSettings { out_of_domain_p: config.routing.out_of_domain_p, cost_scale: config.routing.cost_scale_usd, knn_k };
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
     let head = crate::predictor::Head::load(env, &config.head.dir)?;
@@ -54,7 +55,15 @@ fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: &std::pa
         std::fs::write(&plot, crate::learning::eval::svg(r))?;
         println!(
             "{}: {} prompts x {} models; AIQ single {:.4}, router {:.4}, kNN {:.4}, oracle {:.4}; gap closed: router {:.1}%, kNN {:.1}%",
-            r.file, r.prompts, r.single_models.len(), r.single_aiq, r.router.aiq, r.knn.aiq, r.oracle.aiq, r.router_gap_closed * 100.0, r.knn_gap_closed * 100.0
+            r.file,
+            r.prompts,
+            r.single_models.len(),
+            r.single_aiq,
+            r.router.aiq,
+            r.knn.aiq,
+            r.oracle.aiq,
+            r.router_gap_closed * 100.0,
+            r.knn_gap_closed * 100.0
         );
         let best = r.single_models.iter().find(|s| s.model == r.best_single).expect("best is a single model. This is a bug.");
         let below = r.router_below_single_frontier;
@@ -89,7 +98,8 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
     let mut parts: Vec<Vec<crate::learning::eval::FileOutcomes>> = (0..job.data.len()).map(|_| Vec::new()).collect();
     let mut skipped: Vec<String> = Vec::new();
     for f in 0..folds {
-        let ids: std::collections::HashSet<String> = logs.prompts.iter().zip(&fold_of).filter(|(_, &k)| k == f).map(|(p, _)| p.id.clone()).collect();
+        let ids: std::collections::HashSet<String> =
+            logs.prompts.iter().zip(&fold_of).filter(|(_, &k)| k == f).map(|(p, _)| p.id.clone()).collect();
         let fold_job = TrainJob {
             out_dir: job.out_dir.join(format!("fold-{f}")),
             holdout: Some(ids.clone()),
@@ -110,7 +120,11 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
         if !quiet {
             eprintln!(
                 "fold {}/{folds}: {} held-out prompts; quality MAE {:.4} (per-model mean {:.4}); head in {}",
-                f + 1, s.manifest.validation["prompts"], s.validation.quality_mae, s.baseline.quality_mae, fold_job.out_dir.display()
+                f + 1,
+                s.manifest.validation["prompts"],
+                s.validation.quality_mae,
+                s.baseline.quality_mae,
+                fold_job.out_dir.display()
             );
         }
     }
@@ -118,8 +132,12 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
         println!("not evaluated: {m}");
     }
     // A file is reported only when every fold could be evaluated: a partial pool is not a cross-validation.
-    let reports: Vec<_> = parts.into_iter().filter(|p| p.len() == folds).filter_map(pool).map(|o| report(&o, settings.cost_scale)).collect();
-    anyhow::ensure!(!reports.is_empty(), "no log file could be evaluated in every fold (a file needs a full matrix of >= 2 catalog models on >= 20 prompts per fold)");
+    let reports: Vec<_> =
+        parts.into_iter().filter(|p| p.len() == folds).filter_map(pool).map(|o| report(&o, settings.cost_scale)).collect();
+    anyhow::ensure!(
+        !reports.is_empty(),
+        "no log file could be evaluated in every fold (a file needs a full matrix of >= 2 catalog models on >= 20 prompts per fold)"
+    );
     write_reports(&reports, &job.out_dir)
 }
 
@@ -173,7 +191,12 @@ pub fn extend(config: &Config, job: &crate::learning::extend::ExtendJob) -> anyh
             a.model, a.labels, a.validation_prompts, a.brier, a.baseline_brier, a.log_tokens_mae, a.baseline_log_tokens_mae
         );
     }
-    println!("wrote {}/head.onnx and manifest.json: head {} for {} models; add the new models to the catalog to route to them", job.out_dir.display(), manifest.head_id, manifest.models.len());
+    println!(
+        "wrote {}/head.onnx and manifest.json: head {} for {} models; add the new models to the catalog to route to them",
+        job.out_dir.display(),
+        manifest.head_id,
+        manifest.models.len()
+    );
     Ok(())
 }
 
@@ -185,7 +208,8 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     let job = &job;
     let s = job::run(job, &encoder, quiet)?;
     let m = &s.manifest;
-    let missing: Vec<&str> = m.models.iter().filter(|id| config.catalog().map(|c| c.get(id).is_none()).unwrap_or(true)).map(String::as_str).collect();
+    let missing: Vec<&str> =
+        m.models.iter().filter(|id| config.catalog().map(|c| c.get(id).is_none()).unwrap_or(true)).map(String::as_str).collect();
     if !missing.is_empty() {
         println!(
             "{} of the {} models in the logs are not in the catalog (the head predicts them, but they are never routed to until the catalog lists them): {}",
@@ -194,15 +218,26 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
             missing.join(", ")
         );
     }
-    println!("wrote {}/head.onnx and manifest.json: head {} for {} models on {}", job.out_dir.display(), m.head_id, m.models.len(), m.encoder.id);
+    println!(
+        "wrote {}/head.onnx and manifest.json: head {} for {} models on {}",
+        job.out_dir.display(),
+        m.head_id,
+        m.models.len(),
+        m.encoder.id
+    );
     println!("embedding {:.1}s, training {:.1}s; {} malformed lines skipped", s.embed_seconds, s.train_seconds, s.skipped_lines);
     for p in s.problems.iter().take(5) {
         println!("  log problem: {p}");
     }
     println!(
         "held-out ({} prompts): quality MAE {:.4} vs {:.4} per-model mean; Brier {:.4} vs {:.4}; median token error {:.0} vs {:.0}",
-        m.validation["prompts"], s.validation.quality_mae, s.baseline.quality_mae, s.validation.quality_brier, s.baseline.quality_brier,
-        s.validation.tokens_median_abs_error, s.baseline.tokens_median_abs_error
+        m.validation["prompts"],
+        s.validation.quality_mae,
+        s.baseline.quality_mae,
+        s.validation.quality_brier,
+        s.baseline.quality_brier,
+        s.validation.tokens_median_abs_error,
+        s.baseline.tokens_median_abs_error
     );
     Ok(())
 }
@@ -295,9 +330,17 @@ pub fn response_json(r: &pb::RouteResponse) -> serde_json::Value {
 pub fn response_table(r: &pb::RouteResponse) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let weight = if r.profile.is_empty() { format!("cost_weight {}", r.cost_weight) } else { format!("profile {} (cost_weight {})", r.profile, r.cost_weight) };
+    let weight = if r.profile.is_empty() {
+        format!("cost_weight {}", r.cost_weight)
+    } else {
+        format!("profile {} (cost_weight {})", r.profile, r.cost_weight)
+    };
     let _ = writeln!(s, "request {}  router {}  {weight}  input tokens {}", r.request_id, r.router_version, r.input_tokens);
-    let _ = writeln!(s, "{:<4} {:<44} {:<12} {:>8} {:>8} {:>11} {:>9} {:>8}", "rank", "model", "provider", "quality", "tokens", "cost_usd", "latency", "utility");
+    let _ = writeln!(
+        s,
+        "{:<4} {:<44} {:<12} {:>8} {:>8} {:>11} {:>9} {:>8}",
+        "rank", "model", "provider", "quality", "tokens", "cost_usd", "latency", "utility"
+    );
     for (i, c) in r.candidates.iter().enumerate() {
         let label = if i == 0 { "1*".to_string() } else { (i + 1).to_string() };
         let _ = writeln!(
@@ -315,7 +358,11 @@ pub fn response_table(r: &pb::RouteResponse) -> String {
         }
     }
     if let Some(t) = r.timings {
-        let _ = writeln!(s, "timings: total {} us (encode {} us, predict {} us, rank {} us, cache hit {})", t.total_us, t.encode_us, t.predict_us, t.rank_us, t.cache_hit);
+        let _ = writeln!(
+            s,
+            "timings: total {} us (encode {} us, predict {} us, rank {} us, cache hit {})",
+            t.total_us, t.encode_us, t.predict_us, t.rank_us, t.cache_hit
+        );
     }
     s
 }

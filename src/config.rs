@@ -276,8 +276,7 @@ impl Config {
     /// Reads, resolves relative paths against the file's folder, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut cfg: Config =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.source = Some(path.to_path_buf());
@@ -368,11 +367,7 @@ impl Config {
         }
         if !r.profiles.contains_key(&r.default_profile) {
             let known: Vec<_> = r.profiles.keys().cloned().collect();
-            return Err(invalid(
-                "routing.default_profile",
-                &format!("one of routing.profiles ({})", known.join(", ")),
-                &r.default_profile,
-            ));
+            return Err(invalid("routing.default_profile", &format!("one of routing.profiles ({})", known.join(", ")), &r.default_profile));
         }
         if !(r.cost_scale_usd.is_finite() && r.cost_scale_usd > 0.0) {
             return Err(invalid("routing.cost_scale_usd", "a finite number > 0", r.cost_scale_usd));

@@ -224,8 +224,7 @@ impl Engine {
         if m.encoder.id != encoder.id() {
             tracing::warn!(head = %m.encoder.id, encoder = %encoder.id(), "the head was trained on another encoder variant; predictions may be less accurate");
         }
-        let head_index: Vec<Option<usize>> =
-            catalog.models().iter().map(|c| head.models().iter().position(|h| *h == c.id)).collect();
+        let head_index: Vec<Option<usize>> = catalog.models().iter().map(|c| head.models().iter().position(|h| *h == c.id)).collect();
         if head_index.iter().all(Option::is_none) {
             return Err(RouteError::Catalog("the head covers none of the catalog's models".into()));
         }
@@ -244,7 +243,20 @@ impl Engine {
         let jobs = std::sync::Mutex::new(start_workers(encoder.parallelism()));
         let log = &config.decision_log;
         let (keep_text, keep_embeddings) = (log.enabled && log.store_prompts, log.enabled && !log.store_prompts);
-        Ok(Self { config, catalog, encoder, head, head_index, cache, permits, waiting: AtomicUsize::new(0), version, jobs, keep_embeddings, keep_text })
+        Ok(Self {
+            config,
+            catalog,
+            encoder,
+            head,
+            head_index,
+            cache,
+            permits,
+            waiting: AtomicUsize::new(0),
+            version,
+            jobs,
+            keep_embeddings,
+            keep_text,
+        })
     }
 
     /// The config the engine runs with.
@@ -295,7 +307,10 @@ impl Engine {
         let known_models = |field: &str, list: &[String]| -> Result<(), RouteError> {
             for m in list {
                 if self.catalog.get(m).is_none() {
-                    return Err(RouteError::invalid(field, format!("names a model that is not in the catalog (see ListModels). Given: {m:?}")));
+                    return Err(RouteError::invalid(
+                        field,
+                        format!("names a model that is not in the catalog (see ListModels). Given: {m:?}"),
+                    ));
                 }
             }
             Ok(())

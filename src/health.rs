@@ -73,13 +73,21 @@ impl HealthConfig {
             }
         }
         if self.open_error_rate < self.degraded_error_rate {
-            return bad("open_error_rate", &format!(">= health.degraded_error_rate ({})", self.degraded_error_rate), self.open_error_rate.to_string());
+            return bad(
+                "open_error_rate",
+                &format!(">= health.degraded_error_rate ({})", self.degraded_error_rate),
+                self.open_error_rate.to_string(),
+            );
         }
         if !(self.cool_down_seconds.is_finite() && self.cool_down_seconds > 0.0) {
             return bad("cool_down_seconds", "a finite number > 0", self.cool_down_seconds.to_string());
         }
         if !(self.max_cool_down_seconds.is_finite() && self.max_cool_down_seconds >= self.cool_down_seconds) {
-            return bad("max_cool_down_seconds", &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds), self.max_cool_down_seconds.to_string());
+            return bad(
+                "max_cool_down_seconds",
+                &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds),
+                self.max_cool_down_seconds.to_string(),
+            );
         }
         Ok(())
     }
@@ -366,7 +374,15 @@ mod tests {
     use super::*;
 
     fn cfg() -> HealthConfig {
-        HealthConfig { window_seconds: 60, min_requests: 4, degraded_error_rate: 0.25, open_error_rate: 0.6, open_after_consecutive_failures: 3, cool_down_seconds: 10.0, max_cool_down_seconds: 25.0 }
+        HealthConfig {
+            window_seconds: 60,
+            min_requests: 4,
+            degraded_error_rate: 0.25,
+            open_error_rate: 0.6,
+            open_after_consecutive_failures: 3,
+            cool_down_seconds: 10.0,
+            max_cool_down_seconds: 25.0,
+        }
     }
 
     #[test]
@@ -389,7 +405,9 @@ mod tests {
         t.record("m", Outcome::RateLimited, None, at(4.5));
         let s = t.record("m", Outcome::Timeout, None, at(5.0));
         assert!(matches!(s.state, State::CoolingDown { .. }), "3 in a row opens the circuit: {s:?}");
-        assert!(matches!(t.snapshot("m", at(14.0)).state, State::CoolingDown { remaining } if (remaining.as_secs_f64() - 1.0).abs() < 1e-6));
+        assert!(
+            matches!(t.snapshot("m", at(14.0)).state, State::CoolingDown { remaining } if (remaining.as_secs_f64() - 1.0).abs() < 1e-6)
+        );
         assert_eq!(t.snapshot("m", at(15.0)).state, State::Probing);
         // A failed probe reopens for twice as long, capped at the maximum.
         let s = t.record("m", Outcome::Timeout, None, at(15.0));

@@ -357,7 +357,8 @@ async fn main() -> anyhow::Result<()> {
                 min_quality_share: a.min_quality_share,
                 max_top_share: a.max_top_share,
             };
-            tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, a.all_prompts)).await??;
+            tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, a.all_prompts))
+                .await??;
         }
         Command::Train(a) => {
             let job = TrainJob {

@@ -272,18 +272,16 @@ pub fn rank(
             (p < c.out_of_domain_p).then_some(Exclusion::OutOfDomain { chance: p, threshold: c.out_of_domain_p })
         }),
         Box::new(|m, _| {
-            let denied = listed(&c.denied_models, &m.id)
-                || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
+            let denied = listed(&c.denied_models, &m.id) || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
             denied.then_some(Exclusion::ModelNotAllowed)
         }),
         Box::new(|m, _| {
-            let denied = listed(&c.denied_providers, &m.provider)
-                || (!c.allowed_providers.is_empty() && !listed(&c.allowed_providers, &m.provider));
+            let denied =
+                listed(&c.denied_providers, &m.provider) || (!c.allowed_providers.is_empty() && !listed(&c.allowed_providers, &m.provider));
             denied.then_some(Exclusion::ProviderNotAllowed)
         }),
         Box::new(|m, _| {
-            (input_tokens >= m.context_tokens)
-                .then_some(Exclusion::ContextWindow { input_tokens, context_tokens: m.context_tokens })
+            (input_tokens >= m.context_tokens).then_some(Exclusion::ContextWindow { input_tokens, context_tokens: m.context_tokens })
         }),
         Box::new(|_, s| {
             let (floor, q) = (c.min_quality?, s.prediction?.quality);
@@ -306,9 +304,10 @@ pub fn rank(
                     (Some(Exclusion::MinQuality { predicted: a, floor }), Exclusion::MinQuality { predicted: b, .. }) => {
                         Exclusion::MinQuality { predicted: a.max(*b), floor }
                     }
-                    (Some(Exclusion::ContextWindow { input_tokens, context_tokens: a }), Exclusion::ContextWindow { context_tokens: b, .. }) => {
-                        Exclusion::ContextWindow { input_tokens, context_tokens: a.max(*b) }
-                    }
+                    (
+                        Some(Exclusion::ContextWindow { input_tokens, context_tokens: a }),
+                        Exclusion::ContextWindow { context_tokens: b, .. },
+                    ) => Exclusion::ContextWindow { input_tokens, context_tokens: a.max(*b) },
                     (Some(prev), _) => prev,
                     (None, e) => e.clone(),
                 });
@@ -430,12 +429,8 @@ mod tests {
     #[test]
     fn constraints_exclude_with_reasons() {
         let cat = catalog();
-        let c = Constraints {
-            denied_models: vec!["big".into()],
-            denied_providers: vec!["b".into()],
-            max_fallbacks: 3,
-            ..Default::default()
-        };
+        let c =
+            Constraints { denied_models: vec!["big".into()], denied_providers: vec!["b".into()], max_fallbacks: 3, ..Default::default() };
         let r = rank(&cat, &preds(), &[], 10_000, 0.0, &c, LAT).unwrap();
         assert_eq!(ids(&cat, &r), ["mid"]);
         assert_eq!(r.scored[0].exclusion, Some(Exclusion::ModelNotAllowed));

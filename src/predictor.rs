@@ -131,10 +131,8 @@ impl Head {
     /// Loads `dir/manifest.json` and its graph, checks hash and shapes, and runs one row.
     pub fn load(env: &Environment, dir: &Path) -> Result<Self, HeadError> {
         let mpath = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&mpath)
-            .map_err(|e| HeadError::File { path: mpath.clone(), message: e.to_string() })?;
-        let manifest: HeadManifest =
-            serde_json::from_str(&text).map_err(|e| HeadError::Manifest(format!("{}: {e}", mpath.display())))?;
+        let text = std::fs::read_to_string(&mpath).map_err(|e| HeadError::File { path: mpath.clone(), message: e.to_string() })?;
+        let manifest: HeadManifest = serde_json::from_str(&text).map_err(|e| HeadError::Manifest(format!("{}: {e}", mpath.display())))?;
         if manifest.format != HEAD_FORMAT {
             return Err(HeadError::Manifest(format!("format must be `{HEAD_FORMAT}`. Given: `{}`", manifest.format)));
         }
@@ -142,8 +140,7 @@ impl Head {
             return Err(HeadError::Manifest("`models` is empty".into()));
         }
         let gpath = dir.join(&manifest.graph);
-        let bytes =
-            std::fs::read(&gpath).map_err(|e| HeadError::File { path: gpath.clone(), message: e.to_string() })?;
+        let bytes = std::fs::read(&gpath).map_err(|e| HeadError::File { path: gpath.clone(), message: e.to_string() })?;
         let digest = sha256_hex(&bytes);
         if digest != manifest.graph_sha256 {
             return Err(HeadError::Manifest(format!(
@@ -220,11 +217,7 @@ impl Head {
         let outputs = session.run(ort::inputs![INPUT => TensorRef::from_array_view(&x)?])?;
         let q = outputs[QUALITY].try_extract_array::<f32>()?;
         let t = outputs[OUTPUT_TOKENS].try_extract_array::<f32>()?;
-        let support = if self.has_support {
-            Some(outputs[SUPPORT].try_extract_array::<f32>()?.iter().copied().collect())
-        } else {
-            None
-        };
+        let support = if self.has_support { Some(outputs[SUPPORT].try_extract_array::<f32>()?.iter().copied().collect()) } else { None };
         Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect(), support })
     }
 }

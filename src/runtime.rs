@@ -73,9 +73,7 @@ pub fn candidate_paths() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         out.push(PathBuf::from(p));
     }
-    let rel = Path::new(".runtime")
-        .join(format!("onnxruntime-{BUNDLED_ORT_VERSION}"))
-        .join(library_file_name());
+    let rel = Path::new(".runtime").join(format!("onnxruntime-{BUNDLED_ORT_VERSION}")).join(library_file_name());
     if let Ok(cwd) = std::env::current_dir() {
         out.push(cwd.join(&rel));
     }
@@ -92,11 +90,7 @@ pub fn candidate_paths() -> Vec<PathBuf> {
 /// Finds the ONNX Runtime library: `explicit` if given, else the first existing candidate.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(RuntimeError::NotFound { searched: p.display().to_string() })
-        };
+        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(RuntimeError::NotFound { searched: p.display().to_string() }) };
     }
     let candidates = candidate_paths();
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| RuntimeError::NotFound {
@@ -109,10 +103,7 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Runt
     if let Some((loaded, env)) = ENVIRONMENT.get() {
         if let Some(requested) = explicit {
             if requested != loaded {
-                return Err(RuntimeError::AlreadyLoaded {
-                    loaded: loaded.clone(),
-                    requested: requested.to_path_buf(),
-                });
+                return Err(RuntimeError::AlreadyLoaded { loaded: loaded.clone(), requested: requested.to_path_buf() });
             }
         }
         return Ok(env);
@@ -123,11 +114,8 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Runt
     }
     let path = locate(explicit)?;
     let load_err = |message: String| RuntimeError::Load { path: path.clone(), message };
-    let env = ort::init_from(&path)
-        .map_err(|e| load_err(e.to_string()))?
-        .with_name("pointsman")
-        .build()
-        .map_err(|e| load_err(e.to_string()))?;
+    let env =
+        ort::init_from(&path).map_err(|e| load_err(e.to_string()))?.with_name("pointsman").build().map_err(|e| load_err(e.to_string()))?;
     tracing::info!(path = %path.display(), "loaded ONNX Runtime");
     let _ = ENVIRONMENT.set((path, env));
     Ok(&ENVIRONMENT.get().expect("environment was just set. This is a bug.").1)

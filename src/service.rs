@@ -133,7 +133,6 @@ impl Service {
         self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
     }
 
-
     /// Routes with live health, logs the decision (never waiting on the log), counts the result.
     pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         // No report yet: every model is healthy, which the policy reads from an empty list.
@@ -199,9 +198,7 @@ impl Service {
         let mut config = self.config().reread().map_err(|e| RouteError::Catalog(format!("config: {e}")))?;
         keep_restart_only_settings(&mut config, &self.config());
         let cfg = config.clone();
-        let engine = tokio::task::spawn_blocking(move || Engine::load(cfg))
-            .await
-            .map_err(|e| RouteError::Worker(e.to_string()))??;
+        let engine = tokio::task::spawn_blocking(move || Engine::load(cfg)).await.map_err(|e| RouteError::Worker(e.to_string()))??;
         let engine = Arc::new(engine);
         validate_engine(&engine).await?;
         Ok((engine, config))

@@ -73,7 +73,14 @@ async fn kill_9_loses_at_most_the_unflushed_batch_and_never_corrupts_the_log() {
                 let Ok(r) = c.route(pb::RouteRequest { prompt, request_id: id.clone(), ..Default::default() }).await else { break };
                 routes.fetch_add(1, Ordering::SeqCst);
                 let model = r.into_inner().candidates[0].model.clone();
-                let fb = pb::FeedbackRequest { request_id: id, model, outcome: Outcome::Success as i32, quality: Some(0.5), output_tokens: Some(10), ..Default::default() };
+                let fb = pb::FeedbackRequest {
+                    request_id: id,
+                    model,
+                    outcome: Outcome::Success as i32,
+                    quality: Some(0.5),
+                    output_tokens: Some(10),
+                    ..Default::default()
+                };
                 if c.feedback(fb).await.is_err() {
                     break;
                 }
@@ -105,7 +112,11 @@ async fn kill_9_loses_at_most_the_unflushed_batch_and_never_corrupts_the_log() {
     // One queue in arrival order, committed batch by batch: a report that survived has its
     // decision (routed before it) stored too.
     let orphans: i64 = conn
-        .query_row("SELECT count(*) FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.request_id = f.request_id)", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM feedback f WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.request_id = f.request_id)",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(orphans, 0);
     drop(conn);
@@ -151,18 +162,31 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
     let mut before = Vec::new();
     for (i, t) in texts.iter().enumerate() {
         let id = format!("loop-{i}");
-        let r = c.route(pb::RouteRequest { prompt: t.clone(), request_id: id.clone(), explain: true, ..Default::default() }).await.unwrap().into_inner();
+        let r = c
+            .route(pb::RouteRequest { prompt: t.clone(), request_id: id.clone(), explain: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         before.push((predicted(&r, good), predicted(&r, bad)));
         // The gateway reports the opposite of what the head expects: the "good" model failed every
         // task with long answers, the "bad" one solved every task briefly.
         for (m, q, tokens) in [(good, 0.0, 900), (bad, 1.0, 40)] {
-            let fb = pb::FeedbackRequest { request_id: id.clone(), model: m.into(), outcome: Outcome::Success as i32, quality: Some(q), output_tokens: Some(tokens), ..Default::default() };
+            let fb = pb::FeedbackRequest {
+                request_id: id.clone(),
+                model: m.into(),
+                outcome: Outcome::Success as i32,
+                quality: Some(q),
+                output_tokens: Some(tokens),
+                ..Default::default()
+            };
             c.feedback(fb).await.unwrap();
         }
         // Now and then an availability failure: kept for health (too rare to degrade the model),
         // not a training label.
         if i % 6 == 0 {
-            c.feedback(pb::FeedbackRequest { request_id: id, model: bad.into(), outcome: Outcome::Timeout as i32, ..Default::default() }).await.unwrap();
+            c.feedback(pb::FeedbackRequest { request_id: id, model: bad.into(), outcome: Outcome::Timeout as i32, ..Default::default() })
+                .await
+                .unwrap();
         }
     }
     let reports = 2 * texts.len() as i64 + 10;
@@ -170,7 +194,10 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
 
     // Export: one training line per rated report.
     let out = dir.path().join("export.jsonl.gz");
-    let status = Command::new(BIN).args(["--config", cfg_path.to_str().unwrap(), "logs", "export", "--out", out.to_str().unwrap()]).status().unwrap();
+    let status = Command::new(BIN)
+        .args(["--config", cfg_path.to_str().unwrap(), "logs", "export", "--out", out.to_str().unwrap()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exported = pointsman::learning::read_logs(&[out], true).unwrap();
     assert_eq!((exported.prompts.len(), exported.models.len(), exported.observations.len()), (texts.len(), 2, 2 * texts.len()));
@@ -191,7 +218,10 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
     for (t, ((q_good, tok_good), (q_bad, tok_bad))) in texts.iter().zip(&before) {
         let r = c.route(pb::RouteRequest { prompt: t.clone(), explain: true, ..Default::default() }).await.unwrap().into_inner();
         let ((nq_good, ntok_good), (nq_bad, ntok_bad)) = (predicted(&r, good), predicted(&r, bad));
-        assert!(nq_good < *q_good && nq_bad > *q_bad, "quality moves towards the reports: {good} {q_good:.3} -> {nq_good:.3}, {bad} {q_bad:.3} -> {nq_bad:.3}");
+        assert!(
+            nq_good < *q_good && nq_bad > *q_bad,
+            "quality moves towards the reports: {good} {q_good:.3} -> {nq_good:.3}, {bad} {q_bad:.3} -> {nq_bad:.3}"
+        );
         assert!(ntok_good > *tok_good && ntok_bad < *tok_bad, "lengths move towards the reports");
         moved += usize::from(r.candidates[0].model == bad);
     }

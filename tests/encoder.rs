@@ -61,7 +61,8 @@ fn embeddings_are_identical_under_concurrent_load() {
     let enc = encoder(EncoderVariant::Int8, 2);
     let probe = "Solve for x: 3x + 7 = 22, and explain each step.";
     let reference = enc.embed_text(probe).unwrap();
-    let others: Vec<String> = (0..40).map(|i| format!("Unrelated text number {i} about cooking pasta {}", "and sauce ".repeat(i))).collect();
+    let others: Vec<String> =
+        (0..40).map(|i| format!("Unrelated text number {i} about cooking pasta {}", "and sauce ".repeat(i))).collect();
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..4)
             .map(|t| {

@@ -14,7 +14,13 @@ fn route(prompt: &str, id: &str) -> pb::RouteRequest {
 }
 
 fn report(id: &str, model: &str, outcome: Outcome) -> pb::FeedbackRequest {
-    pb::FeedbackRequest { request_id: id.into(), model: model.into(), outcome: outcome as i32, latency_ms: Some(850.0), ..Default::default() }
+    pb::FeedbackRequest {
+        request_id: id.into(),
+        model: model.into(),
+        outcome: outcome as i32,
+        latency_ms: Some(850.0),
+        ..Default::default()
+    }
 }
 
 fn db_counts(path: &std::path::Path) -> (i64, i64) {
@@ -37,7 +43,13 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
     let ack = c.feedback(report("req-1", &primary, Outcome::Timeout)).await.unwrap().into_inner();
     assert!(ack.known_request);
     assert_eq!(ack.health.unwrap().window_requests, 1);
-    let rated = pb::FeedbackRequest { quality: Some(0.75), output_tokens: Some(321), input_tokens: Some(80), cost_usd: Some(0.002), ..report("req-1", &fallback, Outcome::Success) };
+    let rated = pb::FeedbackRequest {
+        quality: Some(0.75),
+        output_tokens: Some(321),
+        input_tokens: Some(80),
+        cost_usd: Some(0.002),
+        ..report("req-1", &fallback, Outcome::Success)
+    };
     c.feedback(rated).await.unwrap();
     c.feedback(pb::FeedbackRequest { output_tokens: Some(12), ..report("req-2", &primary, Outcome::Refused) }).await.unwrap();
     // An id this replica never saw is accepted and kept; a model outside the catalog too.
@@ -69,7 +81,9 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
     // The decision row holds the routing text and the ranked candidates as served.
     let conn = rusqlite::Connection::open(&db).unwrap();
     let (text, candidates, weight): (String, String, f64) = conn
-        .query_row("SELECT routing_text, candidates, cost_weight FROM decisions WHERE request_id = 'req-1'", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row("SELECT routing_text, candidates, cost_weight FROM decisions WHERE request_id = 'req-1'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .unwrap();
     assert_eq!(text, MATH_PROMPT);
     assert_eq!(weight, 0.0);
@@ -109,7 +123,8 @@ async fn without_prompt_storage_only_the_embedding_is_kept() {
     eventually(|| Some(()).filter(|_| db_counts(&db).0 == 2)).await;
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut stmt = conn.prepare("SELECT routing_text, embedding FROM decisions ORDER BY id").unwrap();
-    let rows: Vec<(Option<String>, Option<Vec<u8>>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let rows: Vec<(Option<String>, Option<Vec<u8>>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
     for (text, emb) in &rows {
         assert!(text.is_none(), "the prompt text must not be stored");
         let v = pointsman::logs::store::embedding_from_bytes(emb.as_ref().expect("embedding stored")).unwrap();

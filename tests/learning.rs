@@ -8,8 +8,8 @@ use common::{shared_data, shipped_encoder};
 use ndarray::{s, Array2, ArrayView2, Axis};
 use pointsman::{
     learning::{
-        baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset, LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64,
-        Support, TrainConfig, DEFAULT_NEIGHBOURS,
+        baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset,
+        LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64, Support, TrainConfig, DEFAULT_NEIGHBOURS,
     },
     predictor::Head,
     runtime,
@@ -71,7 +71,12 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let held = data.select(&va);
     let (m_lr, m_base) = (evaluate(&lowrank, &held, 0.1), baseline_metrics(&data.select(&tr), &held, 0.1));
     assert!(m_lr.quality_brier < m_base.quality_brier, "factor head Brier {} vs means {}", m_lr.quality_brier, m_base.quality_brier);
-    assert!(m_lr.log_tokens_mae < m_base.log_tokens_mae, "factor head length error {} vs means {}", m_lr.log_tokens_mae, m_base.log_tokens_mae);
+    assert!(
+        m_lr.log_tokens_mae < m_base.log_tokens_mae,
+        "factor head length error {} vs means {}",
+        m_lr.log_tokens_mae,
+        m_base.log_tokens_mae
+    );
 
     // The full served graph: shrinkage and support outputs match their Rust definitions too.
     let fit = data.select(&tr);
@@ -106,7 +111,13 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     assert!(max_abs(&get("quality"), &q_ref, false) <= 1e-5);
     assert!(max_abs(&get("output_tokens"), &t_ref, true) <= 1e-5);
     assert!(max_abs(&get("support"), &s_ref, true) <= 1e-4);
-    assert!((q_ref.column(1).mean().unwrap() - fit.quality.column(1).iter().zip(fit.mask.column(1)).filter(|(_, m)| **m > 0.0).map(|(q, _)| *q).sum::<f32>() / fit.mask.column(1).sum()).abs() < 0.2);
+    assert!(
+        (q_ref.column(1).mean().unwrap()
+            - fit.quality.column(1).iter().zip(fit.mask.column(1)).filter(|(_, m)| **m > 0.0).map(|(q, _)| *q).sum::<f32>()
+                / fit.mask.column(1).sum())
+        .abs()
+            < 0.2
+    );
 }
 
 #[test]
@@ -227,14 +238,16 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
 fn eval_command_reports_frontiers_on_held_out_prompts() {
     let dir = tempfile::tempdir().unwrap();
     let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
-    let out = Command::new(env!("CARGO_BIN_EXE_pointsman")).args(["eval", "--data"]).arg(&data).arg("--out").arg(dir.path()).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_pointsman")).args(["eval", "--data"]).arg(&data).arg("--out").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     let r = &reports[0];
     assert_eq!(r["file"], "alpaca_eval2/train.jsonl.gz");
     let prompts = r["prompts"].as_u64().unwrap();
     assert!(prompts >= 100, "held-out alpaca prompts: {prompts}");
-    let (single, router, oracle) = (r["single_aiq"].as_f64().unwrap(), r["router"]["aiq"].as_f64().unwrap(), r["oracle"]["aiq"].as_f64().unwrap());
+    let (single, router, oracle) =
+        (r["single_aiq"].as_f64().unwrap(), r["router"]["aiq"].as_f64().unwrap(), r["oracle"]["aiq"].as_f64().unwrap());
     assert!(oracle > single && oracle > router, "the oracle bounds everything: {single} {router} {oracle}");
     let gap = r["router_gap_closed"].as_f64().unwrap();
     assert!((gap - (router - single) / (oracle - single)).abs() < 1e-9);
@@ -266,7 +279,8 @@ fn cross_validation_holds_out_every_prompt_once_and_pools_the_folds() {
     // The folds' held-out prompts partition the log: each prompt is held out by exactly one head.
     let mut held: Vec<String> = Vec::new();
     for f in 0..3 {
-        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("cv/fold-{f}/manifest.json"))).unwrap()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("cv/fold-{f}/manifest.json"))).unwrap()).unwrap();
         held.extend(m["validation"]["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
     }
     held.sort();
@@ -279,7 +293,8 @@ fn cross_validation_holds_out_every_prompt_once_and_pools_the_folds() {
     let r = &reports[0];
     let prompts = r["prompts"].as_u64().unwrap() as usize;
     assert!(prompts > all.len() * 9 / 10 && prompts <= all.len(), "{prompts} of {} prompts evaluated", all.len());
-    let (single, router, oracle) = (r["single_aiq"].as_f64().unwrap(), r["router"]["aiq"].as_f64().unwrap(), r["oracle"]["aiq"].as_f64().unwrap());
+    let (single, router, oracle) =
+        (r["single_aiq"].as_f64().unwrap(), r["router"]["aiq"].as_f64().unwrap(), r["oracle"]["aiq"].as_f64().unwrap());
     assert!(oracle > single && oracle > router, "{single} {router} {oracle}");
     let below = &r["router_below_single_frontier"];
     assert!((0.0..=1.0).contains(&below["share_of_cost_range"].as_f64().unwrap()));
@@ -297,7 +312,15 @@ fn tune_writes_a_profile_that_meets_its_target() {
     std::fs::write(&cfg, &text).unwrap();
     let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_pointsman")).arg("--config").arg(&cfg).arg("tune").arg("--data").arg(&data).args(args).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_pointsman"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("tune")
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
     };
     let out = run(&["--name", "frugal", "--min-quality-share", "0.97", "--write"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -324,11 +347,17 @@ fn extend_adds_a_model_without_moving_the_others() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(shared_data().join("zeroeval/train.jsonl.gz")).unwrap()).read_to_string(&mut text).unwrap();
+    flate2::read::GzDecoder::new(std::fs::File::open(shared_data().join("zeroeval/train.jsonl.gz")).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
     let new_model = "gpt-4o-mini-2024-07-18";
     let (mut base, mut new): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     for l in text.lines() {
-        if l.contains(&format!("\"model\": \"{new_model}\"")) { new.push(l.to_string()) } else { base.push(l.to_string()) }
+        if l.contains(&format!("\"model\": \"{new_model}\"")) {
+            new.push(l.to_string())
+        } else {
+            base.push(l.to_string())
+        }
     }
     assert!(new.len() > 1000);
     let (base_log, new_log) = (dir.path().join("base.jsonl"), dir.path().join("new.jsonl"));
@@ -353,7 +382,9 @@ fn extend_adds_a_model_without_moving_the_others() {
     let out = ok(Command::new(bin).arg("--config").arg(&cfg).args(["extend", "--data"]).arg(&new_log).arg("--out").arg(&extended));
     // "held-out (N prompts) Brier B vs M for its mean, log-token MAE T vs U"
     let nums: Vec<f64> = out.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).collect();
-    let at = |after: &str| -> Vec<f64> { out.split(after).nth(1).unwrap().split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).take(2).collect() };
+    let at = |after: &str| -> Vec<f64> {
+        out.split(after).nth(1).unwrap().split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|t| t.parse().ok()).take(2).collect()
+    };
     let (brier, tokens) = (at("Brier "), at("MAE "));
     assert!(brier[0] < brier[1], "new column Brier {} vs mean {} ({out})", brier[0], brier[1]);
     assert!(tokens[0] < tokens[1], "new column log-token MAE {} vs mean {}", tokens[0], tokens[1]);

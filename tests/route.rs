@@ -88,15 +88,11 @@ async fn deny_and_allow_lists_are_honoured() {
     let e = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == top.model).unwrap();
     assert_eq!(e.reason, ExclusionReason::ModelNotAllowed as i32);
 
-    let r = s.client.route(RouteRequest { denied_providers: vec![top.provider.clone()], ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
+    let r =
+        s.client.route(RouteRequest { denied_providers: vec![top.provider.clone()], ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
     assert!(r.candidates.iter().all(|c| c.provider != top.provider));
 
-    let r = s
-        .client
-        .route(RouteRequest { allowed_providers: vec!["anthropic".into()], ..prompt(MATH_PROMPT) })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = s.client.route(RouteRequest { allowed_providers: vec!["anthropic".into()], ..prompt(MATH_PROMPT) }).await.unwrap().into_inner();
     assert!(!r.candidates.is_empty() && r.candidates.iter().all(|c| c.provider == "anthropic"));
 
     let allowed = vec![base.candidates[2].model.clone(), base.candidates[3].model.clone()];
@@ -157,10 +153,15 @@ async fn fallbacks_span_providers_and_respect_the_count() {
     for p in [MATH_PROMPT, CHAT_PROMPT] {
         for n in [1u32, 3, 8] {
             for w in [0.0, 0.5, 1.0] {
-                let r = s.client.route(RouteRequest { max_fallbacks: Some(n), cost_weight: Some(w), ..prompt(p) }).await.unwrap().into_inner();
+                let r =
+                    s.client.route(RouteRequest { max_fallbacks: Some(n), cost_weight: Some(w), ..prompt(p) }).await.unwrap().into_inner();
                 assert_eq!(r.candidates.len(), n as usize + 1);
                 let primary = &r.candidates[0].provider;
-                assert!(r.candidates[1..].iter().any(|c| &c.provider != primary), "no other provider among fallbacks at n={n} w={w}: {:?}", models(&r));
+                assert!(
+                    r.candidates[1..].iter().any(|c| &c.provider != primary),
+                    "no other provider among fallbacks at n={n} w={w}: {:?}",
+                    models(&r)
+                );
             }
         }
     }
@@ -262,7 +263,8 @@ async fn bad_input_gets_invalid_argument_naming_field_limit_and_value() {
     expect_status(&mut s, RouteRequest { profile: "balanced".into(), cost_weight: Some(0.2), ..prompt("hi") }, ia, &["profile"]).await;
     expect_status(&mut s, RouteRequest { allowed_models: vec!["gpt-17".into()], ..prompt("hi") }, ia, &["allowed_models", "gpt-17"]).await;
     expect_status(&mut s, RouteRequest { denied_models: vec!["nope".into()], ..prompt("hi") }, ia, &["denied_models", "nope"]).await;
-    expect_status(&mut s, RouteRequest { allowed_providers: vec!["acme".into()], ..prompt("hi") }, ia, &["allowed_providers", "acme"]).await;
+    expect_status(&mut s, RouteRequest { allowed_providers: vec!["acme".into()], ..prompt("hi") }, ia, &["allowed_providers", "acme"])
+        .await;
     expect_status(&mut s, RouteRequest { max_fallbacks: Some(12), ..prompt("hi") }, ia, &["max_fallbacks", "8", "12"]).await;
     expect_status(&mut s, RouteRequest { min_quality: Some(2.0), ..prompt("hi") }, ia, &["min_quality", "2"]).await;
     expect_status(&mut s, RouteRequest { max_cost_usd: Some(-1.0), ..prompt("hi") }, ia, &["max_cost_usd", "-1"]).await;
@@ -280,7 +282,8 @@ async fn bad_input_gets_invalid_argument_naming_field_limit_and_value() {
     let fp = Code::FailedPrecondition;
     expect_status(&mut s, RouteRequest { max_cost_usd: Some(1e-12), ..prompt("hi") }, fp, &["max_cost_usd"]).await;
     expect_status(&mut s, RouteRequest { min_quality: Some(1.0), ..prompt("hi") }, fp, &["min_quality"]).await;
-    let both_lists = RouteRequest { allowed_providers: vec!["anthropic".into()], denied_providers: vec!["anthropic".into()], ..prompt("hi") };
+    let both_lists =
+        RouteRequest { allowed_providers: vec!["anthropic".into()], denied_providers: vec!["anthropic".into()], ..prompt("hi") };
     expect_status(&mut s, both_lists, fp, &["providers"]).await;
 
     // The server is still fine.

@@ -63,7 +63,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
         let mut c = s.client.clone();
-        tasks.spawn(async move { c.route(pointsman::pb::RouteRequest { prompt: format!("question number {i} about rust lifetimes"), ..Default::default() }).await });
+        tasks.spawn(async move {
+            c.route(pointsman::pb::RouteRequest { prompt: format!("question number {i} about rust lifetimes"), ..Default::default() }).await
+        });
     }
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     s.shutdown().await;

@@ -154,32 +154,31 @@ impl Encoder {
     pub fn load(env: &Environment, cfg: &EncoderConfig) -> Result<Self, EncoderError> {
         let manifest_path = cfg.dir.join("manifest.json");
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| file_err(&manifest_path, e))?;
-        let manifest: EncoderManifest = serde_json::from_str(&text)
-            .map_err(|e| EncoderError::Manifest { path: manifest_path.clone(), message: e.to_string() })?;
+        let manifest: EncoderManifest =
+            serde_json::from_str(&text).map_err(|e| EncoderError::Manifest { path: manifest_path.clone(), message: e.to_string() })?;
         let variant = match cfg.variant {
             EncoderVariant::Int8 => "int8",
             EncoderVariant::Fp32 => "fp32",
         };
-        let file = manifest.files.get(variant).ok_or_else(|| EncoderError::Manifest {
-            path: manifest_path.clone(),
-            message: format!("no `files.{variant}` entry"),
-        })?;
+        let file = manifest
+            .files
+            .get(variant)
+            .ok_or_else(|| EncoderError::Manifest { path: manifest_path.clone(), message: format!("no `files.{variant}` entry") })?;
         let max_tokens = cfg.max_tokens.min(manifest.max_tokens);
 
         let tok_path = cfg.dir.join(&manifest.tokenizer.path);
         let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| file_err(&tok_path, e))?;
         tokenizer.with_truncation(None).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
         tokenizer.with_padding(None);
-        let sep_id = tokenizer.token_to_id("[SEP]").ok_or_else(|| EncoderError::Manifest {
-            path: tok_path.clone(),
-            message: "tokenizer has no [SEP] token".into(),
-        })? as i64;
+        let sep_id = tokenizer
+            .token_to_id("[SEP]")
+            .ok_or_else(|| EncoderError::Manifest { path: tok_path.clone(), message: "tokenizer has no [SEP] token".into() })?
+            as i64;
 
         let graph = cfg.dir.join(&file.path);
         let bytes = std::fs::read(&graph).map_err(|e| file_err(&graph, e))?;
-        let sessions = (0..cfg.sessions)
-            .map(|_| session_from_bytes(env, &bytes, cfg.intra_threads).map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions =
+            (0..cfg.sessions).map(|_| session_from_bytes(env, &bytes, cfg.intra_threads).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         let enc = Self {
             id: format!("{}/{variant}", manifest.id),
             dimension: manifest.dimension,

@@ -65,19 +65,10 @@ impl ChatMessage {
 
 /// The text that is embedded for a conversation (see the module docs for the policy).
 pub fn routing_text(messages: &[ChatMessage]) -> String {
-    let users: Vec<&str> = messages
-        .iter()
-        .filter(|m| m.role == Role::User && !m.content.trim().is_empty())
-        .map(|m| m.content.trim())
-        .collect();
+    let users: Vec<&str> =
+        messages.iter().filter(|m| m.role == Role::User && !m.content.trim().is_empty()).map(|m| m.content.trim()).collect();
     let Some((last, earlier)) = users.split_last() else {
-        return messages
-            .iter()
-            .rev()
-            .map(|m| m.content.trim())
-            .find(|c| !c.is_empty())
-            .unwrap_or_default()
-            .to_string();
+        return messages.iter().rev().map(|m| m.content.trim()).find(|c| !c.is_empty()).unwrap_or_default().to_string();
     };
     let mut text = last.to_string();
     let mut words = last.split_whitespace().count();

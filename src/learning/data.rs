@@ -75,20 +75,12 @@ pub struct RoutingLogs {
 impl RoutingLogs {
     /// Map from `prompt_id` to its index in [`RoutingLogs::prompts`].
     pub fn prompt_index(&self) -> HashMap<&str, usize> {
-        self.prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.as_str(), i))
-            .collect()
+        self.prompts.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect()
     }
 
     /// Map from model id to its index in [`RoutingLogs::models`].
     pub fn model_index(&self) -> HashMap<&str, usize> {
-        self.models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.as_str(), i))
-            .collect()
+        self.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect()
     }
 
     /// Number of observations per model, aligned with [`RoutingLogs::models`].
@@ -108,9 +100,7 @@ impl RoutingLogs {
             sums[o.model].0 += f64::from(o.score);
             sums[o.model].1 += 1;
         }
-        sums.into_iter()
-            .map(|(s, n)| (n > 0).then(|| (s / n as f64) as f32))
-            .collect()
+        sums.into_iter().map(|(s, n)| (n > 0).then(|| (s / n as f64) as f32)).collect()
     }
 
     /// Observed pairs divided by all `prompts x models` pairs (1.0 for a full benchmark matrix).
@@ -141,9 +131,7 @@ pub fn read_logs(paths: &[PathBuf], strict: bool) -> Result<RoutingLogs, Learnin
     let logs = builder.finish();
     if logs.observations.is_empty() {
         let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(LearningError::NoObservations {
-            what: format!("[{}]", names.join(", ")),
-        });
+        return Err(LearningError::NoObservations { what: format!("[{}]", names.join(", ")) });
     }
     if logs.skipped_lines > 0 {
         tracing::warn!(
@@ -217,21 +205,14 @@ struct Builder {
 
 impl Builder {
     fn read_file(&mut self, path: &Path, strict: bool) -> Result<(), LearningError> {
-        let io_err = |source| LearningError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |source| LearningError::Io { path: path.to_path_buf(), source };
         if crate::logs::store::is_sqlite(path) {
             return self.read_decision_log(path);
         }
         let mut raw = BufReader::new(File::open(path).map_err(io_err)?);
         let is_gzip = raw.fill_buf().map_err(io_err)?.starts_with(&[0x1f, 0x8b]);
         // NOTE: MultiGzDecoder, not GzDecoder: rotated logs are often `cat`ed gzip members.
-        let mut reader: Box<dyn BufRead> = if is_gzip {
-            Box::new(BufReader::new(MultiGzDecoder::new(raw)))
-        } else {
-            Box::new(raw)
-        };
+        let mut reader: Box<dyn BufRead> = if is_gzip { Box::new(BufReader::new(MultiGzDecoder::new(raw))) } else { Box::new(raw) };
 
         let mut buf = Vec::new();
         let mut line_no = 0usize;
@@ -250,16 +231,8 @@ impl Builder {
             if strict {
                 let path = path.to_path_buf();
                 return Err(match fault {
-                    LineFault::Malformed(reason) => LearningError::MalformedLine {
-                        path,
-                        line: line_no,
-                        reason,
-                    },
-                    LineFault::Inconsistent(prompt_id) => LearningError::InconsistentPrompt {
-                        path,
-                        line: line_no,
-                        prompt_id,
-                    },
+                    LineFault::Malformed(reason) => LearningError::MalformedLine { path, line: line_no, reason },
+                    LineFault::Inconsistent(prompt_id) => LearningError::InconsistentPrompt { path, line: line_no, prompt_id },
                 });
             }
             self.skipped_lines += 1;
@@ -270,18 +243,15 @@ impl Builder {
                         format!("prompt_id {id:?} was seen before with a different prompt text")
                     }
                 };
-                self.problems
-                    .push(format!("{}:{line_no}: {reason}", path.display()));
+                self.problems.push(format!("{}:{line_no}: {reason}", path.display()));
             }
         }
     }
 
     /// Reads a decision log's labelled feedback (see `logs::store::training_lines`).
     fn read_decision_log(&mut self, path: &Path) -> Result<(), LearningError> {
-        let (lines, skips) = crate::logs::store::training_lines(path).map_err(|e| LearningError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let (lines, skips) = crate::logs::store::training_lines(path)
+            .map_err(|e| LearningError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
         tracing::info!(
             path = %path.display(),
             lines = lines.len(),
@@ -302,8 +272,7 @@ impl Builder {
     }
 
     fn add_line(&mut self, bytes: &[u8]) -> Result<(), LineFault> {
-        let line: LogRecord = serde_json::from_slice(bytes)
-            .map_err(|e| LineFault::Malformed(format!("invalid record: {e}")))?;
+        let line: LogRecord = serde_json::from_slice(bytes).map_err(|e| LineFault::Malformed(format!("invalid record: {e}")))?;
         self.add_record(line)
     }
 
@@ -323,18 +292,10 @@ impl Builder {
             return Err(LineFault::Malformed("empty `model`".into()));
         }
         if !(0.0..=1.0).contains(&line.score) {
-            return Err(LineFault::Malformed(format!(
-                "`score` must be in [0, 1]. Given: {}",
-                line.score
-            )));
+            return Err(LineFault::Malformed(format!("`score` must be in [0, 1]. Given: {}", line.score)));
         }
-        let tokens = u32::try_from(line.output_tokens).map_err(|_| {
-            LineFault::Malformed(format!(
-                "`output_tokens` must be in [0, {}]. Given: {}",
-                u32::MAX,
-                line.output_tokens
-            ))
-        })?;
+        let tokens = u32::try_from(line.output_tokens)
+            .map_err(|_| LineFault::Malformed(format!("`output_tokens` must be in [0, {}]. Given: {}", u32::MAX, line.output_tokens)))?;
 
         let prompt = match self.prompt_ids.get(&line.prompt_id) {
             Some(&i) => {
@@ -350,12 +311,7 @@ impl Builder {
             None => {
                 let i = self.prompts.len();
                 self.prompt_ids.insert(line.prompt_id.clone(), i);
-                self.prompts.push(PromptEntry {
-                    id: line.prompt_id,
-                    text: line.prompt,
-                    task: line.task,
-                    embedding,
-                });
+                self.prompts.push(PromptEntry { id: line.prompt_id, text: line.prompt, task: line.task, embedding });
                 i
             }
         };
@@ -368,11 +324,7 @@ impl Builder {
                 i
             }
         };
-        let cell = self.cells.entry((prompt, model)).or_insert(Cell {
-            score_sum: 0.0,
-            tokens_sum: 0,
-            count: 0,
-        });
+        let cell = self.cells.entry((prompt, model)).or_insert(Cell { score_sum: 0.0, tokens_sum: 0, count: 0 });
         if cell.count > 0 {
             self.merged_duplicates += 1;
         }
@@ -390,10 +342,7 @@ impl Builder {
         for (new, &old) in order.iter().enumerate() {
             new_index[old] = new;
         }
-        let models = order
-            .iter()
-            .map(|&old| self.model_names[old].clone())
-            .collect();
+        let models = order.iter().map(|&old| self.model_names[old].clone()).collect();
 
         let mut observations: Vec<Observation> = self
             .cells
@@ -468,43 +417,18 @@ mod tests {
         std::fs::write(&gz, enc.finish().expect("gzip")).expect("write");
 
         let logs = read_logs(&[plain.clone(), gz.clone()], false).expect("lenient read");
-        assert_eq!(
-            logs.prompts
-                .iter()
-                .map(|p| p.id.as_str())
-                .collect::<Vec<_>>(),
-            ["p1", "p2", "p3"]
-        );
+        assert_eq!(logs.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p1", "p2", "p3"]);
         assert_eq!(logs.prompts[0].task.as_deref(), Some("t"));
         assert_eq!(logs.models, ["a", "b", "c"]);
         assert_eq!(logs.merged_duplicates, 1);
         assert_eq!(logs.skipped_lines, 5);
         assert_eq!(logs.problems.len(), 5);
-        assert!(
-            logs.problems[0].contains("more.jsonl:1:"),
-            "{}",
-            logs.problems[0]
-        );
+        assert!(logs.problems[0].contains("more.jsonl:1:"), "{}", logs.problems[0]);
         assert!(logs.problems[2].contains("score"), "{}", logs.problems[2]);
-        let obs: Vec<_> = logs
-            .observations
-            .iter()
-            .map(|o| (o.prompt, o.model, o.score, o.output_tokens))
-            .collect();
-        assert_eq!(
-            obs,
-            [
-                (0, 0, 0.0, 3),
-                (0, 1, 0.75, 16),
-                (1, 0, 1.0, 0),
-                (2, 2, 0.25, 4)
-            ]
-        );
+        let obs: Vec<_> = logs.observations.iter().map(|o| (o.prompt, o.model, o.score, o.output_tokens)).collect();
+        assert_eq!(obs, [(0, 0, 0.0, 3), (0, 1, 0.75, 16), (1, 0, 1.0, 0), (2, 2, 0.25, 4)]);
         assert_eq!(logs.model_counts(), [2, 1, 1]);
-        assert_eq!(
-            logs.model_mean_scores(),
-            [Some(0.5), Some(0.75), Some(0.25)]
-        );
+        assert_eq!(logs.model_mean_scores(), [Some(0.5), Some(0.75), Some(0.25)]);
         assert_eq!(logs.prompt_index()["p2"], 1);
 
         match read_logs(&[plain.clone(), gz], true) {
@@ -514,10 +438,7 @@ mod tests {
             }
             other => panic!("expected a malformed-line error, got {other:?}"),
         }
-        assert!(matches!(
-            read_logs(&[temp_path("missing")], false),
-            Err(LearningError::Io { .. })
-        ));
+        assert!(matches!(read_logs(&[temp_path("missing")], false), Err(LearningError::Io { .. })));
         let _ = std::fs::remove_dir_all(plain.parent().expect("temp dir"));
     }
 }

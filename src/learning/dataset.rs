@@ -34,22 +34,13 @@ impl Dataset {
     /// # Errors
     /// [`LearningError::ShapeMismatch`] if the rows do not match the prompts or an observation
     /// points outside `logs`; [`LearningError::InvalidValue`] for non-finite embeddings.
-    pub fn from_logs(
-        logs: &RoutingLogs,
-        embeddings: ArrayView2<f32>,
-    ) -> Result<Self, LearningError> {
+    pub fn from_logs(logs: &RoutingLogs, embeddings: ArrayView2<f32>) -> Result<Self, LearningError> {
         let (n, m) = (logs.prompts.len(), logs.models.len());
         if embeddings.nrows() != n {
-            return Err(LearningError::ShapeMismatch {
-                what: "embedding rows vs prompts",
-                expected: n,
-                actual: embeddings.nrows(),
-            });
+            return Err(LearningError::ShapeMismatch { what: "embedding rows vs prompts", expected: n, actual: embeddings.nrows() });
         }
         if !embeddings.iter().all(|v| v.is_finite()) {
-            return Err(LearningError::InvalidValue {
-                what: "embeddings (must be finite)",
-            });
+            return Err(LearningError::InvalidValue { what: "embeddings (must be finite)" });
         }
         let mut data = Dataset {
             x: embeddings.as_standard_layout().into_owned(),
@@ -60,23 +51,13 @@ impl Dataset {
         for o in &logs.observations {
             let (p, k) = (o.prompt, o.model);
             if p >= n {
-                return Err(LearningError::ShapeMismatch {
-                    what: "observation prompt index vs prompts",
-                    expected: n,
-                    actual: p,
-                });
+                return Err(LearningError::ShapeMismatch { what: "observation prompt index vs prompts", expected: n, actual: p });
             }
             if k >= m {
-                return Err(LearningError::ShapeMismatch {
-                    what: "observation model index vs models",
-                    expected: m,
-                    actual: k,
-                });
+                return Err(LearningError::ShapeMismatch { what: "observation model index vs models", expected: m, actual: k });
             }
             if !o.score.is_finite() {
-                return Err(LearningError::InvalidValue {
-                    what: "observation scores (must be finite)",
-                });
+                return Err(LearningError::InvalidValue { what: "observation scores (must be finite)" });
             }
             data.quality[[p, k]] = o.score.clamp(0.0, 1.0);
             data.log_tokens[[p, k]] = encode_tokens(o.output_tokens);
@@ -120,60 +101,31 @@ impl Dataset {
         let checks: [(&'static str, usize, usize); 5] = [
             ("dataset x rows vs mask rows", n, self.x.nrows()),
             ("dataset quality rows vs mask rows", n, self.quality.nrows()),
-            (
-                "dataset quality columns vs mask columns",
-                m,
-                self.quality.ncols(),
-            ),
-            (
-                "dataset log_tokens rows vs mask rows",
-                n,
-                self.log_tokens.nrows(),
-            ),
-            (
-                "dataset log_tokens columns vs mask columns",
-                m,
-                self.log_tokens.ncols(),
-            ),
+            ("dataset quality columns vs mask columns", m, self.quality.ncols()),
+            ("dataset log_tokens rows vs mask rows", n, self.log_tokens.nrows()),
+            ("dataset log_tokens columns vs mask columns", m, self.log_tokens.ncols()),
         ];
         super::check_shapes(&checks)?;
         if !self.x.iter().all(|v| v.is_finite()) {
-            return Err(LearningError::InvalidValue {
-                what: "dataset x (must be finite)",
-            });
+            return Err(LearningError::InvalidValue { what: "dataset x (must be finite)" });
         }
         if !self.log_tokens.iter().all(|v| v.is_finite()) {
-            return Err(LearningError::InvalidValue {
-                what: "dataset log_tokens (must be finite)",
-            });
+            return Err(LearningError::InvalidValue { what: "dataset log_tokens (must be finite)" });
         }
         // NOTE: written so that NaN fails every comparison and is rejected too.
         if !self.mask.iter().all(|&v| v == 0.0 || v == 1.0) {
-            return Err(LearningError::InvalidValue {
-                what: "dataset mask (must be 0 or 1)",
-            });
+            return Err(LearningError::InvalidValue { what: "dataset mask (must be 0 or 1)" });
         }
-        let quality_ok = self
-            .quality
-            .iter()
-            .zip(&self.mask)
-            .all(|(&q, &k)| k == 0.0 || (0.0..=1.0).contains(&q));
+        let quality_ok = self.quality.iter().zip(&self.mask).all(|(&q, &k)| k == 0.0 || (0.0..=1.0).contains(&q));
         if !quality_ok {
-            return Err(LearningError::InvalidValue {
-                what: "dataset quality (must be in [0, 1] where observed)",
-            });
+            return Err(LearningError::InvalidValue { what: "dataset quality (must be in [0, 1] where observed)" });
         }
         Ok(())
     }
 
     /// Loss sums of `model` on this data, with `x` standing in for `self.x` (scaled inputs).
     pub(super) fn loss_sums(&self, model: &Mlp, x: ArrayView2<f32>) -> LossSums {
-        model.loss_sums(
-            x,
-            self.quality.view(),
-            self.log_tokens.view(),
-            self.mask.view(),
-        )
+        model.loss_sums(x, self.quality.view(), self.log_tokens.view(), self.mask.view())
     }
 }
 
@@ -193,11 +145,7 @@ pub fn folds(n_prompts: usize, k: usize, seed: u64) -> Vec<usize> {
 /// `val_fraction` is clamped to `[0, 1]` and rounded to whole prompts; with at least two
 /// prompts and a non-zero fraction, both sides get at least one. Same seed, same split.
 pub fn split_by_prompt(n_prompts: usize, val_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let fraction = if val_fraction.is_nan() {
-        0.0
-    } else {
-        val_fraction.clamp(0.0, 1.0)
-    };
+    let fraction = if val_fraction.is_nan() { 0.0 } else { val_fraction.clamp(0.0, 1.0) };
     let mut n_val = (n_prompts as f64 * fraction).round() as usize;
     if n_prompts >= 2 && fraction > 0.0 {
         n_val = n_val.clamp(1, n_prompts - 1);
@@ -231,21 +179,11 @@ mod tests {
     #[test]
     fn from_logs_densifies_and_validate_rejects_bad_values() {
         use crate::learning::{Observation, PromptEntry};
-        let prompt = |id: &str| PromptEntry {
-            id: id.into(),
-            text: id.into(),
-            task: None,
-            embedding: None,
-        };
+        let prompt = |id: &str| PromptEntry { id: id.into(), text: id.into(), task: None, embedding: None };
         let logs = RoutingLogs {
             prompts: vec![prompt("a"), prompt("b")],
             models: vec!["m0".into(), "m1".into()],
-            observations: vec![Observation {
-                prompt: 1,
-                model: 0,
-                score: 0.25,
-                output_tokens: 9,
-            }],
+            observations: vec![Observation { prompt: 1, model: 0, score: 0.25, output_tokens: 9 }],
             ..RoutingLogs::default()
         };
         let x = Array2::from_elem((2, 3), 0.5f32);
@@ -260,15 +198,9 @@ mod tests {
         assert_eq!(err.label(), "learning_shape_mismatch");
         let mut bad = data.clone();
         bad.mask[[0, 0]] = 0.5;
-        assert_eq!(
-            bad.validate().expect_err("fractional mask").label(),
-            "learning_invalid_value"
-        );
+        assert_eq!(bad.validate().expect_err("fractional mask").label(), "learning_invalid_value");
         let mut bad = data;
         bad.x[[0, 1]] = f32::NAN;
-        assert_eq!(
-            bad.validate().expect_err("NaN input").label(),
-            "learning_invalid_value"
-        );
+        assert_eq!(bad.validate().expect_err("NaN input").label(), "learning_invalid_value");
     }
 }

@@ -31,7 +31,11 @@ pub const MIN_COVERAGE: f64 = 0.95;
 
 /// Picks a full matrix out of sparse outcomes: of `candidates`, the models that answered at least
 /// [`MIN_COVERAGE`] of `prompts`, then the prompts that all of those answered.
-pub fn full_matrix<M: Copy>(prompts: &[usize], candidates: impl IntoIterator<Item = M>, answered: impl Fn(usize, M) -> bool) -> (Vec<M>, Vec<usize>) {
+pub fn full_matrix<M: Copy>(
+    prompts: &[usize],
+    candidates: impl IntoIterator<Item = M>,
+    answered: impl Fn(usize, M) -> bool,
+) -> (Vec<M>, Vec<usize>) {
     let models: Vec<M> = candidates
         .into_iter()
         .filter(|&m| prompts.iter().filter(|&&p| answered(p, m)).count() as f64 >= MIN_COVERAGE * prompts.len() as f64)
@@ -170,7 +174,15 @@ impl Outcomes {
     }
 }
 
-fn sweep(pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, m: &Outcomes, lo: f64, hi: f64, cost_scale: f64) -> Sweep {
+fn sweep(
+    pred_q: &Array2<f64>,
+    pred_c: &Array2<f64>,
+    allowed: Option<&Array2<bool>>,
+    m: &Outcomes,
+    lo: f64,
+    hi: f64,
+    cost_scale: f64,
+) -> Sweep {
     let weights = weight_grid();
     let (mut cost, mut quality, mut top_share) = (Vec::new(), Vec::new(), Vec::new());
     let n = m.score.nrows();
@@ -264,9 +276,11 @@ pub fn collect_file(
     }
     let head_idx: HashMap<&str, usize> = head.models().iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
     // (log model, head output, catalog index) of every catalog model the head covers.
-    let candidates = logs.models.iter().enumerate().filter_map(|(lm, id)| {
-        Some((lm, *head_idx.get(id.as_str())?, catalog.models().iter().position(|m| &m.id == id)?))
-    });
+    let candidates = logs
+        .models
+        .iter()
+        .enumerate()
+        .filter_map(|(lm, id)| Some((lm, *head_idx.get(id.as_str())?, catalog.models().iter().position(|m| &m.id == id)?)));
     let (models, eval_p) = full_matrix(&eval_p, candidates, |p, (lm, _, _)| obs.contains_key(&(p, lm)));
     if models.len() < 2 {
         return Err(data_err(format!("{} catalog models cover the held-out prompts; need >= 2", models.len())));
@@ -281,8 +295,7 @@ pub fn collect_file(
     let x = embed(&texts)?;
     let mem_texts: Vec<&str> = mem_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
     let mem_x = embed(&mem_texts)?;
-    let input_tokens: Vec<u32> =
-        texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
+    let input_tokens: Vec<u32> = texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
 
     let cat = catalog.models();
     let mut m = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
@@ -331,13 +344,16 @@ pub fn collect_file(
 pub fn pool(parts: Vec<FileOutcomes>) -> Option<FileOutcomes> {
     let first = parts.first()?;
     let models: Vec<String> = first.models.iter().filter(|m| parts.iter().all(|p| p.models.contains(m))).cloned().collect();
-    let cols = |p: &FileOutcomes| -> Vec<usize> { models.iter().map(|m| p.models.iter().position(|x| x == m).expect("model is in every fold. This is a bug.")).collect() };
+    let cols = |p: &FileOutcomes| -> Vec<usize> {
+        models.iter().map(|m| p.models.iter().position(|x| x == m).expect("model is in every fold. This is a bug.")).collect()
+    };
     let stack = |get: &dyn Fn(&FileOutcomes) -> &Array2<f64>| -> Array2<f64> {
         let views: Vec<Array2<f64>> = parts.iter().map(|p| get(p).select(Axis(1), &cols(p))).collect();
         ndarray::concatenate(Axis(0), &views.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same columns. This is a bug.")
     };
     let allowed_parts: Vec<Array2<bool>> = parts.iter().map(|p| p.allowed.select(Axis(1), &cols(p))).collect();
-    let allowed = ndarray::concatenate(Axis(0), &allowed_parts.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same columns. This is a bug.");
+    let allowed =
+        ndarray::concatenate(Axis(0), &allowed_parts.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same columns. This is a bug.");
     Some(FileOutcomes {
         file: first.file.clone(),
         actual: Outcomes { score: stack(&|p| &p.actual.score), cost: stack(&|p| &p.actual.cost) },
@@ -480,22 +496,54 @@ fn knn_predictions(
 /// kNN and oracle sweeps as lines.
 pub fn svg(r: &DatasetReport) -> String {
     let (w, h, pad) = (900.0, 560.0, 60.0);
-    let all_cost: Vec<f64> = r.single_models.iter().map(|s| s.cost).chain(r.router.cost.iter().copied()).chain(r.oracle.cost.iter().copied()).chain(r.knn.cost.iter().copied()).collect();
+    let all_cost: Vec<f64> = r
+        .single_models
+        .iter()
+        .map(|s| s.cost)
+        .chain(r.router.cost.iter().copied())
+        .chain(r.oracle.cost.iter().copied())
+        .chain(r.knn.cost.iter().copied())
+        .collect();
     let (cmin, cmax) = (all_cost.iter().copied().fold(f64::INFINITY, f64::min).max(1e-9), all_cost.iter().copied().fold(0.0, f64::max));
     let (lx0, lx1) = (cmin.log10().floor(), cmax.log10().ceil().max(cmin.log10().floor() + 1.0));
     let x = |c: f64| pad + (c.max(1e-12).log10() - lx0) / (lx1 - lx0) * (w - 2.0 * pad);
     let y = |q: f64| h - pad - q * (h - 2.0 * pad);
-    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#);
-    s += &format!(r#"<text x="{pad}" y="24" font-size="15">{}: {} held-out prompts. Router closes {:.0}% of the single-model-to-oracle gap (kNN {:.0}%)</text>"#, r.file, r.prompts, r.router_gap_closed * 100.0, r.knn_gap_closed * 100.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    s += &format!(
+        r#"<text x="{pad}" y="24" font-size="15">{}: {} held-out prompts. Router closes {:.0}% of the single-model-to-oracle gap (kNN {:.0}%)</text>"#,
+        r.file,
+        r.prompts,
+        r.router_gap_closed * 100.0,
+        r.knn_gap_closed * 100.0
+    );
     for d in (lx0 as i32)..=(lx1 as i32) {
         let xx = x(10f64.powi(d));
-        s += &format!(r##"<line x1="{xx}" y1="{}" x2="{xx}" y2="{}" stroke="#ddd"/><text x="{xx}" y="{}" text-anchor="middle">$1e{d}</text>"##, pad, h - pad, h - pad + 18.0);
+        s += &format!(
+            r##"<line x1="{xx}" y1="{}" x2="{xx}" y2="{}" stroke="#ddd"/><text x="{xx}" y="{}" text-anchor="middle">$1e{d}</text>"##,
+            pad,
+            h - pad,
+            h - pad + 18.0
+        );
     }
     for i in 0..=10 {
         let q = f64::from(i) / 10.0;
-        s += &format!(r##"<line x1="{pad}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{q:.1}</text>"##, w - pad, pad - 6.0, y(q) + 4.0, yy = y(q));
+        s += &format!(
+            r##"<line x1="{pad}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{q:.1}</text>"##,
+            w - pad,
+            pad - 6.0,
+            y(q) + 4.0,
+            yy = y(q)
+        );
     }
-    s += &format!(r#"<text x="{}" y="{}" text-anchor="middle">mean cost per request (USD, log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">mean quality</text>"#, w / 2.0, h - 16.0, h / 2.0, h / 2.0);
+    s += &format!(
+        r#"<text x="{}" y="{}" text-anchor="middle">mean cost per request (USD, log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">mean quality</text>"#,
+        w / 2.0,
+        h - 16.0,
+        h / 2.0,
+        h / 2.0
+    );
     for (sw, color, label) in [(&r.oracle, "#2a9d8f", "oracle"), (&r.knn, "#e9c46a", "kNN-25"), (&r.router, "#e63946", "Pointsman")] {
         let pts: Vec<String> = sw.cost.iter().zip(&sw.quality).map(|(&c, &q)| format!("{:.1},{:.1}", x(c), y(q))).collect();
         s += &format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2.5" points="{}"/>"#, pts.join(" "));
@@ -503,7 +551,14 @@ pub fn svg(r: &DatasetReport) -> String {
         s += &format!(r#"<text x="{:.1}" y="{:.1}" fill="{color}" font-weight="bold">{label}</text>"#, x(lc) + 6.0, y(lq) - 6.0);
     }
     for m in &r.single_models {
-        s += &format!(r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#264653"/><text x="{:.1}" y="{:.1}" font-size="9" fill="#555">{}</text>"##, x(m.cost), y(m.quality), x(m.cost) + 5.0, y(m.quality) + 3.0, m.model);
+        s += &format!(
+            r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#264653"/><text x="{:.1}" y="{:.1}" font-size="9" fill="#555">{}</text>"##,
+            x(m.cost),
+            y(m.quality),
+            x(m.cost) + 5.0,
+            y(m.quality) + 3.0,
+            m.model
+        );
     }
     s + "</svg>\n"
 }

@@ -140,14 +140,21 @@ pub fn default_l2(hidden: usize) -> f64 {
 /// Runs the job: returns the new manifest and each added model's held-out accuracy.
 pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManifest, Vec<Added>), JobError> {
     let read = |p: PathBuf| std::fs::read(&p).map_err(|source| JobError::Write { path: p, source });
-    let mut manifest: HeadManifest = serde_json::from_slice(&read(job.head_dir.join("manifest.json"))?)
-        .map_err(|e| JobError::Invalid { field: "head", limit: "a folder with a valid manifest.json", value: e.to_string() })?;
+    let mut manifest: HeadManifest = serde_json::from_slice(&read(job.head_dir.join("manifest.json"))?).map_err(|e| JobError::Invalid {
+        field: "head",
+        limit: "a folder with a valid manifest.json",
+        value: e.to_string(),
+    })?;
     let (mlp, support, shrink) = import(&read(job.head_dir.join(&manifest.graph))?)?;
     let l2 = job.l2.unwrap_or_else(|| default_l2(mlp.hidden_dim()));
     let logs = read_logs(&job.data, false)?;
     let new: Vec<usize> = (0..logs.models.len()).filter(|&j| !manifest.models.contains(&logs.models[j])).collect();
     if new.is_empty() {
-        return Err(JobError::Invalid { field: "data", limit: "outcomes of at least one model the head does not cover", value: "only models the head already has".into() });
+        return Err(JobError::Invalid {
+            field: "data",
+            limit: "outcomes of at least one model the head does not cover",
+            value: "only models the head already has".into(),
+        });
     }
     let texts: Vec<&str> = logs.prompts.iter().map(|p| p.text.as_str()).collect();
     let (x, _) = embed_prompts_cached(encoder, &texts, job.embedding_cache.as_deref(), quiet)?;
@@ -222,7 +229,12 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         s["prompts"] = json!(sup.keys.nrows());
     }
     let extended = Mlp::from_parts(mlp.w1().to_owned(), mlp.b1().to_owned(), wq, bq, wt, bt)?;
-    let bytes = export_with_support(&extended, support.as_ref(), shrink.as_ref(), &[("producer".into(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))]);
+    let bytes = export_with_support(
+        &extended,
+        support.as_ref(),
+        shrink.as_ref(),
+        &[("producer".into(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))],
+    );
     let digest = sha256_hex(&bytes);
     let base = manifest.head_id.rsplit_once('-').map_or(manifest.head_id.as_str(), |(b, _)| b).to_string();
     manifest.head_id = format!("{base}-{}", &digest[..8]);

@@ -14,7 +14,10 @@ use std::{
 use ndarray::Array2;
 use serde_json::json;
 
-use super::{baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, Mlp, Shrink, Support, DEFAULT_NEIGHBOURS, split_by_prompt, train, Dataset, LearningError, Metrics, TrainConfig};
+use super::{
+    baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, split_by_prompt, train, Dataset, LearningError, Metrics,
+    Mlp, Shrink, Support, TrainConfig, DEFAULT_NEIGHBOURS,
+};
 use crate::{
     encoder::{Encoder, EncoderError},
     predictor::{sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT},
@@ -166,9 +169,8 @@ fn train_families(
     ensemble: usize,
     method: HeadMethod,
 ) -> Result<(Mlp, Vec<FamilyReport>), JobError> {
-    let observed = |d: &Dataset, cols: &[usize]| -> Vec<usize> {
-        (0..d.n_rows()).filter(|&r| cols.iter().any(|&c| d.mask[[r, c]] > 0.0)).collect()
-    };
+    let observed =
+        |d: &Dataset, cols: &[usize]| -> Vec<usize> { (0..d.n_rows()).filter(|&r| cols.iter().any(|&c| d.mask[[r, c]] > 0.0)).collect() };
     let (dim, m) = (fit.x.ncols(), fit.quality.ncols());
     let n = ensemble.max(1);
     let mut parts: Vec<(&[usize], Mlp, f32)> = Vec::new();
@@ -245,7 +247,15 @@ pub const DEFAULT_SHRINK: f32 = 0.5;
 const SHRINK_GRID: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// Chooses the shrinkage weight on the early-stopping prompts (see `learning::Shrink`).
-fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], all: &Dataset, rows: &[usize], mlp: &Mlp, encoder: &Encoder) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
+fn choose_shrink(
+    job: &TrainJob,
+    logs: &super::RoutingLogs,
+    files: &[LogFile],
+    all: &Dataset,
+    rows: &[usize],
+    mlp: &Mlp,
+    encoder: &Encoder,
+) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
     let n_models = logs.models.len();
     if job.ensemble == 0 || job.ensemble > 32 {
         return Err(JobError::Invalid { field: "ensemble", limit: "in 1..=32", value: job.ensemble.to_string() });
@@ -254,7 +264,10 @@ fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], a
         return Ok((ndarray::Array1::from_elem(n_models, a), json!({ "weight": a, "chosen": "fixed by --shrink" })));
     }
     let Some(catalog) = &job.catalog else {
-        return Ok((ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK), json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no catalog to price outcomes" })));
+        return Ok((
+            ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK),
+            json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no catalog to price outcomes" }),
+        ));
     };
     let mut per_file = Vec::new();
     let mut chosen: Vec<Option<f32>> = vec![None; n_models];
@@ -271,19 +284,26 @@ fn choose_shrink(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], a
             let (qs, ts) = s.apply(None, x.view(), &q, &t);
             file_gaps.push(p.gap(&qs.select(ndarray::Axis(1), &cols), &ts.select(ndarray::Axis(1), &cols), job.cost_scale_usd));
         }
-        let best = (0..SHRINK_GRID.len()).max_by(|&a, &b| file_gaps[a].total_cmp(&file_gaps[b])).expect("grid is not empty. This is a bug.");
+        let best =
+            (0..SHRINK_GRID.len()).max_by(|&a, &b| file_gaps[a].total_cmp(&file_gaps[b])).expect("grid is not empty. This is a bug.");
         for &j in &p.file_models {
             chosen[j] = Some(SHRINK_GRID[best]);
         }
         per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
     }
     if per_file.is_empty() {
-        return Ok((ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK), json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" })));
+        return Ok((
+            ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK),
+            json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" }),
+        ));
     }
     let picked: Vec<f32> = chosen.iter().flatten().copied().collect();
     let fallback = picked.iter().sum::<f32>() / picked.len().max(1) as f32;
     let weights = ndarray::Array1::from_iter(chosen.iter().map(|c| c.unwrap_or(fallback)));
-    Ok((weights, json!({ "chosen": "per log file: best gap closed on its early-stopping prompts", "grid": SHRINK_GRID, "files": per_file, "other_models": fallback })))
+    Ok((
+        weights,
+        json!({ "chosen": "per log file: best gap closed on its early-stopping prompts", "grid": SHRINK_GRID, "files": per_file, "other_models": fallback }),
+    ))
 }
 
 /// One log file's full matrix within some training rows, priced by the catalog: what the
@@ -331,7 +351,10 @@ fn priced_outcomes<'a>(
         return Ok(None);
     }
     let rows: Vec<usize> = positions.iter().map(|&p| rows[p]).collect();
-    let input_tokens: Vec<u32> = rows.iter().map(|&r| encoder.count_tokens(&logs.prompts[r].text).map(|c| c + crate::encoder::text::TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
+    let input_tokens: Vec<u32> = rows
+        .iter()
+        .map(|&r| encoder.count_tokens(&logs.prompts[r].text).map(|c| c + crate::encoder::text::TOKENS_PER_MESSAGE))
+        .collect::<Result<_, _>>()?;
     let (n, k) = (rows.len(), models.len());
     let mut outcomes = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
     for (i, &r) in rows.iter().enumerate() {
@@ -362,7 +385,15 @@ const LOCAL_FOLDS: usize = 5;
 /// pooled, then the weight whose routing closes the most of the single-to-oracle gap. Every
 /// training prompt is scored once, out of fold, so the choice rests on all of them rather than on
 /// the early-stopping prompts alone. Returns the weight per model (`None`: no choice made).
-fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], all: &Dataset, train_idx: &[usize], factor_families: &[&Family], encoder: &Encoder) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
+fn choose_local(
+    job: &TrainJob,
+    logs: &super::RoutingLogs,
+    files: &[LogFile],
+    all: &Dataset,
+    train_idx: &[usize],
+    factor_families: &[&Family],
+    encoder: &Encoder,
+) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
     let mut weights = vec![None; logs.models.len()];
     let Some(catalog) = &job.catalog else {
         return Ok((weights, json!({ "chosen": "none: no catalog to price outcomes" })));
@@ -372,13 +403,15 @@ fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], al
         let rows: Vec<usize> = train_idx.iter().copied().filter(|&i| f.models.iter().any(|&j| all.mask[[i, j]] > 0.0)).collect();
         let fold = super::folds(rows.len(), LOCAL_FOLDS, job.train.seed.wrapping_add(2));
         let mf = f.models.len();
-        let (mut head_q, mut head_t, mut local_q) = (Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)));
+        let (mut head_q, mut head_t, mut local_q) =
+            (Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)));
         let mut complete = true;
         for k in 0..LOCAL_FOLDS {
             let (fit_pos, held_pos): (Vec<usize>, Vec<usize>) = (0..rows.len()).partition(|&p| fold[p] != k);
             let fit_rows: Vec<usize> = fit_pos.iter().map(|&p| rows[p]).collect();
             let fd = columns(all, &fit_rows, &f.models);
-            let Some(head) = super::lowrank::fit(&fd, &super::lowrank::LowRankConfig { seed: job.train.seed, ..Default::default() })? else {
+            let Some(head) = super::lowrank::fit(&fd, &super::lowrank::LowRankConfig { seed: job.train.seed, ..Default::default() })?
+            else {
                 complete = false;
                 break;
             };
@@ -402,7 +435,8 @@ fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], al
                 continue;
             };
             // Columns of the family's matrices, for the file's priced models.
-            let cols: Vec<usize> = p.models.iter().map(|&(j, _)| f.models.iter().position(|&x| x == j).expect("a family model. This is a bug.")).collect();
+            let cols: Vec<usize> =
+                p.models.iter().map(|&(j, _)| f.models.iter().position(|&x| x == j).expect("a family model. This is a bug.")).collect();
             let pick = |a: &Array2<f32>| a.select(ndarray::Axis(0), &p.positions).select(ndarray::Axis(1), &cols);
             let (hq, ht, lq) = (pick(&head_q), pick(&head_t), pick(&local_q));
             let gaps: Vec<f64> = LOCAL_GRID.iter().map(|&a| p.gap(&(&hq * a + &(&lq * (1.0 - a))), &ht, job.cost_scale_usd)).collect();
@@ -416,7 +450,10 @@ fn choose_local(job: &TrainJob, logs: &super::RoutingLogs, files: &[LogFile], al
             per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": LOCAL_GRID[best], "gap_closed_by_weight": gaps }));
         }
     }
-    Ok((weights, json!({ "chosen": "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts", "neighbours": LOCAL_NEIGHBOURS, "kappa": LOCAL_KAPPA, "grid": LOCAL_GRID, "files": per_file })))
+    Ok((
+        weights,
+        json!({ "chosen": "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts", "neighbours": LOCAL_NEIGHBOURS, "kappa": LOCAL_KAPPA, "grid": LOCAL_GRID, "files": per_file }),
+    ))
 }
 
 /// Errors of a training run.
@@ -511,7 +548,14 @@ fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, support: &Support, data: &Dataset,
     }
     tok_err.sort_by(f64::total_cmp);
     let d = n.max(1) as f64;
-    let sq: f64 = data.mask.iter().zip(&t).zip(&data.log_tokens).filter(|((m, _), _)| **m > 0.0).map(|((_, &pt), &yl)| (f64::from(pt.max(0.0)).ln_1p() - f64::from(yl)).powi(2)).sum();
+    let sq: f64 = data
+        .mask
+        .iter()
+        .zip(&t)
+        .zip(&data.log_tokens)
+        .filter(|((m, _), _)| **m > 0.0)
+        .map(|((_, &pt), &yl)| (f64::from(pt.max(0.0)).ln_1p() - f64::from(yl)).powi(2))
+        .sum();
     Metrics {
         observed: n,
         loss: ((bce + f64::from(token_weight) * sq) / d) as f32,
@@ -565,7 +609,12 @@ pub fn embed_prompts(encoder: &Encoder, texts: &[&str], quiet: bool) -> Result<A
 
 /// Embeds with an on-disk cache: cached texts are read back, the rest embedded and appended.
 /// A cache that cannot be opened or written is reported and skipped, never fatal.
-pub fn embed_prompts_cached(encoder: &Encoder, texts: &[&str], cache_dir: Option<&Path>, quiet: bool) -> Result<(Array2<f32>, usize), EncoderError> {
+pub fn embed_prompts_cached(
+    encoder: &Encoder,
+    texts: &[&str],
+    cache_dir: Option<&Path>,
+    quiet: bool,
+) -> Result<(Array2<f32>, usize), EncoderError> {
     let cache = cache_dir.and_then(|dir| match super::embed_cache::EmbeddingCache::open(dir, encoder.id(), encoder.dimension()) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -583,7 +632,9 @@ pub fn embed_prompts_cached(encoder: &Encoder, texts: &[&str], cache_dir: Option
     }
     if !misses.is_empty() {
         let fresh = embed_prompts(encoder, &misses, quiet)?;
-        if let Err(e) = cache.insert_many(misses.iter().copied().zip(fresh.rows().into_iter().map(|r| r.to_slice().expect("standard layout. This is a bug.")))) {
+        if let Err(e) = cache.insert_many(
+            misses.iter().copied().zip(fresh.rows().into_iter().map(|r| r.to_slice().expect("standard layout. This is a bug."))),
+        ) {
             tracing::warn!(error = %e, "could not write the embedding cache");
         }
     }
@@ -598,7 +649,12 @@ pub fn embed_prompts_cached(encoder: &Encoder, texts: &[&str], cache_dir: Option
 
 /// Embeds the prompts of a log: stored embeddings (decision logs kept without prompt text) are
 /// used as they are when they come from this encoder; the rest go through the cached encoder.
-pub fn embed_logged_prompts(encoder: &Encoder, prompts: &[super::PromptEntry], cache_dir: Option<&Path>, quiet: bool) -> Result<Array2<f32>, JobError> {
+pub fn embed_logged_prompts(
+    encoder: &Encoder,
+    prompts: &[super::PromptEntry],
+    cache_dir: Option<&Path>,
+    quiet: bool,
+) -> Result<Array2<f32>, JobError> {
     let d = encoder.dimension();
     for p in prompts {
         if let Some((enc, v)) = &p.embedding {
@@ -606,7 +662,12 @@ pub fn embed_logged_prompts(encoder: &Encoder, prompts: &[super::PromptEntry], c
                 return Err(JobError::Invalid {
                     field: "data",
                     limit: "stored embeddings from the training encoder",
-                    value: format!("prompt {} has a {}-dimensional embedding from `{enc}`, the encoder is `{}` ({d})", p.id, v.len(), encoder.id()),
+                    value: format!(
+                        "prompt {} has a {}-dimensional embedding from `{enc}`, the encoder is `{}` ({d})",
+                        p.id,
+                        v.len(),
+                        encoder.id()
+                    ),
                 });
             }
         }
@@ -660,7 +721,11 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         Some(ids) => {
             let (held, train): (Vec<usize>, Vec<usize>) = (0..logs.prompts.len()).partition(|&i| ids.contains(&logs.prompts[i].id));
             if held.is_empty() || train.len() < 2 {
-                return Err(JobError::Invalid { field: "holdout", limit: "at least one held-out and two training prompts", value: format!("{} held out of {}", held.len(), logs.prompts.len()) });
+                return Err(JobError::Invalid {
+                    field: "holdout",
+                    limit: "at least one held-out and two training prompts",
+                    value: format!("{} held out of {}", held.len(), logs.prompts.len()),
+                });
             }
             (train, held)
         }
@@ -681,7 +746,11 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let baseline = baseline_metrics(&fit, &holdout, job.train.token_loss_weight);
 
     // Domain of competence over every training prompt (never the held-out ones).
-    let support = Support::new(all.x.select(ndarray::Axis(0), &train_idx).view(), all.mask.select(ndarray::Axis(0), &train_idx).view(), DEFAULT_NEIGHBOURS);
+    let support = Support::new(
+        all.x.select(ndarray::Axis(0), &train_idx).view(),
+        all.mask.select(ndarray::Axis(0), &train_idx).view(),
+        DEFAULT_NEIGHBOURS,
+    );
     let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &files, &all, &stop_rows, &mlp, encoder)?;
     // The factor head was fitted on the early-stopping prompts too (choosing its shrinkage there
     // would be in-sample) and is calibrated per model already: its quality is weighed against
@@ -705,17 +774,31 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         let (quality, mask) = (all.quality.select(ndarray::Axis(0), &train_idx), all.mask.select(ndarray::Axis(0), &train_idx));
         super::LocalPrior::new(&quality, &mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA)
     });
-    let shrink = Shrink { weight: shrink_weight.clone(), token_weight, local, ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
+    let shrink =
+        Shrink { weight: shrink_weight.clone(), token_weight, local, ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
     // The metrics of the head as exported (shrinkage included).
     let validation = shrunk_metrics(&mlp, &shrink, &support, &holdout, job.train.token_loss_weight);
     if !quiet {
-        let files: Vec<String> = shrink_report["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
-        let local: Vec<String> = shrink_report["local_prior"]["files"].as_array().map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect()).unwrap_or_default();
+        let files: Vec<String> = shrink_report["files"]
+            .as_array()
+            .map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect())
+            .unwrap_or_default();
+        let local: Vec<String> = shrink_report["local_prior"]["files"]
+            .as_array()
+            .map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect())
+            .unwrap_or_default();
         if reports.iter().any(|r| r.method == "mlp") {
-            eprintln!("MLP families, shrinkage towards each model's mean ({}): {}", shrink_report["chosen"].as_str().unwrap_or(""), if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") });
+            eprintln!(
+                "MLP families, shrinkage towards each model's mean ({}): {}",
+                shrink_report["chosen"].as_str().unwrap_or(""),
+                if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") }
+            );
         }
         if !local.is_empty() {
-            eprintln!("factor families, weight of the factor head against the local prior (inner 5-fold cross-validation): {}", local.join(", "));
+            eprintln!(
+                "factor families, weight of the factor head against the local prior (inner 5-fold cross-validation): {}",
+                local.join(", ")
+            );
         }
         let methods: Vec<&str> = reports.iter().map(|r| r.method).collect();
         eprintln!(
@@ -826,10 +909,7 @@ mod tests {
     #[test]
     fn merged_ensemble_averages_member_logits_per_family() {
         let (fit, stop) = (dataset(120, 1), dataset(40, 2));
-        let families = vec![
-            Family { files: vec![], models: vec![0, 1] },
-            Family { files: vec![], models: vec![2] },
-        ];
+        let families = vec![Family { files: vec![], models: vec![0, 1] }, Family { files: vec![], models: vec![2] }];
         let cfg = super::super::TrainConfig { hidden: 6, epochs: 5, ..Default::default() };
         let (merged, reports) = train_families(&families, &fit, &stop, &cfg, 2, HeadMethod::Mlp).unwrap();
         assert_eq!(reports.len(), 2);

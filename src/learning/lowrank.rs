@@ -53,7 +53,16 @@ pub struct LowRankConfig {
 
 impl Default for LowRankConfig {
     fn default() -> Self {
-        Self { rank_quality: 2, rank_tokens: 4, ridge_quality: 3.0, ridge_tokens: 3.0, folds: 5, link_l2: 1e-2, min_coverage: 0.95, seed: 0x5EED }
+        Self {
+            rank_quality: 2,
+            rank_tokens: 4,
+            ridge_quality: 3.0,
+            ridge_tokens: 3.0,
+            folds: 5,
+            link_l2: 1e-2,
+            min_coverage: 0.95,
+            seed: 0x5EED,
+        }
     }
 }
 
@@ -375,12 +384,7 @@ mod tests {
         let x = Array2::from_shape_fn((n, dim), |_| rng.next_normal() as f32);
         let difficulty: Vec<f64> = (0..n).map(|r| f64::from(x[[r, 0]]) - 0.5 * f64::from(x[[r, 1]])).collect();
         let skill = [2.0, 1.0, 0.5, 0.0, -0.5, -1.0];
-        let mut d = Dataset {
-            x: x.clone(),
-            quality: Array2::zeros((n, m)),
-            log_tokens: Array2::zeros((n, m)),
-            mask: Array2::ones((n, m)),
-        };
+        let mut d = Dataset { x: x.clone(), quality: Array2::zeros((n, m)), log_tokens: Array2::zeros((n, m)), mask: Array2::ones((n, m)) };
         for r in 0..n {
             for (j, skill) in skill.iter().enumerate() {
                 let p = sigmoid(skill - 1.5 * difficulty[r]);

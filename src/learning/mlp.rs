@@ -96,9 +96,7 @@ impl Mlp {
             bt,
         };
         if !mlp.slices().iter().all(|s| s.iter().all(|v| v.is_finite())) {
-            return Err(LearningError::InvalidValue {
-                what: "mlp weights (must be finite)",
-            });
+            return Err(LearningError::InvalidValue { what: "mlp weights (must be finite)" });
         }
         Ok(mlp)
     }
@@ -165,24 +163,11 @@ impl Mlp {
     /// and with random `w1` it is the starting point of training.
     pub(super) fn constant(w1: Array2<f32>, bq: Array1<f32>, bt: Array1<f32>) -> Self {
         let (h, m) = (w1.ncols(), bq.len());
-        Mlp {
-            w1,
-            b1: Array1::zeros(h),
-            wq: Array2::zeros((h, m)),
-            bq,
-            wt: Array2::zeros((h, m)),
-            bt,
-        }
+        Mlp { w1, b1: Array1::zeros(h), wq: Array2::zeros((h, m)), bq, wt: Array2::zeros((h, m)), bt }
     }
 
     /// He-normal first layer, zero heads, given output biases.
-    pub(super) fn init(
-        d: usize,
-        h: usize,
-        bq: Array1<f32>,
-        bt: Array1<f32>,
-        rng: &mut SplitMix64,
-    ) -> Self {
+    pub(super) fn init(d: usize, h: usize, bq: Array1<f32>, bt: Array1<f32>, rng: &mut SplitMix64) -> Self {
         // NOTE: zero heads make the untrained model exactly the per-model-mean baseline; the
         // hidden layer starts learning from the second step, once the heads are non-zero.
         let std = (2.0 / d.max(1) as f64).sqrt();
@@ -272,18 +257,13 @@ impl Mlp {
         let logits = self.quality_logits(hidden.view());
         let z = self.log_tokens(hidden.view());
         let mut sums = LossSums::default();
-        Zip::from(&logits)
-            .and(&z)
-            .and(quality)
-            .and(log_tokens)
-            .and(mask)
-            .for_each(|&l, &z, &q, &t, &m| {
-                if m > 0.0 {
-                    sums.bce += f64::from(m * bce_with_logit(l, q));
-                    sums.sq += f64::from(m * (z - t) * (z - t));
-                    sums.observed += f64::from(m);
-                }
-            });
+        Zip::from(&logits).and(&z).and(quality).and(log_tokens).and(mask).for_each(|&l, &z, &q, &t, &m| {
+            if m > 0.0 {
+                sums.bce += f64::from(m * bce_with_logit(l, q));
+                sums.sq += f64::from(m * (z - t) * (z - t));
+                sums.observed += f64::from(m);
+            }
+        });
         sums
     }
 
@@ -305,33 +285,22 @@ impl Mlp {
 
         let observed: f32 = mask.sum();
         let inv_n = if observed > 0.0 { 1.0 / observed } else { 0.0 };
-        let mut sums = LossSums {
-            observed: f64::from(observed),
-            ..LossSums::default()
-        };
+        let mut sums = LossSums { observed: f64::from(observed), ..LossSums::default() };
         // d loss / d logit = (sigmoid(l) - q) / n ; d loss / d z = 2 w (z - t) / n, masked.
         let mut d_logits = Array2::<f32>::zeros(logits.raw_dim());
         let mut d_z = Array2::<f32>::zeros(z.raw_dim());
-        Zip::from(&mut d_logits)
-            .and(&logits)
-            .and(quality)
-            .and(mask)
-            .for_each(|dl, &l, &q, &m| {
-                if m > 0.0 {
-                    sums.bce += f64::from(m * bce_with_logit(l, q));
-                    *dl = m * (sigmoid(l) - q) * inv_n;
-                }
-            });
-        Zip::from(&mut d_z)
-            .and(&z)
-            .and(log_tokens)
-            .and(mask)
-            .for_each(|dz, &z, &t, &m| {
-                if m > 0.0 {
-                    sums.sq += f64::from(m * (z - t) * (z - t));
-                    *dz = m * 2.0 * token_weight * (z - t) * inv_n;
-                }
-            });
+        Zip::from(&mut d_logits).and(&logits).and(quality).and(mask).for_each(|dl, &l, &q, &m| {
+            if m > 0.0 {
+                sums.bce += f64::from(m * bce_with_logit(l, q));
+                *dl = m * (sigmoid(l) - q) * inv_n;
+            }
+        });
+        Zip::from(&mut d_z).and(&z).and(log_tokens).and(mask).for_each(|dz, &z, &t, &m| {
+            if m > 0.0 {
+                sums.sq += f64::from(m * (z - t) * (z - t));
+                *dz = m * 2.0 * token_weight * (z - t) * inv_n;
+            }
+        });
 
         // NOTE: `dot` may return column-major results for some shapes (seen with one model per
         // family); the optimizer walks parameters and gradients as flat row-major slices.
@@ -377,11 +346,7 @@ impl Adam {
     const EPS: f32 = 1e-8;
 
     pub fn new(model: &Mlp) -> Self {
-        Adam {
-            m: model.zeros_like(),
-            v: model.zeros_like(),
-            step: 0,
-        }
+        Adam { m: model.zeros_like(), v: model.zeros_like(), step: 0 }
     }
 
     pub fn step(&mut self, model: &mut Mlp, grads: &Mlp, learning_rate: f32, weight_decay: f32) {
@@ -392,13 +357,7 @@ impl Adam {
         let grads = grads.slices();
         let ms = self.m.slices_mut();
         let vs = self.v.slices_mut();
-        for ((((p, g), m), v), is_weight) in params
-            .into_iter()
-            .zip(grads)
-            .zip(ms)
-            .zip(vs)
-            .zip(Mlp::IS_WEIGHT)
-        {
+        for ((((p, g), m), v), is_weight) in params.into_iter().zip(grads).zip(ms).zip(vs).zip(Mlp::IS_WEIGHT) {
             let decay = if is_weight { weight_decay } else { 0.0 };
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 let g = g + decay * *p;
@@ -435,23 +394,12 @@ mod tests {
         let x = random((n, d), &mut rng, 1.0);
         let quality = Array2::from_shape_simple_fn((n, m), || rng.next_f64() as f32);
         let log_tokens = random((n, m), &mut rng, 1.0);
-        let mask =
-            Array2::from_shape_simple_fn((n, m), || if rng.next_f64() < 0.6 { 1.0 } else { 0.0 });
+        let mask = Array2::from_shape_simple_fn((n, m), || if rng.next_f64() < 0.6 { 1.0 } else { 0.0 });
         let w = 0.7;
-        let loss = |mlp: &Mlp| {
-            mlp.loss_sums(x.view(), quality.view(), log_tokens.view(), mask.view())
-                .loss(w)
-        };
+        let loss = |mlp: &Mlp| mlp.loss_sums(x.view(), quality.view(), log_tokens.view(), mask.view()).loss(w);
 
         let mut grads = model.zeros_like();
-        let sums = model.loss_and_grads(
-            x.view(),
-            quality.view(),
-            log_tokens.view(),
-            mask.view(),
-            w,
-            &mut grads,
-        );
+        let sums = model.loss_and_grads(x.view(), quality.view(), log_tokens.view(), mask.view(), w, &mut grads);
         assert!((sums.loss(w) - loss(&model)).abs() < 1e-6);
 
         let eps = 1e-2f32;
@@ -485,27 +433,15 @@ mod tests {
     #[test]
     fn folding_input_scaling_preserves_predictions() {
         let mut rng = SplitMix64::new(3);
-        let mut model = Mlp::init(
-            8,
-            5,
-            Array1::from_elem(3, 0.2),
-            Array1::from_elem(3, 4.0),
-            &mut rng,
-        );
+        let mut model = Mlp::init(8, 5, Array1::from_elem(3, 0.2), Array1::from_elem(3, 4.0), &mut rng);
         model.wq = random((5, 3), &mut rng, 0.5);
         model.wt = random((5, 3), &mut rng, 0.5);
         let mean = random((1, 8), &mut rng, 1.0).remove_axis(Axis(0));
         let scale = 3.5;
         let x = random((4, 8), &mut rng, 1.0);
         let (q_ref, t_ref) = model.predict(((&x - &mean) * scale).view());
-        let (q, t) = model
-            .fold_input_scaling(mean.view(), scale)
-            .predict(x.view());
-        Zip::from(&q)
-            .and(&q_ref)
-            .for_each(|a, b| assert!((a - b).abs() < 1e-5));
-        Zip::from(&t)
-            .and(&t_ref)
-            .for_each(|a, b| assert!((a - b).abs() <= 1e-4 * b.max(1.0)));
+        let (q, t) = model.fold_input_scaling(mean.view(), scale).predict(x.view());
+        Zip::from(&q).and(&q_ref).for_each(|a, b| assert!((a - b).abs() < 1e-5));
+        Zip::from(&t).and(&t_ref).for_each(|a, b| assert!((a - b).abs() <= 1e-4 * b.max(1.0)));
     }
 }

@@ -19,6 +19,10 @@
 
 mod data;
 mod dataset;
+pub mod embed_cache;
+pub mod eval;
+pub mod extend;
+pub mod frontier;
 pub mod job;
 pub mod lowrank;
 mod mlp;
@@ -26,12 +30,8 @@ mod onnx;
 mod rng;
 mod shrink;
 mod support;
-pub mod embed_cache;
-pub mod eval;
-pub mod extend;
-pub mod frontier;
-pub mod tune;
 mod train;
+pub mod tune;
 
 pub use data::{read_logs, LogRecord, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
 pub use dataset::{folds, split_by_prompt, Dataset};

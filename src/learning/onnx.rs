@@ -62,13 +62,19 @@ fn gather(table: &str, indices: &str, out: &str) -> NodeProto {
 
 /// An int64 initializer of shape `[values.len()]`.
 fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
-    TensorProto { dims: vec![values.len() as i64], data_type: INT64, name: name.into(), raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: INT64,
+        name: name.into(),
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
 }
 
 /// The mean over the k neighbours: [batch, M].
 fn reduce_mean() -> NodeProto {
     let mut n = node("ReduceMean", &["support_rows"], SUPPORT_OUTPUT);
-    n.attribute = vec![AttributeProto { name: "axes".into(), r#type: ATTR_INTS, ints: vec![1], ..Default::default() }, int_attr("keepdims", 0)];
+    n.attribute =
+        vec![AttributeProto { name: "axes".into(), r#type: ATTR_INTS, ints: vec![1], ..Default::default() }, int_attr("keepdims", 0)];
     n
 }
 /// `AttributeProto.AttributeType.FLOAT`.
@@ -190,23 +196,14 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
     };
     let model = ModelProto {
         ir_version: IR_VERSION,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET_VERSION,
-        }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET_VERSION }],
         producer_name: "pointsman".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         domain: String::new(),
         model_version: 1,
         doc_string: String::new(),
         graph: Some(graph),
-        metadata_props: metadata
-            .iter()
-            .map(|(key, value)| StringStringEntryProto {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        metadata_props: metadata.iter().map(|(key, value)| StringStringEntryProto { key: key.clone(), value: value.clone() }).collect(),
     };
     model.encode_to_vec()
 }
@@ -214,8 +211,8 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
 /// Reads a head written by [`export_with_support`] back: the MLP, and the support index and
 /// shrinkage when the graph has them (used to add a model without retraining the others).
 pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), super::LearningError> {
-    use ndarray::{Array1, Array2};
     use super::LearningError::NotAHead;
+    use ndarray::{Array1, Array2};
     let model = ModelProto::decode(bytes).map_err(|e| NotAHead(e.to_string()))?;
     let graph = model.graph.ok_or_else(|| NotAHead("no graph".into()))?;
     let find = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
@@ -234,7 +231,13 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
     };
     let vec = |name: &str| -> Result<Array1<f32>, super::LearningError> { Ok(Array1::from(need(name)?.1)) };
     let mlp = Mlp::from_parts(mat("W1")?, vec("b1")?, mat("Wq")?, vec("bq")?, mat("Wt")?, vec("bt")?)?;
-    let int64 = |name: &str| -> Option<i64> { graph.initializer.iter().find(|t| t.name == name && t.raw_data.len() == 8).map(|t| i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes. This is a bug."))) };
+    let int64 = |name: &str| -> Option<i64> {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name && t.raw_data.len() == 8)
+            .map(|t| i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes. This is a bug.")))
+    };
     let support = match graph.initializer.iter().find(|t| t.name == "support_k") {
         Some(t) if t.raw_data.len() == 8 => Some(Support {
             keys: mat("support_keys_t")?.t().as_standard_layout().to_owned(),
@@ -302,25 +305,10 @@ fn node(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {
 /// `Y = A B + C` with every attribute spelled out (they are the defaults), so the file says
 /// what it computes without the reader knowing Gemm's defaults.
 fn gemm(inputs: &[&str], output: &str) -> NodeProto {
-    let float = |name: &str, f| AttributeProto {
-        name: name.into(),
-        r#type: ATTR_FLOAT,
-        f: Some(f),
-        ..Default::default()
-    };
-    let int = |name: &str, i| AttributeProto {
-        name: name.into(),
-        r#type: ATTR_INT,
-        i: Some(i),
-        ..Default::default()
-    };
+    let float = |name: &str, f| AttributeProto { name: name.into(), r#type: ATTR_FLOAT, f: Some(f), ..Default::default() };
+    let int = |name: &str, i| AttributeProto { name: name.into(), r#type: ATTR_INT, i: Some(i), ..Default::default() };
     let mut gemm = node("Gemm", inputs, output);
-    gemm.attribute = vec![
-        float("alpha", 1.0),
-        float("beta", 1.0),
-        int("transA", 0),
-        int("transB", 0),
-    ];
+    gemm.attribute = vec![float("alpha", 1.0), float("beta", 1.0), int("transA", 0), int("transB", 0)];
     gemm
 }
 
@@ -334,9 +322,7 @@ fn value_info(name: &str, width: usize) -> ValueInfoProto {
                 elem_type: FLOAT,
                 shape: Some(TensorShapeProto {
                     dim: vec![
-                        dim(tensor_shape_proto::dimension::Value::DimParam(
-                            "batch".into(),
-                        )),
+                        dim(tensor_shape_proto::dimension::Value::DimParam("batch".into())),
                         dim(tensor_shape_proto::dimension::Value::DimValue(width as i64)),
                     ],
                 }),
@@ -546,36 +532,20 @@ mod tests {
             Array1::from_elem(4, 5.0),
         )
         .expect("valid shapes");
-        let meta = vec![(
-            "models".to_string(),
-            "[\"a\",\"b\",\"c\",\"d\"]".to_string(),
-        )];
+        let meta = vec![("models".to_string(), "[\"a\",\"b\",\"c\",\"d\"]".to_string())];
         let bytes = export(&mlp, &meta);
         let model = ModelProto::decode(bytes.as_slice()).expect("decodes");
-        assert_eq!(
-            (model.ir_version, model.opset_import[0].version),
-            (IR_VERSION, OPSET_VERSION)
-        );
+        assert_eq!((model.ir_version, model.opset_import[0].version), (IR_VERSION, OPSET_VERSION));
         assert_eq!(model.metadata_props[0].key, "models");
         let graph = model.graph.expect("graph");
         let w1 = &graph.initializer[0];
-        assert_eq!(
-            (w1.name.as_str(), w1.dims.as_slice()),
-            ("W1", [3i64, 2].as_slice())
-        );
-        let values: Vec<f32> = w1
-            .raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        assert_eq!((w1.name.as_str(), w1.dims.as_slice()), ("W1", [3i64, 2].as_slice()));
+        let values: Vec<f32> = w1.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         assert_eq!(values, [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]);
         assert_eq!(graph.input[0].name, INPUT_NAME);
         let trans_a = &graph.node[0].attribute[2];
         // Explicit presence: a zero-valued attribute is still on the wire.
-        assert_eq!(
-            (trans_a.name.as_str(), trans_a.r#type, trans_a.i),
-            ("transA", ATTR_INT, Some(0))
-        );
+        assert_eq!((trans_a.name.as_str(), trans_a.r#type, trans_a.i), ("transA", ATTR_INT, Some(0)));
         let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(outputs, [QUALITY_OUTPUT, TOKENS_OUTPUT]);
     }

@@ -100,7 +100,13 @@ impl Shrink {
 
     /// Applies the shrinkage to raw head outputs (quality, tokens) at the rows of `x`, as the
     /// graph does; a local prior needs the support index it was built on.
-    pub fn apply(&self, support: Option<&Support>, x: ArrayView2<f32>, quality: &Array2<f32>, tokens: &Array2<f32>) -> (Array2<f32>, Array2<f32>) {
+    pub fn apply(
+        &self,
+        support: Option<&Support>,
+        x: ArrayView2<f32>,
+        quality: &Array2<f32>,
+        tokens: &Array2<f32>,
+    ) -> (Array2<f32>, Array2<f32>) {
         let a = &self.weight;
         let keep = a.mapv(|w| 1.0 - w);
         let q = match (&self.local, support) {

@@ -73,22 +73,13 @@ impl TrainConfig {
             return invalid("batch_size", "must be >= 1. Given: 0".into());
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return invalid(
-                "learning_rate",
-                format!("must be > 0. Given: {}", self.learning_rate),
-            );
+            return invalid("learning_rate", format!("must be > 0. Given: {}", self.learning_rate));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return invalid(
-                "weight_decay",
-                format!("must be >= 0. Given: {}", self.weight_decay),
-            );
+            return invalid("weight_decay", format!("must be >= 0. Given: {}", self.weight_decay));
         }
         if !(self.token_loss_weight.is_finite() && self.token_loss_weight >= 0.0) {
-            return invalid(
-                "token_loss_weight",
-                format!("must be >= 0. Given: {}", self.token_loss_weight),
-            );
+            return invalid("token_loss_weight", format!("must be >= 0. Given: {}", self.token_loss_weight));
         }
         Ok(())
     }
@@ -157,11 +148,7 @@ pub fn evaluate(model: &Mlp, data: &Dataset, token_loss_weight: f32) -> Metrics 
     let nan_if_empty = |v: f64| if n > 0.0 { (v / n) as f32 } else { f32::NAN };
     Metrics {
         observed: token_errors.len(),
-        loss: if n > 0.0 {
-            sums.loss(token_loss_weight) as f32
-        } else {
-            f32::NAN
-        },
+        loss: if n > 0.0 { sums.loss(token_loss_weight) as f32 } else { f32::NAN },
         quality_mae: nan_if_empty(abs_q),
         quality_brier: nan_if_empty(sq_q),
         log_tokens_mae: nan_if_empty(abs_z),
@@ -188,38 +175,22 @@ pub fn baseline_metrics(train: &Dataset, val: &Dataset, token_loss_weight: f32) 
 /// [`LearningError::ShapeMismatch`] / [`LearningError::InvalidValue`] for datasets that do not
 /// line up or hold invalid values; [`LearningError::NoObservations`] for an empty training
 /// set; [`LearningError::Diverged`] if the loss stops being finite.
-pub fn train(
-    train: &Dataset,
-    val: &Dataset,
-    cfg: &TrainConfig,
-) -> Result<(Mlp, TrainReport), LearningError> {
+pub fn train(train: &Dataset, val: &Dataset, cfg: &TrainConfig) -> Result<(Mlp, TrainReport), LearningError> {
     let started = Instant::now();
     cfg.validate()?;
     train.validate()?;
     val.validate()?;
     let (d, m) = (train.x.ncols(), train.n_models());
     if val.x.ncols() != d {
-        return Err(LearningError::ShapeMismatch {
-            what: "validation vs training input dimension",
-            expected: d,
-            actual: val.x.ncols(),
-        });
+        return Err(LearningError::ShapeMismatch { what: "validation vs training input dimension", expected: d, actual: val.x.ncols() });
     }
     if val.n_models() != m {
-        return Err(LearningError::ShapeMismatch {
-            what: "validation vs training models",
-            expected: m,
-            actual: val.n_models(),
-        });
+        return Err(LearningError::ShapeMismatch { what: "validation vs training models", expected: m, actual: val.n_models() });
     }
     // Prompts with no observation contribute nothing: leave them out of the batches.
-    let rows: Vec<usize> = (0..train.n_rows())
-        .filter(|&i| train.mask.row(i).iter().any(|&v| v > 0.0))
-        .collect();
+    let rows: Vec<usize> = (0..train.n_rows()).filter(|&i| train.mask.row(i).iter().any(|&v| v > 0.0)).collect();
     if rows.is_empty() {
-        return Err(LearningError::NoObservations {
-            what: "the training dataset".into(),
-        });
+        return Err(LearningError::NoObservations { what: "the training dataset".into() });
     }
     let train = train.select(&rows);
     let use_val = val.n_observed() > 0;
@@ -236,12 +207,7 @@ pub fn train(
 
     let mut best = model.clone();
     let mut best_epoch = 0;
-    let mut best_loss = if use_val {
-        val.loss_sums(&model, xs_val.view())
-            .loss(cfg.token_loss_weight)
-    } else {
-        f64::INFINITY
-    };
+    let mut best_loss = if use_val { val.loss_sums(&model, xs_val.view()).loss(cfg.token_loss_weight) } else { f64::INFINITY };
     let (mut train_losses, mut val_losses) = (Vec::new(), Vec::new());
     let mut order: Vec<usize> = (0..train.n_rows()).collect();
 
@@ -253,26 +219,14 @@ pub fn train(
             let quality = train.quality.select(Axis(0), batch);
             let log_tokens = train.log_tokens.select(Axis(0), batch);
             let mask = train.mask.select(Axis(0), batch);
-            let sums = model.loss_and_grads(
-                x.view(),
-                quality.view(),
-                log_tokens.view(),
-                mask.view(),
-                cfg.token_loss_weight,
-                &mut grads,
-            );
+            let sums = model.loss_and_grads(x.view(), quality.view(), log_tokens.view(), mask.view(), cfg.token_loss_weight, &mut grads);
             epoch_sums.bce += sums.bce;
             epoch_sums.sq += sums.sq;
             epoch_sums.observed += sums.observed;
             adam.step(&mut model, &grads, cfg.learning_rate, cfg.weight_decay);
         }
         let train_loss = epoch_sums.loss(cfg.token_loss_weight);
-        let val_loss = if use_val {
-            val.loss_sums(&model, xs_val.view())
-                .loss(cfg.token_loss_weight)
-        } else {
-            train_loss
-        };
+        let val_loss = if use_val { val.loss_sums(&model, xs_val.view()).loss(cfg.token_loss_weight) } else { train_loss };
         if !train_loss.is_finite() || !val_loss.is_finite() {
             return Err(LearningError::Diverged { epoch });
         }
@@ -324,11 +278,7 @@ fn model_means(data: &Dataset) -> (Array1<f32>, Array1<f32>) {
     let total = counts.sum().max(1.0);
     let (q_all, t_all) = (q_sums.sum() / total, t_sums.sum() / total);
     let mean = |sums: &Array1<f32>, fallback: f32| {
-        Array1::from_iter(
-            sums.iter()
-                .zip(&counts)
-                .map(|(&s, &c)| if c > 0.0 { s / c } else { fallback }),
-        )
+        Array1::from_iter(sums.iter().zip(&counts).map(|(&s, &c)| if c > 0.0 { s / c } else { fallback }))
     };
     // NOTE: a model that always scored 0 or 1 would get an infinite logit; clamp to +-9.2.
     let logit = |p: f32| {
@@ -340,15 +290,9 @@ fn model_means(data: &Dataset) -> (Array1<f32>, Array1<f32>) {
 
 /// Per-feature mean and one global scale making the mean feature variance 1.
 fn input_scaling(x: ArrayView2<f32>) -> (Array1<f32>, f32) {
-    let mean = x
-        .mean_axis(Axis(0))
-        .unwrap_or_else(|| Array1::zeros(x.ncols()));
+    let mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(x.ncols()));
     let mean_var = (&x - &mean).mapv(|v| v * v).mean().unwrap_or(0.0);
-    let scale = if mean_var > 1e-12 {
-        1.0 / mean_var.sqrt()
-    } else {
-        1.0
-    };
+    let scale = if mean_var > 1e-12 { 1.0 / mean_var.sqrt() } else { 1.0 };
     (mean, scale)
 }
 
@@ -359,11 +303,7 @@ fn median(values: &mut [f64]) -> f32 {
     }
     values.sort_unstable_by(f64::total_cmp);
     let mid = values.len() / 2;
-    let v = if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    };
+    let v = if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 };
     v as f32
 }
 
@@ -377,22 +317,13 @@ mod tests {
     fn synthetic(n: usize, d: usize, m: usize, seed: u64) -> Dataset {
         let mut rng = SplitMix64::new(seed);
         let x = Array2::from_shape_simple_fn((n, d), || rng.next_normal() as f32);
-        let mut data = Dataset {
-            quality: Array2::zeros((n, m)),
-            log_tokens: Array2::zeros((n, m)),
-            mask: Array2::zeros((n, m)),
-            x,
-        };
+        let mut data = Dataset { quality: Array2::zeros((n, m)), log_tokens: Array2::zeros((n, m)), mask: Array2::zeros((n, m)), x };
         for i in 0..n {
             let (a, b) = (data.x[[i, 0]], data.x[[i, 1]]);
             for j in 0..m {
                 let sign = if j % 2 == 0 { 1.0 } else { -1.0 };
                 let p = 1.0 / (1.0 + (-3.0 * sign * (a + 0.5 * b)).exp());
-                data.quality[[i, j]] = if rng.next_f64() < f64::from(p) {
-                    1.0
-                } else {
-                    0.0
-                };
+                data.quality[[i, j]] = if rng.next_f64() < f64::from(p) { 1.0 } else { 0.0 };
                 data.log_tokens[[i, j]] = 4.0 + j as f32 * 0.1 + b.abs();
                 data.mask[[i, j]] = if rng.next_f64() < 0.5 { 1.0 } else { 0.0 };
             }
@@ -405,13 +336,7 @@ mod tests {
         let data = synthetic(1200, 16, 4, 1);
         let (tr, va) = split_by_prompt(data.n_rows(), 0.25, 2);
         let (train_set, val_set) = (data.select(&tr), data.select(&va));
-        let cfg = TrainConfig {
-            hidden: 32,
-            epochs: 60,
-            patience: 10,
-            seed: 5,
-            ..TrainConfig::default()
-        };
+        let cfg = TrainConfig { hidden: 32, epochs: 60, patience: 10, seed: 5, ..TrainConfig::default() };
         let (model, report) = train(&train_set, &val_set, &cfg).expect("training runs");
 
         assert!(report.best_epoch > 0);
@@ -426,11 +351,7 @@ mod tests {
         assert!(report.validation.log_tokens_mae < report.baseline.log_tokens_mae);
         // The reported loss of the kept epoch is what the folded model scores.
         let best = report.val_loss[report.best_epoch - 1];
-        assert!(
-            (best - report.validation.loss).abs() < 1e-3,
-            "{best} vs {}",
-            report.validation.loss
-        );
+        assert!((best - report.validation.loss).abs() < 1e-3, "{best} vs {}", report.validation.loss);
 
         let (again, report_again) = train(&train_set, &val_set, &cfg).expect("training runs");
         assert_eq!(model, again);
@@ -440,10 +361,7 @@ mod tests {
     #[test]
     fn rejects_bad_config_and_empty_training_data() {
         let data = synthetic(20, 4, 2, 1);
-        let bad = TrainConfig {
-            batch_size: 0,
-            ..TrainConfig::default()
-        };
+        let bad = TrainConfig { batch_size: 0, ..TrainConfig::default() };
         let err = train(&data, &data, &bad).expect_err("batch_size 0");
         assert_eq!(err.label(), "learning_invalid_config");
         let mut empty = data.clone();

@@ -91,8 +91,8 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, LogError> {
     if !path.is_file() {
         return Err(LogError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such decision log") });
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(db_err(path))?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(db_err(path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err(path))?;
     check_version(&conn, path)?;
     Ok(conn)
@@ -198,7 +198,8 @@ pub fn enforce_retention(conn: &mut Connection, min_ts_ms: Option<i64>, max_byte
             if used_bytes(conn)? <= max_bytes as i64 {
                 break;
             }
-            let rows: i64 = conn.query_row("SELECT (SELECT count(*) FROM decisions) + (SELECT count(*) FROM feedback)", [], |r| r.get(0))?;
+            let rows: i64 =
+                conn.query_row("SELECT (SELECT count(*) FROM decisions) + (SELECT count(*) FROM feedback)", [], |r| r.get(0))?;
             if rows == 0 {
                 break;
             }

@@ -76,7 +76,10 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
         Ok(pb::Outcome::ServerError) => Outcome::ServerError,
         Ok(pb::Outcome::Refused) => Outcome::Refused,
         Ok(pb::Outcome::Unspecified) | Err(_) => {
-            return Err(invalid("outcome", format!("must be one of SUCCESS, TIMEOUT, RATE_LIMITED, SERVER_ERROR, REFUSED. Given: {}", req.outcome)))
+            return Err(invalid(
+                "outcome",
+                format!("must be one of SUCCESS, TIMEOUT, RATE_LIMITED, SERVER_ERROR, REFUSED. Given: {}", req.outcome),
+            ))
         }
     };
     if let Some(l) = req.latency_ms {
@@ -148,10 +151,16 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
 
     let messages = match (req.messages.is_empty(), req.prompt.is_empty()) {
         (true, true) => {
-            return Err(invalid("messages", "must hold at least one message, or `prompt` must be set. Given: no messages and an empty prompt"))
+            return Err(invalid(
+                "messages",
+                "must hold at least one message, or `prompt` must be set. Given: no messages and an empty prompt",
+            ))
         }
         (false, false) => {
-            return Err(invalid("prompt", format!("must be empty when `messages` is set. Given: {} messages and a prompt", req.messages.len())))
+            return Err(invalid(
+                "prompt",
+                format!("must be empty when `messages` is set. Given: {} messages and a prompt", req.messages.len()),
+            ))
         }
         (true, false) => {
             if req.prompt.trim().is_empty() {
@@ -161,7 +170,10 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         }
         (false, true) => {
             if req.messages.len() > server.max_messages {
-                return Err(invalid("messages", format!("must hold at most {} messages. Given: {}", server.max_messages, req.messages.len())));
+                return Err(invalid(
+                    "messages",
+                    format!("must hold at most {} messages. Given: {}", server.max_messages, req.messages.len()),
+                ));
             }
             req.messages
                 .into_iter()

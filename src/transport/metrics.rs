@@ -33,9 +33,24 @@ pub fn render(service: &Service) -> String {
         let s = log.stats();
         let rows = [
             ("pointsman_decision_log_decisions_written_total", "counter", "Decisions committed to the decision log.", &s.decisions_written),
-            ("pointsman_decision_log_feedback_written_total", "counter", "Feedback reports committed to the decision log.", &s.feedback_written),
-            ("pointsman_decision_log_dropped_total", "counter", "Decisions dropped because the log's queue was full (routing went on).", &s.decisions_dropped),
-            ("pointsman_decision_log_feedback_refused_total", "counter", "Feedback reports refused with RESOURCE_EXHAUSTED because the queue stayed full.", &s.feedback_refused),
+            (
+                "pointsman_decision_log_feedback_written_total",
+                "counter",
+                "Feedback reports committed to the decision log.",
+                &s.feedback_written,
+            ),
+            (
+                "pointsman_decision_log_dropped_total",
+                "counter",
+                "Decisions dropped because the log's queue was full (routing went on).",
+                &s.decisions_dropped,
+            ),
+            (
+                "pointsman_decision_log_feedback_refused_total",
+                "counter",
+                "Feedback reports refused with RESOURCE_EXHAUSTED because the queue stayed full.",
+                &s.feedback_refused,
+            ),
             ("pointsman_decision_log_write_failures_total", "counter", "Records lost to failed writes.", &s.write_failures),
             ("pointsman_decision_log_batches_total", "counter", "Committed write batches.", &s.batches),
             ("pointsman_decision_log_pruned_rows_total", "counter", "Rows removed by retention.", &s.pruned_rows),

@@ -198,13 +198,16 @@ pub async fn serve(
     };
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(health_service).add_service(reflection).add_service(router).add_service(admin);
-    let routes = tonic::service::Routes::from(routes.routes().into_axum_router().route("/metrics", axum::routing::get({
-        let service = Arc::clone(&service);
-        move || {
+    let routes = tonic::service::Routes::from(routes.routes().into_axum_router().route(
+        "/metrics",
+        axum::routing::get({
             let service = Arc::clone(&service);
-            async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&service)) }
-        }
-    })));
+            move || {
+                let service = Arc::clone(&service);
+                async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&service)) }
+            }
+        }),
+    ));
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     let served = tonic::transport::Server::builder()
         .accept_http1(true)

@@ -178,9 +178,7 @@ pub const CHAT_PROMPT: &str = "hey! what's a fun thing to do with friends on a r
 
 /// The routing data: `POINTSMAN_DATA`, else the repo's own `data/`.
 pub fn shared_data() -> std::path::PathBuf {
-    std::env::var_os("POINTSMAN_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+    std::env::var_os("POINTSMAN_DATA").map(std::path::PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
 }
 
 /// The serving encoder of the shipped config.
