@@ -211,7 +211,7 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
         .unwrap();
     assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
     write_config(&cfg_path, &new_head, &db, &[]);
-    let r = AdminClient::new(server.channel.clone()).reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    let r = AdminClient::new(server.admin_channel.clone()).reload(pb::ReloadRequest {}).await.unwrap().into_inner();
     assert!(r.router_version.contains("+feedback-"), "{r:?}");
 
     let mut moved = 0;

@@ -100,7 +100,7 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
     assert_eq!((lines[1].prompt.as_str(), lines[1].score), (CHAT_PROMPT, 0.0));
     assert_eq!((skips.no_decision, skips.no_quality), (1, 1));
 
-    let page = http_get(server.addr, "/metrics").await;
+    let page = server.metrics().await;
     assert_eq!(metric(&page, "pointsman_feedback_total{outcome=\"timeout\"}"), Some(1.0));
     assert_eq!(metric(&page, "pointsman_feedback_total{outcome=\"success\"}"), Some(2.0));
     assert_eq!(metric(&page, "pointsman_route_requests_total{result=\"ok\"}"), Some(2.0));
@@ -218,7 +218,7 @@ async fn a_full_log_queue_drops_decisions_and_never_fails_a_route() {
     for t in tasks {
         t.await.unwrap().expect("routing never fails because of the log");
     }
-    let page = http_get(server.addr, "/metrics").await;
+    let page = server.metrics().await;
     let dropped = metric(&page, "pointsman_decision_log_dropped_total").unwrap();
     let written = eventually(|| Some(db_counts(&db).0).filter(|&d| d as f64 + dropped >= n as f64)).await;
     assert_eq!(written as f64 + dropped, n as f64, "every decision is either written or counted as dropped");

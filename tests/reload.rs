@@ -51,7 +51,7 @@ async fn reload_under_load_swaps_atomically_and_rejects_bad_files() {
     write_config(&cfg_path, &head_a, &db, &[]);
     let server = TestServer::start_with(Config::load(&cfg_path).unwrap()).await;
     let v_a = version(&server).await;
-    let mut admin = AdminClient::new(server.channel.clone());
+    let mut admin = AdminClient::new(server.admin_channel.clone());
 
     // Load: 3 clients routing distinct texts (so the encoder runs), recording every version seen.
     let stop = Arc::new(AtomicBool::new(false));
@@ -130,7 +130,7 @@ async fn reload_under_load_swaps_atomically_and_rejects_bad_files() {
     }
     assert!(ok > 20, "the load ran ({ok} requests)");
     assert!(versions.contains(&v_a) && versions.iter().any(|v| v.ends_with("+reloaded-b")), "{versions:?}");
-    let page = http_get(server.addr, "/metrics").await;
+    let page = server.metrics().await;
     assert_eq!(metric(&page, "pointsman_reloads_total{result=\"ok\"}"), Some(2.0));
     assert_eq!(metric(&page, "pointsman_reloads_total{result=\"rejected\"}"), Some(4.0));
     server.shutdown().await;
@@ -159,7 +159,7 @@ async fn the_watcher_reloads_changed_files_and_skips_broken_ones() {
     assert!(version(&server).await.ends_with("+watched-1"));
     let r = server.client.clone().route(pb::RouteRequest { prompt: CHAT_PROMPT.into(), ..Default::default() }).await.unwrap();
     assert!(r.into_inner().router_version.ends_with("+watched-1"));
-    let page = http_get(server.addr, "/metrics").await;
+    let page = server.metrics().await;
     assert_eq!(metric(&page, "pointsman_reloads_total{result=\"rejected\"}"), Some(1.0), "a rejected fingerprint is not retried");
     server.shutdown().await;
 }

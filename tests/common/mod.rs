@@ -104,6 +104,10 @@ pub struct TestServer {
     pub health: HealthClient<Channel>,
     /// Channel for other clients (reflection).
     pub channel: Channel,
+    /// Address of the operator surface (`Admin`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// Channel to the operator surface, for `AdminClient`.
+    pub admin_channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), pointsman::transport::TransportError>>>,
     /// A folder made by `temp_db_path`, removed when the server goes.
@@ -146,7 +150,23 @@ impl TestServer {
             assert!(!handle.is_finished(), "server exited while loading");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { addr, client: RouterClient::new(channel.clone()), health, channel, stop: Some(stop), handle: Some(handle), scratch }
+        let (admin_addr, admin_channel) = (addr, channel.clone());
+        Self {
+            addr,
+            client: RouterClient::new(channel.clone()),
+            health,
+            channel,
+            admin_addr,
+            admin_channel,
+            stop: Some(stop),
+            handle: Some(handle),
+            scratch,
+        }
+    }
+
+    /// The Prometheus page from the operator surface.
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin_addr, "/metrics").await
     }
 
     /// Stops the server and waits for it to finish in-flight requests.
