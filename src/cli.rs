@@ -321,6 +321,7 @@ pub fn response_json(r: &pb::RouteResponse) -> serde_json::Value {
             "candidate": e.candidate.as_ref().map(candidate_json),
             "rank": e.rank,
             "reason": pb::ExclusionReason::try_from(e.reason).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
+            "kept_despite": pb::ExclusionReason::try_from(e.kept_despite).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
             "detail": e.detail,
         })).collect::<Vec<_>>(),
     })

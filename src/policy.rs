@@ -16,16 +16,22 @@
 //! does not depend on which other models a request allows, so adding a candidate never reorders
 //! the others.
 //!
-//! Constraints are applied in a fixed order, and a model's exclusion reason is the first rule it
-//! fails: coverage by the head, the head's domain (training evidence near the prompt, see
-//! `learning::Support`), model allow/deny lists, provider allow/deny lists, context window,
-//! `min_quality`, `max_cost_usd`. When a rule leaves no model, the error names that rule.
+//! Two kinds of rule. The **hard** rules are coverage by the head (a model without a prediction
+//! cannot be ranked) and the request's own constraints: model allow/deny lists, provider
+//! allow/deny lists, context window, `min_quality`, `max_cost_usd`. They are applied in that
+//! order, a model's exclusion reason is the first one it fails, and when one leaves no model the
+//! request is refused with an error naming that rule: only the caller's constraints (or a head
+//! that covers nothing) can refuse a request.
 //!
-//! Live health comes last (see `health`): a model whose circuit is open (cooling down after
-//! repeated failures) is left out with reason UNHEALTHY, unless that would leave no model at
-//! all, in which case the cooling-down models stay, ranked last: routing to a model that may be
-//! failing beats refusing to route. Degraded models stay eligible but rank behind every healthy
-//! (or probing) one; within each tier the order is by utility.
+//! The **soft** rules are the router's own judgement, applied after the hard ones: the head's
+//! domain (training evidence near the prompt, see `learning::Support`), then live health (see
+//! `health`). A soft rule never empties the list: when it would leave no model, the models it
+//! would have left out stay, ranked by utility, each carrying the rule in `Scored::kept_despite`
+//! so `explain` says why it was doubted and kept. A model whose circuit is open (cooling down
+//! after repeated failures) is left out with reason UNHEALTHY unless only cooling-down models
+//! remain; routing to a model that may be failing, or whose prediction is an extrapolation,
+//! beats refusing to route. Degraded models stay eligible but rank behind every healthy (or
+//! probing) one; within each tier the order is by utility.
 //!
 //! Fallbacks are the next best by utility, except that when none of them is from a provider
 //! other than the primary's and such a model is eligible, the best of those takes the last slot:
@@ -182,6 +188,9 @@ pub struct Scored {
     pub rank: usize,
     /// Why it is not in the answer, if it is not.
     pub exclusion: Option<Exclusion>,
+    /// A soft rule (the head's domain) that this model fails but was not excluded by, because it
+    /// would have left no model under the request's constraints.
+    pub kept_despite: Option<Exclusion>,
     /// Its live health when ranked.
     pub health: Snapshot,
 }
@@ -259,18 +268,14 @@ pub fn rank(
                 None => (0.0, 0.0, f64::NEG_INFINITY),
             };
             let health = health.get(i).copied().unwrap_or(Snapshot::HEALTHY);
-            Scored { model: i, prediction: *p, cost_usd, latency_ms, utility, rank: 0, exclusion: None, health }
+            Scored { model: i, prediction: *p, cost_usd, latency_ms, utility, rank: 0, exclusion: None, kept_despite: None, health }
         })
         .collect();
 
-    // The rules, in the order their reasons are reported.
+    // The hard rules, in the order their reasons are reported.
     type Rule<'a> = Box<dyn Fn(&CatalogModel, &Scored) -> Option<Exclusion> + 'a>;
     let rules: Vec<Rule> = vec![
         Box::new(|_, s| s.prediction.is_none().then_some(Exclusion::NotCovered)),
-        Box::new(|_, s| {
-            let p = s.prediction?.domain_chance;
-            (p < c.out_of_domain_p).then_some(Exclusion::OutOfDomain { chance: p, threshold: c.out_of_domain_p })
-        }),
         Box::new(|m, _| {
             let denied = listed(&c.denied_models, &m.id) || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
             denied.then_some(Exclusion::ModelNotAllowed)
@@ -326,6 +331,21 @@ pub fn rank(
         }
     }
 
+    // Soft rule: the head's domain. It demotes instead of excluding when it would empty the list.
+    let out_of_domain = |s: &Scored| {
+        let p = s.prediction?.domain_chance;
+        (p < c.out_of_domain_p).then_some(Exclusion::OutOfDomain { chance: p, threshold: c.out_of_domain_p })
+    };
+    let in_domain = scored.iter().any(|s| s.exclusion.is_none() && out_of_domain(s).is_none());
+    for s in scored.iter_mut().filter(|s| s.exclusion.is_none()) {
+        match (out_of_domain(s), in_domain) {
+            (Some(e), true) => s.exclusion = Some(e),
+            (Some(e), false) => s.kept_despite = Some(e),
+            (None, _) => {}
+        }
+    }
+
+    // Soft rule: live health. Cooling-down models stay only when nothing else is left.
     let cooling = |s: &Scored| matches!(s.health.state, State::CoolingDown { .. });
     if scored.iter().any(|s| s.exclusion.is_none() && !cooling(s)) {
         for s in scored.iter_mut().filter(|s| s.exclusion.is_none() && cooling(s)) {
@@ -450,6 +470,38 @@ mod tests {
         assert_eq!(rank(&cat, &preds(), &[], 100, 0.5, &c, LAT).unwrap_err().constraint, "allowed_models/denied_models");
         let c = Constraints { max_fallbacks: 3, ..Default::default() };
         assert_eq!(rank(&cat, &preds(), &[], 500_000, 0.5, &c, LAT).unwrap_err().constraint, "context window");
+    }
+
+    #[test]
+    fn the_domain_rule_demotes_instead_of_refusing() {
+        let cat = catalog();
+        let mut p = preds();
+        // "big" and "mid" have no evidence near this prompt.
+        for j in [0, 1] {
+            p[j].as_mut().unwrap().domain_chance = 1e-6;
+        }
+        let c = Constraints { out_of_domain_p: 0.01, max_fallbacks: 3, ..Default::default() };
+        let r = rank(&cat, &p, &[], 100, 0.0, &c, LAT).unwrap();
+        assert_eq!(ids(&cat, &r), ["other", "small"]);
+        assert!(matches!(r.scored[0].exclusion, Some(Exclusion::OutOfDomain { .. })));
+        // Only out-of-domain models allowed: routed anyway, best first, each marked.
+        let only = Constraints { allowed_models: vec!["big".into(), "mid".into()], ..c.clone() };
+        let r = rank(&cat, &p, &[], 100, 0.0, &only, LAT).unwrap();
+        assert_eq!(ids(&cat, &r), ["big", "mid"]);
+        assert!(matches!(r.scored[0].kept_despite, Some(Exclusion::OutOfDomain { .. })));
+        assert_eq!(r.scored[0].exclusion, None);
+        // A hard rule that empties the list is named, even when the domain rule would have too.
+        let cheap = Constraints { max_cost_usd: Some(1e-9), ..only.clone() };
+        assert_eq!(rank(&cat, &p, &[], 100, 0.0, &cheap, LAT).unwrap_err().constraint, "max_cost_usd");
+        // A model both out of domain and denied reports the caller's rule.
+        let deny = Constraints { denied_models: vec!["big".into()], ..c.clone() };
+        assert_eq!(rank(&cat, &p, &[], 100, 0.0, &deny, LAT).unwrap().scored[0].exclusion, Some(Exclusion::ModelNotAllowed));
+        // Out of domain and cooling down: health is judged among the kept models as usual.
+        let mut health = vec![Snapshot::HEALTHY; 5];
+        health[0].state = State::CoolingDown { remaining: std::time::Duration::from_secs(5) };
+        let r = rank(&cat, &p, &health, 100, 0.0, &only, LAT).unwrap();
+        assert_eq!(ids(&cat, &r), ["mid"]);
+        assert!(matches!(r.scored[0].exclusion, Some(Exclusion::Unhealthy(_))));
     }
 
     #[test]

@@ -314,5 +314,32 @@ async fn models_never_observed_near_a_prompt_are_out_of_domain() {
     assert!(oc.contains(&math.candidates[0].model), "math primary {} should be a math-evaluated model", math.candidates[0].model);
     assert!(!oc.contains(&chat.candidates[0].model));
     assert!(catalog.models.len() > om.len() + 4);
+
+    // The domain rule is the router's own judgement, not the caller's: a request that allows only
+    // models it would leave out is still routed, to the best of them, with the doubt explained.
+    let only_ood = RouteRequest { explain: true, allowed_models: oc.clone(), max_fallbacks: Some(2), ..prompt(CHAT_PROMPT) };
+    let r = s.client.route(only_ood).await.expect("the domain rule never refuses a request").into_inner();
+    assert_eq!(r.candidates.len(), 3);
+    for c in &r.candidates {
+        assert!(oc.contains(&c.model), "{} is not in allowed_models", c.model);
+        let e = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == c.model).unwrap();
+        assert_eq!(e.reason, ExclusionReason::Unspecified as i32, "{}: {}", c.model, e.detail);
+        assert_eq!(e.kept_despite, ExclusionReason::OutOfDomain as i32, "{}: {}", c.model, e.detail);
+        assert!(e.detail.contains("kept"), "{}", e.detail);
+    }
+    // Ranked by utility among the kept models, as usual.
+    let utility =
+        |m: &str| r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == m).unwrap().candidate.clone().unwrap().utility;
+    assert!(utility(&r.candidates[0].model) >= utility(&r.candidates[1].model));
+    // With an in-domain model allowed too, the out-of-domain ones are left out again.
+    let mut mixed = oc.clone();
+    mixed.push(chat.candidates[0].model.clone());
+    let r = s.client.route(RouteRequest { allowed_models: mixed, ..prompt(CHAT_PROMPT) }).await.unwrap().into_inner();
+    assert_eq!(r.candidates.iter().map(|c| c.model.as_str()).collect::<Vec<_>>(), [chat.candidates[0].model.as_str()]);
+    // The caller's own constraints still refuse, naming themselves, not the domain rule.
+    let status =
+        s.client.route(RouteRequest { allowed_models: oc.clone(), max_cost_usd: Some(1e-12), ..prompt(CHAT_PROMPT) }).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("max_cost_usd") && !status.message().contains("domain"), "{}", status.message());
     s.shutdown().await;
 }

@@ -261,6 +261,26 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
     }
 }
 
+/// Why a model was or was not chosen, in words: its exclusion, or what the router doubted about a
+/// model it kept (outside the head's domain, unhealthy) because nothing else was left.
+fn explanation_detail(s: &Scored) -> String {
+    if let Some(e) = &s.exclusion {
+        return e.detail();
+    }
+    let mut doubts = Vec::new();
+    if let Some(e) = &s.kept_despite {
+        doubts.push(format!("{} (kept: no model inside the head's domain meets the request's constraints)", e.detail()));
+    }
+    if s.health_tier() > 0 {
+        doubts.push(s.health.detail());
+    }
+    if doubts.is_empty() {
+        "chosen".into()
+    } else {
+        format!("chosen, but {}", doubts.join("; "))
+    }
+}
+
 fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -289,11 +309,8 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
                 candidate: Some(candidate(engine, s)),
                 rank: s.rank as u32,
                 reason: reason(&s.exclusion) as i32,
-                detail: match (&s.exclusion, s.health_tier()) {
-                    (Some(e), _) => e.detail(),
-                    (None, 0) => "chosen".into(),
-                    (None, _) => format!("chosen, but {}", s.health.detail()),
-                },
+                detail: explanation_detail(s),
+                kept_despite: reason(&s.kept_despite) as i32,
             })
             .collect()
     } else {
