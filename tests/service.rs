@@ -28,20 +28,20 @@ async fn health_reflection_and_catalog() {
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
     let catalog = s.client.list_models(ListModelsRequest {}).await.unwrap().into_inner();
-    let prices = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/prices.csv"))
-        .or_else(|_| std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/prices.csv")));
+    let prices = std::fs::read_to_string(common::shared_data().join("prices.csv")).expect("data/prices.csv");
     assert!(catalog.models.len() >= 20, "catalog has {} models", catalog.models.len());
     assert!(catalog.models.iter().all(|m| m.covered_by_head), "shipped catalog lists only covered models");
-    assert!(catalog.models.iter().all(|m| m.context_tokens > 0 && m.output_usd_per_mtok >= m.input_usd_per_mtok * 0.0));
-    if let Ok(prices) = prices {
-        // Every catalog price is the one in the shared price list.
-        for m in &catalog.models {
-            let line = prices.lines().find(|l| l.split(',').next() == Some(m.model.as_str())).expect("model in prices.csv");
-            let f: Vec<&str> = line.split(',').collect();
-            assert_eq!(f[1], m.provider);
-            assert_eq!(f[2].parse::<f64>().unwrap(), m.input_usd_per_mtok);
-            assert_eq!(f[3].parse::<f64>().unwrap(), m.output_usd_per_mtok);
-        }
+    for m in &catalog.models {
+        assert!(m.context_tokens > 0 && m.input_usd_per_mtok > 0.0, "{m:?}");
+        // No listed model sells output tokens cheaper than input tokens.
+        assert!(m.output_usd_per_mtok >= m.input_usd_per_mtok, "{m:?}");
+        // Every catalog price is the one in the price list the catalog was generated from.
+        let line = prices.lines().find(|l| l.split(',').next() == Some(m.model.as_str())).expect("model in prices.csv");
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[1], m.provider);
+        assert_eq!(f[2].parse::<f64>().unwrap(), m.input_usd_per_mtok);
+        assert_eq!(f[3].parse::<f64>().unwrap(), m.output_usd_per_mtok);
+        assert_eq!(f[4].trim().parse::<u32>().unwrap(), m.context_tokens);
     }
     assert_eq!(catalog.default_profile, "balanced");
     assert!(catalog.encoder.starts_with("all-MiniLM-L6-v2/"));
@@ -59,21 +59,37 @@ async fn a_missing_head_fails_to_start_with_a_clear_error() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let s = TestServer::start().await;
+    // Long prompts and no cache, so that 16 requests keep the two encoder sessions busy for
+    // well over the moment shutdown begins.
+    let mut config = common::shipped_config();
+    config.cache.capacity = 0;
+    let s = TestServer::start_with(config).await;
+    let long = "Explain, step by step and with examples, how the borrow checker reasons about lifetimes in nested closures. ".repeat(12);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
         let mut c = s.client.clone();
+        let prompt = format!("Question {i}. {long}");
         tasks.spawn(async move {
-            c.route(pointsman::pb::RouteRequest { prompt: format!("question number {i} about rust lifetimes"), ..Default::default() }).await
+            let r = c.route(pointsman::pb::RouteRequest { prompt, ..Default::default() }).await;
+            (r, std::time::Instant::now())
         });
     }
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // Let every request reach the server, then begin the shutdown.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut late_client = s.client.clone();
+    let began = std::time::Instant::now();
     s.shutdown().await;
+    let mut after_shutdown_began = 0;
     while let Some(r) = tasks.join_next().await {
-        let r = r.unwrap();
-        // Requests either completed, or (if they arrived after shutdown began) were refused cleanly.
-        if let Err(e) = r {
-            assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled), "{e}");
-        }
+        let (r, done) = r.unwrap();
+        // Every request the server had accepted is answered, not cut off.
+        let resp = r.expect("an in-flight request finishes during shutdown").into_inner();
+        assert!(!resp.candidates.is_empty());
+        after_shutdown_began += usize::from(done > began);
     }
+    assert!(after_shutdown_began > 0, "no request was still in flight when shutdown began; the test proves nothing");
+    // Once the server is gone, a new request is refused.
+    let refused = late_client.route(pointsman::pb::RouteRequest { prompt: "too late".into(), ..Default::default() }).await;
+    let code = refused.expect_err("the server has stopped").code();
+    assert!(matches!(code, tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown), "{code:?}");
 }
