@@ -128,15 +128,16 @@ impl Service {
         &self.stats
     }
 
-    /// Health of each catalog model of `engine`, in catalog order.
+    /// Health of each catalog model of `engine`, in catalog order, with latency medians (for
+    /// display: ListModels, metrics).
     pub fn catalog_health(&self, engine: &Engine) -> Vec<Snapshot> {
         self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
     }
 
     /// Routes with live health, logs the decision (never waiting on the log), counts the result.
     pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
-        // No report yet: every model is healthy, which the policy reads from an empty list.
-        let health = if self.health.is_empty() { Vec::new() } else { self.catalog_health(engine) };
+        // Lock-free; empty while no model has a report (the policy reads that as all healthy).
+        let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now());
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
