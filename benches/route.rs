@@ -8,6 +8,12 @@
 //! BENCH_SESSIONS / BENCH_THREADS to try another encoder pool layout, and BENCH_DECISION_LOG=off
 //! to measure without the decision log (it is on by default, as in the shipped config). The load generator runs in
 //! the same process (and on the same cores) as the server, so the service figures include it.
+//!
+//! `BENCH_MODE=feedback` runs only Route with live health: cache-hit Route on short prompts at
+//! concurrency 1 and 4, first with no report, then after BENCH_FEEDBACK_PREFILL (default 20000)
+//! Feedback reports and while a background task keeps sending BENCH_FEEDBACK_RATE (default 500)
+//! reports a second, spread round-robin over the catalog's models with about one failure in six
+//! (timeouts and server errors, never five in a row for a model, so no circuit opens).
 use std::{
     io::Read,
     path::Path,
@@ -18,7 +24,7 @@ use std::{
 use pointsman::{
     config::Config,
     encoder::Encoder,
-    pb::{router_client::RouterClient, RouteRequest},
+    pb::{router_client::RouterClient, FeedbackRequest, ListModelsRequest, Outcome, RouteRequest},
     predictor::Head,
     runtime,
 };
@@ -119,6 +125,111 @@ async fn log_metrics(addr: std::net::SocketAddr) -> Vec<String> {
     page.lines().filter(|l| l.starts_with("pointsman_decision_log")).map(String::from).collect()
 }
 
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Report `n` of the feedback stream: model `n mod len`, about one failure in six.
+fn feedback_report(models: &[String], n: usize) -> FeedbackRequest {
+    let outcome = if n % 9 == 4 {
+        Outcome::Timeout
+    } else if n % 23 == 7 {
+        Outcome::ServerError
+    } else {
+        Outcome::Success
+    };
+    FeedbackRequest {
+        request_id: format!("bench-feedback-{n}"),
+        model: models[n % models.len()].clone(),
+        outcome: outcome as i32,
+        latency_ms: (outcome == Outcome::Success).then(|| 200.0 + (n * 37 % 1800) as f64),
+        ..Default::default()
+    }
+}
+
+/// `BENCH_MODE=feedback`: cache-hit Route with and without a stream of Feedback reports.
+async fn feedback_mode(config: Config, short: &[String], requests: usize) {
+    let prefill = env_usize("BENCH_FEEDBACK_PREFILL", 20_000);
+    let rate = env_usize("BENCH_FEEDBACK_RATE", 500);
+    let (client, stop, _) = start(config).await;
+    let models: Vec<String> =
+        client.clone().list_models(ListModelsRequest {}).await.unwrap().into_inner().models.into_iter().map(|m| m.model).collect();
+    for p in short {
+        client.clone().route(RouteRequest { prompt: p.clone(), ..Default::default() }).await.unwrap();
+    }
+    let mut rows = Vec::new();
+    let measure = |rows: &mut Vec<Row>, label: &str, lat: Vec<Duration>, wall: Duration, c: usize| {
+        rows.push(Row {
+            label: label.to_string(),
+            concurrency: c,
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            rps: lat.len() as f64 / wall.as_secs_f64(),
+        })
+    };
+    for c in [1, 4] {
+        let (lat, wall) = run_load(&client, short, c, requests).await;
+        measure(&mut rows, "Route, short, cache hit, no feedback", lat, wall, c);
+    }
+    // Prefill: the reports a busy gateway sends within the health window.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut c, models, next, refused) = (client.clone(), models.clone(), Arc::clone(&next), Arc::clone(&refused));
+        tasks.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= prefill {
+                    return;
+                }
+                if c.feedback(feedback_report(&models, n)).await.is_err() {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    println!("prefill: {prefill} Feedback reports over {} models in {:.1} s", models.len(), t.elapsed().as_secs_f64());
+    // The stream: every 10 ms, rate/100 reports.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (mut c, models, next, refused, running) =
+            (client.clone(), models.clone(), Arc::clone(&next), Arc::clone(&refused), Arc::clone(&running));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let (mut sent, t) = (0usize, Instant::now());
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                for _ in 0..(rate / 100).max(1) {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if c.feedback(feedback_report(&models, n)).await.is_err() {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    sent += 1;
+                }
+            }
+            sent as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    for c in [1, 4] {
+        let (lat, wall) = run_load(&client, short, c, requests).await;
+        measure(&mut rows, "Route, short, cache hit, feedback flowing", lat, wall, c);
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let achieved = sender.await.unwrap();
+    let _ = stop.send(());
+    println!(
+        "feedback stream: {achieved:.0} reports/s during the measurement; {} reports refused in all",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!("\n| what | concurrency | p50 ms | p99 ms | req/s |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} | {:.0} |", r.label, r.concurrency, ms(r.p50), ms(r.p99), r.rps);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
@@ -166,6 +277,12 @@ async fn main() {
         config.encoder.intra_threads,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+
+    if std::env::var("BENCH_MODE").is_ok_and(|m| m == "feedback") {
+        drop(encoder);
+        feedback_mode(config, &short, requests).await;
+        return;
+    }
 
     // Bare encoder (tokenize + embed + head), one caller, same prompts.
     let mut rows = Vec::new();

@@ -294,6 +294,11 @@ impl Engine {
         &self.config.routing.profiles
     }
 
+    /// Requests waiting for an encoder session now (for metrics).
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Entries in the prediction cache (approximate; for metrics and tests).
     pub fn cache_entries(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| {
@@ -400,6 +405,12 @@ impl Engine {
                         let x = ArrayView2::from_shape((1, emb.len()), &emb).expect("1xD. This is a bug.");
                         let out = this.head.predict(x)?;
                         let predict = t.elapsed();
+                        tracing::debug!(
+                            tokens = tokens.full_count,
+                            encode_us = encode.as_micros() as u64,
+                            predict_us = predict.as_micros() as u64,
+                            "encoded"
+                        );
                         let cached = Arc::new(Cached {
                             quality: out.quality,
                             output_tokens: out.output_tokens,
@@ -479,7 +490,10 @@ impl Engine {
             p.map_err(|e| RouteError::Worker(e.to_string()))?
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // The caller's span (the request id) goes with the job, so the worker's log lines carry it.
+        let span = tracing::Span::current();
         let job: Job = Box::new(move || {
+            let _in_request = span.enter();
             let _ = tx.send(f());
         });
         self.jobs

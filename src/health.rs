@@ -17,10 +17,11 @@
 //! starts every model healthy, which is the safe default for a breaker.
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 /// `[health]`: thresholds of the circuit breaker.
@@ -224,8 +225,56 @@ struct Event {
     latency_ms: Option<f64>,
 }
 
+/// One attempt as Route sees it: when, and how many failures up to and including it.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Instant,
+    failures_through: u32,
+}
+
+/// One model's breaker as of its last report, published for lock-free reads. Everything that
+/// depends on the time of the read (window expiry, cool-down remaining, probing once it ends) is
+/// evaluated from it at read time.
+#[derive(Debug)]
+struct View {
+    /// The window's attempts, oldest first (times never decrease).
+    marks: Box<[Mark]>,
+    consecutive_failures: u32,
+    open: Option<(Instant, Duration)>,
+}
+
+impl View {
+    /// The model's health at `now`, without the latency median (0).
+    fn snapshot(&self, cfg: &HealthConfig, now: Instant) -> Snapshot {
+        let window = Duration::from_secs(cfg.window_seconds);
+        // Marks are in time order, so the expired ones are a prefix.
+        let first = self.marks.partition_point(|m| now.saturating_duration_since(m.at) > window);
+        let n = (self.marks.len() - first) as u32;
+        let failures_before = first.checked_sub(1).map_or(0, |i| self.marks[i].failures_through);
+        let failed = self.marks.last().map_or(0, |m| m.failures_through) - failures_before;
+        let error_rate = if n == 0 { 0.0 } else { f64::from(failed) / f64::from(n) };
+        let state = match self.open {
+            Some((at, d)) if now.saturating_duration_since(at) < d => {
+                State::CoolingDown { remaining: d - now.saturating_duration_since(at) }
+            }
+            Some(_) => State::Probing,
+            None if n >= cfg.min_requests && error_rate >= cfg.degraded_error_rate => State::Degraded,
+            None => State::Healthy,
+        };
+        Snapshot {
+            state,
+            window_requests: n,
+            error_rate,
+            p50_latency_ms: 0.0,
+            consecutive_failures: self.consecutive_failures,
+            window_seconds: cfg.window_seconds,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct ModelHealth {
+    /// Attempts in the window (with latencies, for the median); times never decrease.
     events: VecDeque<Event>,
     consecutive_failures: u32,
     /// When the circuit opened and how long it stays open.
@@ -236,58 +285,63 @@ struct ModelHealth {
 
 impl ModelHealth {
     fn prune(&mut self, now: Instant, window: Duration) {
-        while self.events.front().is_some_and(|e| now.duration_since(e.at) > window) {
+        while self.events.front().is_some_and(|e| now.saturating_duration_since(e.at) > window) {
             self.events.pop_front();
         }
     }
 
     fn probing(&self, now: Instant) -> bool {
-        self.open.is_some_and(|(at, d)| now.duration_since(at) >= d)
+        self.open.is_some_and(|(at, d)| now.saturating_duration_since(at) >= d)
     }
 
-    fn snapshot(&self, cfg: &HealthConfig, now: Instant) -> Snapshot {
+    /// The read-side copy of this model's breaker.
+    fn view(&self) -> View {
+        let mut failures = 0u32;
+        let marks = self
+            .events
+            .iter()
+            .map(|e| {
+                failures += u32::from(e.failed);
+                Mark { at: e.at, failures_through: failures }
+            })
+            .collect();
+        View { marks, consecutive_failures: self.consecutive_failures, open: self.open }
+    }
+
+    /// Median latency of the window's successes at `now`, ms (0 when none).
+    fn p50_latency_ms(&self, cfg: &HealthConfig, now: Instant) -> f64 {
         let window = Duration::from_secs(cfg.window_seconds);
-        let recent = self.events.iter().filter(|e| now.duration_since(e.at) <= window);
-        let (mut n, mut failed) = (0u32, 0u32);
-        let mut latencies = Vec::new();
-        for e in recent {
-            n += 1;
-            failed += u32::from(e.failed);
-            if let (false, Some(l)) = (e.failed, e.latency_ms) {
-                latencies.push(l);
-            }
-        }
-        let error_rate = if n == 0 { 0.0 } else { f64::from(failed) / f64::from(n) };
+        let mut latencies: Vec<f64> = self
+            .events
+            .iter()
+            .filter(|e| !e.failed && now.saturating_duration_since(e.at) <= window)
+            .filter_map(|e| e.latency_ms)
+            .collect();
         latencies.sort_by(f64::total_cmp);
-        let p50_latency_ms = if latencies.is_empty() { 0.0 } else { latencies[latencies.len() / 2] };
-        let state = match self.open {
-            Some((at, d)) if now.duration_since(at) < d => State::CoolingDown { remaining: d - now.duration_since(at) },
-            Some(_) => State::Probing,
-            None if n >= cfg.min_requests && error_rate >= cfg.degraded_error_rate => State::Degraded,
-            None => State::Healthy,
-        };
-        Snapshot {
-            state,
-            window_requests: n,
-            error_rate,
-            p50_latency_ms,
-            consecutive_failures: self.consecutive_failures,
-            window_seconds: cfg.window_seconds,
-        }
+        latencies.get(latencies.len() / 2).copied().unwrap_or(0.0)
     }
 }
 
+/// What Route reads: the published view of every model with a report.
+type Published = HashMap<Arc<str>, Arc<View>>;
+
 /// The breakers of every tracked model. Cheap to share; all methods take `&self`.
+///
+/// Reports update the breakers under a mutex and publish each changed model's [`View`]; Route
+/// reads the published views without a lock ([`HealthTracker::routing_snapshots`]). The median
+/// latency, which routing does not use, is computed only by [`HealthTracker::snapshots`]
+/// (ListModels, metrics) and [`HealthTracker::record`] (the Feedback answer).
 #[derive(Debug)]
 pub struct HealthTracker {
     cfg: HealthConfig,
     models: Mutex<HashMap<String, ModelHealth>>,
+    published: ArcSwap<Published>,
 }
 
 impl HealthTracker {
     /// An empty tracker: every model healthy.
     pub fn new(cfg: HealthConfig) -> Self {
-        Self { cfg, models: Mutex::new(HashMap::new()) }
+        Self { cfg, models: Mutex::new(HashMap::new()), published: ArcSwap::from_pointee(HashMap::new()) }
     }
 
     /// The thresholds.
@@ -301,6 +355,9 @@ impl HealthTracker {
         let cfg = &self.cfg;
         let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
         let h = models.entry(model.to_string()).or_default();
+        // NOTE: reports racing for the lock may arrive a few microseconds out of order; the
+        // later time is kept so the window stays sorted (Route counts it by binary search).
+        let now = h.events.back().map_or(now, |e| e.at.max(now));
         h.prune(now, Duration::from_secs(cfg.window_seconds));
         let failed = outcome.is_failure();
         let was_probing = h.probing(now);
@@ -319,9 +376,10 @@ impl HealthTracker {
         if h.events.len() > MAX_EVENTS {
             h.events.pop_front();
         }
-        let still_open = h.open.is_some_and(|(at, d)| now.duration_since(at) < d);
+        let still_open = h.open.is_some_and(|(at, d)| now.saturating_duration_since(at) < d);
+        let mut view = h.view();
         if failed && !still_open {
-            let snap = h.snapshot(cfg, now);
+            let snap = view.snapshot(cfg, now);
             let by_rate = snap.window_requests >= cfg.min_requests && snap.error_rate >= cfg.open_error_rate;
             let by_streak = cfg.open_after_consecutive_failures > 0 && h.consecutive_failures >= cfg.open_after_consecutive_failures;
             if was_probing || by_rate || by_streak {
@@ -341,31 +399,53 @@ impl HealthTracker {
                 );
             }
         }
-        h.snapshot(cfg, now)
+        view.open = h.open;
+        let snap = Snapshot { p50_latency_ms: h.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
+        // Writers are serialised by the lock above, so this copy-and-swap loses no update.
+        let mut published = Published::clone(&self.published.load());
+        published.insert(Arc::from(model), Arc::new(view));
+        self.published.store(Arc::new(published));
+        snap
     }
 
-    /// True while no model has a report (every model is healthy).
+    /// True while no model has a report (every model is healthy). Lock-free.
     pub fn is_empty(&self) -> bool {
-        self.models.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        self.published.load().is_empty()
     }
 
-    /// The health of `model` now.
+    /// The health of `model` now, with its latency median.
     pub fn snapshot(&self, model: &str, now: Instant) -> Snapshot {
-        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        models.get(model).map_or(self.healthy(), |h| h.snapshot(&self.cfg, now))
+        self.snapshots([model], now).pop().unwrap_or_else(|| self.healthy())
     }
 
     fn healthy(&self) -> Snapshot {
         Snapshot { window_seconds: self.cfg.window_seconds, ..Snapshot::HEALTHY }
     }
 
-    /// The health of each of `models`, in order, under one lock.
+    /// The health of each of `models`, in order, with latency medians (for display: ListModels,
+    /// metrics). Takes the writers' lock.
     pub fn snapshots<'a>(&self, models: impl IntoIterator<Item = &'a str>, now: Instant) -> Vec<Snapshot> {
         let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        if map.is_empty() {
-            return models.into_iter().map(|_| self.healthy()).collect();
+        models
+            .into_iter()
+            .map(|m| {
+                map.get(m).map_or(self.healthy(), |h| Snapshot {
+                    p50_latency_ms: h.p50_latency_ms(&self.cfg, now),
+                    ..h.view().snapshot(&self.cfg, now)
+                })
+            })
+            .collect()
+    }
+
+    /// The health of each of `models`, in order, for routing: lock-free, from the views the
+    /// last reports published, with `p50_latency_ms` left at 0. An empty list when no model has
+    /// a report (the policy reads that as every model healthy).
+    pub fn routing_snapshots<'a>(&self, models: impl IntoIterator<Item = &'a str>, now: Instant) -> Vec<Snapshot> {
+        let published = self.published.load();
+        if published.is_empty() {
+            return Vec::new();
         }
-        models.into_iter().map(|m| map.get(m).map_or(self.healthy(), |h| h.snapshot(&self.cfg, now))).collect()
+        models.into_iter().map(|m| published.get(m).map_or(self.healthy(), |v| v.snapshot(&self.cfg, now))).collect()
     }
 }
 
@@ -441,6 +521,61 @@ mod tests {
         let s = t.snapshot("m", at(200));
         assert_eq!(s.window_requests, 0);
         assert_eq!(s.state, State::Probing);
+    }
+
+    /// The window as the tracker computed it before reads were lock-free: a scan of the events.
+    fn scanned(h: &ModelHealth, cfg: &HealthConfig, now: Instant) -> Snapshot {
+        let window = Duration::from_secs(cfg.window_seconds);
+        let recent: Vec<&Event> = h.events.iter().filter(|e| now.duration_since(e.at) <= window).collect();
+        let n = recent.len() as u32;
+        let failed = recent.iter().filter(|e| e.failed).count() as u32;
+        let error_rate = if n == 0 { 0.0 } else { f64::from(failed) / f64::from(n) };
+        let state = match h.open {
+            Some((at, d)) if now.duration_since(at) < d => State::CoolingDown { remaining: d - now.duration_since(at) },
+            Some(_) => State::Probing,
+            None if n >= cfg.min_requests && error_rate >= cfg.degraded_error_rate => State::Degraded,
+            None => State::Healthy,
+        };
+        Snapshot {
+            state,
+            window_requests: n,
+            error_rate,
+            p50_latency_ms: 0.0,
+            consecutive_failures: h.consecutive_failures,
+            window_seconds: cfg.window_seconds,
+        }
+    }
+
+    #[test]
+    fn lock_free_reads_match_a_scan_of_the_window_at_any_time() {
+        let c = HealthConfig { window_seconds: 20, ..cfg() };
+        let t = HealthTracker::new(c.clone());
+        let t0 = Instant::now();
+        assert!(t.is_empty() && t.routing_snapshots(["a"], t0).is_empty(), "no report: an empty list (all healthy)");
+        let models = ["a", "b", "c", "never-reported"];
+        let mut seen = std::collections::BTreeSet::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..600u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let model = models[(x % 3) as usize];
+            // Failures often enough to open circuits; gaps long enough for windows and cool-downs to end.
+            let outcome = Outcome::ALL[((x >> 8) % 5) as usize];
+            let at = t0 + Duration::from_millis(i * 400 + (x >> 20) % 400);
+            t.record(model, outcome, Some(((x >> 30) % 1000) as f64), at);
+            for dt in [0, 999, 9_999, 10_000, 20_000, 20_001, 65_000] {
+                let now = at + Duration::from_millis(dt);
+                let fast = t.routing_snapshots(models, now);
+                let map = t.models.lock().unwrap();
+                for (m, f) in models.iter().zip(&fast) {
+                    let want = map.get(*m).map_or(t.healthy(), |h| scanned(h, &c, now));
+                    assert_eq!(*f, want, "{m} at +{dt} ms after report {i}");
+                    seen.insert(f.state.as_str());
+                }
+            }
+        }
+        assert_eq!(seen.len(), 4, "every state was exercised: {seen:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod predictor;
 pub mod runtime;
 pub mod service;
+pub mod telemetry;
 pub mod transport;
 
 /// Generated protobuf and gRPC types of `pointsman.v1`.

@@ -17,6 +17,7 @@ use crate::{
     health::{HealthTracker, Outcome, Snapshot},
     logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, QueueFull},
     policy::Constraints,
+    telemetry::Telemetry,
 };
 
 /// Request ids remembered to tell a gateway whether this replica made a decision.
@@ -81,6 +82,7 @@ pub struct Service {
     recent: moka::sync::Cache<String, ()>,
     reload_lock: tokio::sync::Mutex<()>,
     stats: ServiceStats,
+    telemetry: Telemetry,
 }
 
 impl Service {
@@ -95,6 +97,7 @@ impl Service {
             recent: moka::sync::Cache::builder().max_capacity(RECENT_REQUESTS).time_to_live(Duration::from_secs(3600)).build(),
             reload_lock: tokio::sync::Mutex::new(()),
             stats: ServiceStats::default(),
+            telemetry: Telemetry::new(),
         })
     }
 
@@ -128,15 +131,22 @@ impl Service {
         &self.stats
     }
 
-    /// Health of each catalog model of `engine`, in catalog order.
+    /// The recorder of what is measured as it happens (Route latency).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Health of each catalog model of `engine`, in catalog order, with latency medians (for
+    /// display: ListModels, metrics).
     pub fn catalog_health(&self, engine: &Engine) -> Vec<Snapshot> {
         self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
     }
 
     /// Routes with live health, logs the decision (never waiting on the log), counts the result.
     pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
-        // No report yet: every model is healthy, which the policy reads from an empty list.
-        let health = if self.health.is_empty() { Vec::new() } else { self.catalog_health(engine) };
+        let t0 = Instant::now();
+        // Lock-free; empty while no model has a report (the policy reads that as all healthy).
+        let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now());
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
@@ -148,8 +158,12 @@ impl Service {
                 if let Some(log) = &self.log {
                     log.log_decision(decision_record(engine, d));
                 }
+                self.telemetry.observe_route("ok", d.timings.cache_hit, t0.elapsed());
             }
-            Err(e) => *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(e.label()).or_default() += 1,
+            Err(e) => {
+                *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(e.label()).or_default() += 1;
+                self.telemetry.observe_route(e.label(), false, t0.elapsed());
+            }
         }
         result
     }

@@ -1,78 +1,131 @@
-//! Prometheus text exposition at `GET /metrics`, rendered from the service's counters.
-use std::{fmt::Write as _, sync::atomic::Ordering};
+//! Prometheus text exposition at `GET /metrics`, through `metrics-exporter-prometheus`.
+//!
+//! Two sources make the page: the service's [`crate::telemetry::Telemetry`] recorder (what is
+//! measured as it happens: the Route latency histogram) and a recorder built for each scrape
+//! into which the counters kept as atomics (service, decision log) and the current state
+//! (health, version, encoder queue) are copied. The scrape recorder starts empty every time, so a
+//! model that left the catalog or a version that was reloaded away leaves no stale series.
+//!
+//! A new counter: keep it as an atomic next to the others (`ServiceStats`, the engine, the
+//! log's stats) and add one `page.counter(name, help, labels, value)` line to [`render`]. Route
+//! results are read from `ServiceStats::route_errors`, so a new `RouteError` label appears under
+//! `pointsman_route_requests_total{result=...}` with no change here.
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{health::Outcome, service::Service};
+use metrics::{Key, KeyName, Label, Recorder as _};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+use crate::{health::Outcome, service::Service, telemetry::METADATA};
+
+/// One scrape's page under construction.
+struct Page {
+    recorder: PrometheusRecorder,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    Key::from_parts(name, labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect::<Vec<_>>())
+}
+
+impl Page {
+    fn new() -> Self {
+        Self { recorder: PrometheusBuilder::new().build_recorder() }
+    }
+
+    /// Sets counter `name{labels}` to `value` (a running total kept elsewhere).
+    fn counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], value: u64) {
+        self.recorder.describe_counter(KeyName::from(name), None, help.into());
+        self.recorder.register_counter(&key(name, labels), &METADATA).absolute(value);
+    }
+
+    /// Sets gauge `name{labels}` to `value`.
+    fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], value: f64) {
+        self.recorder.describe_gauge(KeyName::from(name), None, help.into());
+        self.recorder.register_gauge(&key(name, labels), &METADATA).set(value);
+    }
+
+    fn render(self) -> String {
+        self.recorder.handle().render()
+    }
+}
+
+fn load(v: &AtomicU64) -> u64 {
+    v.load(Ordering::Relaxed)
 }
 
 /// The metrics page.
 pub fn render(service: &Service) -> String {
-    let mut out = String::new();
+    let page = Page::new();
     let st = service.stats();
-    family(&mut out, "pointsman_route_requests_total", "counter", "Route calls by result (ok or the error label).");
-    let _ = writeln!(out, "pointsman_route_requests_total{{result=\"ok\"}} {}", st.routes_ok.load(Ordering::Relaxed));
+    const ROUTES: &str = "Route calls by result (ok or the error label).";
+    page.counter("pointsman_route_requests_total", ROUTES, &[("result", "ok")], load(&st.routes_ok));
     for (label, n) in st.route_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let _ = writeln!(out, "pointsman_route_requests_total{{result=\"{label}\"}} {n}");
+        page.counter("pointsman_route_requests_total", ROUTES, &[("result", label)], *n);
     }
-    family(&mut out, "pointsman_route_cache_hits_total", "counter", "Route calls answered from the prediction cache.");
-    let _ = writeln!(out, "pointsman_route_cache_hits_total {}", st.cache_hits.load(Ordering::Relaxed));
-    family(&mut out, "pointsman_feedback_total", "counter", "Feedback reports accepted, by outcome.");
+    page.counter("pointsman_route_cache_hits_total", "Route calls answered from the prediction cache.", &[], load(&st.cache_hits));
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
-        let _ = writeln!(out, "pointsman_feedback_total{{outcome=\"{}\"}} {}", o.as_str(), n.load(Ordering::Relaxed));
+        page.counter("pointsman_feedback_total", "Feedback reports accepted, by outcome.", &[("outcome", o.as_str())], load(n));
     }
-    family(&mut out, "pointsman_reloads_total", "counter", "Model reloads by result.");
-    let _ = writeln!(out, "pointsman_reloads_total{{result=\"ok\"}} {}", st.reloads_ok.load(Ordering::Relaxed));
-    let _ = writeln!(out, "pointsman_reloads_total{{result=\"rejected\"}} {}", st.reloads_failed.load(Ordering::Relaxed));
+    const RELOADS: &str = "Model reloads by result.";
+    page.counter("pointsman_reloads_total", RELOADS, &[("result", "ok")], load(&st.reloads_ok));
+    page.counter("pointsman_reloads_total", RELOADS, &[("result", "rejected")], load(&st.reloads_failed));
     if let Some(log) = service.log() {
         let s = log.stats();
-        let rows = [
-            ("pointsman_decision_log_decisions_written_total", "counter", "Decisions committed to the decision log.", &s.decisions_written),
-            (
-                "pointsman_decision_log_feedback_written_total",
-                "counter",
-                "Feedback reports committed to the decision log.",
-                &s.feedback_written,
-            ),
+        let counters = [
+            ("pointsman_decision_log_decisions_written_total", "Decisions committed to the decision log.", &s.decisions_written),
+            ("pointsman_decision_log_feedback_written_total", "Feedback reports committed to the decision log.", &s.feedback_written),
             (
                 "pointsman_decision_log_dropped_total",
-                "counter",
                 "Decisions dropped because the log's queue was full (routing went on).",
                 &s.decisions_dropped,
             ),
             (
                 "pointsman_decision_log_feedback_refused_total",
-                "counter",
                 "Feedback reports refused with RESOURCE_EXHAUSTED because the queue stayed full.",
                 &s.feedback_refused,
             ),
-            ("pointsman_decision_log_write_failures_total", "counter", "Records lost to failed writes.", &s.write_failures),
-            ("pointsman_decision_log_batches_total", "counter", "Committed write batches.", &s.batches),
-            ("pointsman_decision_log_pruned_rows_total", "counter", "Rows removed by retention.", &s.pruned_rows),
-            ("pointsman_decision_log_queued", "gauge", "Records waiting for the writer.", &s.queued),
+            ("pointsman_decision_log_write_failures_total", "Records lost to failed writes.", &s.write_failures),
+            ("pointsman_decision_log_batches_total", "Committed write batches.", &s.batches),
+            ("pointsman_decision_log_pruned_rows_total", "Rows removed by retention.", &s.pruned_rows),
         ];
-        for (name, kind, help, v) in rows {
-            family(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        for (name, help, v) in counters {
+            page.counter(name, help, &[], load(v));
         }
+        page.gauge("pointsman_decision_log_queued", "Records waiting for the writer.", &[], load(&s.queued) as f64);
     }
     if let Some(engine) = service.engine() {
-        family(&mut out, "pointsman_info", "gauge", "The version serving and its encoder.");
-        let _ = writeln!(out, "pointsman_info{{version=\"{}\",encoder=\"{}\"}} 1", escape(engine.version()), escape(engine.encoder().id()));
+        page.gauge(
+            "pointsman_info",
+            "The version serving and its encoder.",
+            &[("version", engine.version()), ("encoder", engine.encoder().id())],
+            1.0,
+        );
+        page.gauge("pointsman_encoder_queue_depth", "Route requests waiting for an encoder session.", &[], engine.queued() as f64);
         let health = service.catalog_health(&engine);
-        family(&mut out, "pointsman_model_health_state", "gauge", "1 for each model's current circuit state.");
         for (m, h) in engine.catalog().models().iter().zip(&health) {
-            let _ = writeln!(out, "pointsman_model_health_state{{model=\"{}\",state=\"{}\"}} 1", escape(&m.id), h.state.as_str());
-        }
-        family(&mut out, "pointsman_model_error_rate", "gauge", "Failed share of each model's attempts in the health window.");
-        for (m, h) in engine.catalog().models().iter().zip(&health) {
-            let _ = writeln!(out, "pointsman_model_error_rate{{model=\"{}\"}} {}", escape(&m.id), h.error_rate);
+            let model = m.id.as_str();
+            page.gauge(
+                "pointsman_model_health_state",
+                "1 for each model's current circuit state.",
+                &[("model", model), ("state", h.state.as_str())],
+                1.0,
+            );
+            page.gauge(
+                "pointsman_model_error_rate",
+                "Failed share of each model's attempts in the health window.",
+                &[("model", model)],
+                h.error_rate,
+            );
+            if h.p50_latency_ms > 0.0 {
+                page.gauge(
+                    "pointsman_model_p50_latency_seconds",
+                    "Median latency of each model's successful attempts in the health window, as reported by Feedback (models with one).",
+                    &[("model", model)],
+                    h.p50_latency_ms / 1e3,
+                );
+            }
         }
     }
+    let mut out = page.render();
+    out.push_str(&service.telemetry().render());
     out
 }

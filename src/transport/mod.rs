@@ -15,6 +15,7 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
+use tracing::Instrument as _;
 
 use crate::{
     config::Config,
@@ -76,22 +77,27 @@ impl Router for RouterService {
         let explain = req.explain;
         let query = convert::route_query(req, server)?;
         let span = tracing::info_span!("route", request_id = %query.request_id);
-        let _ = span.enter();
-        match self.service.route(&engine, query).await {
-            Ok(d) => {
-                tracing::debug!(
-                    primary = %engine.catalog().models()[d.ranking.scored[d.ranking.chosen[0]].model].id,
-                    total_us = d.timings.total.as_micros() as u64,
-                    cache_hit = d.timings.cache_hit,
-                    "routed"
-                );
-                Ok(Response::new(convert::route_response(&engine, d, explain)))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, label = e.label(), "route rejected");
-                Err(e.into())
+        // NOTE: `instrument`, not `span.enter()`: a guard held across `.await` would tag whatever
+        // else runs on this thread meanwhile; the core carries the span into encoder jobs.
+        async move {
+            match self.service.route(&engine, query).await {
+                Ok(d) => {
+                    tracing::debug!(
+                        primary = %engine.catalog().models()[d.ranking.scored[d.ranking.chosen[0]].model].id,
+                        total_us = d.timings.total.as_micros() as u64,
+                        cache_hit = d.timings.cache_hit,
+                        "routed"
+                    );
+                    Ok(Response::new(convert::route_response(&engine, d, explain)))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, label = e.label(), "route rejected");
+                    Err(e.into())
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
@@ -102,13 +108,18 @@ impl Router for RouterService {
 
     async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
         let record = convert::feedback_record(request.into_inner())?;
-        match self.service.feedback(record).await {
-            Ok(ack) => Ok(Response::new(pb::FeedbackResponse {
-                known_request: ack.known_request,
-                health: ack.health.map(|h| convert::model_health(&h)),
-            })),
-            Err(e) => Err(Status::resource_exhausted(e.to_string())),
+        let span = tracing::info_span!("feedback", request_id = %record.request_id, model = %record.model);
+        async move {
+            match self.service.feedback(record).await {
+                Ok(ack) => Ok(Response::new(pb::FeedbackResponse {
+                    known_request: ack.known_request,
+                    health: ack.health.map(|h| convert::model_health(&h)),
+                })),
+                Err(e) => Err(Status::resource_exhausted(e.to_string())),
+            }
         }
+        .instrument(span)
+        .await
     }
 }
 
