@@ -26,6 +26,13 @@ pub fn render(service: &Service) -> String {
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
         let _ = writeln!(out, "pointsman_feedback_total{{outcome=\"{}\"}} {}", o.as_str(), n.load(Ordering::Relaxed));
     }
+    family(
+        &mut out,
+        "pointsman_feedback_unverified_total",
+        "counter",
+        "Feedback reports on catalog models not applied to health: this replica did not offer the model for that request id.",
+    );
+    let _ = writeln!(out, "pointsman_feedback_unverified_total {}", st.feedback_unverified.load(Ordering::Relaxed));
     family(&mut out, "pointsman_reloads_total", "counter", "Model reloads by result.");
     let _ = writeln!(out, "pointsman_reloads_total{{result=\"ok\"}} {}", st.reloads_ok.load(Ordering::Relaxed));
     let _ = writeln!(out, "pointsman_reloads_total{{result=\"rejected\"}} {}", st.reloads_failed.load(Ordering::Relaxed));
