@@ -249,6 +249,10 @@ fn keep_restart_only_settings(new: &mut Config, running: &Config) {
         tracing::warn!("server.listen changed: it takes effect at the next restart");
         new.server.listen = running.server.listen.clone();
     }
+    if new.admin != running.admin || new.auth != running.auth || new.tls != running.tls {
+        tracing::warn!("[admin], [auth] or [tls] changed: it takes effect at the next restart");
+        (new.admin, new.auth, new.tls) = (running.admin.clone(), running.auth.clone(), running.tls.clone());
+    }
     if new.decision_log != running.decision_log {
         tracing::warn!("[decision_log] changed: it takes effect at the next restart");
         new.decision_log = running.decision_log.clone();
