@@ -218,6 +218,10 @@ async fn tokens_gate_each_role_and_health_stays_open() {
     let (status, body) = http_request(server.admin_addr, "/metrics", &[("authorization", &format!("Bearer {OPS}"))]).await;
     assert_eq!(status, 200);
     assert_eq!(metric(&body, "pointsman_route_requests_total{result=\"ok\"}"), Some(2.0));
+    // What a listener does not serve is still UNIMPLEMENTED / 404, token or not.
+    let e = AdminClient::new(server.channel.clone()).reload(pb::ReloadRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert_eq!(http_request(server.addr, "/metrics", &[]).await.0, 404);
 
     // Health and reflection stay open.
     let mut health = HealthClient::new(server.channel.clone());

@@ -257,13 +257,23 @@ impl Authenticator {
     }
 }
 
-/// The role a request path needs, or `None` for open paths (health, reflection).
-pub fn role_for_path(path: &str) -> Option<Role> {
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// `server.listen`: Router, health, reflection.
+    Data,
+    /// `admin.listen`: Admin, `/metrics`, reflection.
+    Admin,
+}
+
+/// The role a request path needs on `plane`, or `None` for open paths (health, reflection) and
+/// for paths the listener does not serve (they get UNIMPLEMENTED or 404 whatever the token).
+pub fn role_for_path(plane: Plane, path: &str) -> Option<Role> {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path.trim_start_matches('/'), ""));
-    match (service, method) {
-        (router_server::SERVICE_NAME, "Feedback") => Some(Role::Feedback),
-        (router_server::SERVICE_NAME, _) => Some(Role::Route),
-        (admin_server::SERVICE_NAME, _) | ("metrics", "") => Some(Role::Admin),
+    match (plane, service, method) {
+        (Plane::Data, router_server::SERVICE_NAME, "Feedback") => Some(Role::Feedback),
+        (Plane::Data, router_server::SERVICE_NAME, _) => Some(Role::Route),
+        (Plane::Admin, admin_server::SERVICE_NAME, _) | (Plane::Admin, "metrics", "") => Some(Role::Admin),
         _ => None,
     }
 }
@@ -275,8 +285,8 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// Middleware: lets a request through when its path is open or its token has the role; else
 /// UNAUTHENTICATED / PERMISSION_DENIED for gRPC, 401 / 403 for HTTP (`/metrics`).
-pub async fn require(State(auth): State<Arc<Authenticator>>, req: Request, next: Next) -> Response {
-    let Some(role) = role_for_path(req.uri().path()) else { return next.run(req).await };
+pub async fn require(State((auth, plane)): State<(Arc<Authenticator>, Plane)>, req: Request, next: Next) -> Response {
+    let Some(role) = role_for_path(plane, req.uri().path()) else { return next.run(req).await };
     match auth.check(req.headers().get(header::AUTHORIZATION), role) {
         Ok(name) => {
             tracing::trace!(token = name, path = req.uri().path(), "authorised");
@@ -336,13 +346,18 @@ mod tests {
 
     #[test]
     fn paths_map_to_roles() {
-        assert_eq!(role_for_path("/pointsman.v1.Router/Route"), Some(Role::Route));
-        assert_eq!(role_for_path("/pointsman.v1.Router/ListModels"), Some(Role::Route));
-        assert_eq!(role_for_path("/pointsman.v1.Router/Feedback"), Some(Role::Feedback));
-        assert_eq!(role_for_path("/pointsman.v1.Admin/Reload"), Some(Role::Admin));
-        assert_eq!(role_for_path("/metrics"), Some(Role::Admin));
-        assert_eq!(role_for_path("/grpc.health.v1.Health/Check"), None);
-        assert_eq!(role_for_path("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), None);
+        use Plane::{Admin, Data};
+        assert_eq!(role_for_path(Data, "/pointsman.v1.Router/Route"), Some(Role::Route));
+        assert_eq!(role_for_path(Data, "/pointsman.v1.Router/ListModels"), Some(Role::Route));
+        assert_eq!(role_for_path(Data, "/pointsman.v1.Router/Feedback"), Some(Role::Feedback));
+        assert_eq!(role_for_path(Admin, "/pointsman.v1.Admin/Reload"), Some(Role::Admin));
+        assert_eq!(role_for_path(Admin, "/metrics"), Some(Role::Admin));
+        // Not served there: answered UNIMPLEMENTED / 404 without asking for a token.
+        assert_eq!(role_for_path(Data, "/pointsman.v1.Admin/Reload"), None);
+        assert_eq!(role_for_path(Data, "/metrics"), None);
+        assert_eq!(role_for_path(Admin, "/pointsman.v1.Router/Route"), None);
+        assert_eq!(role_for_path(Data, "/grpc.health.v1.Health/Check"), None);
+        assert_eq!(role_for_path(Data, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), None);
     }
 
     #[test]

@@ -190,13 +190,15 @@ fn add_reflection(routes: &mut tonic::service::RoutesBuilder, services: &[&str])
 
 /// What a listener answers for a path it does not serve: UNIMPLEMENTED to gRPC (saying where
 /// the service is when it is on the other listener), 404 to plain HTTP.
-fn not_served(here: &'static str) -> impl Fn(axum::extract::Request) -> std::future::Ready<axum::response::Response> + Clone {
+fn not_served(here: auth::Plane) -> impl Fn(axum::extract::Request) -> std::future::Ready<axum::response::Response> + Clone {
     move |req| {
         let path = req.uri().path();
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         let elsewhere = match (here, service) {
-            ("data", pb::admin_server::SERVICE_NAME) | ("data", "metrics") => " (it is served on the admin listener, admin.listen)",
-            ("admin", pb::router_server::SERVICE_NAME) => " (it is served on the data port, server.listen)",
+            (auth::Plane::Data, pb::admin_server::SERVICE_NAME) | (auth::Plane::Data, "metrics") => {
+                " (it is served on the admin listener, admin.listen)"
+            }
+            (auth::Plane::Admin, pb::router_server::SERVICE_NAME) => " (it is served on the data port, server.listen)",
             _ => "",
         };
         std::future::ready(if auth::is_grpc(req.headers()) {
@@ -209,10 +211,10 @@ fn not_served(here: &'static str) -> impl Fn(axum::extract::Request) -> std::fut
 }
 
 /// Finishes a listener's routes: the fallback, then the token check when auth is on.
-fn finish(routes: tonic::service::Routes, here: &'static str, auth: &Option<Arc<auth::Authenticator>>) -> tonic::service::Routes {
+fn finish(routes: tonic::service::Routes, here: auth::Plane, auth: &Option<Arc<auth::Authenticator>>) -> tonic::service::Routes {
     let mut router = routes.into_axum_router().fallback(not_served(here));
     if let Some(a) = auth {
-        router = router.layer(axum::middleware::from_fn_with_state(Arc::clone(a), auth::require));
+        router = router.layer(axum::middleware::from_fn_with_state((Arc::clone(a), here), auth::require));
     }
     tonic::service::Routes::from(router)
 }
@@ -304,7 +306,7 @@ pub async fn serve(
     let mut data_routes = tonic::service::Routes::builder();
     data_routes.add_service(health_service).add_service(router);
     add_reflection(&mut data_routes, &[SERVICE_NAME, "grpc.health.v1.Health"])?;
-    let data_routes = finish(data_routes.routes(), "data", &auth);
+    let data_routes = finish(data_routes.routes(), auth::Plane::Data, &auth);
 
     let mut admin_routes = tonic::service::Routes::builder();
     admin_routes.add_service(admin);
@@ -319,7 +321,7 @@ pub async fn serve(
             }
         }),
     );
-    let admin_routes = finish(admin_routes.into(), "admin", &auth);
+    let admin_routes = finish(admin_routes.into(), auth::Plane::Admin, &auth);
 
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(addr = %addr(&listeners.data), admin = %addr(&listeners.admin), tls = with_tls, admin_tls, auth = auth.is_some(), "listening");

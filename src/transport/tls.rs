@@ -8,6 +8,9 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::{invalid, ConfigError};
 
+/// Longest a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `[tls]`
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,7 +71,11 @@ impl TlsConfig {
             (Some(_), None) => return Err(invalid("tls.key", "set when tls.cert is set", "unset")),
             (None, Some(_)) => return Err(invalid("tls.cert", "set when tls.key is set", "unset")),
         };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read_pem("tls.cert", cert)?, read_pem("tls.key", key)?));
+        // NOTE: tonic sets no handshake timeout by default; a client that never finishes its
+        // handshake would hold the connection open.
+        let mut tls = ServerTlsConfig::new()
+            .timeout(HANDSHAKE_TIMEOUT)
+            .identity(Identity::from_pem(read_pem("tls.cert", cert)?, read_pem("tls.key", key)?));
         if let Some(ca) = &self.client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(read_pem("tls.client_ca", ca)?));
         }
