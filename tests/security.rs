@@ -128,17 +128,22 @@ const GATEWAY: &str = "gw-5b8f0c1d9e2a4f6b8c0d";
 const READER: &str = "reader-0a1b2c3d4e5f6a7b";
 const OPS: &str = "ops-9f8e7d6c5b4a39281706";
 
-fn with_token(
-    channel: Channel,
-    token: Option<&str>,
-) -> RouterClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
+/// Adds `authorization: Bearer <token>` to every call (nothing with `None`).
+fn bearer(token: Option<&str>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     let value = token.map(|t| MetadataValue::try_from(format!("Bearer {t}")).unwrap());
-    RouterClient::with_interceptor(channel, move |mut req: Request<()>| -> Result<Request<()>, Status> {
+    move |mut req: Request<()>| {
         if let Some(v) = &value {
             req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
-    })
+    }
+}
+
+fn with_token(
+    channel: Channel,
+    token: Option<&str>,
+) -> RouterClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
+    RouterClient::with_interceptor(channel, bearer(token))
 }
 
 #[tokio::test]
@@ -194,15 +199,7 @@ async fn tokens_gate_each_role_and_health_stays_open() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     // Admin needs the admin role (a real reload with it).
-    let admin_client = |token: Option<&'static str>| {
-        let value = token.map(|t| MetadataValue::try_from(format!("Bearer {t}")).unwrap());
-        AdminClient::with_interceptor(server.admin_channel.clone(), move |mut req: Request<()>| -> Result<Request<()>, Status> {
-            if let Some(v) = &value {
-                req.metadata_mut().insert("authorization", v.clone());
-            }
-            Ok(req)
-        })
-    };
+    let admin_client = |token: Option<&str>| AdminClient::with_interceptor(server.admin_channel.clone(), bearer(token));
     assert_eq!(admin_client(anon).reload(pb::ReloadRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
     let e = admin_client(gateway).reload(pb::ReloadRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
