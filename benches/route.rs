@@ -98,10 +98,11 @@ async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrenc
 }
 
 async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::Sender<()>, std::net::SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(pointsman::transport::serve(config, listener, async {
+    tokio::spawn(pointsman::transport::serve(config, pointsman::transport::Listeners { data, admin }, async {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
@@ -112,7 +113,7 @@ async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (client, tx, addr)
+    (client, tx, admin_addr)
 }
 
 /// The decision-log lines of the server's `/metrics` page.

@@ -13,7 +13,8 @@ HEADER = '''# Pointsman configuration. Relative paths are resolved against this 
 # Every key is optional; the values below are the defaults unless marked otherwise.
 
 [server]
-# Address to listen on (override with --listen / POINTSMAN_LISTEN).
+# Address of the data plane: Route, ListModels, Feedback, grpc.health.v1.Health and reflection
+# (override with --listen / POINTSMAN_LISTEN).
 listen = "127.0.0.1:50051"
 # Largest accepted Route request in bytes; larger ones get INVALID_ARGUMENT.
 max_request_bytes = 1048576
@@ -26,6 +27,40 @@ max_fallbacks = 8
 max_list_entries = 256
 # Requests that may wait for a free encoder session before Route answers RESOURCE_EXHAUSTED.
 max_queued_requests = 256
+
+[admin]
+# The operator surface, Admin.Reload and GET /metrics, on a listener of its own; the data port
+# answers UNIMPLEMENTED for Admin and 404 for /metrics. Loopback by default: open it wider only
+# with [auth] on (override with --admin-listen / POINTSMAN_ADMIN_LISTEN). Default (commented out
+# because `listen` is already a key above):
+# listen = "127.0.0.1:9464"
+
+[auth]
+# Bearer tokens (`authorization: Bearer <token>` metadata). Off by default; when on, Route and
+# ListModels need the `route` role, Feedback `feedback`, Admin and /metrics `admin`. Health checks
+# and reflection stay open. A missing or unknown token gets UNAUTHENTICATED (HTTP 401), a token
+# without the role PERMISSION_DENIED (HTTP 403). Tokens are at least 16 visible ASCII characters;
+# give each in an environment variable (token_env) rather than here (token).
+# enabled = true
+#
+# [[auth.tokens]]
+# name = "gateway"
+# token_env = "POINTSMAN_GATEWAY_TOKEN"
+# roles = ["route", "feedback"]
+#
+# [[auth.tokens]]
+# name = "ops"
+# token_env = "POINTSMAN_OPS_TOKEN"
+# roles = ["admin"]
+
+[tls]
+# TLS (rustls) on the data port: PEM certificate chain and key. With client_ca, clients must
+# present a certificate signed by that CA (mutual TLS). admin = true serves the admin listener
+# with the same settings (it is plaintext otherwise).
+# cert = "/etc/pointsman/tls/server.pem"
+# key = "/etc/pointsman/tls/server.key"
+# client_ca = "/etc/pointsman/tls/clients-ca.pem"
+admin = false
 
 [runtime]
 # ONNX Runtime library; unset = ORT_DYLIB_PATH, then .runtime/ (installed by scripts/bootstrap.sh).
@@ -85,6 +120,12 @@ open_error_rate = 0.5
 open_after_consecutive_failures = 5
 cool_down_seconds = 30.0
 max_cool_down_seconds = 600.0
+# false: a report moves a model's breaker only when this replica routed that request_id (in the
+# last hour) and offered that model for it, so made-up reports cannot take a model out of routing
+# (they are still logged and counted, in pointsman_feedback_unverified_total). true: every report
+# on a catalog model counts: for replicas without shared state whose gateway may report to a
+# replica other than the one that routed.
+count_unknown_requests = false
 
 [reload]
 # Seconds between checks of this file and the encoder and head folders; a change that stays

@@ -105,6 +105,24 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[admin]`: the operator surface, `pointsman.v1.Admin` and `GET /metrics`, on a listener of
+/// its own, apart from the data plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener (loopback by default).
+    pub listen: String,
+}
+
+/// Default address of the admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: DEFAULT_ADMIN_LISTEN.into() }
+    }
+}
+
 /// `[encoder]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +236,8 @@ pub struct Overrides {
     pub encoder_variant: Option<EncoderVariant>,
     /// `--listen`.
     pub listen: Option<String>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<String>,
 }
 
 /// The whole config file.
@@ -226,6 +246,12 @@ pub struct Overrides {
 pub struct Config {
     /// Server settings.
     pub server: ServerConfig,
+    /// The operator surface (Admin, metrics).
+    pub admin: AdminConfig,
+    /// Bearer tokens and their roles.
+    pub auth: crate::transport::auth::AuthConfig,
+    /// TLS of the listeners.
+    pub tls: crate::transport::tls::TlsConfig,
     /// ONNX Runtime location.
     pub runtime: RuntimeConfig,
     /// The sentence encoder.
@@ -295,6 +321,9 @@ impl Config {
         if let Some(l) = &o.listen {
             self.server.listen = l.clone();
         }
+        if let Some(l) = &o.admin_listen {
+            self.admin.listen = l.clone();
+        }
         self.overrides = o;
         self.validate()
     }
@@ -325,6 +354,7 @@ impl Config {
             fix(p);
         }
         fix(&mut self.decision_log.path);
+        self.tls.resolve_paths(base);
     }
 
     /// Checks every cross-field rule; the message names the key.
@@ -332,6 +362,14 @@ impl Config {
         let s = &self.server;
         if s.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("server.listen", "an address like 127.0.0.1:50051", &s.listen));
+        }
+        let admin = self.admin.listen.parse::<std::net::SocketAddr>();
+        match admin {
+            Err(_) => return Err(invalid("admin.listen", "an address like 127.0.0.1:9464", &self.admin.listen)),
+            Ok(a) if a.port() != 0 && s.listen.parse::<std::net::SocketAddr>().is_ok_and(|d| d == a) => {
+                return Err(invalid("admin.listen", &format!("an address other than server.listen ({})", s.listen), &self.admin.listen));
+            }
+            Ok(_) => {}
         }
         if s.max_request_bytes < 1024 {
             return Err(invalid("server.max_request_bytes", ">= 1024", s.max_request_bytes));
@@ -383,6 +421,8 @@ impl Config {
         }
         self.decision_log.validate()?;
         self.health.validate()?;
+        self.auth.validate()?;
+        self.tls.validate()?;
         let w = self.reload.watch_interval_seconds;
         if !(w.is_finite() && (0.0..=86_400.0).contains(&w)) {
             return Err(invalid("reload.watch_interval_seconds", "in [0, 86400]", w));

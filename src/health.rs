@@ -42,6 +42,11 @@ pub struct HealthConfig {
     pub cool_down_seconds: f64,
     /// Longest cool-down after repeated failed probes, seconds.
     pub max_cool_down_seconds: f64,
+    /// Let every report for a catalog model move its breaker, including reports for request
+    /// ids this replica never decided and models it did not offer for the request. Off by
+    /// default, so that a client cannot take a model out of routing with made-up reports; on
+    /// for replicas without shared state whose gateway reports to any of them.
+    pub count_unknown_requests: bool,
 }
 
 impl Default for HealthConfig {
@@ -54,6 +59,7 @@ impl Default for HealthConfig {
             open_after_consecutive_failures: 5,
             cool_down_seconds: 30.0,
             max_cool_down_seconds: 600.0,
+            count_unknown_requests: false,
         }
     }
 }
@@ -462,6 +468,7 @@ mod tests {
             open_after_consecutive_failures: 3,
             cool_down_seconds: 10.0,
             max_cool_down_seconds: 25.0,
+            count_unknown_requests: false,
         }
     }
 

@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the gRPC service (Router, grpc.health.v1.Health, reflection) until SIGINT/SIGTERM.
+    /// Run the gRPC service (Router, grpc.health.v1.Health, reflection; Admin and /metrics on the
+    /// admin listener) until SIGINT/SIGTERM.
     Serve(ServeArgs),
     /// Route one prompt in-process and print the ranking (table, or JSON with --json).
     Route(RouteArgs),
@@ -219,6 +220,10 @@ struct ServeArgs {
     /// Address to listen on. Default: config `server.listen` (127.0.0.1:50051 in the shipped config).
     #[arg(long, env = "POINTSMAN_LISTEN")]
     listen: Option<String>,
+    /// Address of the admin listener (Admin.Reload, /metrics). Default: config `admin.listen`
+    /// (127.0.0.1:9464: loopback only).
+    #[arg(long, env = "POINTSMAN_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -277,11 +282,11 @@ fn cli_config_path(given: &Option<PathBuf>) -> PathBuf {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli_config_path(&cli.config);
     let mut cfg = Config::load(&path)?;
-    let listen = match &cli.command {
-        Command::Serve(a) => a.listen.clone(),
-        _ => None,
+    let (listen, admin_listen) = match &cli.command {
+        Command::Serve(a) => (a.listen.clone(), a.admin_listen.clone()),
+        _ => (None, None),
     };
-    cfg.apply(config::Overrides { onnxruntime: cli.onnxruntime.clone(), encoder_variant: cli.encoder_variant, listen })?;
+    cfg.apply(config::Overrides { onnxruntime: cli.onnxruntime.clone(), encoder_variant: cli.encoder_variant, listen, admin_listen })?;
     Ok(cfg)
 }
 
@@ -300,10 +305,8 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out)).await??;
         }
         Command::Serve(_) => {
-            let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen / server.listen): {e}", cfg.server.listen))?;
-            pointsman::transport::serve(cfg, listener, pointsman::transport::shutdown_signal()).await?;
+            let listeners = pointsman::transport::Listeners::bind(&cfg).await?;
+            pointsman::transport::serve(cfg, listeners, pointsman::transport::shutdown_signal()).await?;
         }
         Command::Route(a) => {
             let request = pb::RouteRequest {

@@ -4,6 +4,7 @@
 //!
 //! The engine is replaceable; health, the log and the counters outlive reloads.
 use std::{
+    hash::BuildHasher as _,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, RwLock,
@@ -34,6 +35,9 @@ pub struct ServiceStats {
     pub cache_hits: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
     pub feedback: [AtomicU64; 5],
+    /// Feedback reports for catalog models left out of health because this replica did not
+    /// offer that model for that request id (`health.count_unknown_requests` off).
+    pub feedback_unverified: AtomicU64,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected reloads.
@@ -79,7 +83,10 @@ pub struct Service {
     config: RwLock<Config>,
     health: HealthTracker,
     log: Option<DecisionLog>,
-    recent: moka::sync::Cache<String, ()>,
+    /// Recent request ids and a hash of each model offered for them (primary and fallbacks).
+    recent: moka::sync::Cache<String, Arc<[u64]>>,
+    /// Keyed hasher of the offered model ids.
+    hasher: std::hash::RandomState,
     reload_lock: tokio::sync::Mutex<()>,
     stats: ServiceStats,
     telemetry: Telemetry,
@@ -95,6 +102,7 @@ impl Service {
             config: RwLock::new(config),
             log,
             recent: moka::sync::Cache::builder().max_capacity(RECENT_REQUESTS).time_to_live(Duration::from_secs(3600)).build(),
+            hasher: std::hash::RandomState::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             stats: ServiceStats::default(),
             telemetry: Telemetry::new(),
@@ -154,7 +162,7 @@ impl Service {
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
-                self.recent.insert(d.request_id.clone(), ());
+                self.recent.insert(d.request_id.clone(), self.offered(engine, d));
                 if let Some(log) = &self.log {
                     log.log_decision(decision_record(engine, d));
                 }
@@ -168,17 +176,37 @@ impl Service {
         result
     }
 
-    /// Records one feedback report: health at once (catalog models only), the log via its queue.
+    /// Hashes of the models offered for a decision (primary and fallbacks), for [`Service::feedback`].
+    fn offered(&self, engine: &Engine, d: &Decision) -> Arc<[u64]> {
+        let models = engine.catalog().models();
+        d.ranking.chosen.iter().map(|&i| self.hasher.hash_one(models[d.ranking.scored[i].model].id.as_str())).collect()
+    }
+
+    /// Records one feedback report: the log via its queue, and health at once for a catalog
+    /// model this replica offered for that request (any catalog model with
+    /// `health.count_unknown_requests`), so that reports on made-up request ids cannot take a
+    /// model out of routing.
     pub async fn feedback(&self, rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
         let in_catalog = self.engine().is_some_and(|e| e.catalog().get(&rec.model).is_some());
-        let known_request = self.recent.contains_key(&rec.request_id);
+        let offered = self.recent.get(&rec.request_id);
+        let known_request = offered.is_some();
+        let verified = offered.is_some_and(|o| o.contains(&self.hasher.hash_one(rec.model.as_str())));
         let (model, outcome, latency) = (rec.model.clone(), rec.outcome, rec.latency_ms);
         if let Some(log) = &self.log {
             log.log_feedback(rec).await?;
         }
         let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.stats.feedback[idx].fetch_add(1, Ordering::Relaxed);
-        let health = in_catalog.then(|| self.health.record(&model, outcome, latency, Instant::now()));
+        let counts = verified || self.health.config().count_unknown_requests;
+        let health = in_catalog.then(|| {
+            if counts {
+                self.health.record(&model, outcome, latency, Instant::now())
+            } else {
+                self.stats.feedback_unverified.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%model, known_request, "feedback not applied to health: this replica did not offer the model for the request");
+                self.health.snapshot(&model, Instant::now())
+            }
+        });
         Ok(FeedbackAck { known_request, health })
     }
 
@@ -234,6 +262,10 @@ fn keep_restart_only_settings(new: &mut Config, running: &Config) {
     if new.server.listen != running.server.listen {
         tracing::warn!("server.listen changed: it takes effect at the next restart");
         new.server.listen = running.server.listen.clone();
+    }
+    if new.admin != running.admin || new.auth != running.auth || new.tls != running.tls {
+        tracing::warn!("[admin], [auth] or [tls] changed: it takes effect at the next restart");
+        (new.admin, new.auth, new.tls) = (running.admin.clone(), running.auth.clone(), running.tls.clone());
     }
     if new.decision_log != running.decision_log {
         tracing::warn!("[decision_log] changed: it takes effect at the next restart");

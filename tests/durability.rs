@@ -42,6 +42,7 @@ async fn connect(port: u16) -> RouterClient<tonic::transport::Channel> {
 fn spawn_server(cfg: &Path, port: u16) -> std::process::Child {
     Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -181,8 +182,8 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
             };
             c.feedback(fb).await.unwrap();
         }
-        // Now and then an availability failure: kept for health (too rare to degrade the model),
-        // not a training label.
+        // Now and then an availability failure: logged, not a training label (and not counted
+        // for health unless this replica offered the model).
         if i % 6 == 0 {
             c.feedback(pb::FeedbackRequest { request_id: id, model: bad.into(), outcome: Outcome::Timeout as i32, ..Default::default() })
                 .await

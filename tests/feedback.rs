@@ -147,6 +147,7 @@ async fn a_failing_model_cools_down_is_probed_and_recovers() {
         open_after_consecutive_failures: 3,
         cool_down_seconds: 1.5,
         max_cool_down_seconds: 10.0,
+        ..Default::default()
     };
     let server = TestServer::start_with(cfg).await;
     let mut c = server.client.clone();
@@ -156,6 +157,12 @@ async fn a_failing_model_cools_down_is_probed_and_recovers() {
     assert_eq!(first.candidates[0].health, HealthState::Healthy as i32);
 
     for i in 0..3 {
+        // Each report is on a request this replica decided and offered the model for (reports on
+        // other ids leave health alone by default: tests/security.rs).
+        if i > 0 {
+            let r = c.route(route(MATH_PROMPT, &format!("h{i}"))).await.unwrap().into_inner();
+            assert_eq!(r.candidates[0].model, primary);
+        }
         let ack = c.feedback(report(&format!("h{i}"), &primary, Outcome::ServerError)).await.unwrap().into_inner();
         let h = ack.health.unwrap();
         if i == 2 {
@@ -185,6 +192,7 @@ async fn a_failing_model_cools_down_is_probed_and_recovers() {
 
     // A model failing now and then (1 of its 5 attempts in the window) stays eligible but ranks behind healthy ones.
     let second = r.candidates[1].model.clone();
+    assert!(c.route(route(MATH_PROMPT, "h5")).await.unwrap().into_inner().candidates.iter().any(|x| x.model == primary));
     for o in [Outcome::Success, Outcome::Success, Outcome::Success, Outcome::Timeout] {
         c.feedback(report("h5", &primary, o)).await.unwrap();
     }

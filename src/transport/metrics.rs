@@ -65,6 +65,12 @@ pub fn render(service: &Service) -> String {
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
         page.counter("pointsman_feedback_total", "Feedback reports accepted, by outcome.", &[("outcome", o.as_str())], load(n));
     }
+    page.counter(
+        "pointsman_feedback_unverified_total",
+        "Feedback reports on catalog models not applied to health: this replica did not offer the model for that request id.",
+        &[],
+        load(&st.feedback_unverified),
+    );
     const RELOADS: &str = "Model reloads by result.";
     page.counter("pointsman_reloads_total", RELOADS, &[("result", "ok")], load(&st.reloads_ok));
     page.counter("pointsman_reloads_total", RELOADS, &[("result", "rejected")], load(&st.reloads_failed));

@@ -1,13 +1,16 @@
-//! The gRPC transport: `pointsman.v1.Router` and `Admin`, the standard health service,
-//! reflection and `/metrics`.
+//! The gRPC transport: `pointsman.v1.Router`, the standard health service and reflection on the
+//! data plane; `Admin` and `/metrics` on a separate admin listener (`auth`: bearer tokens,
+//! `tls`: rustls).
 //!
 //! Handlers only validate, call the engine and convert (`convert`). The server starts listening
 //! at once and answers health checks with NOT_SERVING while the models load; `Route` answers
 //! UNAVAILABLE until then. Shutdown is a future passed in by the caller (signals in the binary,
 //! a oneshot in tests), and in-flight requests finish before `serve` returns.
+pub mod auth;
 pub mod convert;
 pub mod metrics;
 pub mod reload;
+pub mod tls;
 
 use std::{future::Future, sync::Arc};
 
@@ -38,9 +41,25 @@ pub const SERVICE_NAME: &str = "pointsman.v1.Router";
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// Binding or serving failed.
+    /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The flag and config key that set it.
+        setting: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The certificate, key or client CA was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The `[auth]` or `[tls]` settings are invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -143,17 +162,100 @@ impl Admin for AdminService {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves. Loads the models in the background and flips
-/// health to SERVING when they are ready; a load failure ends `serve` with the error. On the same
-/// port: `pointsman.v1.Router`, `pointsman.v1.Admin`, `grpc.health.v1.Health`, reflection, and
-/// Prometheus metrics over HTTP/1.1 at `GET /metrics`. SIGHUP, `Admin.Reload` and (when
-/// `reload.watch_interval_seconds` is set) file changes reload the models. Shutdown finishes
-/// in-flight requests and drains the decision log.
+/// The two sockets [`serve`] listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The data plane: `pointsman.v1.Router`, health, reflection (`server.listen`).
+    pub data: TcpListener,
+    /// The operator surface: `pointsman.v1.Admin` and `GET /metrics` (`admin.listen`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `server.listen` and `admin.listen`; the error names the setting.
+    pub async fn bind(config: &Config) -> Result<Self, TransportError> {
+        let bind = |addr: String, setting: &'static str| async move {
+            TcpListener::bind(&addr).await.map_err(|source| TransportError::Bind { addr, setting, source })
+        };
+        Ok(Self {
+            data: bind(config.server.listen.clone(), "--listen / server.listen").await?,
+            admin: bind(config.admin.listen.clone(), "--admin-listen / admin.listen").await?,
+        })
+    }
+}
+
+/// Adds reflection (`v1` and the older `v1alpha` that grpcio-reflection and tools built on it
+/// speak) advertising `services`.
+fn add_reflection(routes: &mut tonic::service::RoutesBuilder, services: &[&str]) -> Result<(), TransportError> {
+    let builder = || {
+        services.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, s| b.with_service_name(*s),
+        )
+    };
+    routes.add_service(builder().build_v1()?).add_service(builder().build_v1alpha()?);
+    Ok(())
+}
+
+/// What a listener answers for a path it does not serve: UNIMPLEMENTED to gRPC (saying where
+/// the service is when it is on the other listener), 404 to plain HTTP.
+fn not_served(here: auth::Plane) -> impl Fn(axum::extract::Request) -> std::future::Ready<axum::response::Response> + Clone {
+    move |req| {
+        let path = req.uri().path();
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let elsewhere = match (here, service) {
+            (auth::Plane::Data, pb::admin_server::SERVICE_NAME) | (auth::Plane::Data, "metrics") => {
+                " (it is served on the admin listener, admin.listen)"
+            }
+            (auth::Plane::Admin, pb::router_server::SERVICE_NAME) => " (it is served on the data port, server.listen)",
+            _ => "",
+        };
+        std::future::ready(if auth::is_grpc(req.headers()) {
+            Status::unimplemented(format!("{service} is not served on this port{elsewhere}")).into_http::<axum::body::Body>()
+        } else {
+            use axum::response::IntoResponse as _;
+            (axum::http::StatusCode::NOT_FOUND, format!("{path} is not served on this port{elsewhere}\n")).into_response()
+        })
+    }
+}
+
+/// Finishes a listener's routes: the fallback, then the token check when auth is on.
+fn finish(routes: tonic::service::Routes, here: auth::Plane, auth: &Option<Arc<auth::Authenticator>>) -> tonic::service::Routes {
+    let mut router = routes.into_axum_router().fallback(not_served(here));
+    if let Some(a) = auth {
+        router = router.layer(axum::middleware::from_fn_with_state((Arc::clone(a), here), auth::require));
+    }
+    tonic::service::Routes::from(router)
+}
+
+/// Serves until `shutdown` resolves. Loads the models in the background and flips health to
+/// SERVING when they are ready; a load failure ends `serve` with the error.
+///
+/// On `listeners.data`: `pointsman.v1.Router`, `grpc.health.v1.Health` and reflection (`v1` and
+/// `v1alpha`). On `listeners.admin`: `pointsman.v1.Admin`, Prometheus metrics over HTTP/1.1 at
+/// `GET /metrics`, and reflection. Each answers UNIMPLEMENTED (gRPC) or 404 (HTTP) for what the
+/// other serves. With `[auth]` on, Router, Admin and `/metrics` need a bearer token with the
+/// right role; with `[tls]` the data port (and the admin listener with `tls.admin`) speak TLS.
+/// SIGHUP, `Admin.Reload` and (when `reload.watch_interval_seconds` is set) file changes reload
+/// the models. Shutdown finishes in-flight requests and drains the decision log.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TransportError> {
+    let auth = config.auth.authenticator()?.map(Arc::new);
+    let tls = config.tls.server_config()?;
+    let server = |tls: Option<tonic::transport::ServerTlsConfig>| -> Result<tonic::transport::Server, TransportError> {
+        let builder = tonic::transport::Server::builder().accept_http1(true);
+        match tls {
+            Some(t) => builder.tls_config(t).map_err(|e| TransportError::Tls(format!("tls.cert / tls.key / tls.client_ca: {e}"))),
+            None => Ok(builder),
+        }
+    };
+    let (with_tls, admin_tls) = (tls.is_some(), config.tls.admin);
+    let (mut data_server, mut admin_server) = (server(tls.clone())?, server(tls.filter(|_| admin_tls))?);
     let service = {
         let config = config.clone();
         Arc::new(tokio::task::spawn_blocking(move || Service::new(config)).await.map_err(|e| RouteError::Worker(e.to_string()))??)
@@ -161,10 +263,6 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     health.set_service_status("", ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
 
     // NOTE: tonic's own decoding limit sits above ours so that an oversized request gets our
     // INVALID_ARGUMENT naming the limit; only absurd sizes hit tonic's RESOURCE_EXHAUSTED.
@@ -197,19 +295,34 @@ pub async fn serve(
         })
     };
 
+    // One stop signal for both listeners: the caller's shutdown, a failed load, or either
+    // listener ending on its own.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let failed = Arc::new(tokio::sync::Mutex::new(None));
-    let stop = {
+    let stopper = {
         let failed = Arc::clone(&failed);
-        async move {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => {}
                 Ok(e) = load_failed_rx => { *failed.lock().await = Some(e); }
             }
-        }
+            let _ = stop_tx.send(true);
+        })
     };
-    let mut routes = tonic::service::Routes::builder();
-    routes.add_service(health_service).add_service(reflection).add_service(router).add_service(admin);
-    let routes = tonic::service::Routes::from(routes.routes().into_axum_router().route(
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let mut data_routes = tonic::service::Routes::builder();
+    data_routes.add_service(health_service).add_service(router);
+    add_reflection(&mut data_routes, &[SERVICE_NAME, "grpc.health.v1.Health"])?;
+    let data_routes = finish(data_routes.routes(), auth::Plane::Data, &auth);
+
+    let mut admin_routes = tonic::service::Routes::builder();
+    admin_routes.add_service(admin);
+    add_reflection(&mut admin_routes, &[pb::admin_server::SERVICE_NAME])?;
+    let admin_routes = admin_routes.routes().into_axum_router().route(
         "/metrics",
         axum::routing::get({
             let service = Arc::clone(&service);
@@ -218,21 +331,34 @@ pub async fn serve(
                 async move { ([("content-type", "text/plain; version=0.0.4")], metrics::render(&service)) }
             }
         }),
-    ));
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-    let served = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        // NOTE: without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small
-        // unary replies on loopback.
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await;
+    );
+    let admin_routes = finish(admin_routes.into(), auth::Plane::Admin, &auth);
+
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(addr = %addr(&listeners.data), admin = %addr(&listeners.admin), tls = with_tls, admin_tls, auth = auth.is_some(), "listening");
+    // NOTE: without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small
+    // unary replies on loopback.
+    let incoming = |l: TcpListener| tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+    let data = async {
+        let r = data_server.add_routes(data_routes).serve_with_incoming_shutdown(incoming(listeners.data), stopped(stop_rx.clone())).await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let admin = async {
+        let r =
+            admin_server.add_routes(admin_routes).serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_rx.clone())).await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let (data_served, admin_served) = tokio::join!(data, admin);
+    stopper.abort();
     loader.abort();
     {
         let service = Arc::clone(&service);
         let _ = tokio::task::spawn_blocking(move || service.close()).await;
     }
-    served?;
+    data_served?;
+    admin_served?;
     let failure = failed.lock().await.take();
     match failure {
         Some(e) => Err(e.into()),

@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use pointsman::{config::Config, pb::router_client::RouterClient};
+use pointsman::{config::Config, pb::router_client::RouterClient, transport::Listeners};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 
 /// The shipped config, as the binary would load it, except that the decision log goes to a
@@ -65,16 +65,33 @@ pub fn copy_head(dir: &Path) -> std::path::PathBuf {
     dir.to_path_buf()
 }
 
-/// GETs `path` over HTTP/1.1 from the server's port and returns the body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+/// GETs `path` over plaintext HTTP/1.1 with extra `headers` and returns the status code and body.
+pub async fn http_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
-    assert!(text.starts_with("HTTP/1.1 200"), "{}", text.lines().next().unwrap_or(""));
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// GETs `path` over HTTP/1.1 and returns the body, asserting a 200.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = http_request(addr, path, &[]).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+/// A plaintext channel to `addr`, or a TLS one with `tls` (the server's name is `localhost`).
+pub async fn connect(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = match tls {
+        Some(t) => Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(t)?,
+        None => Channel::from_shared(format!("http://{addr}")).unwrap(),
+    };
+    endpoint.tcp_nodelay(true).connect().await
 }
 
 /// The value of a metric line (`name{labels} value`) in a Prometheus page.
@@ -96,7 +113,7 @@ pub async fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
 
 /// A running server and its clients.
 pub struct TestServer {
-    /// Bound address.
+    /// Address of the data plane (Router, health, reflection).
     pub addr: SocketAddr,
     /// Router client.
     pub client: RouterClient<Channel>,
@@ -122,19 +139,27 @@ impl TestServer {
 
     /// Starts with `config` and waits until health says SERVING.
     pub async fn start_with(config: Config) -> Self {
+        Self::start_tls(config, None).await
+    }
+
+    /// Starts with `config`, whose `[tls]` is set, and connects with `tls` (to the admin
+    /// listener too when `tls.admin` is on).
+    pub async fn start_tls(config: Config, tls: Option<ClientTlsConfig>) -> Self {
         let scratch = config
             .decision_log
             .path
             .parent()
             .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pointsman-test-")))
             .map(Path::to_path_buf);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
+        let admin_tls = tls.clone().filter(|_| config.tls.admin);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(pointsman::transport::serve(config, listener, async {
+        let handle = tokio::spawn(pointsman::transport::serve(config, Listeners { data, admin }, async {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
+        let channel = connect(addr, tls).await.unwrap();
         let mut health = HealthClient::new(channel.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
@@ -150,7 +175,7 @@ impl TestServer {
             assert!(!handle.is_finished(), "server exited while loading");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (admin_addr, admin_channel) = (addr, channel.clone());
+        let admin_channel = connect(admin_addr, admin_tls).await.unwrap();
         Self {
             addr,
             client: RouterClient::new(channel.clone()),
