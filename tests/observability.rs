@@ -72,8 +72,11 @@ async fn core_log_lines_carry_the_request_id() {
     assert_eq!(lines_with(&["routed", "request_id=obs-route-7f3a"]).len(), 1);
 
     // Feedback: five timeouts in a row open the circuit; the health tracker's warning carries
-    // the id of the report that opened it.
+    // the id of the report that opened it. Each report is on a request this server routed (it
+    // only lets reports on its own decisions move a breaker).
     for i in 1..=5 {
+        let r = pb::RouteRequest { prompt: prompt.into(), request_id: format!("obs-feedback-{i}"), ..Default::default() };
+        assert!(c.route(r).await.unwrap().into_inner().candidates.iter().any(|m| m.model == primary));
         let f = pb::FeedbackRequest {
             request_id: format!("obs-feedback-{i}"),
             model: primary.clone(),
@@ -99,15 +102,16 @@ async fn metrics_page_has_counters_route_histogram_queue_depth_and_health() {
     let server = TestServer::start().await;
     let mut c = server.client.clone();
     let route = |p: &str| pb::RouteRequest { prompt: p.into(), ..Default::default() };
-    let primary = c.route(route(MATH_PROMPT)).await.unwrap().into_inner().candidates[0].model.clone();
+    let first = pb::RouteRequest { request_id: "m-0".into(), ..route(MATH_PROMPT) };
+    let primary = c.route(first).await.unwrap().into_inner().candidates[0].model.clone();
     c.route(route(MATH_PROMPT)).await.unwrap(); // cache hit
     c.route(route(CHAT_PROMPT)).await.unwrap();
     let bad = pb::RouteRequest { profile: "no-such-profile".into(), ..route(CHAT_PROMPT) };
     assert_eq!(c.route(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-    for (i, (o, l)) in [(Outcome::Success, Some(400.0)), (Outcome::Success, Some(800.0)), (Outcome::Timeout, None)].into_iter().enumerate()
-    {
+    // Three attempts reported on the first request (the primary answered twice, timed out once).
+    for (o, l) in [(Outcome::Success, Some(400.0)), (Outcome::Success, Some(800.0)), (Outcome::Timeout, None)] {
         let f = pb::FeedbackRequest {
-            request_id: format!("m-{i}"),
+            request_id: "m-0".into(),
             model: primary.clone(),
             outcome: o as i32,
             latency_ms: l,
