@@ -23,12 +23,20 @@ use crate::{
 const RECENT_REQUESTS: u64 = 100_000;
 
 /// Counters for metrics (beyond the log's own).
+///
+/// Every Route call received ends in exactly one result: `routes_received` = `routes_ok` + the
+/// sum of `route_errors` + `routes_cancelled` once no call is in flight (see [`RouteCall`]).
 #[derive(Debug, Default)]
 pub struct ServiceStats {
+    /// Route calls received by the handler.
+    pub routes_received: AtomicU64,
     /// Route calls answered.
     pub routes_ok: AtomicU64,
-    /// Route calls refused, by `RouteError` label (rare: a lock is fine here, not on success).
+    /// Route calls refused, by error label (rare: a lock is fine here, not on success).
     pub route_errors: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Route calls dropped before an answer: the client cancelled, or tonic's `grpc-timeout`
+    /// layer gave up on the call (the client then reads CANCELLED).
+    pub routes_cancelled: AtomicU64,
     /// Route calls answered from the prediction cache.
     pub cache_hits: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
@@ -37,6 +45,45 @@ pub struct ServiceStats {
     pub reloads_ok: AtomicU64,
     /// Rejected reloads.
     pub reloads_failed: AtomicU64,
+}
+
+impl ServiceStats {
+    /// Counts a Route call as received; its result is counted when the guard is resolved or
+    /// dropped.
+    pub fn route_call(&self) -> RouteCall<'_> {
+        self.routes_received.fetch_add(1, Ordering::Relaxed);
+        RouteCall { stats: self, resolved: false }
+    }
+}
+
+/// One Route call in flight: resolve it with [`RouteCall::ok`] or [`RouteCall::error`]; dropped
+/// unresolved (its handler future was dropped), it counts as cancelled.
+#[must_use = "a dropped RouteCall counts as cancelled"]
+pub struct RouteCall<'a> {
+    stats: &'a ServiceStats,
+    resolved: bool,
+}
+
+impl RouteCall<'_> {
+    /// The call was answered.
+    pub fn ok(mut self) {
+        self.resolved = true;
+        self.stats.routes_ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The call was refused with the error labelled `label`.
+    pub fn error(mut self, label: &'static str) {
+        self.resolved = true;
+        *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(label).or_default() += 1;
+    }
+}
+
+impl Drop for RouteCall<'_> {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.stats.routes_cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A feedback report was not accepted.
@@ -133,14 +180,15 @@ impl Service {
         self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
     }
 
-    /// Routes with live health, logs the decision (never waiting on the log), counts the result.
-    pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
+    /// Routes with live health, logs the decision (never waiting on the log), counts the result
+    /// on `call` (from [`ServiceStats::route_call`]).
+    pub async fn route(&self, call: RouteCall<'_>, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         // No report yet: every model is healthy, which the policy reads from an empty list.
         let health = if self.health.is_empty() { Vec::new() } else { self.catalog_health(engine) };
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
-                self.stats.routes_ok.fetch_add(1, Ordering::Relaxed);
+                call.ok();
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
@@ -149,7 +197,7 @@ impl Service {
                     log.log_decision(decision_record(engine, d));
                 }
             }
-            Err(e) => *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(e.label()).or_default() += 1,
+            Err(e) => call.error(e.label()),
         }
         result
     }
@@ -240,6 +288,7 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
         tradeoff: Tradeoff::Default,
         constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
         explain: false,
+        deadline: None,
     };
     let d = engine.route(q).await.map_err(|e| match e {
         // Constraints of a test prompt emptying the list is a catalog problem, not a crash.

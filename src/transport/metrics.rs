@@ -15,11 +15,14 @@ fn escape(v: &str) -> String {
 pub fn render(service: &Service) -> String {
     let mut out = String::new();
     let st = service.stats();
-    family(&mut out, "pointsman_route_requests_total", "counter", "Route calls by result (ok or the error label).");
+    family(&mut out, "pointsman_route_received_total", "counter", "Route calls received; each ends in one result below.");
+    let _ = writeln!(out, "pointsman_route_received_total {}", st.routes_received.load(Ordering::Relaxed));
+    family(&mut out, "pointsman_route_requests_total", "counter", "Route calls by result (ok, the error label, or cancelled).");
     let _ = writeln!(out, "pointsman_route_requests_total{{result=\"ok\"}} {}", st.routes_ok.load(Ordering::Relaxed));
     for (label, n) in st.route_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "pointsman_route_requests_total{{result=\"{label}\"}} {n}");
     }
+    let _ = writeln!(out, "pointsman_route_requests_total{{result=\"cancelled\"}} {}", st.routes_cancelled.load(Ordering::Relaxed));
     family(&mut out, "pointsman_route_cache_hits_total", "counter", "Route calls answered from the prediction cache.");
     let _ = writeln!(out, "pointsman_route_cache_hits_total {}", st.cache_hits.load(Ordering::Relaxed));
     family(&mut out, "pointsman_feedback_total", "counter", "Feedback reports accepted, by outcome.");
@@ -64,6 +67,27 @@ pub fn render(service: &Service) -> String {
     if let Some(engine) = service.engine() {
         family(&mut out, "pointsman_info", "gauge", "The version serving and its encoder.");
         let _ = writeln!(out, "pointsman_info{{version=\"{}\",encoder=\"{}\"}} 1", escape(engine.version()), escape(engine.encoder().id()));
+        let p = engine.pool_stats();
+        family(&mut out, "pointsman_encoder_queue_depth", "gauge", "Route calls waiting for an encoder thread.");
+        let _ = writeln!(out, "pointsman_encoder_queue_depth {}", p.queue_depth());
+        family(
+            &mut out,
+            "pointsman_encoder_jobs_total",
+            "counter",
+            "Queued encoder jobs: run, or skipped unrun because the caller went away or its deadline passed.",
+        );
+        for (result, n) in
+            [("run", p.jobs_run()), ("skipped_caller_gone", p.skipped_caller_gone()), ("skipped_deadline", p.skipped_deadline())]
+        {
+            let _ = writeln!(out, "pointsman_encoder_jobs_total{{result=\"{result}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "pointsman_encoder_worker_panics_total",
+            "counter",
+            "Encoder jobs that panicked (answered INTERNAL; the thread went on).",
+        );
+        let _ = writeln!(out, "pointsman_encoder_worker_panics_total {}", p.panics());
         let health = service.catalog_health(&engine);
         family(&mut out, "pointsman_model_health_state", "gauge", "1 for each model's current circuit state.");
         for (m, h) in engine.catalog().models().iter().zip(&health) {
