@@ -1,7 +1,7 @@
 //! Overload against the real server: bursts of Route calls whose callers give up (5 ms
 //! deadlines, client cancellations) must leave nothing behind. Calm requests afterwards are
-//! served, the encoder queue drains to zero, work for callers that went away is skipped, and the
-//! `/metrics` counters add up exactly.
+//! served, the whole queue can be filled again without a refusal, the encoder queue drains to
+//! zero, work for callers that went away is skipped, and the `/metrics` counters add up exactly.
 //!
 //! One server for the whole binary: the phases run in order in one test.
 mod common;
@@ -170,6 +170,27 @@ where
     }
 }
 
+/// `n` calls with a generous deadline, started 3 ms apart so that each one finds the earlier
+/// ones running or queued: with `n` = sessions + queue limit, every one is accepted only if the
+/// whole queue is free. Returns the refusals.
+async fn fill_the_queue(s: &TestServer, prompts: &[String], n: usize) -> Vec<String> {
+    let mut calls = tokio::task::JoinSet::new();
+    for p in prompts.iter().cycle().take(n) {
+        let mut client = s.client.clone();
+        let mut req = Request::new(RouteRequest { prompt: p.clone(), ..Default::default() });
+        req.set_timeout(CALM_DEADLINE);
+        calls.spawn(async move { client.route(req).await });
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut refused = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        if let Err(e) = r.unwrap() {
+            refused.push(format!("{:?}: {}", e.code(), e.message()));
+        }
+    }
+    refused
+}
+
 /// The sum of every `pointsman_route_requests_total{result=...}` line.
 fn sum_of_results(page: &str) -> f64 {
     page.lines()
@@ -184,6 +205,7 @@ async fn callers_that_give_up_leave_nothing_behind() {
     let mut cfg = common::shipped_config();
     cfg.server.max_queued_requests = 8;
     cfg.cache.capacity = 0;
+    let full = cfg.encoder.sessions + cfg.server.max_queued_requests;
     let s = TestServer::start_with(cfg).await;
     let mut client_ok = 0;
     let mut client_sent = 0;
@@ -198,8 +220,11 @@ async fn callers_that_give_up_leave_nothing_behind() {
     let refused = calm(&s, &prompts).await;
     println!("after the deadline burst: {} of {CALM} calm requests refused {:?}", refused.len(), refused.first());
     assert!(refused.is_empty(), "{} of {CALM} calm requests refused after the deadline burst: {refused:?}", refused.len());
-    client_ok += timed_out.ok() + CALM;
-    client_sent += BURST + CALM;
+    let refused = fill_the_queue(&s, &prompts, full).await;
+    println!("after the deadline burst: {} of {full} calls filling the queue refused {:?}", refused.len(), refused.first());
+    assert!(refused.is_empty(), "the queue lost capacity in the deadline burst: {} of {full} refused: {refused:?}", refused.len());
+    client_ok += timed_out.ok() + CALM + full;
+    client_sent += BURST + CALM + full;
 
     // 2. A burst whose callers cancel after a random 0-60 ms (no deadline), then calm traffic.
     let cancelled = burst(&s, &prompts, BURST, None, Some(60_000), 2).await;
@@ -211,8 +236,11 @@ async fn callers_that_give_up_leave_nothing_behind() {
     let refused = calm(&s, &prompts).await;
     println!("after the cancellation burst: {} of {CALM} calm requests refused {:?}", refused.len(), refused.first());
     assert!(refused.is_empty(), "{} of {CALM} calm requests refused after the cancellation burst: {refused:?}", refused.len());
-    client_ok += cancelled.ok() + CALM;
-    client_sent += BURST + CALM;
+    let refused = fill_the_queue(&s, &prompts, full).await;
+    println!("after the cancellation burst: {} of {full} calls filling the queue refused {:?}", refused.len(), refused.first());
+    assert!(refused.is_empty(), "the queue lost capacity in the cancellation burst: {} of {full} refused: {refused:?}", refused.len());
+    client_ok += cancelled.ok() + CALM + full;
+    client_sent += BURST + CALM + full;
 
     // 3. The counters add up once the server has seen every dropped call: every call received
     // has exactly one result, the encoder queue is empty, and work for gone callers was skipped.
