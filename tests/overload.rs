@@ -191,6 +191,17 @@ async fn fill_the_queue(s: &TestServer, prompts: &[String], n: usize) -> Vec<Str
     refused
 }
 
+/// After a burst: `CALM` calls one at a time, then `full` calls filling the whole queue; every
+/// one must be served.
+async fn all_served_after(s: &TestServer, prompts: &[String], full: usize, burst: &str) {
+    let refused = calm(s, prompts).await;
+    println!("after the {burst} burst: {} of {CALM} calm requests refused {:?}", refused.len(), refused.first());
+    assert!(refused.is_empty(), "{} of {CALM} calm requests refused after the {burst} burst: {refused:?}", refused.len());
+    let refused = fill_the_queue(s, prompts, full).await;
+    println!("after the {burst} burst: {} of {full} calls filling the queue refused {:?}", refused.len(), refused.first());
+    assert!(refused.is_empty(), "the queue lost capacity in the {burst} burst: {} of {full} refused: {refused:?}", refused.len());
+}
+
 /// The sum of every `pointsman_route_requests_total{result=...}` line.
 fn sum_of_results(page: &str) -> f64 {
     page.lines()
@@ -217,12 +228,7 @@ async fn callers_that_give_up_leave_nothing_behind() {
     for code in timed_out.codes.keys() {
         assert!(["Ok", "Cancelled", "DeadlineExceeded", "ResourceExhausted"].contains(&code.as_str()), "{timed_out:?}");
     }
-    let refused = calm(&s, &prompts).await;
-    println!("after the deadline burst: {} of {CALM} calm requests refused {:?}", refused.len(), refused.first());
-    assert!(refused.is_empty(), "{} of {CALM} calm requests refused after the deadline burst: {refused:?}", refused.len());
-    let refused = fill_the_queue(&s, &prompts, full).await;
-    println!("after the deadline burst: {} of {full} calls filling the queue refused {:?}", refused.len(), refused.first());
-    assert!(refused.is_empty(), "the queue lost capacity in the deadline burst: {} of {full} refused: {refused:?}", refused.len());
+    all_served_after(&s, &prompts, full, "deadline").await;
     client_ok += timed_out.ok() + CALM + full;
     client_sent += BURST + CALM + full;
 
@@ -233,12 +239,7 @@ async fn callers_that_give_up_leave_nothing_behind() {
     for code in cancelled.codes.keys() {
         assert!(["Ok", "ResourceExhausted"].contains(&code.as_str()), "{cancelled:?}");
     }
-    let refused = calm(&s, &prompts).await;
-    println!("after the cancellation burst: {} of {CALM} calm requests refused {:?}", refused.len(), refused.first());
-    assert!(refused.is_empty(), "{} of {CALM} calm requests refused after the cancellation burst: {refused:?}", refused.len());
-    let refused = fill_the_queue(&s, &prompts, full).await;
-    println!("after the cancellation burst: {} of {full} calls filling the queue refused {:?}", refused.len(), refused.first());
-    assert!(refused.is_empty(), "the queue lost capacity in the cancellation burst: {} of {full} refused: {refused:?}", refused.len());
+    all_served_after(&s, &prompts, full, "cancellation").await;
     client_ok += cancelled.ok() + CALM + full;
     client_sent += BURST + CALM + full;
 
