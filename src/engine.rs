@@ -1,18 +1,16 @@
 //! The routing engine: the core that the gRPC handlers and the CLI call. It knows nothing of
 //! protobuf. One `route` call: build the routing text, look the text up in the cache, on a miss
-//! tokenize + embed + predict on a blocking thread (bounded by a semaphore sized to the encoder's
-//! session pool), then apply the policy.
+//! tokenize + embed + predict on a thread of the worker pool (`workers`: one thread per encoder
+//! session, a bounded queue in front, bounded by the request's deadline), then apply the policy.
+pub mod workers;
+
 use std::{
     collections::BTreeMap,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use ndarray::ArrayView2;
-use tokio::sync::Semaphore;
 
 use crate::{
     catalog::Catalog,
@@ -60,6 +58,12 @@ pub enum RouteError {
     /// The catalog and the head do not fit together.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// The request's deadline passed before an encoder thread started its work.
+    #[error("the request's deadline passed while it waited for the encoder")]
+    DeadlineExceeded,
+    /// The routing work panicked (a bug); the worker thread survived.
+    #[error("routing failed: a worker panicked: {0}")]
+    WorkerPanic(String),
     /// The engine is shutting down or a worker died.
     #[error("the routing worker stopped: {0}")]
     Worker(String),
@@ -76,6 +80,8 @@ impl RouteError {
             RouteError::Head(e) => e.label(),
             RouteError::Runtime(e) => e.label(),
             RouteError::Catalog(_) => "catalog",
+            RouteError::DeadlineExceeded => "deadline_exceeded",
+            RouteError::WorkerPanic(_) => "worker_panic",
             RouteError::Worker(_) => "worker",
         }
     }
@@ -110,6 +116,9 @@ pub struct RouteQuery {
     pub constraints: Constraints,
     /// Return every model's score.
     pub explain: bool,
+    /// When the caller stops waiting (from `grpc-timeout`): waiting for the encoder ends
+    /// there with `DeadlineExceeded`, and work not started by then is never computed.
+    pub deadline: Option<Instant>,
 }
 
 /// Time per stage.
@@ -173,35 +182,10 @@ pub struct Engine {
     /// For each catalog model, its output index in the head.
     head_index: Vec<Option<usize>>,
     cache: Option<moka::sync::Cache<String, Arc<Cached>>>,
-    permits: Semaphore,
-    waiting: AtomicUsize,
     version: String,
-    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    pool: workers::WorkerPool,
     keep_embeddings: bool,
     keep_text: bool,
-}
-
-/// Work for an encoder thread.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Starts `n` threads that run jobs until the sender is dropped (with the engine).
-fn start_workers(n: usize) -> std::sync::mpsc::Sender<Job> {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    let rx = Arc::new(std::sync::Mutex::new(rx));
-    for i in 0..n {
-        let rx = Arc::clone(&rx);
-        std::thread::Builder::new()
-            .name(format!("pointsman-encoder-{i}"))
-            .spawn(move || loop {
-                let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                };
-                job();
-            })
-            .expect("spawning an encoder thread failed. This is a bug.");
-    }
-    tx
 }
 
 impl Engine {
@@ -239,24 +223,10 @@ impl Engine {
             b.build()
         });
         let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
-        let permits = Semaphore::new(encoder.parallelism());
-        let jobs = std::sync::Mutex::new(start_workers(encoder.parallelism()));
+        let pool = workers::WorkerPool::start("pointsman-encoder", encoder.parallelism(), config.server.max_queued_requests)?;
         let log = &config.decision_log;
         let (keep_text, keep_embeddings) = (log.enabled && log.store_prompts, log.enabled && !log.store_prompts);
-        Ok(Self {
-            config,
-            catalog,
-            encoder,
-            head,
-            head_index,
-            cache,
-            permits,
-            waiting: AtomicUsize::new(0),
-            version,
-            jobs,
-            keep_embeddings,
-            keep_text,
-        })
+        Ok(Self { config, catalog, encoder, head, head_index, cache, version, pool, keep_embeddings, keep_text })
     }
 
     /// The config the engine runs with.
@@ -294,9 +264,9 @@ impl Engine {
         &self.config.routing.profiles
     }
 
-    /// Requests waiting for an encoder session now (for metrics).
-    pub fn queued(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+    /// Counters of the encoder worker pool (queue depth, jobs run and skipped, panics).
+    pub fn pool_stats(&self) -> &workers::PoolStats {
+        self.pool.stats()
     }
 
     /// Entries in the prediction cache (approximate; for metrics and tests).
@@ -384,7 +354,7 @@ impl Engine {
                 } else {
                     let this = Arc::clone(self);
                     let msgs = q.messages.clone();
-                    self.blocking(move || this.count_conversation(&msgs)).await??
+                    self.pool.run(q.deadline, move || this.count_conversation(&msgs)).await??
                 };
                 timings.prepare = t0.elapsed();
                 (hit, tokens)
@@ -393,7 +363,8 @@ impl Engine {
                 let this = Arc::clone(self);
                 let msgs = q.messages.clone();
                 let (pred, tokens, stage) = self
-                    .blocking(move || -> Result<_, RouteError> {
+                    .pool
+                    .run(q.deadline, move || -> Result<_, RouteError> {
                         let t = Instant::now();
                         let tokens = this.encoder.tokenize(&text)?;
                         let conv = if single { tokens.full_count + TOKENS_PER_MESSAGE } else { this.count_conversation(&msgs)? };
@@ -472,37 +443,5 @@ impl Engine {
             n = n.saturating_add(self.encoder.count_tokens(&m.content)?).saturating_add(TOKENS_PER_MESSAGE);
         }
         Ok(n)
-    }
-
-    /// Runs `f` on a dedicated encoder thread once one is free, refusing when too many wait.
-    /// NOTE: dedicated long-lived threads (one per session) instead of tokio's blocking pool keep
-    /// each ONNX session on a warm thread; `block_in_place` was measured too and was slower at
-    /// concurrency 1 on 2 cores.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, RouteError> {
-        let limit = self.config.server.max_queued_requests;
-        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let permit = if waiting >= limit {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(RouteError::Overloaded { waiting, limit });
-        } else {
-            let p = self.permits.acquire().await;
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            p.map_err(|e| RouteError::Worker(e.to_string()))?
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // The caller's span (the request id) goes with the job, so the worker's log lines carry it.
-        let span = tracing::Span::current();
-        let job: Job = Box::new(move || {
-            let _in_request = span.enter();
-            let _ = tx.send(f());
-        });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .map_err(|_| RouteError::Worker("the encoder workers have stopped".into()))?;
-        let out = rx.await.map_err(|_| RouteError::Worker("an encoder worker dropped a request".into()));
-        drop(permit);
-        out
     }
 }

@@ -25,12 +25,20 @@ use crate::{
 const RECENT_REQUESTS: u64 = 100_000;
 
 /// Counters for metrics (beyond the log's own).
+///
+/// Every Route call received ends in exactly one result: `routes_received` = `routes_ok` + the
+/// sum of `route_errors` + `routes_cancelled` once no call is in flight (see [`RouteCall`]).
 #[derive(Debug, Default)]
 pub struct ServiceStats {
+    /// Route calls received by the handler.
+    pub routes_received: AtomicU64,
     /// Route calls answered.
     pub routes_ok: AtomicU64,
-    /// Route calls refused, by `RouteError` label (rare: a lock is fine here, not on success).
+    /// Route calls refused, by error label (rare: a lock is fine here, not on success).
     pub route_errors: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Route calls dropped before an answer: the client cancelled, or tonic's `grpc-timeout`
+    /// layer gave up on the call (the client then reads CANCELLED).
+    pub routes_cancelled: AtomicU64,
     /// Route calls answered from the prediction cache.
     pub cache_hits: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
@@ -42,6 +50,42 @@ pub struct ServiceStats {
     pub reloads_ok: AtomicU64,
     /// Rejected reloads.
     pub reloads_failed: AtomicU64,
+}
+
+/// One Route call in flight, from [`Service::route_call`]: resolve it with [`RouteCall::ok`] or
+/// [`RouteCall::error`]; dropped unresolved (its handler future was dropped), it counts as
+/// cancelled. Each result is counted once and observed once in the latency histogram.
+#[must_use = "a dropped RouteCall counts as cancelled"]
+pub struct RouteCall<'a> {
+    stats: &'a ServiceStats,
+    telemetry: &'a Telemetry,
+    started: Instant,
+    resolved: bool,
+}
+
+impl RouteCall<'_> {
+    /// The call was answered (from the prediction cache or not).
+    pub fn ok(mut self, cache_hit: bool) {
+        self.resolved = true;
+        self.stats.routes_ok.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.observe_route("ok", cache_hit, self.started.elapsed());
+    }
+
+    /// The call was refused with the error labelled `label`.
+    pub fn error(mut self, label: &'static str) {
+        self.resolved = true;
+        *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(label).or_default() += 1;
+        self.telemetry.observe_route(label, false, self.started.elapsed());
+    }
+}
+
+impl Drop for RouteCall<'_> {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.stats.routes_cancelled.fetch_add(1, Ordering::Relaxed);
+            self.telemetry.observe_route("cancelled", false, self.started.elapsed());
+        }
+    }
 }
 
 /// A feedback report was not accepted.
@@ -144,21 +188,27 @@ impl Service {
         &self.telemetry
     }
 
+    /// Counts a Route call as received; its result is counted when the guard is resolved or
+    /// dropped. Take it first thing in the handler, so every call is counted exactly once.
+    pub fn route_call(&self) -> RouteCall<'_> {
+        self.stats.routes_received.fetch_add(1, Ordering::Relaxed);
+        RouteCall { stats: &self.stats, telemetry: &self.telemetry, started: Instant::now(), resolved: false }
+    }
+
     /// Health of each catalog model of `engine`, in catalog order, with latency medians (for
     /// display: ListModels, metrics).
     pub fn catalog_health(&self, engine: &Engine) -> Vec<Snapshot> {
         self.health.snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now())
     }
 
-    /// Routes with live health, logs the decision (never waiting on the log), counts the result.
-    pub async fn route(&self, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
-        let t0 = Instant::now();
+    /// Routes with live health, logs the decision (never waiting on the log), counts the result
+    /// on `call` (from [`Service::route_call`]).
+    pub async fn route(&self, call: RouteCall<'_>, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         // Lock-free; empty while no model has a report (the policy reads that as all healthy).
         let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now());
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
-                self.stats.routes_ok.fetch_add(1, Ordering::Relaxed);
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
@@ -166,12 +216,9 @@ impl Service {
                 if let Some(log) = &self.log {
                     log.log_decision(decision_record(engine, d));
                 }
-                self.telemetry.observe_route("ok", d.timings.cache_hit, t0.elapsed());
+                call.ok(d.timings.cache_hit);
             }
-            Err(e) => {
-                *self.stats.route_errors.lock().unwrap_or_else(|e| e.into_inner()).entry(e.label()).or_default() += 1;
-                self.telemetry.observe_route(e.label(), false, t0.elapsed());
-            }
+            Err(e) => call.error(e.label()),
         }
         result
     }
@@ -286,6 +333,7 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
         tradeoff: Tradeoff::Default,
         constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
         explain: false,
+        deadline: None,
     };
     let d = engine.route(q).await.map_err(|e| match e {
         // Constraints of a test prompt emptying the list is a catalog problem, not a crash.

@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex,
+        Mutex, TryLockError,
     },
 };
 
@@ -239,9 +239,15 @@ impl Encoder {
         let mask = Array2::<i64>::ones((1, n));
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let k = self.sessions.len();
-        // Take the first free session; if all are busy, wait on one.
+        // Take the first free session; if all are busy, wait on one. A session poisoned by a
+        // panic on its thread (caught by the engine's worker pool) is as good as before: a run
+        // keeps no state.
         let mut guard = (0..k)
-            .find_map(|j| self.sessions[(start + j) % k].try_lock().ok())
+            .find_map(|j| match self.sessions[(start + j) % k].try_lock() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            })
             .unwrap_or_else(|| self.sessions[start % k].lock().unwrap_or_else(|e| e.into_inner()));
         let outputs = guard.run(ort::inputs![
             "input_ids" => TensorRef::from_array_view(&ids)?,

@@ -1,8 +1,11 @@
 //! Conversions between the wire types (`pb`) and the core, and the wire-level validation.
 //! Every rejection names the field, its limit and the value given.
-use std::str::FromStr;
+use std::{
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
-use tonic::Status;
+use tonic::{metadata::MetadataMap, Status};
 
 use crate::{
     config::ServerConfig,
@@ -31,13 +34,40 @@ impl From<RouteError> for Status {
             RouteError::InvalidArgument { .. } => Status::invalid_argument(msg),
             RouteError::NoEligibleModel(_) => Status::failed_precondition(msg),
             RouteError::Overloaded { .. } => Status::resource_exhausted(msg),
+            RouteError::DeadlineExceeded => Status::deadline_exceeded(msg),
             RouteError::Worker(_) => Status::unavailable(msg),
-            RouteError::Encoder(_) | RouteError::Head(_) | RouteError::Runtime(_) | RouteError::Catalog(_) => {
+            RouteError::Encoder(_) | RouteError::Head(_) | RouteError::Runtime(_) | RouteError::Catalog(_) | RouteError::WorkerPanic(_) => {
                 tracing::error!(error = %msg, label = e.label(), "routing failed");
                 Status::internal(msg)
             }
         }
     }
+}
+
+/// The call's deadline from its `grpc-timeout` header, counted from `now`; None without one.
+///
+/// tonic's server enforces the header itself (it drops the handler future when the time is up
+/// and answers CANCELLED); the engine gets the deadline too, so that waiting for the encoder ends
+/// there and work whose caller stopped waiting is never started. A header that does not follow
+/// the gRPC spec (1 to 8 digits and a unit of H, M, S, m, u or n) is ignored, as tonic does.
+pub fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    };
+    now.checked_add(timeout)
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> RouteError {
@@ -227,7 +257,7 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         max_fallbacks: max_fallbacks as usize,
         out_of_domain_p: 0.0,
     };
-    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain })
+    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None })
 }
 
 fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
@@ -351,5 +381,47 @@ pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsRespon
         encoder: engine.encoder().id().to_string(),
         profiles: cfg.routing.profiles.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         default_profile: cfg.routing.default_profile.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(v: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", v.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn grpc_timeout_becomes_a_deadline() {
+        let now = Instant::now();
+        let d = |v: &str| deadline(&with_timeout(v), now).map(|d| d - now);
+        assert_eq!(d("5m"), Some(Duration::from_millis(5)));
+        assert_eq!(d("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(d("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(d("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(d("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(d("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        // Not the gRPC format: ignored, like tonic does.
+        for bad in ["", "m", "5", "5x", "123456789m", "-5m", "5 m", "1.5S"] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+        assert_eq!(deadline(&MetadataMap::new(), now), None);
+        // What tonic's client sends for `Request::set_timeout`.
+        let mut r = tonic::Request::new(());
+        r.set_timeout(Duration::from_millis(5));
+        assert_eq!(deadline(r.metadata(), now).map(|d| d - now), Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn deadline_and_worker_panic_map_to_their_status() {
+        assert_eq!(Status::from(RouteError::DeadlineExceeded).code(), tonic::Code::DeadlineExceeded);
+        let s = Status::from(RouteError::WorkerPanic("boom".into()));
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(s.message().contains("boom"), "{}", s.message());
+        let s = Status::from(RouteError::Overloaded { waiting: 8, limit: 8 });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
     }
 }

@@ -56,11 +56,13 @@ fn load(v: &AtomicU64) -> u64 {
 pub fn render(service: &Service) -> String {
     let page = Page::new();
     let st = service.stats();
-    const ROUTES: &str = "Route calls by result (ok or the error label).";
+    page.counter("pointsman_route_received_total", "Route calls received; each ends in one result below.", &[], load(&st.routes_received));
+    const ROUTES: &str = "Route calls by result (ok, the error label, or cancelled).";
     page.counter("pointsman_route_requests_total", ROUTES, &[("result", "ok")], load(&st.routes_ok));
     for (label, n) in st.route_errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         page.counter("pointsman_route_requests_total", ROUTES, &[("result", label)], *n);
     }
+    page.counter("pointsman_route_requests_total", ROUTES, &[("result", "cancelled")], load(&st.routes_cancelled));
     page.counter("pointsman_route_cache_hits_total", "Route calls answered from the prediction cache.", &[], load(&st.cache_hits));
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
         page.counter("pointsman_feedback_total", "Feedback reports accepted, by outcome.", &[("outcome", o.as_str())], load(n));
@@ -105,7 +107,20 @@ pub fn render(service: &Service) -> String {
             &[("version", engine.version()), ("encoder", engine.encoder().id())],
             1.0,
         );
-        page.gauge("pointsman_encoder_queue_depth", "Route requests waiting for an encoder session.", &[], engine.queued() as f64);
+        let p = engine.pool_stats();
+        page.gauge("pointsman_encoder_queue_depth", "Route calls waiting for an encoder thread.", &[], p.queue_depth() as f64);
+        const JOBS: &str = "Queued encoder jobs: run, or skipped unrun because the caller went away or its deadline passed.";
+        for (result, n) in
+            [("run", p.jobs_run()), ("skipped_caller_gone", p.skipped_caller_gone()), ("skipped_deadline", p.skipped_deadline())]
+        {
+            page.counter("pointsman_encoder_jobs_total", JOBS, &[("result", result)], n);
+        }
+        page.counter(
+            "pointsman_encoder_worker_panics_total",
+            "Encoder jobs that panicked (answered INTERNAL; the thread went on).",
+            &[],
+            p.panics(),
+        );
         let health = service.catalog_health(&engine);
         for (m, h) in engine.catalog().models().iter().zip(&health) {
             let model = m.id.as_str();

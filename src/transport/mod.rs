@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use crate::{
     config::Config,
-    engine::{Engine, RouteError},
+    engine::{Engine, RouteError, RouteQuery},
     logs::LogError,
     pb::{
         self,
@@ -83,23 +83,41 @@ fn loaded(service: &Service) -> Result<Arc<Engine>, Status> {
 #[tonic::async_trait]
 impl Router for RouterService {
     async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        // Counted from here to its one result. If tonic drops this future (the client cancelled,
+        // or its `grpc-timeout` layer gave up), the guard counts the call as cancelled, and every
+        // queue slot and permit the engine took is released by its own guard.
+        let call = self.service.route_call();
+        let deadline = convert::deadline(request.metadata(), std::time::Instant::now());
         let req = request.into_inner();
-        let engine = loaded(&self.service)?;
+        let engine = match loaded(&self.service) {
+            Ok(e) => e,
+            Err(status) => {
+                call.error("loading");
+                return Err(status);
+            }
+        };
         let server = &engine.config().server;
         let size = req.encoded_len();
         if size > server.max_request_bytes {
+            call.error("invalid_argument");
             return Err(Status::invalid_argument(format!(
                 "request is {size} bytes, over the limit of {} bytes (server.max_request_bytes)",
                 server.max_request_bytes
             )));
         }
         let explain = req.explain;
-        let query = convert::route_query(req, server)?;
+        let query = match convert::route_query(req, server) {
+            Ok(q) => RouteQuery { deadline, ..q },
+            Err(e) => {
+                call.error(e.label());
+                return Err(e.into());
+            }
+        };
         let span = tracing::info_span!("route", request_id = %query.request_id);
         // NOTE: `instrument`, not `span.enter()`: a guard held across `.await` would tag whatever
         // else runs on this thread meanwhile; the core carries the span into encoder jobs.
         async move {
-            match self.service.route(&engine, query).await {
+            match self.service.route(call, &engine, query).await {
                 Ok(d) => {
                     tracing::debug!(
                         primary = %engine.catalog().models()[d.ranking.scored[d.ranking.chosen[0]].model].id,
