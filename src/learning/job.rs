@@ -5,14 +5,13 @@
 //! The held-out split never influences training (not even the stopping epoch), so the metrics
 //! written to the manifest are an honest estimate on unseen prompts.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Write,
     path::{Path, PathBuf},
     time::Instant,
 };
 
 use ndarray::Array2;
-use serde_json::json;
 
 use super::{
     baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, split_by_prompt, train, Dataset, LearningError, Metrics,
@@ -20,7 +19,13 @@ use super::{
 };
 use crate::{
     encoder::{Encoder, EncoderError},
-    predictor::{sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT},
+    predictor::{
+        manifest::{
+            Architecture, FamilyKind, FamilySpec, FileChoice, FileRef, HeldOutMetrics, LocalChoice, LocalPriorSpec, MlpSettings,
+            QualityPrior, ShrinkChoice, Shrinkage, SupportIndex, TrainedOn, Training, Validation,
+        },
+        sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT,
+    },
 };
 
 /// What to train and where to write it.
@@ -78,8 +83,9 @@ pub struct LogFile {
 }
 
 /// Reads each of the job's files once for what the families, the shrinkage and the local prior
-/// need to know of it.
-pub fn log_files(job: &TrainJob, logs: &super::RoutingLogs) -> Result<Vec<LogFile>, JobError> {
+/// need to know of it: its prompts, and the models observed on its *training* prompts
+/// (`training` holds their ids), so a model seen only on held-out prompts shapes no family.
+pub fn log_files(job: &TrainJob, logs: &super::RoutingLogs, training: &HashSet<&str>) -> Result<Vec<LogFile>, JobError> {
     let index: HashMap<&str, usize> = logs.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
     job.data
         .iter()
@@ -87,7 +93,12 @@ pub fn log_files(job: &TrainJob, logs: &super::RoutingLogs) -> Result<Vec<LogFil
             let file = read_logs(std::slice::from_ref(path), false)?;
             Ok(LogFile {
                 path: path.clone(),
-                models: file.models.iter().filter_map(|m| index.get(m.as_str()).copied()).collect(),
+                models: file
+                    .observations
+                    .iter()
+                    .filter(|o| training.contains(file.prompts[o.prompt].id.as_str()))
+                    .filter_map(|o| index.get(file.models[o.model].as_str()).copied())
+                    .collect(),
                 prompt_ids: file.prompts.into_iter().map(|p| p.id).collect(),
             })
         })
@@ -152,6 +163,8 @@ impl std::str::FromStr for HeadMethod {
 pub struct FamilyReport {
     /// "lowrank" or "mlp".
     pub method: &'static str,
+    /// What its part of the graph is, as the manifest describes it.
+    pub kind: FamilyKind,
     /// The (first) member's training report; for the factor head, epochs are 0.
     pub train: super::TrainReport,
 }
@@ -198,8 +211,19 @@ fn train_families(
                         baseline: baseline_metrics(&fd, &sd, cfg.token_loss_weight),
                         seconds: t.elapsed().as_secs_f64(),
                     };
+                    // The ranks the fit used: capped by the models dense enough to shape the factors.
+                    let dense = super::lowrank::dense_models(&both, lr_cfg.min_coverage).len();
+                    let kind = FamilyKind::FactorHead {
+                        rank_quality: lr_cfg.rank_quality.min(dense).max(1),
+                        rank_tokens: lr_cfg.rank_tokens.min(dense).max(1),
+                        ridge_quality: lr_cfg.ridge_quality,
+                        ridge_tokens: lr_cfg.ridge_tokens,
+                        folds: lr_cfg.folds,
+                        link_l2: lr_cfg.link_l2,
+                        min_coverage: lr_cfg.min_coverage,
+                    };
                     parts.push((&f.models, head, 1.0));
-                    reports.push(FamilyReport { method: "lowrank", train: report });
+                    reports.push(FamilyReport { method: "lowrank", kind, train: report });
                     continue;
                 }
                 None if method == HeadMethod::LowRank => {
@@ -217,7 +241,13 @@ fn train_families(
             let (mlp, report) = train(&fd, &sd, &member_cfg)?;
             parts.push((&f.models, mlp, 1.0 / n as f32));
             if member == 0 {
-                reports.push(FamilyReport { method: "mlp", train: report });
+                let kind = FamilyKind::MlpEnsemble {
+                    hidden: cfg.hidden,
+                    members: n,
+                    epochs_run: report.epochs_run,
+                    best_epoch: report.best_epoch,
+                };
+                reports.push(FamilyReport { method: "mlp", kind, train: report });
             }
         }
     }
@@ -246,33 +276,44 @@ pub const DEFAULT_SHRINK: f32 = 0.5;
 /// Candidate shrinkage weights.
 const SHRINK_GRID: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
-/// Chooses the shrinkage weight on the early-stopping prompts (see `learning::Shrink`).
+/// Chooses the shrinkage weight of the MLP families' models (`candidates`) on the early-stopping
+/// prompts `rows` (see `learning::Shrink`), towards `priors` (the per-model means the graph will
+/// use: training prompts only).
+#[allow(clippy::too_many_arguments)]
 fn choose_shrink(
     job: &TrainJob,
     logs: &super::RoutingLogs,
     files: &[LogFile],
     all: &Dataset,
     rows: &[usize],
+    candidates: &[usize],
     mlp: &Mlp,
+    priors: &Shrink,
     encoder: &Encoder,
-) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
+) -> Result<(ndarray::Array1<f32>, ShrinkChoice), JobError> {
     let n_models = logs.models.len();
     if job.ensemble == 0 || job.ensemble > 32 {
         return Err(JobError::Invalid { field: "ensemble", limit: "in 1..=32", value: job.ensemble.to_string() });
     }
+    let fixed = |weight: f32, chosen: &str| {
+        (
+            ndarray::Array1::from_elem(n_models, weight),
+            ShrinkChoice { chosen: chosen.into(), grid: Vec::new(), files: Vec::new(), other_models: weight },
+        )
+    };
     if let Some(a) = job.shrink {
-        return Ok((ndarray::Array1::from_elem(n_models, a), json!({ "weight": a, "chosen": "fixed by --shrink" })));
+        return Ok(fixed(a, "fixed by --shrink"));
+    }
+    if candidates.is_empty() {
+        return Ok(fixed(1.0, "none: no MLP family"));
     }
     let Some(catalog) = &job.catalog else {
-        return Ok((
-            ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK),
-            json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no catalog to price outcomes" }),
-        ));
+        return Ok(fixed(DEFAULT_SHRINK, "default: no catalog to price outcomes"));
     };
     let mut per_file = Vec::new();
     let mut chosen: Vec<Option<f32>> = vec![None; n_models];
     for file in files {
-        let Some(p) = priced_outcomes(file, logs, all, rows, file.models.iter().copied(), catalog, encoder)? else {
+        let Some(p) = priced_outcomes(file, logs, all, rows, candidates.iter().copied(), catalog, encoder)? else {
             continue;
         };
         let x = all.x.select(ndarray::Axis(0), &p.rows);
@@ -280,7 +321,11 @@ fn choose_shrink(
         let cols: Vec<usize> = p.models.iter().map(|&(j, _)| j).collect();
         let mut file_gaps: Vec<f64> = Vec::new();
         for &a in &SHRINK_GRID {
-            let s = Shrink::priors(&all.quality, &all.log_tokens, &all.mask, a);
+            let s = Shrink {
+                weight: ndarray::Array1::from_elem(n_models, a),
+                token_weight: ndarray::Array1::from_elem(n_models, a),
+                ..priors.clone()
+            };
             let (qs, ts) = s.apply(None, x.view(), &q, &t);
             file_gaps.push(p.gap(&qs.select(ndarray::Axis(1), &cols), &ts.select(ndarray::Axis(1), &cols), job.cost_scale_usd));
         }
@@ -289,20 +334,28 @@ fn choose_shrink(
         for &j in &p.file_models {
             chosen[j] = Some(SHRINK_GRID[best]);
         }
-        per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
+        per_file.push(FileChoice {
+            file: file.path.display().to_string(),
+            prompts: p.rows.len(),
+            models: cols.len(),
+            weight: SHRINK_GRID[best],
+            gap_closed_by_weight: file_gaps,
+        });
     }
     if per_file.is_empty() {
-        return Ok((
-            ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK),
-            json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" }),
-        ));
+        return Ok(fixed(DEFAULT_SHRINK, "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models"));
     }
     let picked: Vec<f32> = chosen.iter().flatten().copied().collect();
     let fallback = picked.iter().sum::<f32>() / picked.len().max(1) as f32;
     let weights = ndarray::Array1::from_iter(chosen.iter().map(|c| c.unwrap_or(fallback)));
     Ok((
         weights,
-        json!({ "chosen": "per log file: best gap closed on its early-stopping prompts", "grid": SHRINK_GRID, "files": per_file, "other_models": fallback }),
+        ShrinkChoice {
+            chosen: "per log file: best gap closed on its early-stopping prompts".into(),
+            grid: SHRINK_GRID.to_vec(),
+            files: per_file,
+            other_models: fallback,
+        },
     ))
 }
 
@@ -393,10 +446,10 @@ fn choose_local(
     train_idx: &[usize],
     factor_families: &[&Family],
     encoder: &Encoder,
-) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
+) -> Result<(Vec<Option<f32>>, LocalChoice), JobError> {
     let mut weights = vec![None; logs.models.len()];
     let Some(catalog) = &job.catalog else {
-        return Ok((weights, json!({ "chosen": "none: no catalog to price outcomes" })));
+        return Ok((weights, LocalChoice { chosen: "none: no catalog to price outcomes".into(), grid: Vec::new(), files: Vec::new() }));
     };
     let mut per_file = Vec::new();
     for f in factor_families {
@@ -447,12 +500,22 @@ fn choose_local(
             for &j in &p.file_models {
                 weights[j] = Some(LOCAL_GRID[best]);
             }
-            per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": LOCAL_GRID[best], "gap_closed_by_weight": gaps }));
+            per_file.push(FileChoice {
+                file: file.path.display().to_string(),
+                prompts: p.rows.len(),
+                models: cols.len(),
+                weight: LOCAL_GRID[best],
+                gap_closed_by_weight: gaps,
+            });
         }
     }
     Ok((
         weights,
-        json!({ "chosen": "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts", "neighbours": LOCAL_NEIGHBOURS, "kappa": LOCAL_KAPPA, "grid": LOCAL_GRID, "files": per_file }),
+        LocalChoice {
+            chosen: "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts".into(),
+            grid: LOCAL_GRID.to_vec(),
+            files: per_file,
+        },
     ))
 }
 
@@ -516,15 +579,15 @@ pub struct TrainSummary {
     pub problems: Vec<String>,
 }
 
-fn metrics_json(m: &Metrics) -> serde_json::Value {
-    json!({
-        "observed_pairs": m.observed,
-        "loss": m.loss,
-        "quality_mae": m.quality_mae,
-        "quality_brier": m.quality_brier,
-        "log_tokens_mae": m.log_tokens_mae,
-        "tokens_median_abs_error": m.tokens_median_abs_error,
-    })
+fn held_out(m: &Metrics) -> HeldOutMetrics {
+    HeldOutMetrics {
+        observed_pairs: m.observed,
+        loss: m.loss,
+        quality_mae: m.quality_mae,
+        quality_brier: m.quality_brier,
+        log_tokens_mae: m.log_tokens_mae,
+        tokens_median_abs_error: m.tokens_median_abs_error,
+    }
 }
 
 /// Held-out metrics of `mlp` with `shrink` applied, over observed pairs.
@@ -737,7 +800,10 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let (fit, stop, holdout) = (all.select(&fit_rows), all.select(&stop_rows), all.select(&holdout_idx));
 
     let t = Instant::now();
-    let files = log_files(job, &logs)?;
+    // Everything below is fitted or chosen on training prompts only: `train_idx` (and its
+    // split into `fit_rows` and `stop_rows`); `holdout_idx` is only ever evaluated on.
+    let training_ids: HashSet<&str> = train_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect();
+    let files = log_files(job, &logs, &training_ids)?;
     let families = model_families(&files);
     let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble, job.method)?;
     let report = &reports[0].train;
@@ -746,20 +812,22 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let baseline = baseline_metrics(&fit, &holdout, job.train.token_loss_weight);
 
     // Domain of competence over every training prompt (never the held-out ones).
-    let support = Support::new(
-        all.x.select(ndarray::Axis(0), &train_idx).view(),
-        all.mask.select(ndarray::Axis(0), &train_idx).view(),
-        DEFAULT_NEIGHBOURS,
-    );
-    let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &files, &all, &stop_rows, &mlp, encoder)?;
+    let train_data = all.select(&train_idx);
+    let support = Support::new(train_data.x.view(), train_data.mask.view(), DEFAULT_NEIGHBOURS);
+    // The per-model means the graph shrinks towards: the fitted prompts' (as the MLPs' own).
+    let priors = Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0);
+    let mlp_models: Vec<usize> =
+        families.iter().zip(&reports).filter(|(_, r)| r.method == "mlp").flat_map(|(f, _)| f.models.iter().copied()).collect();
+    let (mut shrink_weight, shrink_choice) = choose_shrink(job, &logs, &files, &all, &stop_rows, &mlp_models, &mlp, &priors, encoder)?;
     // The factor head was fitted on the early-stopping prompts too (choosing its shrinkage there
     // would be in-sample) and is calibrated per model already: its quality is weighed against
     // the local prior instead (chosen by an inner cross-validation), its tokens are its own.
     let mut token_weight = shrink_weight.clone();
     let mut local_models = Vec::new();
+    let mut local_prior_choice = None;
     let factor_families: Vec<&Family> = families.iter().zip(&reports).filter(|(_, r)| r.method == "lowrank").map(|(f, _)| f).collect();
     if job.shrink.is_none() && !factor_families.is_empty() {
-        let (local_weights, local_report) = choose_local(job, &logs, &files, &all, &train_idx, &factor_families, encoder)?;
+        let (local_weights, local_choice) = choose_local(job, &logs, &files, &all, &train_idx, &factor_families, encoder)?;
         for f in &factor_families {
             for &j in &f.models {
                 shrink_weight[j] = local_weights[j].unwrap_or(1.0);
@@ -767,37 +835,29 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
                 local_models.push(j);
             }
         }
-        shrink_report["local_prior"] = local_report;
+        local_prior_choice = Some(local_choice);
     }
     // Its memory is the support index's keys: every training prompt, in the same order.
-    let local = local_models.iter().any(|&j| shrink_weight[j] < 1.0).then(|| {
-        let (quality, mask) = (all.quality.select(ndarray::Axis(0), &train_idx), all.mask.select(ndarray::Axis(0), &train_idx));
-        super::LocalPrior::new(&quality, &mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA)
-    });
-    let shrink =
-        Shrink { weight: shrink_weight.clone(), token_weight, local, ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
+    let local = local_models
+        .iter()
+        .any(|&j| shrink_weight[j] < 1.0)
+        .then(|| super::LocalPrior::new(&train_data.quality, &train_data.mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA));
+    let shrink = Shrink { weight: shrink_weight.clone(), token_weight, local, ..priors };
     // The metrics of the head as exported (shrinkage included).
     let validation = shrunk_metrics(&mlp, &shrink, &support, &holdout, job.train.token_loss_weight);
     if !quiet {
-        let files: Vec<String> = shrink_report["files"]
-            .as_array()
-            .map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect())
-            .unwrap_or_default();
-        let local: Vec<String> = shrink_report["local_prior"]["files"]
-            .as_array()
-            .map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect())
-            .unwrap_or_default();
+        let describe = |files: &[FileChoice]| files.iter().map(|f| format!("{} -> {}", f.file, f.weight)).collect::<Vec<_>>().join(", ");
         if reports.iter().any(|r| r.method == "mlp") {
             eprintln!(
                 "MLP families, shrinkage towards each model's mean ({}): {}",
-                shrink_report["chosen"].as_str().unwrap_or(""),
-                if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") }
+                shrink_choice.chosen,
+                if shrink_choice.files.is_empty() { shrink_choice.other_models.to_string() } else { describe(&shrink_choice.files) }
             );
         }
-        if !local.is_empty() {
+        if let Some(c) = local_prior_choice.as_ref().filter(|c| !c.files.is_empty()) {
             eprintln!(
                 "factor families, weight of the factor head against the local prior (inner 5-fold cross-validation): {}",
-                local.join(", ")
+                describe(&c.files)
             );
         }
         let methods: Vec<&str> = reports.iter().map(|r| r.method).collect();
@@ -809,15 +869,51 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let producer = [("producer".to_string(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))];
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &producer);
     let digest = sha256_hex(&bytes);
-    let files: Vec<_> = job
+    let file_refs: Vec<FileRef> = job
         .data
         .iter()
-        .map(|p| {
-            let sha = std::fs::read(p).map(|b| sha256_hex(&b)).unwrap_or_default();
-            json!({ "path": p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), "sha256": sha })
+        .map(|p| FileRef {
+            path: p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha256: std::fs::read(p).map(|b| sha256_hex(&b)).unwrap_or_default(),
         })
         .collect();
-    let counts = logs.model_counts();
+    let ids = |cols: &[usize]| cols.iter().map(|&j| logs.models[j].clone()).collect::<Vec<_>>();
+    let mut first_unit = 0;
+    let family_specs: Vec<FamilySpec> = families
+        .iter()
+        .zip(&reports)
+        .map(|(f, r)| {
+            let spec = FamilySpec {
+                files: f.files.iter().map(|p| p.display().to_string()).collect(),
+                models: ids(&f.models),
+                first_unit,
+                units: r.kind.units(),
+                head: r.kind.clone(),
+                quality_prior: if r.method == "lowrank" && shrink.local.is_some() {
+                    QualityPrior::LocalMean
+                } else {
+                    QualityPrior::GlobalMean
+                },
+            };
+            first_unit += spec.units;
+            spec
+        })
+        .collect();
+    // A model observed on no training prompt belongs to no family: its column is a constant,
+    // and the manifest lists it as a family of its own with no units.
+    let orphans: Vec<usize> = (0..logs.models.len()).filter(|j| !families.iter().any(|f| f.models.contains(j))).collect();
+    let mut family_specs = family_specs;
+    if !orphans.is_empty() {
+        family_specs.push(FamilySpec {
+            files: Vec::new(),
+            models: ids(&orphans),
+            first_unit,
+            units: 0,
+            head: FamilyKind::Unobserved,
+            quality_prior: QualityPrior::GlobalMean,
+        });
+    }
+    let counts: Vec<usize> = (0..logs.models.len()).map(|j| train_data.mask.column(j).iter().filter(|&&v| v > 0.0).count()).collect();
     let manifest = HeadManifest {
         format: HEAD_FORMAT.into(),
         head_id: format!("{}-{}", job.name, &digest[..8]),
@@ -825,61 +921,61 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         graph_sha256: digest,
         encoder: EncoderRef { id: encoder.id().to_string(), dimension: encoder.dimension() },
         models: logs.models.clone(),
-        trained_on: json!({
-            "files": files,
-            "prompts": logs.prompts.len(),
-            "observations": logs.observations.len(),
-            "density": logs.density(),
-            "skipped_lines": logs.skipped_lines,
-            "observations_per_model": logs.models.iter().zip(&counts).map(|(m, c)| (m.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
-        }),
-        validation: json!({
-            "split": if job.holdout.is_some() { "by prompt, given (a cross-validation fold); held-out prompts never used for fitting or early stopping" } else { "by prompt; held-out prompts never used for fitting or early stopping" },
-            "fraction": holdout_idx.len() as f64 / logs.prompts.len().max(1) as f64,
-            "prompts": holdout_idx.len(),
-            "prompt_ids": holdout_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect::<Vec<_>>(),
-            "head": metrics_json(&validation),
-            "head_before_shrinkage": metrics_json(&raw_validation),
-            "baseline_per_model_mean": metrics_json(&baseline),
-        }),
-        training: json!({
-            "architecture": format!("embeddings[{}] -> relu({}) -> sigmoid quality[{m}], exp-1 tokens[{m}]; neighbour support[{m}]", encoder.dimension(), job.train.hidden, m = logs.models.len()),
-            "hidden": job.train.hidden,
-            "epochs_max": job.train.epochs,
-            "epochs_run": report.epochs_run,
-            "best_epoch": report.best_epoch,
-            "ensemble": job.ensemble,
-            "families": families.iter().zip(&reports).map(|(f, r)| json!({
-                "files": f.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                "models": f.models.len(),
-                "method": r.method,
-                "epochs_run": r.train.epochs_run,
-                "best_epoch": r.train.best_epoch,
-            })).collect::<Vec<_>>(),
-            "method": format!("{:?}", job.method).to_lowercase(),
-            "lowrank": { "rank_quality": 2, "rank_tokens": 4, "ridge": 3.0, "folds": 5, "link_l2": 0.01, "min_coverage": 0.95 },
-            "batch_size": job.train.batch_size,
-            "learning_rate": job.train.learning_rate,
-            "weight_decay": job.train.weight_decay,
-            "token_loss_weight": job.train.token_loss_weight,
-            "patience": job.train.patience,
-            "seed": job.train.seed,
-            "fit_prompts": fit_rows.len(),
-            "early_stop_prompts": stop_rows.len(),
-            "seconds": train_seconds,
-            "support": {
-                "neighbours": support.k,
-                "prompts": train_idx.len(),
-                "rates": support.rates(),
+        architecture: Architecture { hidden_units: mlp.hidden_dim(), families: family_specs, added: Vec::new() },
+        shrinkage: Shrinkage {
+            quality_weight: shrink.weight.to_vec(),
+            token_weight: shrink.token_weight.to_vec(),
+            local_prior: shrink.local.as_ref().map(|l| LocalPriorSpec { neighbours: l.k, kappa: l.kappa, memory_prompts: l.keys }),
+        },
+        support: SupportIndex { neighbours: support.k, prompts: support.keys.nrows(), rates: support.rates() },
+        trained_on: TrainedOn {
+            files: file_refs,
+            prompts: logs.prompts.len(),
+            training_prompts: train_idx.len(),
+            observations: logs.observations.len(),
+            density: logs.density(),
+            skipped_lines: logs.skipped_lines,
+            training_observations_per_model: logs.models.iter().cloned().zip(counts).collect(),
+        },
+        validation: Validation {
+            split: if job.holdout.is_some() {
+                "by prompt, given (a cross-validation fold); held-out prompts never used for any training choice".into()
+            } else {
+                "by prompt; held-out prompts never used for any training choice".into()
             },
-            "shrink": shrink_report,
-        }),
+            fraction: holdout_idx.len() as f64 / logs.prompts.len().max(1) as f64,
+            prompts: holdout_idx.len(),
+            prompt_ids: holdout_idx.iter().map(|&i| logs.prompts[i].id.clone()).collect(),
+            head: held_out(&validation),
+            head_before_shrinkage: held_out(&raw_validation),
+            baseline_per_model_mean: held_out(&baseline),
+        },
+        training: Training {
+            method: format!("{:?}", job.method).to_lowercase(),
+            seed: job.train.seed,
+            fit_prompts: fit_rows.len(),
+            early_stop_prompts: stop_rows.len(),
+            mlp: MlpSettings {
+                hidden: job.train.hidden,
+                ensemble: job.ensemble,
+                epochs_max: job.train.epochs,
+                batch_size: job.train.batch_size,
+                learning_rate: job.train.learning_rate,
+                weight_decay: job.train.weight_decay,
+                token_loss_weight: job.train.token_loss_weight,
+                patience: job.train.patience,
+            },
+            seconds: train_seconds,
+            shrink_choice,
+            local_prior_choice,
+        },
         created_at: now_rfc3339(),
     };
+    // What is written is what the server will accept.
+    manifest.validate().map_err(|e| JobError::Invalid { field: "manifest", limit: "consistent (a bug if not)", value: e })?;
     std::fs::create_dir_all(&job.out_dir).map_err(|source| JobError::Write { path: job.out_dir.clone(), source })?;
     write_atomically(&job.out_dir.join("head.onnx"), &bytes)?;
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises. This is a bug.");
-    write_atomically(&job.out_dir.join("manifest.json"), text.as_bytes())?;
+    write_atomically(&job.out_dir.join("manifest.json"), manifest.to_json().as_bytes())?;
     Ok(TrainSummary {
         manifest,
         validation,

@@ -277,6 +277,18 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
     Ok((mlp, support, shrink))
 }
 
+/// What the head manifest describes of a graph written by [`export_with_support`] (hidden
+/// units, outputs, support index, shrinkage), for `HeadManifest::check_graph`.
+pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFacts, super::LearningError> {
+    let (mlp, support, shrink) = import(bytes)?;
+    Ok(crate::predictor::manifest::GraphFacts {
+        hidden_units: mlp.hidden_dim(),
+        models: mlp.wq().ncols(),
+        support: support.map(|s| (s.k, s.keys.nrows(), s.rates())),
+        shrinkage: shrink.map(|s| (s.weight.to_vec(), s.token_weight.to_vec(), s.local.map(|l| (l.k, l.kappa, l.keys)))),
+    })
+}
+
 /// A float initializer; `raw_data` holds the values little-endian, row-major.
 fn tensor<'a>(name: &str, dims: &[usize], values: impl Iterator<Item = &'a f32>) -> TensorProto {
     TensorProto {
