@@ -280,12 +280,17 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
 /// What the head manifest describes of a graph written by [`export_with_support`] (hidden
 /// units, outputs, support index, shrinkage), for `HeadManifest::check_graph`.
 pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFacts, super::LearningError> {
+    use crate::predictor::manifest::{GraphFacts, LocalPriorSpec, Shrinkage, SupportIndex};
     let (mlp, support, shrink) = import(bytes)?;
-    Ok(crate::predictor::manifest::GraphFacts {
+    Ok(GraphFacts {
         hidden_units: mlp.hidden_dim(),
         models: mlp.wq().ncols(),
-        support: support.map(|s| (s.k, s.keys.nrows(), s.rates())),
-        shrinkage: shrink.map(|s| (s.weight.to_vec(), s.token_weight.to_vec(), s.local.map(|l| (l.k, l.kappa, l.keys)))),
+        support: support.map(|s| SupportIndex { neighbours: s.k, prompts: s.keys.nrows(), rates: s.rates() }),
+        shrinkage: shrink.map(|s| Shrinkage {
+            quality_weight: s.weight.to_vec(),
+            token_weight: s.token_weight.to_vec(),
+            local_prior: s.local.map(|l| LocalPriorSpec { neighbours: l.k, kappa: l.kappa, memory_prompts: l.keys }),
+        }),
     })
 }
 

@@ -375,10 +375,10 @@ pub struct GraphFacts {
     pub hidden_units: usize,
     /// Output columns.
     pub models: usize,
-    /// The support index's neighbours, prompts and per-model rates, if the graph has one.
-    pub support: Option<(usize, usize, Vec<f32>)>,
-    /// The shrinkage's quality and token weights and its local prior (neighbours, kappa, keys).
-    pub shrinkage: Option<(Vec<f32>, Vec<f32>, Option<(usize, f32, usize)>)>,
+    /// The support index, if the graph has one.
+    pub support: Option<SupportIndex>,
+    /// The shrinkage, if the graph applies one.
+    pub shrinkage: Option<Shrinkage>,
 }
 
 impl HeadManifest {
@@ -481,7 +481,7 @@ impl HeadManifest {
         if graph.models != self.models.len() {
             return Err(format!("the graph predicts {} models, `models` lists {}", graph.models, self.models.len()));
         }
-        let Some((k, prompts, rates)) = &graph.support else {
+        let Some(SupportIndex { neighbours: k, prompts, rates }) = &graph.support else {
             return Err("the graph has no support index, which the domain rule needs (`support`)".into());
         };
         if (*k, *prompts) != (self.support.neighbours, self.support.prompts) {
@@ -496,16 +496,15 @@ impl HeadManifest {
         }
         let s = &self.shrinkage;
         match &graph.shrinkage {
-            Some((q, t, local)) => {
-                if !close(q, &s.quality_weight) {
+            Some(g) => {
+                if !close(&g.quality_weight, &s.quality_weight) {
                     return Err("`shrinkage.quality_weight` differs from the graph's".into());
                 }
-                if !close(t, &s.token_weight) {
+                if !close(&g.token_weight, &s.token_weight) {
                     return Err("`shrinkage.token_weight` differs from the graph's".into());
                 }
-                let mine = s.local_prior.as_ref().map(|l| (l.neighbours, l.kappa, l.memory_prompts));
-                if *local != mine {
-                    return Err(format!("`shrinkage.local_prior` is {mine:?} (neighbours, kappa, memory prompts), the graph's {local:?}"));
+                if g.local_prior != s.local_prior {
+                    return Err(format!("`shrinkage.local_prior` is {:?}, the graph's {:?}", s.local_prior, g.local_prior));
                 }
             }
             None if s.quality_weight.iter().chain(&s.token_weight).all(|&w| w == 1.0) && s.local_prior.is_none() => {}
@@ -616,8 +615,8 @@ mod tests {
         GraphFacts {
             hidden_units: 12,
             models: 3,
-            support: Some((2, 5, vec![0.8, 0.8, 0.2])),
-            shrinkage: Some((vec![0.25, 0.25, 0.5], vec![1.0; 3], Some((2, 1.0, 4)))),
+            support: Some(SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2] }),
+            shrinkage: Some(manifest().shrinkage),
         }
     }
 
@@ -667,15 +666,18 @@ mod tests {
     #[test]
     fn a_manifest_that_misdescribes_its_graph_is_refused() {
         let m = manifest();
-        let e = m.check_graph(&GraphFacts { support: Some((16, 5, vec![0.8, 0.8, 0.2])), ..facts() }).unwrap_err();
+        let support = |neighbours, rates: &[f32]| Some(SupportIndex { neighbours, prompts: 5, rates: rates.to_vec() });
+        let e = m.check_graph(&GraphFacts { support: support(16, &[0.8, 0.8, 0.2]), ..facts() }).unwrap_err();
         assert!(e.contains("`support` says 2 neighbours over 5 prompts, the graph has 16 over 5"), "{e}");
         let e = m.check_graph(&GraphFacts { support: None, ..facts() }).unwrap_err();
         assert!(e.contains("no support index"), "{e}");
         let e = m.check_graph(&GraphFacts { hidden_units: 128, ..facts() }).unwrap_err();
         assert!(e.contains("`architecture.hidden_units` is 12, the graph has 128"), "{e}");
-        let e = m.check_graph(&GraphFacts { support: Some((2, 5, vec![0.8, 0.7, 0.2])), ..facts() }).unwrap_err();
+        let e = m.check_graph(&GraphFacts { support: support(2, &[0.8, 0.7, 0.2]), ..facts() }).unwrap_err();
         assert!(e.contains("`support.rates`"), "{e}");
-        let e = m.check_graph(&GraphFacts { shrinkage: Some((vec![1.0; 3], vec![1.0; 3], Some((2, 1.0, 4)))), ..facts() }).unwrap_err();
+        let e = m
+            .check_graph(&GraphFacts { shrinkage: Some(Shrinkage { quality_weight: vec![1.0; 3], ..m.shrinkage.clone() }), ..facts() })
+            .unwrap_err();
         assert!(e.contains("`shrinkage.quality_weight`"), "{e}");
     }
 }
