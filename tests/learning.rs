@@ -231,15 +231,19 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
 
     let ok = run(&good, false);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert!(manifest["head_id"].as_str().unwrap().starts_with("cli-test-"));
-    assert_eq!(manifest["training"]["families"][0]["method"], "lowrank", "dense benchmark logs get the factor head");
-    assert_eq!(manifest["trained_on"]["prompts"], 120);
-    assert_eq!(manifest["encoder"]["dimension"], 384);
-    assert!(manifest["validation"]["head"]["quality_brier"].as_f64().unwrap() > 0.0);
-    assert!(manifest["validation"]["prompts"].as_u64().unwrap() >= 20);
+    // The manifest reads back through the one typed contract and says what the graph is.
+    let manifest = HeadManifest::parse(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest.head_id.starts_with("cli-test-"));
+    let family = &manifest.architecture.families[0];
+    assert!(matches!(family.head, FamilyKind::FactorHead { .. }), "dense benchmark logs get the factor head: {:?}", family.head);
+    assert_eq!((family.units, manifest.architecture.hidden_units), (12, 12), "a factor head of ranks 2 and 4 exports 12 units");
+    assert_eq!((manifest.trained_on.prompts, manifest.encoder.dimension), (120, 384));
+    assert_eq!(manifest.trained_on.training_prompts + manifest.validation.prompts, 120);
+    assert_eq!(manifest.support.prompts, manifest.trained_on.training_prompts, "the support index holds the training prompts only");
+    assert!(manifest.validation.head.quality_brier > 0.0);
+    assert!(manifest.validation.prompts >= 20);
     let head = Head::load(runtime::environment(None).unwrap(), &out).unwrap();
-    assert_eq!(head.models().len(), manifest["models"].as_array().unwrap().len());
+    assert_eq!(head.models(), &manifest.models[..]);
 
     // Same seed, same data: the same head, byte for byte (the second run reads its embeddings
     // back from the on-disk cache, so this also checks the cache is exact).
