@@ -126,7 +126,14 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         limit: "a folder with a valid manifest.json",
         value: format!("{}: {e}", job.head_dir.join("manifest.json").display()),
     })?;
-    let (mlp, support, shrink) = import(&read(job.head_dir.join(&manifest.graph))?)?;
+    let graph = read(job.head_dir.join(&manifest.graph))?;
+    // Extend only a head whose manifest says what its graph is (as the server would load it).
+    manifest.check_graph(&super::graph_facts(&graph)?).map_err(|e| JobError::Invalid {
+        field: "head",
+        limit: "a manifest that describes its graph",
+        value: format!("{}: {e}", job.head_dir.join("manifest.json").display()),
+    })?;
+    let (mlp, support, shrink) = import(&graph)?;
     let l2 = job.l2.unwrap_or_else(|| default_l2(mlp.hidden_dim()));
     let logs = read_logs(&job.data, false)?;
     let new: Vec<usize> = (0..logs.models.len()).filter(|&j| !manifest.models.contains(&logs.models[j])).collect();
