@@ -90,9 +90,9 @@ pub struct LogFile {
 /// Reads each of the job's files once for what the families, the shrinkage and the local prior
 /// need to know of it: its prompts, and the models observed on its *training* prompts
 /// (`training` holds their ids), so a model seen only on held-out prompts shapes no family.
-pub fn log_files(job: &TrainJob, logs: &super::RoutingLogs, training: &HashSet<&str>) -> Result<Vec<LogFile>, JobError> {
+pub fn log_files(paths: &[PathBuf], logs: &super::RoutingLogs, training: &HashSet<&str>) -> Result<Vec<LogFile>, JobError> {
     let index: HashMap<&str, usize> = logs.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
-    job.data
+    paths
         .iter()
         .map(|path| {
             let file = read_logs(std::slice::from_ref(path), false)?;
@@ -560,7 +560,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     // Everything below is fitted or chosen on training prompts only: `train_idx` (and its
     // split into `fit_rows` and `stop_rows`); `holdout_idx` is only ever evaluated on.
     let training_ids: HashSet<&str> = train_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect();
-    let files = log_files(job, &logs, &training_ids)?;
+    let files = log_files(&job.data, &logs, &training_ids)?;
     let families = model_families(&files);
     let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble, job.method)?;
     let report = &reports[0].train;
@@ -757,6 +757,33 @@ mod tests {
         // Models 0 and 1 observed on the first half, model 2 on the second: two families.
         let mask = Array2::from_shape_fn((n, 3), |(r, c)| if (r < n / 2) == (c < 2) { 1.0 } else { 0.0 });
         Dataset { x, quality, log_tokens, mask }
+    }
+
+    #[test]
+    fn a_model_seen_only_on_held_out_prompts_shapes_no_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |p: &str, m: &str| format!(r#"{{"prompt_id":"{p}","prompt":"text {p}","model":"{m}","score":1,"output_tokens":5}}"#);
+        // File a: models a1, a2 on p1; on the held-out p2, also `shared`, which file b has too.
+        let a = dir.path().join("a.jsonl");
+        let b = dir.path().join("b.jsonl");
+        std::fs::write(&a, [line("p1", "a1"), line("p1", "a2"), line("p2", "a1"), line("p2", "shared")].join("\n")).unwrap();
+        std::fs::write(&b, [line("q1", "b1"), line("q1", "shared")].join("\n")).unwrap();
+        let paths = vec![a, b];
+        let logs = read_logs(&paths, true).unwrap();
+        let id = |m: &str| logs.models.iter().position(|x| x == m).unwrap();
+        let families = |training: &[&str]| {
+            let files = log_files(&paths, &logs, &training.iter().copied().collect()).unwrap();
+            let mut f: Vec<Vec<usize>> = model_families(&files).into_iter().map(|f| f.models).collect();
+            f.sort();
+            f
+        };
+        // With p2 held out, `shared` belongs to file b only: two families.
+        let mut expected = vec![vec![id("a1"), id("a2")], vec![id("b1"), id("shared")]];
+        expected.iter_mut().for_each(|f| f.sort());
+        expected.sort();
+        assert_eq!(families(&["p1", "q1"]), expected);
+        // Trained on, p2 joins the two files into one family.
+        assert_eq!(families(&["p1", "p2", "q1"]).len(), 1);
     }
 
     #[test]
