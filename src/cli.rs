@@ -31,10 +31,7 @@ pub fn evaluate_all(
         let prompts: Vec<String> = if all_prompts {
             crate::learning::read_logs(std::slice::from_ref(f), false)?.prompts.into_iter().map(|p| p.id).collect()
         } else {
-            head.manifest().validation["prompt_ids"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-                .unwrap_or_default()
+            head.manifest().validation.prompt_ids.clone()
         };
         anyhow::ensure!(!prompts.is_empty(), "the head's manifest lists no held-out prompts (validation.prompt_ids): retrain it with this version, or pass --all-prompts for logs it never saw");
         reports.push(report(&collect_file(f, &encoder, &head, &catalog, &prompts, settings, None)?, settings.cost_scale));
@@ -121,7 +118,7 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
             eprintln!(
                 "fold {}/{folds}: {} held-out prompts; quality MAE {:.4} (per-model mean {:.4}); head in {}",
                 f + 1,
-                s.manifest.validation["prompts"],
+                s.manifest.validation.prompts,
                 s.validation.quality_mae,
                 s.baseline.quality_mae,
                 fold_job.out_dir.display()
@@ -231,7 +228,7 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     }
     println!(
         "held-out ({} prompts): quality MAE {:.4} vs {:.4} per-model mean; Brier {:.4} vs {:.4}; median token error {:.0} vs {:.0}",
-        m.validation["prompts"],
+        m.validation.prompts,
         s.validation.quality_mae,
         s.baseline.quality_mae,
         s.validation.quality_brier,

@@ -7,17 +7,18 @@ use std::{path::Path, sync::Mutex};
 
 use ndarray::ArrayView2;
 use ort::{environment::Environment, session::Session, value::TensorRef};
-use serde::{Deserialize, Serialize};
 
-/// Manifest format written by this version.
-pub const HEAD_FORMAT: &str = "pointsman-head/1";
+pub mod manifest;
+
+pub use manifest::{EncoderRef, HeadManifest, HEAD_FORMAT};
+
 /// Name of the graph's input.
 pub const INPUT: &str = "embeddings";
 /// Name of the quality output.
 pub const QUALITY: &str = "quality";
 /// Name of the output-tokens output.
 pub const OUTPUT_TOKENS: &str = "output_tokens";
-/// Name of the optional support output (training evidence per model near the prompt).
+/// Name of the support output (training evidence per model near the prompt; required).
 pub const SUPPORT: &str = "support";
 
 /// Errors of the head layer.
@@ -50,47 +51,10 @@ impl HeadError {
     }
 }
 
-/// Which encoder produced the embeddings the head was trained on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EncoderRef {
-    /// Encoder id, e.g. "all-MiniLM-L6-v2/int8".
-    pub id: String,
-    /// Embedding dimension.
-    pub dimension: usize,
-}
-
-/// `models/router/manifest.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeadManifest {
-    /// Always [`HEAD_FORMAT`].
-    pub format: String,
-    /// Short id of this head (name plus content hash); part of the router version.
-    pub head_id: String,
-    /// The graph file, relative to the manifest.
-    pub graph: String,
-    /// Hex SHA-256 of the graph file.
-    pub graph_sha256: String,
-    /// The encoder it was trained on.
-    pub encoder: EncoderRef,
-    /// Model ids in output order.
-    pub models: Vec<String>,
-    /// What it was trained on (files, prompts, observations, per-model counts).
-    pub trained_on: serde_json::Value,
-    /// Validation metrics on the held-out split.
-    pub validation: serde_json::Value,
-    /// The training settings.
-    pub training: serde_json::Value,
-    /// When it was written, RFC 3339.
-    pub created_at: String,
-}
-
 /// A loaded head.
 pub struct Head {
     manifest: HeadManifest,
     session: Mutex<Session>,
-    has_support: bool,
-    /// Neighbours the support output averages over, and each model's observation rate.
-    domain: Option<(usize, Vec<f64>)>,
 }
 
 /// Predictions for a batch: row-major [N, M].
@@ -102,7 +66,7 @@ pub struct HeadOutput {
     pub quality: Vec<f32>,
     /// Predicted output tokens, [rows * models].
     pub output_tokens: Vec<f32>,
-    /// Training evidence per model near each row, [rows * models], if the head has it.
+    /// Training evidence per model near each row, [rows * models] (every loaded head has it).
     pub support: Option<Vec<f32>>,
 }
 
@@ -128,17 +92,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Head {
-    /// Loads `dir/manifest.json` and its graph, checks hash and shapes, and runs one row.
+    /// Loads `dir/manifest.json` and its graph, checks the manifest (format, every key, see
+    /// [`HeadManifest::parse`]), the graph's hash, that the manifest describes the graph (hidden
+    /// units, support index, shrinkage: [`HeadManifest::check_graph`]), and runs one row.
     pub fn load(env: &Environment, dir: &Path) -> Result<Self, HeadError> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(|e| HeadError::File { path: mpath.clone(), message: e.to_string() })?;
-        let manifest: HeadManifest = serde_json::from_str(&text).map_err(|e| HeadError::Manifest(format!("{}: {e}", mpath.display())))?;
-        if manifest.format != HEAD_FORMAT {
-            return Err(HeadError::Manifest(format!("format must be `{HEAD_FORMAT}`. Given: `{}`", manifest.format)));
-        }
-        if manifest.models.is_empty() {
-            return Err(HeadError::Manifest("`models` is empty".into()));
-        }
+        let manifest = HeadManifest::parse(&text).map_err(|e| HeadError::Manifest(format!("{}: {e}", mpath.display())))?;
         let gpath = dir.join(&manifest.graph);
         let bytes = std::fs::read(&gpath).map_err(|e| HeadError::File { path: gpath.clone(), message: e.to_string() })?;
         let digest = sha256_hex(&bytes);
@@ -149,14 +109,15 @@ impl Head {
                 manifest.graph_sha256
             )));
         }
+        let facts = crate::learning::graph_facts(&bytes).map_err(|e| HeadError::Manifest(format!("{}: {e}", gpath.display())))?;
+        manifest
+            .check_graph(&facts)
+            .map_err(|e| HeadError::Manifest(format!("{} does not describe {}: {e}", mpath.display(), gpath.display())))?;
         let session = crate::encoder::session_from_bytes(env, &bytes, 1)?;
-        let has_support = session.outputs().iter().any(|o| o.name() == SUPPORT);
-        let domain = manifest.training.get("support").and_then(|s| {
-            let k = s.get("neighbours")?.as_u64()? as usize;
-            let rates: Vec<f64> = s.get("rates")?.as_array()?.iter().map(|v| v.as_f64().unwrap_or(1.0)).collect();
-            (rates.len() == manifest.models.len()).then_some((k, rates))
-        });
-        let head = Self { manifest, session: Mutex::new(session), has_support, domain };
+        if !session.outputs().iter().any(|o| o.name() == SUPPORT) {
+            return Err(HeadError::Manifest(format!("{} has no `{SUPPORT}` output, which the domain rule needs", gpath.display())));
+        }
+        let head = Self { manifest, session: Mutex::new(session) };
         let probe = vec![0.0f32; head.manifest.encoder.dimension];
         let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
         if out.quality.len() != head.manifest.models.len() || out.output_tokens.len() != head.manifest.models.len() {
@@ -178,24 +139,22 @@ impl Head {
     /// as were answered by it would be, by chance, if it had been tried on prompts like this as
     /// often as on any (a binomial tail at its overall rate); 1 when the head does not measure
     /// support. A small value means the head has little evidence about this model on prompts
-    /// like this one, however often it was observed elsewhere.
+    /// like this one, however often it was observed elsewhere. `k` and the rates are the
+    /// manifest's `support`, checked against the graph at load.
     pub fn domain_chance(&self, support: Option<&[f32]>) -> Vec<f64> {
         let m = self.manifest.models.len();
-        match (support, &self.domain) {
-            (Some(s), Some((k, rates))) => (0..m)
+        let (k, rates) = (self.manifest.support.neighbours, &self.manifest.support.rates);
+        match support {
+            Some(s) => (0..m)
                 .map(|j| {
+                    let rate = f64::from(rates[j]);
                     // support = count / (k * rate), so the neighbours that saw this model are:
-                    let count = (f64::from(s[j]) * *k as f64 * rates[j]).round() as usize;
-                    binomial_cdf(count, *k, rates[j])
+                    let count = (f64::from(s[j]) * k as f64 * rate).round() as usize;
+                    binomial_cdf(count, k, rate)
                 })
                 .collect(),
-            _ => vec![1.0; m],
+            None => vec![1.0; m],
         }
-    }
-
-    /// True when the graph has the `support` output.
-    pub fn has_support(&self) -> bool {
-        self.has_support
     }
 
     /// Model ids in output order.
@@ -217,7 +176,7 @@ impl Head {
         let outputs = session.run(ort::inputs![INPUT => TensorRef::from_array_view(&x)?])?;
         let q = outputs[QUALITY].try_extract_array::<f32>()?;
         let t = outputs[OUTPUT_TOKENS].try_extract_array::<f32>()?;
-        let support = if self.has_support { Some(outputs[SUPPORT].try_extract_array::<f32>()?.iter().copied().collect()) } else { None };
+        let support = Some(outputs[SUPPORT].try_extract_array::<f32>()?.iter().copied().collect());
         Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect(), support })
     }
 }

@@ -4,14 +4,19 @@ mod common;
 
 use std::{io::Write, process::Command};
 
-use common::{shared_data, shipped_encoder};
+use common::{repo, shared_data, shipped_config, shipped_encoder};
 use ndarray::{s, Array2, ArrayView2, Axis};
 use pointsman::{
     learning::{
-        baseline_metrics, evaluate, export, export_with_support, job::embed_prompts, read_logs, split_by_prompt, train, Dataset,
-        LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64, Support, TrainConfig, DEFAULT_NEIGHBOURS,
+        baseline_metrics, evaluate, export_with_support,
+        job::{embed_prompts, HeadMethod, TrainJob},
+        read_logs, split_by_prompt, train, Dataset, LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64, Support, TrainConfig,
+        DEFAULT_NEIGHBOURS,
     },
-    predictor::Head,
+    predictor::{
+        manifest::{Architecture, FamilyKind, FamilySpec, QualityPrior, Shrinkage, SupportIndex},
+        Head, HeadManifest,
+    },
     runtime,
 };
 
@@ -29,17 +34,21 @@ fn max_diffs(mlp: &Mlp, head: &Head, x: ArrayView2<f32>) -> (f32, f32) {
     (dq, dt)
 }
 
-/// Exports `mlp` into `dir` with a minimal manifest and loads it through the serving path.
-fn load_exported(mlp: &Mlp, models: &[String], dir: &std::path::Path) -> Head {
-    let bytes = export(mlp, &[]);
+/// Exports `mlp` (with the support index over `fit`) into `dir` with the shipped manifest
+/// rewritten to describe it, and loads it through the serving path.
+fn load_exported(mlp: &Mlp, head: FamilyKind, models: &[String], fit: &Dataset, dir: &std::path::Path) -> Head {
+    let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
+    let bytes = export_with_support(mlp, Some(&support), None, &[]);
     std::fs::write(dir.join("head.onnx"), &bytes).unwrap();
-    let manifest = serde_json::json!({
-        "format": "pointsman-head/1", "head_id": "test", "graph": "head.onnx",
-        "graph_sha256": pointsman::predictor::sha256_hex(&bytes),
-        "encoder": {"id": "all-MiniLM-L6-v2/int8", "dimension": 384},
-        "models": models, "trained_on": {}, "validation": {}, "training": {}, "created_at": "now"
-    });
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    let mut m = HeadManifest::parse(&std::fs::read_to_string(repo().join("models/router/manifest.json")).unwrap()).unwrap();
+    let (n, units) = (models.len(), mlp.hidden_dim());
+    m.graph_sha256 = pointsman::predictor::sha256_hex(&bytes);
+    m.models = models.to_vec();
+    let family = FamilySpec { files: vec![], models: models.to_vec(), first_unit: 0, units, head, quality_prior: QualityPrior::GlobalMean };
+    m.architecture = Architecture { hidden_units: units, families: vec![family], added: vec![] };
+    m.shrinkage = Shrinkage { quality_weight: vec![1.0; n], token_weight: vec![1.0; n], local_prior: None };
+    m.support = SupportIndex { neighbours: support.k, prompts: support.keys.nrows(), rates: support.rates() };
+    std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
     Head::load(runtime::environment(None).unwrap(), dir).unwrap()
 }
 
@@ -54,7 +63,8 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
 
     // Write it the way `pointsman train` does and load it through the serving path.
     let dir = tempfile::tempdir().unwrap();
-    let head = load_exported(&mlp, &logs.models, dir.path());
+    let mlp_kind = FamilyKind::MlpEnsemble { hidden: 64, members: 1, epochs_run: 30, best_epoch: 30 };
+    let head = load_exported(&mlp, mlp_kind, &logs.models, &data.select(&tr), dir.path());
 
     for x in [x.view(), x.select(Axis(0), &va).view(), x.slice(s![5..6, ..])] {
         let (dq, dt) = max_diffs(&mlp, &head, x.view());
@@ -65,7 +75,16 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     // The factor head is exported through the same graph: it must reproduce its own predictions
     // too, and beat the per-model means on held-out prompts.
     let lowrank = pointsman::learning::lowrank::fit(&data.select(&tr), &Default::default()).unwrap().expect("alpaca_eval2 is dense");
-    let lr_head = load_exported(&lowrank, &logs.models, dir.path());
+    let lr_kind = FamilyKind::FactorHead {
+        rank_quality: 2,
+        rank_tokens: 4,
+        ridge_quality: 3.0,
+        ridge_tokens: 3.0,
+        folds: 5,
+        link_l2: 0.01,
+        min_coverage: 0.95,
+    };
+    let lr_head = load_exported(&lowrank, lr_kind, &logs.models, &data.select(&tr), dir.path());
     let (dq, dt) = max_diffs(&lowrank, &lr_head, x.select(Axis(0), &va).view());
     assert!(dq <= 1e-5 && dt <= 1e-5, "factor head export differs: quality {dq}, tokens {dt}");
     let held = data.select(&va);
@@ -212,15 +231,19 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
 
     let ok = run(&good, false);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert!(manifest["head_id"].as_str().unwrap().starts_with("cli-test-"));
-    assert_eq!(manifest["training"]["families"][0]["method"], "lowrank", "dense benchmark logs get the factor head");
-    assert_eq!(manifest["trained_on"]["prompts"], 120);
-    assert_eq!(manifest["encoder"]["dimension"], 384);
-    assert!(manifest["validation"]["head"]["quality_brier"].as_f64().unwrap() > 0.0);
-    assert!(manifest["validation"]["prompts"].as_u64().unwrap() >= 20);
+    // The manifest reads back through the one typed contract and says what the graph is.
+    let manifest = HeadManifest::parse(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest.head_id.starts_with("cli-test-"));
+    let family = &manifest.architecture.families[0];
+    assert!(matches!(family.head, FamilyKind::FactorHead { .. }), "dense benchmark logs get the factor head: {:?}", family.head);
+    assert_eq!((family.units, manifest.architecture.hidden_units), (12, 12), "a factor head of ranks 2 and 4 exports 12 units");
+    assert_eq!((manifest.trained_on.prompts, manifest.encoder.dimension), (120, 384));
+    assert_eq!(manifest.trained_on.training_prompts + manifest.validation.prompts, 120);
+    assert_eq!(manifest.support.prompts, manifest.trained_on.training_prompts, "the support index holds the training prompts only");
+    assert!(manifest.validation.head.quality_brier > 0.0);
+    assert!(manifest.validation.prompts >= 20);
     let head = Head::load(runtime::environment(None).unwrap(), &out).unwrap();
-    assert_eq!(head.models().len(), manifest["models"].as_array().unwrap().len());
+    assert_eq!(head.models(), &manifest.models[..]);
 
     // Same seed, same data: the same head, byte for byte (the second run reads its embeddings
     // back from the on-disk cache, so this also checks the cache is exact).
@@ -406,4 +429,143 @@ fn extend_adds_a_model_without_moving_the_others() {
     let s = b.support.unwrap();
     let best = s.iter().copied().fold(0.0f32, f32::max);
     assert!(s[m] / best > 0.05, "relative support of the new model {}", s[m] / best);
+}
+
+/// Copies the shipped head into a temporary folder, edits its manifest's JSON and returns the
+/// error loading it through the serving path gives.
+fn load_error(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let head = common::copy_head(dir.path());
+    let path = head.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(&path, m.to_string()).unwrap();
+    match Head::load(runtime::environment(None).unwrap(), &head) {
+        Ok(_) => panic!("the edited manifest loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_server_refuses_a_manifest_that_lacks_misnames_or_misdescribes_what_it_needs() {
+    // The shipped head loads, and its manifest says what its graph is.
+    let head = Head::load(runtime::environment(None).unwrap(), &repo().join("models/router")).unwrap();
+    let m = head.manifest();
+    assert_eq!(m.format, "pointsman-head/2");
+    assert_eq!(m.architecture.hidden_units, m.architecture.families.iter().map(|f| f.units).sum::<usize>());
+    assert!(
+        m.architecture.families.iter().all(|f| matches!(f.head, FamilyKind::FactorHead { .. })),
+        "the shipped head is two factor heads"
+    );
+    // The support key renamed: before the typed manifest this silently switched the domain rule off.
+    let e = load_error(|v| {
+        let s = v.as_object_mut().unwrap().remove("support").unwrap();
+        v["domain_support"] = s;
+    });
+    assert!(e.contains("unknown field `domain_support`") && e.contains("`support`"), "{e}");
+    let e = load_error(|v| {
+        v.as_object_mut().unwrap().remove("support");
+    });
+    assert!(e.contains("missing field `support`"), "{e}");
+    let e = load_error(|v| {
+        let k = v["support"].as_object_mut().unwrap().remove("neighbours").unwrap();
+        v["support"]["k"] = k;
+    });
+    assert!(e.contains("unknown field `k`"), "{e}");
+    // Keys that parse but do not describe the graph.
+    let e = load_error(|v| v["support"]["neighbours"] = 16.into());
+    assert!(e.contains("`support` says 16 neighbours") && e.contains("the graph has 32"), "{e}");
+    let e = load_error(|v| v["architecture"]["hidden_units"] = 128.into());
+    assert!(e.contains("`architecture.hidden_units` is 128"), "{e}");
+    let e = load_error(|v| v["shrinkage"]["quality_weight"][0] = 0.5.into());
+    assert!(e.contains("`shrinkage.quality_weight` differs from the graph's"), "{e}");
+    // Another format is refused before anything else, with what to do about it.
+    let e = load_error(|v| v["format"] = "pointsman-head/1".into());
+    assert!(e.contains("`format` must be `pointsman-head/2`. Given: `pointsman-head/1`") && e.contains("retrain"), "{e}");
+}
+
+/// Writes `lines` (routing-log JSON) to `path` gzipped, with the score and output tokens of every
+/// line whose prompt is in `changed` replaced.
+fn write_with_changed_outcomes(path: &std::path::Path, lines: &[&str], changed: &std::collections::HashSet<String>) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    for l in lines {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if changed.contains(v["prompt_id"].as_str().unwrap()) {
+            let score = v["score"].as_f64().unwrap();
+            v["score"] = (1.0 - score).into();
+            v["output_tokens"] = (v["output_tokens"].as_u64().unwrap() * 7 + 3).into();
+        }
+        writeln!(w, "{v}").unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn held_out_prompts_never_touch_the_head() {
+    use std::io::Read;
+    // alpaca_eval2 as it is, and a copy whose held-out prompts have every outcome changed
+    // (scores flipped, output tokens multiplied): the same training rows, other held-out rows.
+    let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&data).unwrap()).read_to_string(&mut text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let logs = read_logs(std::slice::from_ref(&data), true).unwrap();
+    let (_, held) = split_by_prompt(logs.prompts.len(), 0.2, 11);
+    let holdout: std::collections::HashSet<String> = held.iter().map(|&i| logs.prompts[i].id.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    // One path for both versions (the manifest names the file trained on).
+    let log = dir.path().join("train.jsonl.gz");
+
+    let config = shipped_config();
+    let encoder = shipped_encoder();
+    // Every training-time choice runs: the factor head with its local prior chosen by an inner
+    // cross-validation (auto), and MLPs with their shrinkage chosen on early-stopping prompts.
+    for method in [HeadMethod::Auto, HeadMethod::Mlp] {
+        let run = |changed: &std::collections::HashSet<String>, out: &str| {
+            write_with_changed_outcomes(&log, &lines, changed);
+            let job = TrainJob {
+                data: vec![log.clone()],
+                out_dir: dir.path().join(format!("{method:?}-{out}")),
+                val_fraction: 0.2,
+                early_stop_fraction: 0.15,
+                strict: true,
+                name: "held-out".into(),
+                train: TrainConfig { hidden: 16, epochs: 15, ..TrainConfig::default() },
+                catalog: Some(config.catalog().unwrap()),
+                cost_scale_usd: config.routing.cost_scale_usd,
+                shrink: None,
+                embedding_cache: Some(dir.path().join("cache")),
+                ensemble: 2,
+                method,
+                holdout: Some(holdout.clone()),
+            };
+            let s = pointsman::learning::job::run(&job, &encoder, true).unwrap();
+            (std::fs::read(job.out_dir.join("head.onnx")).unwrap(), s)
+        };
+        let ((graph_a, sa), (graph_b, sb)) = (run(&Default::default(), "a"), run(&holdout, "b"));
+        let (ma, mb) = (&sa.manifest, &sb.manifest);
+        // The held-out outcomes did change what the head is measured against...
+        assert_ne!(ma.validation.baseline_per_model_mean, mb.validation.baseline_per_model_mean);
+        assert_eq!(ma.validation.prompt_ids, mb.validation.prompt_ids);
+        // ...and nothing the head is: every choice, and the graph byte for byte.
+        assert_eq!(ma.training.shrink_choice, mb.training.shrink_choice, "{method:?}: the shrinkage choice saw held-out prompts");
+        assert_eq!(
+            ma.training.local_prior_choice, mb.training.local_prior_choice,
+            "{method:?}: the local-prior choice saw held-out prompts"
+        );
+        assert_eq!((&ma.architecture, &ma.shrinkage, &ma.support), (&mb.architecture, &mb.shrinkage, &mb.support), "{method:?}");
+        assert_eq!(ma.trained_on.training_observations_per_model, mb.trained_on.training_observations_per_model);
+        assert!(graph_a == graph_b, "{method:?}: the graphs differ, so held-out prompts influenced the head");
+        assert_eq!(ma.head_id, mb.head_id);
+        if method == HeadMethod::Mlp {
+            assert!(
+                !ma.training.shrink_choice.files.is_empty(),
+                "the MLP run chose its shrinkage on the data: {:?}",
+                ma.training.shrink_choice
+            );
+        } else {
+            assert!(ma.training.local_prior_choice.as_ref().is_some_and(|c| !c.files.is_empty()), "the local prior was chosen on the data");
+        }
+    }
 }

@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 
 use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
-use serde_json::json;
 
 use super::{
     export_with_support, import,
@@ -19,7 +18,7 @@ use super::{
 };
 use crate::{
     encoder::Encoder,
-    predictor::{sha256_hex, HeadManifest},
+    predictor::{manifest::AddedModel, sha256_hex, HeadManifest},
 };
 
 /// What to add and where.
@@ -39,25 +38,6 @@ pub struct ExtendJob {
     pub seed: u64,
     /// Embedding cache folder.
     pub embedding_cache: Option<PathBuf>,
-}
-
-/// Held-out accuracy of one added model.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Added {
-    /// Model id.
-    pub model: String,
-    /// Labelled prompts used.
-    pub labels: usize,
-    /// Held-out prompts.
-    pub validation_prompts: usize,
-    /// Held-out Brier score of the new column.
-    pub brier: f64,
-    /// Held-out Brier score of predicting the model's mean.
-    pub baseline_brier: f64,
-    /// Held-out mean absolute error of log tokens.
-    pub log_tokens_mae: f64,
-    /// Same for the mean.
-    pub baseline_log_tokens_mae: f64,
 }
 
 /// Solves `a x = b` for symmetric positive definite `a` (Cholesky).
@@ -138,14 +118,22 @@ pub fn default_l2(hidden: usize) -> f64 {
 }
 
 /// Runs the job: returns the new manifest and each added model's held-out accuracy.
-pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManifest, Vec<Added>), JobError> {
+pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManifest, Vec<AddedModel>), JobError> {
     let read = |p: PathBuf| std::fs::read(&p).map_err(|source| JobError::Write { path: p, source });
-    let mut manifest: HeadManifest = serde_json::from_slice(&read(job.head_dir.join("manifest.json"))?).map_err(|e| JobError::Invalid {
+    let text = read(job.head_dir.join("manifest.json"))?;
+    let mut manifest = HeadManifest::parse(&String::from_utf8_lossy(&text)).map_err(|e| JobError::Invalid {
         field: "head",
         limit: "a folder with a valid manifest.json",
-        value: e.to_string(),
+        value: format!("{}: {e}", job.head_dir.join("manifest.json").display()),
     })?;
-    let (mlp, support, shrink) = import(&read(job.head_dir.join(&manifest.graph))?)?;
+    let graph = read(job.head_dir.join(&manifest.graph))?;
+    // Extend only a head whose manifest says what its graph is (as the server would load it).
+    manifest.check_graph(&super::graph_facts(&graph)?).map_err(|e| JobError::Invalid {
+        field: "head",
+        limit: "a manifest that describes its graph",
+        value: format!("{}: {e}", job.head_dir.join("manifest.json").display()),
+    })?;
+    let (mlp, support, shrink) = import(&graph)?;
     let l2 = job.l2.unwrap_or_else(|| default_l2(mlp.hidden_dim()));
     let logs = read_logs(&job.data, false)?;
     let new: Vec<usize> = (0..logs.models.len()).filter(|&j| !manifest.models.contains(&logs.models[j])).collect();
@@ -178,8 +166,10 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         let pt = vx.dot(&ct);
         let (mq, mt) = (fq.mean().unwrap_or(0.0), ft.mean().unwrap_or(0.0));
         let n = vq.len().max(1) as f64;
-        added.push(Added {
+        added.push(AddedModel {
             model: logs.models[j].clone(),
+            files: job.data.iter().map(|p| p.display().to_string()).collect(),
+            l2,
             labels: obs.len(),
             validation_prompts: vq.len(),
             brier: (&pq - &vq).mapv(|e| e * e).sum() / n,
@@ -224,10 +214,22 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         }
         manifest.models.push(logs.models[j].clone());
     }
-    if let (Some(sup), Some(s)) = (support.as_ref(), manifest.training.get_mut("support")) {
-        s["rates"] = json!(sup.rates());
-        s["prompts"] = json!(sup.keys.nrows());
+    if let Some(sup) = support.as_ref() {
+        manifest.support.rates = sup.rates();
+        manifest.support.prompts = sup.keys.nrows();
     }
+    match shrink.as_ref() {
+        Some(s) => {
+            manifest.shrinkage.quality_weight = s.weight.to_vec();
+            manifest.shrinkage.token_weight = s.token_weight.to_vec();
+        }
+        None => {
+            let m = manifest.models.len();
+            manifest.shrinkage.quality_weight.resize(m, 1.0);
+            manifest.shrinkage.token_weight.resize(m, 1.0);
+        }
+    }
+    manifest.architecture.added.extend(added.iter().cloned());
     let extended = Mlp::from_parts(mlp.w1().to_owned(), mlp.b1().to_owned(), wq, bq, wt, bt)?;
     let bytes = export_with_support(
         &extended,
@@ -241,15 +243,10 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
     manifest.graph = "head.onnx".into();
     manifest.graph_sha256 = digest;
     manifest.created_at = super::job::now_rfc3339();
-    let entry = json!({ "files": job.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "added": added, "l2": l2 });
-    match manifest.trained_on.get_mut("extended").and_then(|v| v.as_array_mut()) {
-        Some(list) => list.push(entry),
-        None => manifest.trained_on["extended"] = json!([entry]),
-    }
+    manifest.validate().map_err(|e| JobError::Invalid { field: "manifest", limit: "consistent (a bug if not)", value: e })?;
     std::fs::create_dir_all(&job.out_dir).map_err(|source| JobError::Write { path: job.out_dir.clone(), source })?;
     write_atomically(&job.out_dir.join("head.onnx"), &bytes)?;
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises. This is a bug.");
-    write_atomically(&job.out_dir.join("manifest.json"), text.as_bytes())?;
+    write_atomically(&job.out_dir.join("manifest.json"), manifest.to_json().as_bytes())?;
     Ok((manifest, added))
 }
 

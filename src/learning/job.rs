@@ -5,22 +5,32 @@
 //! The held-out split never influences training (not even the stopping epoch), so the metrics
 //! written to the manifest are an honest estimate on unseen prompts.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Write,
     path::{Path, PathBuf},
     time::Instant,
 };
 
 use ndarray::Array2;
-use serde_json::json;
+
+mod choose;
+
+pub use choose::DEFAULT_SHRINK;
+use choose::{choose_local, choose_shrink, LOCAL_KAPPA, LOCAL_NEIGHBOURS};
 
 use super::{
-    baseline_metrics, eval::Outcomes, evaluate, export_with_support, read_logs, split_by_prompt, train, Dataset, LearningError, Metrics,
-    Mlp, Shrink, Support, TrainConfig, DEFAULT_NEIGHBOURS,
+    baseline_metrics, evaluate, export_with_support, read_logs, split_by_prompt, train, Dataset, LearningError, Metrics, Mlp, Shrink,
+    Support, TrainConfig, DEFAULT_NEIGHBOURS,
 };
 use crate::{
     encoder::{Encoder, EncoderError},
-    predictor::{sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT},
+    predictor::{
+        manifest::{
+            Architecture, FamilyKind, FamilySpec, FileChoice, FileRef, HeldOutMetrics, LocalPriorSpec, MlpSettings, QualityPrior,
+            Shrinkage, SupportIndex, TrainedOn, Training, Validation,
+        },
+        sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT,
+    },
 };
 
 /// What to train and where to write it.
@@ -78,16 +88,22 @@ pub struct LogFile {
 }
 
 /// Reads each of the job's files once for what the families, the shrinkage and the local prior
-/// need to know of it.
-pub fn log_files(job: &TrainJob, logs: &super::RoutingLogs) -> Result<Vec<LogFile>, JobError> {
+/// need to know of it: its prompts, and the models observed on its *training* prompts
+/// (`training` holds their ids), so a model seen only on held-out prompts shapes no family.
+pub fn log_files(paths: &[PathBuf], logs: &super::RoutingLogs, training: &HashSet<&str>) -> Result<Vec<LogFile>, JobError> {
     let index: HashMap<&str, usize> = logs.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
-    job.data
+    paths
         .iter()
         .map(|path| {
             let file = read_logs(std::slice::from_ref(path), false)?;
             Ok(LogFile {
                 path: path.clone(),
-                models: file.models.iter().filter_map(|m| index.get(m.as_str()).copied()).collect(),
+                models: file
+                    .observations
+                    .iter()
+                    .filter(|o| training.contains(file.prompts[o.prompt].id.as_str()))
+                    .filter_map(|o| index.get(file.models[o.model].as_str()).copied())
+                    .collect(),
                 prompt_ids: file.prompts.into_iter().map(|p| p.id).collect(),
             })
         })
@@ -152,6 +168,8 @@ impl std::str::FromStr for HeadMethod {
 pub struct FamilyReport {
     /// "lowrank" or "mlp".
     pub method: &'static str,
+    /// What its part of the graph is, as the manifest describes it.
+    pub kind: FamilyKind,
     /// The (first) member's training report; for the factor head, epochs are 0.
     pub train: super::TrainReport,
 }
@@ -198,8 +216,19 @@ fn train_families(
                         baseline: baseline_metrics(&fd, &sd, cfg.token_loss_weight),
                         seconds: t.elapsed().as_secs_f64(),
                     };
+                    // The ranks the fit used: capped by the models dense enough to shape the factors.
+                    let dense = super::lowrank::dense_models(&both, lr_cfg.min_coverage).len();
+                    let kind = FamilyKind::FactorHead {
+                        rank_quality: lr_cfg.rank_quality.min(dense).max(1),
+                        rank_tokens: lr_cfg.rank_tokens.min(dense).max(1),
+                        ridge_quality: lr_cfg.ridge_quality,
+                        ridge_tokens: lr_cfg.ridge_tokens,
+                        folds: lr_cfg.folds,
+                        link_l2: lr_cfg.link_l2,
+                        min_coverage: lr_cfg.min_coverage,
+                    };
                     parts.push((&f.models, head, 1.0));
-                    reports.push(FamilyReport { method: "lowrank", train: report });
+                    reports.push(FamilyReport { method: "lowrank", kind, train: report });
                     continue;
                 }
                 None if method == HeadMethod::LowRank => {
@@ -217,7 +246,13 @@ fn train_families(
             let (mlp, report) = train(&fd, &sd, &member_cfg)?;
             parts.push((&f.models, mlp, 1.0 / n as f32));
             if member == 0 {
-                reports.push(FamilyReport { method: "mlp", train: report });
+                let kind = FamilyKind::MlpEnsemble {
+                    hidden: cfg.hidden,
+                    members: n,
+                    epochs_run: report.epochs_run,
+                    best_epoch: report.best_epoch,
+                };
+                reports.push(FamilyReport { method: "mlp", kind, train: report });
             }
         }
     }
@@ -239,221 +274,6 @@ fn train_families(
         off += hp;
     }
     Ok((Mlp::from_parts(w1, b1, wq, bq, wt, bt)?, reports))
-}
-
-/// Shrinkage weight used when it cannot be chosen on the data.
-pub const DEFAULT_SHRINK: f32 = 0.5;
-/// Candidate shrinkage weights.
-const SHRINK_GRID: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
-
-/// Chooses the shrinkage weight on the early-stopping prompts (see `learning::Shrink`).
-fn choose_shrink(
-    job: &TrainJob,
-    logs: &super::RoutingLogs,
-    files: &[LogFile],
-    all: &Dataset,
-    rows: &[usize],
-    mlp: &Mlp,
-    encoder: &Encoder,
-) -> Result<(ndarray::Array1<f32>, serde_json::Value), JobError> {
-    let n_models = logs.models.len();
-    if job.ensemble == 0 || job.ensemble > 32 {
-        return Err(JobError::Invalid { field: "ensemble", limit: "in 1..=32", value: job.ensemble.to_string() });
-    }
-    if let Some(a) = job.shrink {
-        return Ok((ndarray::Array1::from_elem(n_models, a), json!({ "weight": a, "chosen": "fixed by --shrink" })));
-    }
-    let Some(catalog) = &job.catalog else {
-        return Ok((
-            ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK),
-            json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no catalog to price outcomes" }),
-        ));
-    };
-    let mut per_file = Vec::new();
-    let mut chosen: Vec<Option<f32>> = vec![None; n_models];
-    for file in files {
-        let Some(p) = priced_outcomes(file, logs, all, rows, file.models.iter().copied(), catalog, encoder)? else {
-            continue;
-        };
-        let x = all.x.select(ndarray::Axis(0), &p.rows);
-        let (q, t) = mlp.predict(x.view());
-        let cols: Vec<usize> = p.models.iter().map(|&(j, _)| j).collect();
-        let mut file_gaps: Vec<f64> = Vec::new();
-        for &a in &SHRINK_GRID {
-            let s = Shrink::priors(&all.quality, &all.log_tokens, &all.mask, a);
-            let (qs, ts) = s.apply(None, x.view(), &q, &t);
-            file_gaps.push(p.gap(&qs.select(ndarray::Axis(1), &cols), &ts.select(ndarray::Axis(1), &cols), job.cost_scale_usd));
-        }
-        let best =
-            (0..SHRINK_GRID.len()).max_by(|&a, &b| file_gaps[a].total_cmp(&file_gaps[b])).expect("grid is not empty. This is a bug.");
-        for &j in &p.file_models {
-            chosen[j] = Some(SHRINK_GRID[best]);
-        }
-        per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": SHRINK_GRID[best], "gap_closed_by_weight": file_gaps }));
-    }
-    if per_file.is_empty() {
-        return Ok((
-            ndarray::Array1::from_elem(n_models, DEFAULT_SHRINK),
-            json!({ "weight": DEFAULT_SHRINK, "chosen": "default: no log file has >= 20 early-stopping prompts answered by >= 2 catalog models" }),
-        ));
-    }
-    let picked: Vec<f32> = chosen.iter().flatten().copied().collect();
-    let fallback = picked.iter().sum::<f32>() / picked.len().max(1) as f32;
-    let weights = ndarray::Array1::from_iter(chosen.iter().map(|c| c.unwrap_or(fallback)));
-    Ok((
-        weights,
-        json!({ "chosen": "per log file: best gap closed on its early-stopping prompts", "grid": SHRINK_GRID, "files": per_file, "other_models": fallback }),
-    ))
-}
-
-/// One log file's full matrix within some training rows, priced by the catalog: what the
-/// shrinkage and the local prior are chosen on.
-struct Priced<'a> {
-    /// Rows of `all` (prompts of the file answered by every model below).
-    rows: Vec<usize>,
-    /// Positions of those rows in the `rows` given to [`priced_outcomes`].
-    positions: Vec<usize>,
-    /// (model index, catalog entry) of the columns.
-    models: Vec<(usize, &'a crate::catalog::CatalogModel)>,
-    /// Every model of the file that is among the candidates (the ones a choice applies to).
-    file_models: Vec<usize>,
-    /// Input tokens per row.
-    input_tokens: Vec<u32>,
-    /// Actual quality and cost.
-    outcomes: Outcomes,
-}
-
-impl Priced<'_> {
-    /// Gap closed by routing on predicted quality and tokens ([rows, models], columns as `models`).
-    fn gap(&self, quality: &Array2<f32>, tokens: &Array2<f32>, cost_scale: f64) -> f64 {
-        let (n, k) = (self.rows.len(), self.models.len());
-        let pc = Array2::from_shape_fn((n, k), |(i, c)| self.models[c].1.cost_usd(self.input_tokens[i], f64::from(tokens[[i, c]])));
-        self.outcomes.gap_closed(&quality.mapv(f64::from), &pc, None, cost_scale)
-    }
-}
-
-/// The full matrix of `file`'s catalog models among `candidates` over `rows`; `None` with fewer
-/// than 20 prompts or 2 models.
-fn priced_outcomes<'a>(
-    file: &LogFile,
-    logs: &super::RoutingLogs,
-    all: &Dataset,
-    rows: &[usize],
-    candidates: impl Iterator<Item = usize>,
-    catalog: &'a crate::catalog::Catalog,
-    encoder: &Encoder,
-) -> Result<Option<Priced<'a>>, JobError> {
-    let file_models: Vec<usize> = candidates.filter(|j| file.models.contains(j)).collect();
-    let group: Vec<usize> = (0..rows.len()).filter(|&p| file.prompt_ids.contains(&logs.prompts[rows[p]].id)).collect();
-    let priced = file_models.iter().filter_map(|&j| catalog.get(&logs.models[j]).map(|m| (j, m)));
-    let (models, positions) = super::eval::full_matrix(&group, priced, |p, (j, _)| all.mask[[rows[p], j]] > 0.0);
-    if positions.len() < 20 || models.len() < 2 {
-        return Ok(None);
-    }
-    let rows: Vec<usize> = positions.iter().map(|&p| rows[p]).collect();
-    let input_tokens: Vec<u32> = rows
-        .iter()
-        .map(|&r| encoder.count_tokens(&logs.prompts[r].text).map(|c| c + crate::encoder::text::TOKENS_PER_MESSAGE))
-        .collect::<Result<_, _>>()?;
-    let (n, k) = (rows.len(), models.len());
-    let mut outcomes = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
-    for (i, &r) in rows.iter().enumerate() {
-        for (c, &(j, m)) in models.iter().enumerate() {
-            outcomes.score[[i, c]] = f64::from(all.quality[[r, j]]);
-            outcomes.cost[[i, c]] = m.cost_usd(input_tokens[i], f64::from(all.log_tokens[[r, j]].exp() - 1.0));
-        }
-    }
-    Ok(Some(Priced { rows, positions, models, file_models, input_tokens, outcomes }))
-}
-
-/// Neighbours of the local quality prior (the support index's count).
-const LOCAL_NEIGHBOURS: usize = DEFAULT_NEIGHBOURS;
-/// Pseudo-count of each model's global mean in the local prior.
-const LOCAL_KAPPA: f32 = 1.0;
-/// Candidate weights of a factor head against its local prior (1 = the factor head alone).
-const LOCAL_GRID: [f32; 5] = [1.0, 0.75, 0.5, 0.25, 0.0];
-/// Gap closed (a share) by which a blend must beat the factor head alone in that inner
-/// cross-validation to be chosen: the choice is noisy (on the shared data, over 8 outer
-/// cross-validations, zeroeval lost 0.7 points when any gain counted).
-const LOCAL_MARGIN: f64 = 0.01;
-/// Folds of the inner cross-validation that chooses it.
-const LOCAL_FOLDS: usize = 5;
-
-/// Chooses, per log file of each factor family, how much of the factor head's quality to keep
-/// against the local prior ([`super::LocalPrior`]): an inner 5-fold cross-validation over the
-/// training prompts (factor head refitted without each fold, neighbours from the other folds),
-/// pooled, then the weight whose routing closes the most of the single-to-oracle gap. Every
-/// training prompt is scored once, out of fold, so the choice rests on all of them rather than on
-/// the early-stopping prompts alone. Returns the weight per model (`None`: no choice made).
-fn choose_local(
-    job: &TrainJob,
-    logs: &super::RoutingLogs,
-    files: &[LogFile],
-    all: &Dataset,
-    train_idx: &[usize],
-    factor_families: &[&Family],
-    encoder: &Encoder,
-) -> Result<(Vec<Option<f32>>, serde_json::Value), JobError> {
-    let mut weights = vec![None; logs.models.len()];
-    let Some(catalog) = &job.catalog else {
-        return Ok((weights, json!({ "chosen": "none: no catalog to price outcomes" })));
-    };
-    let mut per_file = Vec::new();
-    for f in factor_families {
-        let rows: Vec<usize> = train_idx.iter().copied().filter(|&i| f.models.iter().any(|&j| all.mask[[i, j]] > 0.0)).collect();
-        let fold = super::folds(rows.len(), LOCAL_FOLDS, job.train.seed.wrapping_add(2));
-        let mf = f.models.len();
-        let (mut head_q, mut head_t, mut local_q) =
-            (Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)), Array2::<f32>::zeros((rows.len(), mf)));
-        let mut complete = true;
-        for k in 0..LOCAL_FOLDS {
-            let (fit_pos, held_pos): (Vec<usize>, Vec<usize>) = (0..rows.len()).partition(|&p| fold[p] != k);
-            let fit_rows: Vec<usize> = fit_pos.iter().map(|&p| rows[p]).collect();
-            let fd = columns(all, &fit_rows, &f.models);
-            let Some(head) = super::lowrank::fit(&fd, &super::lowrank::LowRankConfig { seed: job.train.seed, ..Default::default() })?
-            else {
-                complete = false;
-                break;
-            };
-            let xh = all.x.select(ndarray::Axis(0), &held_pos.iter().map(|&p| rows[p]).collect::<Vec<_>>());
-            let (q, t) = head.predict(xh.view());
-            let support = Support::new(fd.x.view(), fd.mask.view(), LOCAL_NEIGHBOURS);
-            let prior = Shrink::priors(&fd.quality, &fd.log_tokens, &fd.mask, 1.0).prior_quality;
-            let local = super::LocalPrior::new(&fd.quality, &fd.mask, &(0..mf).collect::<Vec<_>>(), LOCAL_NEIGHBOURS, LOCAL_KAPPA);
-            let lq = local.at(&support, xh.view(), &prior);
-            for (i, &p) in held_pos.iter().enumerate() {
-                head_q.row_mut(p).assign(&q.row(i));
-                head_t.row_mut(p).assign(&t.row(i));
-                local_q.row_mut(p).assign(&lq.row(i));
-            }
-        }
-        if !complete {
-            continue;
-        }
-        for file in files.iter().filter(|lf| f.files.contains(&lf.path)) {
-            let Some(p) = priced_outcomes(file, logs, all, &rows, f.models.iter().copied(), catalog, encoder)? else {
-                continue;
-            };
-            // Columns of the family's matrices, for the file's priced models.
-            let cols: Vec<usize> =
-                p.models.iter().map(|&(j, _)| f.models.iter().position(|&x| x == j).expect("a family model. This is a bug.")).collect();
-            let pick = |a: &Array2<f32>| a.select(ndarray::Axis(0), &p.positions).select(ndarray::Axis(1), &cols);
-            let (hq, ht, lq) = (pick(&head_q), pick(&head_t), pick(&local_q));
-            let gaps: Vec<f64> = LOCAL_GRID.iter().map(|&a| p.gap(&(&hq * a + &(&lq * (1.0 - a))), &ht, job.cost_scale_usd)).collect();
-            // The best, if it beats the factor head alone by LOCAL_MARGIN (else the factor head:
-            // the simpler model unless the evidence is clear); ties keep more of the factor head.
-            let best = (0..LOCAL_GRID.len()).fold(0, |b, i| if gaps[i] > gaps[b] { i } else { b });
-            let best = if gaps[best] >= gaps[0] + LOCAL_MARGIN { best } else { 0 };
-            for &j in &p.file_models {
-                weights[j] = Some(LOCAL_GRID[best]);
-            }
-            per_file.push(json!({ "file": file.path.display().to_string(), "prompts": p.rows.len(), "models": cols.len(), "weight": LOCAL_GRID[best], "gap_closed_by_weight": gaps }));
-        }
-    }
-    Ok((
-        weights,
-        json!({ "chosen": "per log file of a factor family: best gap closed, inner 5-fold cross-validation of the training prompts", "neighbours": LOCAL_NEIGHBOURS, "kappa": LOCAL_KAPPA, "grid": LOCAL_GRID, "files": per_file }),
-    ))
 }
 
 /// Errors of a training run.
@@ -516,15 +336,15 @@ pub struct TrainSummary {
     pub problems: Vec<String>,
 }
 
-fn metrics_json(m: &Metrics) -> serde_json::Value {
-    json!({
-        "observed_pairs": m.observed,
-        "loss": m.loss,
-        "quality_mae": m.quality_mae,
-        "quality_brier": m.quality_brier,
-        "log_tokens_mae": m.log_tokens_mae,
-        "tokens_median_abs_error": m.tokens_median_abs_error,
-    })
+fn held_out(m: &Metrics) -> HeldOutMetrics {
+    HeldOutMetrics {
+        observed_pairs: m.observed,
+        loss: m.loss,
+        quality_mae: m.quality_mae,
+        quality_brier: m.quality_brier,
+        log_tokens_mae: m.log_tokens_mae,
+        tokens_median_abs_error: m.tokens_median_abs_error,
+    }
 }
 
 /// Held-out metrics of `mlp` with `shrink` applied, over observed pairs.
@@ -737,7 +557,10 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let (fit, stop, holdout) = (all.select(&fit_rows), all.select(&stop_rows), all.select(&holdout_idx));
 
     let t = Instant::now();
-    let files = log_files(job, &logs)?;
+    // Everything below is fitted or chosen on training prompts only: `train_idx` (and its
+    // split into `fit_rows` and `stop_rows`); `holdout_idx` is only ever evaluated on.
+    let training_ids: HashSet<&str> = train_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect();
+    let files = log_files(&job.data, &logs, &training_ids)?;
     let families = model_families(&files);
     let (mlp, reports) = train_families(&families, &fit, &stop, &job.train, job.ensemble, job.method)?;
     let report = &reports[0].train;
@@ -746,20 +569,22 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let baseline = baseline_metrics(&fit, &holdout, job.train.token_loss_weight);
 
     // Domain of competence over every training prompt (never the held-out ones).
-    let support = Support::new(
-        all.x.select(ndarray::Axis(0), &train_idx).view(),
-        all.mask.select(ndarray::Axis(0), &train_idx).view(),
-        DEFAULT_NEIGHBOURS,
-    );
-    let (mut shrink_weight, mut shrink_report) = choose_shrink(job, &logs, &files, &all, &stop_rows, &mlp, encoder)?;
+    let train_data = all.select(&train_idx);
+    let support = Support::new(train_data.x.view(), train_data.mask.view(), DEFAULT_NEIGHBOURS);
+    // The per-model means the graph shrinks towards: the fitted prompts' (as the MLPs' own).
+    let priors = Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0);
+    let mlp_models: Vec<usize> =
+        families.iter().zip(&reports).filter(|(_, r)| r.method == "mlp").flat_map(|(f, _)| f.models.iter().copied()).collect();
+    let (mut shrink_weight, shrink_choice) = choose_shrink(job, &logs, &files, &all, &stop_rows, &mlp_models, &mlp, &priors, encoder)?;
     // The factor head was fitted on the early-stopping prompts too (choosing its shrinkage there
     // would be in-sample) and is calibrated per model already: its quality is weighed against
     // the local prior instead (chosen by an inner cross-validation), its tokens are its own.
     let mut token_weight = shrink_weight.clone();
     let mut local_models = Vec::new();
+    let mut local_prior_choice = None;
     let factor_families: Vec<&Family> = families.iter().zip(&reports).filter(|(_, r)| r.method == "lowrank").map(|(f, _)| f).collect();
     if job.shrink.is_none() && !factor_families.is_empty() {
-        let (local_weights, local_report) = choose_local(job, &logs, &files, &all, &train_idx, &factor_families, encoder)?;
+        let (local_weights, local_choice) = choose_local(job, &logs, &files, &all, &train_idx, &factor_families, encoder)?;
         for f in &factor_families {
             for &j in &f.models {
                 shrink_weight[j] = local_weights[j].unwrap_or(1.0);
@@ -767,37 +592,29 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
                 local_models.push(j);
             }
         }
-        shrink_report["local_prior"] = local_report;
+        local_prior_choice = Some(local_choice);
     }
     // Its memory is the support index's keys: every training prompt, in the same order.
-    let local = local_models.iter().any(|&j| shrink_weight[j] < 1.0).then(|| {
-        let (quality, mask) = (all.quality.select(ndarray::Axis(0), &train_idx), all.mask.select(ndarray::Axis(0), &train_idx));
-        super::LocalPrior::new(&quality, &mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA)
-    });
-    let shrink =
-        Shrink { weight: shrink_weight.clone(), token_weight, local, ..Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 1.0) };
+    let local = local_models
+        .iter()
+        .any(|&j| shrink_weight[j] < 1.0)
+        .then(|| super::LocalPrior::new(&train_data.quality, &train_data.mask, &local_models, LOCAL_NEIGHBOURS, LOCAL_KAPPA));
+    let shrink = Shrink { weight: shrink_weight.clone(), token_weight, local, ..priors };
     // The metrics of the head as exported (shrinkage included).
     let validation = shrunk_metrics(&mlp, &shrink, &support, &holdout, job.train.token_loss_weight);
     if !quiet {
-        let files: Vec<String> = shrink_report["files"]
-            .as_array()
-            .map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect())
-            .unwrap_or_default();
-        let local: Vec<String> = shrink_report["local_prior"]["files"]
-            .as_array()
-            .map(|f| f.iter().map(|f| format!("{} -> {}", f["file"].as_str().unwrap_or(""), f["weight"])).collect())
-            .unwrap_or_default();
+        let describe = |files: &[FileChoice]| files.iter().map(|f| format!("{} -> {}", f.file, f.weight)).collect::<Vec<_>>().join(", ");
         if reports.iter().any(|r| r.method == "mlp") {
             eprintln!(
                 "MLP families, shrinkage towards each model's mean ({}): {}",
-                shrink_report["chosen"].as_str().unwrap_or(""),
-                if files.is_empty() { shrink_report["weight"].to_string() } else { files.join(", ") }
+                shrink_choice.chosen,
+                if shrink_choice.files.is_empty() { shrink_choice.other_models.to_string() } else { describe(&shrink_choice.files) }
             );
         }
-        if !local.is_empty() {
+        if let Some(c) = local_prior_choice.as_ref().filter(|c| !c.files.is_empty()) {
             eprintln!(
                 "factor families, weight of the factor head against the local prior (inner 5-fold cross-validation): {}",
-                local.join(", ")
+                describe(&c.files)
             );
         }
         let methods: Vec<&str> = reports.iter().map(|r| r.method).collect();
@@ -809,15 +626,51 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let producer = [("producer".to_string(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))];
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &producer);
     let digest = sha256_hex(&bytes);
-    let files: Vec<_> = job
+    let file_refs: Vec<FileRef> = job
         .data
         .iter()
-        .map(|p| {
-            let sha = std::fs::read(p).map(|b| sha256_hex(&b)).unwrap_or_default();
-            json!({ "path": p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), "sha256": sha })
+        .map(|p| FileRef {
+            path: p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha256: std::fs::read(p).map(|b| sha256_hex(&b)).unwrap_or_default(),
         })
         .collect();
-    let counts = logs.model_counts();
+    let ids = |cols: &[usize]| cols.iter().map(|&j| logs.models[j].clone()).collect::<Vec<_>>();
+    let mut first_unit = 0;
+    let family_specs: Vec<FamilySpec> = families
+        .iter()
+        .zip(&reports)
+        .map(|(f, r)| {
+            let spec = FamilySpec {
+                files: f.files.iter().map(|p| p.display().to_string()).collect(),
+                models: ids(&f.models),
+                first_unit,
+                units: r.kind.units(),
+                head: r.kind.clone(),
+                quality_prior: if r.method == "lowrank" && shrink.local.is_some() {
+                    QualityPrior::LocalMean
+                } else {
+                    QualityPrior::GlobalMean
+                },
+            };
+            first_unit += spec.units;
+            spec
+        })
+        .collect();
+    // A model observed on no training prompt belongs to no family: its column is a constant,
+    // and the manifest lists it as a family of its own with no units.
+    let orphans: Vec<usize> = (0..logs.models.len()).filter(|j| !families.iter().any(|f| f.models.contains(j))).collect();
+    let mut family_specs = family_specs;
+    if !orphans.is_empty() {
+        family_specs.push(FamilySpec {
+            files: Vec::new(),
+            models: ids(&orphans),
+            first_unit,
+            units: 0,
+            head: FamilyKind::Unobserved,
+            quality_prior: QualityPrior::GlobalMean,
+        });
+    }
+    let counts: Vec<usize> = (0..logs.models.len()).map(|j| train_data.mask.column(j).iter().filter(|&&v| v > 0.0).count()).collect();
     let manifest = HeadManifest {
         format: HEAD_FORMAT.into(),
         head_id: format!("{}-{}", job.name, &digest[..8]),
@@ -825,61 +678,61 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         graph_sha256: digest,
         encoder: EncoderRef { id: encoder.id().to_string(), dimension: encoder.dimension() },
         models: logs.models.clone(),
-        trained_on: json!({
-            "files": files,
-            "prompts": logs.prompts.len(),
-            "observations": logs.observations.len(),
-            "density": logs.density(),
-            "skipped_lines": logs.skipped_lines,
-            "observations_per_model": logs.models.iter().zip(&counts).map(|(m, c)| (m.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
-        }),
-        validation: json!({
-            "split": if job.holdout.is_some() { "by prompt, given (a cross-validation fold); held-out prompts never used for fitting or early stopping" } else { "by prompt; held-out prompts never used for fitting or early stopping" },
-            "fraction": holdout_idx.len() as f64 / logs.prompts.len().max(1) as f64,
-            "prompts": holdout_idx.len(),
-            "prompt_ids": holdout_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect::<Vec<_>>(),
-            "head": metrics_json(&validation),
-            "head_before_shrinkage": metrics_json(&raw_validation),
-            "baseline_per_model_mean": metrics_json(&baseline),
-        }),
-        training: json!({
-            "architecture": format!("embeddings[{}] -> relu({}) -> sigmoid quality[{m}], exp-1 tokens[{m}]; neighbour support[{m}]", encoder.dimension(), job.train.hidden, m = logs.models.len()),
-            "hidden": job.train.hidden,
-            "epochs_max": job.train.epochs,
-            "epochs_run": report.epochs_run,
-            "best_epoch": report.best_epoch,
-            "ensemble": job.ensemble,
-            "families": families.iter().zip(&reports).map(|(f, r)| json!({
-                "files": f.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                "models": f.models.len(),
-                "method": r.method,
-                "epochs_run": r.train.epochs_run,
-                "best_epoch": r.train.best_epoch,
-            })).collect::<Vec<_>>(),
-            "method": format!("{:?}", job.method).to_lowercase(),
-            "lowrank": { "rank_quality": 2, "rank_tokens": 4, "ridge": 3.0, "folds": 5, "link_l2": 0.01, "min_coverage": 0.95 },
-            "batch_size": job.train.batch_size,
-            "learning_rate": job.train.learning_rate,
-            "weight_decay": job.train.weight_decay,
-            "token_loss_weight": job.train.token_loss_weight,
-            "patience": job.train.patience,
-            "seed": job.train.seed,
-            "fit_prompts": fit_rows.len(),
-            "early_stop_prompts": stop_rows.len(),
-            "seconds": train_seconds,
-            "support": {
-                "neighbours": support.k,
-                "prompts": train_idx.len(),
-                "rates": support.rates(),
+        architecture: Architecture { hidden_units: mlp.hidden_dim(), families: family_specs, added: Vec::new() },
+        shrinkage: Shrinkage {
+            quality_weight: shrink.weight.to_vec(),
+            token_weight: shrink.token_weight.to_vec(),
+            local_prior: shrink.local.as_ref().map(|l| LocalPriorSpec { neighbours: l.k, kappa: l.kappa, memory_prompts: l.keys }),
+        },
+        support: SupportIndex { neighbours: support.k, prompts: support.keys.nrows(), rates: support.rates() },
+        trained_on: TrainedOn {
+            files: file_refs,
+            prompts: logs.prompts.len(),
+            training_prompts: train_idx.len(),
+            observations: logs.observations.len(),
+            density: logs.density(),
+            skipped_lines: logs.skipped_lines,
+            training_observations_per_model: logs.models.iter().cloned().zip(counts).collect(),
+        },
+        validation: Validation {
+            split: if job.holdout.is_some() {
+                "by prompt, given (a cross-validation fold); held-out prompts never used for any training choice".into()
+            } else {
+                "by prompt; held-out prompts never used for any training choice".into()
             },
-            "shrink": shrink_report,
-        }),
+            fraction: holdout_idx.len() as f64 / logs.prompts.len().max(1) as f64,
+            prompts: holdout_idx.len(),
+            prompt_ids: holdout_idx.iter().map(|&i| logs.prompts[i].id.clone()).collect(),
+            head: held_out(&validation),
+            head_before_shrinkage: held_out(&raw_validation),
+            baseline_per_model_mean: held_out(&baseline),
+        },
+        training: Training {
+            method: format!("{:?}", job.method).to_lowercase(),
+            seed: job.train.seed,
+            fit_prompts: fit_rows.len(),
+            early_stop_prompts: stop_rows.len(),
+            mlp: MlpSettings {
+                hidden: job.train.hidden,
+                ensemble: job.ensemble,
+                epochs_max: job.train.epochs,
+                batch_size: job.train.batch_size,
+                learning_rate: job.train.learning_rate,
+                weight_decay: job.train.weight_decay,
+                token_loss_weight: job.train.token_loss_weight,
+                patience: job.train.patience,
+            },
+            seconds: train_seconds,
+            shrink_choice,
+            local_prior_choice,
+        },
         created_at: now_rfc3339(),
     };
+    // What is written is what the server will accept.
+    manifest.validate().map_err(|e| JobError::Invalid { field: "manifest", limit: "consistent (a bug if not)", value: e })?;
     std::fs::create_dir_all(&job.out_dir).map_err(|source| JobError::Write { path: job.out_dir.clone(), source })?;
     write_atomically(&job.out_dir.join("head.onnx"), &bytes)?;
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises. This is a bug.");
-    write_atomically(&job.out_dir.join("manifest.json"), text.as_bytes())?;
+    write_atomically(&job.out_dir.join("manifest.json"), manifest.to_json().as_bytes())?;
     Ok(TrainSummary {
         manifest,
         validation,
@@ -904,6 +757,33 @@ mod tests {
         // Models 0 and 1 observed on the first half, model 2 on the second: two families.
         let mask = Array2::from_shape_fn((n, 3), |(r, c)| if (r < n / 2) == (c < 2) { 1.0 } else { 0.0 });
         Dataset { x, quality, log_tokens, mask }
+    }
+
+    #[test]
+    fn a_model_seen_only_on_held_out_prompts_shapes_no_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |p: &str, m: &str| format!(r#"{{"prompt_id":"{p}","prompt":"text {p}","model":"{m}","score":1,"output_tokens":5}}"#);
+        // File a: models a1, a2 on p1; on the held-out p2, also `shared`, which file b has too.
+        let a = dir.path().join("a.jsonl");
+        let b = dir.path().join("b.jsonl");
+        std::fs::write(&a, [line("p1", "a1"), line("p1", "a2"), line("p2", "a1"), line("p2", "shared")].join("\n")).unwrap();
+        std::fs::write(&b, [line("q1", "b1"), line("q1", "shared")].join("\n")).unwrap();
+        let paths = vec![a, b];
+        let logs = read_logs(&paths, true).unwrap();
+        let id = |m: &str| logs.models.iter().position(|x| x == m).unwrap();
+        let families = |training: &[&str]| {
+            let files = log_files(&paths, &logs, &training.iter().copied().collect()).unwrap();
+            let mut f: Vec<Vec<usize>> = model_families(&files).into_iter().map(|f| f.models).collect();
+            f.sort();
+            f
+        };
+        // With p2 held out, `shared` belongs to file b only: two families.
+        let mut expected = vec![vec![id("a1"), id("a2")], vec![id("b1"), id("shared")]];
+        expected.iter_mut().for_each(|f| f.sort());
+        expected.sort();
+        assert_eq!(families(&["p1", "q1"]), expected);
+        // Trained on, p2 joins the two files into one family.
+        assert_eq!(families(&["p1", "p2", "q1"]).len(), 1);
     }
 
     #[test]

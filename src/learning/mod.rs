@@ -36,7 +36,7 @@ pub mod tune;
 pub use data::{read_logs, LogRecord, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
 pub use dataset::{folds, split_by_prompt, Dataset};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
-pub use onnx::{export, export_with_support, import, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
+pub use onnx::{export, export_with_support, graph_facts, import, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
 pub use shrink::{LocalPrior, Shrink};
 pub use support::{Support, DEFAULT_NEIGHBOURS, SUPPORT_OUTPUT};

@@ -277,6 +277,23 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
     Ok((mlp, support, shrink))
 }
 
+/// What the head manifest describes of a graph written by [`export_with_support`] (hidden
+/// units, outputs, support index, shrinkage), for `HeadManifest::check_graph`.
+pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFacts, super::LearningError> {
+    use crate::predictor::manifest::{GraphFacts, LocalPriorSpec, Shrinkage, SupportIndex};
+    let (mlp, support, shrink) = import(bytes)?;
+    Ok(GraphFacts {
+        hidden_units: mlp.hidden_dim(),
+        models: mlp.wq().ncols(),
+        support: support.map(|s| SupportIndex { neighbours: s.k, prompts: s.keys.nrows(), rates: s.rates() }),
+        shrinkage: shrink.map(|s| Shrinkage {
+            quality_weight: s.weight.to_vec(),
+            token_weight: s.token_weight.to_vec(),
+            local_prior: s.local.map(|l| LocalPriorSpec { neighbours: l.k, kappa: l.kappa, memory_prompts: l.keys }),
+        }),
+    })
+}
+
 /// A float initializer; `raw_data` holds the values little-endian, row-major.
 fn tensor<'a>(name: &str, dims: &[usize], values: impl Iterator<Item = &'a f32>) -> TensorProto {
     TensorProto {

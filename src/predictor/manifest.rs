@@ -1,0 +1,683 @@
+//! The head manifest (`models/router/manifest.json`): the one contract between the trainer
+//! (`learning::job` and `learning::extend` write it) and the server (`predictor::Head` reads it).
+//!
+//! Every part is typed and every struct denies unknown fields, so a key the writer renamed or the
+//! reader does not know fails the load with serde's message naming it, instead of silently
+//! reading as absent. [`HeadManifest::parse`] checks the format first (so an older manifest gets
+//! "retrain" rather than a missing-key message), then the shape, then that the parts agree with
+//! each other ([`HeadManifest::validate`]); [`HeadManifest::check_graph`] then checks that the
+//! manifest says what the graph really is (hidden units per family, the support index's
+//! neighbours and rates, the shrinkage weights), because the domain rule reads the manifest's
+//! support settings and must read the graph's.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Manifest format written and read by this version.
+pub const HEAD_FORMAT: &str = "pointsman-head/2";
+
+/// Which encoder produced the embeddings the head was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderRef {
+    /// Encoder id, e.g. "all-MiniLM-L6-v2/int8".
+    pub id: String,
+    /// Embedding dimension.
+    pub dimension: usize,
+}
+
+/// `models/router/manifest.json`, format [`HEAD_FORMAT`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadManifest {
+    /// Always [`HEAD_FORMAT`].
+    pub format: String,
+    /// Short id of this head (name plus content hash); part of the router version.
+    pub head_id: String,
+    /// The graph file, relative to the manifest.
+    pub graph: String,
+    /// Hex SHA-256 of the graph file.
+    pub graph_sha256: String,
+    /// The encoder it was trained on.
+    pub encoder: EncoderRef,
+    /// Model ids in output order.
+    pub models: Vec<String>,
+    /// What the graph computes: its hidden units, per model family.
+    pub architecture: Architecture,
+    /// How far each model's predictions are pulled towards a prior, as the graph applies it.
+    pub shrinkage: Shrinkage,
+    /// The support index the domain rule needs (the graph's `support` output).
+    pub support: SupportIndex,
+    /// What it was trained on.
+    pub trained_on: TrainedOn,
+    /// Held-out prompts and metrics.
+    pub validation: Validation,
+    /// Training settings and the choices made on the training prompts.
+    pub training: Training,
+    /// When it was written, RFC 3339.
+    pub created_at: String,
+}
+
+/// The graph: `embeddings -> hidden units (ReLU) -> quality (sigmoid), log tokens`, the hidden
+/// units split into contiguous blocks, one per family (a family's units feed only its models).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    /// Hidden units of the exported graph, all families together.
+    pub hidden_units: usize,
+    /// The model families, in unit order.
+    pub families: Vec<FamilySpec>,
+    /// Models added later by `pointsman extend` (an output column on every hidden unit).
+    pub added: Vec<AddedModel>,
+}
+
+/// One model family: log files sharing models, trained as one head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilySpec {
+    /// The log files (as given to `train`).
+    pub files: Vec<String>,
+    /// Its models (ids, in output order).
+    pub models: Vec<String>,
+    /// First hidden unit of the family.
+    pub first_unit: usize,
+    /// Hidden units of the family.
+    pub units: usize,
+    /// What kind of head it is (`kind`: `factor_head` or `mlp_ensemble`, and its settings).
+    pub head: FamilyKind,
+    /// The prior its quality predictions are weighed against.
+    pub quality_prior: QualityPrior,
+}
+
+/// The kind of head a family got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FamilyKind {
+    /// Ridge-predicted factors of the score matrix and a link per model (`learning::lowrank`),
+    /// exported as `2 * (rank_quality + rank_tokens)` units (`z = relu(z) - relu(-z)`).
+    FactorHead {
+        /// Quality factors.
+        rank_quality: usize,
+        /// Log-token factors.
+        rank_tokens: usize,
+        /// Ridge penalty from embeddings to quality factors.
+        ridge_quality: f64,
+        /// Ridge penalty from embeddings to token factors.
+        ridge_tokens: f64,
+        /// Folds of the out-of-fold factors the links are fitted on.
+        folds: usize,
+        /// L2 penalty of each model's link slopes.
+        link_l2: f64,
+        /// Share of the prompts a model must be observed on to shape the factors.
+        min_coverage: f64,
+    },
+    /// `members` MLPs of `hidden` ReLU units each, averaged (`hidden * members` units).
+    MlpEnsemble {
+        /// Hidden units per member.
+        hidden: usize,
+        /// Members (seeds `seed`, `seed + 1`, ...).
+        members: usize,
+        /// Epochs the first member ran.
+        epochs_run: usize,
+        /// Epoch whose weights the first member kept.
+        best_epoch: usize,
+    },
+    /// Models observed on no training prompt (only on held-out ones): no units, a constant column.
+    Unobserved,
+}
+
+impl FamilyKind {
+    /// Hidden units this kind exports.
+    pub fn units(&self) -> usize {
+        match self {
+            FamilyKind::FactorHead { rank_quality, rank_tokens, .. } => 2 * (rank_quality + rank_tokens),
+            FamilyKind::MlpEnsemble { hidden, members, .. } => hidden * members,
+            FamilyKind::Unobserved => 0,
+        }
+    }
+}
+
+/// The prior a family's quality predictions are pulled towards (weights in [`Shrinkage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityPrior {
+    /// Each model's mean over the training prompts (an MLP family).
+    GlobalMean,
+    /// Each model's mean on the prompt's nearest training prompts ([`LocalPriorSpec`]; a
+    /// factor family).
+    LocalMean,
+}
+
+/// A model added by `pointsman extend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedModel {
+    /// Model id.
+    pub model: String,
+    /// The log files its labels came from.
+    pub files: Vec<String>,
+    /// Labelled prompts fitted on.
+    pub labels: usize,
+    /// Ridge penalty of its column.
+    pub l2: f64,
+    /// Held-out prompts of its own labels.
+    pub validation_prompts: usize,
+    /// Held-out Brier score of its column.
+    pub brier: f64,
+    /// Held-out Brier score of its mean.
+    pub baseline_brier: f64,
+    /// Held-out mean absolute error of log tokens.
+    pub log_tokens_mae: f64,
+    /// Same for its mean.
+    pub baseline_log_tokens_mae: f64,
+}
+
+/// `a * predicted + (1 - a) * prior`, per model, as the graph applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shrinkage {
+    /// `a` for quality, per model in output order (1 = the head's own prediction).
+    pub quality_weight: Vec<f32>,
+    /// `a` for log output tokens, per model in output order.
+    pub token_weight: Vec<f32>,
+    /// The local quality prior, when some model has one.
+    pub local_prior: Option<LocalPriorSpec>,
+}
+
+/// The local quality prior: a model's mean on the query's nearest training prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPriorSpec {
+    /// Neighbours averaged over.
+    pub neighbours: usize,
+    /// Pseudo-count of the model's global mean.
+    pub kappa: f32,
+    /// Support-index keys (from the first) that are its memory.
+    pub memory_prompts: usize,
+}
+
+/// The support index: training prompts and which models were observed on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportIndex {
+    /// Neighbours the support output averages over (the domain rule's `k`).
+    pub neighbours: usize,
+    /// Prompts in the index (training prompts only, plus those `extend` added).
+    pub prompts: usize,
+    /// Each model's observation rate over the indexed prompts, in output order.
+    pub rates: Vec<f32>,
+}
+
+/// A log file trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    /// File name.
+    pub path: String,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+}
+
+/// What the head was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainedOn {
+    /// The log files.
+    pub files: Vec<FileRef>,
+    /// Prompts in the logs (training and held out).
+    pub prompts: usize,
+    /// Prompts used for training (the rest are held out).
+    pub training_prompts: usize,
+    /// Observations in the logs.
+    pub observations: usize,
+    /// Observed share of (prompt, model) pairs.
+    pub density: f64,
+    /// Malformed lines skipped.
+    pub skipped_lines: usize,
+    /// Observations per model on the training prompts.
+    pub training_observations_per_model: BTreeMap<String, usize>,
+}
+
+/// Held-out metrics over observed pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOutMetrics {
+    /// Observed (prompt, model) pairs averaged over.
+    pub observed_pairs: usize,
+    /// Training objective.
+    pub loss: f32,
+    /// Mean absolute quality error.
+    pub quality_mae: f32,
+    /// Brier score.
+    pub quality_brier: f32,
+    /// Mean absolute error of `ln(1 + tokens)`.
+    pub log_tokens_mae: f32,
+    /// Median absolute output-token error.
+    pub tokens_median_abs_error: f32,
+}
+
+/// The held-out split and the head's metrics on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validation {
+    /// How the split was made.
+    pub split: String,
+    /// Share of prompts held out.
+    pub fraction: f64,
+    /// Prompts held out.
+    pub prompts: usize,
+    /// Their ids (what `pointsman eval` evaluates on).
+    pub prompt_ids: Vec<String>,
+    /// The head as exported.
+    pub head: HeldOutMetrics,
+    /// The head before shrinkage.
+    pub head_before_shrinkage: HeldOutMetrics,
+    /// Each model's training mean.
+    pub baseline_per_model_mean: HeldOutMetrics,
+}
+
+/// Training settings and the choices made on the training prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// `auto`, `mlp` or `lowrank`.
+    pub method: String,
+    /// Seed of the splits and of the fits.
+    pub seed: u64,
+    /// Training prompts fitted on.
+    pub fit_prompts: usize,
+    /// Training prompts MLP early stopping and the shrinkage are chosen on.
+    pub early_stop_prompts: usize,
+    /// Optimiser settings of MLP families.
+    pub mlp: MlpSettings,
+    /// Seconds spent training.
+    pub seconds: f64,
+    /// How the shrinkage weights were chosen.
+    pub shrink_choice: ShrinkChoice,
+    /// How the local-prior weights were chosen (factor families).
+    pub local_prior_choice: Option<LocalChoice>,
+}
+
+/// Optimiser settings of MLP families.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSettings {
+    /// Hidden units per member.
+    pub hidden: usize,
+    /// Members per family.
+    pub ensemble: usize,
+    /// Maximum epochs.
+    pub epochs_max: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Adam step size.
+    pub learning_rate: f32,
+    /// L2 penalty on weights.
+    pub weight_decay: f32,
+    /// Weight of the log-token loss.
+    pub token_loss_weight: f32,
+    /// Early-stopping patience in epochs.
+    pub patience: usize,
+}
+
+/// One log file's choice of a weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileChoice {
+    /// The file.
+    pub file: String,
+    /// Prompts of its full matrix the choice was measured on (training prompts only).
+    pub prompts: usize,
+    /// Catalog models of that matrix.
+    pub models: usize,
+    /// The weight chosen for its models.
+    pub weight: f32,
+    /// Gap closed per weight of the grid.
+    pub gap_closed_by_weight: Vec<f64>,
+}
+
+/// How the shrinkage towards each model's global mean was chosen (MLP families).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShrinkChoice {
+    /// The rule that chose it.
+    pub chosen: String,
+    /// Weights tried.
+    pub grid: Vec<f32>,
+    /// Per log file.
+    pub files: Vec<FileChoice>,
+    /// Weight of models in no measured file.
+    pub other_models: f32,
+}
+
+/// How the local-prior weights of factor families were chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalChoice {
+    /// The rule that chose them.
+    pub chosen: String,
+    /// Weights tried (of the factor head against the local prior).
+    pub grid: Vec<f32>,
+    /// Per log file.
+    pub files: Vec<FileChoice>,
+}
+
+/// Just the format, read before the rest so an older manifest gets a clear message.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: Option<String>,
+}
+
+/// What [`HeadManifest::check_graph`] compares: the parts of a head graph the manifest describes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphFacts {
+    /// Hidden units.
+    pub hidden_units: usize,
+    /// Output columns.
+    pub models: usize,
+    /// The support index, if the graph has one.
+    pub support: Option<SupportIndex>,
+    /// The shrinkage, if the graph applies one.
+    pub shrinkage: Option<Shrinkage>,
+}
+
+impl HeadManifest {
+    /// Parses a manifest: the format first, then every key (unknown or missing ones are refused
+    /// by name), then [`HeadManifest::validate`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let format = serde_json::from_str::<FormatOnly>(text).map_err(|e| e.to_string())?.format;
+        match format.as_deref() {
+            Some(HEAD_FORMAT) => {}
+            Some(other) => {
+                return Err(format!(
+                    "`format` must be `{HEAD_FORMAT}`. Given: `{other}` (a head from another version: retrain it with `pointsman train`)"
+                ))
+            }
+            None => return Err(format!("missing field `format` (must be `{HEAD_FORMAT}`)")),
+        }
+        let manifest: HeadManifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// The manifest as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest serialises. This is a bug.")
+    }
+
+    /// Checks that the parts agree: per-model lists as long as `models`, every model in exactly
+    /// one family or added once, the families' units contiguous and summing to `hidden_units`,
+    /// each family's units what its kind exports, and a local prior where a family uses one.
+    pub fn validate(&self) -> Result<(), String> {
+        let m = self.models.len();
+        if m == 0 {
+            return Err("`models` is empty".into());
+        }
+        for (key, len) in [
+            ("support.rates", self.support.rates.len()),
+            ("shrinkage.quality_weight", self.shrinkage.quality_weight.len()),
+            ("shrinkage.token_weight", self.shrinkage.token_weight.len()),
+        ] {
+            if len != m {
+                return Err(format!("`{key}` has {len} entries, `models` has {m}"));
+            }
+        }
+        if self.support.neighbours == 0 || self.support.neighbours > self.support.prompts {
+            return Err(format!(
+                "`support.neighbours` must be in 1..={} (`support.prompts`). Given: {}",
+                self.support.prompts, self.support.neighbours
+            ));
+        }
+        let mut owner: BTreeMap<&str, usize> = self.models.iter().map(|id| (id.as_str(), 0)).collect();
+        if owner.len() != m {
+            return Err("`models` lists a model twice".into());
+        }
+        let listed = self.architecture.families.iter().flat_map(|f| &f.models).chain(self.architecture.added.iter().map(|a| &a.model));
+        for id in listed {
+            match owner.get_mut(id.as_str()) {
+                Some(n) => *n += 1,
+                None => return Err(format!("`architecture` names `{id}`, which is not in `models`")),
+            }
+        }
+        if let Some((id, n)) = owner.iter().find(|(_, &n)| n != 1) {
+            return Err(format!("model `{id}` is in {n} of `architecture.families` / `architecture.added` (must be exactly one)"));
+        }
+        let mut next = 0;
+        for (i, f) in self.architecture.families.iter().enumerate() {
+            if f.first_unit != next || f.units != f.head.units() {
+                return Err(format!(
+                    "`architecture.families[{i}]` has units {}..{} ({:?} exports {}); the next unit is {next}",
+                    f.first_unit,
+                    f.first_unit + f.units,
+                    f.head,
+                    f.head.units()
+                ));
+            }
+            if f.quality_prior == QualityPrior::LocalMean && self.shrinkage.local_prior.is_none() {
+                return Err(format!("`architecture.families[{i}].quality_prior` is `local_mean` but `shrinkage.local_prior` is null"));
+            }
+            next += f.units;
+        }
+        if next != self.architecture.hidden_units {
+            return Err(format!("`architecture.hidden_units` is {}, the families have {next}", self.architecture.hidden_units));
+        }
+        if let Some(l) = &self.shrinkage.local_prior {
+            if l.memory_prompts > self.support.prompts || l.neighbours == 0 {
+                return Err(format!(
+                    "`shrinkage.local_prior` averages {} of {} memory prompts; the support index has {}",
+                    l.neighbours, l.memory_prompts, self.support.prompts
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the manifest describes `graph`: its hidden units and output columns, its
+    /// support index (neighbours, prompts, per-model rates) and its shrinkage weights.
+    pub fn check_graph(&self, graph: &GraphFacts) -> Result<(), String> {
+        if graph.hidden_units != self.architecture.hidden_units {
+            return Err(format!("`architecture.hidden_units` is {}, the graph has {}", self.architecture.hidden_units, graph.hidden_units));
+        }
+        if graph.models != self.models.len() {
+            return Err(format!("the graph predicts {} models, `models` lists {}", graph.models, self.models.len()));
+        }
+        let Some(SupportIndex { neighbours: k, prompts, rates }) = &graph.support else {
+            return Err("the graph has no support index, which the domain rule needs (`support`)".into());
+        };
+        if (*k, *prompts) != (self.support.neighbours, self.support.prompts) {
+            return Err(format!(
+                "`support` says {} neighbours over {} prompts, the graph has {k} over {prompts}",
+                self.support.neighbours, self.support.prompts
+            ));
+        }
+        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0));
+        if !close(rates, &self.support.rates) {
+            return Err("`support.rates` differ from the graph's support index".into());
+        }
+        let s = &self.shrinkage;
+        match &graph.shrinkage {
+            Some(g) => {
+                if !close(&g.quality_weight, &s.quality_weight) {
+                    return Err("`shrinkage.quality_weight` differs from the graph's".into());
+                }
+                if !close(&g.token_weight, &s.token_weight) {
+                    return Err("`shrinkage.token_weight` differs from the graph's".into());
+                }
+                if g.local_prior != s.local_prior {
+                    return Err(format!("`shrinkage.local_prior` is {:?}, the graph's {:?}", s.local_prior, g.local_prior));
+                }
+            }
+            None if s.quality_weight.iter().chain(&s.token_weight).all(|&w| w == 1.0) && s.local_prior.is_none() => {}
+            None => return Err("`shrinkage` has weights below 1 but the graph applies none".into()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> HeadManifest {
+        let metrics = HeldOutMetrics {
+            observed_pairs: 1,
+            loss: 0.5,
+            quality_mae: 0.3,
+            quality_brier: 0.1,
+            log_tokens_mae: 0.4,
+            tokens_median_abs_error: 9.0,
+        };
+        HeadManifest {
+            format: HEAD_FORMAT.into(),
+            head_id: "t-00000000".into(),
+            graph: "head.onnx".into(),
+            graph_sha256: String::new(),
+            encoder: EncoderRef { id: "e".into(), dimension: 4 },
+            models: vec!["a".into(), "b".into(), "c".into()],
+            architecture: Architecture {
+                hidden_units: 12,
+                families: vec![FamilySpec {
+                    files: vec!["f.jsonl".into()],
+                    models: vec!["a".into(), "b".into()],
+                    first_unit: 0,
+                    units: 12,
+                    head: FamilyKind::FactorHead {
+                        rank_quality: 2,
+                        rank_tokens: 4,
+                        ridge_quality: 3.0,
+                        ridge_tokens: 3.0,
+                        folds: 5,
+                        link_l2: 0.01,
+                        min_coverage: 0.95,
+                    },
+                    quality_prior: QualityPrior::LocalMean,
+                }],
+                added: vec![AddedModel {
+                    model: "c".into(),
+                    files: vec![],
+                    labels: 10,
+                    l2: 3.0,
+                    validation_prompts: 2,
+                    brier: 0.1,
+                    baseline_brier: 0.2,
+                    log_tokens_mae: 0.3,
+                    baseline_log_tokens_mae: 0.4,
+                }],
+            },
+            shrinkage: Shrinkage {
+                quality_weight: vec![0.25, 0.25, 0.5],
+                token_weight: vec![1.0; 3],
+                local_prior: Some(LocalPriorSpec { neighbours: 2, kappa: 1.0, memory_prompts: 4 }),
+            },
+            support: SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2] },
+            trained_on: TrainedOn {
+                files: vec![],
+                prompts: 6,
+                training_prompts: 4,
+                observations: 12,
+                density: 0.66,
+                skipped_lines: 0,
+                training_observations_per_model: BTreeMap::new(),
+            },
+            validation: Validation {
+                split: "by prompt".into(),
+                fraction: 0.33,
+                prompts: 2,
+                prompt_ids: vec!["p".into(), "q".into()],
+                head: metrics,
+                head_before_shrinkage: metrics,
+                baseline_per_model_mean: metrics,
+            },
+            training: Training {
+                method: "auto".into(),
+                seed: 1,
+                fit_prompts: 3,
+                early_stop_prompts: 1,
+                mlp: MlpSettings {
+                    hidden: 128,
+                    ensemble: 5,
+                    epochs_max: 200,
+                    batch_size: 64,
+                    learning_rate: 1e-3,
+                    weight_decay: 1e-4,
+                    token_loss_weight: 0.5,
+                    patience: 15,
+                },
+                seconds: 1.0,
+                shrink_choice: ShrinkChoice { chosen: "fixed".into(), grid: vec![], files: vec![], other_models: 1.0 },
+                local_prior_choice: None,
+            },
+            created_at: "now".into(),
+        }
+    }
+
+    fn facts() -> GraphFacts {
+        GraphFacts {
+            hidden_units: 12,
+            models: 3,
+            support: Some(SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2] }),
+            shrinkage: Some(manifest().shrinkage),
+        }
+    }
+
+    #[test]
+    fn a_written_manifest_reads_back_and_matches_its_graph() {
+        let m = manifest();
+        let back = HeadManifest::parse(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        back.check_graph(&facts()).unwrap();
+    }
+
+    /// Edits the manifest's JSON and returns the parse error.
+    fn refused(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v = serde_json::to_value(manifest()).unwrap();
+        edit(&mut v);
+        HeadManifest::parse(&v.to_string()).unwrap_err()
+    }
+
+    #[test]
+    fn renamed_missing_or_inconsistent_keys_are_refused_by_name() {
+        let e = refused(|v| {
+            let s = v.as_object_mut().unwrap().remove("support").unwrap();
+            v["domain_support"] = s;
+        });
+        assert!(e.contains("unknown field `domain_support`") && e.contains("`support`"), "{e}");
+        let e = refused(|v| {
+            v.as_object_mut().unwrap().remove("support");
+        });
+        assert!(e.contains("missing field `support`"), "{e}");
+        let e = refused(|v| {
+            let k = v["support"].as_object_mut().unwrap().remove("neighbours").unwrap();
+            v["support"]["k"] = k;
+        });
+        assert!(e.contains("unknown field `k`") && e.contains("`neighbours`"), "{e}");
+        let e = refused(|v| v["architecture"]["families"][0]["head"]["kind"] = "factor".into());
+        assert!(e.contains("unknown variant `factor`"), "{e}");
+        let e = refused(|v| v["format"] = "pointsman-head/1".into());
+        assert!(e.contains("`format` must be `pointsman-head/2`. Given: `pointsman-head/1`"), "{e}");
+        let e = refused(|v| v["support"]["rates"].as_array_mut().unwrap().pop().map(drop).unwrap());
+        assert!(e.contains("`support.rates` has 2 entries, `models` has 3"), "{e}");
+        let e = refused(|v| v["architecture"]["hidden_units"] = 24.into());
+        assert!(e.contains("`architecture.hidden_units` is 24, the families have 12"), "{e}");
+        let e = refused(|v| v["architecture"]["families"][0]["models"].as_array_mut().unwrap().push("c".into()));
+        assert!(e.contains("model `c` is in 2"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_that_misdescribes_its_graph_is_refused() {
+        let m = manifest();
+        let support = |neighbours, rates: &[f32]| Some(SupportIndex { neighbours, prompts: 5, rates: rates.to_vec() });
+        let e = m.check_graph(&GraphFacts { support: support(16, &[0.8, 0.8, 0.2]), ..facts() }).unwrap_err();
+        assert!(e.contains("`support` says 2 neighbours over 5 prompts, the graph has 16 over 5"), "{e}");
+        let e = m.check_graph(&GraphFacts { support: None, ..facts() }).unwrap_err();
+        assert!(e.contains("no support index"), "{e}");
+        let e = m.check_graph(&GraphFacts { hidden_units: 128, ..facts() }).unwrap_err();
+        assert!(e.contains("`architecture.hidden_units` is 12, the graph has 128"), "{e}");
+        let e = m.check_graph(&GraphFacts { support: support(2, &[0.8, 0.7, 0.2]), ..facts() }).unwrap_err();
+        assert!(e.contains("`support.rates`"), "{e}");
+        let e = m
+            .check_graph(&GraphFacts { shrinkage: Some(Shrinkage { quality_weight: vec![1.0; 3], ..m.shrinkage.clone() }), ..facts() })
+            .unwrap_err();
+        assert!(e.contains("`shrinkage.quality_weight`"), "{e}");
+    }
+}
