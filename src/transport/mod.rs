@@ -283,7 +283,7 @@ pub async fn serve(
     health.set_service_status("", ServingStatus::NotServing).await;
 
     // NOTE: tonic's own decoding limit sits above ours so that an oversized request gets our
-    // INVALID_ARGUMENT naming the limit; only absurd sizes hit tonic's RESOURCE_EXHAUSTED.
+    // INVALID_ARGUMENT naming the limit; only absurd sizes hit tonic's own OUT_OF_RANGE (which names the size and the limit too).
     let decode_limit = config.server.max_request_bytes.saturating_mul(4).max(4 << 20);
     let router = RouterServer::new(RouterService { service: Arc::clone(&service) }).max_decoding_message_size(decode_limit);
     let admin = AdminServer::new(AdminService { service: Arc::clone(&service) });
