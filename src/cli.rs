@@ -12,36 +12,62 @@ use crate::{
     transport::convert,
 };
 
+/// What `eval` (and `tune`) score and how.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Neighbours of the kNN baseline router.
+    pub knn_k: usize,
+    /// Every prompt of each file (logs the head never saw) instead of the head's held-out prompts.
+    pub all_prompts: bool,
+    /// With `all_prompts`, score files the head was trained on too (their prompts were its training data).
+    pub allow_training_prompts: bool,
+    /// Folder of the prompt-embedding cache `train` uses; `None` embeds everything.
+    pub embedding_cache: Option<std::path::PathBuf>,
+    /// No progress lines on standard error.
+    pub quiet: bool,
+}
+
 /// Evaluates the configured head on each log file: on the head's held-out prompts, or on every
-/// prompt with `all_prompts` (for logs the head never saw).
+/// prompt with `all_prompts` (for logs the head never saw; a file the manifest lists as trained
+/// on is refused unless `allow_training_prompts`).
 pub fn evaluate_all(
     config: &Config,
     data: &[std::path::PathBuf],
-    knn_k: usize,
-    all_prompts: bool,
+    options: &EvalOptions,
 ) -> anyhow::Result<Vec<crate::learning::eval::DatasetReport>> {
-    use crate::learning::eval::{collect_file, report, EvalSettings};
-    let settings = EvalSettings { out_of_domain_p: config.routing.out_of_domain_p, cost_scale: config.routing.cost_scale_usd, knn_k };
+    use crate::learning::eval::{collect_logs, eval_prompts, report, EvalSettings};
+    let settings = EvalSettings {
+        out_of_domain_p: config.routing.out_of_domain_p,
+        cost_scale: config.routing.cost_scale_usd,
+        knn_k: options.knn_k,
+        quiet: options.quiet,
+    };
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
     let head = crate::predictor::Head::load(env, &config.head.dir)?;
     let catalog = config.catalog()?;
     let mut reports = Vec::new();
     for f in data {
-        let prompts: Vec<String> = if all_prompts {
-            crate::learning::read_logs(std::slice::from_ref(f), false)?.prompts.into_iter().map(|p| p.id).collect()
-        } else {
-            head.manifest().validation.prompt_ids.clone()
-        };
-        anyhow::ensure!(!prompts.is_empty(), "the head's manifest lists no held-out prompts (validation.prompt_ids): retrain it with this version, or pass --all-prompts for logs it never saw");
-        reports.push(report(&collect_file(f, &encoder, &head, &catalog, &prompts, settings, None)?, settings.cost_scale));
+        let logs = crate::learning::read_logs(std::slice::from_ref(f), false)?;
+        let prompts = eval_prompts(head.manifest(), f, &logs, options.all_prompts, options.allow_training_prompts)?;
+        if !options.quiet {
+            let scored = if options.all_prompts {
+                "all of them".to_string()
+            } else {
+                let held: std::collections::HashSet<&str> = prompts.iter().map(String::as_str).collect();
+                format!("the {} the head held out", logs.prompts.iter().filter(|p| held.contains(p.id.as_str())).count())
+            };
+            eprintln!("{}: {} prompts, {} models; evaluating on {scored}", f.display(), logs.prompts.len(), logs.models.len());
+        }
+        let outcomes = collect_logs(f, &logs, &encoder, &head, &catalog, &prompts, settings, options.embedding_cache.as_deref())?;
+        reports.push(report(&outcomes, settings.cost_scale));
     }
     Ok(reports)
 }
 
 /// Evaluates and writes `report.json` and one SVG plot per file to `out`.
-pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, knn_k: usize, all_prompts: bool) -> anyhow::Result<()> {
-    write_reports(&evaluate_all(config, data, knn_k, all_prompts)?, out)
+pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, options: &EvalOptions) -> anyhow::Result<()> {
+    write_reports(&evaluate_all(config, data, options)?, out)
 }
 
 /// Prints each report's figures and writes `report.json` and one SVG plot per file to `out`.
@@ -89,7 +115,8 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
     let catalog = config.catalog()?;
-    let settings = EvalSettings { out_of_domain_p: config.routing.out_of_domain_p, cost_scale: config.routing.cost_scale_usd, knn_k };
+    let settings =
+        EvalSettings { out_of_domain_p: config.routing.out_of_domain_p, cost_scale: config.routing.cost_scale_usd, knn_k, quiet: true };
     let logs = crate::learning::read_logs(&job.data, job.strict)?;
     let fold_of = crate::learning::folds(logs.prompts.len(), folds, job.train.seed);
     let mut parts: Vec<Vec<crate::learning::eval::FileOutcomes>> = (0..job.data.len()).map(|_| Vec::new()).collect();
@@ -139,7 +166,7 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
 }
 
 /// Chooses a cost weight for `target`, prints what it delivers, and with `write` sets it as
-/// profile `name` in the config file at `config_path`.
+/// profile `name` in the config file at `config_path`. `options` says which prompts to score, as for `eval`.
 pub fn tune(
     config: &Config,
     config_path: &std::path::Path,
@@ -147,7 +174,7 @@ pub fn tune(
     target: crate::learning::tune::Target,
     name: &str,
     write: bool,
-    all_prompts: bool,
+    options: &EvalOptions,
 ) -> anyhow::Result<crate::learning::tune::Choice> {
     anyhow::ensure!(
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
@@ -157,7 +184,7 @@ pub fn tune(
         target.max_avg_cost.is_some() || target.min_quality_share.is_some() || target.max_top_share.is_some(),
         "give at least one target: --max-avg-cost, --min-quality-share or --max-top-share"
     );
-    let reports = evaluate_all(config, data, 25, all_prompts)?;
+    let reports = evaluate_all(config, data, options)?;
     let c = crate::learning::tune::choose(&reports, target)?;
     println!(
         "profile {name}: cost_weight = {:.6}\n  expected on {} validation prompts: mean quality {:.4} ({:.1}% of the best single model's {:.4}), mean cost ${:.6}/request ({:.0}% of its ${:.6}), {:.1}% of requests to the most expensive model",

@@ -103,9 +103,24 @@ struct EvalArgs {
     #[arg(long, env = "POINTSMAN_EVAL_KNN_K", default_value_t = 25)]
     knn_k: usize,
     /// Evaluate on every prompt of the files (logs the head never saw) instead of the head's
-    /// held-out prompts.
+    /// held-out prompts. A file the head was trained on (its SHA-256 is in the manifest) is
+    /// refused: its prompts were the head's training data.
     #[arg(long, env = "POINTSMAN_EVAL_ALL_PROMPTS")]
     all_prompts: bool,
+    /// With --all-prompts, score files the head was trained on anyway (the figures then measure
+    /// the head on its own training prompts, not on new ones).
+    #[arg(long, requires = "all_prompts")]
+    allow_training_prompts: bool,
+    /// Folder of the on-disk prompt-embedding cache (shared with `train`), so a second run over
+    /// the same logs skips the encoder. Default: $XDG_CACHE_HOME or ~/.cache, `pointsman/embeddings`.
+    #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
+    embedding_cache: Option<PathBuf>,
+    /// Embed every prompt, without reading or writing the cache.
+    #[arg(long)]
+    no_embedding_cache: bool,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -128,9 +143,13 @@ struct TuneArgs {
     /// Write the profile into the config file (comments and other keys are kept).
     #[arg(long)]
     write: bool,
-    /// Use every prompt of the files instead of the head's held-out prompts.
+    /// Use every prompt of the files instead of the head's held-out prompts (logs the head never
+    /// saw; a file it was trained on is refused, as in `eval`).
     #[arg(long)]
     all_prompts: bool,
+    /// With --all-prompts, use files the head was trained on anyway.
+    #[arg(long, requires = "all_prompts")]
+    allow_training_prompts: bool,
 }
 
 /// A seed in decimal or 0x-prefixed hex, as the README writes the shipped one.
@@ -149,8 +168,10 @@ struct TrainArgs {
     /// Repeat the flag for several files. Sparse logs (one model per prompt) are fine.
     #[arg(long = "data", env = "POINTSMAN_TRAIN_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
-    /// Output folder for head.onnx and manifest.json (the serving default is models/router).
-    #[arg(long, env = "POINTSMAN_TRAIN_OUT", default_value = "models/router")]
+    /// Output folder for head.onnx and manifest.json (with --cv: the fold heads and report).
+    /// Required, with no default, so a first try never overwrites the served head; pass
+    /// `--out models/router` (the config's `head.dir`) to replace it.
+    #[arg(long, env = "POINTSMAN_TRAIN_OUT", required = true)]
     out: PathBuf,
     /// Share of prompts held out (by prompt) for the validation metrics in the manifest.
     #[arg(long, env = "POINTSMAN_TRAIN_VAL_FRACTION", default_value_t = 0.2)]
@@ -290,8 +311,26 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Default for the embedding-cache flags `train` and `eval` share: the given folder, the default
+/// folder, or none with `--no-embedding-cache`.
+fn embedding_cache(dir: Option<PathBuf>, off: bool) -> Option<PathBuf> {
+    (!off).then(|| dir.unwrap_or_else(pointsman::learning::embed_cache::EmbeddingCache::default_dir))
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes, without the backtrace anyhow's Debug adds under
+            // RUST_BACKTRACE: these are user errors, not crashes.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.log_format.as_str(), "text" | "json") {
         anyhow::bail!("--log-format must be `text` or `json`. Given: `{}`", cli.log_format);
@@ -326,7 +365,14 @@ async fn main() -> anyhow::Result<()> {
             pointsman::cli::route(cfg, request, a.json).await?;
         }
         Command::Eval(a) => {
-            tokio::task::spawn_blocking(move || pointsman::cli::eval(&cfg, &a.data, &a.out, a.knn_k, a.all_prompts)).await??;
+            let options = pointsman::cli::EvalOptions {
+                knn_k: a.knn_k,
+                all_prompts: a.all_prompts,
+                allow_training_prompts: a.allow_training_prompts,
+                embedding_cache: embedding_cache(a.embedding_cache, a.no_embedding_cache),
+                quiet: a.quiet,
+            };
+            tokio::task::spawn_blocking(move || pointsman::cli::eval(&cfg, &a.data, &a.out, &options)).await??;
         }
         Command::Extend(a) => {
             anyhow::ensure!(a.val_fraction > 0.0 && a.val_fraction < 0.9, "--val-fraction must be in (0, 0.9). Given: {}", a.val_fraction);
@@ -360,8 +406,14 @@ async fn main() -> anyhow::Result<()> {
                 min_quality_share: a.min_quality_share,
                 max_top_share: a.max_top_share,
             };
-            tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, a.all_prompts))
-                .await??;
+            let options = pointsman::cli::EvalOptions {
+                knn_k: 25,
+                all_prompts: a.all_prompts,
+                allow_training_prompts: a.allow_training_prompts,
+                embedding_cache: None,
+                quiet: true,
+            };
+            tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, &options)).await??;
         }
         Command::Train(a) => {
             let job = TrainJob {
@@ -377,8 +429,7 @@ async fn main() -> anyhow::Result<()> {
                 ensemble: a.ensemble,
                 method: a.method,
                 holdout: None,
-                embedding_cache: (!a.no_embedding_cache)
-                    .then(|| a.embedding_cache.unwrap_or_else(pointsman::learning::embed_cache::EmbeddingCache::default_dir)),
+                embedding_cache: embedding_cache(a.embedding_cache, a.no_embedding_cache),
                 train: TrainConfig {
                     hidden: a.hidden,
                     epochs: a.epochs,

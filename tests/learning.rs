@@ -1,5 +1,6 @@
 //! Training on the real shared data with the real encoder: the exported ONNX head reproduces the
 //! trainer's predictions, sparse logs train, and `pointsman train` works end to end.
+mod cli_ux;
 mod common;
 
 use std::{io::Write, process::Command};
@@ -178,9 +179,8 @@ fn write_log(path: &std::path::Path, lines: &[String]) {
     }
 }
 
-#[test]
-fn train_command_writes_a_servable_head_and_reports_bad_lines() {
-    // A small real log: the first 120 alpaca prompts, all their models.
+/// The lines of the first `n` prompts of the shared alpaca_eval2 log (all their models).
+fn first_alpaca_prompts(n: usize) -> Vec<String> {
     let text = {
         use std::io::Read;
         let mut s = String::new();
@@ -194,11 +194,18 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     for l in text.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         ids.insert(v["prompt_id"].as_str().unwrap().to_string());
-        if ids.len() > 120 {
+        if ids.len() > n {
             break;
         }
         lines.push(l.to_string());
     }
+    lines
+}
+
+#[test]
+fn train_command_writes_a_servable_head_and_reports_bad_lines() {
+    // A small real log: the first 120 alpaca prompts, all their models.
+    let lines = first_alpaca_prompts(120);
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.jsonl");
     write_log(&good, &lines);
@@ -261,8 +268,14 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
 fn eval_command_reports_frontiers_on_held_out_prompts() {
     let dir = tempfile::tempdir().unwrap();
     let data = shared_data().join("alpaca_eval2/train.jsonl.gz");
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_pointsman")).args(["eval", "--data"]).arg(&data).arg("--out").arg(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pointsman"))
+        .env("XDG_CACHE_HOME", dir.path())
+        .args(["eval", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
     let r = &reports[0];

@@ -17,8 +17,14 @@ use serde::Serialize;
 use super::{
     frontier::{aiq, calibration_error, cost_to_reach, envelope, Point},
     job::{embed_prompts, embed_prompts_cached},
-    read_logs, LearningError,
+    read_logs, LearningError, RoutingLogs,
 };
+mod plot;
+mod select;
+
+pub use plot::svg;
+pub use select::{eval_prompts, trained_on};
+
 use crate::{
     catalog::Catalog,
     encoder::{text::TOKENS_PER_MESSAGE, Encoder, EncoderError},
@@ -28,6 +34,9 @@ use crate::{
 
 /// Share of the prompts a model must have answered to join a full matrix.
 pub const MIN_COVERAGE: f64 = 0.95;
+
+/// Fewest prompts of a log file an evaluation scores (fewer make the figures noise).
+pub const MIN_EVAL_PROMPTS: usize = 20;
 
 /// Picks a full matrix out of sparse outcomes: of `candidates`, the models that answered at least
 /// [`MIN_COVERAGE`] of `prompts`, then the prompts that all of those answered.
@@ -68,6 +77,41 @@ pub enum EvalError {
     /// The head failed.
     #[error(transparent)]
     Head(#[from] HeadError),
+    /// Too few of the file's prompts are held out by the head to evaluate it on them.
+    #[error(
+        "{file}: the head holds out {held_out} of its {prompts} prompts (the manifest's validation.prompt_ids); eval needs >= {min}. {hint}",
+        min = MIN_EVAL_PROMPTS
+    )]
+    NotHeldOut {
+        /// The log file.
+        file: String,
+        /// Its prompts the head held out from training.
+        held_out: usize,
+        /// Its prompts.
+        prompts: usize,
+        /// What to do instead.
+        hint: String,
+    },
+    /// `--all-prompts` on a file the head was trained on, without `--allow-training-prompts`.
+    #[error(
+        "{file}: refusing --all-prompts: the head was trained on this file (its SHA-256 matches `{trained_as}` in the manifest's trained_on.files), so its prompts were the head's training data and scoring them measures memory, not routing. Drop --all-prompts to evaluate on the {held_out} of its prompts the head held out, or pass --allow-training-prompts to score every prompt anyway"
+    )]
+    TrainingData {
+        /// The log file.
+        file: String,
+        /// Its name in the manifest.
+        trained_as: String,
+        /// Its prompts the head held out from training.
+        held_out: usize,
+    },
+    /// The log file could not be read for its hash.
+    #[error("{file}: cannot read it: {source}")]
+    Read {
+        /// The log file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Not enough data to evaluate.
     #[error("{file}: {message}")]
     Data {
@@ -227,6 +271,8 @@ pub struct EvalSettings {
     pub cost_scale: f64,
     /// Neighbours of the kNN baseline.
     pub knn_k: usize,
+    /// No progress lines on standard error.
+    pub quiet: bool,
 }
 
 /// One log file's evaluation matrices, [prompts, models]: what happened, and what each router
@@ -260,14 +306,29 @@ pub fn collect_file(
     settings: EvalSettings,
     embedding_cache: Option<&std::path::Path>,
 ) -> Result<FileOutcomes, EvalError> {
-    let EvalSettings { out_of_domain_p, knn_k, .. } = settings;
+    let logs = read_logs(std::slice::from_ref(file), false)?;
+    collect_logs(file, &logs, encoder, head, catalog, heldout, settings, embedding_cache)
+}
+
+/// [`collect_file`] on the file's logs, already read.
+#[allow(clippy::too_many_arguments)]
+pub fn collect_logs(
+    file: &std::path::Path,
+    logs: &RoutingLogs,
+    encoder: &Encoder,
+    head: &Head,
+    catalog: &Catalog,
+    heldout: &[String],
+    settings: EvalSettings,
+    embedding_cache: Option<&std::path::Path>,
+) -> Result<FileOutcomes, EvalError> {
+    let EvalSettings { out_of_domain_p, knn_k, quiet, .. } = settings;
     let name = file.display().to_string();
     let data_err = |message: String| EvalError::Data { file: name.clone(), message };
-    let logs = read_logs(std::slice::from_ref(file), false)?;
     let held: std::collections::HashSet<&str> = heldout.iter().map(String::as_str).collect();
     let (eval_p, mem_p): (Vec<usize>, Vec<usize>) = (0..logs.prompts.len()).partition(|&i| held.contains(logs.prompts[i].id.as_str()));
-    if eval_p.len() < 20 {
-        return Err(data_err(format!("only {} of its prompts are held out by the head; need >= 20", eval_p.len())));
+    if eval_p.len() < MIN_EVAL_PROMPTS {
+        return Err(data_err(format!("only {} of its prompts are held out by the head; need >= {MIN_EVAL_PROMPTS}", eval_p.len())));
     }
     // Observations by (prompt, model).
     let mut obs: HashMap<(usize, usize), (f64, u32)> = HashMap::new();
@@ -287,14 +348,14 @@ pub fn collect_file(
     }
     let (n, k) = (eval_p.len(), models.len());
 
-    let texts: Vec<&str> = eval_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
-    let embed = |texts: &[&str]| match embedding_cache {
-        Some(dir) => embed_prompts_cached(encoder, texts, Some(dir), true).map(|(x, _)| x),
-        None => embed_prompts(encoder, texts, true),
-    };
-    let x = embed(&texts)?;
-    let mem_texts: Vec<&str> = mem_p.iter().map(|&p| logs.prompts[p].text.as_str()).collect();
-    let mem_x = embed(&mem_texts)?;
+    // The evaluated prompts, then the kNN memory, in one pass (one progress count).
+    let all_texts: Vec<&str> = eval_p.iter().chain(&mem_p).map(|&p| logs.prompts[p].text.as_str()).collect();
+    let all_x = match embedding_cache {
+        Some(dir) => embed_prompts_cached(encoder, &all_texts, Some(dir), quiet).map(|(x, _)| x),
+        None => embed_prompts(encoder, &all_texts, quiet),
+    }?;
+    let (x, mem_x) = all_x.view().split_at(Axis(0), n);
+    let texts = &all_texts[..n];
     let input_tokens: Vec<u32> = texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
 
     let cat = catalog.models();
@@ -490,75 +551,4 @@ fn knn_predictions(
         }
     }
     (q, c)
-}
-
-/// An SVG plot of one report: log-cost on x, quality on y; single models as dots, the router,
-/// kNN and oracle sweeps as lines.
-pub fn svg(r: &DatasetReport) -> String {
-    let (w, h, pad) = (900.0, 560.0, 60.0);
-    let all_cost: Vec<f64> = r
-        .single_models
-        .iter()
-        .map(|s| s.cost)
-        .chain(r.router.cost.iter().copied())
-        .chain(r.oracle.cost.iter().copied())
-        .chain(r.knn.cost.iter().copied())
-        .collect();
-    let (cmin, cmax) = (all_cost.iter().copied().fold(f64::INFINITY, f64::min).max(1e-9), all_cost.iter().copied().fold(0.0, f64::max));
-    let (lx0, lx1) = (cmin.log10().floor(), cmax.log10().ceil().max(cmin.log10().floor() + 1.0));
-    let x = |c: f64| pad + (c.max(1e-12).log10() - lx0) / (lx1 - lx0) * (w - 2.0 * pad);
-    let y = |q: f64| h - pad - q * (h - 2.0 * pad);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
-    );
-    s += &format!(
-        r#"<text x="{pad}" y="24" font-size="15">{}: {} held-out prompts. Router closes {:.0}% of the single-model-to-oracle gap (kNN {:.0}%)</text>"#,
-        r.file,
-        r.prompts,
-        r.router_gap_closed * 100.0,
-        r.knn_gap_closed * 100.0
-    );
-    for d in (lx0 as i32)..=(lx1 as i32) {
-        let xx = x(10f64.powi(d));
-        s += &format!(
-            r##"<line x1="{xx}" y1="{}" x2="{xx}" y2="{}" stroke="#ddd"/><text x="{xx}" y="{}" text-anchor="middle">$1e{d}</text>"##,
-            pad,
-            h - pad,
-            h - pad + 18.0
-        );
-    }
-    for i in 0..=10 {
-        let q = f64::from(i) / 10.0;
-        s += &format!(
-            r##"<line x1="{pad}" y1="{yy}" x2="{}" y2="{yy}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{q:.1}</text>"##,
-            w - pad,
-            pad - 6.0,
-            y(q) + 4.0,
-            yy = y(q)
-        );
-    }
-    s += &format!(
-        r#"<text x="{}" y="{}" text-anchor="middle">mean cost per request (USD, log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">mean quality</text>"#,
-        w / 2.0,
-        h - 16.0,
-        h / 2.0,
-        h / 2.0
-    );
-    for (sw, color, label) in [(&r.oracle, "#2a9d8f", "oracle"), (&r.knn, "#e9c46a", "kNN-25"), (&r.router, "#e63946", "Pointsman")] {
-        let pts: Vec<String> = sw.cost.iter().zip(&sw.quality).map(|(&c, &q)| format!("{:.1},{:.1}", x(c), y(q))).collect();
-        s += &format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2.5" points="{}"/>"#, pts.join(" "));
-        let (lc, lq) = (sw.cost[0], sw.quality[0]);
-        s += &format!(r#"<text x="{:.1}" y="{:.1}" fill="{color}" font-weight="bold">{label}</text>"#, x(lc) + 6.0, y(lq) - 6.0);
-    }
-    for m in &r.single_models {
-        s += &format!(
-            r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="#264653"/><text x="{:.1}" y="{:.1}" font-size="9" fill="#555">{}</text>"##,
-            x(m.cost),
-            y(m.quality),
-            x(m.cost) + 5.0,
-            y(m.quality) + 3.0,
-            m.model
-        );
-    }
-    s + "</svg>\n"
 }
