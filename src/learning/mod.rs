@@ -24,6 +24,7 @@ pub mod eval;
 pub mod extend;
 pub mod frontier;
 pub mod job;
+pub mod knn;
 pub mod lowrank;
 mod mlp;
 mod onnx;

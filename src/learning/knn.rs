@@ -1,0 +1,190 @@
+//! Nearest-neighbour routing with shrinkage, and its cross-validated grid.
+//!
+//! The per-prompt estimate of a model's quality is its mean observed score on the query's `k`
+//! most similar memory prompts (cosine on the encoder's embeddings), pulled towards the model's
+//! global mean by `b` pseudo-observations:
+//!
+//! `q(x, m) = (sum of m's scores on the k neighbours + b * mean(m)) / (count of m's scores there + b)`
+//!
+//! On dense benchmark logs this simple estimator is a strong baseline (issue 11 measured it ahead
+//! of the learned heads on four suites), so the trainer treats it as one more candidate and
+//! `eval` reports it beside the head; both choose `(k, b)` by cross-validation of the training
+//! prompts only. The serving graph computes the same thing (`LocalPrior` in `shrink.rs`).
+//!
+//! Everything here works on a grid at once: the neighbours of a query are sorted once, running
+//! sums are read off at every `k` of the grid, and every `b` is a cheap division, so a 6 x 6 grid
+//! costs about as much as one `k`.
+use ndarray::{Array2, ArrayView1, ArrayView2};
+
+/// Neighbour counts tried by the trainer and by `eval`'s baseline. 200 won at the edge of a 10..200
+/// grid on three of four suites (issue 11), so the grid goes one step further.
+pub const K_GRID: [usize; 6] = [10, 25, 50, 100, 200, 400];
+/// Pseudo-counts of the global mean tried with each `k`.
+pub const B_GRID: [f32; 6] = [0.0, 10.0, 25.0, 50.0, 100.0, 200.0];
+
+/// One point of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnnParams {
+    /// Neighbours averaged over.
+    pub k: usize,
+    /// Pseudo-count of the model's global mean.
+    pub b: f32,
+}
+
+/// The `k` most similar rows of `memory` to each row of `x` (both L2-normalised, so the dot
+/// product is the cosine), most similar first; ties go to the lower index, as ONNX `TopK` breaks
+/// them.
+pub fn neighbours(x: ArrayView2<f32>, memory: ArrayView2<f32>, k: usize) -> Vec<Vec<usize>> {
+    let k = k.min(memory.nrows());
+    // In blocks of queries, so the similarity matrix stays small on large logs.
+    let mut out = Vec::with_capacity(x.nrows());
+    for start in (0..x.nrows()).step_by(512) {
+        let end = (start + 512).min(x.nrows());
+        let sim = x.slice(ndarray::s![start..end, ..]).dot(&memory.t());
+        for row in sim.rows() {
+            let cmp = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            if k < order.len() && k > 0 {
+                order.select_nth_unstable_by(k - 1, cmp);
+                order.truncate(k);
+            }
+            order.sort_by(cmp);
+            order.truncate(k);
+            out.push(order);
+        }
+    }
+    out
+}
+
+/// Predictions at every `(k, b)` of `ks` x `bs` for queries whose neighbour lists (most similar
+/// first, at least `max(ks)` long where memory allows) index into `values` / `mask` ([memory, M]);
+/// `prior` [M] is each model's global mean. Returned in the order `ks` outer, `bs` inner.
+pub fn predict_grid(
+    near: &[Vec<usize>],
+    values: ArrayView2<f32>,
+    mask: ArrayView2<f32>,
+    prior: ArrayView1<f32>,
+    ks: &[usize],
+    bs: &[f32],
+) -> Vec<(KnnParams, Array2<f32>)> {
+    let (n, m) = (near.len(), values.ncols());
+    let mut out: Vec<(KnnParams, Array2<f32>)> =
+        ks.iter().flat_map(|&k| bs.iter().map(move |&b| (KnnParams { k, b }, Array2::zeros((n, m))))).collect();
+    let mut order: Vec<usize> = (0..ks.len()).collect();
+    order.sort_by_key(|&i| ks[i]);
+    let (mut sum, mut count) = (vec![0f32; m], vec![0f32; m]);
+    for (r, list) in near.iter().enumerate() {
+        sum.fill(0.0);
+        count.fill(0.0);
+        let mut taken = 0;
+        for &ki in &order {
+            let k = ks[ki];
+            while taken < k.min(list.len()) {
+                let i = list[taken];
+                for j in 0..m {
+                    let w = mask[[i, j]];
+                    sum[j] += w * values[[i, j]];
+                    count[j] += w;
+                }
+                taken += 1;
+            }
+            for (bi, &b) in bs.iter().enumerate() {
+                let mut row = out[ki * bs.len() + bi].1.row_mut(r);
+                for j in 0..m {
+                    let den = count[j] + b;
+                    row[j] = if den > 0.0 { (sum[j] + b * prior[j]) / den } else { prior[j] };
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each model's mean of `values` over the rows where `mask` is set (0 for a model never observed).
+pub fn column_means(values: ArrayView2<f32>, mask: ArrayView2<f32>) -> ndarray::Array1<f32> {
+    let n = mask.sum_axis(ndarray::Axis(0));
+    let s = (&values * &mask).sum_axis(ndarray::Axis(0));
+    ndarray::Zip::from(&s).and(&n).map_collect(|&s, &n| if n > 0.0 { s / n } else { 0.0 })
+}
+
+/// Out-of-fold predictions over the grid for every row of a training set: each row's neighbours
+/// come from the other folds only, and the global means from them too. `fold[r]` in `0..n_folds`.
+/// The neighbours are L2-normalised `x` rows.
+pub fn cross_validated_grid(
+    x: ArrayView2<f32>,
+    values: ArrayView2<f32>,
+    mask: ArrayView2<f32>,
+    fold: &[usize],
+    n_folds: usize,
+    ks: &[usize],
+    bs: &[f32],
+) -> Vec<(KnnParams, Array2<f32>)> {
+    let (n, m) = (x.nrows(), values.ncols());
+    let kmax = ks.iter().copied().max().unwrap_or(1);
+    let mut out: Vec<(KnnParams, Array2<f32>)> =
+        ks.iter().flat_map(|&k| bs.iter().map(move |&b| (KnnParams { k, b }, Array2::zeros((n, m))))).collect();
+    for f in 0..n_folds {
+        let (held, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&r| fold[r] == f);
+        if held.is_empty() || fit.is_empty() {
+            continue;
+        }
+        let pick = |a: ArrayView2<f32>, rows: &[usize]| a.select(ndarray::Axis(0), rows);
+        let (mv, mm) = (pick(values, &fit), pick(mask, &fit));
+        let prior = column_means(mv.view(), mm.view());
+        let near = neighbours(pick(x, &held).view(), pick(x, &fit).view(), kmax);
+        for (i, (_, pred)) in predict_grid(&near, mv.view(), mm.view(), prior.view(), ks, bs).into_iter().enumerate() {
+            for (p, &r) in held.iter().enumerate() {
+                out[i].1.row_mut(r).assign(&pred.row(p));
+            }
+        }
+    }
+    out
+}
+
+/// Rows of `x` scaled to unit length (zero rows stay zero).
+pub fn normalised(x: ArrayView2<f32>) -> Array2<f32> {
+    let mut x = x.to_owned();
+    for mut row in x.rows_mut() {
+        let n = row.dot(&row).sqrt();
+        if n > 0.0 {
+            row.mapv_inplace(|v| v / n);
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn grid_matches_the_formula_and_neighbours_break_ties_by_index() {
+        let memory = normalised(array![[1.0f32, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]].view());
+        let near = neighbours(array![[1.0f32, 0.0]].view(), memory.view(), 3);
+        assert_eq!(near, vec![vec![0, 1, 3]]);
+        // Model 0 observed everywhere, model 1 only on row 2 (not a neighbour at k = 2).
+        let values = array![[1.0f32, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]];
+        let mask = array![[1.0f32, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0]];
+        let prior = column_means(values.view(), mask.view());
+        assert_eq!(prior.to_vec(), vec![0.5, 1.0]);
+        let grid = predict_grid(&near, values.view(), mask.view(), prior.view(), &[2, 1], &[0.0, 2.0]);
+        let at = |k: usize, b: f32| grid.iter().find(|(p, _)| p.k == k && p.b == b).unwrap().1.clone();
+        // k = 2: rows 0 and 1 -> model 0 mean 0.5; with b = 2: (1 + 2 * 0.5) / 4 = 0.5.
+        assert_eq!(at(2, 0.0)[[0, 0]], 0.5);
+        assert_eq!(at(1, 0.0)[[0, 0]], 1.0);
+        assert!((at(1, 2.0)[[0, 0]] - (1.0 + 2.0 * 0.5) / 3.0).abs() < 1e-6);
+        // No neighbour observed model 1: its global mean, whatever b.
+        assert_eq!(at(2, 0.0)[[0, 1]], 1.0);
+    }
+
+    #[test]
+    fn cross_validated_predictions_never_see_their_own_row() {
+        // Each row's value is unique to it and its twin in another fold: k = 1 must find the twin.
+        let x = normalised(array![[1.0f32, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]].view());
+        let values = array![[1.0f32], [0.8], [0.0], [0.2]];
+        let mask = Array2::ones((4, 1));
+        let grid = cross_validated_grid(x.view(), values.view(), mask.view(), &[0, 1, 0, 1], 2, &[1], &[0.0]);
+        assert_eq!(grid[0].1.column(0).to_vec(), vec![0.8, 1.0, 0.2, 0.0]);
+    }
+}
