@@ -201,10 +201,6 @@ struct TrainArgs {
     /// Adam step size.
     #[arg(long, env = "POINTSMAN_TRAIN_LEARNING_RATE", default_value_t = 1e-3)]
     learning_rate: f32,
-    /// Weight of the head's own predictions against each model's mean, in [0,1]; default: chosen
-    /// on the early-stopping prompts (see README, "Retraining").
-    #[arg(long, env = "POINTSMAN_TRAIN_SHRINK")]
-    shrink: Option<f32>,
     /// Folder of the on-disk prompt-embedding cache (keyed by encoder and text), so a second run
     /// over the same logs skips the encoder. Default: $XDG_CACHE_HOME or ~/.cache, `pointsman/embeddings`.
     #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
@@ -215,11 +211,20 @@ struct TrainArgs {
     /// MLPs averaged per model family, each from its own seed (less variance, more compute).
     #[arg(long, env = "POINTSMAN_TRAIN_ENSEMBLE", default_value_t = 5)]
     ensemble: usize,
-    /// Head per model family: `lowrank` (shared factors from the embedding, calibrated link per
-    /// model; needs dense logs), `mlp` (ensemble of MLPs), or `auto`: lowrank where at least 3
-    /// models answered 95% of the family's prompts, else mlp.
+    /// Which predictors to choose among, per model family, by an inner 5-fold cross-validation
+    /// of the training prompts scored as `eval` scores routing: `auto` (kNN with shrinkage,
+    /// factor heads of rank 1 to 8, blends of the best two; the MLP ensemble on logs too sparse
+    /// for a factor head), `knn`, `lowrank` (factor heads; dense logs only) or `mlp`.
     #[arg(long, env = "POINTSMAN_TRAIN_METHOD", default_value = "auto")]
     method: pointsman::learning::job::HeadMethod,
+    /// With `auto`, also try the MLP ensemble on logs dense enough for factor heads (one ensemble
+    /// per inner fold: several times slower).
+    #[arg(long, env = "POINTSMAN_TRAIN_MLP_CANDIDATE")]
+    mlp_candidate: bool,
+    /// Training prompts the head stores per model family, as its kNN memory and domain index;
+    /// above it, a seeded uniform sample (README, "Memory").
+    #[arg(long, env = "POINTSMAN_TRAIN_MEMORY_CAP", default_value_t = pointsman::learning::job::DEFAULT_MEMORY_CAP)]
+    memory_cap: usize,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "POINTSMAN_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -425,7 +430,8 @@ async fn run() -> anyhow::Result<()> {
                 name: a.name,
                 catalog: None,
                 cost_scale_usd: cfg.routing.cost_scale_usd,
-                shrink: a.shrink,
+                mlp_candidate: a.mlp_candidate,
+                memory_cap: a.memory_cap,
                 ensemble: a.ensemble,
                 method: a.method,
                 holdout: None,

@@ -11,7 +11,7 @@ use pointsman::{
     learning::{
         baseline_metrics, evaluate, export_with_support,
         job::{embed_prompts, HeadMethod, TrainJob},
-        read_logs, split_by_prompt, train, Dataset, LocalPrior, Mlp, RoutingLogs, Shrink, SplitMix64, Support, TrainConfig,
+        read_logs, split_by_prompt, train, Dataset, LocalPrior, MemoryBlock, Mlp, RoutingLogs, Shrink, SplitMix64, Support, TrainConfig,
         DEFAULT_NEIGHBOURS,
     },
     predictor::{
@@ -45,7 +45,16 @@ fn load_exported(mlp: &Mlp, head: FamilyKind, models: &[String], fit: &Dataset, 
     let (n, units) = (models.len(), mlp.hidden_dim());
     m.graph_sha256 = pointsman::predictor::sha256_hex(&bytes);
     m.models = models.to_vec();
-    let family = FamilySpec { files: vec![], models: models.to_vec(), first_unit: 0, units, head, quality_prior: QualityPrior::GlobalMean };
+    let family = FamilySpec {
+        files: vec![],
+        models: models.to_vec(),
+        first_unit: 0,
+        units,
+        head,
+        quality_prior: QualityPrior::GlobalMean,
+        predictor: "test".into(),
+        tokens: "test".into(),
+    };
     m.architecture = Architecture { hidden_units: units, families: vec![family], added: vec![] };
     m.shrinkage = Shrinkage { quality_weight: vec![1.0; n], token_weight: vec![1.0; n], local_prior: None };
     m.support = SupportIndex { neighbours: support.k, prompts: support.keys.nrows(), rates: support.rates() };
@@ -102,10 +111,18 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let fit = data.select(&tr);
     let mut shrink = Shrink::priors(&fit.quality, &fit.log_tokens, &fit.mask, 0.4);
     shrink.weight[0] = 0.9;
-    // Half of the models get a local quality prior (their mean on the nearest training prompts),
-    // and tokens their own weight, as a factor family's are exported.
+    // Half of the models get a local quality prior (their mean on the nearest training prompts,
+    // a kNN with shrinkage), each with its own k and pseudo-count, from two memory blocks (as two
+    // families' are exported); tokens get their own weight.
     let half: Vec<usize> = (0..logs.models.len()).step_by(2).collect();
-    shrink.local = Some(LocalPrior::new(&fit.quality, &fit.mask, &half, DEFAULT_NEIGHBOURS, 1.0));
+    let rows = fit.n_rows();
+    let blocks = vec![
+        MemoryBlock { start: 0, end: rows / 2, models: half.iter().copied().step_by(2).collect() },
+        MemoryBlock { start: rows / 2, end: rows, models: half.iter().copied().skip(1).step_by(2).collect() },
+    ];
+    let k: Vec<usize> = (0..logs.models.len()).map(|j| if j % 2 == 0 { 5 + 3 * j } else { 0 }).collect();
+    let kappa: Vec<f32> = (0..logs.models.len()).map(|j| (j % 3) as f32 * 10.0).collect();
+    shrink.local = Some(LocalPrior::new(&fit.quality, &fit.mask, blocks, &k, &kappa));
     shrink.token_weight.fill(0.7);
     let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
@@ -464,7 +481,7 @@ fn the_server_refuses_a_manifest_that_lacks_misnames_or_misdescribes_what_it_nee
     // The shipped head loads, and its manifest says what its graph is.
     let head = Head::load(runtime::environment(None).unwrap(), &repo().join("models/router")).unwrap();
     let m = head.manifest();
-    assert_eq!(m.format, "pointsman-head/2");
+    assert_eq!(m.format, "pointsman-head/3");
     assert_eq!(m.architecture.hidden_units, m.architecture.families.iter().map(|f| f.units).sum::<usize>());
     assert!(
         m.architecture.families.iter().all(|f| matches!(f.head, FamilyKind::FactorHead { .. })),
@@ -494,7 +511,7 @@ fn the_server_refuses_a_manifest_that_lacks_misnames_or_misdescribes_what_it_nee
     assert!(e.contains("`shrinkage.quality_weight` differs from the graph's"), "{e}");
     // Another format is refused before anything else, with what to do about it.
     let e = load_error(|v| v["format"] = "pointsman-head/1".into());
-    assert!(e.contains("`format` must be `pointsman-head/2`. Given: `pointsman-head/1`") && e.contains("retrain"), "{e}");
+    assert!(e.contains("`format` must be `pointsman-head/3`. Given: `pointsman-head/1`") && e.contains("retrain"), "{e}");
 }
 
 /// Writes `lines` (routing-log JSON) to `path` gzipped, with the score and output tokens of every
@@ -532,8 +549,8 @@ fn held_out_prompts_never_touch_the_head() {
 
     let config = shipped_config();
     let encoder = shipped_encoder();
-    // Every training-time choice runs: the factor head with its local prior chosen by an inner
-    // cross-validation (auto), and MLPs with their shrinkage chosen on early-stopping prompts.
+    // Every training-time choice runs: the selection among kNN, factor heads and blends by an
+    // inner cross-validation (auto), and the MLP alone with its early stopping.
     for method in [HeadMethod::Auto, HeadMethod::Mlp] {
         let run = |changed: &std::collections::HashSet<String>, out: &str| {
             write_with_changed_outcomes(&log, &lines, changed);
@@ -547,10 +564,11 @@ fn held_out_prompts_never_touch_the_head() {
                 train: TrainConfig { hidden: 16, epochs: 15, ..TrainConfig::default() },
                 catalog: Some(config.catalog().unwrap()),
                 cost_scale_usd: config.routing.cost_scale_usd,
-                shrink: None,
                 embedding_cache: Some(dir.path().join("cache")),
                 ensemble: 2,
                 method,
+                mlp_candidate: false,
+                memory_cap: pointsman::learning::job::DEFAULT_MEMORY_CAP,
                 holdout: Some(holdout.clone()),
             };
             let s = pointsman::learning::job::run(&job, &encoder, true).unwrap();
@@ -562,23 +580,23 @@ fn held_out_prompts_never_touch_the_head() {
         assert_ne!(ma.validation.baseline_per_model_mean, mb.validation.baseline_per_model_mean);
         assert_eq!(ma.validation.prompt_ids, mb.validation.prompt_ids);
         // ...and nothing the head is: every choice, and the graph byte for byte.
-        assert_eq!(ma.training.shrink_choice, mb.training.shrink_choice, "{method:?}: the shrinkage choice saw held-out prompts");
-        assert_eq!(
-            ma.training.local_prior_choice, mb.training.local_prior_choice,
-            "{method:?}: the local-prior choice saw held-out prompts"
-        );
+        assert_eq!(ma.training.selection, mb.training.selection, "{method:?}: the selection saw held-out prompts");
         assert_eq!((&ma.architecture, &ma.shrinkage, &ma.support), (&mb.architecture, &mb.shrinkage, &mb.support), "{method:?}");
         assert_eq!(ma.trained_on.training_observations_per_model, mb.trained_on.training_observations_per_model);
         assert!(graph_a == graph_b, "{method:?}: the graphs differ, so held-out prompts influenced the head");
         assert_eq!(ma.head_id, mb.head_id);
+        let family = &ma.training.selection.families[0];
+        assert_eq!(family.metric, "gap_closed", "{method:?}: alpaca_eval2 has a priced full matrix: {family:?}");
+        let tried = |prefix: &str| family.candidates.iter().filter(|c| c.name.starts_with(prefix)).count();
         if method == HeadMethod::Mlp {
-            assert!(
-                !ma.training.shrink_choice.files.is_empty(),
-                "the MLP run chose its shrinkage on the data: {:?}",
-                ma.training.shrink_choice
-            );
+            assert_eq!((tried("mlp"), family.candidates.len()), (1, 1), "{family:?}");
         } else {
-            assert!(ma.training.local_prior_choice.as_ref().is_some_and(|c| !c.files.is_empty()), "the local prior was chosen on the data");
+            // Every kNN of the grid, every factor rank, and three blends, each with a finite score.
+            assert_eq!(tried("knn"), 36, "{family:?}");
+            assert_eq!(tried("factor"), 4, "{family:?}");
+            assert_eq!(tried("blend"), 3, "{family:?}");
+            assert!(family.candidates.iter().all(|c| c.score.is_finite()), "{family:?}");
+            assert!(family.candidates.iter().any(|c| c.name == family.winner), "{family:?}");
         }
     }
 }

@@ -254,7 +254,12 @@ fn sweep(
         quality.push(q_sum / n as f64);
         top_share.push(top_n as f64 / n as f64);
     }
-    let pts: Vec<Point> = cost.iter().zip(&quality).map(|(&c, &q)| Point { cost: c, quality: q }).collect();
+    let mut pts: Vec<Point> = cost.iter().zip(&quality).map(|(&c, &q)| Point { cost: c, quality: q }).collect();
+    // The cheapest single model is always reachable: every policy can fall back to it.
+    let (singles, _, _) = m.singles();
+    if let Some(c) = singles.iter().min_by(|a, b| a.cost.total_cmp(&b.cost)) {
+        pts.push(*c);
+    }
     Sweep { aiq: aiq(&envelope(&pts), lo, hi), weights, cost, quality, top_share }
 }
 

@@ -39,7 +39,7 @@ pub use dataset::{folds, split_by_prompt, Dataset};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
 pub use onnx::{export, export_with_support, graph_facts, import, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
-pub use shrink::{LocalPrior, Shrink};
+pub use shrink::{LocalPrior, MemoryBlock, Shrink, MIN_KAPPA};
 pub use support::{Support, DEFAULT_NEIGHBOURS, SUPPORT_OUTPUT};
 pub use train::{baseline_metrics, evaluate, train, Metrics, TrainConfig, TrainReport};
 

@@ -19,7 +19,7 @@ use prost::Message;
 
 use super::{
     mlp::Mlp,
-    shrink::{LocalPrior, Shrink},
+    shrink::{LocalPrior, MemoryBlock, Shrink},
     support::{Support, SUPPORT_OUTPUT},
 };
 
@@ -138,31 +138,49 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
         // The quality prior: per prompt from the neighbours, or each model's global mean.
         let prior = match (&s.local, support) {
             (Some(l), Some(_)) => {
-                let kappa_prior = &s.prior_quality * l.kappa;
+                let kappa = ndarray::Array1::from(l.kappa.clone());
+                let kappa_prior = &s.prior_quality * &kappa;
                 initializer.push(tensor("shrink_keep", &[m], keep.iter()));
                 initializer.push(tensor("local_quality_sum", &[l.keys, m], l.quality_sum.iter()));
                 initializer.push(tensor("local_count", &[l.keys, m], l.count.iter()));
                 initializer.push(tensor("local_kappa_prior", &[m], kappa_prior.iter()));
-                initializer.push(tensor("local_kappa", &[1], [l.kappa].iter()));
-                initializer.push(int64_tensor("local_k", &[l.k as i64]));
-                initializer.push(int64_tensor("local_start", &[0]));
+                initializer.push(tensor("local_kappa", &[m], kappa.iter()));
                 initializer.push(int64_tensor("local_keys", &[l.keys as i64]));
                 initializer.push(int64_tensor("axis_1", &[1]));
-                // Each model's observed quality and count over the k nearest memory prompts.
-                let sum = |table: &str, out: &str| {
-                    let mut reduce = node_n("ReduceSum", &[&format!("{out}_rows"), "axis_1"], out);
-                    reduce.attribute = vec![int_attr("keepdims", 0)];
-                    [gather(table, "local_top_indices", &format!("{out}_rows")), reduce]
-                };
+                // Per block of the memory: its keys' similarities, the k_max nearest, and each of
+                // the block's models' observed quality and count over its own k of them (a rank
+                // mask [k_max, M], 1 where rank r < k[m] and m searches this block).
+                let (mut sums, mut counts) = (Vec::new(), Vec::new());
+                for (bi, b) in l.blocks.iter().enumerate() {
+                    let k_max = b.k_max(&l.k);
+                    let mask =
+                        ndarray::Array2::from_shape_fn((k_max, m), |(r, j)| if b.models.contains(&j) && r < l.k[j] { 1.0f32 } else { 0.0 });
+                    let name = |what: &str| format!("local_{what}_{bi}");
+                    initializer.push(int64_tensor(&name("start"), &[b.start as i64]));
+                    initializer.push(int64_tensor(&name("end"), &[b.end as i64]));
+                    initializer.push(int64_tensor(&name("k"), &[k_max as i64]));
+                    initializer.push(tensor(&name("rank_mask"), &[k_max, m], mask.iter()));
+                    shrink_nodes.extend([
+                        node_n("Slice", &["support_sim", &name("start"), &name("end"), "axis_1"], &name("sim")),
+                        topk(&name("sim"), &name("k"), &name("top")),
+                        node_n("Add", &[&format!("{}_indices", name("top")), &name("start")], &name("keys")),
+                    ]);
+                    for (table, what, list) in [("local_quality_sum", "sum", &mut sums), ("local_count", "n", &mut counts)] {
+                        let mut reduce = node_n("ReduceSum", &[&name(&format!("{what}_masked")), "axis_1"], &name(what));
+                        reduce.attribute = vec![int_attr("keepdims", 0)];
+                        shrink_nodes.extend([
+                            gather(table, &name("keys"), &name(&format!("{what}_rows"))),
+                            node_n("Mul", &[&name(&format!("{what}_rows")), &name("rank_mask")], &name(&format!("{what}_masked"))),
+                            reduce,
+                        ]);
+                        list.push(name(what));
+                    }
+                }
+                sums.push("local_kappa_prior".into());
+                counts.push("local_kappa".into());
                 shrink_nodes.extend([
-                    node_n("Slice", &["support_sim", "local_start", "local_keys", "axis_1"], "local_sim"),
-                    topk("local_sim", "local_k", "local_top"),
-                ]);
-                shrink_nodes.extend(sum("local_quality_sum", "local_sum"));
-                shrink_nodes.extend(sum("local_count", "local_n"));
-                shrink_nodes.extend([
-                    node_n("Add", &["local_sum", "local_kappa_prior"], "local_num"),
-                    node_n("Add", &["local_n", "local_kappa"], "local_den"),
+                    node_n("Sum", &sums.iter().map(String::as_str).collect::<Vec<_>>(), "local_num"),
+                    node_n("Sum", &counts.iter().map(String::as_str).collect::<Vec<_>>(), "local_den"),
                     node_n("Div", &["local_num", "local_den"], "local_quality"),
                     node_n("Mul", &["local_quality", "shrink_keep"], "quality_prior"),
                 ]);
@@ -256,18 +274,39 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
                 let v = vec(name)?;
                 Ok(ndarray::Zip::from(&v).and(a).map_collect(|&p, &a| if a < 1.0 { p / (1.0 - a) } else { 0.0 }))
             };
-            let local = match (find("local_kappa"), int64("local_k"), int64("local_keys")) {
-                (Some((_, kappa)), Some(k), Some(keys)) => Some(LocalPrior {
-                    k: k.max(1) as usize,
-                    keys: keys.max(0) as usize,
-                    quality_sum: mat("local_quality_sum")?,
-                    count: mat("local_count")?,
-                    kappa: kappa.first().copied().unwrap_or(1.0),
-                }),
+            let local = match (find("local_kappa"), int64("local_keys")) {
+                (Some((_, kappa)), Some(keys)) => {
+                    // Per block: its key range and rank mask; a model's k is its mask column's ones.
+                    let mut blocks = Vec::new();
+                    let mut k = vec![0usize; kappa.len()];
+                    for bi in 0.. {
+                        let (Some(start), Some(end)) = (int64(&format!("local_start_{bi}")), int64(&format!("local_end_{bi}"))) else {
+                            break;
+                        };
+                        let mask = mat(&format!("local_rank_mask_{bi}"))?;
+                        let mut models = Vec::new();
+                        for (j, col) in mask.columns().into_iter().enumerate() {
+                            let ones = col.iter().filter(|&&v| v > 0.0).count();
+                            if ones > 0 {
+                                models.push(j);
+                                k[j] = ones;
+                            }
+                        }
+                        blocks.push(MemoryBlock { start: start.max(0) as usize, end: end.max(0) as usize, models });
+                    }
+                    Some(LocalPrior {
+                        k,
+                        keys: keys.max(0) as usize,
+                        blocks,
+                        quality_sum: mat("local_quality_sum")?,
+                        count: mat("local_count")?,
+                        kappa,
+                    })
+                }
                 _ => None,
             };
             let prior_quality = match &local {
-                Some(l) => vec("local_kappa_prior")? / l.kappa.max(f32::MIN_POSITIVE),
+                Some(l) => vec("local_kappa_prior")? / &Array1::from(l.kappa.iter().map(|k| k.max(f32::MIN_POSITIVE)).collect::<Vec<_>>()),
                 None => undo("shrink_prior_quality", &w)?,
             };
             Some(Shrink { prior_quality, prior_log_tokens: undo("shrink_prior_log_tokens", &wt)?, weight: w, token_weight: wt, local })
@@ -280,7 +319,7 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
 /// What the head manifest describes of a graph written by [`export_with_support`] (hidden
 /// units, outputs, support index, shrinkage), for `HeadManifest::check_graph`.
 pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFacts, super::LearningError> {
-    use crate::predictor::manifest::{GraphFacts, LocalPriorSpec, Shrinkage, SupportIndex};
+    use crate::predictor::manifest::{GraphFacts, Shrinkage, SupportIndex};
     let (mlp, support, shrink) = import(bytes)?;
     Ok(GraphFacts {
         hidden_units: mlp.hidden_dim(),
@@ -289,7 +328,7 @@ pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFact
         shrinkage: shrink.map(|s| Shrinkage {
             quality_weight: s.weight.to_vec(),
             token_weight: s.token_weight.to_vec(),
-            local_prior: s.local.map(|l| LocalPriorSpec { neighbours: l.k, kappa: l.kappa, memory_prompts: l.keys }),
+            local_prior: s.local.as_ref().map(LocalPrior::spec),
         }),
     })
 }

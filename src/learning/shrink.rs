@@ -24,49 +24,112 @@ use ndarray::{Array1, Array2, ArrayView2};
 use super::support::Support;
 
 /// The per-prompt quality prior of [`Shrink`]: each model's mean observed quality on the
-/// query's `k` nearest training prompts, `(sum + kappa * prior) / (count + kappa)`, over the
-/// first `keys` keys of the head's support index (a model added later by `extend` appends keys
-/// after them and leaves this prior, and so every older model's prediction, unchanged).
+/// query's `k[m]` nearest memory prompts, `(sum + b[m] * prior) / (count + b[m])` (a kNN router
+/// with shrinkage, `learning::knn`). The memory is the first `keys` keys of the head's support
+/// index, in blocks, one per model family: a model's neighbours are searched in its family's
+/// block only, so a prompt's neighbours from another log file (which never saw the model)
+/// cannot dilute its estimate. A model added later by `extend` appends keys after the memory
+/// and leaves this prior, and so every older model's prediction, unchanged. Each model has its
+/// own `k` and `b` (the trainer chooses them per family); `k[m] = 0` leaves `m` at its global mean.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalPrior {
-    /// Neighbours averaged over.
-    pub k: usize,
+    /// Neighbours averaged over, per model (0: none, the global mean).
+    pub k: Vec<usize>,
     /// How many of the support index's keys (from the first) are this prior's memory.
     pub keys: usize,
+    /// The memory's blocks: which keys each family's models search.
+    pub blocks: Vec<MemoryBlock>,
     /// Observed quality per memory prompt and model, 0 where unobserved: [keys, M].
     pub quality_sum: Array2<f32>,
     /// 1 where observed: [keys, M]. A zero column makes that model's prior its global mean.
     pub count: Array2<f32>,
-    /// Pseudo-count of the global mean.
-    pub kappa: f32,
+    /// Pseudo-count of the global mean, per model (at least [`MIN_KAPPA`], so a query with no
+    /// observed neighbour gets the global mean rather than 0/0).
+    pub kappa: Vec<f32>,
 }
 
+/// Keys `start..end` of the memory, searched for `models`' neighbours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryBlock {
+    /// First key.
+    pub start: usize,
+    /// One past the last key.
+    pub end: usize,
+    /// Output columns whose neighbours come from this block.
+    pub models: Vec<usize>,
+}
+
+impl MemoryBlock {
+    /// The largest `k` of its models (at least 1), capped by its keys: the graph's TopK.
+    pub fn k_max(&self, k: &[usize]) -> usize {
+        self.models.iter().map(|&j| k[j]).max().unwrap_or(1).clamp(1, (self.end - self.start).max(1))
+    }
+}
+
+/// Smallest pseudo-count the graph uses: `b = 0` is stored as this, which changes a mean over at
+/// least one observed neighbour by under 0.1% and turns "no neighbour observed" into the global mean.
+pub const MIN_KAPPA: f32 = 1e-3;
+
 impl LocalPrior {
-    /// The prior from the memory prompts' outcomes ([keys, M] each); only the columns in
-    /// `local_models` get one, the others keep the global mean.
-    pub fn new(quality: &Array2<f32>, mask: &Array2<f32>, local_models: &[usize], k: usize, kappa: f32) -> Self {
-        let mut sum = Array2::zeros(quality.dim());
-        let mut count = Array2::zeros(quality.dim());
-        for &j in local_models {
-            sum.column_mut(j).assign(&(&quality.column(j) * &mask.column(j)));
-            count.column_mut(j).assign(&mask.column(j));
+    /// The prior from the memory prompts' outcomes ([keys, M] each), with per-model neighbours
+    /// `k` (0 for a model without one) and pseudo-counts `kappa`. A model in no block gets none.
+    pub fn new(quality: &Array2<f32>, mask: &Array2<f32>, blocks: Vec<MemoryBlock>, k: &[usize], kappa: &[f32]) -> Self {
+        let keys = quality.nrows();
+        let mut sum = quality * mask;
+        let mut count = mask.clone();
+        let mut k: Vec<usize> = k.to_vec();
+        for (j, kj) in k.iter_mut().enumerate() {
+            match blocks.iter().find(|b| b.models.contains(&j)) {
+                Some(b) => *kj = (*kj).min(b.end - b.start),
+                None => *kj = 0,
+            }
+            if *kj == 0 {
+                sum.column_mut(j).fill(0.0);
+                count.column_mut(j).fill(0.0);
+            }
         }
-        LocalPrior { k: k.clamp(1, quality.nrows().max(1)), keys: quality.nrows(), quality_sum: sum, count, kappa }
+        let mut blocks = blocks;
+        for b in &mut blocks {
+            b.models.retain(|&j| k[j] > 0);
+        }
+        blocks.retain(|b| !b.models.is_empty() && b.end > b.start);
+        LocalPrior { k, keys, blocks, quality_sum: sum, count, kappa: kappa.iter().map(|&b| b.max(MIN_KAPPA)).collect() }
+    }
+
+    /// What the manifest says of it.
+    pub fn spec(&self) -> crate::predictor::manifest::LocalPriorSpec {
+        crate::predictor::manifest::LocalPriorSpec {
+            neighbours: self.k.clone(),
+            kappa: self.kappa.clone(),
+            memory_prompts: self.keys,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| crate::predictor::manifest::MemoryBlockSpec {
+                    first_key: b.start,
+                    keys: b.end - b.start,
+                    models: b.models.clone(),
+                })
+                .collect(),
+        }
     }
 
     /// The prior at each row of `x` ([N, D], L2-normalised), with `global` as each model's mean.
     pub fn at(&self, support: &Support, x: ArrayView2<f32>, global: &Array1<f32>) -> Array2<f32> {
-        let mut out = Array2::zeros((x.nrows(), self.quality_sum.ncols()));
-        for (r, near) in support.nearest(x, self.k, self.keys).into_iter().enumerate() {
-            let mut sum = global * self.kappa;
-            let mut n = Array1::from_elem(global.len(), self.kappa);
-            for i in near {
-                sum += &self.quality_sum.row(i);
-                n += &self.count.row(i);
+        let m = self.quality_sum.ncols();
+        let mut sum = Array2::from_shape_fn((x.nrows(), m), |(_, j)| global[j] * self.kappa[j]);
+        let mut n = Array2::from_shape_fn((x.nrows(), m), |(_, j)| self.kappa[j]);
+        for b in &self.blocks {
+            for (r, near) in support.nearest_in(x, b.k_max(&self.k), b.start..b.end).into_iter().enumerate() {
+                for &j in &b.models {
+                    for &i in near.iter().take(self.k[j]) {
+                        sum[[r, j]] += self.quality_sum[[i, j]];
+                        n[[r, j]] += self.count[[i, j]];
+                    }
+                }
             }
-            out.row_mut(r).assign(&(sum / n));
         }
-        out
+        sum / n
     }
 }
 

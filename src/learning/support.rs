@@ -77,17 +77,15 @@ impl Support {
     /// The `k` most similar of the first `limit` keys to each row of `x`, most similar first
     /// (ties by index, as ONNX TopK breaks them).
     pub fn nearest(&self, x: ArrayView2<f32>, k: usize, limit: usize) -> Vec<Vec<usize>> {
-        let limit = limit.min(self.keys.nrows());
-        let sim = x.dot(&self.keys.slice(ndarray::s![..limit, ..]).t());
-        sim.rows()
-            .into_iter()
-            .map(|row| {
-                let mut order: Vec<usize> = (0..row.len()).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                order.truncate(k.min(limit));
-                order
-            })
-            .collect()
+        self.nearest_in(x, k, 0..limit.min(self.keys.nrows()))
+    }
+
+    /// The `k` most similar keys of `range` to each row of `x` (key indices), most similar first
+    /// (ties by index, as ONNX TopK breaks them).
+    pub fn nearest_in(&self, x: ArrayView2<f32>, k: usize, range: std::ops::Range<usize>) -> Vec<Vec<usize>> {
+        let range = range.start.min(self.keys.nrows())..range.end.min(self.keys.nrows());
+        let near = crate::learning::knn::neighbours(x, self.keys.slice(ndarray::s![range.clone(), ..]), k);
+        near.into_iter().map(|v| v.into_iter().map(|i| i + range.start).collect()).collect()
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Manifest format written and read by this version.
-pub const HEAD_FORMAT: &str = "pointsman-head/2";
+pub const HEAD_FORMAT: &str = "pointsman-head/3";
 
 /// Which encoder produced the embeddings the head was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +87,11 @@ pub struct FamilySpec {
     pub head: FamilyKind,
     /// The prior its quality predictions are weighed against.
     pub quality_prior: QualityPrior,
+    /// The predictor the selection chose for its quality (e.g. `knn k=200 b=100`,
+    /// `blend 0.5 factor rank=2 + knn k=100 b=25`); `shrinkage` holds its weights.
+    pub predictor: String,
+    /// Where its predicted output tokens come from (`factor rank=..`, `mlp x..` or `mean`).
+    pub tokens: String,
 }
 
 /// The kind of head a family got.
@@ -141,10 +146,10 @@ impl FamilyKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QualityPrior {
-    /// Each model's mean over the training prompts (an MLP family).
+    /// Each model's mean over the training prompts (a family whose predictor is a head alone).
     GlobalMean,
-    /// Each model's mean on the prompt's nearest training prompts ([`LocalPriorSpec`]; a
-    /// factor family).
+    /// Each model's mean on the prompt's nearest training prompts ([`LocalPriorSpec`]): a
+    /// family whose predictor is the kNN or a blend with it.
     LocalMean,
 }
 
@@ -184,16 +189,31 @@ pub struct Shrinkage {
     pub local_prior: Option<LocalPriorSpec>,
 }
 
-/// The local quality prior: a model's mean on the query's nearest training prompts.
+/// The local quality prior: a model's mean on the query's nearest training prompts (a kNN
+/// router with shrinkage; `learning::knn`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalPriorSpec {
-    /// Neighbours averaged over.
-    pub neighbours: usize,
-    /// Pseudo-count of the model's global mean.
-    pub kappa: f32,
+    /// Neighbours averaged over, per model in output order (0: none, the model's global mean).
+    pub neighbours: Vec<usize>,
+    /// Pseudo-count of the model's global mean, per model in output order.
+    pub kappa: Vec<f32>,
     /// Support-index keys (from the first) that are its memory.
     pub memory_prompts: usize,
+    /// The memory's blocks, one per model family: which keys each model's neighbours come from.
+    pub blocks: Vec<MemoryBlockSpec>,
+}
+
+/// Keys `first_key..first_key + keys` of the memory, searched for `models`' neighbours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBlockSpec {
+    /// First key.
+    pub first_key: usize,
+    /// Keys.
+    pub keys: usize,
+    /// Output columns (indices into `models`) whose neighbours come from this block.
+    pub models: Vec<usize>,
 }
 
 /// The support index: training prompts and which models were observed on them.
@@ -280,22 +300,23 @@ pub struct Validation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Training {
-    /// `auto`, `mlp` or `lowrank`.
+    /// `auto`, `knn`, `lowrank` or `mlp`.
     pub method: String,
     /// Seed of the splits and of the fits.
     pub seed: u64,
     /// Training prompts fitted on.
     pub fit_prompts: usize,
-    /// Training prompts MLP early stopping and the shrinkage are chosen on.
+    /// Training prompts MLP early stopping is measured on (of the MLP fitted for export).
     pub early_stop_prompts: usize,
     /// Optimiser settings of MLP families.
     pub mlp: MlpSettings,
-    /// Seconds spent training.
+    /// Seconds spent training (selection included).
     pub seconds: f64,
-    /// How the shrinkage weights were chosen.
-    pub shrink_choice: ShrinkChoice,
-    /// How the local-prior weights were chosen (factor families).
-    pub local_prior_choice: Option<LocalChoice>,
+    /// How each family's predictor was chosen: every candidate's cross-validated figure and the winner.
+    pub selection: Selection,
+    /// Training prompts the head stores as its memory (keys of the support index and the kNN
+    /// prior), and the cap that bounded them.
+    pub memory: MemorySpec,
 }
 
 /// Optimiser settings of MLP families.
@@ -320,46 +341,63 @@ pub struct MlpSettings {
     pub patience: usize,
 }
 
-/// One log file's choice of a weight.
+/// How the predictors were chosen (`pointsman train --method auto`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileChoice {
-    /// The file.
-    pub file: String,
-    /// Prompts of its full matrix the choice was measured on (training prompts only).
+pub struct Selection {
+    /// The rule, in words.
+    pub rule: String,
+    /// Folds of the inner cross-validation of the training prompts.
+    pub folds: usize,
+    /// Per model family.
+    pub families: Vec<FamilySelection>,
+}
+
+/// One family's candidates and the winner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilySelection {
+    /// The family's log files.
+    pub files: Vec<String>,
+    /// Its training prompts, each scored once out of fold.
     pub prompts: usize,
-    /// Catalog models of that matrix.
-    pub models: usize,
-    /// The weight chosen for its models.
-    pub weight: f32,
-    /// Gap closed per weight of the grid.
-    pub gap_closed_by_weight: Vec<f64>,
+    /// What a candidate's score is: `gap_closed` (share of the single-to-oracle gap, on the full
+    /// matrices of the family's priced models, pooled over its files by prompts) or, for logs
+    /// with no full matrix, `negative_brier` (of predicted quality on observed pairs).
+    pub metric: String,
+    /// Every candidate with its cross-validated score, in the order tried.
+    pub candidates: Vec<CandidateScore>,
+    /// The candidate chosen for quality.
+    pub winner: String,
+    /// Where predicted output tokens come from (`factor`, `mlp` or `mean`), chosen by the
+    /// out-of-fold mean absolute error of log tokens.
+    pub tokens: String,
+    /// Out-of-fold mean absolute error of log tokens per token source.
+    pub token_candidates: Vec<CandidateScore>,
 }
 
-/// How the shrinkage towards each model's global mean was chosen (MLP families).
+/// A candidate's cross-validated figure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ShrinkChoice {
-    /// The rule that chose it.
-    pub chosen: String,
-    /// Weights tried.
-    pub grid: Vec<f32>,
-    /// Per log file.
-    pub files: Vec<FileChoice>,
-    /// Weight of models in no measured file.
-    pub other_models: f32,
+pub struct CandidateScore {
+    /// e.g. `knn k=200 b=100`, `factor rank=2`, `mlp x5`, `blend 0.5 factor rank=2 + knn k=200 b=100`.
+    pub name: String,
+    /// Its score (see `FamilySelection::metric`; for tokens, the error).
+    pub score: f64,
 }
 
-/// How the local-prior weights of factor families were chosen.
+/// The head's memory of training prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LocalChoice {
-    /// The rule that chose them.
-    pub chosen: String,
-    /// Weights tried (of the factor head against the local prior).
-    pub grid: Vec<f32>,
-    /// Per log file.
-    pub files: Vec<FileChoice>,
+pub struct MemorySpec {
+    /// Training prompts stored.
+    pub prompts: usize,
+    /// Training prompts there were.
+    pub of: usize,
+    /// The cap (`pointsman train --memory-cap`).
+    pub cap: usize,
+    /// How the stored prompts were picked.
+    pub rule: String,
 }
 
 /// Just the format, read before the rest so an older manifest gets a clear message.
@@ -462,10 +500,20 @@ impl HeadManifest {
             return Err(format!("`architecture.hidden_units` is {}, the families have {next}", self.architecture.hidden_units));
         }
         if let Some(l) = &self.shrinkage.local_prior {
-            if l.memory_prompts > self.support.prompts || l.neighbours == 0 {
+            if l.neighbours.len() != m || l.kappa.len() != m {
                 return Err(format!(
-                    "`shrinkage.local_prior` averages {} of {} memory prompts; the support index has {}",
-                    l.neighbours, l.memory_prompts, self.support.prompts
+                    "`shrinkage.local_prior` has {} neighbour counts and {} pseudo-counts, `models` has {m}",
+                    l.neighbours.len(),
+                    l.kappa.len()
+                ));
+            }
+            if let Some(&k) = l.neighbours.iter().find(|&&k| k > l.memory_prompts) {
+                return Err(format!("`shrinkage.local_prior` averages {k} of {} memory prompts (must be at most that)", l.memory_prompts));
+            }
+            if l.memory_prompts > self.support.prompts {
+                return Err(format!(
+                    "`shrinkage.local_prior` has {} memory prompts; the support index has {}",
+                    l.memory_prompts, self.support.prompts
                 ));
             }
         }
@@ -551,6 +599,8 @@ mod tests {
                         min_coverage: 0.95,
                     },
                     quality_prior: QualityPrior::LocalMean,
+                    predictor: "blend 0.25 factor rank=2 + knn k=2 b=1".into(),
+                    tokens: "factor rank=2".into(),
                 }],
                 added: vec![AddedModel {
                     model: "c".into(),
@@ -567,7 +617,12 @@ mod tests {
             shrinkage: Shrinkage {
                 quality_weight: vec![0.25, 0.25, 0.5],
                 token_weight: vec![1.0; 3],
-                local_prior: Some(LocalPriorSpec { neighbours: 2, kappa: 1.0, memory_prompts: 4 }),
+                local_prior: Some(LocalPriorSpec {
+                    neighbours: vec![2, 2, 0],
+                    kappa: vec![1.0, 5.0, 1.0],
+                    memory_prompts: 4,
+                    blocks: vec![MemoryBlockSpec { first_key: 0, keys: 4, models: vec![0, 1] }],
+                }),
             },
             support: SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2] },
             trained_on: TrainedOn {
@@ -604,8 +659,20 @@ mod tests {
                     patience: 15,
                 },
                 seconds: 1.0,
-                shrink_choice: ShrinkChoice { chosen: "fixed".into(), grid: vec![], files: vec![], other_models: 1.0 },
-                local_prior_choice: None,
+                selection: Selection {
+                    rule: "best inner cross-validated score".into(),
+                    folds: 5,
+                    families: vec![FamilySelection {
+                        files: vec!["f.jsonl".into()],
+                        prompts: 4,
+                        metric: "gap_closed".into(),
+                        candidates: vec![CandidateScore { name: "knn k=2 b=1".into(), score: 0.1 }],
+                        winner: "knn k=2 b=1".into(),
+                        tokens: "factor".into(),
+                        token_candidates: vec![CandidateScore { name: "factor".into(), score: 0.4 }],
+                    }],
+                },
+                memory: MemorySpec { prompts: 4, of: 4, cap: 8192, rule: "all".into() },
             },
             created_at: "now".into(),
         }
@@ -654,7 +721,7 @@ mod tests {
         let e = refused(|v| v["architecture"]["families"][0]["head"]["kind"] = "factor".into());
         assert!(e.contains("unknown variant `factor`"), "{e}");
         let e = refused(|v| v["format"] = "pointsman-head/1".into());
-        assert!(e.contains("`format` must be `pointsman-head/2`. Given: `pointsman-head/1`"), "{e}");
+        assert!(e.contains("`format` must be `pointsman-head/3`. Given: `pointsman-head/1`"), "{e}");
         let e = refused(|v| v["support"]["rates"].as_array_mut().unwrap().pop().map(drop).unwrap());
         assert!(e.contains("`support.rates` has 2 entries, `models` has 3"), "{e}");
         let e = refused(|v| v["architecture"]["hidden_units"] = 24.into());
