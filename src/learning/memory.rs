@@ -23,9 +23,9 @@
 //!
 //! [`DEFAULT_MEMORY_CAP`] comes from `cargo bench --bench memory` (2 shared vCPUs, 112 models):
 //! the graph grows by 2.9 KB per key (6.7 MB at 2.3k, 23.6 MB at 8k, 288 MB at 100k), and the
-//! head's share of a Route, run right after the encoder as Route runs it, grows from 0.5 ms
-//! (2.3k keys) to 1.3 ms (8k), then jumps to 6 ms at 16k and 31 ms at 100k, once the keys
-//! no longer stay in cache next to the encoder's weights. Capping the shipped 2.3k-prompt head's
+//! head's share of a Route, run right after the encoder as Route runs it, grows from 0.3-0.5 ms
+//! (2.3k keys) to 0.7-1.4 ms (8k) and 1.7 ms (10k), then faster once the keys no longer stay in
+//! cache next to the encoder: 2-6 ms at 16k, 9-10 ms at 32k, 30 ms at 100k (three runs). Capping the shipped 2.3k-prompt head's
 //! memory after training (a uniform sample, 5 seeds, scored with `pointsman eval`) left its gap
 //! closed within seed noise down to 512 keys and lost about 10 points at 256.
 
@@ -35,9 +35,9 @@ use super::rng::SplitMix64;
 
 /// Training prompts a head remembers by default (keys of its support index and local prior).
 ///
-/// At 8192 keys and 112 models the graph is 23.6 MB and the head takes about 1.3 ms of a Route
-/// after the encoder (13% of a short prompt's encoder + head); twice that is past the knee where
-/// the keys fall out of cache (6 ms at 16k). The 2.3k-prompt shared data stays uncapped.
+/// At 8192 keys and 112 models the graph is 23.6 MB and the head takes 0.7-1.4 ms of a Route
+/// after the encoder (13-17% of a short prompt's encoder + head); twice that is at the knee where
+/// the keys fall out of cache (2-6 ms at 16k). The 2.3k-prompt shared data stays uncapped.
 pub const DEFAULT_MEMORY_CAP: usize = 8_192;
 
 /// Rows every model keeps in a stratified memory by default: one full neighbourhood of the
