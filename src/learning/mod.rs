@@ -26,6 +26,7 @@ pub mod frontier;
 pub mod job;
 pub mod knn;
 pub mod lowrank;
+mod memory;
 mod mlp;
 mod onnx;
 mod rng;
@@ -36,6 +37,7 @@ pub mod tune;
 
 pub use data::{read_logs, LogRecord, Observation, PromptEntry, RoutingLogs, MAX_PROBLEMS};
 pub use dataset::{folds, split_by_prompt, Dataset};
+pub use memory::{memory_rows, memory_rows_stratified, DEFAULT_MEMORY_CAP, DEFAULT_MODEL_FLOOR};
 pub use mlp::{decode_tokens, encode_tokens, Mlp};
 pub use onnx::{export, export_with_support, graph_facts, import, INPUT_NAME, IR_VERSION, OPSET_VERSION, QUALITY_OUTPUT, TOKENS_OUTPUT};
 pub use rng::SplitMix64;
