@@ -21,7 +21,7 @@ mod select;
 pub(crate) use embed::write_atomically;
 pub use embed::{embed_logged_prompts, embed_prompts, embed_prompts_cached, now_rfc3339};
 pub use families::{log_files, model_families, Family, LogFile};
-pub use fit::{memory_rows, DEFAULT_MEMORY_CAP};
+pub use crate::learning::DEFAULT_MEMORY_CAP;
 pub use select::{BLEND_WEIGHTS, FACTOR_RANKS, GAP_TOLERANCE, INNER_FOLDS};
 
 use super::{

@@ -33,12 +33,14 @@ use ndarray::ArrayView2;
 
 use super::rng::SplitMix64;
 
-/// Training prompts a head remembers by default (keys of its support index and local prior).
+/// Training prompts a head remembers by default, over all its model families (keys of its support
+/// index and kNN prior; `pointsman train --memory-cap`).
 ///
 /// At 8192 keys and 112 models the graph is 23.6 MB and the head takes 0.7-1.4 ms of a Route
-/// after the encoder (13-17% of a short prompt's encoder + head); twice that is at the knee where
-/// the keys fall out of cache (2-6 ms at 16k). The 2.3k-prompt shared data stays uncapped.
-pub const DEFAULT_MEMORY_CAP: usize = 8_192;
+/// after the encoder (13-17% of a short prompt's encoder + head), 1.7 ms at 10k; 16k is at the
+/// knee where the keys fall out of cache (2-6 ms). 12,288 sits below the knee and keeps the
+/// shipped head's ~10k training prompts (three shared files) whole.
+pub const DEFAULT_MEMORY_CAP: usize = 12_288;
 
 /// Rows every model keeps in a stratified memory by default: one full neighbourhood of the
 /// support index ([`super::DEFAULT_NEIGHBOURS`]).

@@ -13,12 +13,6 @@ use crate::{
     predictor::manifest::{FamilyKind, MemorySpec},
 };
 
-/// Training prompts a head stores by default, over all model families (`pointsman train
-/// --memory-cap`). Measured with `cargo bench --bench memory` (README, "Memory"): the head's
-/// latency grows with its keys and jumps between 10k and 32k of them (caches), and every key
-/// adds 2.9 KB to the graph; 12,288 keeps the shipped head's ~10k training prompts whole.
-pub const DEFAULT_MEMORY_CAP: usize = 12_288;
-
 /// Fits `kind` on `d` (one family's rows and columns); `None` when the logs are too sparse for a
 /// factor head. The MLP ensemble stops early on a split of `d` and averages its members' logits.
 pub(super) fn fit_head(kind: HeadKind, d: &Dataset, job: &TrainJob) -> Result<Option<Mlp>, JobError> {
@@ -99,19 +93,6 @@ pub(super) fn stack(parts: &[(&[usize], &Mlp, f32)], dim: usize, m: usize) -> Re
     Ok(Mlp::from_parts(w1, b1, wq, bq, wt, bt)?)
 }
 
-/// Which of `rows` a memory block stores: all of them up to `cap`, else a seeded uniform sample
-/// of `cap` (sorted, so the keys keep the logs' order).
-pub fn memory_rows(rows: &[usize], cap: usize, seed: u64) -> Vec<usize> {
-    if rows.len() <= cap {
-        return rows.to_vec();
-    }
-    let mut order = rows.to_vec();
-    crate::learning::SplitMix64::new(seed).shuffle(&mut order);
-    order.truncate(cap);
-    order.sort_unstable();
-    order
-}
-
 /// What a family got, for the manifest.
 pub(super) struct FittedFamily {
     /// Its head, as the manifest describes it (`Unobserved` for none).
@@ -186,7 +167,8 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
         }
         // The family's memory block: its training prompts, capped.
         {
-            let kept = memory_rows(rows, share(rows.len()), job.train.seed.wrapping_add(3));
+            let kept: Vec<usize> =
+                crate::learning::memory_rows(rows.len(), share(rows.len()), job.train.seed.wrapping_add(3)).into_iter().map(|i| rows[i]).collect();
             blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() });
             memory.extend(kept);
         }
@@ -250,7 +232,7 @@ mod tests {
         let logit = |p: f32| (p / (1.0 - p)).ln();
         let (q0, t0) = members[0].predict(fit.x.view());
         let (q1, t1) = members[1].predict(fit.x.view());
-        let (qs, ts) = single.predict(fit.x.view());
+        let (qs, _) = single.predict(fit.x.view());
         for r in 0..fit.n_rows() {
             for c in [0, 2] {
                 let want = (logit(q0[[r, c]]) + logit(q1[[r, c]])) / 2.0;
@@ -261,19 +243,7 @@ mod tests {
             // Column 1: the members' mean logit plus the third head's.
             let want = (logit(q0[[r, 1]]) + logit(q1[[r, 1]])) / 2.0 + logit(qs[[r, 0]]);
             assert!((logit(q[[r, 1]]) - want).abs() < 1e-3, "column 1 sums its heads at row {r}");
-            let _ = ts;
             assert_eq!(q[[r, 3]], 0.5, "a column without a head is the sigmoid of 0");
         }
-    }
-
-    #[test]
-    fn memory_is_capped_by_a_seeded_sorted_sample() {
-        let rows: Vec<usize> = (100..1100).collect();
-        assert_eq!(memory_rows(&rows, 2000, 1), rows);
-        let a = memory_rows(&rows, 300, 7);
-        assert_eq!(a.len(), 300);
-        assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|r| rows.contains(r)));
-        assert_eq!(a, memory_rows(&rows, 300, 7));
-        assert_ne!(a, memory_rows(&rows, 300, 8));
     }
 }
