@@ -9,13 +9,15 @@
 //! prompts (they shape the factors), the rest on 10%. Prints the wall time of each fit. `--out`
 //! writes the fitted head's predictions on the training prompts (`predictions.f32`, little-endian
 //! quality then tokens) and its ONNX export (`head.onnx`); `--compare` reads another run's
-//! predictions and prints the largest differences, to check that a change of solver keeps the fit.
+//! predictions and prints the largest differences, to check that a change of solver keeps the fit,
+//! and says whether this build re-exports that run's `head.onnx` byte for byte (`import` then
+//! `export`), to check that a change of the ONNX writer keeps the file.
 use std::{path::PathBuf, time::Instant};
 
 use clap::Parser;
 use ndarray::Array2;
 use pointsman::learning::{
-    export,
+    export, import,
     lowrank::{fit, LowRankConfig},
     Dataset, SplitMix64,
 };
@@ -111,7 +113,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.compare {
         let bytes = std::fs::read(dir.join("predictions.f32"))?;
         let other: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        anyhow::ensure!(other.len() == predictions.len(), "{} holds {} predictions, this run {}", dir.display(), other.len(), predictions.len());
+        anyhow::ensure!(
+            other.len() == predictions.len(),
+            "{} holds {} predictions, this run {}",
+            dir.display(),
+            other.len(),
+            predictions.len()
+        );
         let half = q.len();
         let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let max_rel = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0.0f32, f32::max);
@@ -122,6 +130,10 @@ fn main() -> anyhow::Result<()> {
             max_diff(&predictions[half..], &other[half..]),
             max_rel(&predictions[half..], &other[half..]),
         );
+        let onnx = std::fs::read(dir.join("head.onnx"))?;
+        let (mlp, _, _) = import(&onnx)?;
+        let same = export(&mlp, &[]) == onnx;
+        println!("re-exporting {}/head.onnx gives {}", dir.display(), if same { "the same bytes" } else { "DIFFERENT bytes" });
     }
     Ok(())
 }
