@@ -5,8 +5,8 @@
 //! offline analysis. Writing it needs only the public `onnx.proto` schema: it is vendored under
 //! `proto/onnx/` and `build.rs` generates its `prost` messages ([`schema`]) with the pure-Rust
 //! `protox` compiler, so the field numbers and types are ONNX's own and no ONNX crate (nor
-//! `protoc`) is needed. The small constructors at the bottom keep the proto2 `Option` fields
-//! out of the graph-building code.
+//! `protoc`) is needed. Small constructors (`attr`, `int_attr`, `tensor`, `int64_tensor`, `node`,
+//! `gemm`, `value_info`) keep the proto2 `Option` fields out of the graph-building code.
 //!
 //! The graph reproduces [`Mlp::predict`] op for op:
 //!
