@@ -26,6 +26,7 @@
 //! Export: `z = relu(z) - relu(-z)`, so the head is exactly an [`Mlp`] with hidden layer
 //! `[P, -P, P_t, -P_t]` (biases `∓μP`) and output weights `±w_m`: the ONNX graph, the shrinkage,
 //! the support and `extend` all work unchanged.
+use faer::{linalg::solvers::Solve, Mat, MatRef, Side};
 use ndarray::{s, Array1, Array2, Axis};
 
 use super::{rng::SplitMix64, Dataset, LearningError, Mlp};
@@ -72,94 +73,38 @@ pub fn dense_models(d: &Dataset, min_coverage: f64) -> Vec<usize> {
     (0..d.n_models()).filter(|&j| f64::from(d.mask.column(j).sum()) / n >= min_coverage).collect()
 }
 
-/// Cholesky factor `L` of a symmetric positive definite `a` (`a = L Lᵀ`).
-fn cholesky(a: &Array2<f64>) -> Result<Array2<f64>, LearningError> {
-    let n = a.nrows();
-    let mut l = Array2::<f64>::zeros((n, n));
-    for i in 0..n {
-        for j in 0..=i {
-            let mut sum = a[[i, j]];
-            for k in 0..j {
-                sum -= l[[i, k]] * l[[j, k]];
-            }
-            if i == j {
-                if sum <= 0.0 || !sum.is_finite() {
-                    return Err(LearningError::InvalidValue { what: "low-rank head: a ridge system is not positive definite" });
-                }
-                l[[i, i]] = sum.sqrt();
-            } else {
-                l[[i, j]] = sum / l[[j, j]];
-            }
-        }
-    }
-    Ok(l)
+/// `a` as a `faer` matrix.
+fn to_faer(a: &Array2<f64>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
 }
 
-/// Solves `a x = b` for symmetric positive definite `a`, every column of `b`.
+/// `m` as an `ndarray` matrix.
+fn from_faer(m: MatRef<'_, f64>) -> Array2<f64> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)])
+}
+
+/// Solves `a x = b` for symmetric positive definite `a`, every column of `b` (`faer`'s Cholesky
+/// `a = L Lᵀ`, reading the lower triangle).
 fn spd_solve(a: &Array2<f64>, b: &Array2<f64>) -> Result<Array2<f64>, LearningError> {
-    let l = cholesky(a)?;
-    let n = a.nrows();
-    let mut x = b.clone();
-    for mut col in x.columns_mut() {
-        for i in 0..n {
-            let mut v = col[i];
-            for k in 0..i {
-                v -= l[[i, k]] * col[k];
-            }
-            col[i] = v / l[[i, i]];
-        }
-        for i in (0..n).rev() {
-            let mut v = col[i];
-            for k in i + 1..n {
-                v -= l[[k, i]] * col[k];
-            }
-            col[i] = v / l[[i, i]];
-        }
+    let not_pd = || LearningError::InvalidValue { what: "low-rank head: a ridge system is not positive definite" };
+    // NOTE: faer refuses a NaN pivot but factors an infinite one; refuse every non-finite entry.
+    if !a.iter().all(|v| v.is_finite()) {
+        return Err(not_pd());
     }
-    Ok(x)
+    let llt = to_faer(a).llt(Side::Lower).map_err(|_| not_pd())?;
+    Ok(from_faer(llt.solve(to_faer(b)).as_ref()))
 }
 
-/// Eigenvectors of a symmetric matrix, as columns sorted by decreasing eigenvalue (cyclic Jacobi).
-fn symmetric_eigenvectors(a: &Array2<f64>) -> Array2<f64> {
-    let n = a.nrows();
-    let mut m = a.clone();
-    let mut v = Array2::<f64>::eye(n);
-    for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| m[[i, j]].powi(2)).sum();
-        if off < 1e-22 * (1.0 + m.diag().iter().map(|x| x * x).sum::<f64>()) {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                if m[[p, q]].abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (m[[q, q]] - m[[p, p]]) / (2.0 * m[[p, q]]);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (mkp, mkq) = (m[[k, p]], m[[k, q]]);
-                    m[[k, p]] = c * mkp - s * mkq;
-                    m[[k, q]] = s * mkp + c * mkq;
-                }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[[p, k]], m[[q, k]]);
-                    m[[p, k]] = c * mpk - s * mqk;
-                    m[[q, k]] = s * mpk + c * mqk;
-                }
-                for k in 0..n {
-                    let (vkp, vkq) = (v[[k, p]], v[[k, q]]);
-                    v[[k, p]] = c * vkp - s * vkq;
-                    v[[k, q]] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| m[[b, b]].total_cmp(&m[[a, a]]));
-    v.select(Axis(1), &order)
+/// Eigenvectors of a symmetric matrix, as columns sorted by decreasing eigenvalue (`faer`'s
+/// self-adjoint eigendecomposition, reading the lower triangle).
+fn symmetric_eigenvectors(a: &Array2<f64>) -> Result<Array2<f64>, LearningError> {
+    let eigen = to_faer(a)
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| LearningError::InvalidValue { what: "low-rank head: the score covariance has no eigendecomposition" })?;
+    // faer sorts the eigenvalues in nondecreasing order.
+    let u = from_faer(eigen.U());
+    let order: Vec<usize> = (0..u.ncols()).rev().collect();
+    Ok(u.select(Axis(1), &order))
 }
 
 /// Ridge from features to factors: returns `(μ, P)` with `z = (x - μ) P`.
@@ -185,7 +130,7 @@ struct Factors {
 
 fn factors(x: &Array2<f64>, y: &Array2<f64>, rank: usize, lambda: f64, folds: &[usize], n_folds: usize) -> Result<Factors, LearningError> {
     let yc = y - &y.mean_axis(Axis(0)).expect("rows are not empty. This is a bug.");
-    let v = symmetric_eigenvectors(&yc.t().dot(&yc));
+    let v = symmetric_eigenvectors(&yc.t().dot(&yc))?;
     let k = rank.min(v.ncols()).max(1);
     let v = v.slice(s![.., ..k]).to_owned();
     let mut oof = Array2::<f64>::zeros((x.nrows(), k));
@@ -360,10 +305,13 @@ mod tests {
     #[test]
     fn linear_algebra_is_right() {
         let a = ndarray::array![[4.0, 2.0, 0.6], [2.0, 5.0, 1.0], [0.6, 1.0, 3.0]];
-        let b = ndarray::array![[1.0], [2.0], [3.0]];
+        let b = ndarray::array![[1.0, -2.0], [2.0, 0.5], [3.0, 7.0]];
         let x = spd_solve(&a, &b).unwrap();
-        assert!((a.dot(&x) - &b).iter().all(|v| v.abs() < 1e-12));
-        let v = symmetric_eigenvectors(&a);
+        assert_eq!(x.dim(), (3, 2));
+        assert!((a.dot(&x) - &b).iter().all(|v| v.abs() < 1e-12), "{x}");
+        let v = symmetric_eigenvectors(&a).unwrap();
+        // Orthonormal columns that diagonalise `a`, largest eigenvalue first.
+        assert!((v.t().dot(&v) - Array2::<f64>::eye(3)).iter().all(|e| e.abs() < 1e-12));
         let d = v.t().dot(&a).dot(&v);
         for i in 0..3 {
             for j in 0..3 {
@@ -372,7 +320,14 @@ mod tests {
                 }
             }
         }
-        assert!(d[[0, 0]] >= d[[1, 1]] && d[[1, 1]] >= d[[2, 2]]);
+        assert!(d[[0, 0]] > d[[1, 1]] && d[[1, 1]] > d[[2, 2]], "{d}");
+        // The trace is the sum of the eigenvalues.
+        assert!((d.diag().sum() - 12.0).abs() < 1e-12);
+        // Not positive definite, or not finite: a clear error, not a NaN solution.
+        let indefinite = ndarray::array![[1.0, 2.0], [2.0, 1.0]];
+        assert!(matches!(spd_solve(&indefinite, &ndarray::array![[1.0], [1.0]]), Err(LearningError::InvalidValue { .. })));
+        let nan = ndarray::array![[f64::NAN, 0.0], [0.0, 1.0]];
+        assert!(matches!(spd_solve(&nan, &ndarray::array![[1.0], [1.0]]), Err(LearningError::InvalidValue { .. })));
     }
 
     /// Quality driven by one hidden difficulty that is linear in the embedding: the factor head

@@ -2,9 +2,11 @@
 //!
 //! The serving path already runs ONNX models through `ort`, so the head ships as one more
 //! `.onnx` file: one runtime, one set of session knobs, and the same file works from Python for
-//! offline analysis. Writing it needs only a handful of messages of the public `onnx.proto`
-//! schema, declared below as `prost` structs with the public field numbers; pulling in an ONNX
-//! crate (and `protoc`) for that would be a heavier dependency than the ~150 lines here.
+//! offline analysis. Writing it needs only the public `onnx.proto` schema: it is vendored under
+//! `proto/onnx/` and `build.rs` generates its `prost` messages ([`schema`]) with the pure-Rust
+//! `protox` compiler, so the field numbers and types are ONNX's own and no ONNX crate (nor
+//! `protoc`) is needed. Small constructors (`attr`, `int_attr`, `tensor`, `int64_tensor`, `node`,
+//! `gemm`, `value_info`) keep the proto2 `Option` fields out of the graph-building code.
 //!
 //! The graph reproduces [`Mlp::predict`] op for op:
 //!
@@ -17,10 +19,16 @@
 //! `Relu` after `Sub` is the clamp at zero (`max(x, 0)`), the cheapest way to spell it in ONNX.
 use prost::Message;
 
+mod schema;
+
 use super::{
     mlp::Mlp,
     shrink::{LocalPrior, MemoryBlock, Shrink},
     support::{Support, SUPPORT_OUTPUT},
+};
+use schema::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 /// Name of the graph input: float `[batch, D]` prompt embeddings.
@@ -35,14 +43,17 @@ pub const OPSET_VERSION: i64 = 17;
 pub const IR_VERSION: i64 = 8;
 
 /// `TensorProto.DataType.FLOAT`.
-const FLOAT: i32 = 1;
+const FLOAT: i32 = DataType::Float as i32;
 /// `TensorProto.DataType.INT64`.
-const INT64: i32 = 7;
-/// `AttributeProto.AttributeType.INTS`.
-const ATTR_INTS: i32 = 7;
+const INT64: i32 = DataType::Int64 as i32;
+
+/// An attribute named `name` of kind `kind`; the caller sets the matching value field.
+fn attr(name: &str, kind: AttributeType) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(kind as i32), ..Default::default() }
+}
 
 fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: ATTR_INT, i: Some(i), ..Default::default() }
+    AttributeProto { i: Some(i), ..attr(name, AttributeType::Int) }
 }
 
 /// The k most similar training prompts: `<out>_values` and `<out>_indices`.
@@ -64,23 +75,19 @@ fn gather(table: &str, indices: &str, out: &str) -> NodeProto {
 fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
     TensorProto {
         dims: vec![values.len() as i64],
-        data_type: INT64,
-        name: name.into(),
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        data_type: Some(INT64),
+        name: Some(name.into()),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
     }
 }
 
 /// The mean over the k neighbours: [batch, M].
 fn reduce_mean() -> NodeProto {
     let mut n = node("ReduceMean", &["support_rows"], SUPPORT_OUTPUT);
-    n.attribute =
-        vec![AttributeProto { name: "axes".into(), r#type: ATTR_INTS, ints: vec![1], ..Default::default() }, int_attr("keepdims", 0)];
+    n.attribute = vec![AttributeProto { ints: vec![1], ..attr("axes", AttributeType::Ints) }, int_attr("keepdims", 0)];
     n
 }
-/// `AttributeProto.AttributeType.FLOAT`.
-const ATTR_FLOAT: i32 = 1;
-/// `AttributeProto.AttributeType.INT`.
-const ATTR_INT: i32 = 2;
 
 /// Serialises `mlp` as an ONNX model (`ModelProto` bytes) with `metadata` as its
 /// `metadata_props`, in the order given (ONNX wants distinct keys; that is the caller's job).
@@ -199,29 +206,32 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
             node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens"),
         ]);
         // NOTE: inserted before the token nodes that read `log_tokens`.
-        let at = node.iter().position(|n| n.op_type == "Exp").expect("the graph has the token Exp node. This is a bug.");
+        let at = node.iter().position(|n| n.op_type() == "Exp").expect("the graph has the token Exp node. This is a bug.");
         node.splice(at..at, shrink_nodes);
     }
     front.append(&mut node);
     let node = front;
     let graph = GraphProto {
         node,
-        name: "pointsman_router_head".into(),
+        name: Some("pointsman_router_head".into()),
         initializer,
-        doc_string: "Per-model quality and output tokens from a prompt embedding.".into(),
+        doc_string: Some("Per-model quality and output tokens from a prompt embedding.".into()),
         input: vec![value_info(INPUT_NAME, d)],
         output,
+        ..Default::default()
     };
     let model = ModelProto {
-        ir_version: IR_VERSION,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET_VERSION }],
-        producer_name: "pointsman".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        domain: String::new(),
-        model_version: 1,
-        doc_string: String::new(),
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto { domain: None, version: Some(OPSET_VERSION) }],
+        producer_name: Some("pointsman".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        model_version: Some(1),
         graph: Some(graph),
-        metadata_props: metadata.iter().map(|(key, value)| StringStringEntryProto { key: key.clone(), value: value.clone() }).collect(),
+        metadata_props: metadata
+            .iter()
+            .map(|(key, value)| StringStringEntryProto { key: Some(key.clone()), value: Some(value.clone()) })
+            .collect(),
+        ..Default::default()
     };
     model.encode_to_vec()
 }
@@ -234,9 +244,9 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
     let model = ModelProto::decode(bytes).map_err(|e| NotAHead(e.to_string()))?;
     let graph = model.graph.ok_or_else(|| NotAHead("no graph".into()))?;
     let find = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
-        let t = graph.initializer.iter().find(|t| t.name == name)?;
+        let t = graph.initializer.iter().find(|t| t.name() == name)?;
         let dims = t.dims.iter().map(|&d| d as usize).collect();
-        let vals = t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let vals = t.raw_data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         Some((dims, vals))
     };
     let need = |name: &str| find(name).ok_or_else(|| NotAHead(format!("missing initializer `{name}`")));
@@ -253,14 +263,14 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
         graph
             .initializer
             .iter()
-            .find(|t| t.name == name && t.raw_data.len() == 8)
-            .map(|t| i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes. This is a bug.")))
+            .find(|t| t.name() == name && t.raw_data().len() == 8)
+            .map(|t| i64::from_le_bytes(t.raw_data()[..8].try_into().expect("8 bytes. This is a bug.")))
     };
-    let support = match graph.initializer.iter().find(|t| t.name == "support_k") {
-        Some(t) if t.raw_data.len() == 8 => Some(Support {
+    let support = match graph.initializer.iter().find(|t| t.name() == "support_k") {
+        Some(t) if t.raw_data().len() == 8 => Some(Support {
             keys: mat("support_keys_t")?.t().as_standard_layout().to_owned(),
             weights: mat("support_weights")?,
-            k: i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes. This is a bug.")).max(1) as usize,
+            k: i64::from_le_bytes(t.raw_data()[..8].try_into().expect("8 bytes. This is a bug.")).max(1) as usize,
         }),
         Some(_) => return Err(NotAHead("`support_k` is not one int64".into())),
         None => None,
@@ -337,9 +347,10 @@ pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFact
 fn tensor<'a>(name: &str, dims: &[usize], values: impl Iterator<Item = &'a f32>) -> TensorProto {
     TensorProto {
         dims: dims.iter().map(|&v| v as i64).collect(),
-        data_type: FLOAT,
-        name: name.into(),
-        raw_data: values.flat_map(|v| v.to_le_bytes()).collect(),
+        data_type: Some(FLOAT),
+        name: Some(name.into()),
+        raw_data: Some(values.flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
     }
 }
 
@@ -351,31 +362,29 @@ fn node(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![output.into()],
-        name: format!("{op_type}_{output}"),
-        op_type: op_type.into(),
-        domain: String::new(),
-        attribute: Vec::new(),
+        name: Some(format!("{op_type}_{output}")),
+        op_type: Some(op_type.into()),
+        ..Default::default()
     }
 }
 
 /// `Y = A B + C` with every attribute spelled out (they are the defaults), so the file says
 /// what it computes without the reader knowing Gemm's defaults.
 fn gemm(inputs: &[&str], output: &str) -> NodeProto {
-    let float = |name: &str, f| AttributeProto { name: name.into(), r#type: ATTR_FLOAT, f: Some(f), ..Default::default() };
-    let int = |name: &str, i| AttributeProto { name: name.into(), r#type: ATTR_INT, i: Some(i), ..Default::default() };
+    let float = |name: &str, f| AttributeProto { f: Some(f), ..attr(name, AttributeType::Float) };
     let mut gemm = node("Gemm", inputs, output);
-    gemm.attribute = vec![float("alpha", 1.0), float("beta", 1.0), int("transA", 0), int("transB", 0)];
+    gemm.attribute = vec![float("alpha", 1.0), float("beta", 1.0), int_attr("transA", 0), int_attr("transB", 0)];
     gemm
 }
 
 /// A float `[batch, width]` graph input or output; `batch` is symbolic.
 fn value_info(name: &str, width: usize) -> ValueInfoProto {
-    let dim = |value| tensor_shape_proto::Dimension { value: Some(value) };
+    let dim = |value| tensor_shape_proto::Dimension { value: Some(value), denotation: None };
     ValueInfoProto {
-        name: name.into(),
+        name: Some(name.into()),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: FLOAT,
+                elem_type: Some(FLOAT),
                 shape: Some(TensorShapeProto {
                     dim: vec![
                         dim(tensor_shape_proto::dimension::Value::DimParam("batch".into())),
@@ -383,191 +392,9 @@ fn value_info(name: &str, width: usize) -> ValueInfoProto {
                     ],
                 }),
             })),
+            denotation: None,
         }),
-    }
-}
-
-// The subset of the public ONNX schema (onnx/onnx.proto, package `onnx`) that the export
-// writes. Field numbers are those of the public format; fields we never set are left out,
-// which protobuf readers treat as absent.
-
-/// `onnx.ModelProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct ModelProto {
-    #[prost(int64, tag = "1")]
-    pub ir_version: i64,
-    #[prost(message, repeated, tag = "8")]
-    pub opset_import: Vec<OperatorSetIdProto>,
-    #[prost(string, tag = "2")]
-    pub producer_name: String,
-    #[prost(string, tag = "3")]
-    pub producer_version: String,
-    #[prost(string, tag = "4")]
-    pub domain: String,
-    #[prost(int64, tag = "5")]
-    pub model_version: i64,
-    #[prost(string, tag = "6")]
-    pub doc_string: String,
-    #[prost(message, optional, tag = "7")]
-    pub graph: Option<GraphProto>,
-    #[prost(message, repeated, tag = "14")]
-    pub metadata_props: Vec<StringStringEntryProto>,
-}
-
-/// `onnx.OperatorSetIdProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct OperatorSetIdProto {
-    #[prost(string, tag = "1")]
-    pub domain: String,
-    #[prost(int64, tag = "2")]
-    pub version: i64,
-}
-
-/// `onnx.StringStringEntryProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct StringStringEntryProto {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `onnx.GraphProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct GraphProto {
-    #[prost(message, repeated, tag = "1")]
-    pub node: Vec<NodeProto>,
-    #[prost(string, tag = "2")]
-    pub name: String,
-    #[prost(message, repeated, tag = "5")]
-    pub initializer: Vec<TensorProto>,
-    #[prost(string, tag = "10")]
-    pub doc_string: String,
-    #[prost(message, repeated, tag = "11")]
-    pub input: Vec<ValueInfoProto>,
-    #[prost(message, repeated, tag = "12")]
-    pub output: Vec<ValueInfoProto>,
-}
-
-/// `onnx.NodeProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct NodeProto {
-    #[prost(string, repeated, tag = "1")]
-    pub input: Vec<String>,
-    #[prost(string, repeated, tag = "2")]
-    pub output: Vec<String>,
-    #[prost(string, tag = "3")]
-    pub name: String,
-    #[prost(string, tag = "4")]
-    pub op_type: String,
-    #[prost(string, tag = "7")]
-    pub domain: String,
-    #[prost(message, repeated, tag = "5")]
-    pub attribute: Vec<AttributeProto>,
-}
-
-/// `onnx.AttributeProto` (scalar, tensor and list kinds).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct AttributeProto {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// `AttributeProto.AttributeType`: FLOAT = 1, INT = 2, STRING = 3, TENSOR = 4, FLOATS = 6,
-    /// INTS = 7.
-    #[prost(int32, tag = "20")]
-    pub r#type: i32,
-    // NOTE: proto2 `optional` scalars: explicit presence, so a zero value is still written.
-    #[prost(float, optional, tag = "2")]
-    pub f: Option<f32>,
-    #[prost(int64, optional, tag = "3")]
-    pub i: Option<i64>,
-    #[prost(bytes = "vec", optional, tag = "4")]
-    pub s: Option<Vec<u8>>,
-    #[prost(message, optional, tag = "5")]
-    pub t: Option<TensorProto>,
-    #[prost(float, repeated, packed = "false", tag = "7")]
-    pub floats: Vec<f32>,
-    #[prost(int64, repeated, packed = "false", tag = "8")]
-    pub ints: Vec<i64>,
-}
-
-/// `onnx.TensorProto` (dense, `raw_data` only).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct TensorProto {
-    #[prost(int64, repeated, packed = "false", tag = "1")]
-    pub dims: Vec<i64>,
-    /// `TensorProto.DataType` (FLOAT = 1).
-    #[prost(int32, tag = "2")]
-    pub data_type: i32,
-    #[prost(string, tag = "8")]
-    pub name: String,
-    #[prost(bytes = "vec", tag = "9")]
-    pub raw_data: Vec<u8>,
-}
-
-/// `onnx.ValueInfoProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct ValueInfoProto {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(message, optional, tag = "2")]
-    pub r#type: Option<TypeProto>,
-}
-
-/// `onnx.TypeProto` (tensor types only).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct TypeProto {
-    #[prost(oneof = "type_proto::Value", tags = "1")]
-    pub value: Option<type_proto::Value>,
-}
-
-/// Nested messages of `onnx.TypeProto`.
-pub(super) mod type_proto {
-    /// `onnx.TypeProto.Tensor`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Tensor {
-        /// `TensorProto.DataType` of the elements.
-        #[prost(int32, tag = "1")]
-        pub elem_type: i32,
-        #[prost(message, optional, tag = "2")]
-        pub shape: Option<super::TensorShapeProto>,
-    }
-
-    /// The `value` oneof of `onnx.TypeProto`.
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Value {
-        #[prost(message, tag = "1")]
-        TensorType(Tensor),
-    }
-}
-
-/// `onnx.TensorShapeProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct TensorShapeProto {
-    #[prost(message, repeated, tag = "1")]
-    pub dim: Vec<tensor_shape_proto::Dimension>,
-}
-
-/// Nested messages of `onnx.TensorShapeProto`.
-pub(super) mod tensor_shape_proto {
-    /// `onnx.TensorShapeProto.Dimension`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Dimension {
-        #[prost(oneof = "dimension::Value", tags = "1, 2")]
-        pub value: Option<dimension::Value>,
-    }
-
-    /// Nested types of `Dimension`.
-    pub mod dimension {
-        /// The `value` oneof of `onnx.TensorShapeProto.Dimension`.
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            /// A fixed size.
-            #[prost(int64, tag = "1")]
-            DimValue(i64),
-            /// A symbolic size, e.g. `batch`.
-            #[prost(string, tag = "2")]
-            DimParam(String),
-        }
+        ..Default::default()
     }
 }
 
@@ -591,18 +418,18 @@ mod tests {
         let meta = vec![("models".to_string(), "[\"a\",\"b\",\"c\",\"d\"]".to_string())];
         let bytes = export(&mlp, &meta);
         let model = ModelProto::decode(bytes.as_slice()).expect("decodes");
-        assert_eq!((model.ir_version, model.opset_import[0].version), (IR_VERSION, OPSET_VERSION));
-        assert_eq!(model.metadata_props[0].key, "models");
+        assert_eq!((model.ir_version(), model.opset_import[0].version()), (IR_VERSION, OPSET_VERSION));
+        assert_eq!(model.metadata_props[0].key(), "models");
         let graph = model.graph.expect("graph");
         let w1 = &graph.initializer[0];
-        assert_eq!((w1.name.as_str(), w1.dims.as_slice()), ("W1", [3i64, 2].as_slice()));
-        let values: Vec<f32> = w1.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!((w1.name(), w1.data_type(), w1.dims.as_slice()), ("W1", FLOAT, [3i64, 2].as_slice()));
+        let values: Vec<f32> = w1.raw_data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         assert_eq!(values, [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]);
-        assert_eq!(graph.input[0].name, INPUT_NAME);
+        assert_eq!(graph.input[0].name(), INPUT_NAME);
         let trans_a = &graph.node[0].attribute[2];
         // Explicit presence: a zero-valued attribute is still on the wire.
-        assert_eq!((trans_a.name.as_str(), trans_a.r#type, trans_a.i), ("transA", ATTR_INT, Some(0)));
-        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!((trans_a.name(), trans_a.r#type(), trans_a.i), ("transA", AttributeType::Int, Some(0)));
+        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name()).collect();
         assert_eq!(outputs, [QUALITY_OUTPUT, TOKENS_OUTPUT]);
     }
 }
