@@ -28,7 +28,7 @@ pub fn svg(r: &DatasetReport) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
     );
     s += &format!(
-        r#"<text x="{pad}" y="24" font-size="15">{}: {} prompts. Gap closed (single models to oracle): {}</text>"#,
+        r#"<text x="{pad}" y="22" font-size="15">{}: {} prompts; gap closed from the single models to the oracle:</text><text x="{pad}" y="42" font-size="13">{}</text>"#,
         r.file,
         r.prompts,
         escape(&r.verdict)

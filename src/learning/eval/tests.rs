@@ -91,7 +91,8 @@ fn the_tuned_knn_picks_a_large_k_when_outcomes_are_noise_around_broad_clusters()
 
 #[test]
 fn the_tuned_knn_is_absent_with_too_little_memory() {
-    let mem = Memory { x: Array2::ones((50, 2)), score: Array2::zeros((50, 2)), tokens: Array2::zeros((50, 2)), mask: Array2::ones((50, 2)) };
+    let mem =
+        Memory { x: Array2::ones((50, 2)), score: Array2::zeros((50, 2)), tokens: Array2::zeros((50, 2)), mask: Array2::ones((50, 2)) };
     let full = mem.full_rows();
     let price = |_: usize, _: usize, t: f64| t;
     let why = baseline::tuned(Array2::ones((3, 2)).view(), &mem, &full, &price, &price, 1.0).err().unwrap();
