@@ -96,9 +96,9 @@ fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: &std::pa
         let best = r.single_models.iter().find(|s| s.model == r.best_single).expect("best is a single model. This is a bug.");
         let below = r.router_below_single_frontier;
         println!(
-            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality at {}; below the single-model frontier on {:.0}% of the cost range{}; mean calibration error {:.3}; plot {}",
+            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality {}; below the single-model frontier on {:.0}% of the cost range{}; mean calibration error {:.3}; plot {}",
             best.model, best.quality, best.cost, r.router_quality_at_best_single_cost,
-            r.router_cost_share_to_match_best_single.map_or("never".to_string(), |s| format!("{:.0}% of its cost", s * 100.0)),
+            r.router_cost_share_to_match_best_single.map_or("at no cost it sweeps".to_string(), |s| format!("at {:.0}% of its cost", s * 100.0)),
             below.share_of_cost_range * 100.0,
             if below.share_of_cost_range > 0.0 { format!(" (at most {:.3} quality, at ${:.6})", below.max_quality, below.at_cost) } else { String::new() },
             r.mean_calibration_error, plot.display()
