@@ -15,8 +15,13 @@ use crate::{
 /// What `eval` (and `tune`) score and how.
 #[derive(Debug, Clone, Default)]
 pub struct EvalOptions {
-    /// Neighbours of the kNN baseline router.
+    /// Neighbours of the kNN-k baseline router.
     pub knn_k: usize,
+    /// Score the kNN baselines (`tune` needs only the router).
+    pub baselines: bool,
+    /// The head's training logs, as the kNN baselines' memory for logs the head never saw
+    /// (`--all-prompts`); prompts of the evaluated file are left out of it.
+    pub knn_memory: Vec<std::path::PathBuf>,
     /// Every prompt of each file (logs the head never saw) instead of the head's held-out prompts.
     pub all_prompts: bool,
     /// With `all_prompts`, score files the head was trained on too (their prompts were its training data).
@@ -40,12 +45,22 @@ pub fn evaluate_all(
         out_of_domain_p: config.routing.out_of_domain_p,
         cost_scale: config.routing.cost_scale_usd,
         knn_k: options.knn_k,
+        baselines: options.baselines,
         quiet: options.quiet,
     };
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
     let head = crate::predictor::Head::load(env, &config.head.dir)?;
     let catalog = config.catalog()?;
+    let memory = if options.knn_memory.is_empty() || !options.baselines {
+        None
+    } else {
+        let m = crate::learning::read_logs(&options.knn_memory, false)?;
+        if !options.quiet {
+            eprintln!("kNN memory: {} prompts, {} models from {} file(s)", m.prompts.len(), m.models.len(), options.knn_memory.len());
+        }
+        Some(m)
+    };
     let mut reports = Vec::new();
     for f in data {
         let logs = crate::learning::read_logs(std::slice::from_ref(f), false)?;
@@ -59,7 +74,8 @@ pub fn evaluate_all(
             };
             eprintln!("{}: {} prompts, {} models; evaluating on {scored}", f.display(), logs.prompts.len(), logs.models.len());
         }
-        let outcomes = collect_logs(f, &logs, &encoder, &head, &catalog, &prompts, settings, options.embedding_cache.as_deref())?;
+        let outcomes =
+            collect_logs(f, &logs, memory.as_ref(), &encoder, &head, &catalog, &prompts, settings, options.embedding_cache.as_deref())?;
         reports.push(report(&outcomes, settings.cost_scale));
     }
     Ok(reports)
@@ -76,32 +92,47 @@ fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: &std::pa
     for r in reports {
         let plot = out.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_")));
         std::fs::write(&plot, crate::learning::eval::svg(r))?;
-        println!(
-            "{}: {} prompts x {} models; AIQ single {:.4}, router {:.4}, kNN {:.4}, oracle {:.4}; gap closed: router {:.1}%, kNN {:.1}%",
-            r.file,
-            r.prompts,
-            r.single_models.len(),
-            r.single_aiq,
-            r.router.aiq,
-            r.knn.aiq,
-            r.oracle.aiq,
-            r.router_gap_closed * 100.0,
-            r.knn_gap_closed * 100.0
-        );
+        print_table(r);
         let best = r.single_models.iter().find(|s| s.model == r.best_single).expect("best is a single model. This is a bug.");
         let below = r.router_below_single_frontier;
         println!(
-            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality at {}; below the single-model frontier on {:.0}% of the cost range{}; mean calibration error {:.3}; plot {}",
+            "  best single {} (quality {:.3}, ${:.6}/request); router at that cost: {:.3}; router reaches its quality {}; below the single-model frontier on {:.0}% of the cost range{}; mean calibration error {:.3}; plot {}",
             best.model, best.quality, best.cost, r.router_quality_at_best_single_cost,
-            r.router_cost_share_to_match_best_single.map_or("never".to_string(), |s| format!("{:.0}% of its cost", s * 100.0)),
+            r.router_cost_share_to_match_best_single.map_or("at no cost it sweeps".to_string(), |s| format!("at {:.0}% of its cost", s * 100.0)),
             below.share_of_cost_range * 100.0,
             if below.share_of_cost_range > 0.0 { format!(" (at most {:.3} quality, at ${:.6})", below.max_quality, below.at_cost) } else { String::new() },
             r.mean_calibration_error, plot.display()
         );
+        println!("  coverage: {}", r.coverage.describe());
     }
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(reports)?)?;
     println!("wrote {}", out.join("report.json").display());
     Ok(())
+}
+
+/// One report's policies as a table: AIQ and gap closed of the single models, the router, the
+/// kNN baselines (or why they are absent) and the oracle, then the verdict.
+fn print_table(r: &crate::learning::eval::DatasetReport) {
+    println!("{}: {} prompts x {} models", r.file, r.prompts, r.single_models.len());
+    println!("  {:<40} {:>7} {:>11}", "policy", "AIQ", "gap closed");
+    let row = |name: &str, aiq: f64, gap: f64, note: &str| println!("  {name:<40} {aiq:>7.4} {:>10.1}%{note}", gap * 100.0);
+    row("single models", r.single_aiq, 0.0, "");
+    row("router (the head)", r.router.aiq, r.router_gap_closed, "");
+    match (&r.tuned_knn, &r.tuned_knn_absent) {
+        (Some(t), _) => row(
+            &format!("tuned kNN (k {}, b {})", t.k, t.b),
+            t.sweep.aiq,
+            t.gap_closed,
+            &format!("   {:.1}% by {}-fold CV on its {} memory prompts", t.cv_gap_closed * 100.0, t.cv_folds, t.memory_prompts),
+        ),
+        (None, why) => println!("  {:<40} {:>7} {:>11}   {}", "tuned kNN", "-", "-", why.as_deref().unwrap_or("absent")),
+    }
+    match (&r.knn, &r.knn_absent) {
+        (Some(k), _) => row(&format!("kNN-{} (no shrinkage)", k.k), k.sweep.aiq, k.gap_closed, ""),
+        (None, why) => println!("  {:<40} {:>7} {:>11}   {}", "kNN-k", "-", "-", why.as_deref().unwrap_or("absent")),
+    }
+    row("oracle", r.oracle.aiq, 1.0, "");
+    println!("  verdict: {}", r.verdict);
 }
 
 /// K-fold cross-validation of a training job: every prompt is held out exactly once. Trains one
@@ -115,8 +146,13 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
     let catalog = config.catalog()?;
-    let settings =
-        EvalSettings { out_of_domain_p: config.routing.out_of_domain_p, cost_scale: config.routing.cost_scale_usd, knn_k, quiet: true };
+    let settings = EvalSettings {
+        out_of_domain_p: config.routing.out_of_domain_p,
+        cost_scale: config.routing.cost_scale_usd,
+        knn_k,
+        baselines: true,
+        quiet: true,
+    };
     let logs = crate::learning::read_logs(&job.data, job.strict)?;
     let fold_of = crate::learning::folds(logs.prompts.len(), folds, job.train.seed);
     let mut parts: Vec<Vec<crate::learning::eval::FileOutcomes>> = (0..job.data.len()).map(|_| Vec::new()).collect();

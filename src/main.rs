@@ -99,9 +99,14 @@ struct EvalArgs {
     /// Folder for report.json and one <file>.svg plot per log file.
     #[arg(long, env = "POINTSMAN_EVAL_OUT", default_value = "eval")]
     out: PathBuf,
-    /// Neighbours of the kNN baseline router.
+    /// Neighbours of the plain kNN-k baseline router (the tuned kNN chooses its own k and b).
     #[arg(long, env = "POINTSMAN_EVAL_KNN_K", default_value_t = 25)]
     knn_k: usize,
+    /// With --all-prompts: the head's training logs, as the kNN baselines' memory (prompts of the
+    /// evaluated file are left out of it). Without it the kNN baselines are reported absent:
+    /// every prompt of the file is evaluated, so none is left for them to remember.
+    #[arg(long, env = "POINTSMAN_EVAL_KNN_MEMORY", value_delimiter = ',', value_name = "FILE", num_args = 1.., requires = "all_prompts")]
+    knn_memory: Vec<PathBuf>,
     /// Evaluate on every prompt of the files (logs the head never saw) instead of the head's
     /// held-out prompts. A file the head was trained on (its SHA-256 is in the manifest) is
     /// refused: its prompts were the head's training data.
@@ -150,6 +155,16 @@ struct TuneArgs {
     /// With --all-prompts, use files the head was trained on anyway.
     #[arg(long, requires = "all_prompts")]
     allow_training_prompts: bool,
+    /// Folder of the on-disk prompt-embedding cache (shared with `train` and `eval`). Default:
+    /// $XDG_CACHE_HOME or ~/.cache, `pointsman/embeddings`.
+    #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
+    embedding_cache: Option<PathBuf>,
+    /// Embed every prompt, without reading or writing the cache.
+    #[arg(long)]
+    no_embedding_cache: bool,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// A seed in decimal or 0x-prefixed hex, as the README writes the shipped one.
@@ -372,6 +387,8 @@ async fn run() -> anyhow::Result<()> {
         Command::Eval(a) => {
             let options = pointsman::cli::EvalOptions {
                 knn_k: a.knn_k,
+                baselines: true,
+                knn_memory: a.knn_memory.clone(),
                 all_prompts: a.all_prompts,
                 allow_training_prompts: a.allow_training_prompts,
                 embedding_cache: embedding_cache(a.embedding_cache, a.no_embedding_cache),
@@ -413,10 +430,12 @@ async fn run() -> anyhow::Result<()> {
             };
             let options = pointsman::cli::EvalOptions {
                 knn_k: 25,
+                baselines: false,
+                knn_memory: Vec::new(),
                 all_prompts: a.all_prompts,
                 allow_training_prompts: a.allow_training_prompts,
-                embedding_cache: None,
-                quiet: true,
+                embedding_cache: embedding_cache(a.embedding_cache, a.no_embedding_cache),
+                quiet: a.quiet,
             };
             tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, &options)).await??;
         }

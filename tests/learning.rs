@@ -313,6 +313,35 @@ fn eval_command_reports_frontiers_on_held_out_prompts() {
     assert!(r["oracle"]["quality"][0].as_f64().unwrap() >= top);
     let svg = std::fs::read_to_string(dir.path().join("alpaca_eval2_train.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("Pointsman") && svg.matches("<circle").count() == singles.len());
+    // The honest baseline: a kNN with shrinkage whose (k, b) from the grid were chosen by
+    // cross-validation on the head's training prompts of the file, scored like the router.
+    let t = &r["tuned_knn"];
+    let (k, b) = (t["k"].as_u64().unwrap() as usize, t["b"].as_f64().unwrap() as f32);
+    assert!(pointsman::learning::knn::K_GRID.contains(&k) && pointsman::learning::knn::B_GRID.contains(&b), "{t}");
+    let (gap, cv) = (t["gap_closed"].as_f64().unwrap(), t["cv_gap_closed"].as_f64().unwrap());
+    assert!(gap.is_finite() && cv.is_finite() && gap < 1.0 && cv < 1.0, "{gap} {cv}");
+    assert!((gap - (t["sweep"]["aiq"].as_f64().unwrap() - single) / (oracle - single)).abs() < 1e-9);
+    let logs = read_logs(&[data], true).unwrap();
+    let memory = t["memory_prompts"].as_u64().unwrap() as usize;
+    assert!(memory >= 100 && memory + prompts as usize <= logs.prompts.len(), "memory {memory}: the file's prompts the head trained on");
+    assert_eq!(t["choices"].as_array().unwrap().len(), 1);
+    assert_eq!(t["choices"][0]["grid"].as_array().unwrap().len(), 36);
+    assert!(r["tuned_knn_absent"].is_null() && r["knn"]["k"] == 25 && r["knn"]["gap_closed"].as_f64().unwrap().is_finite());
+    // One verdict line per file, in the report and printed.
+    let verdict = r["verdict"].as_str().unwrap();
+    assert!(verdict.starts_with("router ") && verdict.contains(&format!("vs tuned kNN {:.1}% (k {k}, b {b})", gap * 100.0)), "{verdict}");
+    assert!(verdict.contains("the head is ahead by") || verdict.contains("the head is behind by") || verdict.contains("level"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("verdict: {verdict}")) && stdout.contains("tuned kNN (k "), "{stdout}");
+    // What the full-matrix rule dropped: alpaca_eval2 has models without a catalog price.
+    let c = &r["coverage"];
+    assert_eq!(c["models_scored"].as_u64().unwrap() as usize, singles.len());
+    assert_eq!(c["prompts_considered"].as_u64().unwrap() - c["prompts_dropped"].as_u64().unwrap(), prompts);
+    assert!(!c["dropped_no_price"].as_array().unwrap().is_empty() && c["min_coverage"] == 0.95, "{c}");
+    assert!(stdout.contains("coverage: scored ") && stdout.contains("no catalog price: "), "{stdout}");
+    // Every policy can fall back to the cheapest single model: nothing below it counts as 0.
+    let floor = singles.iter().map(|s| s["cost"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    assert_eq!(r["cost_range"][0].as_f64().unwrap(), floor);
 }
 
 #[test]
@@ -351,6 +380,16 @@ fn cross_validation_holds_out_every_prompt_once_and_pools_the_folds() {
     assert!(oracle > single && oracle > router, "{single} {router} {oracle}");
     let below = &r["router_below_single_frontier"];
     assert!((0.0..=1.0).contains(&below["share_of_cost_range"].as_f64().unwrap()));
+    // The tuned kNN is chosen per fold on that fold's training prompts of the file.
+    let t = &r["tuned_knn"];
+    let choices = t["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{t}");
+    for c in choices {
+        let (k, cv) = (c["k"].as_u64().unwrap() as usize, c["cv_gap_closed"].as_f64().unwrap());
+        assert!(pointsman::learning::knn::K_GRID.contains(&k) && cv.is_finite(), "{c}");
+        assert!(c["cv_prompts"].as_u64().unwrap() as usize <= all.len() * 2 / 3 + 1, "a fold's memory is its training prompts: {c}");
+    }
+    assert!(t["gap_closed"].as_f64().unwrap().is_finite() && r["verdict"].as_str().unwrap().contains("vs tuned kNN"));
     assert!(std::fs::read_to_string(dir.path().join("cv/alpaca_eval2_train.svg")).unwrap().starts_with("<svg"));
 }
 

@@ -1,29 +1,47 @@
 //! `pointsman eval`: the router's quality-cost frontier on full-matrix logs the head never saw,
-//! next to every single model, the per-prompt oracle, and a 25-nearest-neighbour router on the
-//! same embeddings (see `frontier` for the figures).
+//! next to every single model, the per-prompt oracle, and two nearest-neighbour routers on the
+//! same embeddings: a kNN with shrinkage whose `(k, b)` is chosen by cross-validation on the
+//! head's training prompts (the honest baseline), and plain kNN-25 (see `baseline`; `frontier`
+//! for the figures).
+//!
+//! Every policy can always fall back to the cheapest single model (send everything there), so
+//! each policy's achievable set includes that model's point: below its own cheapest sweep point a
+//! router is never counted as reaching quality 0. The trainer's [`Outcomes::gap_closed`] uses the
+//! same convention.
 //!
 //! Each log file is evaluated on its own (scores from different benchmarks are not on one scale).
 //! Evaluation prompts are the head's held-out prompts (`validation.prompt_ids` in its manifest)
-//! found in the file; the file's other prompts are the kNN router's memory. Models are the
-//! catalog models the head covers that were observed on at least 95% of those prompts, and
-//! prompts missing any of them are dropped, so every policy is scored on the same full matrix.
+//! found in the file (or every prompt, `--all-prompts`); the file's other prompts, and with
+//! `--knn-memory` other logs' prompts, are the kNN routers' memory. Models are the catalog models
+//! the head covers that were observed on at least 95% of those prompts, and prompts missing any
+//! of them are dropped, so every policy is scored on the same full matrix; the report says what
+//! that rule dropped (`coverage`).
 //! Costs are real: the prompt's input tokens and the chosen model's actual output tokens at the
 //! catalog's list prices.
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, Axis};
 use serde::Serialize;
 
 use super::{
-    frontier::{aiq, calibration_error, cost_to_reach, envelope, Point},
+    frontier::{aiq, envelope, Point},
     job::{embed_prompts, embed_prompts_cached},
     read_logs, LearningError, RoutingLogs,
 };
+pub mod baseline;
 mod plot;
+mod report;
 mod select;
+#[cfg(test)]
+mod tests;
 
+use baseline::{KnnOutcomes, Memory, TunedChoice};
 pub use plot::svg;
-pub use select::{eval_prompts, trained_on};
+pub use report::{report, DatasetReport, FixedKnnReport, Shortfall, TunedKnnReport};
+pub use select::{eval_prompts, full_matrix, trained_on, Coverage, ModelShare, MIN_COVERAGE};
 
 use crate::{
     catalog::Catalog,
@@ -32,26 +50,8 @@ use crate::{
     predictor::{Head, HeadError},
 };
 
-/// Share of the prompts a model must have answered to join a full matrix.
-pub const MIN_COVERAGE: f64 = 0.95;
-
 /// Fewest prompts of a log file an evaluation scores (fewer make the figures noise).
 pub const MIN_EVAL_PROMPTS: usize = 20;
-
-/// Picks a full matrix out of sparse outcomes: of `candidates`, the models that answered at least
-/// [`MIN_COVERAGE`] of `prompts`, then the prompts that all of those answered.
-pub fn full_matrix<M: Copy>(
-    prompts: &[usize],
-    candidates: impl IntoIterator<Item = M>,
-    answered: impl Fn(usize, M) -> bool,
-) -> (Vec<M>, Vec<usize>) {
-    let models: Vec<M> = candidates
-        .into_iter()
-        .filter(|&m| prompts.iter().filter(|&&p| answered(p, m)).count() as f64 >= MIN_COVERAGE * prompts.len() as f64)
-        .collect();
-    let rows = prompts.iter().copied().filter(|&p| models.iter().all(|&m| answered(p, m))).collect();
-    (models, rows)
-}
 
 /// Cost weights swept for every router: 0, then `w / (1 - w)` log-spaced over six decades
 /// around the cost scale, then 1, so the sweep covers every price of quality.
@@ -133,7 +133,8 @@ pub struct Sweep {
     pub quality: Vec<f64>,
     /// Share of requests sent to the most expensive model (by mean cost) at each weight.
     pub top_share: Vec<f64>,
-    /// AIQ of the envelope of these points (with random mixing).
+    /// AIQ of the envelope of these points and the cheapest single model's (always reachable by
+    /// sending everything there), with random mixing.
     pub aiq: f64,
 }
 
@@ -150,43 +151,6 @@ pub struct SingleModel {
     pub calibration_error: f64,
     /// Mean predicted quality.
     pub predicted_quality: f64,
-}
-
-/// The evaluation of one log file.
-#[derive(Debug, Clone, Serialize)]
-pub struct DatasetReport {
-    /// The log file.
-    pub file: String,
-    /// Prompts evaluated.
-    pub prompts: usize,
-    /// Prompts in the kNN router's memory.
-    pub knn_memory: usize,
-    /// Every single model.
-    pub single_models: Vec<SingleModel>,
-    /// The best single model by quality.
-    pub best_single: String,
-    /// AIQ of the single-model envelope.
-    pub single_aiq: f64,
-    /// The head's router.
-    pub router: Sweep,
-    /// 25-nearest-neighbour router on the same embeddings.
-    pub knn: Sweep,
-    /// The per-prompt oracle.
-    pub oracle: Sweep,
-    /// Share of the single-to-oracle AIQ gap the router closes.
-    pub router_gap_closed: f64,
-    /// Same for kNN.
-    pub knn_gap_closed: f64,
-    /// Router quality at the best single model's cost (envelope).
-    pub router_quality_at_best_single_cost: f64,
-    /// Cheapest router cost reaching the best single model's quality, as a share of its cost.
-    pub router_cost_share_to_match_best_single: Option<f64>,
-    /// Where the router's frontier is below the single models' (the "never below").
-    pub router_below_single_frontier: Shortfall,
-    /// Mean calibration error over models.
-    pub mean_calibration_error: f64,
-    /// AIQ cost range (cheapest and most expensive single model).
-    pub cost_range: (f64, f64),
 }
 
 /// Actual outcomes on a full matrix: [prompts, models].
@@ -209,21 +173,40 @@ impl Outcomes {
     }
 
     /// Share of the single-model-to-oracle AIQ gap that routing on these predictions closes.
+    /// Every policy's frontier includes the cheapest single model's point (see the module docs).
     pub fn gap_closed(&self, pred_q: &Array2<f64>, pred_c: &Array2<f64>, allowed: Option<&Array2<bool>>, cost_scale: f64) -> f64 {
         let (singles, lo, hi) = self.singles();
+        let floor = cheapest(&singles);
         let single = aiq(&envelope(&singles), lo, hi);
-        let oracle = sweep(&self.score, &self.cost, None, self, lo, hi, cost_scale).aiq;
-        let router = sweep(pred_q, pred_c, allowed, self, lo, hi, cost_scale).aiq;
+        let oracle = sweep(&self.score, &self.cost, None, self, floor, hi, cost_scale).aiq;
+        let router = sweep(pred_q, pred_c, allowed, self, floor, hi, cost_scale).aiq;
         (router - single) / (oracle - single).max(1e-12)
     }
 }
 
+/// The cheapest single model's point (the better one of equally cheap models): every policy can
+/// fall back to it.
+fn cheapest(singles: &[Point]) -> Point {
+    singles
+        .iter()
+        .copied()
+        .min_by(|a, b| a.cost.total_cmp(&b.cost).then(b.quality.total_cmp(&a.quality)))
+        .expect("at least one model. This is a bug.")
+}
+
+/// A policy's envelope: its points and the fallback `floor`.
+fn frontier(points: &[Point], floor: Point) -> Vec<Point> {
+    envelope(&[points, &[floor]].concat())
+}
+
+/// Routes every prompt at every weight of [`weight_grid`] on the predictions; AIQ over
+/// `[floor.cost, hi]` of the resulting points with `floor`.
 fn sweep(
     pred_q: &Array2<f64>,
     pred_c: &Array2<f64>,
     allowed: Option<&Array2<bool>>,
     m: &Outcomes,
-    lo: f64,
+    floor: Point,
     hi: f64,
     cost_scale: f64,
 ) -> Sweep {
@@ -254,13 +237,8 @@ fn sweep(
         quality.push(q_sum / n as f64);
         top_share.push(top_n as f64 / n as f64);
     }
-    let mut pts: Vec<Point> = cost.iter().zip(&quality).map(|(&c, &q)| Point { cost: c, quality: q }).collect();
-    // The cheapest single model is always reachable: every policy can fall back to it.
-    let (singles, _, _) = m.singles();
-    if let Some(c) = singles.iter().min_by(|a, b| a.cost.total_cmp(&b.cost)) {
-        pts.push(*c);
-    }
-    Sweep { aiq: aiq(&envelope(&pts), lo, hi), weights, cost, quality, top_share }
+    let pts: Vec<Point> = cost.iter().zip(&quality).map(|(&c, &q)| Point { cost: c, quality: q }).collect();
+    Sweep { aiq: aiq(&frontier(&pts, floor), floor.cost, hi), weights, cost, quality, top_share }
 }
 
 fn points(s: &Sweep) -> Vec<Point> {
@@ -274,8 +252,10 @@ pub struct EvalSettings {
     pub out_of_domain_p: f64,
     /// `routing.cost_scale_usd`.
     pub cost_scale: f64,
-    /// Neighbours of the kNN baseline.
+    /// Neighbours of the kNN-k baseline.
     pub knn_k: usize,
+    /// Compute the kNN baselines (`tune` needs only the router).
+    pub baselines: bool,
     /// No progress lines on standard error.
     pub quiet: bool,
 }
@@ -293,14 +273,18 @@ pub struct FileOutcomes {
     pub head: Outcomes,
     /// Models the head's domain rule allows per prompt.
     pub allowed: Array2<bool>,
-    /// The kNN router's predicted quality and cost.
-    pub knn: Outcomes,
-    /// Prompts in the kNN router's memory.
-    pub knn_memory: usize,
+    /// The tuned kNN's predictions, or why there are none.
+    pub tuned_knn: Result<KnnOutcomes, String>,
+    /// The kNN-k router's predictions, or why there are none.
+    pub knn: Result<KnnOutcomes, String>,
+    /// `k` of the kNN-k router.
+    pub knn_k: usize,
+    /// What the full-matrix rule dropped.
+    pub coverage: Coverage,
 }
 
 /// The matrices [`report`] needs for one log file on the prompts in `heldout` (the file's other
-/// prompts are the kNN router's memory). With `embedding_cache`, embeddings come from (and go to)
+/// prompts are the kNN routers' memory). With `embedding_cache`, embeddings come from (and go to)
 /// the training cache.
 pub fn collect_file(
     file: &PathBuf,
@@ -312,14 +296,16 @@ pub fn collect_file(
     embedding_cache: Option<&std::path::Path>,
 ) -> Result<FileOutcomes, EvalError> {
     let logs = read_logs(std::slice::from_ref(file), false)?;
-    collect_logs(file, &logs, encoder, head, catalog, heldout, settings, embedding_cache)
+    collect_logs(file, &logs, None, encoder, head, catalog, heldout, settings, embedding_cache)
 }
 
-/// [`collect_file`] on the file's logs, already read.
+/// [`collect_file`] on the file's logs, already read. `memory_logs` (the head's training logs, for
+/// a file it never saw) join the kNN memory, less any prompt of this file (by id or text).
 #[allow(clippy::too_many_arguments)]
 pub fn collect_logs(
     file: &std::path::Path,
     logs: &RoutingLogs,
+    memory_logs: Option<&RoutingLogs>,
     encoder: &Encoder,
     head: &Head,
     catalog: &Catalog,
@@ -327,10 +313,10 @@ pub fn collect_logs(
     settings: EvalSettings,
     embedding_cache: Option<&std::path::Path>,
 ) -> Result<FileOutcomes, EvalError> {
-    let EvalSettings { out_of_domain_p, knn_k, quiet, .. } = settings;
+    let EvalSettings { out_of_domain_p, knn_k, quiet, cost_scale, baselines } = settings;
     let name = file.display().to_string();
     let data_err = |message: String| EvalError::Data { file: name.clone(), message };
-    let held: std::collections::HashSet<&str> = heldout.iter().map(String::as_str).collect();
+    let held: HashSet<&str> = heldout.iter().map(String::as_str).collect();
     let (eval_p, mem_p): (Vec<usize>, Vec<usize>) = (0..logs.prompts.len()).partition(|&i| held.contains(logs.prompts[i].id.as_str()));
     if eval_p.len() < MIN_EVAL_PROMPTS {
         return Err(data_err(format!("only {} of its prompts are held out by the head; need >= {MIN_EVAL_PROMPTS}", eval_p.len())));
@@ -341,29 +327,45 @@ pub fn collect_logs(
         obs.insert((o.prompt, o.model), (f64::from(o.score), o.output_tokens));
     }
     let head_idx: HashMap<&str, usize> = head.models().iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let cat = catalog.models();
+    let mut coverage = Coverage { min_coverage: MIN_COVERAGE, models_in_log: logs.models.len(), ..Coverage::default() };
     // (log model, head output, catalog index) of every catalog model the head covers.
-    let candidates = logs
-        .models
-        .iter()
-        .enumerate()
-        .filter_map(|(lm, id)| Some((lm, *head_idx.get(id.as_str())?, catalog.models().iter().position(|m| &m.id == id)?)));
-    let (models, eval_p) = full_matrix(&eval_p, candidates, |p, (lm, _, _)| obs.contains_key(&(p, lm)));
+    let mut candidates = Vec::new();
+    for (lm, id) in logs.models.iter().enumerate() {
+        match (cat.iter().position(|m| &m.id == id), head_idx.get(id.as_str())) {
+            (None, _) => coverage.dropped_no_price.push(id.clone()),
+            (Some(_), None) => coverage.dropped_not_in_head.push(id.clone()),
+            (Some(c), Some(&h)) => candidates.push((lm, h, c)),
+        }
+    }
+    let answered = |p: usize, (lm, _, _): (usize, usize, usize)| obs.contains_key(&(p, lm));
+    let (models, scored_p) = full_matrix(&eval_p, candidates.iter().copied(), answered);
+    for &(lm, _, _) in candidates.iter().filter(|c| !models.contains(c)) {
+        let share = eval_p.iter().filter(|&&p| obs.contains_key(&(p, lm))).count() as f64 / eval_p.len() as f64;
+        coverage.dropped_low_coverage.push(ModelShare { model: logs.models[lm].clone(), answered: share });
+    }
+    (coverage.models_scored, coverage.prompts_considered, coverage.prompts_dropped) =
+        (models.len(), eval_p.len(), eval_p.len() - scored_p.len());
+    let eval_p = scored_p;
     if models.len() < 2 {
         return Err(data_err(format!("{} catalog models cover the held-out prompts; need >= 2", models.len())));
     }
     let (n, k) = (eval_p.len(), models.len());
+    let ids: Vec<String> = models.iter().map(|&(_, _, c)| cat[c].id.clone()).collect();
+
+    // The kNN memory: the file's prompts not evaluated, then the memory logs' prompts that are not this file's.
+    let memory = if baselines { memory_rows(logs, &mem_p, memory_logs, &ids) } else { MemoryRows::default() };
 
     // The evaluated prompts, then the kNN memory, in one pass (one progress count).
-    let all_texts: Vec<&str> = eval_p.iter().chain(&mem_p).map(|&p| logs.prompts[p].text.as_str()).collect();
+    let all_texts: Vec<&str> = eval_p.iter().map(|&p| logs.prompts[p].text.as_str()).chain(memory.texts.iter().copied()).collect();
     let all_x = match embedding_cache {
         Some(dir) => embed_prompts_cached(encoder, &all_texts, Some(dir), quiet).map(|(x, _)| x),
         None => embed_prompts(encoder, &all_texts, quiet),
     }?;
     let (x, mem_x) = all_x.view().split_at(Axis(0), n);
-    let texts = &all_texts[..n];
-    let input_tokens: Vec<u32> = texts.iter().map(|t| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE)).collect::<Result<_, _>>()?;
+    let count = |t: &str| encoder.count_tokens(t).map(|c| c + TOKENS_PER_MESSAGE);
+    let input_tokens: Vec<u32> = all_texts[..n].iter().map(|t| count(t)).collect::<Result<_, _>>()?;
 
-    let cat = catalog.models();
     let mut m = Outcomes { score: Array2::zeros((n, k)), cost: Array2::zeros((n, k)) };
     for (r, &p) in eval_p.iter().enumerate() {
         for (j, &(lm, _, c)) in models.iter().enumerate() {
@@ -374,7 +376,7 @@ pub fn collect_logs(
     }
 
     // The head's predictions and domain rule.
-    let out = head.predict(x.view())?;
+    let out = head.predict(x)?;
     let hm = head.models().len();
     let mut rq = Array2::zeros((n, k));
     let mut rc = Array2::zeros((n, k));
@@ -391,22 +393,92 @@ pub fn collect_logs(
         }
     }
 
-    // kNN router: mean observed score and tokens of the k nearest memory prompts, per model.
-    let (kq, kc) = knn_predictions(x.view(), mem_x.view(), &mem_p, &models, &obs, knn_k, &input_tokens, catalog);
+    // The kNN baselines on the memory.
+    let price = |r: usize, j: usize, t: f64| cat[models[j].2].cost_usd(input_tokens[r], t);
+    let (tuned_knn, knn) = if !baselines {
+        let why = "not computed".to_string();
+        (Err(why.clone()), Err(why))
+    } else if memory.texts.is_empty() {
+        let why = match memory_logs {
+            None if mem_p.is_empty() => "no memory: every prompt of the file is evaluated (--all-prompts), so none is left for a kNN to remember; pass --knn-memory with the head's training logs".to_string(),
+            _ => "no memory: no prompt of the memory has an outcome of an evaluated model".to_string(),
+        };
+        (Err(why.clone()), Err(why))
+    } else {
+        let mem = Memory { x: super::knn::normalised(mem_x), score: memory.score, tokens: memory.tokens, mask: memory.mask };
+        let full = mem.full_rows();
+        let mem_tokens: Vec<u32> = full.iter().map(|&r| count(memory.texts[r])).collect::<Result<_, _>>()?;
+        let mem_price = |r: usize, j: usize, t: f64| cat[models[j].2].cost_usd(mem_tokens[r], t);
+        (baseline::tuned(x, &mem, &full, &mem_price, &price, cost_scale), baseline::fixed(x, &mem, &ids, knn_k, &price))
+    };
     Ok(FileOutcomes {
         // The file with its folder: the shared data's files are all called train.jsonl.gz.
         file: file.iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
-        models: models.iter().map(|&(_, _, c)| cat[c].id.clone()).collect(),
+        models: ids,
         actual: m,
         head: Outcomes { score: rq, cost: rc },
         allowed,
-        knn: Outcomes { score: kq, cost: kc },
-        knn_memory: mem_p.len(),
+        tuned_knn,
+        knn,
+        knn_k,
+        coverage,
     })
 }
 
+/// The kNN memory's prompts (their texts) and outcomes over the evaluated models.
+#[derive(Default)]
+struct MemoryRows<'a> {
+    texts: Vec<&'a str>,
+    score: Array2<f32>,
+    tokens: Array2<f32>,
+    mask: Array2<f32>,
+}
+
+/// The memory over `models`: `logs`' prompts `mem_p`, then `extra`'s prompts that are not in
+/// `logs` (by id or text); prompts with no outcome of these models are left out.
+fn memory_rows<'a>(logs: &'a RoutingLogs, mem_p: &[usize], extra: Option<&'a RoutingLogs>, models: &[String]) -> MemoryRows<'a> {
+    let ids: HashSet<&str> = logs.prompts.iter().map(|p| p.id.as_str()).collect();
+    let texts: HashSet<&str> = logs.prompts.iter().map(|p| p.text.as_str()).collect();
+    let mut sources = vec![(logs, mem_p.to_vec())];
+    if let Some(e) = extra {
+        let keep = (0..e.prompts.len()).filter(|&p| !ids.contains(e.prompts[p].id.as_str()) && !texts.contains(e.prompts[p].text.as_str()));
+        sources.push((e, keep.collect()));
+    }
+    // (text, [(model column, score, tokens)]) per memory prompt.
+    type Row<'t> = (&'t str, Vec<(usize, f32, f32)>);
+    let mut rows: Vec<Row> = Vec::new();
+    for (src, prompts) in sources {
+        let col: Vec<Option<usize>> = src.models.iter().map(|m| models.iter().position(|x| x == m)).collect();
+        let mut row_of = vec![None; src.prompts.len()];
+        for &p in &prompts {
+            row_of[p] = Some(rows.len());
+            rows.push((src.prompts[p].text.as_str(), Vec::new()));
+        }
+        for o in &src.observations {
+            if let (Some(r), Some(j)) = (row_of[o.prompt], col[o.model]) {
+                rows[r].1.push((j, o.score, o.output_tokens as f32));
+            }
+        }
+    }
+    rows.retain(|(_, o)| !o.is_empty());
+    let (n, m) = (rows.len(), models.len());
+    let mut out = MemoryRows {
+        texts: Vec::with_capacity(n),
+        score: Array2::zeros((n, m)),
+        tokens: Array2::zeros((n, m)),
+        mask: Array2::zeros((n, m)),
+    };
+    for (r, (text, o)) in rows.into_iter().enumerate() {
+        out.texts.push(text);
+        for (j, s, t) in o {
+            (out.score[[r, j]], out.tokens[[r, j]], out.mask[[r, j]]) = (s, t, 1.0);
+        }
+    }
+    out
+}
+
 /// Stacks the folds of one file (each evaluated by the head that did not see it) into one set of
-/// matrices over the models every fold has; `knn_memory` becomes the folds' mean.
+/// matrices over the models every fold has.
 pub fn pool(parts: Vec<FileOutcomes>) -> Option<FileOutcomes> {
     let first = parts.first()?;
     let models: Vec<String> = first.models.iter().filter(|m| parts.iter().all(|p| p.models.contains(m))).cloned().collect();
@@ -420,140 +492,15 @@ pub fn pool(parts: Vec<FileOutcomes>) -> Option<FileOutcomes> {
     let allowed_parts: Vec<Array2<bool>> = parts.iter().map(|p| p.allowed.select(Axis(1), &cols(p))).collect();
     let allowed =
         ndarray::concatenate(Axis(0), &allowed_parts.iter().map(|a| a.view()).collect::<Vec<_>>()).expect("same columns. This is a bug.");
-    Some(FileOutcomes {
-        file: first.file.clone(),
-        actual: Outcomes { score: stack(&|p| &p.actual.score), cost: stack(&|p| &p.actual.cost) },
-        head: Outcomes { score: stack(&|p| &p.head.score), cost: stack(&|p| &p.head.cost) },
-        knn: Outcomes { score: stack(&|p| &p.knn.score), cost: stack(&|p| &p.knn.cost) },
-        allowed,
-        knn_memory: parts.iter().map(|p| p.knn_memory).sum::<usize>() / parts.len(),
-        models,
-    })
-}
-
-/// The figures of one file's matrices.
-pub fn report(o: &FileOutcomes, cost_scale: f64) -> DatasetReport {
-    let (m, rq) = (&o.actual, &o.head.score);
-    let (n, k) = m.score.dim();
-    let singles: Vec<SingleModel> = o
-        .models
-        .iter()
-        .enumerate()
-        .map(|(j, id)| {
-            let pred: Vec<f64> = rq.column(j).to_vec();
-            let act: Vec<f64> = m.score.column(j).to_vec();
-            SingleModel {
-                model: id.clone(),
-                quality: m.score.column(j).mean().unwrap_or(0.0),
-                cost: m.cost.column(j).mean().unwrap_or(0.0),
-                calibration_error: calibration_error(&pred, &act, 10),
-                predicted_quality: rq.column(j).mean().unwrap_or(0.0),
-            }
-        })
-        .collect();
-    let single_pts: Vec<Point> = singles.iter().map(|s| Point { cost: s.cost, quality: s.quality }).collect();
-    let lo = single_pts.iter().map(|p| p.cost).fold(f64::INFINITY, f64::min);
-    let hi = single_pts.iter().map(|p| p.cost).fold(0.0, f64::max);
-    let single_env = envelope(&single_pts);
-    let single_aiq = aiq(&single_env, lo, hi);
-    let router = sweep(rq, &o.head.cost, Some(&o.allowed), m, lo, hi, cost_scale);
-    let knn = sweep(&o.knn.score, &o.knn.cost, None, m, lo, hi, cost_scale);
-    let oracle = sweep(&m.score, &m.cost, None, m, lo, hi, cost_scale);
-    let best = singles.iter().max_by(|a, b| a.quality.total_cmp(&b.quality)).expect("at least two models. This is a bug.");
-    let router_env = envelope(&points(&router));
-    let gap = |a: f64| (a - single_aiq) / (oracle.aiq - single_aiq).max(1e-12);
-    DatasetReport {
-        file: o.file.clone(),
-        prompts: n,
-        knn_memory: o.knn_memory,
-        best_single: best.model.clone(),
-        router_quality_at_best_single_cost: super::frontier::quality_at(&router_env, best.cost),
-        router_cost_share_to_match_best_single: cost_to_reach(&router_env, best.quality).map(|c| c / best.cost),
-        router_below_single_frontier: below(&router_env, &single_env, lo, hi),
-        mean_calibration_error: singles.iter().map(|s| s.calibration_error).sum::<f64>() / k as f64,
-        single_models: singles.clone(),
-        single_aiq,
-        router_gap_closed: gap(router.aiq),
-        knn_gap_closed: gap(knn.aiq),
-        router,
-        knn,
-        oracle,
-        cost_range: (lo, hi),
+    let coverage = Coverage::merge(&parts.iter().map(|p| &p.coverage).collect::<Vec<_>>(), models.len());
+    let (file, knn_k) = (first.file.clone(), first.knn_k);
+    let actual = Outcomes { score: stack(&|p| &p.actual.score), cost: stack(&|p| &p.actual.cost) };
+    let head = Outcomes { score: stack(&|p| &p.head.score), cost: stack(&|p| &p.head.cost) };
+    let col_lists: Vec<Vec<usize>> = parts.iter().map(&cols).collect();
+    let (mut tuned, mut knn) = (Vec::new(), Vec::new());
+    for (p, c) in parts.into_iter().zip(col_lists) {
+        tuned.push((p.tuned_knn, c.clone()));
+        knn.push((p.knn, c));
     }
-}
-
-/// Where a router's frontier falls below the single models' over the AIQ cost range.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Shortfall {
-    /// Share of the log-cost range where the router's frontier is below the single models'.
-    pub share_of_cost_range: f64,
-    /// The largest quality shortfall there.
-    pub max_quality: f64,
-    /// The cost at which that largest shortfall is (USD per request).
-    pub at_cost: f64,
-}
-
-/// The router frontier's shortfall below the single-model frontier, sampled as AIQ samples it.
-fn below(router: &[Point], single: &[Point], lo: f64, hi: f64) -> Shortfall {
-    const N: usize = 512;
-    let (a, b) = (lo.max(1e-12).ln(), hi.max(1e-12).ln());
-    let mut out = Shortfall { share_of_cost_range: 0.0, max_quality: 0.0, at_cost: lo };
-    let mut n_below = 0usize;
-    for i in 0..N {
-        let c = (a + (b - a) * (i as f64 + 0.5) / N as f64).exp();
-        let d = super::frontier::quality_at(single, c) - super::frontier::quality_at(router, c);
-        // A thousandth of quality is below what any of these logs can tell apart.
-        if d > 1e-3 {
-            n_below += 1;
-            if d > out.max_quality {
-                out.max_quality = d;
-                out.at_cost = c;
-            }
-        }
-    }
-    out.share_of_cost_range = n_below as f64 / N as f64;
-    out
-}
-
-#[allow(clippy::too_many_arguments)]
-fn knn_predictions(
-    x: ArrayView2<f32>,
-    mem: ArrayView2<f32>,
-    mem_p: &[usize],
-    models: &[(usize, usize, usize)],
-    obs: &HashMap<(usize, usize), (f64, u32)>,
-    k: usize,
-    input_tokens: &[u32],
-    catalog: &Catalog,
-) -> (Array2<f64>, Array2<f64>) {
-    let (n, m) = (x.nrows(), models.len());
-    let sims = x.dot(&mem.t());
-    // Global means as the fallback when no neighbour observed a model.
-    let global: Vec<(f64, f64)> = models
-        .iter()
-        .map(|&(lm, _, _)| {
-            let v: Vec<(f64, u32)> = mem_p.iter().filter_map(|&p| obs.get(&(p, lm)).copied()).collect();
-            let c = v.len().max(1) as f64;
-            (v.iter().map(|o| o.0).sum::<f64>() / c, v.iter().map(|o| f64::from(o.1)).sum::<f64>() / c)
-        })
-        .collect();
-    let mut q = Array2::zeros((n, m));
-    let mut c = Array2::zeros((n, m));
-    for r in 0..n {
-        let row = sims.index_axis(Axis(0), r);
-        let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        let top = &order[..k.min(order.len())];
-        for (j, &(lm, _, ci)) in models.iter().enumerate() {
-            let v: Vec<(f64, u32)> = top.iter().filter_map(|&i| obs.get(&(mem_p[i], lm)).copied()).collect();
-            let (mq, mt) = if v.is_empty() {
-                global[j]
-            } else {
-                (v.iter().map(|o| o.0).sum::<f64>() / v.len() as f64, v.iter().map(|o| f64::from(o.1)).sum::<f64>() / v.len() as f64)
-            };
-            q[[r, j]] = mq;
-            c[[r, j]] = catalog.models()[ci].cost_usd(input_tokens[r], mt);
-        }
-    }
-    (q, c)
+    Some(FileOutcomes { file, actual, head, allowed, tuned_knn: baseline::pool(tuned), knn: baseline::pool(knn), knn_k, coverage, models })
 }

@@ -81,12 +81,36 @@ fn eval_explains_what_it_cannot_score_honestly_and_reuses_cached_embeddings() {
     assert!(err.contains("never-seen.jsonl: 40 prompts") && err.contains("embedding cache: 0 of 40 prompts cached, 40 to embed"), "{err}");
     assert!(err.contains("embedding prompts: 40/40"), "{err}");
     assert_eq!(std::fs::metadata(&cache).expect("eval writes the embedding cache").len(), 40 * record);
+    // Every prompt is evaluated, so nothing is left for the kNN baselines to remember: they are
+    // reported absent with the reason, never as a figure from an empty memory.
+    let json = |out: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("report.json")).unwrap()).unwrap()
+    };
+    let r = &json("out1")[0];
+    assert!(r["tuned_knn"].is_null() && r["knn"].is_null(), "{r}");
+    let why = r["tuned_knn_absent"].as_str().unwrap();
+    assert!(why.contains("no memory") && why.contains("--knn-memory"), "{why}");
+    assert!(r["verdict"].as_str().unwrap().contains("no tuned kNN to compare with"), "{}", r["verdict"]);
     let (ok, err) = eval("cold", &fresh, "out2", &["--all-prompts"]);
     assert!(ok, "{err}");
     assert!(err.contains("embedding cache: 40 of 40 prompts cached, 0 to embed") && !err.contains("embedding prompts:"), "{err}");
     assert_eq!(std::fs::metadata(&cache).unwrap().len(), 40 * record, "nothing new to cache on the second run");
     let report = |out: &str| std::fs::read_to_string(dir.path().join(out).join("report.json")).unwrap();
     assert_eq!(report("out1"), report("out2"), "cached embeddings give the same figures");
+    // With the head's training logs as memory (--knn-memory), less this file's prompts (the same
+    // texts under new ids), the baselines are scored.
+    let alpaca = shared_data().join("alpaca_eval2/train.jsonl.gz");
+    let (ok, err) = eval("cold", &fresh, "out4", &["--all-prompts", "--knn-memory", alpaca.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let r = &json("out4")[0];
+    let t = &r["tuned_knn"];
+    let alpaca_prompts = pointsman::learning::read_logs(&[alpaca], true).unwrap().prompts.len();
+    let memory = t["memory_prompts"].as_u64().unwrap() as usize;
+    assert!(memory >= 100 && memory <= alpaca_prompts - 40, "the evaluated texts are not in memory: {memory} of {alpaca_prompts}");
+    assert!(t["gap_closed"].as_f64().unwrap().is_finite() && r["knn"]["gap_closed"].as_f64().unwrap().is_finite(), "{r}");
+    assert!(r["verdict"].as_str().unwrap().contains("vs tuned kNN"));
+    let (ok, err) = run("cold", &["eval", "--data", fresh.to_str().unwrap(), "--knn-memory", "x.jsonl"]);
+    assert!(!ok && err.contains("--all-prompts"), "--knn-memory is for --all-prompts: {err}");
     // --no-embedding-cache neither reads nor writes it.
     let (ok, err) = eval("off", &fresh, "out3", &["--all-prompts", "--no-embedding-cache"]);
     assert!(ok && !err.contains("embedding cache:"), "{err}");

@@ -2,16 +2,23 @@
 use super::DatasetReport;
 
 /// An SVG plot of one report: log-cost on x, quality on y; single models as dots, the router,
-/// kNN and oracle sweeps as lines.
+/// kNN baselines (those present) and oracle sweeps as lines.
 pub fn svg(r: &DatasetReport) -> String {
+    let mut lines = vec![(&r.oracle, "#2a9d8f", "oracle".to_string())];
+    if let Some(k) = &r.knn {
+        lines.push((&k.sweep, "#e9c46a", format!("kNN-{}", k.k)));
+    }
+    if let Some(t) = &r.tuned_knn {
+        lines.push((&t.sweep, "#457b9d", format!("tuned kNN (k {}, b {})", t.k, t.b)));
+    }
+    lines.push((&r.router, "#e63946", "Pointsman".to_string()));
     let (w, h, pad) = (900.0, 560.0, 60.0);
     let all_cost: Vec<f64> = r
         .single_models
         .iter()
         .map(|s| s.cost)
         .chain(r.router.cost.iter().copied())
-        .chain(r.oracle.cost.iter().copied())
-        .chain(r.knn.cost.iter().copied())
+        .chain(lines.iter().flat_map(|l| l.0.cost.iter().copied()))
         .collect();
     let (cmin, cmax) = (all_cost.iter().copied().fold(f64::INFINITY, f64::min).max(1e-9), all_cost.iter().copied().fold(0.0, f64::max));
     let (lx0, lx1) = (cmin.log10().floor(), cmax.log10().ceil().max(cmin.log10().floor() + 1.0));
@@ -21,11 +28,10 @@ pub fn svg(r: &DatasetReport) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
     );
     s += &format!(
-        r#"<text x="{pad}" y="24" font-size="15">{}: {} held-out prompts. Router closes {:.0}% of the single-model-to-oracle gap (kNN {:.0}%)</text>"#,
+        r#"<text x="{pad}" y="22" font-size="15">{}: {} prompts; gap closed from the single models to the oracle:</text><text x="{pad}" y="42" font-size="13">{}</text>"#,
         r.file,
         r.prompts,
-        r.router_gap_closed * 100.0,
-        r.knn_gap_closed * 100.0
+        escape(&r.verdict)
     );
     for d in (lx0 as i32)..=(lx1 as i32) {
         let xx = x(10f64.powi(d));
@@ -53,7 +59,7 @@ pub fn svg(r: &DatasetReport) -> String {
         h / 2.0,
         h / 2.0
     );
-    for (sw, color, label) in [(&r.oracle, "#2a9d8f", "oracle"), (&r.knn, "#e9c46a", "kNN-25"), (&r.router, "#e63946", "Pointsman")] {
+    for (sw, color, label) in &lines {
         let pts: Vec<String> = sw.cost.iter().zip(&sw.quality).map(|(&c, &q)| format!("{:.1},{:.1}", x(c), y(q))).collect();
         s += &format!(r#"<polyline fill="none" stroke="{color}" stroke-width="2.5" points="{}"/>"#, pts.join(" "));
         let (lc, lq) = (sw.cost[0], sw.quality[0]);
@@ -70,4 +76,9 @@ pub fn svg(r: &DatasetReport) -> String {
         );
     }
     s + "</svg>\n"
+}
+
+/// Text safe inside an SVG element.
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
