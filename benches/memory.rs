@@ -28,7 +28,8 @@ use pointsman::{
     config::Config,
     encoder::Encoder,
     learning::{
-        export_with_support, graph_facts, memory_rows, LocalPrior, MemoryBlock, Mlp, Shrink, SplitMix64, Support, DEFAULT_MEMORY_CAP, DEFAULT_NEIGHBOURS,
+        export_with_support, graph_facts, memory_rows, LocalPrior, MemoryBlock, Mlp, Shrink, SplitMix64, Support, DEFAULT_MEMORY_CAP,
+        DEFAULT_NEIGHBOURS,
     },
     predictor::{sha256_hex, Head, HeadManifest},
     runtime,
@@ -106,7 +107,13 @@ fn write_head(
     let support = Support::new(keys, mask.view(), DEFAULT_NEIGHBOURS);
     let all: Vec<usize> = (0..m).collect();
     let keys_n = mask.nrows();
-    let local = LocalPrior::new(quality, mask, vec![MemoryBlock { start: 0, end: keys_n, models: all.clone() }], &vec![DEFAULT_NEIGHBOURS; m], &vec![1.0; m]);
+    let local = LocalPrior::new(
+        quality,
+        mask,
+        vec![MemoryBlock { start: 0, end: keys_n, models: all.clone() }],
+        &vec![DEFAULT_NEIGHBOURS; m],
+        &vec![1.0; m],
+    );
     let shrink = Shrink {
         weight: Array1::from_elem(m, 0.5),
         token_weight: Array1::ones(m),

@@ -260,7 +260,12 @@ fn train_command_writes_a_servable_head_and_reports_bad_lines() {
     assert!(manifest.head_id.starts_with("cli-test-"));
     let family = &manifest.architecture.families[0];
     assert!(matches!(family.head, FamilyKind::FactorHead { .. }), "dense benchmark logs get the factor head: {:?}", family.head);
-    assert_eq!((family.units, manifest.architecture.hidden_units), (12, 12), "a factor head of ranks 2 and 4 exports 12 units");
+    // The factor head's units are its chosen ranks' (2 * (quality rank + token rank)), and the
+    // selection lists every candidate with the winner among them.
+    let FamilyKind::FactorHead { rank_quality, rank_tokens, .. } = family.head else { unreachable!() };
+    assert_eq!((family.units, manifest.architecture.hidden_units), (2 * (rank_quality + rank_tokens), family.units));
+    let chosen = &manifest.training.selection.families[0];
+    assert!(chosen.candidates.iter().any(|c| c.name == chosen.winner) && chosen.winner == family.predictor, "{chosen:?}");
     assert_eq!((manifest.trained_on.prompts, manifest.encoder.dimension), (120, 384));
     assert_eq!(manifest.trained_on.training_prompts + manifest.validation.prompts, 120);
     assert_eq!(manifest.support.prompts, manifest.trained_on.training_prompts, "the support index holds the training prompts only");

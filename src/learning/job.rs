@@ -18,10 +18,10 @@ mod families;
 mod fit;
 mod select;
 
+pub use crate::learning::DEFAULT_MEMORY_CAP;
 pub(crate) use embed::write_atomically;
 pub use embed::{embed_logged_prompts, embed_prompts, embed_prompts_cached, now_rfc3339};
 pub use families::{log_files, model_families, Family, LogFile};
-pub use crate::learning::DEFAULT_MEMORY_CAP;
 pub use select::{BLEND_WEIGHTS, FACTOR_RANKS, GAP_TOLERANCE, INNER_FOLDS};
 
 use super::{
@@ -413,7 +413,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             seconds: train_seconds,
             selection: Selection {
                 rule: format!(
-                    "per model family: the first candidate (kNN from the smoothest, factor heads from the lowest rank, blends from the most kNN, then the MLP) whose inner cross-validated score is within {} of the best",
+                    "per model family: the first candidate (kNN from the smoothest, factor heads from the lowest rank, blends from the most kNN, then the MLP) that the best inner cross-validated score beats by no more than the standard error of their paired per-fold difference (at least {})",
                     select::GAP_TOLERANCE
                 ),
                 folds: select::INNER_FOLDS,

@@ -384,6 +384,9 @@ pub struct CandidateScore {
     pub name: String,
     /// Its score (see `FamilySelection::metric`; for tokens, the error).
     pub score: f64,
+    /// Standard error of its paired per-fold difference to the best candidate (0 for the best
+    /// itself and for token sources).
+    pub standard_error: f64,
 }
 
 /// The head's memory of training prompts.
@@ -666,10 +669,10 @@ mod tests {
                         files: vec!["f.jsonl".into()],
                         prompts: 4,
                         metric: "gap_closed".into(),
-                        candidates: vec![CandidateScore { name: "knn k=2 b=1".into(), score: 0.1 }],
+                        candidates: vec![CandidateScore { name: "knn k=2 b=1".into(), score: 0.1, standard_error: 0.0 }],
                         winner: "knn k=2 b=1".into(),
                         tokens: "factor".into(),
-                        token_candidates: vec![CandidateScore { name: "factor".into(), score: 0.4 }],
+                        token_candidates: vec![CandidateScore { name: "factor".into(), score: 0.4, standard_error: 0.0 }],
                     }],
                 },
                 memory: MemorySpec { prompts: 4, of: 4, cap: 8192, rule: "all".into() },

@@ -167,8 +167,10 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
         }
         // The family's memory block: its training prompts, capped.
         {
-            let kept: Vec<usize> =
-                crate::learning::memory_rows(rows.len(), share(rows.len()), job.train.seed.wrapping_add(3)).into_iter().map(|i| rows[i]).collect();
+            let kept: Vec<usize> = crate::learning::memory_rows(rows.len(), share(rows.len()), job.train.seed.wrapping_add(3))
+                .into_iter()
+                .map(|i| rows[i])
+                .collect();
             blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() });
             memory.extend(kept);
         }

@@ -16,11 +16,13 @@
 //! output tokens. Logs with no full matrix (production logs, one model per prompt) score by the
 //! Brier score of the predicted quality on the observed pairs instead.
 //!
-//! The choice must not be made on noise: retraining on another machine moves the int8 encoder's
-//! embeddings a little, and with them every candidate's score by a few tenths of a point. So the
-//! winner is the *first* candidate, in the order tried (kNN from the smoothest, then factor heads
-//! from the lowest rank, then blends from the most kNN, then the MLP), whose score is within
-//! [`GAP_TOLERANCE`] of the best: a more complex candidate must win clearly to be chosen.
+//! The choice must not be made on noise: a few hundred prompts move a score by points from fold
+//! to fold, and retraining on another machine moves the int8 encoder's embeddings a little and
+//! with them every score by a few tenths of a point. So the winner is the *first* candidate, in
+//! the order tried (kNN from the smoothest, then factor heads from the lowest rank, then blends
+//! from the most kNN, then the MLP), that the best-scoring candidate does not beat by more than
+//! the standard error of their paired per-fold difference (and at least [`GAP_TOLERANCE`]): a
+//! more complex candidate must win clearly to be chosen (the one-standard-error rule).
 //!
 //! Predicted output tokens (which price each candidate) come from the source with the lowest
 //! out-of-fold error of log tokens: the factor head, the MLP, or each model's mean.
@@ -145,7 +147,17 @@ pub(super) struct Priced<'a> {
     pub outcomes: Outcomes,
 }
 
-impl Priced<'_> {
+impl<'a> Priced<'a> {
+    /// The rows at `keep` (indices into `positions`).
+    fn subset(&self, keep: &[usize]) -> Priced<'a> {
+        Priced {
+            positions: keep.iter().map(|&i| self.positions[i]).collect(),
+            models: self.models.clone(),
+            input_tokens: keep.iter().map(|&i| self.input_tokens[i]).collect(),
+            outcomes: Outcomes { score: self.outcomes.score.select(Axis(0), keep), cost: self.outcomes.cost.select(Axis(0), keep) },
+        }
+    }
+
     /// Gap closed by routing on predicted quality and tokens ([rows, models], columns as `models`).
     pub fn gap(&self, quality: &Array2<f32>, tokens: &Array2<f32>, cost_scale: f64) -> f64 {
         let (n, k) = (self.positions.len(), self.models.len());
@@ -188,13 +200,25 @@ pub(super) fn priced_outcomes<'a>(
     Ok(Some(Priced { positions, models, input_tokens, outcomes }))
 }
 
-/// Scores out-of-fold predictions of one family ([rows, family models]).
+/// Scores out-of-fold predictions of one family ([rows, family models]): pooled over every
+/// training prompt, and per inner fold (for the standard error of a difference).
 struct Scorer<'a> {
     /// Each priced file, with its columns in the family's model order.
     files: Vec<(Priced<'a>, Vec<usize>)>,
+    /// The same files restricted to each inner fold's prompts.
+    fold_files: Vec<Vec<(Priced<'a>, Vec<usize>)>>,
     /// Observed quality and mask of the family's rows, for the Brier fallback.
     data: &'a Dataset,
+    /// Inner fold of each row.
+    fold: &'a [usize],
     cost_scale: f64,
+}
+
+/// A candidate's pooled score and its score on each inner fold.
+#[derive(Debug, Clone)]
+struct Score {
+    pooled: f64,
+    folds: Vec<f64>,
 }
 
 impl Scorer<'_> {
@@ -214,26 +238,47 @@ impl Scorer<'_> {
         }
     }
 
-    fn score(&self, quality: &Array2<f32>, tokens: &Array2<f32>) -> f64 {
+    fn score(&self, quality: &Array2<f32>, tokens: &Array2<f32>) -> Score {
+        let folds = (0..self.fold_files.len()).map(|k| self.score_on(quality, tokens, &self.fold_files[k], Some(k))).collect();
+        Score { pooled: self.score_on(quality, tokens, &self.files, None), folds }
+    }
+
+    fn score_on(&self, quality: &Array2<f32>, tokens: &Array2<f32>, files: &[(Priced, Vec<usize>)], fold: Option<usize>) -> f64 {
         if self.files.is_empty() {
             let (mut sum, mut n) = (0f64, 0f64);
-            for ((&q, &y), &m) in quality.iter().zip(&self.data.quality).zip(&self.data.mask) {
-                if m > 0.0 {
-                    sum += f64::from(q - y).powi(2);
-                    n += 1.0;
+            for (r, ((q, y), m)) in quality.rows().into_iter().zip(self.data.quality.rows()).zip(self.data.mask.rows()).enumerate() {
+                if fold.is_some_and(|k| self.fold[r] != k) {
+                    continue;
+                }
+                for ((&q, &y), &m) in q.iter().zip(y).zip(m) {
+                    if m > 0.0 {
+                        sum += f64::from(q - y).powi(2);
+                        n += 1.0;
+                    }
                 }
             }
             return -sum / n.max(1.0);
         }
         let (mut sum, mut n) = (0f64, 0f64);
-        for (p, cols) in &self.files {
+        for (p, cols) in files {
             let pick = |a: &Array2<f32>| a.select(Axis(0), &p.positions).select(Axis(1), cols);
             let w = p.positions.len() as f64;
             sum += w * p.gap(&pick(quality), &pick(tokens), self.cost_scale);
             n += w;
         }
-        sum / n
+        sum / n.max(1.0)
     }
+}
+
+/// Standard error of the mean of `a - b` over folds.
+fn paired_standard_error(a: &[f64], b: &[f64]) -> f64 {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = d.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean = d.iter().sum::<f64>() / n;
+    (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() / n.sqrt()
 }
 
 /// Out-of-fold (quality, tokens) of a head over the family's rows; `None` when the head cannot
@@ -311,7 +356,19 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
             }
         }
     }
-    let scorer = Scorer { files: priced, data: &fd, cost_scale: job.cost_scale_usd };
+    let fold_files = (0..INNER_FOLDS)
+        .map(|k| {
+            priced
+                .iter()
+                .map(|(p, cols): &(Priced, Vec<usize>)| {
+                    let keep: Vec<usize> = (0..p.positions.len()).filter(|&i| fold[p.positions[i]] == k).collect();
+                    (p.subset(&keep), cols.clone())
+                })
+                .filter(|(p, _)| !p.positions.is_empty())
+                .collect()
+        })
+        .collect();
+    let scorer = Scorer { files: priced, fold_files, data: &fd, fold: &fold, cost_scale: job.cost_scale_usd };
 
     // Heads: factor heads where the logs allow one, the MLP where asked or where they do not.
     let mut heads: Vec<(HeadKind, Array2<f32>, Array2<f32>)> = Vec::new();
@@ -352,11 +409,11 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
             mean_t.row_mut(r).assign(&means.mapv(|z| (z.exp() - 1.0).max(0.0)));
         }
     }
-    let mut token_scores = vec![CandidateScore { name: "mean".into(), score: log_token_error(&mean_t, &fd) }];
+    let mut token_scores = vec![CandidateScore { name: "mean".into(), score: log_token_error(&mean_t, &fd), standard_error: 0.0 }];
     let mut tokens = (TokenSource::Mean, &mean_t, token_scores[0].score);
     for (kind, _, t) in &heads {
         let e = log_token_error(t, &fd);
-        token_scores.push(CandidateScore { name: kind.name(job.ensemble), score: e });
+        token_scores.push(CandidateScore { name: kind.name(job.ensemble), score: e, standard_error: 0.0 });
         if e < tokens.2 {
             tokens = (TokenSource::Head(*kind), t, e);
         }
@@ -364,7 +421,7 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     let tok = tokens.1.clone();
 
     // Quality candidates, simplest first.
-    let mut tried: Vec<(QualitySource, f64)> = Vec::new();
+    let mut tried: Vec<(QualitySource, Score)> = Vec::new();
     let x = knn::normalised(fd.x.view());
     if job.method != HeadMethod::Mlp && job.method != HeadMethod::LowRank {
         let mut ks = knn::K_GRID.to_vec();
@@ -378,19 +435,20 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     let knn_oof = |p: KnnParams| -> Array2<f32> {
         knn::cross_validated_grid(x.view(), fd.quality.view(), fd.mask.view(), &fold, INNER_FOLDS, &[p.k], &[p.b]).remove(0).1
     };
-    let best_knn = tried.iter().filter(|(c, _)| matches!(c, QualitySource::Knn(_))).max_by(|a, b| a.1.total_cmp(&b.1)).map(|(c, _)| *c);
+    let best_knn =
+        tried.iter().filter(|(c, _)| matches!(c, QualitySource::Knn(_))).max_by(|a, b| a.1.pooled.total_cmp(&b.1.pooled)).map(|(c, _)| *c);
     let mut head_scores = Vec::new();
     if job.method != HeadMethod::Knn {
         for (kind, q, _) in heads.iter().filter(|(k, _, _)| *k != HeadKind::Mlp) {
             let s = scorer.score(q, &tok);
+            head_scores.push((*kind, s.pooled));
             tried.push((QualitySource::Head(*kind), s));
-            head_scores.push((*kind, s));
         }
     }
     let mlp_score =
         heads.iter().find(|(k, _, _)| *k == HeadKind::Mlp).filter(|_| job.method != HeadMethod::Knn).map(|(_, q, _)| scorer.score(q, &tok));
-    if let Some(s) = mlp_score {
-        head_scores.push((HeadKind::Mlp, s));
+    if let Some(s) = &mlp_score {
+        head_scores.push((HeadKind::Mlp, s.pooled));
     }
     // Blends of the best head and the best kNN.
     let best_head = head_scores.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(k, _)| *k);
@@ -405,12 +463,17 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     if let Some(s) = mlp_score {
         tried.push((QualitySource::Head(HeadKind::Mlp), s));
     }
-    let best = tried.iter().map(|(_, s)| *s).fold(f64::NEG_INFINITY, f64::max);
-    let (quality, _) = *tried.iter().find(|(_, s)| *s >= best - scorer.tolerance()).ok_or_else(|| JobError::Invalid {
+    // The first candidate, simplest first, that the best does not beat by more than the larger
+    // of the tolerance and the standard error of their paired per-fold difference.
+    let best = tried.iter().max_by(|a, b| a.1.pooled.total_cmp(&b.1.pooled)).map(|(_, s)| s.clone()).ok_or_else(|| JobError::Invalid {
         field: "method",
         limit: "a method with a candidate for these logs",
         value: format!("{:?}", job.method),
     })?;
+    let margin = |s: &Score| scorer.tolerance().max(paired_standard_error(&best.folds, &s.folds));
+    let (quality, _) =
+        tried.iter().find(|(_, s)| best.pooled - s.pooled <= margin(s)).expect("the best is within its own margin. This is a bug.");
+    let quality = *quality;
     // Tokens must come from a head the graph has: the quality head's, or the mean.
     let tokens = match (tokens.0, quality.head()) {
         (TokenSource::Head(h), Some(q)) if h != q => {
@@ -429,7 +492,14 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
         files: family.files.iter().map(|p| p.display().to_string()).collect(),
         prompts: rows.len(),
         metric: scorer.metric().into(),
-        candidates: tried.iter().map(|(c, s)| CandidateScore { name: c.name(job.ensemble), score: *s }).collect(),
+        candidates: tried
+            .iter()
+            .map(|(c, s)| CandidateScore {
+                name: c.name(job.ensemble),
+                score: s.pooled,
+                standard_error: paired_standard_error(&best.folds, &s.folds),
+            })
+            .collect(),
         winner: quality.name(job.ensemble),
         tokens: match tokens {
             TokenSource::Head(h) => h.name(job.ensemble),
