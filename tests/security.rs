@@ -204,7 +204,7 @@ async fn tokens_gate_each_role_and_health_stays_open() {
     let e = admin_client(gateway).reload(pb::ReloadRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("`admin` role") && e.message().contains("route, feedback"), "{}", e.message());
-    assert_eq!(admin_client(ops).reload(pb::ReloadRequest {}).await.unwrap().into_inner().models, 82);
+    assert_eq!(admin_client(ops).reload(pb::ReloadRequest {}).await.unwrap().into_inner().models, 94);
 
     // /metrics: 401 without a token, 403 without the role, 200 with it.
     let (status, body) = http_request(server.admin_addr, "/metrics", &[]).await;

@@ -1,24 +1,15 @@
-//! Shrinking the head's predictions towards each model's average.
+//! How the graph combines a family's head with the kNN prior and each model's mean.
 //!
-//! With many candidates, routing takes an argmax over noisy per-model estimates and so favours
-//! the model that was lucky on similar prompts (the winner's curse). Pulling every prediction
-//! towards that model's training mean, `a * predicted + (1 - a) * mean` (quality in probability,
-//! tokens in log space), trades a little accuracy for much less of that: at `a = 0` the router
-//! sends each price point to the best single model, so it cannot fall below the single-model
-//! frontier by much, and larger `a` lets per-prompt evidence move it.
+//! Quality: `w * head + (1 - w) * prior` per model, where the prior is the kNN with shrinkage
+//! ([`LocalPrior`]: the model's mean on the prompt's `k` nearest training prompts pulled towards
+//! its global mean by `b` pseudo-observations) or, for a model without one, its global mean.
+//! `w` = 1 is the head alone, 0 the kNN alone, in between a blend; the trainer chooses per model
+//! family by inner cross-validation (`job::select`). Tokens: `w_t * head + (1 - w_t) * mean` in
+//! log space, `w_t` 1 when the head predicts tokens, 0 for each model's mean.
 //!
-//! `a` is chosen per model family by `pointsman train` on the early-stopping prompts (never the
-//! held-out ones): for each log file, the prompts answered by every catalog model form a full
-//! matrix on which the share of the single-to-oracle gap each `a` closes is measured, and the
-//! best `a` applies to that file's models (their scores share one scale and one noise level).
-//! Models in no such file get the mean of the chosen weights, or the default.
-//!
-//! For a factor family the quality prior is *local* instead ([`LocalPrior`]): the mean quality of
-//! that model on the prompt's nearest training prompts, pulled towards its global mean by a
-//! pseudo-count. The factor head is a global, low-rank description of the prompts; the
-//! neighbours carry what it smooths away. `a` is then chosen per log file by an inner 5-fold
-//! cross-validation of the training prompts (see `job::choose_local`), and tokens keep the factor
-//! head's own prediction (`token_weight` 1).
+//! Why a prior at all: with many candidates, routing takes an argmax over noisy per-model
+//! estimates and so favours the model that was lucky on similar prompts (the winner's curse);
+//! pulling towards a smoother estimate trades a little accuracy for much less of that.
 use ndarray::{Array1, Array2, ArrayView2};
 
 use super::support::Support;

@@ -47,8 +47,19 @@ pub struct Support {
 impl Support {
     /// Builds the index from embeddings [K, D] and the observation mask [K, M].
     pub fn new(keys: ArrayView2<f32>, mask: ArrayView2<f32>, k: usize) -> Self {
-        let rows = mask.nrows() as f32;
-        let inv_rate = mask.sum_axis(Axis(0)).mapv(|c| if c > 0.0 { rows / c } else { 0.0 });
+        Self::scoped(keys, mask, k, &vec![mask.nrows(); mask.ncols()])
+    }
+
+    /// Like [`Support::new`], with each model's rate taken over `scope[m]` keys instead of all of
+    /// them: the keys of its own model family's block. A head trained on several benchmarks holds
+    /// each benchmark's prompts in its own block, and a model's rate over all keys (18% for a
+    /// zeroeval model among the three shared files) would let a prompt with a couple of zeroeval
+    /// neighbours in 32 pass as "observed here as often as anywhere"; over its block (about 100%)
+    /// it does not.
+    pub fn scoped(keys: ArrayView2<f32>, mask: ArrayView2<f32>, k: usize, scope: &[usize]) -> Self {
+        let counts = mask.sum_axis(Axis(0));
+        let inv_rate =
+            ndarray::Array1::from_iter(counts.iter().zip(scope).map(|(&c, &n)| if c > 0.0 { n as f32 / c.min(n as f32) } else { 0.0 }));
         let weights = &mask * &inv_rate.insert_axis(Axis(0));
         let mut keys = keys.to_owned();
         for mut row in keys.rows_mut() {
