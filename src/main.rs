@@ -116,6 +116,13 @@ struct EvalArgs {
     /// the head on its own training prompts, not on new ones).
     #[arg(long, requires = "all_prompts")]
     allow_training_prompts: bool,
+    #[command(flatten)]
+    embed: EmbedArgs,
+}
+
+/// The embedding-cache and progress flags `eval` and `tune` share.
+#[derive(Args, Debug)]
+struct EmbedArgs {
     /// Folder of the on-disk prompt-embedding cache (shared with `train`), so a second run over
     /// the same logs skips the encoder. Default: $XDG_CACHE_HOME or ~/.cache, `pointsman/embeddings`.
     #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
@@ -155,16 +162,8 @@ struct TuneArgs {
     /// With --all-prompts, use files the head was trained on anyway.
     #[arg(long, requires = "all_prompts")]
     allow_training_prompts: bool,
-    /// Folder of the on-disk prompt-embedding cache (shared with `train` and `eval`). Default:
-    /// $XDG_CACHE_HOME or ~/.cache, `pointsman/embeddings`.
-    #[arg(long, env = "POINTSMAN_EMBEDDING_CACHE")]
-    embedding_cache: Option<PathBuf>,
-    /// Embed every prompt, without reading or writing the cache.
-    #[arg(long)]
-    no_embedding_cache: bool,
-    /// No progress lines.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    embed: EmbedArgs,
 }
 
 /// A seed in decimal or 0x-prefixed hex, as the README writes the shipped one.
@@ -391,8 +390,8 @@ async fn run() -> anyhow::Result<()> {
                 knn_memory: a.knn_memory.clone(),
                 all_prompts: a.all_prompts,
                 allow_training_prompts: a.allow_training_prompts,
-                embedding_cache: embedding_cache(a.embedding_cache, a.no_embedding_cache),
-                quiet: a.quiet,
+                embedding_cache: embedding_cache(a.embed.embedding_cache, a.embed.no_embedding_cache),
+                quiet: a.embed.quiet,
             };
             tokio::task::spawn_blocking(move || pointsman::cli::eval(&cfg, &a.data, &a.out, &options)).await??;
         }
@@ -434,8 +433,8 @@ async fn run() -> anyhow::Result<()> {
                 knn_memory: Vec::new(),
                 all_prompts: a.all_prompts,
                 allow_training_prompts: a.allow_training_prompts,
-                embedding_cache: embedding_cache(a.embedding_cache, a.no_embedding_cache),
-                quiet: a.quiet,
+                embedding_cache: embedding_cache(a.embed.embedding_cache, a.embed.no_embedding_cache),
+                quiet: a.embed.quiet,
             };
             tokio::task::spawn_blocking(move || pointsman::cli::tune(&cfg, &path, &a.data, target, &a.name, a.write, &options)).await??;
         }
