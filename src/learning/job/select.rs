@@ -281,9 +281,12 @@ fn paired_standard_error(a: &[f64], b: &[f64]) -> f64 {
     (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() / n.sqrt()
 }
 
+/// Predicted quality and output tokens, [rows, models] each.
+type Predictions = (Array2<f32>, Array2<f32>);
+
 /// Out-of-fold (quality, tokens) of a head over the family's rows; `None` when the head cannot
 /// be fitted on some fold (a factor head on sparse logs).
-fn head_oof(kind: HeadKind, fd: &Dataset, fold: &[usize], job: &TrainJob) -> Result<Option<(Array2<f32>, Array2<f32>)>, JobError> {
+fn head_oof(kind: HeadKind, fd: &Dataset, fold: &[usize], job: &TrainJob) -> Result<Option<Predictions>, JobError> {
     let (n, m) = (fd.n_rows(), fd.n_models());
     let (mut q, mut t) = (Array2::zeros((n, m)), Array2::zeros((n, m)));
     for k in 0..INNER_FOLDS {
