@@ -76,6 +76,11 @@ pub fn binomial_cdf(c: usize, n: usize, p: f64) -> f64 {
     if c >= n || p <= 0.0 {
         return 1.0;
     }
+    // A model observed on every prompt of its scope: fewer than all n is impossible by chance
+    // (and the recurrence below would divide by 1 - p = 0 and turn the sum into NaN).
+    if p >= 1.0 {
+        return 0.0;
+    }
     let (mut term, mut sum) = ((1.0 - p).powi(n as i32), 0.0);
     for i in 0..=c {
         sum += term;
@@ -185,6 +190,9 @@ impl Head {
 mod tests {
     #[test]
     fn binomial_cdf_matches_known_values() {
+        // Rate 1: anything short of every neighbour is impossible by chance, all of them certain.
+        assert_eq!(binomial_cdf(31, 32, 1.0), 0.0);
+        assert_eq!(binomial_cdf(32, 32, 1.0), 1.0);
         use super::binomial_cdf;
         assert!((binomial_cdf(0, 32, 0.05) - 0.95f64.powi(32)).abs() < 1e-12);
         assert!((binomial_cdf(1, 4, 0.5) - 5.0 / 16.0).abs() < 1e-12);
