@@ -169,6 +169,7 @@ struct Cached {
     quality: Vec<f32>,
     output_tokens: Vec<f32>,
     support: Option<Vec<f32>>,
+    family_support: Option<Vec<f32>>,
     text_tokens: u32,
     embedding: Option<Arc<[f32]>>,
 }
@@ -386,6 +387,7 @@ impl Engine {
                             quality: out.quality,
                             output_tokens: out.output_tokens,
                             support: out.support,
+                            family_support: out.family_support,
                             text_tokens: tokens.full_count,
                             embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
                         });
@@ -401,7 +403,7 @@ impl Engine {
         };
 
         let t = Instant::now();
-        let chance = self.head.domain_chance(pred.support.as_deref());
+        let chance = self.head.domain_chance(pred.support.as_deref(), pred.family_support.as_deref());
         let predictions: Vec<Option<Prediction>> = self
             .head_index
             .iter()

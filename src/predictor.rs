@@ -20,6 +20,8 @@ pub const QUALITY: &str = "quality";
 pub const OUTPUT_TOKENS: &str = "output_tokens";
 /// Name of the support output (training evidence per model near the prompt; required).
 pub const SUPPORT: &str = "support";
+/// Name of the family-support output (heads of several model families; optional).
+pub const FAMILY_SUPPORT: &str = "family_support";
 
 /// Errors of the head layer.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,9 @@ pub struct HeadOutput {
     pub output_tokens: Vec<f32>,
     /// Training evidence per model near each row, [rows * models] (every loaded head has it).
     pub support: Option<Vec<f32>>,
+    /// How near each model's family's prompts are to each row, [rows * models], for a head of
+    /// several families (`support.family_shares` in its manifest).
+    pub family_support: Option<Vec<f32>>,
 }
 
 /// `P(X <= c)` for `X ~ Binomial(n, p)`.
@@ -122,6 +127,12 @@ impl Head {
         if !session.outputs().iter().any(|o| o.name() == SUPPORT) {
             return Err(HeadError::Manifest(format!("{} has no `{SUPPORT}` output, which the domain rule needs", gpath.display())));
         }
+        if !manifest.support.families.is_empty() && !session.outputs().iter().any(|o| o.name() == FAMILY_SUPPORT) {
+            return Err(HeadError::Manifest(format!(
+                "{} has no `{FAMILY_SUPPORT}` output, which `support.families` in the manifest needs",
+                gpath.display()
+            )));
+        }
         let head = Self { manifest, session: Mutex::new(session) };
         let probe = vec![0.0f32; head.manifest.encoder.dimension];
         let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
@@ -140,26 +151,34 @@ impl Head {
         &self.manifest
     }
 
-    /// For each model, the probability that as few of the `k` training prompts nearest this one
-    /// as were answered by it would be, by chance, if it had been tried on prompts like this as
-    /// often as on any (a binomial tail at its overall rate); 1 when the head does not measure
-    /// support. A small value means the head has little evidence about this model on prompts
-    /// like this one, however often it was observed elsewhere. `k` and the rates are the
-    /// manifest's `support`, checked against the graph at load.
-    pub fn domain_chance(&self, support: Option<&[f32]>) -> Vec<f64> {
+    /// For each model, the probability that as few of the `k` training prompts of its family
+    /// nearest this one as were answered by it would be, by chance, if it had been tried on
+    /// prompts like this as often as on any (a binomial tail at its rate over its family's
+    /// prompts); and for a head of several families, the share of the family's own prompts that
+    /// are as far from their nearest others as this one is from the family's (its family
+    /// nearness against the manifest's quantiles): the smaller of the two. 1 when the head does
+    /// not measure support. A small value means the head has little evidence about this model on
+    /// prompts like this one, however often it was observed elsewhere. `k`, the rates and the
+    /// families are the manifest's `support`, checked against the graph at load.
+    pub fn domain_chance(&self, support: Option<&[f32]>, family: Option<&[f32]>) -> Vec<f64> {
         let m = self.manifest.models.len();
-        let (k, rates) = (self.manifest.support.neighbours, &self.manifest.support.rates);
-        match support {
-            Some(s) => (0..m)
-                .map(|j| {
-                    let rate = f64::from(rates[j]);
-                    // support = count / (k * rate), so the neighbours that saw this model are:
-                    let count = (f64::from(s[j]) * k as f64 * rate).round() as usize;
-                    binomial_cdf(count, k, rate)
-                })
-                .collect(),
-            None => vec![1.0; m],
-        }
+        let s = &self.manifest.support;
+        let k = s.neighbours;
+        // support = count / (k * rate), so the neighbours behind it are support * k * rate.
+        let chance = |value: f32, rate: f32| {
+            let rate = f64::from(rate);
+            binomial_cdf((f64::from(value) * k as f64 * rate).round() as usize, k, rate)
+        };
+        (0..m)
+            .map(|j| {
+                let own = support.map_or(1.0, |v| chance(v[j], s.rates[j]));
+                let fam = match (family, s.families.iter().find(|f| f.models.contains(&j))) {
+                    (Some(v), Some(f)) => f.chance(v[j]),
+                    _ => 1.0,
+                };
+                own.min(fam)
+            })
+            .collect()
     }
 
     /// Model ids in output order.
@@ -182,7 +201,17 @@ impl Head {
         let q = outputs[QUALITY].try_extract_array::<f32>()?;
         let t = outputs[OUTPUT_TOKENS].try_extract_array::<f32>()?;
         let support = Some(outputs[SUPPORT].try_extract_array::<f32>()?.iter().copied().collect());
-        Ok(HeadOutput { rows: x.nrows(), quality: q.iter().copied().collect(), output_tokens: t.iter().copied().collect(), support })
+        let family_support = match self.manifest.support.families.is_empty() {
+            true => None,
+            false => Some(outputs[FAMILY_SUPPORT].try_extract_array::<f32>()?.iter().copied().collect()),
+        };
+        Ok(HeadOutput {
+            rows: x.nrows(),
+            quality: q.iter().copied().collect(),
+            output_tokens: t.iter().copied().collect(),
+            support,
+            family_support,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use pointsman::{
         DEFAULT_NEIGHBOURS,
     },
     predictor::{
-        manifest::{Architecture, FamilyKind, FamilySpec, QualityPrior, Shrinkage, SupportIndex},
+        manifest::{Architecture, FamilyKind, FamilySpec, QualityPrior, Shrinkage},
         Head, HeadManifest,
     },
     runtime,
@@ -57,7 +57,7 @@ fn load_exported(mlp: &Mlp, head: FamilyKind, models: &[String], fit: &Dataset, 
     };
     m.architecture = Architecture { hidden_units: units, families: vec![family], added: vec![] };
     m.shrinkage = Shrinkage { quality_weight: vec![1.0; n], token_weight: vec![1.0; n], local_prior: None };
-    m.support = SupportIndex { neighbours: support.k, prompts: support.keys.nrows(), rates: support.rates() };
+    m.support = support.index();
     std::fs::write(dir.join("manifest.json"), m.to_json()).unwrap();
     Head::load(runtime::environment(None).unwrap(), dir).unwrap()
 }

@@ -382,7 +382,8 @@ pub fn collect_logs(
     let mut rc = Array2::zeros((n, k));
     let mut allowed = Array2::from_elem((n, k), true);
     for r in 0..n {
-        let chance = head.domain_chance(out.support.as_ref().map(|s| &s[r * hm..(r + 1) * hm]));
+        let (support, family) = (out.support.as_deref(), out.family_support.as_deref());
+        let chance = head.domain_chance(support.map(|s| &s[r * hm..(r + 1) * hm]), family.map(|s| &s[r * hm..(r + 1) * hm]));
         for (j, &(_, h, c)) in models.iter().enumerate() {
             rq[[r, j]] = f64::from(out.quality[r * hm + h]).clamp(0.0, 1.0);
             rc[[r, j]] = cat[c].cost_usd(input_tokens[r], f64::from(out.output_tokens[r * hm + h]).max(1.0));

@@ -14,7 +14,7 @@ use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
 use super::{
     export_with_support, import,
     job::{embed_prompts_cached, write_atomically, JobError},
-    read_logs, split_by_prompt, Mlp,
+    read_logs, split_by_prompt, MemoryBlock, Mlp,
 };
 use crate::{
     encoder::Encoder,
@@ -200,23 +200,24 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
             s.prior_log_tokens = concatenate![Axis(0), s.prior_log_tokens, Array1::from_elem(1, at.mean().unwrap_or(0.0) as f32)];
         }
         if let Some(sup) = support.as_mut() {
-            // Grow the index by this model's prompts; old weights rescale to the new key count.
+            // Grow the index by this model's prompts, as a block (a family) of its own: the old
+            // blocks' rates do not change, the new model is observed on all of its block, and the
+            // family test asks whether a prompt is like the ones it was labelled on.
             let (k_old, m_old) = sup.weights.dim();
             let new_keys = x.select(Axis(0), &rows(&all));
             let k_new = k_old + new_keys.nrows();
-            let scale = k_new as f32 / k_old as f32;
             let mut weights = Array2::<f32>::zeros((k_new, m_old + 1));
-            weights.slice_mut(s![..k_old, ..m_old]).assign(&(&sup.weights * scale));
-            weights.slice_mut(s![k_old.., m_old]).fill(k_new as f32 / new_keys.nrows() as f32);
+            weights.slice_mut(s![..k_old, ..m_old]).assign(&sup.weights);
+            weights.slice_mut(s![k_old.., m_old]).fill(1.0);
             // Encoder outputs are already L2-normalised, as the index requires.
             sup.keys = concatenate![Axis(0), sup.keys, new_keys];
             sup.weights = weights;
+            sup.blocks.push(MemoryBlock { start: k_old, end: k_new, models: vec![m_old] });
         }
         manifest.models.push(logs.models[j].clone());
     }
     if let Some(sup) = support.as_ref() {
-        manifest.support.rates = sup.rates();
-        manifest.support.prompts = sup.keys.nrows();
+        manifest.support = sup.index();
     }
     match shrink.as_ref() {
         Some(s) => {

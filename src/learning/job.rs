@@ -32,8 +32,8 @@ use crate::{
     encoder::{Encoder, EncoderError},
     predictor::{
         manifest::{
-            Architecture, FamilyKind, FamilySpec, FileRef, HeldOutMetrics, MlpSettings, QualityPrior, Selection, Shrinkage, SupportIndex,
-            TrainedOn, Training, Validation,
+            Architecture, FamilyKind, FamilySpec, FileRef, HeldOutMetrics, MlpSettings, QualityPrior, Selection, Shrinkage, TrainedOn,
+            Training, Validation,
         },
         sha256_hex, EncoderRef, HeadManifest, HEAD_FORMAT,
     },
@@ -372,7 +372,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             token_weight: shrink.token_weight.to_vec(),
             local_prior: shrink.local.as_ref().map(crate::learning::LocalPrior::spec),
         },
-        support: SupportIndex { neighbours: fitted.support.k, prompts: fitted.support.keys.nrows(), rates: fitted.support.rates() },
+        support: fitted.support.index(),
         trained_on: TrainedOn {
             files: file_refs,
             prompts: logs.prompts.len(),

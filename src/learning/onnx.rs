@@ -24,7 +24,7 @@ mod schema;
 use super::{
     mlp::Mlp,
     shrink::{LocalPrior, MemoryBlock, Shrink},
-    support::{Support, SUPPORT_OUTPUT},
+    support::{Support, FAMILY_SUPPORT_OUTPUT, SUPPORT_OUTPUT},
 };
 use schema::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
@@ -83,8 +83,8 @@ fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
 }
 
 /// The mean over the k neighbours: [batch, M].
-fn reduce_mean() -> NodeProto {
-    let mut n = node("ReduceMean", &["support_rows"], SUPPORT_OUTPUT);
+fn reduce_mean(input: &str, output: &str) -> NodeProto {
+    let mut n = node("ReduceMean", &[input], output);
     n.attribute = vec![AttributeProto { ints: vec![1], ..attr("axes", AttributeType::Ints) }, int_attr("keepdims", 0)];
     n
 }
@@ -127,12 +127,47 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
         initializer.push(tensor("support_keys_t", &[d, s.keys.nrows()], keys_t.iter()));
         initializer.push(tensor("support_weights", &[s.weights.nrows(), m], s.weights.iter()));
         initializer.push(int64_tensor("support_k", &[s.k as i64]));
-        front.extend([
-            node_n("MatMul", &[INPUT_NAME, "support_keys_t"], "support_sim"),
-            topk("support_sim", "support_k", "support_top"),
-            gather("support_weights", "support_top_indices", "support_rows"),
-            reduce_mean(),
-        ]);
+        front.push(node_n("MatMul", &[INPUT_NAME, "support_keys_t"], "support_sim"));
+        if s.is_blocked() {
+            // Per block: the k of its keys nearest the prompt. Their weights averaged, summed over
+            // the blocks, are the support (a block's rows are 0 outside its models); their mean
+            // similarity, spread to the block's models by the family table, is `family_support`.
+            let (mut parts, mut near) = (Vec::new(), Vec::new());
+            for (bi, b) in s.blocks.iter().enumerate() {
+                let name = |what: &str| format!("support_{what}_{bi}");
+                initializer.push(int64_tensor(&name("start"), &[b.start as i64]));
+                initializer.push(int64_tensor(&name("end"), &[b.end as i64]));
+                initializer.push(int64_tensor(&name("k"), &[s.k.min(b.end - b.start).max(1) as i64]));
+                let mut nearness = node_n("ReduceMean", &[&format!("{}_values", name("top"))], &name("nearness"));
+                nearness.attribute = vec![AttributeProto { ints: vec![1], ..attr("axes", AttributeType::Ints) }, int_attr("keepdims", 1)];
+                front.extend([
+                    node_n("Slice", &["support_sim", &name("start"), &name("end"), "support_axis_1"], &name("sim")),
+                    topk(&name("sim"), &name("k"), &name("top")),
+                    node_n("Add", &[&format!("{}_indices", name("top")), &name("start")], &name("keys")),
+                    gather("support_weights", &name("keys"), &name("rows")),
+                    reduce_mean(&name("rows"), &name("mean")),
+                    nearness,
+                ]);
+                parts.push(name("mean"));
+                near.push(name("nearness"));
+            }
+            initializer.push(int64_tensor("support_axis_1", &[1]));
+            initializer.push(tensor("support_family_table", &[s.blocks.len(), m], s.family_table().iter()));
+            let mut concat = node_n("Concat", &near.iter().map(String::as_str).collect::<Vec<_>>(), "support_family_nearness");
+            concat.attribute = vec![int_attr("axis", 1)];
+            front.extend([
+                node_n("Sum", &parts.iter().map(String::as_str).collect::<Vec<_>>(), SUPPORT_OUTPUT),
+                concat,
+                node_n("MatMul", &["support_family_nearness", "support_family_table"], FAMILY_SUPPORT_OUTPUT),
+            ]);
+            output.push(value_info(FAMILY_SUPPORT_OUTPUT, m));
+        } else {
+            front.extend([
+                topk("support_sim", "support_k", "support_top"),
+                gather("support_weights", "support_top_indices", "support_rows"),
+                reduce_mean("support_rows", SUPPORT_OUTPUT),
+            ]);
+        }
         output.push(value_info(SUPPORT_OUTPUT, m));
     }
     if let Some(s) = shrink {
@@ -267,11 +302,29 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
             .map(|t| i64::from_le_bytes(t.raw_data()[..8].try_into().expect("8 bytes. This is a bug.")))
     };
     let support = match graph.initializer.iter().find(|t| t.name() == "support_k") {
-        Some(t) if t.raw_data().len() == 8 => Some(Support {
-            keys: mat("support_keys_t")?.t().as_standard_layout().to_owned(),
-            weights: mat("support_weights")?,
-            k: i64::from_le_bytes(t.raw_data()[..8].try_into().expect("8 bytes. This is a bug.")).max(1) as usize,
-        }),
+        Some(t) if t.raw_data().len() == 8 => {
+            let keys = mat("support_keys_t")?.t().as_standard_layout().to_owned();
+            let weights = mat("support_weights")?;
+            // Blocks: their key ranges, and the models each holds from the family table. A graph
+            // without them has one block over every key and model.
+            let mut blocks = Vec::new();
+            if let Some((_, table)) = find("support_family_table") {
+                let m = weights.ncols();
+                for bi in 0.. {
+                    let (Some(start), Some(end)) = (int64(&format!("support_start_{bi}")), int64(&format!("support_end_{bi}"))) else {
+                        break;
+                    };
+                    let row = table.get(bi * m..(bi + 1) * m).ok_or_else(|| NotAHead(format!("`support_family_table` has no row {bi}")))?;
+                    let models = (0..m).filter(|&j| row[j] > 0.0).collect();
+                    blocks.push(MemoryBlock { start: start.max(0) as usize, end: end.max(0) as usize, models });
+                }
+            }
+            if blocks.is_empty() {
+                blocks.push(MemoryBlock { start: 0, end: keys.nrows(), models: (0..weights.ncols()).collect() });
+            }
+            let k = i64::from_le_bytes(t.raw_data()[..8].try_into().expect("8 bytes. This is a bug.")).max(1) as usize;
+            Some(Support { keys, weights, k, blocks })
+        }
         Some(_) => return Err(NotAHead("`support_k` is not one int64".into())),
         None => None,
     };
@@ -329,12 +382,12 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
 /// What the head manifest describes of a graph written by [`export_with_support`] (hidden
 /// units, outputs, support index, shrinkage), for `HeadManifest::check_graph`.
 pub fn graph_facts(bytes: &[u8]) -> Result<crate::predictor::manifest::GraphFacts, super::LearningError> {
-    use crate::predictor::manifest::{GraphFacts, Shrinkage, SupportIndex};
+    use crate::predictor::manifest::{GraphFacts, Shrinkage};
     let (mlp, support, shrink) = import(bytes)?;
     Ok(GraphFacts {
         hidden_units: mlp.hidden_dim(),
         models: mlp.wq().ncols(),
-        support: support.map(|s| SupportIndex { neighbours: s.k, prompts: s.keys.nrows(), rates: s.rates() }),
+        support: support.map(|s| s.index_with(Vec::new())),
         shrinkage: shrink.map(|s| Shrinkage {
             quality_weight: s.weight.to_vec(),
             token_weight: s.token_weight.to_vec(),

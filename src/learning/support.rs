@@ -26,10 +26,14 @@
 //! with a relative threshold let the chat family answer competition math.
 //!
 //! It is exported as a third ONNX output next to quality and tokens.
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2};
+
+use super::MemoryBlock;
 
 /// Name of the support output.
 pub const SUPPORT_OUTPUT: &str = "support";
+/// Name of the family-support output (heads whose memory holds several families).
+pub const FAMILY_SUPPORT_OUTPUT: &str = "family_support";
 /// Default number of neighbours.
 pub const DEFAULT_NEIGHBOURS: usize = 32;
 
@@ -38,51 +42,158 @@ pub const DEFAULT_NEIGHBOURS: usize = 32;
 pub struct Support {
     /// Training prompt embeddings, L2-normalised, [K, D].
     pub keys: Array2<f32>,
-    /// `mask[k, m] / rate[m]` ([K, M]) with `rate[m] = count[m] / K`.
+    /// `mask[k, m] / rate[m]` ([K, M]) with `rate[m]` = m's share of its block's keys; 0 outside
+    /// m's block.
     pub weights: Array2<f32>,
     /// Neighbours averaged over.
     pub k: usize,
+    /// The families' blocks of keys, in key order, covering every key. One block over every key
+    /// and model for a head trained on one family (and for heads written before blocks).
+    pub blocks: Vec<MemoryBlock>,
 }
 
 impl Support {
-    /// Builds the index from embeddings [K, D] and the observation mask [K, M].
+    /// Builds the index from embeddings [K, D] and the observation mask [K, M], one family.
     pub fn new(keys: ArrayView2<f32>, mask: ArrayView2<f32>, k: usize) -> Self {
-        Self::scoped(keys, mask, k, &vec![mask.nrows(); mask.ncols()])
+        let all = MemoryBlock { start: 0, end: mask.nrows(), models: (0..mask.ncols()).collect() };
+        Self::blocked(keys, mask, k, vec![all])
     }
 
-    /// Like [`Support::new`], with each model's rate taken over `scope[m]` keys instead of all of
-    /// them: the keys of its own model family's block. A head trained on several benchmarks holds
-    /// each benchmark's prompts in its own block, and a model's rate over all keys (18% for a
-    /// zeroeval model among the three shared files) would let a prompt with a couple of zeroeval
-    /// neighbours in 32 pass as "observed here as often as anywhere"; over its block (about 100%)
-    /// it does not.
-    pub fn scoped(keys: ArrayView2<f32>, mask: ArrayView2<f32>, k: usize, scope: &[usize]) -> Self {
-        let counts = mask.sum_axis(Axis(0));
-        let inv_rate =
-            ndarray::Array1::from_iter(counts.iter().zip(scope).map(|(&c, &n)| if c > 0.0 { n as f32 / c.min(n as f32) } else { 0.0 }));
-        let weights = &mask * &inv_rate.insert_axis(Axis(0));
+    /// Like [`Support::new`] for a memory of several families, each in its own block of keys:
+    /// a model's evidence is counted among the `k` keys of its own block nearest the prompt, at
+    /// its rate over that block; and whether the prompt is like its family's prompts at all is
+    /// counted among the `k` keys of the whole memory nearest it, at the block's share of keys.
+    /// `k` is capped by the smallest block. Observations in a block of a model that block does
+    /// not hold are ignored.
+    pub fn blocked(keys: ArrayView2<f32>, mask: ArrayView2<f32>, k: usize, blocks: Vec<MemoryBlock>) -> Self {
+        let mut weights = Array2::<f32>::zeros(mask.raw_dim());
+        for b in &blocks {
+            let len = (b.end - b.start) as f32;
+            for &j in &b.models {
+                let col = mask.slice(ndarray::s![b.start..b.end, j]);
+                let count = col.sum();
+                if count > 0.0 {
+                    weights.slice_mut(ndarray::s![b.start..b.end, j]).assign(&col.mapv(|v| v * len / count));
+                }
+            }
+        }
         let mut keys = keys.to_owned();
         for mut row in keys.rows_mut() {
             let n = row.dot(&row).sqrt().max(f32::MIN_POSITIVE);
             row.mapv_inplace(|v| v / n);
         }
-        Support { keys, weights, k: k.clamp(1, mask.nrows().max(1)) }
+        let smallest = blocks.iter().map(|b| b.end - b.start).min().unwrap_or(mask.nrows());
+        Support { keys, weights, k: k.clamp(1, smallest.max(1)), blocks }
     }
 
-    /// Each model's share of the indexed prompts (the `rate` above; 0 for a model never observed).
+    /// Whether the memory holds more than one family (the graph then has a family-support output).
+    pub fn is_blocked(&self) -> bool {
+        self.blocks.len() > 1
+    }
+
+    /// Each model's observation rate over its block's keys (the `rate` above; 0 for a model never
+    /// observed).
     pub fn rates(&self) -> Vec<f32> {
         self.weights.columns().into_iter().map(|c| c.fold(0.0f32, |a, &b| a.max(b))).map(|w| if w > 0.0 { 1.0 / w } else { 0.0 }).collect()
     }
 
-    /// Support of every model at each row of `x` ([N, D], L2-normalised), as the graph computes it.
+    /// What the manifest says of this index (`support`), with each family's similarity
+    /// quantiles ([`Support::family_quantiles`], computed here: seconds on 10k keys).
+    pub fn index(&self) -> crate::predictor::manifest::SupportIndex {
+        self.index_with(if self.is_blocked() { self.family_quantiles() } else { Vec::new() })
+    }
+
+    /// [`Support::index`] with the families' quantiles given (empty: none, as the graph alone says).
+    pub fn index_with(&self, quantiles: Vec<Vec<f32>>) -> crate::predictor::manifest::SupportIndex {
+        let families = match self.is_blocked() {
+            true => self
+                .blocks
+                .iter()
+                .enumerate()
+                .map(|(bi, b)| crate::predictor::manifest::FamilyDomain {
+                    models: b.models.clone(),
+                    similarity_quantiles: quantiles.get(bi).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        crate::predictor::manifest::SupportIndex { neighbours: self.k, prompts: self.keys.nrows(), rates: self.rates(), families }
+    }
+
+    /// The `k` the graph searches block `b` with.
+    fn block_k(&self, b: &MemoryBlock) -> usize {
+        self.k.min(b.end - b.start).max(1)
+    }
+
+    /// Support of every model at each row of `x` ([N, D], L2-normalised), as the graph computes
+    /// it: the mean of `weights[., m]` over the `k` keys of m's block nearest the row.
     pub fn compute(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let mut out = Array2::zeros((x.nrows(), self.weights.ncols()));
-        for (r, near) in self.nearest(x, self.k, self.keys.nrows()).into_iter().enumerate() {
-            for i in near {
-                out.row_mut(r).scaled_add(1.0 / self.k as f32, &self.weights.row(i));
+        for b in &self.blocks {
+            let kb = self.block_k(b);
+            for (r, near) in self.nearest_in(x, kb, b.start..b.end).into_iter().enumerate() {
+                for i in near {
+                    out.row_mut(r).scaled_add(1.0 / kb as f32, &self.weights.row(i));
+                }
             }
         }
         out
+    }
+
+    /// Family nearness of every model at each row of `x` ([N, D], L2-normalised), as the graph
+    /// computes it (`family_support`): the mean cosine similarity of the row to the `k` keys of
+    /// m's block nearest it.
+    pub fn compute_family(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let mut out = Array2::zeros((x.nrows(), self.weights.ncols()));
+        for b in &self.blocks {
+            let keys = self.keys.slice(ndarray::s![b.start..b.end, ..]);
+            let sim = x.dot(&keys.t());
+            for (r, row) in sim.rows().into_iter().enumerate() {
+                let v = mean_top(row.to_vec(), self.block_k(b));
+                for &j in &b.models {
+                    out[[r, j]] = v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Per block, how near its own prompts are to the rest of it: the 101 quantiles (0%, 1%, ..,
+    /// 100%) over the block's keys of each key's mean similarity to the `k` other keys of the
+    /// block nearest it (leave one out). A prompt whose family nearness is below the block's 1%
+    /// quantile is farther from that family's prompts than 99% of them are from each other.
+    pub fn family_quantiles(&self) -> Vec<Vec<f32>> {
+        self.blocks
+            .iter()
+            .map(|b| {
+                let keys = self.keys.slice(ndarray::s![b.start..b.end, ..]);
+                let k = self.block_k(b).min((b.end - b.start).saturating_sub(1)).max(1);
+                let mut values = Vec::with_capacity(keys.nrows());
+                for start in (0..keys.nrows()).step_by(512) {
+                    let end = (start + 512).min(keys.nrows());
+                    let sim = keys.slice(ndarray::s![start..end, ..]).dot(&keys.t());
+                    for (r, row) in sim.rows().into_iter().enumerate() {
+                        let mut row = row.to_vec();
+                        row[start + r] = f32::NEG_INFINITY;
+                        values.push(mean_top(row, k));
+                    }
+                }
+                values.sort_by(f32::total_cmp);
+                let n = values.len();
+                (0..=100).map(|i| if n == 0 { 0.0 } else { values[(i * (n - 1) + 50) / 100] }).collect()
+            })
+            .collect()
+    }
+
+    /// The block membership the graph stores: [blocks, M], 1 where the block holds the model.
+    pub fn family_table(&self) -> Array2<f32> {
+        let mut t = Array2::zeros((self.blocks.len(), self.weights.ncols()));
+        for (bi, b) in self.blocks.iter().enumerate() {
+            for &j in &b.models {
+                t[[bi, j]] = 1.0;
+            }
+        }
+        t
     }
 
     /// The `k` most similar of the first `limit` keys to each row of `x`, most similar first
@@ -98,6 +209,18 @@ impl Support {
         let near = crate::learning::knn::neighbours(x, self.keys.slice(ndarray::s![range.clone(), ..]), k);
         near.into_iter().map(|v| v.into_iter().map(|i| i + range.start).collect()).collect()
     }
+}
+
+/// The mean of the `k` largest of `values` (the `k` nearest keys' similarities).
+fn mean_top(mut values: Vec<f32>, k: usize) -> f32 {
+    let k = k.clamp(1, values.len().max(1));
+    if values.is_empty() {
+        return 0.0;
+    }
+    if k < values.len() {
+        values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    }
+    values[..k].iter().sum::<f32>() / k as f32
 }
 
 #[cfg(test)]
@@ -116,5 +239,38 @@ mod tests {
         assert!((out[[0, 0]] - 2.0).abs() < 1e-4, "{out}");
         assert!(out[[1, 0]] < 1e-6, "model 0 never saw anything like prompt 1");
         assert!((out[[1, 1]] - 1.0).abs() < 1e-6, "model 1 is observed everywhere: support 1");
+        // One family: family support is 1 everywhere.
+        assert!(s.compute_family(array![[0.0f32, 1.0]].view()).iter().all(|&v| (v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn blocked_support_counts_each_model_in_its_own_block_and_measures_each_familys_nearness() {
+        // Block 0 (keys 0..4, models 0 and 1) near (1, 0); block 1 (keys 4..6, model 2) near (0, 1).
+        let keys = array![[1.0f32, 0.0], [0.9, 0.1], [0.8, 0.2], [0.95, 0.05], [0.0, 1.0], [0.2, 0.8]];
+        // Model 0 observed on keys 0 and 1 only, model 1 on all of block 0 (and, wrongly, key 4,
+        // which block 1 holds: ignored); model 2 on all of block 1.
+        let mask = array![[1.0f32, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]];
+        let blocks = vec![MemoryBlock { start: 0, end: 4, models: vec![0, 1] }, MemoryBlock { start: 4, end: 6, models: vec![2] }];
+        let s = Support::blocked(keys.view(), mask.view(), 2, blocks);
+        assert_eq!(s.k, 2);
+        assert_eq!(s.rates(), vec![0.5, 1.0, 1.0]);
+        let x = array![[1.0f32, 0.0]];
+        let sup = s.compute(x.view());
+        // Near (1, 0): block 0's two nearest are keys 0 and 3; model 0 (rate 1/2) saw key 0: 1.
+        assert!((sup[[0, 0]] - 1.0).abs() < 1e-5 && (sup[[0, 1]] - 1.0).abs() < 1e-5, "{sup}");
+        // Model 2 is counted among block 1's own nearest keys, however far: 1.
+        assert!((sup[[0, 2]] - 1.0).abs() < 1e-5, "{sup}");
+        // But block 1's prompts are far from (1, 0): its family nearness is low, block 0's high.
+        let fam = s.compute_family(x.view());
+        assert!(fam[[0, 0]] > 0.99 && fam[[0, 0]] == fam[[0, 1]] && fam[[0, 2]] < 0.5, "{fam}");
+        // And below anything block 1's own keys see of each other (their quantiles).
+        let q = s.family_quantiles();
+        assert_eq!((q.len(), q[1].len()), (2, 101));
+        assert!(q[1].windows(2).all(|w| w[0] <= w[1]) && fam[[0, 2]] < q[1][0], "{:?}", q[1]);
+        let index = s.index();
+        assert_eq!(index.families.len(), 2);
+        assert_eq!(index.families[1].models, vec![2]);
+        // One family: no family test.
+        assert!(Support::new(keys.view(), mask.view(), 2).index().families.is_empty());
     }
 }

@@ -224,8 +224,43 @@ pub struct SupportIndex {
     pub neighbours: usize,
     /// Prompts in the index (training prompts only, plus those `extend` added).
     pub prompts: usize,
-    /// Each model's observation rate over the indexed prompts, in output order.
+    /// Each model's observation rate over its family's indexed prompts, in output order.
     pub rates: Vec<f32>,
+    /// For a head whose memory holds several model families (one block of keys each), in the
+    /// graph's block order: which models each holds, and how near its own prompts are to each
+    /// other, which the graph's `family_support` output is measured against. Empty for a head
+    /// of one family.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub families: Vec<FamilyDomain>,
+}
+
+/// One model family's block of the support index, for the domain rule's family test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyDomain {
+    /// Output columns (indices into `models`) of the family.
+    pub models: Vec<usize>,
+    /// The 0%, 1%, .., 100% quantiles over the family's indexed prompts of each one's mean
+    /// cosine similarity to its `neighbours` nearest others in the family (101 ascending values).
+    pub similarity_quantiles: Vec<f32>,
+}
+
+impl FamilyDomain {
+    /// The share of the family's own prompts at most `nearness` from their neighbours (the
+    /// quantiles' empirical distribution, linear between them): how unusual a prompt at that
+    /// nearness would be among the family's own.
+    pub fn chance(&self, nearness: f32) -> f64 {
+        let q = &self.similarity_quantiles;
+        let Some(i) = q.iter().rposition(|&v| v <= nearness) else {
+            return 0.0;
+        };
+        if i + 1 >= q.len() {
+            return 1.0;
+        }
+        let (lo, hi) = (q[i], q[i + 1]);
+        let frac = if hi > lo { f64::from((nearness - lo) / (hi - lo)) } else { 0.0 };
+        (i as f64 + frac) / (q.len() - 1) as f64
+    }
 }
 
 /// A log file trained on.
@@ -463,6 +498,18 @@ impl HeadManifest {
                 return Err(format!("`{key}` has {len} entries, `models` has {m}"));
             }
         }
+        for (fi, f) in self.support.families.iter().enumerate() {
+            if let Some(&j) = f.models.iter().find(|&&j| j >= m) {
+                return Err(format!("`support.families[{fi}].models` names column {j}; `models` has {m}"));
+            }
+            let q = &f.similarity_quantiles;
+            if q.len() != 101 || q.windows(2).any(|w| w[0] > w[1]) || q.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "`support.families[{fi}].similarity_quantiles` must be 101 finite ascending values. Given: {} values",
+                    q.len()
+                ));
+            }
+        }
         if self.support.neighbours == 0 || self.support.neighbours > self.support.prompts {
             return Err(format!(
                 "`support.neighbours` must be in 1..={} (`support.prompts`). Given: {}",
@@ -532,7 +579,7 @@ impl HeadManifest {
         if graph.models != self.models.len() {
             return Err(format!("the graph predicts {} models, `models` lists {}", graph.models, self.models.len()));
         }
-        let Some(SupportIndex { neighbours: k, prompts, rates }) = &graph.support else {
+        let Some(SupportIndex { neighbours: k, prompts, rates, families }) = &graph.support else {
             return Err("the graph has no support index, which the domain rule needs (`support`)".into());
         };
         if (*k, *prompts) != (self.support.neighbours, self.support.prompts) {
@@ -544,6 +591,15 @@ impl HeadManifest {
         let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1.0));
         if !close(rates, &self.support.rates) {
             return Err("`support.rates` differ from the graph's support index".into());
+        }
+        // The graph holds the families' blocks, not their quantiles (those are the manifest's).
+        let members = |f: &[FamilyDomain]| f.iter().map(|f| f.models.clone()).collect::<Vec<_>>();
+        if members(families) != members(&self.support.families) {
+            return Err(format!(
+                "`support.families` lists {} families, the graph's support index {} (or their models differ)",
+                self.support.families.len(),
+                families.len()
+            ));
         }
         let s = &self.shrinkage;
         match &graph.shrinkage {
@@ -627,7 +683,7 @@ mod tests {
                     blocks: vec![MemoryBlockSpec { first_key: 0, keys: 4, models: vec![0, 1] }],
                 }),
             },
-            support: SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2] },
+            support: SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2], families: vec![] },
             trained_on: TrainedOn {
                 files: vec![],
                 prompts: 6,
@@ -685,7 +741,7 @@ mod tests {
         GraphFacts {
             hidden_units: 12,
             models: 3,
-            support: Some(SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2] }),
+            support: Some(SupportIndex { neighbours: 2, prompts: 5, rates: vec![0.8, 0.8, 0.2], families: vec![] }),
             shrinkage: Some(manifest().shrinkage),
         }
     }
@@ -736,7 +792,7 @@ mod tests {
     #[test]
     fn a_manifest_that_misdescribes_its_graph_is_refused() {
         let m = manifest();
-        let support = |neighbours, rates: &[f32]| Some(SupportIndex { neighbours, prompts: 5, rates: rates.to_vec() });
+        let support = |neighbours, rates: &[f32]| Some(SupportIndex { neighbours, prompts: 5, rates: rates.to_vec(), families: vec![] });
         let e = m.check_graph(&GraphFacts { support: support(16, &[0.8, 0.8, 0.2]), ..facts() }).unwrap_err();
         assert!(e.contains("`support` says 2 neighbours over 5 prompts, the graph has 16 over 5"), "{e}");
         let e = m.check_graph(&GraphFacts { support: None, ..facts() }).unwrap_err();

@@ -179,14 +179,9 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let parts: Vec<(&[usize], &Mlp, f32)> = heads.iter().map(|(m, cols)| (*cols, m, 1.0)).collect();
     let mlp = stack(&parts, dim, n_models)?;
     let mem = all.select(&memory);
-    // Each model's observation rate is over its own family's block of keys (`Support::scoped`).
-    let mut scope = vec![memory.len().max(1); n_models];
-    for b in &blocks {
-        for &j in &b.models {
-            scope[j] = b.end - b.start;
-        }
-    }
-    let support = Support::scoped(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, &scope);
+    // Each model's evidence is counted in its own family's block of keys, and each family's
+    // nearness in the whole memory (`Support::blocked`).
+    let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, blocks.clone());
     let train = all.select(cx.train_idx);
     let priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
     let local = k.iter().any(|&kj| kj > 0).then(|| LocalPrior::new(&mem.quality, &mem.mask, blocks, &k, &kappa));
