@@ -122,7 +122,7 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     ];
     let k: Vec<usize> = (0..logs.models.len()).map(|j| if j % 2 == 0 { 5 + 3 * j } else { 0 }).collect();
     let kappa: Vec<f32> = (0..logs.models.len()).map(|j| (j % 3) as f32 * 10.0).collect();
-    shrink.local = Some(LocalPrior::new(&fit.quality, &fit.mask, blocks, &k, &kappa));
+    shrink.local = Some(LocalPrior::new(&fit.quality, &fit.mask, blocks.clone(), &k, &kappa));
     shrink.token_weight.fill(0.7);
     let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
@@ -148,6 +148,36 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     assert!(max_abs(&get("quality"), &q_ref, false) <= 1e-5);
     assert!(max_abs(&get("output_tokens"), &t_ref, true) <= 1e-5);
     assert!(max_abs(&get("support"), &s_ref, true) <= 1e-4);
+    assert!(outputs.get("family_support").is_none(), "one family: no family test");
+    // Two families (each block holds its models): the support counts each model in its own
+    // block, `family_support` is the prompt's nearness to the block, both as in Rust; the blocks
+    // read back.
+    let owned: Vec<MemoryBlock> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| MemoryBlock { models: (0..logs.models.len()).filter(|j| j % 2 == i).collect(), ..b.clone() })
+        .collect();
+    let blocked = Support::blocked(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS, owned.clone());
+    let bytes = export_with_support(&mlp, Some(&blocked), Some(&shrink), &[]);
+    let (_, back, _) = pointsman::learning::import(&bytes).unwrap();
+    assert_eq!(back.as_ref().unwrap().blocks, owned);
+    assert_eq!(back.unwrap().index_with(Vec::new()), blocked.index_with(Vec::new()));
+    let mut session = pointsman::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
+    let outputs = session.run(ort::inputs!["embeddings" => ort::value::TensorRef::from_array_view(&xv).unwrap()]).unwrap();
+    let get = |name: &str| outputs[name].try_extract_array::<f32>().unwrap().to_owned();
+    let (b_ref, f_ref) = (blocked.compute(xv.view()), blocked.compute_family(xv.view()));
+    assert_ne!(b_ref, s_ref, "counting within blocks changes the support");
+    assert!(max_abs(&get("support"), &b_ref, true) <= 1e-4);
+    assert!(max_abs(&get("family_support"), &f_ref, false) <= 1e-5);
+    // Held-out prompts of the same log are as near each block as its own prompts usually are.
+    let q = blocked.family_quantiles();
+    let median_chance = |j: usize, fam: &[f32]| {
+        let d = pointsman::predictor::manifest::FamilyDomain { models: vec![j], similarity_quantiles: fam.to_vec() };
+        let mut c: Vec<f64> = f_ref.column(j).iter().map(|&v| d.chance(v)).collect();
+        c.sort_by(f64::total_cmp);
+        c[c.len() / 2]
+    };
+    assert!(median_chance(0, &q[0]) > 0.1 && median_chance(1, &q[1]) > 0.1);
     assert!(
         (q_ref.column(1).mean().unwrap()
             - fit.quality.column(1).iter().zip(fit.mask.column(1)).filter(|(_, m)| **m > 0.0).map(|(q, _)| *q).sum::<f32>()
@@ -499,10 +529,24 @@ fn extend_adds_a_model_without_moving_the_others() {
     let m = old.models().len();
     assert_eq!(&a.quality[..], &b.quality[..m]);
     assert_eq!(&a.output_tokens[..], &b.output_tokens[..m]);
-    // The new model has evidence near math prompts, so it is not out of the head's domain.
-    let s = b.support.unwrap();
-    let best = s.iter().copied().fold(0.0f32, f32::max);
-    assert!(s[m] / best > 0.05, "relative support of the new model {}", s[m] / best);
+    // The new model's prompts are a family of their own: near math prompts like the ones it was
+    // labelled on it is in the head's domain, near chit-chat it is not.
+    let families = &grown.manifest().support.families;
+    assert_eq!(families.len(), 2, "the base head's family and the new model's");
+    assert_eq!(families[1].models, vec![m]);
+    let chance = |text: &str| {
+        let e = enc.embed_text(text).unwrap();
+        let out = grown.predict(ndarray::ArrayView2::from_shape((1, e.len()), &e).unwrap()).unwrap();
+        grown.domain_chance(out.support.as_deref(), out.family_support.as_deref())[m]
+    };
+    // Prompts of its log it was not labelled on (the log's other models' lines): most are in.
+    let text_of = |l: &String| serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"].as_str().unwrap().to_string();
+    let mut seen: std::collections::HashSet<String> = new[..1000].iter().map(text_of).collect();
+    let unlabelled: Vec<String> = base.iter().map(text_of).filter(|p| seen.insert(p.clone())).take(40).collect();
+    assert_eq!(unlabelled.len(), 40);
+    let inside = unlabelled.iter().filter(|p| chance(p) > 0.01).count();
+    assert!(inside * 10 >= unlabelled.len() * 9, "{inside} of {} unlabelled prompts of its log in domain", unlabelled.len());
+    assert!(chance("hey! what's a fun thing to do with friends on a rainy saturday afternoon?") < 0.01);
 }
 
 /// Copies the shipped head into a temporary folder, edits its manifest's JSON and returns the

@@ -623,6 +623,14 @@ impl HeadManifest {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn family_chance_is_the_share_of_the_familys_own_prompts_as_far() {
+        let d = super::FamilyDomain { models: vec![0], similarity_quantiles: (0..=100).map(|i| 0.2 + 0.005 * i as f32).collect() };
+        assert_eq!(d.chance(0.1), 0.0, "farther than every prompt of the family");
+        assert_eq!(d.chance(0.9), 1.0);
+        assert!((d.chance(0.2) - 0.0).abs() < 1e-9 && (d.chance(0.45) - 0.5).abs() < 1e-4 && (d.chance(0.2075) - 0.015).abs() < 1e-4);
+    }
+
     use super::*;
 
     fn manifest() -> HeadManifest {
