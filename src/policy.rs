@@ -152,7 +152,7 @@ impl Exclusion {
         match self {
             Exclusion::NotCovered => "the routing head has no prediction for this model".into(),
             Exclusion::OutOfDomain { chance, threshold } => format!(
-                "the head has too few outcomes of this model among the training prompts nearest this one to trust its prediction (as few by chance: p = {chance:.2e} < {threshold})"
+                "the head has too little evidence about this model on prompts like this one to trust its prediction: too few of its outcomes among the nearest training prompts of its log, or this prompt farther from that log's prompts than they are from each other (p = {chance:.2e} < {threshold})"
             ),
             Exclusion::ModelNotAllowed => "excluded by allowed_models/denied_models".into(),
             Exclusion::ProviderNotAllowed => "excluded by allowed_providers/denied_providers".into(),
