@@ -57,6 +57,9 @@ impl HeadError {
 pub struct Head {
     manifest: HeadManifest,
     session: Mutex<Session>,
+    /// Per model, its family in `manifest.support.families` (none for a head of one family),
+    /// derived once at load for the domain rule on every request.
+    family_of: Vec<Option<usize>>,
 }
 
 /// Predictions for a batch: row-major [N, M].
@@ -71,7 +74,7 @@ pub struct HeadOutput {
     /// Training evidence per model near each row, [rows * models] (every loaded head has it).
     pub support: Option<Vec<f32>>,
     /// How near each model's family's prompts are to each row, [rows * models], for a head of
-    /// several families (`support.family_shares` in its manifest).
+    /// several families (`support.families` in its manifest).
     pub family_support: Option<Vec<f32>>,
 }
 
@@ -133,7 +136,13 @@ impl Head {
                 gpath.display()
             )));
         }
-        let head = Self { manifest, session: Mutex::new(session) };
+        let mut family_of = vec![None; manifest.models.len()];
+        for (fi, f) in manifest.support.families.iter().enumerate() {
+            for &j in &f.models {
+                family_of[j] = Some(fi);
+            }
+        }
+        let head = Self { manifest, session: Mutex::new(session), family_of };
         let probe = vec![0.0f32; head.manifest.encoder.dimension];
         let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
         if out.quality.len() != head.manifest.models.len() || out.output_tokens.len() != head.manifest.models.len() {
@@ -172,8 +181,8 @@ impl Head {
         (0..m)
             .map(|j| {
                 let own = support.map_or(1.0, |v| chance(v[j], s.rates[j]));
-                let fam = match (family, s.families.iter().find(|f| f.models.contains(&j))) {
-                    (Some(v), Some(f)) => f.chance(v[j]),
+                let fam = match (family, self.family_of[j]) {
+                    (Some(v), Some(fi)) => s.families[fi].chance(v[j]),
                     _ => 1.0,
                 };
                 own.min(fam)

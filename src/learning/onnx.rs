@@ -82,10 +82,10 @@ fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
     }
 }
 
-/// The mean over the k neighbours: [batch, M].
-fn reduce_mean(input: &str, output: &str) -> NodeProto {
+/// The mean over the k neighbours (axis 1): [batch, M], or [batch, 1] with `keepdims`.
+fn reduce_mean(input: &str, output: &str, keepdims: bool) -> NodeProto {
     let mut n = node("ReduceMean", &[input], output);
-    n.attribute = vec![AttributeProto { ints: vec![1], ..attr("axes", AttributeType::Ints) }, int_attr("keepdims", 0)];
+    n.attribute = vec![AttributeProto { ints: vec![1], ..attr("axes", AttributeType::Ints) }, int_attr("keepdims", i64::from(keepdims))];
     n
 }
 
@@ -138,15 +138,13 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
                 initializer.push(int64_tensor(&name("start"), &[b.start as i64]));
                 initializer.push(int64_tensor(&name("end"), &[b.end as i64]));
                 initializer.push(int64_tensor(&name("k"), &[s.k.min(b.end - b.start).max(1) as i64]));
-                let mut nearness = node_n("ReduceMean", &[&format!("{}_values", name("top"))], &name("nearness"));
-                nearness.attribute = vec![AttributeProto { ints: vec![1], ..attr("axes", AttributeType::Ints) }, int_attr("keepdims", 1)];
                 front.extend([
                     node_n("Slice", &["support_sim", &name("start"), &name("end"), "support_axis_1"], &name("sim")),
                     topk(&name("sim"), &name("k"), &name("top")),
                     node_n("Add", &[&format!("{}_indices", name("top")), &name("start")], &name("keys")),
                     gather("support_weights", &name("keys"), &name("rows")),
-                    reduce_mean(&name("rows"), &name("mean")),
-                    nearness,
+                    reduce_mean(&name("rows"), &name("mean"), false),
+                    reduce_mean(&format!("{}_values", name("top")), &name("nearness"), true),
                 ]);
                 parts.push(name("mean"));
                 near.push(name("nearness"));
@@ -165,7 +163,7 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
             front.extend([
                 topk("support_sim", "support_k", "support_top"),
                 gather("support_weights", "support_top_indices", "support_rows"),
-                reduce_mean("support_rows", SUPPORT_OUTPUT),
+                reduce_mean("support_rows", SUPPORT_OUTPUT, false),
             ]);
         }
         output.push(value_info(SUPPORT_OUTPUT, m));

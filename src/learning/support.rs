@@ -76,8 +76,8 @@ impl Support {
     /// Like [`Support::new`] for a memory of several families, each in its own block of keys:
     /// a model's evidence is counted among the `k` keys of its own block nearest the prompt, at
     /// its rate over that block; and whether the prompt is like its family's prompts at all is
-    /// counted among the `k` keys of the whole memory nearest it, at the block's share of keys.
-    /// `k` is capped by the smallest block. Observations in a block of a model that block does
+    /// its mean similarity to those `k` keys ([`Support::compute_family`]), measured against the
+    /// block's own ([`Support::family_quantiles`]). `k` is capped by the smallest block. Observations in a block of a model that block does
     /// not hold are ignored.
     pub fn blocked(keys: ArrayView2<f32>, mask: ArrayView2<f32>, k: usize, blocks: Vec<MemoryBlock>) -> Self {
         let mut weights = Array2::<f32>::zeros(mask.raw_dim());
@@ -253,7 +253,7 @@ mod tests {
         assert!((out[[0, 0]] - 2.0).abs() < 1e-4, "{out}");
         assert!(out[[1, 0]] < 1e-6, "model 0 never saw anything like prompt 1");
         assert!((out[[1, 1]] - 1.0).abs() < 1e-6, "model 1 is observed everywhere: support 1");
-        // One family: family support is 1 everywhere.
+        // Family nearness is the mean similarity to the k nearest keys: 1 at a key, with k = 1.
         assert!(s.compute_family(array![[0.0f32, 1.0]].view()).iter().all(|&v| (v - 1.0).abs() < 1e-6));
     }
 
