@@ -122,13 +122,23 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     ];
     let k: Vec<usize> = (0..logs.models.len()).map(|j| if j % 2 == 0 { 5 + 3 * j } else { 0 }).collect();
     let kappa: Vec<f32> = (0..logs.models.len()).map(|j| (j % 3) as f32 * 10.0).collect();
-    shrink.local = Some(LocalPrior::new(&fit.quality, &fit.mask, blocks.clone(), &k, &kappa));
+    // Some of them (models 0, 4, 8, ...) also take their output tokens from the neighbours: the
+    // mean tokens, shrunk the same way.
+    let tokens = fit.log_tokens.mapv(|z| (z.exp() - 1.0).max(0.0));
+    let mean_tokens = pointsman::learning::knn::column_means(tokens.view(), fit.mask.view());
+    let token_models: Vec<usize> = (0..logs.models.len()).step_by(4).collect();
+    shrink.local =
+        Some(LocalPrior::new(&fit.quality, &fit.mask, blocks.clone(), &k, &kappa).with_tokens(&tokens, &token_models, &mean_tokens));
+    assert_eq!(shrink.local.as_ref().unwrap().token_models, token_models, "every one of them has neighbours");
     shrink.token_weight.fill(0.7);
     let support = Support::new(fit.x.view(), fit.mask.view(), DEFAULT_NEIGHBOURS);
     let bytes = export_with_support(&mlp, Some(&support), Some(&shrink), &[]);
     // It reads back as written (what `extend` starts from).
     let (_, _, back) = pointsman::learning::import(&bytes).unwrap();
-    let back = back.unwrap();
+    let mut back = back.unwrap();
+    let (l, b) = (shrink.local.as_ref().unwrap(), back.local.as_mut().unwrap());
+    assert!(l.mean_tokens.iter().zip(&b.mean_tokens).all(|(x, y)| (x - y).abs() <= 1e-4 * x.max(1.0)), "mean tokens read back");
+    b.mean_tokens = l.mean_tokens.clone();
     assert_eq!((&back.local, &back.weight, &back.token_weight), (&shrink.local, &shrink.weight, &shrink.token_weight));
     assert!(back.prior_quality.iter().zip(&shrink.prior_quality).all(|(a, b)| (a - b).abs() < 1e-6));
     let mut session = pointsman::encoder::session_from_bytes(runtime::environment(None).unwrap(), &bytes, 1).unwrap();
@@ -141,6 +151,15 @@ fn exported_onnx_head_reproduces_trainer_predictions() {
     let (q_global, _) = Shrink { local: None, ..shrink.clone() }.apply(Some(&support), xv.view(), &q_raw, &t_raw);
     assert!(half.iter().any(|&j| q_ref.column(j).iter().zip(q_global.column(j)).any(|(a, b)| (a - b).abs() > 1e-3)));
     assert_eq!(q_ref.column(1), q_global.column(1));
+    // ... and the kNN tokens move the tokens of theirs, and only theirs.
+    let (_, t_head) = Shrink { local: Some(LocalPrior { token_models: vec![], ..shrink.local.clone().unwrap() }), ..shrink.clone() }.apply(
+        Some(&support),
+        xv.view(),
+        &q_raw,
+        &t_raw,
+    );
+    assert!(token_models.iter().all(|&j| t_ref.column(j).iter().zip(t_head.column(j)).any(|(a, b)| (a - b).abs() > 1.0)));
+    assert_eq!(t_ref.column(1), t_head.column(1));
     let s_ref = support.compute(xv.view());
     let max_abs = |a: &ndarray::ArrayD<f32>, b: &Array2<f32>, rel: bool| {
         a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs() / if rel { y.abs().max(1.0) } else { 1.0 }).fold(0.0f32, f32::max)
@@ -571,10 +590,14 @@ fn the_server_refuses_a_manifest_that_lacks_misnames_or_misdescribes_what_it_nee
     let m = head.manifest();
     assert_eq!(m.format, "pointsman-head/3");
     assert_eq!(m.architecture.hidden_units, m.architecture.families.iter().map(|f| f.units).sum::<usize>());
-    assert!(
-        m.architecture.families.iter().all(|f| matches!(f.head, FamilyKind::FactorHead { .. })),
-        "the shipped head is two factor heads"
-    );
+    // Each family has the head its selection needs: a factor head where a head predicts its
+    // quality or tokens, none where the kNN serves both.
+    for f in &m.architecture.families {
+        let needs_head = !(f.predictor.starts_with("knn") && f.tokens.starts_with("knn"));
+        assert_eq!(matches!(f.head, FamilyKind::FactorHead { .. }), needs_head, "{f:?}");
+        assert_eq!(matches!(f.head, FamilyKind::None), !needs_head, "{f:?}");
+    }
+    assert!(m.architecture.families.iter().any(|f| matches!(f.head, FamilyKind::None)), "mmlu_pro's family is served by its kNN alone");
     // The support key renamed: before the typed manifest this silently switched the domain rule off.
     let e = load_error(|v| {
         let s = v.as_object_mut().unwrap().remove("support").unwrap();

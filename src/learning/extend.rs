@@ -195,6 +195,10 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
                 let zero = Array2::<f32>::zeros((l.keys, 1));
                 l.quality_sum = concatenate![Axis(1), l.quality_sum, zero];
                 l.count = concatenate![Axis(1), l.count, zero];
+                l.token_sum = concatenate![Axis(1), l.token_sum, zero];
+                l.mean_tokens.push(0.0);
+                l.k.push(0);
+                l.kappa.push(crate::learning::MIN_KAPPA);
             }
             s.prior_quality = concatenate![Axis(0), s.prior_quality, Array1::from_elem(1, aq.mean().unwrap_or(0.0) as f32)];
             s.prior_log_tokens = concatenate![Axis(0), s.prior_log_tokens, Array1::from_elem(1, at.mean().unwrap_or(0.0) as f32)];
@@ -223,6 +227,7 @@ pub fn run(job: &ExtendJob, encoder: &Encoder, quiet: bool) -> Result<(HeadManif
         Some(s) => {
             manifest.shrinkage.quality_weight = s.weight.to_vec();
             manifest.shrinkage.token_weight = s.token_weight.to_vec();
+            manifest.shrinkage.local_prior = s.local.as_ref().map(crate::learning::LocalPrior::spec);
         }
         None => {
             let m = manifest.models.len();

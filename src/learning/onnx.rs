@@ -190,7 +190,16 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
                 // Per block of the memory: its keys' similarities, the k_max nearest, and each of
                 // the block's models' observed quality and count over its own k of them (a rank
                 // mask [k_max, M], 1 where rank r < k[m] and m searches this block).
-                let (mut sums, mut counts) = (Vec::new(), Vec::new());
+                let (mut sums, mut counts, mut token_sums) = (Vec::new(), Vec::new(), Vec::new());
+                let with_tokens = !l.token_models.is_empty();
+                if with_tokens {
+                    let flag = ndarray::Array1::from_shape_fn(m, |j| if l.token_models.contains(&j) { 1.0f32 } else { 0.0 });
+                    let kappa_tokens = &ndarray::Array1::from(l.mean_tokens.clone()) * &kappa;
+                    initializer.push(tensor("local_token_sum", &[l.keys, m], l.token_sum.iter()));
+                    initializer.push(tensor("local_kappa_mean_tokens", &[m], kappa_tokens.iter()));
+                    initializer.push(tensor("local_token_flag", &[m], flag.iter()));
+                    initializer.push(tensor("local_token_keep", &[m], flag.mapv(|f| 1.0 - f).iter()));
+                }
                 for (bi, b) in l.blocks.iter().enumerate() {
                     let k_max = b.k_max(&l.k);
                     let mask =
@@ -205,7 +214,11 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
                         topk(&name("sim"), &name("k"), &name("top")),
                         node_n("Add", &[&format!("{}_indices", name("top")), &name("start")], &name("keys")),
                     ]);
-                    for (table, what, list) in [("local_quality_sum", "sum", &mut sums), ("local_count", "n", &mut counts)] {
+                    let mut tables = vec![("local_quality_sum", "sum", &mut sums), ("local_count", "n", &mut counts)];
+                    if with_tokens {
+                        tables.push(("local_token_sum", "t", &mut token_sums));
+                    }
+                    for (table, what, list) in tables {
                         let mut reduce = node_n("ReduceSum", &[&name(&format!("{what}_masked")), "axis_1"], &name(what));
                         reduce.attribute = vec![int_attr("keepdims", 0)];
                         shrink_nodes.extend([
@@ -224,6 +237,17 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
                     node_n("Div", &["local_num", "local_den"], "local_quality"),
                     node_n("Mul", &["local_quality", "shrink_keep"], "quality_prior"),
                 ]);
+                if with_tokens {
+                    // Tokens of `token_models`: the same neighbours' mean tokens, in log space.
+                    token_sums.push("local_kappa_mean_tokens".into());
+                    shrink_nodes.extend([
+                        node_n("Sum", &token_sums.iter().map(String::as_str).collect::<Vec<_>>(), "local_token_num"),
+                        node_n("Div", &["local_token_num", "local_den"], "local_tokens"),
+                        node_n("Add", &["local_tokens", "one"], "local_tokens_plus_one"),
+                        node_n("Log", &["local_tokens_plus_one"], "local_log_tokens"),
+                        node_n("Mul", &["local_log_tokens", "local_token_flag"], "local_log_tokens_used"),
+                    ]);
+                }
                 "quality_prior"
             }
             _ => {
@@ -236,8 +260,16 @@ pub fn export_with_support(mlp: &Mlp, support: Option<&Support>, shrink: Option<
             node_n("Mul", &["quality_raw", "shrink_weight"], "quality_scaled"),
             node_n("Add", &["quality_scaled", prior], QUALITY_OUTPUT),
             node_n("Mul", &["log_tokens_raw", "shrink_weight_tokens"], "log_tokens_scaled"),
-            node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens"),
         ]);
+        if s.local.as_ref().is_some_and(|l| !l.token_models.is_empty()) && support.is_some() {
+            shrink_nodes.extend([
+                node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens_own"),
+                node_n("Mul", &["log_tokens_own", "local_token_keep"], "log_tokens_kept"),
+                node_n("Add", &["log_tokens_kept", "local_log_tokens_used"], "log_tokens"),
+            ]);
+        } else {
+            shrink_nodes.push(node_n("Add", &["log_tokens_scaled", "shrink_prior_log_tokens"], "log_tokens"));
+        }
         // NOTE: inserted before the token nodes that read `log_tokens`.
         let at = node.iter().position(|n| n.op_type() == "Exp").expect("the graph has the token Exp node. This is a bug.");
         node.splice(at..at, shrink_nodes);
@@ -355,13 +387,27 @@ pub fn import(bytes: &[u8]) -> Result<(Mlp, Option<Support>, Option<Shrink>), su
                         }
                         blocks.push(MemoryBlock { start: start.max(0) as usize, end: end.max(0) as usize, models });
                     }
+                    let quality_sum = mat("local_quality_sum")?;
+                    let m = quality_sum.ncols();
+                    // kNN tokens, where the graph has them.
+                    let (token_models, token_sum, mean_tokens) = match find("local_token_flag") {
+                        Some((_, flag)) => {
+                            let kappa_tokens = vec("local_kappa_mean_tokens")?;
+                            let mean = kappa_tokens.iter().zip(&kappa).map(|(t, k)| t / k.max(f32::MIN_POSITIVE)).collect();
+                            ((0..flag.len()).filter(|&j| flag[j] > 0.0).collect(), mat("local_token_sum")?, mean)
+                        }
+                        None => (Vec::new(), Array2::zeros((quality_sum.nrows(), m)), vec![0.0; m]),
+                    };
                     Some(LocalPrior {
                         k,
                         keys: keys.max(0) as usize,
                         blocks,
-                        quality_sum: mat("local_quality_sum")?,
+                        quality_sum,
                         count: mat("local_count")?,
                         kappa,
+                        token_models,
+                        token_sum,
+                        mean_tokens,
                     })
                 }
                 _ => None,

@@ -5,7 +5,11 @@
 //! its global mean by `b` pseudo-observations) or, for a model without one, its global mean.
 //! `w` = 1 is the head alone, 0 the kNN alone, in between a blend; the trainer chooses per model
 //! family by inner cross-validation (`job::select`). Tokens: `w_t * head + (1 - w_t) * mean` in
-//! log space, `w_t` 1 when the head predicts tokens, 0 for each model's mean.
+//! log space, `w_t` 1 when the head predicts tokens, 0 for each model's mean; or, for the models
+//! the trainer gives them ([`LocalPrior::token_models`]), the neighbours' arithmetic mean tokens
+//! shrunk the same way as their quality (cost is linear in tokens, so the mean prices the
+//! expected cost, where a log-space prediction prices the typical answer and under-prices the
+//! long tail).
 //!
 //! Why a prior at all: with many candidates, routing takes an argmax over noisy per-model
 //! estimates and so favours the model that was lucky on similar prompts (the winner's curse);
@@ -37,6 +41,14 @@ pub struct LocalPrior {
     /// Pseudo-count of the global mean, per model (at least [`MIN_KAPPA`], so a query with no
     /// observed neighbour gets the global mean rather than 0/0).
     pub kappa: Vec<f32>,
+    /// Models whose output tokens come from the same neighbours: `(sum of tokens + b * mean
+    /// tokens) / (count + b)` with their own `k` and `b` (each has `k > 0`).
+    pub token_models: Vec<usize>,
+    /// Observed output tokens per memory prompt and model, 0 where unobserved and in the columns
+    /// of models not in `token_models`: [keys, M].
+    pub token_sum: Array2<f32>,
+    /// Each model's mean output tokens over the training prompts (arithmetic), for `token_models`.
+    pub mean_tokens: Vec<f32>,
 }
 
 /// Keys `start..end` of the memory, searched for `models`' neighbours.
@@ -84,7 +96,34 @@ impl LocalPrior {
             b.models.retain(|&j| k[j] > 0);
         }
         blocks.retain(|b| !b.models.is_empty() && b.end > b.start);
-        LocalPrior { k, keys, blocks, quality_sum: sum, count, kappa: kappa.iter().map(|&b| b.max(MIN_KAPPA)).collect() }
+        let m = sum.ncols();
+        LocalPrior {
+            k,
+            keys,
+            blocks,
+            quality_sum: sum,
+            count,
+            kappa: kappa.iter().map(|&b| b.max(MIN_KAPPA)).collect(),
+            token_models: Vec::new(),
+            token_sum: Array2::zeros((keys, m)),
+            mean_tokens: vec![0.0; m],
+        }
+    }
+
+    /// The same prior, also predicting the output tokens of `models` (those with neighbours)
+    /// from the memory prompts' observed `tokens` ([keys, M], arithmetic, 0 where unobserved),
+    /// each shrunk towards its `mean` tokens.
+    pub fn with_tokens(mut self, tokens: &Array2<f32>, models: &[usize], mean: &Array1<f32>) -> Self {
+        let mut models: Vec<usize> = models.iter().copied().filter(|&j| self.k.get(j).is_some_and(|&k| k > 0)).collect();
+        models.sort_unstable();
+        models.dedup();
+        self.token_sum.fill(0.0);
+        for &j in &models {
+            self.token_sum.column_mut(j).assign(&(&tokens.column(j) * &self.count.column(j)));
+        }
+        self.mean_tokens = mean.to_vec();
+        self.token_models = models;
+        self
     }
 
     /// What the manifest says of it.
@@ -93,6 +132,7 @@ impl LocalPrior {
             neighbours: self.k.clone(),
             kappa: self.kappa.clone(),
             memory_prompts: self.keys,
+            token_models: self.token_models.clone(),
             blocks: self
                 .blocks
                 .iter()
@@ -105,22 +145,25 @@ impl LocalPrior {
         }
     }
 
-    /// The prior at each row of `x` ([N, D], L2-normalised), with `global` as each model's mean.
-    pub fn at(&self, support: &Support, x: ArrayView2<f32>, global: &Array1<f32>) -> Array2<f32> {
+    /// The prior at each row of `x` ([N, D], L2-normalised), with `global` as each model's mean:
+    /// quality, and output tokens (meaningful in the columns of `token_models` only).
+    pub fn at(&self, support: &Support, x: ArrayView2<f32>, global: &Array1<f32>) -> (Array2<f32>, Array2<f32>) {
         let m = self.quality_sum.ncols();
         let mut sum = Array2::from_shape_fn((x.nrows(), m), |(_, j)| global[j] * self.kappa[j]);
+        let mut tokens = Array2::from_shape_fn((x.nrows(), m), |(_, j)| self.mean_tokens[j] * self.kappa[j]);
         let mut n = Array2::from_shape_fn((x.nrows(), m), |(_, j)| self.kappa[j]);
         for b in &self.blocks {
             for (r, near) in support.nearest_in(x, b.k_max(&self.k), b.start..b.end).into_iter().enumerate() {
                 for &j in &b.models {
                     for &i in near.iter().take(self.k[j]) {
                         sum[[r, j]] += self.quality_sum[[i, j]];
+                        tokens[[r, j]] += self.token_sum[[i, j]];
                         n[[r, j]] += self.count[[i, j]];
                     }
                 }
             }
         }
-        sum / n
+        (sum / &n, tokens / &n)
     }
 }
 
@@ -163,12 +206,19 @@ impl Shrink {
     ) -> (Array2<f32>, Array2<f32>) {
         let a = &self.weight;
         let keep = a.mapv(|w| 1.0 - w);
+        let at = &self.token_weight;
+        let mut z = tokens.mapv(|t| t.max(0.0).ln_1p()) * at + &(&self.prior_log_tokens * &at.mapv(|w| 1.0 - w));
         let q = match (&self.local, support) {
-            (Some(l), Some(s)) => quality * a + &(l.at(s, x, &self.prior_quality) * &keep),
+            (Some(l), Some(s)) => {
+                let (local_q, local_t) = l.at(s, x, &self.prior_quality);
+                // Models with kNN tokens: the neighbours' mean tokens alone (their weight is 0).
+                for &j in &l.token_models {
+                    z.column_mut(j).assign(&local_t.column(j).mapv(|t| t.max(0.0).ln_1p()));
+                }
+                quality * a + &(local_q * &keep)
+            }
             _ => quality * a + &(&self.prior_quality * &keep),
         };
-        let at = &self.token_weight;
-        let z = tokens.mapv(|t| t.max(0.0).ln_1p()) * at + &(&self.prior_log_tokens * &at.mapv(|w| 1.0 - w));
         (q, z.mapv(|v| (v.exp() - 1.0).max(0.0)))
     }
 }

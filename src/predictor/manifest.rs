@@ -129,6 +129,9 @@ pub enum FamilyKind {
     },
     /// Models observed on no training prompt (only on held-out ones): no units, a constant column.
     Unobserved,
+    /// No head: the selection served the family's quality and tokens from its kNN (and means)
+    /// alone; no units.
+    None,
 }
 
 impl FamilyKind {
@@ -137,7 +140,7 @@ impl FamilyKind {
         match self {
             FamilyKind::FactorHead { rank_quality, rank_tokens, .. } => 2 * (rank_quality + rank_tokens),
             FamilyKind::MlpEnsemble { hidden, members, .. } => hidden * members,
-            FamilyKind::Unobserved => 0,
+            FamilyKind::Unobserved | FamilyKind::None => 0,
         }
     }
 }
@@ -200,6 +203,10 @@ pub struct LocalPriorSpec {
     pub kappa: Vec<f32>,
     /// Support-index keys (from the first) that are its memory.
     pub memory_prompts: usize,
+    /// Models (output columns) whose predicted output tokens are the same neighbours' mean
+    /// tokens, shrunk with the same pseudo-count (the rest come from the head or the mean).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_models: Vec<usize>,
     /// The memory's blocks, one per model family: which keys each model's neighbours come from.
     pub blocks: Vec<MemoryBlockSpec>,
 }
@@ -404,11 +411,17 @@ pub struct FamilySelection {
     pub candidates: Vec<CandidateScore>,
     /// The candidate chosen for quality.
     pub winner: String,
-    /// Where predicted output tokens come from (`factor`, `mlp` or `mean`), chosen by the
-    /// out-of-fold mean absolute error of log tokens.
+    /// Where predicted output tokens come from (`factor`, `mlp`, `mean` or the quality kNN's
+    /// neighbours, `knn k=.. b=..`): the head or mean with the lowest out-of-fold error of log
+    /// tokens, unless the neighbours' mean tokens route the winner clearly better
+    /// (`token_routing`).
     pub tokens: String,
     /// Out-of-fold mean absolute error of log tokens per token source.
     pub token_candidates: Vec<CandidateScore>,
+    /// The winner's cross-validated score priced with each of the two token sources compared
+    /// (the one chosen by log-token error, then the kNN's); empty when there was no kNN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_routing: Vec<CandidateScore>,
 }
 
 /// A candidate's cross-validated figure.
@@ -566,6 +579,11 @@ impl HeadManifest {
                     l.memory_prompts, self.support.prompts
                 ));
             }
+            if let Some(&j) = l.token_models.iter().find(|&&j| l.neighbours.get(j).is_none_or(|&k| k == 0)) {
+                return Err(format!(
+                    "`shrinkage.local_prior.token_models` has model {j}, which has no neighbours (`neighbours[{j}]` must be > 0)"
+                ));
+            }
         }
         Ok(())
     }
@@ -688,6 +706,7 @@ mod tests {
                     neighbours: vec![2, 2, 0],
                     kappa: vec![1.0, 5.0, 1.0],
                     memory_prompts: 4,
+                    token_models: vec![],
                     blocks: vec![MemoryBlockSpec { first_key: 0, keys: 4, models: vec![0, 1] }],
                 }),
             },
@@ -737,6 +756,7 @@ mod tests {
                         winner: "knn k=2 b=1".into(),
                         tokens: "factor".into(),
                         token_candidates: vec![CandidateScore { name: "factor".into(), score: 0.4, standard_error: 0.0 }],
+                        token_routing: vec![],
                     }],
                 },
                 memory: MemorySpec { prompts: 4, of: 4, cap: 8192, rule: "all".into() },

@@ -95,7 +95,7 @@ pub(super) fn stack(parts: &[(&[usize], &Mlp, f32)], dim: usize, m: usize) -> Re
 
 /// What a family got, for the manifest.
 pub(super) struct FittedFamily {
-    /// Its head, as the manifest describes it (`Unobserved` for none).
+    /// Its head, as the manifest describes it (`None` when the kNN and means serve it alone).
     pub kind: FamilyKind,
 }
 
@@ -128,6 +128,7 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let (mut k, mut kappa) = (vec![0usize; n_models], vec![1f32; n_models]);
     let mut memory: Vec<usize> = Vec::new();
     let mut blocks = Vec::new();
+    let mut token_models: Vec<usize> = Vec::new();
     // The cap is over all families; above it each keeps its share, in proportion to its prompts.
     let family_rows: Vec<Vec<usize>> = families.iter().map(|f| super::select::family_rows(cx, f)).collect();
     let of: usize = family_rows.iter().map(Vec::len).sum();
@@ -136,9 +137,9 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
         let fd = columns(all, rows, &f.models);
         let head = c.quality.head().or(match c.tokens {
             TokenSource::Head(h) => Some(h),
-            TokenSource::Mean => None,
+            TokenSource::Mean | TokenSource::Knn(_) => None,
         });
-        let mut kind = FamilyKind::Unobserved;
+        let mut kind = FamilyKind::None;
         if let Some(h) = head {
             let (mlp, described, _) = fit_head_described(h, &fd, job)?.ok_or_else(|| JobError::Invalid {
                 field: "method",
@@ -157,6 +158,15 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
             QualitySource::Blend { knn, weight, .. } => (weight, Some(knn)),
         };
         let tw = if matches!(c.tokens, TokenSource::Head(_)) { 1.0 } else { 0.0 };
+        // kNN tokens share the quality kNN's neighbours (the selection makes them the same), or
+        // bring their own beside a head's quality.
+        let knn = match c.tokens {
+            TokenSource::Knn(p) => {
+                token_models.extend(&f.models);
+                Some(knn.unwrap_or(p))
+            }
+            _ => knn,
+        };
         for &j in &f.models {
             quality_weight[j] = w;
             token_weight[j] = tw;
@@ -184,7 +194,12 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, blocks.clone());
     let train = all.select(cx.train_idx);
     let priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
-    let local = k.iter().any(|&kj| kj > 0).then(|| LocalPrior::new(&mem.quality, &mem.mask, blocks, &k, &kappa));
+    let arith = |d: &Dataset| d.log_tokens.mapv(|z| (z.exp() - 1.0).max(0.0));
+    let mean_tokens = crate::learning::knn::column_means(arith(&train).view(), train.mask.view());
+    let local = k
+        .iter()
+        .any(|&kj| kj > 0)
+        .then(|| LocalPrior::new(&mem.quality, &mem.mask, blocks, &k, &kappa).with_tokens(&arith(&mem), &token_models, &mean_tokens));
     let shrink = Shrink { weight: quality_weight, token_weight, local, ..priors };
     let memory_spec = MemorySpec {
         prompts: memory.len(),
