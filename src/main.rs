@@ -264,6 +264,10 @@ struct ServeArgs {
     /// (127.0.0.1:9464: loopback only).
     #[arg(long, env = "POINTSMAN_ADMIN_LISTEN")]
     admin_listen: Option<String>,
+    /// Address of Envoy's external processor (ext_proc) listener. Default: config
+    /// `ext_proc.listen` (empty: off).
+    #[arg(long, env = "POINTSMAN_EXT_PROC_LISTEN")]
+    ext_proc_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -322,11 +326,17 @@ fn cli_config_path(given: &Option<PathBuf>) -> PathBuf {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli_config_path(&cli.config);
     let mut cfg = Config::load(&path)?;
-    let (listen, admin_listen) = match &cli.command {
-        Command::Serve(a) => (a.listen.clone(), a.admin_listen.clone()),
-        _ => (None, None),
+    let (listen, admin_listen, ext_proc_listen) = match &cli.command {
+        Command::Serve(a) => (a.listen.clone(), a.admin_listen.clone(), a.ext_proc_listen.clone()),
+        _ => (None, None, None),
     };
-    cfg.apply(config::Overrides { onnxruntime: cli.onnxruntime.clone(), encoder_variant: cli.encoder_variant, listen, admin_listen })?;
+    cfg.apply(config::Overrides {
+        onnxruntime: cli.onnxruntime.clone(),
+        encoder_variant: cli.encoder_variant,
+        listen,
+        admin_listen,
+        ext_proc_listen,
+    })?;
     Ok(cfg)
 }
 

@@ -54,7 +54,7 @@ async fn a_missing_head_fails_to_start_with_a_clear_error() {
     config.head.dir = std::env::temp_dir().join("pointsman-no-such-head");
     let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listeners = pointsman::transport::Listeners { data, admin };
+    let listeners = pointsman::transport::Listeners { data, admin, ext_proc: None };
     let err = pointsman::transport::serve(config, listeners, std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("pointsman-no-such-head"), "{err}");
 }

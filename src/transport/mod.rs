@@ -8,6 +8,7 @@
 //! a oneshot in tests), and in-flight requests finish before `serve` returns.
 pub mod auth;
 pub mod convert;
+pub mod ext_proc;
 pub mod metrics;
 pub mod reload;
 pub mod tls;
@@ -180,24 +181,32 @@ impl Admin for AdminService {
     }
 }
 
-/// The two sockets [`serve`] listens on.
+/// The sockets [`serve`] listens on.
 #[derive(Debug)]
 pub struct Listeners {
     /// The data plane: `pointsman.v1.Router`, health, reflection (`server.listen`).
     pub data: TcpListener,
     /// The operator surface: `pointsman.v1.Admin` and `GET /metrics` (`admin.listen`).
     pub admin: TcpListener,
+    /// Envoy's external processor and health (`ext_proc.listen`), when on.
+    pub ext_proc: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds `server.listen` and `admin.listen`; the error names the setting.
+    /// Binds `server.listen`, `admin.listen` and (when set) `ext_proc.listen`; the error names
+    /// the setting.
     pub async fn bind(config: &Config) -> Result<Self, TransportError> {
         let bind = |addr: String, setting: &'static str| async move {
             TcpListener::bind(&addr).await.map_err(|source| TransportError::Bind { addr, setting, source })
         };
+        let ext_proc = match config.ext_proc.listen.as_str() {
+            "" => None,
+            addr => Some(bind(addr.to_string(), "--ext-proc-listen / ext_proc.listen").await?),
+        };
         Ok(Self {
             data: bind(config.server.listen.clone(), "--listen / server.listen").await?,
             admin: bind(config.admin.listen.clone(), "--admin-listen / admin.listen").await?,
+            ext_proc,
         })
     }
 }
@@ -332,6 +341,7 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let ext_proc_health = health_service.clone();
     let mut data_routes = tonic::service::Routes::builder();
     data_routes.add_service(health_service).add_service(router);
     add_reflection(&mut data_routes, &[SERVICE_NAME, "grpc.health.v1.Health"])?;
@@ -353,7 +363,8 @@ pub async fn serve(
     let admin_routes = finish(admin_routes.into(), auth::Plane::Admin, &auth);
 
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(addr = %addr(&listeners.data), admin = %addr(&listeners.admin), tls = with_tls, admin_tls, auth = auth.is_some(), "listening");
+    let ext_addr = listeners.ext_proc.as_ref().map(addr).unwrap_or_else(|| "off".into());
+    tracing::info!(addr = %addr(&listeners.data), admin = %addr(&listeners.admin), ext_proc = %ext_addr, tls = with_tls, admin_tls, auth = auth.is_some(), "listening");
     // NOTE: without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small
     // unary replies on loopback.
     let incoming = |l: TcpListener| tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
@@ -368,7 +379,24 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         r
     };
-    let (data_served, admin_served) = tokio::join!(data, admin);
+    // Envoy's external processor, with health for Envoy's gRPC health checks (no TLS, no
+    // bearer tokens: keep it on loopback or a private network beside the gateway).
+    let ext = async {
+        let Some(l) = listeners.ext_proc else { return Ok(()) };
+        let mut routes = tonic::service::Routes::builder();
+        routes.add_service(ext_proc_health).add_service(
+            envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer::new(
+                ext_proc::ExtProcService::new(Arc::clone(&service)),
+            ),
+        );
+        let r = tonic::transport::Server::builder()
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming(l), stopped(stop_rx.clone()))
+            .await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let (data_served, admin_served, ext_served) = tokio::join!(data, admin, ext);
     stopper.abort();
     loader.abort();
     {
@@ -377,6 +405,7 @@ pub async fn serve(
     }
     data_served?;
     admin_served?;
+    ext_served?;
     let failure = failed.lock().await.take();
     match failure {
         Some(e) => Err(e.into()),

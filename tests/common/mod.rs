@@ -156,7 +156,7 @@ impl TestServer {
         let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
         let admin_tls = tls.clone().filter(|_| config.tls.admin);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(pointsman::transport::serve(config, Listeners { data, admin }, async {
+        let handle = tokio::spawn(pointsman::transport::serve(config, Listeners { data, admin, ext_proc: None }, async {
             let _ = stopped.await;
         }));
         let channel = connect(addr, tls).await.unwrap();

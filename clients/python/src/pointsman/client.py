@@ -1,0 +1,315 @@
+"""Typed clients for Pointsman's `pointsman.v1.Router` service, sync and async.
+
+    from pointsman import Client
+    with Client("127.0.0.1:50051") as c:
+        d = c.route(messages=[{"role": "user", "content": "Prove that sqrt(2) is irrational."}], cost_weight=0.3)
+        d.model, d.fallbacks, d.request_id
+        c.feedback(d.request_id, d.model, "success", latency_ms=840, output_tokens=312)
+
+Every call has a deadline (`timeout`, seconds; sent as gRPC's `grpc-timeout`, so the server stops
+working on a call its caller gave up on) and is retried on UNAVAILABLE (the server starting,
+restarting or unreachable) with exponential back-off, within that deadline. Other errors are
+raised as `PointsmanError` with the server's message, which names the field, its limit and the
+value given. The request id is the caller's when given (a UUID is generated otherwise) and comes
+back on the decision, to be passed to `feedback`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import grpc
+
+from pointsman.v1 import router_pb2 as pb
+from pointsman.v1 import router_pb2_grpc as pb_grpc
+
+Message = Union[Mapping[str, Any], "pb.Message"]
+
+_OUTCOMES = {
+    "success": pb.OUTCOME_SUCCESS,
+    "timeout": pb.OUTCOME_TIMEOUT,
+    "rate_limited": pb.OUTCOME_RATE_LIMITED,
+    "server_error": pb.OUTCOME_SERVER_ERROR,
+    "refused": pb.OUTCOME_REFUSED,
+}
+
+
+class PointsmanError(Exception):
+    """A call the server refused or that did not complete: `code` is the gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked model with its predictions."""
+
+    model: str
+    provider: str
+    predicted_quality: float
+    predicted_output_tokens: float
+    predicted_cost_usd: float
+    predicted_latency_ms: float
+    utility: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The router's answer: the primary model first, then the fallbacks in order."""
+
+    request_id: str
+    candidates: Sequence[Candidate]
+    router_version: str
+    cost_weight: float
+    profile: str
+    input_tokens: int
+    raw: Any = field(repr=False, compare=False, default=None)
+
+    @property
+    def model(self) -> str:
+        return self.candidates[0].model
+
+    @property
+    def provider(self) -> str:
+        return self.candidates[0].provider
+
+    @property
+    def fallbacks(self) -> list[str]:
+        return [c.model for c in self.candidates[1:]]
+
+
+def _message(m: Message) -> "pb.Message":
+    if isinstance(m, pb.Message):
+        return m
+    content = m.get("content", "")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        content = "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return pb.Message(role=str(m.get("role", "user")), content=str(content or ""))
+
+
+def route_request(
+    messages: Optional[Iterable[Message]] = None,
+    prompt: Optional[str] = None,
+    request_id: Optional[str] = None,
+    profile: Optional[str] = None,
+    cost_weight: Optional[float] = None,
+    max_cost_usd: Optional[float] = None,
+    min_quality: Optional[float] = None,
+    allowed_models: Iterable[str] = (),
+    denied_models: Iterable[str] = (),
+    allowed_providers: Iterable[str] = (),
+    denied_providers: Iterable[str] = (),
+    max_fallbacks: Optional[int] = None,
+) -> "pb.RouteRequest":
+    """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`)."""
+    req = pb.RouteRequest(
+        request_id=request_id or str(uuid.uuid4()),
+        messages=[_message(m) for m in messages or ()],
+        prompt=prompt or "",
+        profile=profile or "",
+        allowed_models=list(allowed_models),
+        denied_models=list(denied_models),
+        allowed_providers=list(allowed_providers),
+        denied_providers=list(denied_providers),
+    )
+    if cost_weight is not None:
+        req.cost_weight = cost_weight
+    if max_cost_usd is not None:
+        req.max_cost_usd = max_cost_usd
+    if min_quality is not None:
+        req.min_quality = min_quality
+    if max_fallbacks is not None:
+        req.max_fallbacks = max_fallbacks
+    return req
+
+
+def feedback_request(
+    request_id: str,
+    model: str,
+    outcome: str,
+    latency_ms: Optional[float] = None,
+    input_tokens: Optional[int] = None,
+    output_tokens: Optional[int] = None,
+    cost_usd: Optional[float] = None,
+    quality: Optional[float] = None,
+) -> "pb.FeedbackRequest":
+    """The `FeedbackRequest` for one attempt; `outcome` is one of success, timeout, rate_limited,
+    server_error, refused."""
+    if outcome not in _OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(_OUTCOMES)}. Given: {outcome!r}")
+    req = pb.FeedbackRequest(request_id=request_id, model=model, outcome=_OUTCOMES[outcome])
+    for name, value in (
+        ("latency_ms", latency_ms),
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+        ("cost_usd", cost_usd),
+        ("quality", quality),
+    ):
+        if value is not None:
+            setattr(req, name, value)
+    return req
+
+
+def _decision(r: "pb.RouteResponse") -> Decision:
+    return Decision(
+        request_id=r.request_id,
+        candidates=[
+            Candidate(
+                model=c.model,
+                provider=c.provider,
+                predicted_quality=c.predicted_quality,
+                predicted_output_tokens=c.predicted_output_tokens,
+                predicted_cost_usd=c.predicted_cost_usd,
+                predicted_latency_ms=c.predicted_latency_ms,
+                utility=c.utility,
+            )
+            for c in r.candidates
+        ],
+        router_version=r.router_version,
+        cost_weight=r.cost_weight,
+        profile=r.profile,
+        input_tokens=r.input_tokens,
+        raw=r,
+    )
+
+
+def _channel_options() -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", 16 << 20), ("grpc.enable_retries", 0)]
+
+
+class _Retry:
+    """Back-off for UNAVAILABLE within one call's deadline."""
+
+    def __init__(self, timeout: float, retries: int, backoff: float):
+        self.deadline = time.monotonic() + timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.attempt = 0
+
+    def next_wait(self, e: grpc.RpcError) -> Optional[float]:
+        """Seconds to wait before the next attempt, or None to give up."""
+        if e.code() != grpc.StatusCode.UNAVAILABLE or self.attempt >= self.retries:
+            return None
+        wait = self.backoff * (2**self.attempt)
+        self.attempt += 1
+        return wait if time.monotonic() + wait < self.deadline else None
+
+    def left(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def error(self, e: grpc.RpcError) -> "PointsmanError":
+        """The error to raise. When the deadline has passed, the server's own timeout answer
+        (CANCELLED, which tonic sends when `grpc-timeout` runs out first) is DEADLINE_EXCEEDED
+        too, so callers see one code for one cause."""
+        code, details = e.code(), e.details() or ""
+        if code == grpc.StatusCode.CANCELLED and time.monotonic() >= self.deadline:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        return PointsmanError(code, details)
+
+
+class Client:
+    """Blocking client. `target` is `host:port`; `credentials` turns TLS on; `token` is sent as
+    a bearer token (`[auth]`)."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 1.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        token: Optional[str] = None,
+    ):
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        opts = _channel_options()
+        self._channel = grpc.secure_channel(target, credentials, opts) if credentials else grpc.insecure_channel(target, opts)
+        self._stub = pb_grpc.RouterStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: Optional[float]) -> Any:
+        retry = _Retry(timeout or self.timeout, self.retries, self.backoff)
+        while True:
+            try:
+                return method(request, timeout=retry.left(), metadata=self._metadata)
+            except grpc.RpcError as e:
+                wait = retry.next_wait(e)
+                if wait is None:
+                    raise retry.error(e) from e
+                time.sleep(wait)
+
+    def route(self, messages: Optional[Iterable[Message]] = None, *, timeout: Optional[float] = None, **kw: Any) -> Decision:
+        """Routes a conversation (or `prompt=`); keyword arguments as `route_request`."""
+        return _decision(self._call(self._stub.Route, route_request(messages, **kw), timeout))
+
+    def feedback(self, request_id: str, model: str, outcome: str, *, timeout: Optional[float] = None, **kw: Any) -> bool:
+        """Reports one attempt; returns whether the server knew the request id."""
+        r = self._call(self._stub.Feedback, feedback_request(request_id, model, outcome, **kw), timeout)
+        return r.known_request
+
+    def list_models(self, *, timeout: Optional[float] = None) -> Any:
+        """The catalog with live health (`ListModelsResponse`)."""
+        return self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+
+
+class AsyncClient:
+    """asyncio client (grpc.aio), with the same calls as `Client`."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 1.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        token: Optional[str] = None,
+    ):
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        opts = _channel_options()
+        self._channel = grpc.aio.secure_channel(target, credentials, opts) if credentials else grpc.aio.insecure_channel(target, opts)
+        self._stub = pb_grpc.RouterStub(self._channel)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: Optional[float]) -> Any:
+        retry = _Retry(timeout or self.timeout, self.retries, self.backoff)
+        while True:
+            try:
+                return await method(request, timeout=retry.left(), metadata=self._metadata)
+            except grpc.RpcError as e:
+                wait = retry.next_wait(e)
+                if wait is None:
+                    raise retry.error(e) from e
+                await asyncio.sleep(wait)
+
+    async def route(self, messages: Optional[Iterable[Message]] = None, *, timeout: Optional[float] = None, **kw: Any) -> Decision:
+        return _decision(await self._call(self._stub.Route, route_request(messages, **kw), timeout))
+
+    async def feedback(self, request_id: str, model: str, outcome: str, *, timeout: Optional[float] = None, **kw: Any) -> bool:
+        r = await self._call(self._stub.Feedback, feedback_request(request_id, model, outcome, **kw), timeout)
+        return r.known_request
+
+    async def list_models(self, *, timeout: Optional[float] = None) -> Any:
+        return await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

