@@ -179,8 +179,14 @@ def _decision(r: "pb.RouteResponse") -> Decision:
     )
 
 
-def _channel_options() -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", 16 << 20), ("grpc.enable_retries", 0)]
+def _setup(client: Any, api: Any, target: str, timeout: float, retries: int, backoff: float, credentials: Any, token: Optional[str]) -> None:
+    """The settings, channel and stub of a client; `api` is `grpc` or `grpc.aio`. gRPC's own
+    retries are off: ours know the call's deadline."""
+    client.timeout, client.retries, client.backoff = timeout, retries, backoff
+    client._metadata = [("authorization", f"Bearer {token}")] if token else []
+    opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.enable_retries", 0)]
+    client._channel = api.secure_channel(target, credentials, opts) if credentials else api.insecure_channel(target, opts)
+    client._stub = pb_grpc.RouterStub(client._channel)
 
 
 class _Retry:
@@ -226,11 +232,7 @@ class Client:
         credentials: Optional[grpc.ChannelCredentials] = None,
         token: Optional[str] = None,
     ):
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        opts = _channel_options()
-        self._channel = grpc.secure_channel(target, credentials, opts) if credentials else grpc.insecure_channel(target, opts)
-        self._stub = pb_grpc.RouterStub(self._channel)
+        _setup(self, grpc, target, timeout, retries, backoff, credentials, token)
 
     def __enter__(self) -> "Client":
         return self
@@ -278,11 +280,7 @@ class AsyncClient:
         credentials: Optional[grpc.ChannelCredentials] = None,
         token: Optional[str] = None,
     ):
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        opts = _channel_options()
-        self._channel = grpc.aio.secure_channel(target, credentials, opts) if credentials else grpc.aio.insecure_channel(target, opts)
-        self._stub = pb_grpc.RouterStub(self._channel)
+        _setup(self, grpc.aio, target, timeout, retries, backoff, credentials, token)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
