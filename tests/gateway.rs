@@ -39,6 +39,8 @@ struct Upstream {
     /// Every upstream's arrivals in order, by upstream name (shared).
     all: Arc<Mutex<Vec<(&'static str, Seen)>>>,
     failing: Arc<AtomicBool>,
+    /// Holds every request without answering.
+    stalling: Arc<AtomicBool>,
     /// Streams wait for this before their last event, so the test can see the first ones first.
     release: Arc<tokio::sync::Notify>,
 }
@@ -52,6 +54,7 @@ impl Upstream {
             seen: Arc::default(),
             all: Arc::clone(all),
             failing: Arc::default(),
+            stalling: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
         };
         let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions)).with_state(u.clone());
@@ -76,6 +79,9 @@ async fn completions(
     let seen = Seen { model: model.clone(), headers: h };
     u.all.lock().unwrap().push((u.name, seen.clone()));
     u.seen.lock().unwrap().push(seen);
+    if u.stalling.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     if u.failing.load(Ordering::SeqCst) {
         let err = serde_json::json!({"error": {"message": format!("{} is down", u.name), "type": "server_error"}});
         return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(err)).into_response();
@@ -416,6 +422,20 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     assert!(!moved.body.contains("together"), "{}", moved.body);
     let page = http_get(admin_addr, "/metrics").await;
     assert!(metric(&page, "pointsman_feedback_total{outcome=\"server_error\"}").unwrap() >= 3.0, "{page}");
+
+    // A stalled upstream: Envoy's route timeout (1 s in this copy of the config) answers 504,
+    // which Pointsman records as a timeout of the model it chose.
+    openai.stalling.store(true, Ordering::SeqCst);
+    let short = Envoy::start(&ports(free_port()), true, &[("timeout: 120s", "timeout: 1s")]).await;
+    let r = post(short.addr, &chat("pointsman/auto", MATH_PROMPT, false), &[]).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    let (_, stalled) = last();
+    assert_eq!(stalled.headers["x-pointsman-upstream"], "openai");
+    let id = stalled.headers["x-pointsman-request-id"].clone();
+    let rows = eventually(|| Some(feedback_rows(&db, &id)).filter(|r| !r.is_empty())).await;
+    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), (stalled.model.as_str(), "timeout"));
+    openai.stalling.store(false, Ordering::SeqCst);
+    drop(short);
 
     // 7. Pointsman stopped mid-run: with failure_mode_allow (shipped), requests are still served,
     //    unrouted, by the default upstream.
