@@ -46,6 +46,12 @@ pub struct ServiceStats {
     /// Feedback reports for catalog models left out of health because this replica did not
     /// offer that model for that request id (`health.count_unknown_requests` off).
     pub feedback_unverified: AtomicU64,
+    /// Requests Envoy's external processor routed (`transport::ext_proc`).
+    pub ext_proc_routed: AtomicU64,
+    /// Requests it passed on untouched (an explicit model, or not a chat request).
+    pub ext_proc_passed: AtomicU64,
+    /// Requests it answered with an error instead of routing.
+    pub ext_proc_refused: AtomicU64,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected reloads.

@@ -350,6 +350,11 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     assert_eq!(seen.last().unwrap().model, "gpt-4o-2024-08-06");
     assert!(!seen.last().unwrap().headers.contains_key("x-pointsman-request-id"), "no decision for an explicit model");
 
+    // The metrics page counts what the processor did so far.
+    let page = http_get(admin_addr, "/metrics").await;
+    let action = |a: &str| metric(&page, &format!("pointsman_ext_proc_requests_total{{action=\"{a}\"}}")).unwrap();
+    assert_eq!((action("routed"), action("passed"), action("refused")), (3.0, 1.0, 2.0), "{page}");
+
     // 4. A streamed answer streams through (the first events arrive while the upstream holds
     //    back the last), and its usage, in the last event, reaches the log.
     let body = chat("pointsman/auto", CHAT_PROMPT, true);

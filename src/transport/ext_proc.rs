@@ -208,9 +208,17 @@ impl Exchange {
                     Reply::RequestBody(BodyResponse { response: Some(carry_on()) })
                 } else {
                     let body = std::mem::take(&mut self.body);
+                    let stats = service.stats();
                     match self.route(service, &body).await {
-                        Ok(r) => Reply::RequestBody(BodyResponse { response: Some(r) }),
-                        Err(refusal) => return refusal,
+                        Ok(r) => {
+                            let n = if self.routed.is_some() { &stats.ext_proc_routed } else { &stats.ext_proc_passed };
+                            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Reply::RequestBody(BodyResponse { response: Some(r) })
+                        }
+                        Err(refusal) => {
+                            stats.ext_proc_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return refusal;
+                        }
                     }
                 }
             }
