@@ -50,8 +50,11 @@ pub struct ServiceStats {
     pub ext_proc_routed: AtomicU64,
     /// Requests it passed on untouched (an explicit model, or not a chat request).
     pub ext_proc_passed: AtomicU64,
-    /// Requests it answered with an error instead of routing.
+    /// Requests it answered with an error instead of routing (the request's own fault).
     pub ext_proc_refused: AtomicU64,
+    /// Requests it could not route for a reason of its own (loading, overloaded, internal): the
+    /// stream ended with the gRPC status and Envoy's `failure_mode_allow` decided.
+    pub ext_proc_failed: AtomicU64,
     /// Successful reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected reloads.

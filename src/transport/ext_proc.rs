@@ -12,9 +12,11 @@
 //!    rewritten to the chosen model, and headers name the model, its upstream (provider), the
 //!    fallbacks and the decision id; the route cache is cleared so Envoy routes on them. Any
 //!    other `model` passes through untouched (with the upstream header when the catalog knows
-//!    the model). A request Pointsman refuses gets the HTTP status of its gRPC error
-//!    (`INVALID_ARGUMENT` 400, `FAILED_PRECONDITION` 422, `RESOURCE_EXHAUSTED` 429, else 503)
-//!    with an OpenAI-style error body naming the field, its limit and the value given.
+//!    the model). A request at fault is answered with an OpenAI-style error naming the field, its
+//!    limit and the value given (400 for a bad value, 422 when its constraints leave no model);
+//!    when Pointsman cannot route for a reason of its own (loading, overloaded, a deadline, an
+//!    internal error) the stream ends with the gRPC status and Envoy's `failure_mode_allow`
+//!    decides, as when Pointsman is down.
 //! 3. **Response headers and body**: the status decides the outcome (2xx success, 429 rate
 //!    limited, 408/504 timeout, other 5xx server error; other 4xx are the client's fault and
 //!    report nothing); the body is passed on chunk by chunk (so streams stay streams) while its
@@ -118,7 +120,8 @@ impl ExternalProcessor for ExtProcService {
                     Ok(None) | Err(_) => break,
                 };
                 let reply = x.handle(&service, msg).await;
-                if tx.send(Ok(reply)).await.is_err() {
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
                     break;
                 }
             }
@@ -166,14 +169,16 @@ fn refuse(status: u16, kind: &str, message: &str) -> ProcessingResponse {
     }
 }
 
-fn route_error_reply(e: &RouteError) -> ProcessingResponse {
-    let (status, kind) = match e {
-        RouteError::InvalidArgument { .. } => (400, "invalid_request_error"),
-        RouteError::NoEligibleModel(_) => (422, "no_eligible_model"),
-        RouteError::Overloaded { .. } => (429, "overloaded"),
-        _ => (503, "routing_unavailable"),
-    };
-    refuse(status, kind, &e.to_string())
+/// What a routing error becomes: the request's own fault is answered to the client (400 for a
+/// bad value, 422 when its constraints leave no model); Pointsman's (loading, overloaded, a
+/// deadline, an internal error) ends the stream with the gRPC status, so Envoy applies its own
+/// `failure_mode_allow`: on, the request goes on unrouted, as when Pointsman is down; off, 500.
+fn route_error_reply(e: RouteError) -> Result<ProcessingResponse, Status> {
+    match e {
+        RouteError::InvalidArgument { .. } => Ok(refuse(400, "invalid_request_error", &e.to_string())),
+        RouteError::NoEligibleModel(_) => Ok(refuse(422, "no_eligible_model", &e.to_string())),
+        other => Err(Status::from(other)),
+    }
 }
 
 /// The text of an OpenAI message `content`: a string, or the text parts of an array.
@@ -196,7 +201,8 @@ fn knob<T: std::str::FromStr>(h: &HashMap<String, String>, name: &str, what: &st
 }
 
 impl Exchange {
-    async fn handle(&mut self, service: &Arc<Service>, msg: ProcessingRequest) -> ProcessingResponse {
+    /// The reply to one message; `Err` ends the stream (see [`route_error_reply`]).
+    async fn handle(&mut self, service: &Arc<Service>, msg: ProcessingRequest) -> Result<ProcessingResponse, Status> {
         let reply = match msg.request {
             Some(Phase::RequestHeaders(h)) => {
                 self.headers = read_headers(&h);
@@ -215,9 +221,14 @@ impl Exchange {
                             n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             Reply::RequestBody(BodyResponse { response: Some(r) })
                         }
-                        Err(refusal) => {
+                        Err(Ok(refusal)) => {
                             stats.ext_proc_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            return refusal;
+                            return Ok(refusal);
+                        }
+                        Err(Err(status)) => {
+                            tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc: not routed; Envoy's failure_mode_allow decides");
+                            stats.ext_proc_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return Err(status);
                         }
                     }
                 }
@@ -243,13 +254,13 @@ impl Exchange {
             }
             None => Reply::RequestHeaders(HeadersResponse { response: Some(carry_on()) }),
         };
-        ProcessingResponse { response: Some(reply), ..Default::default() }
+        Ok(ProcessingResponse { response: Some(reply), ..Default::default() })
     }
 
     /// Routes the chat request `body` when its model asks for it; the body and header changes.
-    async fn route(&mut self, service: &Arc<Service>, body: &[u8]) -> Result<CommonResponse, ProcessingResponse> {
+    async fn route(&mut self, service: &Arc<Service>, body: &[u8]) -> Result<CommonResponse, Result<ProcessingResponse, Status>> {
         let Some(engine) = service.engine() else {
-            return Err(refuse(503, "routing_unavailable", "models are loading; retry shortly"));
+            return Err(Err(Status::unavailable("models are loading")));
         };
         let config = engine.config();
         let mut json: serde_json::Value = match serde_json::from_slice(body) {
@@ -291,15 +302,15 @@ impl Exchange {
             Ok(q) => q,
             Err(e) => {
                 call.error(e.label());
-                return Err(route_error_reply(&e));
+                return Err(route_error_reply(e));
             }
         };
         let decision = match service.route(call, &engine, query).await {
             Ok(d) => convert::route_response(&engine, d, false),
-            Err(e) => return Err(route_error_reply(&e)),
+            Err(e) => return Err(route_error_reply(e)),
         };
         let Some(primary) = decision.candidates.first() else {
-            return Err(refuse(503, "routing_unavailable", "the router named no model"));
+            return Err(Err(Status::internal("the router named no model")));
         };
         json["model"] = serde_json::Value::String(primary.model.clone());
         let fallbacks: Vec<String> = decision.candidates[1..].iter().map(|c| format!("{}@{}", c.model, c.provider)).collect();
@@ -437,6 +448,19 @@ mod tests {
         let e = knob::<f64>(&h, headers::COST_WEIGHT, "a number in [0, 1]").unwrap_err().to_string();
         assert!(e.contains("x-pointsman-cost-weight") && e.contains("\"cheap\""), "{e}");
         assert_eq!(knob::<f64>(&HashMap::new(), headers::COST_WEIGHT, "").unwrap(), None);
+    }
+
+    #[test]
+    fn the_clients_faults_are_answered_and_pointsmans_are_left_to_envoy() {
+        let status = |r: Result<ProcessingResponse, Status>| match r.map(|p| p.response) {
+            Ok(Some(Reply::ImmediateResponse(i))) => Ok(i.status.unwrap().code),
+            Ok(_) => panic!("an immediate response"),
+            Err(s) => Err(s.code()),
+        };
+        assert_eq!(status(route_error_reply(RouteError::invalid("cost_weight", "must be in [0, 1]. Given: 2"))), Ok(400));
+        assert_eq!(status(route_error_reply(RouteError::Overloaded { waiting: 9, limit: 8 })), Err(tonic::Code::ResourceExhausted));
+        assert_eq!(status(route_error_reply(RouteError::DeadlineExceeded)), Err(tonic::Code::DeadlineExceeded));
+        assert_eq!(status(route_error_reply(RouteError::Worker("gone".into()))), Err(tonic::Code::Unavailable));
     }
 
     #[test]

@@ -74,10 +74,11 @@ pub fn render(service: &Service) -> String {
         load(&st.feedback_unverified),
     );
     const EXT_PROC: &str =
-        "Requests Envoy's external processor handled, by action: routed, passed (explicit model or not a chat request), refused.";
+        "Requests Envoy's external processor handled, by action: routed, passed (explicit model or not a chat request), refused (the request's fault: 400, 422), failed (Pointsman's: left to Envoy's failure_mode_allow).";
     page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "routed")], load(&st.ext_proc_routed));
     page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "passed")], load(&st.ext_proc_passed));
     page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "refused")], load(&st.ext_proc_refused));
+    page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "failed")], load(&st.ext_proc_failed));
     const RELOADS: &str = "Model reloads by result.";
     page.counter("pointsman_reloads_total", RELOADS, &[("result", "ok")], load(&st.reloads_ok));
     page.counter("pointsman_reloads_total", RELOADS, &[("result", "rejected")], load(&st.reloads_failed));
