@@ -66,6 +66,11 @@ impl Dataset {
         Ok(data)
     }
 
+    /// Observed output tokens (`log_tokens` decoded; 0 where unobserved).
+    pub fn tokens(&self) -> Array2<f32> {
+        self.log_tokens.mapv(super::decode_tokens)
+    }
+
     /// The rows `rows`, in that order (e.g. one side of [`split_by_prompt`]).
     ///
     /// Panics if a row index is out of range.

@@ -194,12 +194,11 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, blocks.clone());
     let train = all.select(cx.train_idx);
     let priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
-    let arith = |d: &Dataset| d.log_tokens.mapv(|z| (z.exp() - 1.0).max(0.0));
-    let mean_tokens = crate::learning::knn::column_means(arith(&train).view(), train.mask.view());
+    let mean_tokens = crate::learning::knn::column_means(train.tokens().view(), train.mask.view());
     let local = k
         .iter()
         .any(|&kj| kj > 0)
-        .then(|| LocalPrior::new(&mem.quality, &mem.mask, blocks, &k, &kappa).with_tokens(&arith(&mem), &token_models, &mean_tokens));
+        .then(|| LocalPrior::new(&mem.quality, &mem.mask, blocks, &k, &kappa).with_tokens(&mem.tokens(), &token_models, &mean_tokens));
     let shrink = Shrink { weight: quality_weight, token_weight, local, ..priors };
     let memory_spec = MemorySpec {
         prompts: memory.len(),

@@ -434,7 +434,7 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
         let (fit, held): (Vec<usize>, Vec<usize>) = (0..rows.len()).partition(|&r| fold[r] != k);
         let means = knn::column_means(fd.log_tokens.select(Axis(0), &fit).view(), fd.mask.select(Axis(0), &fit).view());
         for &r in &held {
-            mean_t.row_mut(r).assign(&means.mapv(|z| (z.exp() - 1.0).max(0.0)));
+            mean_t.row_mut(r).assign(&means.mapv(crate::learning::decode_tokens));
         }
     }
     let mut token_scores = vec![CandidateScore { name: "mean".into(), score: log_token_error(&mean_t, &fd), standard_error: 0.0 }];
@@ -480,9 +480,14 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     }
     // Blends of the best head and the best kNN.
     let best_head = head_scores.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(k, _)| *k);
+    // A scored head's out-of-fold (quality, tokens).
+    let head_preds = |h: HeadKind| {
+        let (_, q, t) = heads.iter().find(|(k, _, _)| *k == h).expect("a scored head. This is a bug.");
+        (q, t)
+    };
     if let (Some(QualitySource::Knn(p)), Some(h)) = (best_knn, best_head) {
         let kq = knn_oof(p);
-        let hq = &heads.iter().find(|(k, _, _)| *k == h).expect("a scored head. This is a bug.").1;
+        let hq = head_preds(h).0;
         for &w in &BLEND_WEIGHTS {
             let q = hq * w + &(&kq * (1.0 - w));
             tried.push((QualitySource::Blend { head: h, knn: p, weight: w }, scorer.score(&q, &tok)));
@@ -520,19 +525,17 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     // out-of-fold quality: chosen only when they route clearly better.
     let mut token_routing = Vec::new();
     if let (Some(p), false) = (quality.knn().or(best_knn.and_then(|c| c.knn())), scorer.files.is_empty()) {
-        let head_q = |h: HeadKind| heads.iter().find(|(k, _, _)| *k == h).expect("a scored head. This is a bug.").1.clone();
         let q = match quality {
             QualitySource::Knn(p) => knn_oof(p),
-            QualitySource::Head(h) => head_q(h),
-            QualitySource::Blend { head, knn, weight } => head_q(head) * weight + &(knn_oof(knn) * (1.0 - weight)),
+            QualitySource::Head(h) => head_preds(h).0.clone(),
+            QualitySource::Blend { head, knn, weight } => head_preds(head).0 * weight + &(knn_oof(knn) * (1.0 - weight)),
         };
         let own_t = match tokens {
-            TokenSource::Head(h) => heads.iter().find(|(k, _, _)| *k == h).expect("a scored head. This is a bug.").2.clone(),
-            _ => mean_t.clone(),
+            TokenSource::Head(h) => head_preds(h).1,
+            _ => &mean_t,
         };
-        let arith = fd.log_tokens.mapv(|z| (z.exp() - 1.0).max(0.0));
-        let knn_t = knn::cross_validated_grid(x.view(), arith.view(), fd.mask.view(), &fold, INNER_FOLDS, &[p.k], &[p.b]).remove(0).1;
-        let (own, near) = (scorer.score(&q, &own_t), scorer.score(&q, &knn_t));
+        let knn_t = knn::cross_validated_grid(x.view(), fd.tokens().view(), fd.mask.view(), &fold, INNER_FOLDS, &[p.k], &[p.b]).remove(0).1;
+        let (own, near) = (scorer.score(&q, own_t), scorer.score(&q, &knn_t));
         let se = paired_standard_error(&near.folds, &own.folds);
         token_scores.push(CandidateScore { name: knn_name(p), score: log_token_error(&knn_t, &fd), standard_error: 0.0 });
         token_routing = vec![
