@@ -299,6 +299,15 @@ pub struct Config {
     pub overrides: Overrides,
 }
 
+/// Whether two listen addresses are the same fixed socket (port 0 asks for any free port, so two
+/// of those never clash).
+fn same_listener(a: &str, b: &str) -> bool {
+    match (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()) {
+        (Ok(a), Ok(b)) => a.port() != 0 && a == b,
+        _ => false,
+    }
+}
+
 /// A value-out-of-range error naming the key, the limit and the value.
 pub(crate) fn invalid(key: &str, limit: &str, value: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid { key: key.into(), limit: limit.into(), value: value.to_string() }
@@ -387,23 +396,19 @@ impl Config {
         if s.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("server.listen", "an address like 127.0.0.1:50051", &s.listen));
         }
-        let admin = self.admin.listen.parse::<std::net::SocketAddr>();
-        match admin {
-            Err(_) => return Err(invalid("admin.listen", "an address like 127.0.0.1:9464", &self.admin.listen)),
-            Ok(a) if a.port() != 0 && s.listen.parse::<std::net::SocketAddr>().is_ok_and(|d| d == a) => {
-                return Err(invalid("admin.listen", &format!("an address other than server.listen ({})", s.listen), &self.admin.listen));
-            }
-            Ok(_) => {}
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("admin.listen", "an address like 127.0.0.1:9464", &self.admin.listen));
         }
-        if !self.ext_proc.listen.is_empty() {
-            let addr = self.ext_proc.listen.parse::<std::net::SocketAddr>();
-            let taken =
-                |other: &str| addr.as_ref().is_ok_and(|a| a.port() != 0 && other.parse::<std::net::SocketAddr>().is_ok_and(|o| o == *a));
-            if addr.is_err() {
-                return Err(invalid("ext_proc.listen", "empty (off) or an address like 127.0.0.1:50052", &self.ext_proc.listen));
+        if same_listener(&self.admin.listen, &s.listen) {
+            return Err(invalid("admin.listen", &format!("an address other than server.listen ({})", s.listen), &self.admin.listen));
+        }
+        let ext = &self.ext_proc.listen;
+        if !ext.is_empty() {
+            if ext.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid("ext_proc.listen", "empty (off) or an address like 127.0.0.1:50052", ext));
             }
-            if taken(&s.listen) || taken(&self.admin.listen) {
-                return Err(invalid("ext_proc.listen", "an address other than server.listen and admin.listen", &self.ext_proc.listen));
+            if same_listener(ext, &s.listen) || same_listener(ext, &self.admin.listen) {
+                return Err(invalid("ext_proc.listen", "an address other than server.listen and admin.listen", ext));
             }
         }
         if let Some(m) = self.ext_proc.route_models.iter().find(|m| m.trim().is_empty() || m.len() > 256) {
