@@ -181,6 +181,16 @@ fn route_error_reply(e: RouteError) -> Result<ProcessingResponse, Status> {
     }
 }
 
+/// Our role for an OpenAI chat role: `developer` (the newer name of `system`) is `system`, the
+/// legacy `function` is `tool`; the rest as given (an unknown one is refused, naming the field).
+fn openai_role(role: &str) -> &str {
+    match role {
+        "developer" => "system",
+        "function" => "tool",
+        other => other,
+    }
+}
+
 /// The text of an OpenAI message `content`: a string, or the text parts of an array.
 fn content_text(v: &serde_json::Value) -> String {
     match v {
@@ -340,7 +350,7 @@ impl Exchange {
             Some(serde_json::Value::Array(list)) => list
                 .iter()
                 .map(|m| pb::Message {
-                    role: m.get("role").and_then(|r| r.as_str()).unwrap_or_default().to_string(),
+                    role: openai_role(m.get("role").and_then(|r| r.as_str()).unwrap_or_default()).to_string(),
                     content: m.get("content").map(content_text).unwrap_or_default(),
                 })
                 .collect(),
@@ -461,6 +471,21 @@ mod tests {
         assert_eq!(status(route_error_reply(RouteError::Overloaded { waiting: 9, limit: 8 })), Err(tonic::Code::ResourceExhausted));
         assert_eq!(status(route_error_reply(RouteError::DeadlineExceeded)), Err(tonic::Code::DeadlineExceeded));
         assert_eq!(status(route_error_reply(RouteError::Worker("gone".into()))), Err(tonic::Code::Unavailable));
+    }
+
+    #[test]
+    fn openai_roles_map_to_ours() {
+        let x = Exchange::default();
+        let body = serde_json::json!({"model": "pointsman/auto", "messages": [
+            {"role": "developer", "content": "be brief"}, {"role": "function", "content": "42"}, {"role": "user", "content": "hi"}]});
+        let req = x.query(&body).unwrap();
+        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "tool", "user"]);
+        let server = crate::config::ServerConfig::default();
+        assert!(convert::route_query(req, &server).is_ok());
+        let bad = serde_json::json!({"messages": [{"role": "narrator", "content": "x"}]});
+        let e = convert::route_query(x.query(&bad).unwrap(), &server).unwrap_err().to_string();
+        assert!(e.contains("messages[0].role") && e.contains("narrator"), "{e}");
     }
 
     #[test]

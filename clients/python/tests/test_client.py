@@ -28,6 +28,9 @@ def test_route_feedback_and_list_models(server):
         # OpenAI content parts are accepted.
         parts = c.route([{"role": "user", "content": [{"type": "text", "text": MATH_PROMPT}]}])
         assert parts.model == math.model
+        # OpenAI's `developer` role (the newer name of `system`) is accepted.
+        dev = c.route([{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": MATH_PROMPT}])
+        assert dev.model == math.model
         assert c.feedback(math.request_id, math.model, "success", latency_ms=812.0, output_tokens=345) is True
         rows = eventually(lambda: server.feedback_rows("py-math-1"))
         assert rows == [(math.model, "success", 345)]

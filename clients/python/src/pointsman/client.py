@@ -90,7 +90,9 @@ def _message(m: Message) -> "pb.Message":
     content = m.get("content", "")
     if isinstance(content, list):  # OpenAI content parts: keep the text ones
         content = "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
-    return pb.Message(role=str(m.get("role", "user")), content=str(content or ""))
+    role = str(m.get("role", "user"))
+    role = {"developer": "system", "function": "tool"}.get(role, role)  # OpenAI's newer and legacy names
+    return pb.Message(role=role, content=str(content or ""))
 
 
 def route_request(
