@@ -8,7 +8,9 @@
 #   installed from source) and its pinned test and LiteLLM dependencies, for its tests.
 # Idempotent: does nothing for what is already in place (the client itself is reinstalled).
 #   scripts/bootstrap.sh                    install ONNX Runtime into .runtime/ at the repo root
-#   scripts/bootstrap.sh --envoy --python   and Envoy and the Python env (scripts/test.sh does this)
+# - with --fleet, PostgreSQL and Redis servers from Debian's packages (apt-get, when missing),
+#   for the fleet tests (tests/fleet.rs), which start throwaway instances of their own.
+#   scripts/bootstrap.sh --envoy --python --fleet   and the rest (scripts/test.sh does this)
 #   ORT_DYLIB_PATH=/path/lib.so     skip ONNX Runtime and use another 1.24..1.31
 #   POINTSMAN_ENVOY=/path/envoy     skip Envoy and use another binary (1.3x or newer)
 set -euo pipefail
@@ -51,12 +53,13 @@ else
   echo "bootstrap: installed $ort_lib"
 fi
 
-want_envoy=false want_python=false
+want_envoy=false want_python=false want_fleet=false
 for a in "$@"; do
   case "$a" in
     --envoy) want_envoy=true ;;
     --python) want_python=true ;;
-    *) echo "bootstrap: unknown argument $a (expected --envoy, --python)" >&2; exit 2 ;;
+    --fleet) want_fleet=true ;;
+    *) echo "bootstrap: unknown argument $a (expected --envoy, --python, --fleet)" >&2; exit 2 ;;
   esac
 done
 
@@ -90,4 +93,24 @@ if $want_python; then
   # The client from this checkout, built and installed as a user would (its dependencies are above).
   "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$root/clients/python"
   echo "bootstrap: Python client installed in $venv"
+fi
+
+if $want_fleet; then
+  missing=()
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || command -v postgres >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+      echo "bootstrap: ${missing[*]} missing and not root to install them; install Debian's ${missing[*]} packages" >&2
+      exit 1
+    fi
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "bootstrap: installing ${missing[*]} from Debian's packages"
+    $sudo apt-get update -qq
+    # The packages' own services are not needed (the tests start their own instances), and in a
+    # container there is no init to start them: policy-rc.d refuses, which apt accepts.
+    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  echo "bootstrap: PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1) and Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') available"
 fi

@@ -306,8 +306,8 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
 /// gzip when `out` ends in `.gz`) and prints a summary on standard error.
 pub fn export_logs(db: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let (lines, skips) = crate::logs::store::training_lines(db)?;
-    let (decisions, feedback) = crate::logs::store::counts(db)?;
+    let (lines, skips) = crate::logs::read_training_lines(db)?;
+    let (decisions, feedback) = crate::logs::read_counts(db)?;
     let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
@@ -326,7 +326,7 @@ pub fn export_logs(db: &std::path::Path, out: &std::path::Path) -> anyhow::Resul
     drop(w);
     eprintln!(
         "{}: {decisions} decisions, {feedback} feedback reports -> {} training lines; skipped: {} without a decision in this log, {} without a quality label (availability outcomes, unrated successes), {} without output_tokens",
-        db.display(),
+        crate::logs::postgres::source_name(db),
         lines.len(),
         skips.no_decision,
         skips.no_quality,

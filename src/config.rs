@@ -257,6 +257,10 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     /// `--ext-proc-listen`.
     pub ext_proc_listen: Option<String>,
+    /// `--decision-log-url`.
+    pub decision_log_url: Option<String>,
+    /// `--health-shared`.
+    pub health_shared: Option<String>,
 }
 
 /// The whole config file.
@@ -357,6 +361,12 @@ impl Config {
         if let Some(l) = &o.ext_proc_listen {
             self.ext_proc.listen = l.clone();
         }
+        if let Some(u) = o.decision_log_url.as_ref().filter(|u| !u.is_empty()) {
+            self.decision_log.url = Some(u.clone());
+        }
+        if let Some(u) = o.health_shared.as_ref().filter(|u| !u.is_empty()) {
+            self.health.shared = Some(u.clone());
+        }
         self.overrides = o;
         self.validate()
     }
@@ -387,6 +397,7 @@ impl Config {
             fix(p);
         }
         fix(&mut self.decision_log.path);
+        fix(&mut self.decision_log.spill_path);
         self.tls.resolve_paths(base);
     }
 

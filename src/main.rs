@@ -23,6 +23,10 @@ struct Cli {
     /// Encoder graph: `int8` (default, about 2x faster, cosine ~0.99 to fp32) or `fp32` (exact).
     #[arg(long, env = "POINTSMAN_ENCODER_VARIANT", global = true)]
     encoder_variant: Option<EncoderVariant>,
+    /// Decision log on PostgreSQL (`postgres://user:password@host:5432/db`), for a fleet of
+    /// replicas. Default: config `decision_log.url` (unset: the SQLite file `decision_log.path`).
+    #[arg(long, env = "POINTSMAN_DECISION_LOG_URL", global = true, hide_env_values = true)]
+    decision_log_url: Option<String>,
     /// Log format: `text` or `json`. Verbosity via RUST_LOG (default `info`).
     #[arg(long, env = "POINTSMAN_LOG_FORMAT", default_value = "text", global = true)]
     log_format: String,
@@ -60,7 +64,8 @@ enum LogsCommand {
 
 #[derive(Args, Debug)]
 struct ExportArgs {
-    /// The decision log. Default: config `decision_log.path`.
+    /// The decision log: a SQLite file or a `postgres://` URL. Default: config
+    /// `decision_log.url`, else `decision_log.path`.
     #[arg(long, env = "POINTSMAN_LOG_DB")]
     db: Option<PathBuf>,
     /// Output file (JSON Lines; gzip when it ends in .gz); `-` for standard output.
@@ -268,6 +273,10 @@ struct ServeArgs {
     /// `ext_proc.listen` (empty: off).
     #[arg(long, env = "POINTSMAN_EXT_PROC_LISTEN")]
     ext_proc_listen: Option<String>,
+    /// Share model health (circuit breakers) with the other replicas through this Redis
+    /// (`redis://host:6379/0`). Default: config `health.shared` (unset: this replica's own).
+    #[arg(long, env = "POINTSMAN_HEALTH_SHARED", hide_env_values = true)]
+    health_shared: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -326,9 +335,9 @@ fn cli_config_path(given: &Option<PathBuf>) -> PathBuf {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli_config_path(&cli.config);
     let mut cfg = Config::load(&path)?;
-    let (listen, admin_listen, ext_proc_listen) = match &cli.command {
-        Command::Serve(a) => (a.listen.clone(), a.admin_listen.clone(), a.ext_proc_listen.clone()),
-        _ => (None, None, None),
+    let (listen, admin_listen, ext_proc_listen, health_shared) = match &cli.command {
+        Command::Serve(a) => (a.listen.clone(), a.admin_listen.clone(), a.ext_proc_listen.clone(), a.health_shared.clone()),
+        _ => (None, None, None, None),
     };
     cfg.apply(config::Overrides {
         onnxruntime: cli.onnxruntime.clone(),
@@ -336,6 +345,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         listen,
         admin_listen,
         ext_proc_listen,
+        decision_log_url: cli.decision_log_url.clone(),
+        health_shared,
     })?;
     Ok(cfg)
 }
@@ -369,7 +380,7 @@ async fn run() -> anyhow::Result<()> {
     let cli_config = cli.config.clone();
     match cli.command {
         Command::Logs(LogsCommand::Export(a)) => {
-            let db = a.db.unwrap_or_else(|| cfg.decision_log.path.clone());
+            let db = a.db.unwrap_or_else(|| cfg.decision_log.url.clone().map_or_else(|| cfg.decision_log.path.clone(), PathBuf::from));
             tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out)).await??;
         }
         Command::Serve(_) => {

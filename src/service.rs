@@ -15,7 +15,7 @@ use std::{
 use crate::{
     config::Config,
     engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
-    health::{HealthTracker, Outcome, Snapshot},
+    health::{shared::SharedHealth, HealthTracker, Outcome, Snapshot},
     logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, QueueFull},
     policy::Constraints,
     telemetry::Telemetry,
@@ -134,7 +134,9 @@ pub const RELOAD_TEST_PROMPT: &str = "Write a short haiku about routing requests
 pub struct Service {
     engine: RwLock<Option<Arc<Engine>>>,
     config: RwLock<Config>,
-    health: HealthTracker,
+    health: Arc<HealthTracker>,
+    /// The fleet's shared health, with `health.shared`.
+    shared: Option<SharedHealth>,
     log: Option<DecisionLog>,
     /// Recent request ids and a hash of each model offered for them (primary and fallbacks).
     recent: moka::sync::Cache<String, Arc<[u64]>>,
@@ -149,9 +151,18 @@ impl Service {
     /// Opens the decision log (if enabled) and sets up health; the engine comes later ([`Service::install`]).
     pub fn new(config: Config) -> Result<Self, LogError> {
         let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
+        let health = Arc::new(HealthTracker::new(config.health.clone()));
+        let shared = match &config.health.shared {
+            Some(url) => Some(SharedHealth::start(url, &config.health.shared_key, Arc::clone(&health)).map_err(|e| LogError::Schema {
+                path: crate::logs::postgres::redact(url).into(),
+                message: format!("health.shared: {e}"),
+            })?),
+            None => None,
+        };
         Ok(Self {
             engine: RwLock::new(None),
-            health: HealthTracker::new(config.health.clone()),
+            health,
+            shared,
             config: RwLock::new(config),
             log,
             recent: moka::sync::Cache::builder().max_capacity(RECENT_REQUESTS).time_to_live(Duration::from_secs(3600)).build(),
@@ -169,6 +180,9 @@ impl Service {
 
     /// Installs an engine; in-flight requests keep the one they hold. Returns the previous one.
     pub fn install(&self, engine: Arc<Engine>) -> Option<Arc<Engine>> {
+        if let Some(shared) = &self.shared {
+            shared.set_models(engine.catalog().models().iter().map(|m| m.id.as_str()));
+        }
         self.engine.write().unwrap_or_else(|e| e.into_inner()).replace(engine)
     }
 
@@ -180,6 +194,11 @@ impl Service {
     /// Live health.
     pub fn health(&self) -> &HealthTracker {
         &self.health
+    }
+
+    /// The fleet's shared health, with `health.shared`.
+    pub fn shared_health(&self) -> Option<&SharedHealth> {
+        self.shared.as_ref()
     }
 
     /// The decision log, if enabled.
@@ -256,6 +275,9 @@ impl Service {
         let counts = verified || self.health.config().count_unknown_requests;
         let health = in_catalog.then(|| {
             if counts {
+                if let Some(shared) = &self.shared {
+                    shared.share(&model, outcome, latency);
+                }
                 self.health.record(&model, outcome, latency, Instant::now())
             } else {
                 self.stats.feedback_unverified.fetch_add(1, Ordering::Relaxed);

@@ -206,7 +206,7 @@ struct Builder {
 impl Builder {
     fn read_file(&mut self, path: &Path, strict: bool) -> Result<(), LearningError> {
         let io_err = |source| LearningError::Io { path: path.to_path_buf(), source };
-        if crate::logs::store::is_sqlite(path) {
+        if crate::logs::is_decision_log(path) {
             return self.read_decision_log(path);
         }
         let mut raw = BufReader::new(File::open(path).map_err(io_err)?);
@@ -250,10 +250,11 @@ impl Builder {
 
     /// Reads a decision log's labelled feedback (see `logs::store::training_lines`).
     fn read_decision_log(&mut self, path: &Path) -> Result<(), LearningError> {
-        let (lines, skips) = crate::logs::store::training_lines(path)
-            .map_err(|e| LearningError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
+        let name = crate::logs::postgres::source_name(path);
+        let (lines, skips) = crate::logs::read_training_lines(path)
+            .map_err(|e| LearningError::Io { path: name.clone().into(), source: std::io::Error::other(e.to_string()) })?;
         tracing::info!(
-            path = %path.display(),
+            source = %name,
             lines = lines.len(),
             no_decision = skips.no_decision,
             no_quality = skips.no_quality,
@@ -264,7 +265,7 @@ impl Builder {
             if let Err(LineFault::Malformed(reason) | LineFault::Inconsistent(reason)) = self.add_record(line) {
                 self.skipped_lines += 1;
                 if self.problems.len() < MAX_PROBLEMS {
-                    self.problems.push(format!("{}: {reason}", path.display()));
+                    self.problems.push(format!("{name}: {reason}"));
                 }
             }
         }

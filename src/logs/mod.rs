@@ -1,5 +1,6 @@
 //! The decision log: every `Route` decision and every `Feedback` report, kept in an embedded
-//! SQLite database (WAL mode) and joined by request id.
+//! SQLite database (WAL mode) or, for a fleet of replicas, in PostgreSQL (`postgres`), and
+//! joined by request id.
 //!
 //! Writes never sit on the request path. Handlers put records on a bounded queue and a writer
 //! thread commits them in batches (one transaction per batch). When the queue is full:
@@ -11,12 +12,17 @@
 //! A crash or `kill -9` loses at most what was still queued (the last unflushed batch); SQLite's
 //! WAL guarantees the file itself is never corrupted (see `tests/feedback.rs`). Shutdown drains
 //! the queue. Retention (age and size) runs on the writer thread between batches.
+//!
+//! With `url = "postgres://…"` the writer sends the batches to PostgreSQL instead; while it is
+//! unreachable they go to a local SQLite spill file and are replayed when it answers again
+//! (`postgres`). Route never waits for either.
+pub mod postgres;
 pub mod store;
 
 use std::{
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
     thread::JoinHandle,
@@ -47,6 +53,16 @@ pub enum LogError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// PostgreSQL failed (the URL's password is redacted).
+    #[error("decision log {url}: {detail}")]
+    Postgres {
+        /// The database URL, without its password.
+        url: String,
+        /// What went wrong, with the server's code or the client's cause.
+        detail: String,
+        /// What the client or the server said (none for a time limit).
+        source: Option<tokio_postgres::Error>,
+    },
     /// The file is not a decision log this build understands.
     #[error("decision log {path}: {message}")]
     Schema {
@@ -65,6 +81,15 @@ pub struct LogConfig {
     pub enabled: bool,
     /// The SQLite file (relative paths are resolved against the config file's folder).
     pub path: PathBuf,
+    /// A PostgreSQL URL (`postgres://user:password@host:5432/db`): the log of a fleet of
+    /// replicas, in place of the SQLite file. Unset: the SQLite file.
+    pub url: Option<String>,
+    /// With `url`: the local SQLite file that keeps batches while PostgreSQL is unreachable,
+    /// replayed when it answers again.
+    pub spill_path: PathBuf,
+    /// With `url`: the longest a statement or an unacknowledged write may take before the
+    /// batch goes to the spill file instead, ms.
+    pub write_timeout_ms: u64,
     /// Keep the routing text of each decision. When false only its embedding is kept (the
     /// trainer can still learn from it with the same encoder).
     pub store_prompts: bool,
@@ -93,6 +118,9 @@ impl Default for LogConfig {
         Self {
             enabled: true,
             path: "decisions.db".into(),
+            url: None,
+            spill_path: "decisions-spill.db".into(),
+            write_timeout_ms: 5000,
             store_prompts: true,
             queue_capacity: 10_000,
             batch_max: 512,
@@ -130,6 +158,21 @@ impl LogConfig {
         }
         if self.enabled && self.path.as_os_str().is_empty() {
             return bad("path", "a file path", "\"\"".into());
+        }
+        if let Some(url) = &self.url {
+            let shown = postgres::redact(url);
+            if !postgres::is_url(url) {
+                return bad("url", "a postgres:// or postgresql:// URL", format!("{shown:?}"));
+            }
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return bad("url", &format!("a valid PostgreSQL URL ({e})"), format!("{shown:?}"));
+            }
+            if self.spill_path.as_os_str().is_empty() {
+                return bad("spill_path", "a file path", "\"\"".into());
+            }
+            if !(100..=600_000).contains(&self.write_timeout_ms) {
+                return bad("write_timeout_ms", "in 100..=600000", self.write_timeout_ms.to_string());
+            }
         }
         Ok(())
     }
@@ -236,6 +279,14 @@ pub struct LogStats {
     pub pruned_rows: AtomicU64,
     /// Records waiting for the writer.
     pub queued: AtomicU64,
+    /// PostgreSQL: records waiting in the spill file now.
+    pub spilled: AtomicU64,
+    /// PostgreSQL: records ever written to the spill file.
+    pub spilled_total: AtomicU64,
+    /// PostgreSQL: spilled records since written to PostgreSQL.
+    pub replayed: AtomicU64,
+    /// PostgreSQL: connected (always true for SQLite).
+    pub backend_up: AtomicBool,
     last_drop_warning_ms: AtomicU64,
 }
 
@@ -259,17 +310,32 @@ impl DecisionLog {
     /// Opens (or creates) the database and starts the writer thread. Errors are immediate, so a
     /// server with an unwritable log path does not start.
     pub fn open(cfg: LogConfig) -> Result<Self, LogError> {
-        let conn = store::open_for_writing(&cfg.path, cfg.synchronous == "full")?;
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let stats = Arc::new(LogStats::default());
+        let sink = match &cfg.url {
+            // NOTE: the synchronous client runs a runtime of its own, which Tokio refuses inside
+            // another runtime's thread: connect from a plain thread.
+            Some(url) => {
+                let opened = std::thread::scope(|s| s.spawn(|| postgres::PgSink::open(&cfg, url, &stats)).join());
+                Sink::Postgres(Box::new(opened.unwrap_or_else(|p| std::panic::resume_unwind(p))?))
+            }
+            None => {
+                stats.backend_up.store(true, Ordering::Relaxed);
+                Sink::Sqlite(store::open_for_writing(&cfg.path, cfg.synchronous == "full")?)
+            }
+        };
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let writer = {
             let (wcfg, stats) = (cfg.clone(), Arc::clone(&stats));
             std::thread::Builder::new()
                 .name("pointsman-decision-log".into())
-                .spawn(move || writer_loop(conn, rx, &wcfg, &stats))
+                .spawn(move || writer_loop(sink, rx, &wcfg, &stats))
                 .map_err(|source| LogError::Io { path: cfg.path.clone(), source })?
         };
-        tracing::info!(path = %cfg.path.display(), store_prompts = cfg.store_prompts, "decision log open");
+        let target = match &cfg.url {
+            Some(url) => postgres::redact(url),
+            None => cfg.path.display().to_string(),
+        };
+        tracing::info!(%target, store_prompts = cfg.store_prompts, "decision log open");
         Ok(Self { cfg, tx: RwLock::new(Some(tx)), stats, writer: std::sync::Mutex::new(Some(writer)) })
     }
 
@@ -352,10 +418,79 @@ impl Drop for DecisionLog {
     }
 }
 
-fn writer_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Msg>, cfg: &LogConfig, stats: &LogStats) {
+/// Where the writer thread commits batches.
+enum Sink {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<postgres::PgSink>),
+}
+
+impl Sink {
+    fn write(&mut self, decisions: &[DecisionRecord], feedback: &[FeedbackRecord], stats: &LogStats) -> Result<(), String> {
+        match self {
+            Sink::Sqlite(conn) => {
+                // One retry covers a transient SQLITE_BUSY from an external writer.
+                let mut result = store::write_batch(conn, decisions, feedback);
+                if result.is_err() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    result = store::write_batch(conn, decisions, feedback);
+                }
+                result.map_err(|e| e.to_string())
+            }
+            Sink::Postgres(pg) => pg.write(decisions, feedback, stats).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn enforce_retention(&mut self, cfg: &LogConfig, stats: &LogStats) {
+        let min_ts = (cfg.max_age_days > 0.0).then(|| now_ms() - (cfg.max_age_days * 86_400_000.0) as i64);
+        let pruned = match self {
+            Sink::Sqlite(conn) => {
+                store::enforce_retention(conn, min_ts, cfg.max_bytes).map(|p| p.decisions + p.feedback).map_err(|e| e.to_string())
+            }
+            Sink::Postgres(pg) => match min_ts {
+                Some(min) => pg.enforce_retention(min, stats).map(|n| n as usize).map_err(|e| e.to_string()),
+                None => Ok(0),
+            },
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => {
+                stats.pruned_rows.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::info!(rows = n, "decision log retention removed old rows");
+            }
+            Err(e) => tracing::error!(error = %e, "decision log retention failed"),
+        }
+    }
+
+    /// Work between batches: replaying spilled batches. Returns how soon to come back.
+    fn idle(&mut self, stats: &LogStats) -> Option<Duration> {
+        match self {
+            Sink::Sqlite(_) => None,
+            Sink::Postgres(pg) => {
+                pg.replay(stats, Duration::from_millis(200));
+                pg.backlog().then_some(Duration::from_millis(250))
+            }
+        }
+    }
+}
+
+fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>, cfg: &LogConfig, stats: &LogStats) {
     let mut last_retention = Instant::now() - Duration::from_secs(cfg.retention_interval_seconds);
     let linger = Duration::from_millis(cfg.linger_ms);
-    while let Some(first) = rx.blocking_recv() {
+    // Waits for the next record, or until `wake` passes when the sink has work of its own.
+    let clock = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    let mut wake = sink.idle(stats);
+    loop {
+        let first = match (wake, &clock) {
+            (Some(after), Ok(rt)) => match rt.block_on(async { tokio::time::timeout(after, rx.recv()).await }) {
+                Ok(m) => m,
+                Err(_elapsed) => {
+                    wake = sink.idle(stats);
+                    continue;
+                }
+            },
+            _ => rx.blocking_recv(),
+        };
+        let Some(first) = first else { break };
         if !linger.is_zero() && !matches!(first, Msg::Flush(_)) {
             std::thread::sleep(linger);
         }
@@ -377,13 +512,7 @@ fn writer_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Msg>, cfg:
         let n = (decisions.len() + feedback.len()) as u64;
         stats.queued.fetch_sub(n, Ordering::Relaxed);
         if n > 0 {
-            // One retry covers a transient SQLITE_BUSY from an external writer.
-            let mut result = store::write_batch(&mut conn, &decisions, &feedback);
-            if result.is_err() {
-                std::thread::sleep(Duration::from_millis(50));
-                result = store::write_batch(&mut conn, &decisions, &feedback);
-            }
-            match result {
+            match sink.write(&decisions, &feedback, stats) {
                 Ok(()) => {
                     stats.decisions_written.fetch_add(decisions.len() as u64, Ordering::Relaxed);
                     stats.feedback_written.fetch_add(feedback.len() as u64, Ordering::Relaxed);
@@ -391,27 +520,45 @@ fn writer_loop(mut conn: rusqlite::Connection, mut rx: mpsc::Receiver<Msg>, cfg:
                 }
                 Err(e) => {
                     stats.write_failures.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(error = %e, records = n, path = %cfg.path.display(), "decision log write failed; these records are lost");
+                    tracing::error!(error = %e, records = n, "decision log write failed; these records are lost");
                 }
             }
         }
+        wake = sink.idle(stats);
         for ack in acks {
             let _ = ack.send(());
         }
         if last_retention.elapsed() >= Duration::from_secs(cfg.retention_interval_seconds) {
             last_retention = Instant::now();
-            let min_ts = (cfg.max_age_days > 0.0).then(|| now_ms() - (cfg.max_age_days * 86_400_000.0) as i64);
-            match store::enforce_retention(&mut conn, min_ts, cfg.max_bytes) {
-                Ok(p) if p.decisions + p.feedback > 0 => {
-                    stats.pruned_rows.fetch_add((p.decisions + p.feedback) as u64, Ordering::Relaxed);
-                    tracing::info!(decisions = p.decisions, feedback = p.feedback, "decision log retention removed old rows");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "decision log retention failed"),
-            }
+            sink.enforce_retention(cfg, stats);
         }
     }
+    // Shutdown: one last try to empty the spill file (it is replayed at the next start anyway).
+    sink.idle(stats);
     tracing::debug!("decision log writer stopped");
+}
+
+/// The labelled feedback of a decision log (a SQLite file or a `postgres://` URL) as training
+/// lines, with why the other reports have none.
+pub fn read_training_lines(source: &std::path::Path) -> Result<(Vec<crate::learning::LogRecord>, store::ExportSkips), LogError> {
+    match source.to_str().filter(|s| postgres::is_url(s)) {
+        Some(url) => postgres::training_lines(url),
+        None => store::training_lines(source),
+    }
+}
+
+/// Row counts (decisions, feedback) of a decision log (a SQLite file or a `postgres://` URL).
+pub fn read_counts(source: &std::path::Path) -> Result<(i64, i64), LogError> {
+    match source.to_str().filter(|s| postgres::is_url(s)) {
+        Some(url) => postgres::counts(url),
+        None => store::counts(source),
+    }
+}
+
+/// True when `source` names a decision log (a SQLite file or a `postgres://` URL) rather than a
+/// routing-log file.
+pub fn is_decision_log(source: &std::path::Path) -> bool {
+    source.to_str().is_some_and(postgres::is_url) || store::is_sqlite(source)
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ pub fn embedding_from_bytes(b: &[u8]) -> Option<Vec<f32>> {
     b.len().is_multiple_of(4).then(|| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-fn constraints_json(d: &DecisionRecord) -> String {
+pub(crate) fn constraints_json(d: &DecisionRecord) -> String {
     let c = &d.constraints;
     serde_json::json!({
         "tradeoff": d.tradeoff,
@@ -258,44 +258,63 @@ pub fn training_lines(path: &Path) -> Result<(Vec<LogRecord>, ExportSkips), LogE
     let mut rows = stmt.query([]).map_err(&e)?;
     let (mut out, mut skips) = (Vec::new(), ExportSkips::default());
     while let Some(r) = rows.next().map_err(&e)? {
-        let model: String = r.get(0).map_err(&e)?;
-        let outcome: String = r.get(1).map_err(&e)?;
-        let tokens: Option<i64> = r.get(2).map_err(&e)?;
-        let quality: Option<f64> = r.get(3).map_err(&e)?;
-        let text: Option<String> = r.get(4).map_err(&e)?;
-        let emb: Option<Vec<u8>> = r.get(5).map_err(&e)?;
-        let encoder: Option<String> = r.get(6).map_err(&e)?;
-        let joined: bool = r.get(7).map_err(&e)?;
-        if !joined {
-            skips.no_decision += 1;
-            continue;
-        }
-        let score = match (quality, outcome.as_str()) {
-            (Some(q), _) => q,
-            (None, "refused") => 0.0,
-            _ => {
-                skips.no_quality += 1;
-                continue;
-            }
+        let joined = Joined {
+            model: r.get(0).map_err(&e)?,
+            outcome: r.get(1).map_err(&e)?,
+            output_tokens: r.get(2).map_err(&e)?,
+            quality: r.get(3).map_err(&e)?,
+            text: r.get(4).map_err(&e)?,
+            embedding: r.get(5).map_err(&e)?,
+            encoder: r.get(6).map_err(&e)?,
+            joined: r.get(7).map_err(&e)?,
         };
-        let Some(output_tokens) = tokens else {
-            skips.no_output_tokens += 1;
-            continue;
-        };
-        // The prompt id hashes the routing text (or the embedding), so the same prompt across
-        // requests is one prompt for the trainer's split.
-        let (prompt_id, prompt, embedding, encoder) = match (text, emb) {
-            (Some(text), _) => (prompt_id(text.as_bytes()), text, None, None),
-            (None, Some(bytes)) => (prompt_id(&bytes), String::new(), embedding_from_bytes(&bytes), encoder),
-            (None, None) => {
-                skips.no_decision += 1;
-                continue;
-            }
-        };
-        let line = LogRecord { prompt_id, prompt, model, score, output_tokens, task: Some("feedback".into()), embedding, encoder };
-        out.push(line);
+        out.extend(training_line(joined, &mut skips));
     }
     Ok((out, skips))
+}
+
+/// One feedback report joined to the latest decision with its request id, as both stores read it.
+pub(crate) struct Joined {
+    pub model: String,
+    pub outcome: String,
+    pub output_tokens: Option<i64>,
+    pub quality: Option<f64>,
+    pub text: Option<String>,
+    pub embedding: Option<Vec<u8>>,
+    pub encoder: Option<String>,
+    /// A decision was found.
+    pub joined: bool,
+}
+
+/// The training line of one joined report, or the reason it has none (counted in `skips`).
+pub(crate) fn training_line(j: Joined, skips: &mut ExportSkips) -> Option<LogRecord> {
+    if !j.joined {
+        skips.no_decision += 1;
+        return None;
+    }
+    let score = match (j.quality, j.outcome.as_str()) {
+        (Some(q), _) => q,
+        (None, "refused") => 0.0,
+        _ => {
+            skips.no_quality += 1;
+            return None;
+        }
+    };
+    let Some(output_tokens) = j.output_tokens else {
+        skips.no_output_tokens += 1;
+        return None;
+    };
+    // The prompt id hashes the routing text (or the embedding), so the same prompt across
+    // requests is one prompt for the trainer's split.
+    let (prompt_id, prompt, embedding, encoder) = match (j.text, j.embedding) {
+        (Some(text), _) => (prompt_id(text.as_bytes()), text, None, None),
+        (None, Some(bytes)) => (prompt_id(&bytes), String::new(), embedding_from_bytes(&bytes), j.encoder),
+        (None, None) => {
+            skips.no_decision += 1;
+            return None;
+        }
+    };
+    Some(LogRecord { prompt_id, prompt, model: j.model, score, output_tokens, task: Some("feedback".into()), embedding, encoder })
 }
 
 /// Row counts, for `logs export` summaries and tests.

@@ -177,7 +177,7 @@ fn check_list(field: &str, list: &[String], limit: usize) -> Result<Vec<String>,
 /// Turns a wire request into a core query, checking everything that needs no catalog.
 pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
     check_request_id(&req.request_id)?;
-    let request_id = if req.request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.request_id };
+    let request_id = if req.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { req.request_id };
 
     let messages = match (req.messages.is_empty(), req.prompt.is_empty()) {
         (true, true) => {

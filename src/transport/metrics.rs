@@ -105,6 +105,45 @@ pub fn render(service: &Service) -> String {
             page.counter(name, help, &[], load(v));
         }
         page.gauge("pointsman_decision_log_queued", "Records waiting for the writer.", &[], load(&s.queued) as f64);
+        if log.config().url.is_some() {
+            page.gauge(
+                "pointsman_decision_log_backend_up",
+                "1 while the writer is connected to PostgreSQL; 0 while records go to the spill file.",
+                &[],
+                f64::from(u8::from(s.backend_up.load(Ordering::Relaxed))),
+            );
+            page.gauge(
+                "pointsman_decision_log_spilled",
+                "Records waiting in the local spill file for PostgreSQL.",
+                &[],
+                load(&s.spilled) as f64,
+            );
+            page.counter(
+                "pointsman_decision_log_spilled_total",
+                "Records written to the spill file while PostgreSQL failed.",
+                &[],
+                load(&s.spilled_total),
+            );
+            page.counter("pointsman_decision_log_replayed_total", "Spilled records since written to PostgreSQL.", &[], load(&s.replayed));
+        }
+    }
+    if let Some(shared) = service.shared_health() {
+        let s = shared.stats();
+        page.gauge(
+            "pointsman_health_shared_connected",
+            "1 while breakers are shared through Redis; 0 while this replica uses its own.",
+            &[],
+            f64::from(u8::from(s.connected.load(Ordering::Relaxed))),
+        );
+        page.counter("pointsman_health_shared_published_total", "Local health reports shared through Redis.", &[], load(&s.published));
+        page.counter("pointsman_health_shared_applied_total", "Other replicas' health reports applied here.", &[], load(&s.applied));
+        page.counter(
+            "pointsman_health_shared_unshared_total",
+            "Local health reports never shared (queue full, or older than the window when Redis returned).",
+            &[],
+            load(&s.unshared),
+        );
+        page.counter("pointsman_health_shared_disconnects_total", "Times the connection to Redis was lost.", &[], load(&s.disconnects));
     }
     if let Some(engine) = service.engine() {
         page.gauge(

@@ -13,8 +13,12 @@
 //!   success closes the circuit (and forgets the window's failures), the next failure opens it again.
 //!
 //! Failures are timeouts, rate limits and server errors. A refusal is an answer (its quality is
-//! 0 for learning), not an availability failure. Health is per replica and in memory: a restart
-//! starts every model healthy, which is the safe default for a breaker.
+//! 0 for learning), not an availability failure. Health is in memory: a restart starts every
+//! model healthy, which is the safe default for a breaker. It is per replica unless
+//! `shared` names a Redis, through which a fleet's replicas feed each other's breakers
+//! ([`shared`]).
+pub mod shared;
+
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
@@ -47,6 +51,11 @@ pub struct HealthConfig {
     /// default, so that a client cannot take a model out of routing with made-up reports; on
     /// for replicas without shared state whose gateway reports to any of them.
     pub count_unknown_requests: bool,
+    /// A Redis URL (`redis://host:6379/0`) through which replicas share the reports that feed
+    /// their breakers. Unset: each replica's own.
+    pub shared: Option<String>,
+    /// Prefix of the Redis keys, so that several fleets can share one Redis.
+    pub shared_key: String,
 }
 
 impl Default for HealthConfig {
@@ -60,6 +69,8 @@ impl Default for HealthConfig {
             cool_down_seconds: 30.0,
             max_cool_down_seconds: 600.0,
             count_unknown_requests: false,
+            shared: None,
+            shared_key: "pointsman".into(),
         }
     }
 }
@@ -95,6 +106,18 @@ impl HealthConfig {
                 &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds),
                 self.max_cool_down_seconds.to_string(),
             );
+        }
+        if let Some(url) = &self.shared {
+            let shown = crate::logs::postgres::redact(url);
+            if !shared::is_url(url) {
+                return bad("shared", "a redis:// URL", format!("{shown:?}"));
+            }
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return bad("shared", &format!("a valid Redis URL ({e})"), format!("{shown:?}"));
+            }
+        }
+        if self.shared_key.is_empty() || self.shared_key.len() > 64 || self.shared_key.chars().any(|c| c.is_whitespace()) {
+            return bad("shared_key", "1 to 64 characters without spaces", format!("{:?}", self.shared_key));
         }
         Ok(())
     }
@@ -468,7 +491,7 @@ mod tests {
             open_after_consecutive_failures: 3,
             cool_down_seconds: 10.0,
             max_cool_down_seconds: 25.0,
-            count_unknown_requests: false,
+            ..HealthConfig::default()
         }
     }
 

@@ -1,0 +1,211 @@
+//! Throwaway PostgreSQL and Redis servers on loopback, from Debian's packages
+//! (`scripts/bootstrap.sh --fleet`), for the fleet test and the fleet benchmark.
+#![allow(dead_code)]
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Runs synchronous PostgreSQL client code off the test's runtime threads (its client runs a
+/// runtime of its own).
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
+pub fn connects(url: &str) -> bool {
+    off_runtime(|| pointsman::logs::postgres::Db::connect(url, Duration::from_secs(2)).is_ok())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A program of Debian's PostgreSQL package: the newest version's bin folder, else PATH.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin").join(name)).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// PostgreSQL refuses to run as root: as root, run it as the `postgres` user the package made.
+fn pg_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect("as root, the fleet test needs the postgres user");
+    let f: Vec<&str> = line.split(':').collect();
+    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn as_pg_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = pg_user() {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// A throwaway PostgreSQL on loopback.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if let Some((uid, gid)) = pg_user() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
+        }
+        let out =
+            as_pg_user(Command::new(pg_bin("initdb")).args(["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"]))
+                .output()
+                .expect("initdb from Debian's postgresql package (scripts/bootstrap.sh --fleet)");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut pg = Postgres { dir, port: free_port(), child: None };
+        pg.run();
+        pg
+    }
+
+    pub fn run(&mut self) {
+        self.run_once();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !connects(&self.url()) {
+            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// SIGKILL to the postmaster: no shutdown, no checkpoint. Its backends notice and exit; the
+    /// next start recovers from the WAL.
+    pub fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        // The orphaned backends hold the shared memory until they exit; retry the start until then.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.run_once();
+            std::thread::sleep(Duration::from_millis(300));
+            if self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "PostgreSQL did not restart");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !connects(&self.url()) {
+            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops (`STOP`) or resumes (`CONT`) every process of the server, the postmaster and its
+    /// children (each backend is a session of its own, so not one process group): a stalled
+    /// database that holds its connections open and never answers.
+    pub fn signal_all(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let children = Command::new("pkill").args(["--signal", signal, "-P", &pid]).status().unwrap();
+        let postmaster = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(children.success() && postmaster.success(), "signal {signal} to PostgreSQL {pid}");
+    }
+
+    fn run_once(&mut self) {
+        let data = self.dir.path().join("data");
+        self.child = Some(
+            as_pg_user(Command::new(pg_bin("postgres")).args([
+                "-D",
+                data.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                &format!("unix_socket_directories={}", self.dir.path().display()),
+                "-c",
+                "fsync=off",
+            ]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+    }
+
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        off_runtime(|| pointsman::logs::postgres::Db::connect(&self.url(), Duration::from_secs(5)).unwrap().query_i64(sql).unwrap())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// A throwaway Redis on loopback, without persistence (a restart starts it empty).
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let mut r = Redis { port: free_port(), child: None };
+        r.run();
+        r
+    }
+
+    pub fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server from Debian's redis-server package (scripts/bootstrap.sh --fleet)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "Redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
