@@ -186,6 +186,11 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
         std::fs::read_to_string(&export).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let line = lines.iter().find(|l| l["prompt"] == prompt).expect("the joined report is a training line");
     assert_eq!((line["model"].as_str().unwrap(), line["score"].as_f64().unwrap()), (chosen.as_str(), 0.875));
+    // `train --data postgres://…` reads the same join.
+    let url = std::path::PathBuf::from(pg.url());
+    let logs = off_runtime(|| pointsman::learning::read_logs(&[url], true)).unwrap();
+    assert_eq!(logs.observations.len(), lines.len(), "the trainer's reader sees every exported line");
+    assert!(logs.prompts.iter().any(|p| p.text == prompt));
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(summary.contains(&format!("127.0.0.1:{}", pg.port)) && !summary.contains("secret"), "{summary}");
 

@@ -130,7 +130,7 @@ pub fn read_logs(paths: &[PathBuf], strict: bool) -> Result<RoutingLogs, Learnin
     }
     let logs = builder.finish();
     if logs.observations.is_empty() {
-        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        let names: Vec<String> = paths.iter().map(|p| crate::logs::postgres::source_name(p)).collect();
         return Err(LearningError::NoObservations { what: format!("[{}]", names.join(", ")) });
     }
     if logs.skipped_lines > 0 {
