@@ -352,7 +352,7 @@ impl Spill {
         let busy = |err: &rusqlite::Error| {
             matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
         };
-        let e = |source| LogError::Db { path: path.clone(), source };
+        let e = store::db_err(&path);
         let conn = match spill.connect() {
             Ok(c) => c,
             Err(LogError::Db { source, .. }) if busy(&source) => return Err(in_use(&source)),
@@ -369,7 +369,7 @@ impl Spill {
 
     fn connect(&mut self) -> Result<&mut rusqlite::Connection, LogError> {
         if self.conn.is_none() {
-            let e = |source| LogError::Db { path: self.path.clone(), source };
+            let e = store::db_err(&self.path);
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
             }
@@ -391,7 +391,7 @@ impl Spill {
         let json = serde_json::to_string(rows).map_err(|e| LogError::Schema { path: path.clone(), message: e.to_string() })?;
         self.connect()?
             .execute("INSERT INTO spill (records, batch) VALUES (?1, ?2)", rusqlite::params![rows.len() as i64, json])
-            .map_err(|source| LogError::Db { path, source })?;
+            .map_err(store::db_err(&path))?;
         self.records += rows.len() as u64;
         Ok(())
     }
@@ -399,7 +399,7 @@ impl Spill {
     /// The oldest spilled batch.
     fn oldest(&mut self) -> Result<Option<(i64, Rows)>, LogError> {
         let path = self.path.clone();
-        let e = |source| LogError::Db { path: path.clone(), source };
+        let e = store::db_err(&path);
         let row: Option<(i64, String)> = {
             use rusqlite::OptionalExtension;
             self.connect()?
@@ -417,7 +417,7 @@ impl Spill {
 
     fn remove(&mut self, seq: i64, records: usize) -> Result<(), LogError> {
         let path = self.path.clone();
-        self.connect()?.execute("DELETE FROM spill WHERE seq = ?1", [seq]).map_err(|source| LogError::Db { path, source })?;
+        self.connect()?.execute("DELETE FROM spill WHERE seq = ?1", [seq]).map_err(store::db_err(&path))?;
         self.records = self.records.saturating_sub(records as u64);
         Ok(())
     }
@@ -525,6 +525,12 @@ impl PgSink {
 
     /// Replays spilled batches, oldest first, while PostgreSQL takes them (at most `budget`).
     pub(crate) fn replay(&mut self, stats: &LogStats, budget: Duration) {
+        self.replay_batches(stats, budget);
+        // On every way out, PostgreSQL lost half-way included: the gauge is the file's count.
+        stats.spilled.store(self.spill.records, Ordering::Relaxed);
+    }
+
+    fn replay_batches(&mut self, stats: &LogStats, budget: Duration) {
         let started = Instant::now();
         while self.spill.records > 0 && started.elapsed() < budget {
             if self.client(stats).is_none() {
@@ -534,7 +540,7 @@ impl PgSink {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     self.spill.records = 0;
-                    break;
+                    return;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "decision log: cannot read the spill file");
@@ -561,7 +567,6 @@ impl PgSink {
                 }
             }
         }
-        stats.spilled.store(self.spill.records, Ordering::Relaxed);
     }
 
     /// True while batches wait in the spill file.

@@ -49,7 +49,7 @@ CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts_ms);
 ";
 
-fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> LogError + '_ {
+pub(super) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> LogError + Copy + '_ {
     move |source| LogError::Db { path: path.to_path_buf(), source }
 }
 

@@ -83,9 +83,13 @@ impl Postgres {
 
     pub fn run(&mut self) {
         self.run_once();
+        self.wait_until_it_answers("PostgreSQL did not start");
+    }
+
+    fn wait_until_it_answers(&self, failure: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !connects(&self.url()) {
-            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            assert!(Instant::now() < deadline, "{failure}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -114,11 +118,7 @@ impl Postgres {
             }
             assert!(Instant::now() < deadline, "PostgreSQL did not restart");
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !connects(&self.url()) {
-            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_until_it_answers("PostgreSQL did not come back");
     }
 
     /// Stops (`STOP`) or resumes (`CONT`) every process of the server, the postmaster and its
