@@ -371,6 +371,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    pointsman::runtime::release_freed_memory();
     let cli = Cli::parse();
     if !matches!(cli.log_format.as_str(), "text" | "json") {
         anyhow::bail!("--log-format must be `text` or `json`. Given: `{}`", cli.log_format);
