@@ -398,6 +398,9 @@ impl Config {
         }
         fix(&mut self.decision_log.path);
         fix(&mut self.decision_log.spill_path);
+        if let Some(p) = self.health.shared_ca_file.as_mut() {
+            fix(p);
+        }
         self.tls.resolve_paths(base);
     }
 

@@ -23,8 +23,9 @@ struct Cli {
     /// Encoder graph: `int8` (default, about 2x faster, cosine ~0.99 to fp32) or `fp32` (exact).
     #[arg(long, env = "POINTSMAN_ENCODER_VARIANT", global = true)]
     encoder_variant: Option<EncoderVariant>,
-    /// Decision log on PostgreSQL (`postgres://user:password@host:5432/db`), for a fleet of
-    /// replicas. Default: config `decision_log.url` (unset: the SQLite file `decision_log.path`).
+    /// Decision log on PostgreSQL (`postgres://user:password@host:5432/db`; TLS with
+    /// `?sslmode=verify-full&sslrootcert=<ca.pem>`), for a fleet of replicas. Default: config
+    /// `decision_log.url` (unset: the SQLite file `decision_log.path`).
     #[arg(long, env = "POINTSMAN_DECISION_LOG_URL", global = true, hide_env_values = true)]
     decision_log_url: Option<String>,
     /// Log format: `text` or `json`. Verbosity via RUST_LOG (default `info`).
@@ -274,7 +275,8 @@ struct ServeArgs {
     #[arg(long, env = "POINTSMAN_EXT_PROC_LISTEN")]
     ext_proc_listen: Option<String>,
     /// Share model health (circuit breakers) with the other replicas through this Redis
-    /// (`redis://host:6379/0`). Default: config `health.shared` (unset: this replica's own).
+    /// (`redis://host:6379/0`; `rediss://` for TLS). Default: config `health.shared` (unset: this
+    /// replica's own).
     #[arg(long, env = "POINTSMAN_HEALTH_SHARED", hide_env_values = true)]
     health_shared: Option<String>,
 }

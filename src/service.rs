@@ -153,10 +153,11 @@ impl Service {
         let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
         let health = Arc::new(HealthTracker::new(config.health.clone()));
         let shared = match &config.health.shared {
-            Some(url) => Some(SharedHealth::start(url, &config.health.shared_key, Arc::clone(&health)).map_err(|e| LogError::Schema {
-                path: crate::logs::postgres::redact(url).into(),
-                message: format!("health.shared: {e}"),
-            })?),
+            Some(url) => Some(
+                SharedHealth::start(url, config.health.shared_ca_file.as_deref(), &config.health.shared_key, Arc::clone(&health)).map_err(
+                    |e| LogError::Schema { path: crate::logs::postgres::redact(url).into(), message: format!("health.shared: {e}") },
+                )?,
+            ),
             None => None,
         };
         Ok(Self {

@@ -3,7 +3,9 @@
 //! (`scripts/bootstrap.sh --fleet`), started here on loopback and killed with -9 mid-traffic.
 //!
 //! One test, in phases, because the phases share the servers and the replicas (each heavy server
-//! starts once per test binary) and some of them kill those servers.
+//! starts once per test binary) and some of them kill those servers. Both servers also speak TLS
+//! (a test CA's certificate): A and B connect in plaintext, C over TLS (`sslmode=verify-full` and
+//! `rediss://`, each verifying the server against the CA), so every phase runs over both.
 mod common;
 
 use std::{
@@ -40,9 +42,19 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(name: &'static str, root: &Path, pg: &Postgres, redis: &Redis) -> Self {
+    /// With `tls`, the replica reaches both servers over TLS, verified against its CA.
+    async fn start(name: &'static str, root: &Path, pg: &Postgres, redis: &Redis, tls: Option<&TestTls>) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
+        let (pg_url, redis_url) = match tls {
+            Some(t) => (pg.tls_url(&t.ca()), redis.tls_url()),
+            None => (pg.url(), redis.url()),
+        };
+        // `shared_ca_file` is not in the shipped config: it goes in after `shared_key`.
+        let shared_key = match tls {
+            Some(t) => format!("\"pointsman\"\nshared_ca_file = {:?}", t.ca().display().to_string()),
+            None => "\"pointsman\"".to_string(),
+        };
         // Feedback reaches any replica through the balancer: every catalog report counts.
         let cfg = write_config(
             &dir.join("pointsman.toml"),
@@ -54,13 +66,14 @@ impl Replica {
                 ("cool_down_seconds", "120.0"),
                 ("write_timeout_ms", "500"),
                 ("spill_path", &format!("{:?}", dir.join("spill.db").display().to_string())),
+                ("shared_key", &shared_key),
             ],
         );
         let (port, admin_port) = (free_port(), free_port());
         let child = Command::new(BIN)
             .args(["--config", cfg.to_str().unwrap(), "serve"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--decision-log-url", &pg.url(), "--health-shared", &redis.url()])
+            .args(["--decision-log-url", &pg_url, "--health-shared", &redis_url])
             .env("RUST_LOG", std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -135,12 +148,13 @@ async fn until_cooling_down(replica: &Replica, model: &str, limit: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
-    let mut pg = Postgres::start();
-    let mut redis = Redis::start();
+    let tls = TestTls::new();
+    let mut pg = Postgres::start_tls(&tls);
+    let mut redis = Redis::start_tls(&tls);
     let root = tempfile::tempdir().unwrap();
-    let a = Replica::start("a", root.path(), &pg, &redis).await;
-    let b = Replica::start("b", root.path(), &pg, &redis).await;
-    let c = Replica::start("c", root.path(), &pg, &redis).await;
+    let a = Replica::start("a", root.path(), &pg, &redis, None).await;
+    let b = Replica::start("b", root.path(), &pg, &redis, None).await;
+    let c = Replica::start("c", root.path(), &pg, &redis, Some(&tls)).await;
     for r in [&a, &b, &c] {
         let connected =
             eventually_async("check 1", || async { Some(r.metric("pointsman_health_shared_connected").await).filter(|v| *v == 1.0) }).await;
@@ -149,6 +163,23 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
     }
     // Every replica applied the same migrations once.
     assert_eq!(pg.query_i64("SELECT count(*) FROM pointsman_migrations"), 1);
+    // C's connection is encrypted (the test's own and A's and B's are not).
+    let encrypted =
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'pointsman' AND s.ssl";
+    assert!(pg.query_i64(encrypted) >= 1, "C writes over TLS");
+    // A URL that asks for TLS without the CA fails on the certificate, naming it, and a
+    // misspelt sslmode is refused before any connection.
+    for (url, expect) in [
+        (format!("{}?sslmode=verify-full", pg.url()), "certificate"),
+        (format!("{}?sslmode=required", pg.url()), "sslmode must be disable, allow, prefer, require, verify-ca or verify-full"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["logs", "export", "--decision-log-url", &url, "--out", root.path().join("tls.jsonl").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{url}: {err}");
+    }
 
     // 1. Feedback sent only to A opens the breaker on B and C.
     let model = a.route(MATH_PROMPT, "fleet-breaker-0").await.unwrap();

@@ -54,6 +54,9 @@ pub struct HealthConfig {
     /// A Redis URL (`redis://host:6379/0`) through which replicas share the reports that feed
     /// their breakers. Unset: each replica's own.
     pub shared: Option<String>,
+    /// PEM CA certificates that verify the Redis server of a `rediss://` (TLS) `shared` URL.
+    /// Unset: the system's roots.
+    pub shared_ca_file: Option<std::path::PathBuf>,
     /// Prefix of the Redis keys, so that several fleets can share one Redis.
     pub shared_key: String,
 }
@@ -70,6 +73,7 @@ impl Default for HealthConfig {
             max_cool_down_seconds: 600.0,
             count_unknown_requests: false,
             shared: None,
+            shared_ca_file: None,
             shared_key: "pointsman".into(),
         }
     }
@@ -110,10 +114,21 @@ impl HealthConfig {
         if let Some(url) = &self.shared {
             let shown = crate::logs::postgres::redact(url);
             if !shared::is_url(url) {
-                return bad("shared", "a redis:// URL", format!("{shown:?}"));
+                return bad("shared", "a redis:// or rediss:// (TLS) URL", format!("{shown:?}"));
             }
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return bad("shared", &format!("a valid Redis URL ({e})"), format!("{shown:?}"));
+            }
+        }
+        // Without `shared` (it may come from --health-shared or the environment later), the CA
+        // file waits unused; with a plaintext URL it is a mistake.
+        if let Some(ca) = &self.shared_ca_file {
+            if let Some(url) = self.shared.as_deref().filter(|u| !u.starts_with("rediss://")) {
+                let shown = crate::logs::postgres::redact(url);
+                return bad("shared_ca_file", "set only with a rediss:// (TLS) health.shared URL", format!("health.shared = {shown:?}"));
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return bad("shared_ca_file", "a readable PEM file", format!("{:?} ({e})", ca.display().to_string()));
             }
         }
         if self.shared_key.is_empty() || self.shared_key.len() > 64 || self.shared_key.chars().any(|c| c.is_whitespace()) {
@@ -493,6 +508,21 @@ mod tests {
             max_cool_down_seconds: 25.0,
             ..HealthConfig::default()
         }
+    }
+
+    #[test]
+    fn a_redis_ca_file_needs_a_tls_url_and_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let with = |url: &str, ca: &std::path::Path| HealthConfig { shared: Some(url.into()), shared_ca_file: Some(ca.into()), ..cfg() };
+        assert!(with("rediss://127.0.0.1:6380/0", &ca).validate().is_ok());
+        let err = with("redis://:secret@127.0.0.1:6379/0", &ca).validate().unwrap_err().to_string();
+        assert!(err.contains("health.shared_ca_file") && err.contains("rediss://") && !err.contains("secret"), "{err}");
+        let err = with("rediss://127.0.0.1:6380/0", &dir.path().join("missing.pem")).validate().unwrap_err().to_string();
+        assert!(err.contains("health.shared_ca_file") && err.contains("missing.pem"), "{err}");
+        // The URL may come later, from --health-shared or the environment.
+        assert!(HealthConfig { shared_ca_file: Some(ca), ..cfg() }.validate().is_ok());
     }
 
     #[test]

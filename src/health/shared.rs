@@ -43,7 +43,24 @@ const BLOCK_MS: u64 = 500;
 
 /// True for a `redis://` URL.
 pub fn is_url(s: &str) -> bool {
-    s.starts_with("redis://")
+    s.starts_with("redis://") || s.starts_with("rediss://")
+}
+
+/// The Redis client: plaintext for `redis://`; TLS for `rediss://`, the server's certificate
+/// verified (with its host name) against the PEM CA certificates in `ca_file`, or else the
+/// system's roots.
+pub fn client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, String> {
+    match ca_file {
+        None => redis::Client::open(url).map_err(|e| e.to_string()),
+        Some(path) => {
+            if !url.starts_with("rediss://") {
+                return Err(format!("a CA file ({}) is given for a plaintext URL: use rediss:// for TLS", path.display()));
+            }
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
 }
 
 /// Counters of the shared health, for metrics.
@@ -98,9 +115,9 @@ pub struct SharedHealth {
 
 impl SharedHealth {
     /// Starts the publisher and the reader on the current Tokio runtime. Fails only on a
-    /// malformed URL: an unreachable Redis is retried in the background.
-    pub fn start(url: &str, key: &str, tracker: Arc<HealthTracker>) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    /// malformed URL or an unreadable CA file: an unreachable Redis is retried in the background.
+    pub fn start(url: &str, ca_file: Option<&std::path::Path>, key: &str, tracker: Arc<HealthTracker>) -> Result<Self, String> {
+        let client = client(url, ca_file)?;
         let stats = Arc::new(SharedStats::default());
         let models = Arc::new(ArcSwap::from_pointee(HashSet::new()));
         let replica = uuid::Uuid::new_v4().to_string();
@@ -249,12 +266,23 @@ async fn read(
     let window_ms = tracker.config().window_seconds as i64 * 1000;
     // Start with the window's reports, so a new replica joins with the fleet's breakers.
     let mut last = format!("{}-0", now_ms() - window_ms);
+    // Losing a connection is said by `SharedStats::set`; never having had one is said here, once,
+    // with the reason (a wrong address, a certificate that does not verify...).
+    let (mut ever_connected, mut said) = (false, false);
     loop {
         let mut conn = match connect(&client, Duration::from_millis(BLOCK_MS + 2000)).await {
-            Ok(c) => c,
+            Ok(c) => {
+                ever_connected = true;
+                c
+            }
             Err(e) => {
                 stats.set(&stats.reader_up, false, &url);
-                tracing::debug!(error = %e, "shared health: cannot reach Redis to read");
+                if !ever_connected && !said {
+                    tracing::warn!(url, error = %e, "shared health: cannot reach Redis; this replica uses its own breakers until it can");
+                    said = true;
+                } else {
+                    tracing::debug!(error = %e, "shared health: cannot reach Redis to read");
+                }
                 tokio::time::sleep(RETRY).await;
                 continue;
             }

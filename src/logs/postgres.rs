@@ -13,7 +13,8 @@
 //! the Route path waits for any of this.
 //!
 //! The client is `tokio-postgres`, driven by a single-thread runtime of the connection's own
-//! ([`Db`]), so that every call from the (synchronous) writer thread has a time limit.
+//! ([`Db`]), so that every call from the (synchronous) writer thread has a time limit. TLS
+//! (rustls) is asked for in the URL with libpq's `sslmode` and `sslrootcert` ([`transport`]).
 use std::{
     path::{Path, PathBuf},
     str::FromStr,
@@ -74,9 +75,102 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// True when the server itself answered with an error (authentication, a missing database, a
-/// constraint): a configuration or schema problem rather than an unreachable server.
+/// constraint) or the TLS settings do not fit it (a certificate that does not verify, a server
+/// without TLS): a configuration or schema problem rather than an unreachable server.
 pub fn answered(e: &LogError) -> bool {
-    matches!(e, LogError::Postgres { source: Some(s), .. } if s.as_db_error().is_some()) || matches!(e, LogError::Schema { .. })
+    // tokio-postgres exposes no error kind; its TLS kind displays as this (0.7).
+    let tls = |s: &tokio_postgres::Error| s.to_string().starts_with("error performing TLS handshake");
+    matches!(e, LogError::Postgres { source: Some(s), .. } if s.as_db_error().is_some() || tls(s)) || matches!(e, LogError::Schema { .. })
+}
+
+/// How a URL asks to reach its server: libpq's `sslmode` and `sslrootcert` parameters, so that
+/// a URL written for `psql` works unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// No `sslmode`, or `disable`, `allow` or `prefer`: plaintext (an unverified TLS session
+    /// would protect against nothing an attacker on the path cannot undo).
+    Plain,
+    /// `require`, `verify-ca` or `verify-full`: TLS, the server's certificate verified against
+    /// `sslrootcert` (a PEM file of CA certificates) or else the system's roots, and its host
+    /// name checked, whichever of the three is given (stricter than libpq's `require`).
+    Tls {
+        /// `sslrootcert`.
+        root_cert: Option<PathBuf>,
+    },
+}
+
+/// Splits `sslmode` and `sslrootcert` off `url`: the URL tokio-postgres is given (with
+/// `sslmode=require` or `sslmode=disable`) and the transport.
+pub fn transport(url: &str) -> Result<(String, Transport), String> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((format!("{url}?sslmode=disable"), Transport::Plain)) };
+    let (mut mode, mut root_cert, mut rest) = (None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => mode = Some(v.to_string()),
+            Some(("sslrootcert", v)) => root_cert = Some(PathBuf::from(percent_decode(v).map_err(|m| format!("sslrootcert: {m}"))?)),
+            _ => rest.push(pair),
+        }
+    }
+    let transport = match mode.as_deref() {
+        None | Some("disable" | "allow" | "prefer") => {
+            if root_cert.is_some() {
+                return Err(format!(
+                    "sslrootcert is given but sslmode is {}: add sslmode=verify-full to use TLS",
+                    mode.as_deref().unwrap_or("unset")
+                ));
+            }
+            Transport::Plain
+        }
+        Some("require" | "verify-ca" | "verify-full") => Transport::Tls { root_cert },
+        Some(other) => {
+            return Err(format!("sslmode must be disable, allow, prefer, require, verify-ca or verify-full. Given: `{other}`"));
+        }
+    };
+    rest.push(if matches!(transport, Transport::Plain) { "sslmode=disable" } else { "sslmode=require" });
+    Ok((format!("{base}?{}", rest.join("&")), transport))
+}
+
+/// `%XX` escapes of a URL parameter.
+fn percent_decode(v: &str) -> Result<String, String> {
+    let (bytes, mut out, mut i) = (v.as_bytes(), Vec::new(), 0);
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = v.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| format!("bad escape in `{v}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{v}` is not UTF-8"))
+}
+
+/// The rustls client settings of [`Transport::Tls`]: the CA certificates of `root_cert`, or the
+/// system's.
+pub fn client_tls(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("sslrootcert {}: no PEM certificate in it", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err("sslmode asks for TLS and the system has no root certificates: set sslrootcert to the server's CA".into());
+            }
+        }
+    }
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Longest wait for a migration (another replica may hold the migration lock) or a read.
@@ -106,18 +200,27 @@ pub struct Db {
 impl Db {
     /// Connects within `timeout`.
     pub fn connect(url: &str, timeout: Duration) -> Result<Db, LogError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(pg_err(url))?;
+        let (pg_url, transport) = transport(url).map_err(|message| LogError::Schema { path: redact(url).into(), message })?;
+        let mut config = tokio_postgres::Config::from_str(&pg_url).map_err(pg_err(url))?;
         config.application_name("pointsman").connect_timeout(timeout).keepalives(true).keepalives_idle(Duration::from_secs(30));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|source| LogError::Io { path: redact(url).into(), source })?;
-        let (client, connection) = block(&rt, url, timeout, config.connect(NoTls))?;
-        rt.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "decision log: PostgreSQL connection ended");
+        let ended = |e: tokio_postgres::Error| tracing::debug!(error = %e, "decision log: PostgreSQL connection ended");
+        let client = match transport {
+            Transport::Plain => {
+                let (client, connection) = block(&rt, url, timeout, config.connect(NoTls))?;
+                rt.spawn(async move { connection.await.map_err(ended) });
+                client
             }
-        });
+            Transport::Tls { root_cert } => {
+                let tls = client_tls(root_cert.as_deref()).map_err(|message| LogError::Schema { path: redact(url).into(), message })?;
+                let (client, connection) = block(&rt, url, timeout, config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))?;
+                rt.spawn(async move { connection.await.map_err(ended) });
+                client
+            }
+        };
         Ok(Db { rt, client, url: url.to_string() })
     }
 
@@ -651,6 +754,34 @@ mod tests {
         assert_eq!(redact("postgres://me@db/log"), "postgres://me@db/log");
         assert_eq!(redact("postgresql://db/log"), "postgresql://db/log");
         assert!(is_url("postgresql://x") && is_url("postgres://x") && !is_url("decisions.db"));
+    }
+
+    #[test]
+    fn libpq_tls_parameters_choose_the_transport() {
+        let base = "postgres://me:secret@db:5432/log";
+        assert_eq!(transport(base).unwrap(), (format!("{base}?sslmode=disable"), Transport::Plain));
+        assert_eq!(transport(&format!("{base}?sslmode=prefer")).unwrap(), (format!("{base}?sslmode=disable"), Transport::Plain));
+        let (url, t) = transport(&format!("{base}?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem")).unwrap();
+        assert_eq!(url, format!("{base}?connect_timeout=3&sslmode=require"));
+        assert_eq!(t, Transport::Tls { root_cert: Some(PathBuf::from("/etc/ca x.pem")) });
+        assert!(url.parse::<tokio_postgres::Config>().is_ok());
+        assert_eq!(transport(&format!("{base}?sslmode=require")).unwrap().1, Transport::Tls { root_cert: None });
+        let err = transport(&format!("{base}?sslmode=verify_full")).unwrap_err();
+        assert!(err.contains("verify-full") && err.contains("`verify_full`"), "{err}");
+        let err = transport(&format!("{base}?sslrootcert=/ca.pem")).unwrap_err();
+        assert!(err.contains("sslmode is unset"), "{err}");
+        assert!(transport(&format!("{base}?sslmode=require&sslrootcert=%zz")).is_err());
+    }
+
+    #[test]
+    fn a_root_certificate_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_tls(Some(&empty)).unwrap_err();
+        assert!(err.contains("no PEM certificate") && err.contains("empty.pem"), "{err}");
+        let err = client_tls(Some(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(err.contains("missing.pem"), "{err}");
     }
 
     #[test]

@@ -33,18 +33,13 @@ fn pg_bin(name: &str) -> PathBuf {
 /// PostgreSQL refuses to run as root: as root, run it as the `postgres` user the package made.
 fn pg_user() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 {
         return None;
     }
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect("as root, the fleet test needs the postgres user");
     let f: Vec<&str> = line.split(':').collect();
     Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 fn as_pg_user(cmd: &mut Command) -> &mut Command {
@@ -55,15 +50,66 @@ fn as_pg_user(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// A test CA and a server certificate for `localhost` and `127.0.0.1` it signed, as PEM files in
+/// a folder of their own.
+pub struct TestTls {
+    dir: tempfile::TempDir,
+}
+
+impl TestTls {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca.distinguished_name.push(DnType::CommonName, "pointsman fleet test CA");
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pem) in [("ca.pem", ca_pem), ("server.pem", cert), ("server.key", key.serialize_pem())] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        TestTls { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
 /// A throwaway PostgreSQL on loopback.
 pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// Extra `-c` settings.
+    settings: Vec<String>,
 }
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With TLS on (`ssl = on`, the certificate of `tls`); plaintext connections are accepted too.
+    pub fn start_tls(tls: &TestTls) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&TestTls>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
@@ -76,7 +122,21 @@ impl Postgres {
                 .output()
                 .expect("initdb from Debian's postgresql package (scripts/bootstrap.sh --fleet)");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut pg = Postgres { dir, port: free_port(), child: None };
+        let mut settings = Vec::new();
+        if let Some(tls) = tls {
+            // The server reads its key as its own user, and refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+            std::fs::copy(tls.cert(), &cert).unwrap();
+            std::fs::copy(tls.key(), &key).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = pg_user() {
+                std::os::unix::fs::chown(&cert, Some(uid), Some(gid)).unwrap();
+                std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
+            }
+            settings = vec!["ssl=on".into(), format!("ssl_cert_file={}", cert.display()), format!("ssl_key_file={}", key.display())];
+        }
+        let mut pg = Postgres { dir, port: free_port(), child: None, settings };
         pg.run();
         pg
     }
@@ -96,6 +156,11 @@ impl Postgres {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL over TLS, verifying the server's certificate against `ca` (libpq's parameters).
+    pub fn tls_url(&self, ca: &std::path::Path) -> String {
+        format!("{}?sslmode=verify-full&sslrootcert={}", self.url(), ca.display())
     }
 
     /// SIGKILL to the postmaster: no shutdown, no checkpoint. Its backends notice and exit; the
@@ -134,18 +199,22 @@ impl Postgres {
     fn run_once(&mut self) {
         let data = self.dir.path().join("data");
         self.child = Some(
-            as_pg_user(Command::new(pg_bin("postgres")).args([
-                "-D",
-                data.to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                &format!("unix_socket_directories={}", self.dir.path().display()),
-                "-c",
-                "fsync=off",
-            ]))
+            as_pg_user(
+                Command::new(pg_bin("postgres"))
+                    .args([
+                        "-D",
+                        data.to_str().unwrap(),
+                        "-p",
+                        &self.port.to_string(),
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        &format!("unix_socket_directories={}", self.dir.path().display()),
+                        "-c",
+                        "fsync=off",
+                    ])
+                    .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()])),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -168,18 +237,36 @@ impl Drop for Postgres {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// TLS port, certificate, key and CA files.
+    tls: Option<(u16, PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Redis {
     pub fn start() -> Self {
-        let mut r = Redis { port: free_port(), child: None };
+        let mut r = Redis { port: free_port(), child: None, tls: None };
+        r.run();
+        r
+    }
+
+    /// Also TLS (`rediss://`, [`Redis::tls_url`]) on a second port, with the certificate of
+    /// `tls`; clients need no certificate of their own.
+    pub fn start_tls(tls: &TestTls) -> Self {
+        let mut r = Redis { port: free_port(), child: None, tls: Some((free_port(), tls.cert(), tls.key(), tls.ca())) };
         r.run();
         r
     }
 
     pub fn run(&mut self) {
+        let mut args: Vec<String> =
+            ["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from).to_vec();
+        if let Some((port, cert, key, ca)) = &self.tls {
+            args.extend(["--tls-port".into(), port.to_string(), "--tls-auth-clients".into(), "no".into()]);
+            for (k, f) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
+                args.extend([k.to_string(), f.display().to_string()]);
+            }
+        }
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -194,6 +281,11 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The TLS port's URL.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls.as_ref().expect("started with start_tls").0)
     }
 
     pub fn kill_9(&mut self) {
