@@ -180,6 +180,33 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expect), "{url}: {err}");
     }
+    // A replica whose URL asks for TLS it cannot verify stops at start, like one with a bad
+    // password, instead of starting and spilling.
+    let bad = root.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let spill = format!("{:?}", bad.join("spill.db").display().to_string());
+    let cfg = write_config(&bad.join("pointsman.toml"), &repo().join("models/router"), &bad.join("unused.db"), &[("spill_path", &spill)]);
+    let stderr = bad.join("stderr.log");
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--decision-log-url", &format!("{}?sslmode=verify-full", pg.url())])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("a replica with an unverifiable PostgreSQL certificate did not stop");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!status.success() && err.contains("invalid peer certificate"), "{status}: {err}");
 
     // 1. Feedback sent only to A opens the breaker on B and C.
     let model = a.route(MATH_PROMPT, "fleet-breaker-0").await.unwrap();
