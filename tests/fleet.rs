@@ -148,9 +148,9 @@ async fn until_cooling_down(replica: &Replica, model: &str, limit: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
-    let tls = TestTls::new();
-    let mut pg = Postgres::start_tls(&tls);
-    let mut redis = Redis::start_tls(&tls);
+    let tls = TestTls::new("pointsman fleet");
+    let mut pg = Postgres::start_tls(&tls.cert(), &tls.key());
+    let mut redis = Redis::start_tls(&tls.cert(), &tls.key(), &tls.ca());
     let root = tempfile::tempdir().unwrap();
     let a = Replica::start("a", root.path(), &pg, &redis, None).await;
     let b = Replica::start("b", root.path(), &pg, &redis, None).await;

@@ -228,35 +228,6 @@ async fn tokens_gate_each_role_and_health_stays_open() {
     server.shutdown().await;
 }
 
-/// A CA, a server certificate for localhost / 127.0.0.1 and a client certificate, all PEM.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn make_pki(name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    ca.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.extended_key_usages = vec![usage];
-        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
-    };
-    Pki {
-        ca: ca_pem,
-        server: leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth),
-        client: leaf(vec!["gateway.test".into()], ExtendedKeyUsagePurpose::ClientAuth),
-    }
-}
-
 fn client_tls(ca: &str, identity: Option<&(String, String)>) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
     match identity {

@@ -164,17 +164,15 @@ impl LogConfig {
             if !postgres::is_url(url) {
                 return bad("url", "a postgres:// or postgresql:// URL", format!("{shown:?}"));
             }
-            match postgres::transport(url) {
+            let parsed = postgres::transport(url)
+                .and_then(|(pg_url, t)| pg_url.parse::<tokio_postgres::Config>().map(|_| t).map_err(|e| e.to_string()));
+            let transport = match parsed {
+                Ok(t) => t,
                 Err(e) => return bad("url", &format!("a valid PostgreSQL URL ({e})"), format!("{shown:?}")),
-                Ok((pg_url, transport)) => {
-                    if let Err(e) = pg_url.parse::<tokio_postgres::Config>() {
-                        return bad("url", &format!("a valid PostgreSQL URL ({e})"), format!("{shown:?}"));
-                    }
-                    if let postgres::Transport::Tls { root_cert: Some(ca) } = transport {
-                        if let Err(e) = postgres::client_tls(Some(&ca)) {
-                            return bad("url", "an sslrootcert with the server's CA certificates", format!("{shown:?} ({e})"));
-                        }
-                    }
+            };
+            if let postgres::Transport::Tls { root_cert: Some(ca) } = transport {
+                if let Err(e) = postgres::client_tls(Some(&ca)) {
+                    return bad("url", "an sslrootcert with the server's CA certificates", format!("{shown:?} ({e})"));
                 }
             }
             if self.spill_path.as_os_str().is_empty() {

@@ -207,21 +207,25 @@ impl Db {
             .enable_all()
             .build()
             .map_err(|source| LogError::Io { path: redact(url).into(), source })?;
-        let ended = |e: tokio_postgres::Error| tracing::debug!(error = %e, "decision log: PostgreSQL connection ended");
         let client = match transport {
-            Transport::Plain => {
-                let (client, connection) = block(&rt, url, timeout, config.connect(NoTls))?;
-                rt.spawn(async move { connection.await.map_err(ended) });
-                client
-            }
+            Transport::Plain => Self::open(&rt, url, timeout, &config, NoTls)?,
             Transport::Tls { root_cert } => {
                 let tls = client_tls(root_cert.as_deref()).map_err(|message| LogError::Schema { path: redact(url).into(), message })?;
-                let (client, connection) = block(&rt, url, timeout, config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))?;
-                rt.spawn(async move { connection.await.map_err(ended) });
-                client
+                Self::open(&rt, url, timeout, &config, tokio_postgres_rustls::MakeRustlsConnect::new(tls))?
             }
         };
         Ok(Db { rt, client, url: url.to_string() })
+    }
+
+    /// Connects through `tls` (plaintext or rustls) and drives the connection on `rt`.
+    fn open<T>(rt: &Runtime, url: &str, timeout: Duration, config: &tokio_postgres::Config, tls: T) -> Result<Client, LogError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = block(rt, url, timeout, config.connect(tls))?;
+        rt.spawn(async move { connection.await.map_err(|e| tracing::debug!(error = %e, "decision log: PostgreSQL connection ended")) });
+        Ok(client)
     }
 
     /// True once the connection is known to be gone.

@@ -232,3 +232,61 @@ pub fn shipped_encoder() -> pointsman::encoder::Encoder {
     let env = pointsman::runtime::environment(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
     pointsman::encoder::Encoder::load(env, &cfg.encoder).expect("encoder loads")
 }
+
+/// A CA, a server certificate for localhost / 127.0.0.1 and a client certificate, all PEM.
+pub struct Pki {
+    pub ca: String,
+    pub server: (String, String),
+    pub client: (String, String),
+}
+
+pub fn make_pki(name: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.extended_key_usages = vec![usage];
+        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca_pem,
+        server: leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth),
+        client: leaf(vec!["gateway.test".into()], ExtendedKeyUsagePurpose::ClientAuth),
+    }
+}
+
+/// [`make_pki`]'s CA and server certificate and key as PEM files, in a folder of their own (for
+/// servers started from files: PostgreSQL, Redis).
+pub struct TestTls {
+    dir: tempfile::TempDir,
+}
+
+impl TestTls {
+    pub fn new(name: &str) -> Self {
+        let pki = make_pki(name);
+        let dir = tempfile::tempdir().unwrap();
+        for (file, pem) in [("ca.pem", &pki.ca), ("server.pem", &pki.server.0), ("server.key", &pki.server.1)] {
+            std::fs::write(dir.path().join(file), pem).unwrap();
+        }
+        TestTls { dir }
+    }
+
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    pub fn key(&self) -> std::path::PathBuf {
+        self.dir.path().join("server.key")
+    }
+}

@@ -50,46 +50,6 @@ fn as_pg_user(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
-/// A test CA and a server certificate for `localhost` and `127.0.0.1` it signed, as PEM files in
-/// a folder of their own.
-pub struct TestTls {
-    dir: tempfile::TempDir,
-}
-
-impl TestTls {
-    pub fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        ca.distinguished_name.push(DnType::CommonName, "pointsman fleet test CA");
-        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
-        let dir = tempfile::tempdir().unwrap();
-        for (name, pem) in [("ca.pem", ca_pem), ("server.pem", cert), ("server.key", key.serialize_pem())] {
-            std::fs::write(dir.path().join(name), pem).unwrap();
-        }
-        TestTls { dir }
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    pub fn cert(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
-    }
-
-    pub fn key(&self) -> PathBuf {
-        self.dir.path().join("server.key")
-    }
-}
-
 /// A throwaway PostgreSQL on loopback.
 pub struct Postgres {
     dir: tempfile::TempDir,
@@ -104,12 +64,13 @@ impl Postgres {
         Self::start_with(None)
     }
 
-    /// With TLS on (`ssl = on`, the certificate of `tls`); plaintext connections are accepted too.
-    pub fn start_tls(tls: &TestTls) -> Self {
-        Self::start_with(Some(tls))
+    /// With TLS on (`ssl = on`, this certificate and key, PEM files); plaintext connections are
+    /// accepted too.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::start_with(Some((cert, key)))
     }
 
-    fn start_with(tls: Option<&TestTls>) -> Self {
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
@@ -123,12 +84,12 @@ impl Postgres {
                 .expect("initdb from Debian's postgresql package (scripts/bootstrap.sh --fleet)");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let mut settings = Vec::new();
-        if let Some(tls) = tls {
+        if let Some((cert_pem, key_pem)) = tls {
             // The server reads its key as its own user, and refuses a key others can read.
             use std::os::unix::fs::PermissionsExt;
             let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-            std::fs::copy(tls.cert(), &cert).unwrap();
-            std::fs::copy(tls.key(), &key).unwrap();
+            std::fs::copy(cert_pem, &cert).unwrap();
+            std::fs::copy(key_pem, &key).unwrap();
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
             if let Some((uid, gid)) = pg_user() {
                 std::os::unix::fs::chown(&cert, Some(uid), Some(gid)).unwrap();
@@ -248,10 +209,10 @@ impl Redis {
         r
     }
 
-    /// Also TLS (`rediss://`, [`Redis::tls_url`]) on a second port, with the certificate of
-    /// `tls`; clients need no certificate of their own.
-    pub fn start_tls(tls: &TestTls) -> Self {
-        let mut r = Redis { port: free_port(), child: None, tls: Some((free_port(), tls.cert(), tls.key(), tls.ca())) };
+    /// Also TLS (`rediss://`, [`Redis::tls_url`]) on a second port, with this certificate, key
+    /// and CA (PEM files); clients need no certificate of their own.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Self {
+        let mut r = Redis { port: free_port(), child: None, tls: Some((free_port(), cert.into(), key.into(), ca.into())) };
         r.run();
         r
     }
