@@ -2,20 +2,32 @@
 //! SQLite database (WAL mode) or, for a fleet of replicas, in PostgreSQL (`postgres`), and
 //! joined by request id.
 //!
-//! Writes never sit on the request path. Handlers put records on a bounded queue and a writer
-//! thread commits them in batches (one transaction per batch). When the queue is full:
+//! Writes never sit on the request path. Handlers put records on a queue bounded in records
+//! (`queue_capacity`) and in bytes (`queue_max_bytes`: records carry routing text), a `flume`
+//! channel, and a writer thread commits them in batches (one transaction per batch). When the
+//! queue is full:
 //! - a decision is dropped and counted (`pointsman_decision_log_dropped_total`, and a warning
 //!   at most every 10 s): routing goes on;
 //! - a feedback report waits up to `feedback_wait_ms` for room, then the RPC answers
 //!   RESOURCE_EXHAUSTED so the gateway retries it: an accepted report is never silently lost.
+//!   A closed log (the server stopping) is told apart: [`NotQueued::Closed`].
+//!
+//! Before any sink sees a record, the writer makes its text [`storable`]: C0 control characters
+//! but tab, CR and LF (U+0000 above all, which PostgreSQL's `text` refuses) become U+FFFD. If
+//! the writer panics (a bug), it is restarted on the same queue and counted
+//! (`pointsman_decision_log_writer_restarts_total`); [`DecisionLog::writer_running`] says
+//! whether it runs.
 //!
 //! A crash or `kill -9` loses at most what was still queued (the last unflushed batch); SQLite's
 //! WAL guarantees the file itself is never corrupted (see `tests/feedback.rs`). Shutdown drains
-//! the queue. Retention (age and size) runs on the writer thread between batches.
+//! the queue. SQLite's retention (age and size) runs on the writer thread between batches.
 //!
-//! With `url = "postgres://…"` the writer sends the batches to PostgreSQL instead; while it is
-//! unreachable they go to a local SQLite spill file and are replayed when it answers again
-//! (`postgres`). Route never waits for either.
+//! With `url = "postgres://…"` the writer sends the batches to PostgreSQL instead (`postgres`);
+//! while it is unreachable they go to a local SQLite spill file (`spill`, capped by
+//! `spill_max_bytes`) and are replayed when it answers again, into the database they were meant
+//! for only. Rows PostgreSQL refuses for good are found by splitting their batch (`failure`)
+//! and kept in a dead-letter table; the rest land. Retention there runs on a thread and a
+//! connection of its own (`retention`). Route never waits for any of it.
 pub mod failure;
 pub mod pg_url;
 pub mod postgres;

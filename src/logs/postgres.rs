@@ -6,11 +6,19 @@
 //! and inserts skip ids already present, so a batch written twice lands once.
 //!
 //! The writer thread sends each batch as one multi-row INSERT per table (arrays through
-//! `unnest`, one prepared statement whatever the batch size). When PostgreSQL is unreachable, a
-//! write fails, or it takes longer than `write_timeout_ms` (a stalled server), the batch goes to
-//! a local SQLite spill file instead, and the spill is replayed, oldest first, once PostgreSQL
-//! answers again; a record leaves the spill file only after its batch is committed. Nothing on
-//! the Route path waits for any of this.
+//! `unnest`, one prepared statement whatever the batch size). Failures are sorted
+//! (`failure::classify`):
+//! - transient (unreachable, a closed connection, longer than `write_timeout_ms`, SQLSTATE
+//!   classes 08, 40, 53, 57, 58): the batch goes to a local SQLite spill file (`spill`) and
+//!   the spill is replayed, oldest first, once PostgreSQL answers again; a record leaves the
+//!   spill file only after its batch is committed;
+//! - permanent (classes 22, 23, 42 and the rest): the batch is split in halves until the
+//!   refused rows are found (`failure::isolate`); they go to the `dead_letters` table (or, if
+//!   that fails too, the spill file's) and are counted, and the rest land. The same holds for
+//!   a spilled batch on replay, so no row ever holds up the log.
+//!
+//! Nothing on the Route path waits for any of this. Retention deletes in chunks on a thread and
+//! a connection of its own (`retention`).
 //!
 //! The client is `tokio-postgres`, driven by a single-thread runtime of the connection's own
 //! ([`Db`]), so that every call from the (synchronous) writer thread has a time limit. TLS
@@ -137,6 +145,10 @@ impl Db {
 
     /// Applies the migrations this build knows and the database lacks; returns the schema
     /// version. Refuses a database migrated by a newer build.
+    // NOTE: hand-written rather than refinery or sqlx::migrate!: it is one transaction under an
+    // advisory lock over the connection `Db` already drives with time limits; refinery's
+    // tokio-postgres runner and sqlx would bring a second client (sqlx: a second driver) for
+    // twenty lines.
     pub fn migrate(&mut self) -> Result<i32, LogError> {
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         let Db { rt, client, url } = self;
