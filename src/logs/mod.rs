@@ -79,6 +79,14 @@ pub enum LogError {
         /// What the client or the server said (none for a time limit).
         source: Option<tokio_postgres::Error>,
     },
+    /// Another process holds the spill file.
+    #[error("decision log spill file {path}: in use by another process ({source}); give each replica its own decision_log.spill_path")]
+    SpillInUse {
+        /// The spill file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
     /// The file is not a decision log this build understands.
     #[error("decision log {path}: {message}")]
     Schema {
@@ -204,6 +212,9 @@ impl LogConfig {
             }
             if self.spill_path.as_os_str().is_empty() {
                 return bad("spill_path", "a file path", "\"\"".into());
+            }
+            if self.spill_max_bytes != 0 && self.spill_max_bytes < 1 << 20 {
+                return bad("spill_max_bytes", "0 (no cap) or >= 1048576", self.spill_max_bytes.to_string());
             }
             if !(100..=600_000).contains(&self.write_timeout_ms) {
                 return bad("write_timeout_ms", "in 100..=600000", self.write_timeout_ms.to_string());
@@ -814,6 +825,16 @@ mod tests {
         log.log_decision(decision(9, now_ms()));
         let closed = log.log_feedback(feedback(9, now_ms(), None, Outcome::Success)).await;
         assert!(matches!(closed, Err(NotQueued::Closed)), "{closed:?}");
+    }
+
+    #[test]
+    fn the_byte_bounds_are_validated_naming_key_limit_and_value() {
+        let e = LogConfig { queue_max_bytes: 100, ..LogConfig::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("decision_log.queue_max_bytes") && e.contains(">= 65536") && e.contains("100"), "{e}");
+        let pg = LogConfig { url: Some("postgres://db/log".into()), ..LogConfig::default() };
+        let e = LogConfig { spill_max_bytes: 5000, ..pg.clone() }.validate().unwrap_err().to_string();
+        assert!(e.contains("decision_log.spill_max_bytes") && e.contains(">= 1048576") && e.contains("5000"), "{e}");
+        assert!(LogConfig { spill_max_bytes: 0, ..pg }.validate().is_ok(), "0: no cap");
     }
 
     #[test]

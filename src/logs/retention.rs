@@ -28,10 +28,12 @@ const CHUNK_LIMIT: Duration = Duration::from_secs(60);
 /// The tables pruned, each with a `ts_ms` index.
 const TABLES: [&str; 3] = ["decisions", "feedback", "dead_letters"];
 
-/// The retention thread; stops (between chunks) when dropped.
+/// The retention thread; told to stop (between chunks) when dropped, and not waited for: a
+/// DELETE on a stalled server must not hold up shutdown.
 pub(crate) struct Retention {
-    stop: Option<flume::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Dropping it disconnects the thread's receiver: its signal to stop.
+    _stop: flume::Sender<()>,
+    _thread: JoinHandle<()>,
 }
 
 impl Retention {
@@ -66,16 +68,7 @@ impl Retention {
                 drop(db);
             })
             .ok()?;
-        Some(Retention { stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for Retention {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Some(Retention { _stop: stop, _thread: thread })
     }
 }
 

@@ -100,22 +100,19 @@ impl Spill {
     pub fn open(path: PathBuf, max_bytes: u64) -> Result<Self, LogError> {
         let mut spill = Spill { path, conn: None, records: 0, bytes: 0, max_bytes };
         let path = spill.path.clone();
-        let in_use = |err: &rusqlite::Error| LogError::Schema {
-            path: path.clone(),
-            message: format!("the spill file is in use by another process ({err}); give each replica its own decision_log.spill_path"),
-        };
+        let in_use = |source: rusqlite::Error| LogError::SpillInUse { path: path.clone(), source };
         let busy = |err: &rusqlite::Error| {
             matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
         };
         let e = store::db_err(&path);
         let conn = match spill.connect() {
             Ok(c) => c,
-            Err(LogError::Db { source, .. }) if busy(&source) => return Err(in_use(&source)),
+            Err(LogError::Db { source, .. }) if busy(&source) => return Err(in_use(source)),
             Err(other) => return Err(other),
         };
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(e)?;
         if let Err(err) = conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
-            return Err(if busy(&err) { in_use(&err) } else { e(err) });
+            return Err(if busy(&err) { in_use(err) } else { e(err) });
         }
         // Files from before batches kept their destination get the columns (empty: replayed).
         let has_target: bool =
