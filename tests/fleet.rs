@@ -466,7 +466,8 @@ fn count(url: &str, query: &str) -> i64 {
 ///     `dead_letters`, counted, and the rest of its batch lands, whether it comes straight
 ///     from the queue or is replayed from the spill file;
 /// (c) a spill file written for database `a` is set aside, not replayed, by a replica on `b`;
-/// (d) a backlog of old rows is pruned in chunks while routes keep landing, with no spill.
+/// (d) a backlog of old rows is left alone while another replica holds the retention lock, then
+///     pruned in chunks while routes keep landing, with no spill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_log_survives_bad_rows_foreign_spills_and_a_retention_backlog() {
     let _one_at_a_time = SERIAL.lock().await;
@@ -572,7 +573,14 @@ async fn the_postgres_log_survives_bad_rows_foreign_spills_and_a_retention_backl
     let spill = root.path().join("r1").join("spill.db");
     drop(r1);
     pg.signal_all("CONT");
-    // A replica on `b` takes over that spill file (same path), with retention every second.
+    // Another replica is pruning `b` (the test holds the retention lock)...
+    let holder = off_runtime(|| {
+        let mut db = pointsman::logs::postgres::Db::connect(&url_b, Duration::from_secs(5)).unwrap();
+        let lock = format!("SELECT pg_try_advisory_lock({})", pointsman::logs::retention::RETENTION_LOCK);
+        assert!(db.query_bool(&lock).unwrap());
+        db
+    });
+    // ...when a replica on `b` takes over that spill file (same path), with retention every second.
     let spill_setting = format!("{:?}", spill.display().to_string());
     let r2 = Replica::start_with(
         "r2",
@@ -582,7 +590,14 @@ async fn the_postgres_log_survives_bad_rows_foreign_spills_and_a_retention_backl
         &[("spill_path", &spill_setting), ("retention_interval_seconds", "1"), ("batch_max", "16")],
     )
     .await;
-    // (d) Routes go on while retention works through the backlog.
+    // (d) While another replica holds the lock, this one leaves the backlog alone.
+    eventually_async("retention skipped", || async {
+        Some(r2.metric("pointsman_decision_log_retention_skipped_total").await).filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(r2.metric("pointsman_decision_log_pruned_rows_total").await, 0.0, "one replica prunes at a time");
+    off_runtime(move || drop(holder));
+    // Routes go on while retention works through the backlog.
     let mut mine = Vec::new();
     let pruned = loop {
         let id = format!("b-own-{}", mine.len());

@@ -31,7 +31,7 @@
 pub mod failure;
 pub mod pg_url;
 pub mod postgres;
-mod retention;
+pub mod retention;
 mod spill;
 pub mod store;
 
@@ -391,6 +391,8 @@ pub struct LogStats {
     pub pruned_rows: AtomicU64,
     /// PostgreSQL: DELETE statements retention ran (each at most `retention::CHUNK` rows).
     pub retention_deletes: AtomicU64,
+    /// PostgreSQL: retention passes skipped because another replica held the lock.
+    pub retention_skipped: AtomicU64,
     /// Records waiting for the writer.
     pub queued: AtomicU64,
     /// Bytes of the records waiting for the writer (see [`DecisionRecord::approx_bytes`]).

@@ -20,7 +20,7 @@ use super::{now_ms, postgres::Db, LogConfig, LogError, LogStats};
 pub const CHUNK: i64 = 5000;
 
 /// The advisory lock key of the pruning replica ("ptsmnret").
-const RETENTION_LOCK: i64 = 0x7074_736d_6e72_6574;
+pub const RETENTION_LOCK: i64 = 0x7074_736d_6e72_6574;
 
 /// Longest one chunk's DELETE may take.
 const CHUNK_LIMIT: Duration = Duration::from_secs(60);
@@ -81,6 +81,7 @@ fn prune(db: &mut Option<Db>, url: &str, min_ts_ms: i64, stats: &LogStats, stop:
     let db = db.as_mut().expect("connected above");
     if !db.query_bool(&format!("SELECT pg_try_advisory_lock({RETENTION_LOCK})"))? {
         tracing::debug!("decision log retention: another replica is pruning");
+        stats.retention_skipped.fetch_add(1, Ordering::Relaxed);
         return Ok(0);
     }
     let result = (|| {

@@ -166,6 +166,12 @@ pub fn render(service: &Service) -> String {
                 &[],
                 load(&s.retention_deletes),
             );
+            page.counter(
+                "pointsman_decision_log_retention_skipped_total",
+                "Retention passes skipped on PostgreSQL because another replica was pruning (held the advisory lock).",
+                &[],
+                load(&s.retention_skipped),
+            );
         }
     }
     if let Some(shared) = service.shared_health() {
