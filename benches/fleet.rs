@@ -3,7 +3,9 @@
 //!   against the SQLite log and local health (each Route followed by its Feedback, concurrency
 //!   4, rounds alternating between the two so machine noise hits both);
 //! - how long a circuit opened on one replica takes to be seen on another (median of 15);
-//! - records per second the PostgreSQL writer sustains (and the SQLite writer, for scale).
+//! - records per second the PostgreSQL writer sustains (and the SQLite writer, for scale), and
+//!   with one row in every 512 refused by the database (a CHECK constraint): the cost of
+//!   splitting each batch to find the refused row and dead-letter it.
 //!
 //! `cargo bench --bench fleet`. Starts its own PostgreSQL and Redis from Debian's packages
 //! (`scripts/bootstrap.sh --fleet`). The load generator runs in the same process and on the
@@ -116,19 +118,28 @@ fn decision(i: usize) -> DecisionRecord {
     }
 }
 
-/// Records per second through the writer: `n` decisions queued as fast as they go, then flushed.
-async fn writer_rate(cfg: LogConfig, n: usize) -> f64 {
-    let cfg = LogConfig { queue_capacity: n + 16, ..cfg };
+/// Records per second through the writer: `n` decisions queued as fast as they go, then
+/// flushed; every `poison_every`th one (if any) carries text the database refuses. Also the
+/// dead letters the writer counted.
+async fn writer_rate(cfg: LogConfig, n: usize, poison_every: Option<usize>) -> (f64, u64) {
+    let cfg = LogConfig { queue_capacity: n + 16, queue_max_bytes: u64::MAX / 2, ..cfg };
     let log = tokio::task::spawn_blocking(move || DecisionLog::open(cfg).unwrap()).await.unwrap();
     let t = Instant::now();
     for i in 0..n {
-        log.log_decision(decision(i));
+        let mut d = decision(i);
+        if poison_every.is_some_and(|k| i % k == k / 2) {
+            d.routing_text = Some("a poison pill".into());
+        }
+        log.log_decision(d);
     }
     log.flush().await;
     let rate = n as f64 / t.elapsed().as_secs_f64();
-    assert_eq!(log.stats().decisions_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let stats = log.stats();
+    assert_eq!(stats.decisions_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(stats.spilled_total.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let dead = stats.dead_letters.load(std::sync::atomic::Ordering::Relaxed);
     tokio::task::spawn_blocking(move || drop(log)).await.unwrap();
-    rate
+    (rate, dead)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -202,8 +213,31 @@ async fn main() {
     let records = env_usize("BENCH_RECORDS", 200_000);
     println!("## Decision-log writer ({records} decisions queued at once, then flushed; batch_max 512)\n");
     let base = LogConfig::default();
-    let pg_rate =
-        writer_rate(LogConfig { url: Some(pg.url()), spill_path: dir.path().join("writer-spill.db"), ..base.clone() }, records).await;
-    let sqlite_rate = writer_rate(LogConfig { path: dir.path().join("writer.db"), ..base }, records).await;
+    let (pg_rate, _) =
+        writer_rate(LogConfig { url: Some(pg.url()), spill_path: dir.path().join("writer-spill.db"), ..base.clone() }, records, None).await;
+    let (sqlite_rate, _) = writer_rate(LogConfig { path: dir.path().join("writer.db"), ..base.clone() }, records, None).await;
     println!("PostgreSQL writer: {pg_rate:.0} records/s; SQLite writer: {sqlite_rate:.0} records/s (same run)");
+    // The same load into a database that refuses one row in every 512 (a CHECK constraint).
+    let poison_url = format!("{}/poison", pg.url().trim_end_matches("/postgres"));
+    {
+        let (base_url, poison_url) = (pg.url(), poison_url.clone());
+        servers::off_runtime(move || {
+            let mut db = pointsman::logs::postgres::Db::connect(&base_url, Duration::from_secs(5)).unwrap();
+            db.execute("CREATE DATABASE poison", &[], Duration::from_secs(60)).unwrap();
+            let mut db = pointsman::logs::postgres::Db::connect(&poison_url, Duration::from_secs(5)).unwrap();
+            db.migrate().unwrap();
+            db.execute(
+                "ALTER TABLE decisions ADD CONSTRAINT no_poison CHECK (routing_text NOT LIKE '%poison pill%')",
+                &[],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        });
+    }
+    let (poisoned_rate, dead) =
+        writer_rate(LogConfig { url: Some(poison_url), spill_path: dir.path().join("poison-spill.db"), ..base }, records, Some(512)).await;
+    println!(
+        "PostgreSQL writer, one row in 512 refused: {poisoned_rate:.0} records/s ({dead} dead letters; x{:.2} of the clean rate)",
+        poisoned_rate / pg_rate
+    );
 }

@@ -25,6 +25,9 @@ use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pointsman");
 
+/// The tests of this file start heavy servers and replicas: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Per replica, the request ids whose Route and whose Feedback were acknowledged.
 type Acked = HashMap<&'static str, (Vec<String>, Vec<String>)>;
 
@@ -44,8 +47,6 @@ struct Replica {
 impl Replica {
     /// With `tls`, the replica reaches both servers over TLS, verified against its CA.
     async fn start(name: &'static str, root: &Path, pg: &Postgres, redis: &Redis, tls: Option<&TestTls>) -> Self {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
         let (pg_url, redis_url) = match tls {
             Some(t) => (pg.tls_url(&t.ca()), redis.tls_url()),
             None => (pg.url(), redis.url()),
@@ -55,25 +56,34 @@ impl Replica {
             Some(t) => format!("\"pointsman\"\nshared_ca_file = {:?}", t.ca().display().to_string()),
             None => "\"pointsman\"".to_string(),
         };
+        Self::start_with(name, root, &pg_url, Some(&redis_url), &[("shared_key", &shared_key)]).await
+    }
+
+    /// A replica on `pg_url` (and Redis, if given) with `settings` over the test's defaults.
+    async fn start_with(name: &'static str, root: &Path, pg_url: &str, redis_url: Option<&str>, settings: &[(&str, &str)]) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spill = format!("{:?}", dir.join("spill.db").display().to_string());
         // Feedback reaches any replica through the balancer: every catalog report counts.
-        let cfg = write_config(
-            &dir.join("pointsman.toml"),
-            &repo().join("models/router"),
-            &dir.join("unused.db"),
-            &[
-                ("count_unknown_requests", "true"),
-                ("batch_max", "64"),
-                ("cool_down_seconds", "120.0"),
-                ("write_timeout_ms", "500"),
-                ("spill_path", &format!("{:?}", dir.join("spill.db").display().to_string())),
-                ("shared_key", &shared_key),
-            ],
-        );
+        let defaults = [
+            ("count_unknown_requests", "true"),
+            ("batch_max", "64"),
+            ("cool_down_seconds", "120.0"),
+            ("write_timeout_ms", "500"),
+            ("spill_path", spill.as_str()),
+        ];
+        // The first setting of a key wins.
+        let all: Vec<(&str, &str)> = settings.iter().copied().chain(defaults).collect();
+        let cfg = write_config(&dir.join("pointsman.toml"), &repo().join("models/router"), &dir.join("unused.db"), &all);
         let (port, admin_port) = (free_port(), free_port());
-        let child = Command::new(BIN)
-            .args(["--config", cfg.to_str().unwrap(), "serve"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--config", cfg.to_str().unwrap(), "serve"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--decision-log-url", &pg_url, "--health-shared", &redis_url])
+            .args(["--decision-log-url", pg_url]);
+        if let Some(redis_url) = redis_url {
+            cmd.args(["--health-shared", redis_url]);
+        }
+        let child = cmd
             .env("RUST_LOG", std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -148,6 +158,7 @@ async fn until_cooling_down(replica: &Replica, model: &str, limit: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
+    let _one_at_a_time = SERIAL.lock().await;
     let tls = TestTls::new("pointsman fleet");
     let mut pg = Postgres::start_tls(&tls.cert(), &tls.key());
     let mut redis = Redis::start_tls(&tls.cert(), &tls.key(), &tls.ca());
@@ -161,8 +172,9 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
         assert_eq!(connected, 1.0);
         assert_eq!(r.metric("pointsman_decision_log_backend_up").await, 1.0);
     }
-    // Every replica applied the same migrations once.
-    assert_eq!(pg.query_i64("SELECT count(*) FROM pointsman_migrations"), 1);
+    // Every replica applied the same migrations once: one row per file.
+    let migrations = std::fs::read_dir(repo().join("migrations/postgres")).unwrap().count() as i64;
+    assert_eq!(pg.query_i64("SELECT count(*) FROM pointsman_migrations"), migrations);
     // C's connection is encrypted (the test's own and A's and B's are not).
     let encrypted =
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'pointsman' AND s.ssl";
@@ -431,4 +443,192 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<usize>>) -> Vec<usize> 
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// Runs one statement on `url` (off the runtime: the client has a runtime of its own).
+fn sql(url: &str, statement: &str) -> u64 {
+    let (url, statement) = (url.to_string(), statement.to_string());
+    off_runtime(move || {
+        let mut db = pointsman::logs::postgres::Db::connect(&url, Duration::from_secs(5)).unwrap();
+        db.execute(&statement, &[], Duration::from_secs(300)).unwrap_or_else(|e| panic!("{statement}: {e}"))
+    })
+}
+
+fn count(url: &str, query: &str) -> i64 {
+    let (url, query) = (url.to_string(), query.to_string());
+    off_runtime(move || pointsman::logs::postgres::Db::connect(&url, Duration::from_secs(5)).unwrap().query_i64(&query).unwrap())
+}
+
+/// The PostgreSQL log never stops on bad rows or a foreign spill, and retention never slows
+/// the writer:
+/// (a) a decision whose routing text holds U+0000, and the decisions after it, all land;
+/// (b) a row PostgreSQL refuses for good (a CHECK constraint the test adds) goes to
+///     `dead_letters`, counted, and the rest of its batch lands, whether it comes straight
+///     from the queue or is replayed from the spill file;
+/// (c) a spill file written for database `a` is set aside, not replayed, by a replica on `b`;
+/// (d) a backlog of old rows is left alone while another replica holds the retention lock, then
+///     pruned in chunks while routes keep landing, with no spill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_log_survives_bad_rows_foreign_spills_and_a_retention_backlog() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let pg = Postgres::start();
+    let base = pg.url();
+    let root_url = base.trim_end_matches("/postgres");
+    let (url_a, url_b) = (format!("{root_url}/a"), format!("{root_url}/b"));
+    sql(&base, "CREATE DATABASE a");
+    sql(&base, "CREATE DATABASE b");
+    // b: migrated by the test, with 200,000 decisions and 20,000 reports from 40 days ago.
+    let backlog = 220_000;
+    off_runtime(|| pointsman::logs::postgres::Db::connect(&url_b, Duration::from_secs(5)).unwrap().migrate().unwrap());
+    sql(
+        &url_b,
+        "INSERT INTO decisions (id, request_id, ts_ms, routing_text, encoder, router_version, cost_weight, constraints, input_tokens, candidates)
+         SELECT md5('d' || g)::uuid, 'old-' || g, (extract(epoch FROM now() - interval '40 days') * 1000)::bigint + g, 'an old prompt',
+                'e', 'v', 0.5, '{}'::jsonb, 3, '[]'::jsonb
+         FROM generate_series(1, 200000) g",
+    );
+    sql(
+        &url_b,
+        "INSERT INTO feedback (id, request_id, ts_ms, model, outcome)
+         SELECT md5('f' || g)::uuid, 'old-' || g, (extract(epoch FROM now() - interval '40 days') * 1000)::bigint + g, 'm', 'success'
+         FROM generate_series(1, 20000) g",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let r1 = Replica::start_with("r1", root.path(), &url_a, None, &[]).await;
+    assert_eq!(r1.metric("pointsman_decision_log_backend_up").await, 1.0);
+    // A rule that one prompt breaks: PostgreSQL refuses that row for good (SQLSTATE 23514).
+    sql(&url_a, "ALTER TABLE decisions ADD CONSTRAINT no_poison CHECK (routing_text NOT LIKE '%poison pill%')");
+
+    // (a) and (b), straight from the queue.
+    let mut expected = Vec::new();
+    let mut nul_accepted = false;
+    for i in 0..20 {
+        let id = format!("bad-rows-{i}");
+        let prompt = match i {
+            3 => format!("{CHAT_PROMPT} with a NUL \u{0} inside"),
+            7 => format!("{CHAT_PROMPT} with a poison pill inside"),
+            _ => format!("{CHAT_PROMPT} ({i})"),
+        };
+        match r1.route(&prompt, &id).await {
+            Ok(_) => {
+                if i == 3 {
+                    nul_accepted = true;
+                }
+                if i != 7 {
+                    expected.push(id);
+                }
+            }
+            // The gRPC layer may refuse control characters itself; then there is nothing to store.
+            Err(s) if i == 3 && s.code() == tonic::Code::InvalidArgument => {}
+            Err(s) => panic!("{id}: {s}"),
+        }
+    }
+    let landed = eventually_async("bad rows landed", || async {
+        let n = count(&url_a, "SELECT count(*) FROM decisions WHERE request_id LIKE 'bad-rows-%'");
+        (n == expected.len() as i64).then_some(n)
+    })
+    .await;
+    assert_eq!(landed, expected.len() as i64, "every decision but the refused one landed");
+    assert_eq!(count(&url_a, "SELECT count(*) FROM decisions WHERE request_id = 'bad-rows-7'"), 0);
+    assert_eq!(
+        count(&url_a, "SELECT count(*) FROM dead_letters WHERE request_id = 'bad-rows-7' AND kind = 'decision' AND sqlstate = '23514'"),
+        1,
+        "the refused decision is in the dead-letter table"
+    );
+    assert_eq!(r1.metric("pointsman_decision_log_dead_letters_total").await, 1.0);
+    if nul_accepted {
+        assert_eq!(
+            count(
+                &url_a,
+                "SELECT count(*) FROM decisions WHERE request_id = 'bad-rows-3' AND routing_text LIKE '%NUL ' || chr(65533) || ' inside'"
+            ),
+            1,
+            "the NUL was stored as U+FFFD"
+        );
+    }
+    assert_eq!(r1.metric("pointsman_decision_log_spilled").await, 0.0);
+    assert_eq!(r1.metric("pointsman_decision_log_backend_up").await, 1.0, "a refused row is not a lost connection");
+
+    // (b) again, from the spill file: PostgreSQL stalls, a poisoned batch spills, and on replay
+    // it goes to the dead-letter table without holding up the rest.
+    pg.signal_all("STOP");
+    for i in 0..6 {
+        let prompt = if i == 2 { format!("{CHAT_PROMPT} poison pill, spilled") } else { format!("{CHAT_PROMPT} spilled {i}") };
+        r1.route(&prompt, &format!("spilled-{i}")).await.expect("Route never waits for PostgreSQL");
+    }
+    eventually_async("spilled", || async { Some(r1.metric("pointsman_decision_log_spilled").await).filter(|v| *v >= 6.0) }).await;
+    pg.signal_all("CONT");
+    eventually_async("replayed", || async { Some(r1.metric("pointsman_decision_log_spilled").await).filter(|v| *v == 0.0) }).await;
+    assert_eq!(r1.metric("pointsman_decision_log_dead_letters_total").await, 2.0);
+    assert_eq!(count(&url_a, "SELECT count(*) FROM decisions WHERE request_id LIKE 'spilled-%'"), 5);
+    assert_eq!(count(&url_a, "SELECT count(*) FROM dead_letters WHERE request_id = 'spilled-2'"), 1);
+    assert_eq!(r1.metric("pointsman_decision_log_spill_bytes").await, 0.0);
+
+    // (c) A spill for `a`, left behind by a replica killed during a stall.
+    pg.signal_all("STOP");
+    for i in 0..3 {
+        r1.route(&format!("{CHAT_PROMPT} foreign {i}"), &format!("foreign-{i}")).await.unwrap();
+    }
+    eventually_async("spilled for a", || async { Some(r1.metric("pointsman_decision_log_spilled").await).filter(|v| *v >= 3.0) }).await;
+    let spill = root.path().join("r1").join("spill.db");
+    drop(r1);
+    pg.signal_all("CONT");
+    // Another replica is pruning `b` (the test holds the retention lock)...
+    let holder = off_runtime(|| {
+        let mut db = pointsman::logs::postgres::Db::connect(&url_b, Duration::from_secs(5)).unwrap();
+        let lock = format!("SELECT pg_try_advisory_lock({})", pointsman::logs::retention::RETENTION_LOCK);
+        assert!(db.query_bool(&lock).unwrap());
+        db
+    });
+    // ...when a replica on `b` takes over that spill file (same path), with retention every second.
+    let spill_setting = format!("{:?}", spill.display().to_string());
+    let r2 = Replica::start_with(
+        "r2",
+        root.path(),
+        &url_b,
+        None,
+        &[("spill_path", &spill_setting), ("retention_interval_seconds", "1"), ("batch_max", "16")],
+    )
+    .await;
+    // (d) While another replica holds the lock, this one leaves the backlog alone.
+    eventually_async("retention skipped", || async {
+        Some(r2.metric("pointsman_decision_log_retention_skipped_total").await).filter(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(r2.metric("pointsman_decision_log_pruned_rows_total").await, 0.0, "one replica prunes at a time");
+    off_runtime(move || drop(holder));
+    // Routes go on while retention works through the backlog.
+    let mut mine = Vec::new();
+    let pruned = loop {
+        let id = format!("b-own-{}", mine.len());
+        r2.route(&format!("{CHAT_PROMPT} on b {}", mine.len()), &id).await.unwrap();
+        mine.push(id);
+        let pruned = r2.metric("pointsman_decision_log_pruned_rows_total").await;
+        if pruned >= backlog as f64 || mine.len() > 5000 {
+            break pruned;
+        }
+    };
+    assert_eq!(pruned, backlog as f64, "the whole backlog was pruned");
+    let deletes = r2.metric("pointsman_decision_log_retention_deletes_total").await;
+    assert!(deletes >= (200_000 / 5000 + 20_000 / 5000) as f64, "in chunks of at most 5000 rows: {deletes} statements");
+    eprintln!("retention: {backlog} old rows pruned in {deletes} statements while {} routes went on", mine.len());
+    let all_landed = eventually_async("own routes landed", || async {
+        let n = count(&url_b, "SELECT count(*) FROM decisions WHERE request_id LIKE 'b-own-%'");
+        (n == mine.len() as i64).then_some(n)
+    })
+    .await;
+    assert_eq!(all_landed, mine.len() as i64);
+    assert_eq!(r2.metric("pointsman_decision_log_spilled_total").await, 0.0, "the writer never waited for retention");
+    assert_eq!(r2.metric("pointsman_decision_log_dropped_total").await, 0.0);
+    // The spill meant for `a` went to neither database: it is set aside in the file.
+    assert_eq!(r2.metric("pointsman_decision_log_spill_set_aside_total").await, 3.0);
+    assert_eq!(count(&url_b, "SELECT count(*) FROM decisions WHERE request_id LIKE 'foreign-%'"), 0);
+    assert_eq!(count(&url_a, "SELECT count(*) FROM decisions WHERE request_id LIKE 'foreign-%'"), 0);
+    assert_eq!(count(&url_b, "SELECT count(*) FROM decisions WHERE request_id LIKE 'old-%'"), 0);
+    r2.terminate();
+    let kept = rusqlite::Connection::open(&spill)
+        .unwrap()
+        .query_row("SELECT coalesce(sum(records), 0) FROM set_aside", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    assert_eq!(kept, 3, "the foreign batches are kept in the spill file's set_aside table");
 }

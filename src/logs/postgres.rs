@@ -6,19 +6,27 @@
 //! and inserts skip ids already present, so a batch written twice lands once.
 //!
 //! The writer thread sends each batch as one multi-row INSERT per table (arrays through
-//! `unnest`, one prepared statement whatever the batch size). When PostgreSQL is unreachable, a
-//! write fails, or it takes longer than `write_timeout_ms` (a stalled server), the batch goes to
-//! a local SQLite spill file instead, and the spill is replayed, oldest first, once PostgreSQL
-//! answers again; a record leaves the spill file only after its batch is committed. Nothing on
-//! the Route path waits for any of this.
+//! `unnest`, one prepared statement whatever the batch size). Failures are sorted
+//! (`failure::classify`):
+//! - transient (unreachable, a closed connection, longer than `write_timeout_ms`, SQLSTATE
+//!   classes 08, 40, 53, 57, 58): the batch goes to a local SQLite spill file (`spill`) and
+//!   the spill is replayed, oldest first, once PostgreSQL answers again; a record leaves the
+//!   spill file only after its batch is committed;
+//! - permanent (classes 22, 23, 42 and the rest): the batch is split in halves until the
+//!   refused rows are found (`failure::isolate`); they go to the `dead_letters` table (or, if
+//!   that fails too, the spill file's) and are counted, and the rest land. The same holds for
+//!   a spilled batch on replay, so no row ever holds up the log.
+//!
+//! Nothing on the Route path waits for any of this. Retention deletes in chunks on a thread and
+//! a connection of its own (`retention`).
 //!
 //! The client is `tokio-postgres`, driven by a single-thread runtime of the connection's own
 //! ([`Db`]), so that every call from the (synchronous) writer thread has a time limit. TLS
 //! (rustls) is asked for in the URL with libpq's `sslmode` and `sslrootcert` ([`transport`]).
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     str::FromStr,
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -27,32 +35,24 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+pub use super::pg_url::{client_tls, is_url, redact, transport, Transport};
 use super::{
+    failure::{self, Batch, WriteError},
+    retention::Retention,
+    spill::{Destination, LocalDeadLetter, Spill, Spilled},
     store::{self, ExportSkips, Joined},
     DecisionRecord, FeedbackRecord, LogConfig, LogError, LogStats,
 };
 use crate::learning::LogRecord;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "decision log tables", include_str!("../../migrations/postgres/0001_decision_log.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "decision log tables", include_str!("../../migrations/postgres/0001_decision_log.sql")),
+    (3, "dead letters", include_str!("../../migrations/postgres/0003_dead_letter.sql")),
+];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
 const MIGRATION_LOCK: i64 = 0x706f_696e_7473_6d6e;
-
-/// True for a `postgres://` or `postgresql://` URL.
-pub fn is_url(s: &str) -> bool {
-    s.starts_with("postgres://") || s.starts_with("postgresql://")
-}
-
-/// The URL with its password replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
 
 fn pg_err(url: &str) -> impl Fn(tokio_postgres::Error) -> LogError + '_ {
     move |source| LogError::Postgres { url: redact(url), detail: describe(&source), source: Some(source) }
@@ -81,96 +81,6 @@ pub fn answered(e: &LogError) -> bool {
     // tokio-postgres exposes no error kind; its TLS kind displays as this (0.7).
     let tls = |s: &tokio_postgres::Error| s.to_string().starts_with("error performing TLS handshake");
     matches!(e, LogError::Postgres { source: Some(s), .. } if s.as_db_error().is_some() || tls(s)) || matches!(e, LogError::Schema { .. })
-}
-
-/// How a URL asks to reach its server: libpq's `sslmode` and `sslrootcert` parameters, so that
-/// a URL written for `psql` works unchanged.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transport {
-    /// No `sslmode`, or `disable`, `allow` or `prefer`: plaintext (an unverified TLS session
-    /// would protect against nothing an attacker on the path cannot undo).
-    Plain,
-    /// `require`, `verify-ca` or `verify-full`: TLS, the server's certificate verified against
-    /// `sslrootcert` (a PEM file of CA certificates) or else the system's roots, and its host
-    /// name checked, whichever of the three is given (stricter than libpq's `require`).
-    Tls {
-        /// `sslrootcert`.
-        root_cert: Option<PathBuf>,
-    },
-}
-
-/// Splits `sslmode` and `sslrootcert` off `url`: the URL tokio-postgres is given (with
-/// `sslmode=require` or `sslmode=disable`) and the transport.
-pub fn transport(url: &str) -> Result<(String, Transport), String> {
-    let Some((base, query)) = url.split_once('?') else { return Ok((format!("{url}?sslmode=disable"), Transport::Plain)) };
-    let (mut mode, mut root_cert, mut rest) = (None, None, Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", v)) => mode = Some(v.to_string()),
-            Some(("sslrootcert", v)) => root_cert = Some(PathBuf::from(percent_decode(v).map_err(|m| format!("sslrootcert: {m}"))?)),
-            _ => rest.push(pair),
-        }
-    }
-    let transport = match mode.as_deref() {
-        None | Some("disable" | "allow" | "prefer") => {
-            if root_cert.is_some() {
-                return Err(format!(
-                    "sslrootcert is given but sslmode is {}: add sslmode=verify-full to use TLS",
-                    mode.as_deref().unwrap_or("unset")
-                ));
-            }
-            Transport::Plain
-        }
-        Some("require" | "verify-ca" | "verify-full") => Transport::Tls { root_cert },
-        Some(other) => {
-            return Err(format!("sslmode must be disable, allow, prefer, require, verify-ca or verify-full. Given: `{other}`"));
-        }
-    };
-    rest.push(if matches!(transport, Transport::Plain) { "sslmode=disable" } else { "sslmode=require" });
-    Ok((format!("{base}?{}", rest.join("&")), transport))
-}
-
-/// `%XX` escapes of a URL parameter.
-fn percent_decode(v: &str) -> Result<String, String> {
-    let (bytes, mut out, mut i) = (v.as_bytes(), Vec::new(), 0);
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = v.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| format!("bad escape in `{v}`"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("`{v}` is not UTF-8"))
-}
-
-/// The rustls client settings of [`Transport::Tls`]: the CA certificates of `root_cert`, or the
-/// system's.
-pub fn client_tls(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match root_cert {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("sslrootcert {}: no PEM certificate in it", path.display()));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                return Err("sslmode asks for TLS and the system has no root certificates: set sslrootcert to the server's CA".into());
-            }
-        }
-    }
-    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Longest wait for a migration (another replica may hold the migration lock) or a read.
@@ -235,6 +145,10 @@ impl Db {
 
     /// Applies the migrations this build knows and the database lacks; returns the schema
     /// version. Refuses a database migrated by a newer build.
+    // NOTE: hand-written rather than refinery or sqlx::migrate!: it is one transaction under an
+    // advisory lock over the connection `Db` already drives with time limits; refinery's
+    // tokio-postgres runner and sqlx would bring a second client (sqlx: a second driver) for
+    // twenty lines.
     pub fn migrate(&mut self) -> Result<i32, LogError> {
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         let Db { rt, client, url } = self;
@@ -282,13 +196,63 @@ impl Db {
         block(rt, url, SLOW, async { Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0)) })
     }
 
-    fn delete_older(&mut self, min_ts_ms: i64, limit: Duration) -> Result<u64, LogError> {
+    /// The first column of the first row of `sql`, as a boolean.
+    pub fn query_bool(&mut self, sql: &str) -> Result<bool, LogError> {
+        let Db { rt, client, url } = self;
+        block(rt, url, Duration::from_secs(30), async { Ok(client.query_one(sql, &[]).await?.get::<_, bool>(0)) })
+    }
+
+    /// Runs one statement within `limit`; returns the rows it changed.
+    pub fn execute(&mut self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)], limit: Duration) -> Result<u64, LogError> {
+        let Db { rt, client, url } = self;
+        block(rt, url, limit, client.execute(sql, params))
+    }
+
+    /// The database's identity: the cluster's `system_identifier` (from `pg_control_system()`,
+    /// or, where that is not granted, the database's oid and the server's address) and the
+    /// database's name. A spilled batch is replayed only into the database it names.
+    pub fn identity(&mut self, limit: Duration) -> Result<String, LogError> {
         let Db { rt, client, url } = self;
         block(rt, url, limit, async {
-            let d = client.execute("DELETE FROM decisions WHERE ts_ms < $1", &[&min_ts_ms]).await?;
-            let f = client.execute("DELETE FROM feedback WHERE ts_ms < $1", &[&min_ts_ms]).await?;
-            Ok(d + f)
+            let sysid = client.query_one("SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()", &[]).await;
+            match sysid {
+                Ok(row) => Ok(row.get::<_, String>(0)),
+                Err(e) if e.as_db_error().is_some() => {
+                    let row = client
+                        .query_one(
+                            "SELECT 'oid ' || d.oid::text || ' at ' || coalesce(host(inet_server_addr()), 'local') || ':' || coalesce(inet_server_port(), 0)::text || '/' || d.datname
+                             FROM pg_database d WHERE d.datname = current_database()",
+                            &[],
+                        )
+                        .await?;
+                    Ok(row.get::<_, String>(0))
+                }
+                Err(e) => Err(e),
+            }
         })
+    }
+
+    /// Writes refused rows to the `dead_letters` table within `limit` (ids already there are
+    /// skipped).
+    fn insert_dead_letters(&mut self, rows: &[DeadLetter], limit: Duration) -> Result<u64, LogError> {
+        let Db { rt, client, url } = self;
+        block(
+            rt,
+            url,
+            limit,
+            client.execute(
+                INSERT_DEAD_LETTERS,
+                &[
+                    &rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+                    &rows.iter().map(|r| r.kind).collect::<Vec<_>>(),
+                    &rows.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(),
+                    &rows.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+                    &rows.iter().map(|r| r.sqlstate.as_deref()).collect::<Vec<_>>(),
+                    &rows.iter().map(|r| r.error.as_str()).collect::<Vec<_>>(),
+                    &rows.iter().map(|r| r.record.as_str()).collect::<Vec<_>>(),
+                ],
+            ),
+        )
     }
 }
 
@@ -374,7 +338,72 @@ impl Rows {
     fn len(&self) -> usize {
         self.decisions.len() + self.feedback.len()
     }
+
+    /// The rows as dead letters, refused with `error`.
+    fn dead_letters(&self, error: &LogError) -> Vec<DeadLetter> {
+        let sqlstate = failure::sqlstate(error).map(str::to_string);
+        let error = super::storable(&error.to_string()).into_owned();
+        let letter = |id: Uuid, kind: &'static str, request_id: &str, ts_ms: i64, record: String| DeadLetter {
+            id,
+            kind,
+            request_id: super::storable(request_id).into_owned(),
+            ts_ms,
+            sqlstate: sqlstate.clone(),
+            error: error.clone(),
+            record,
+        };
+        let json = |r: &dyn erased::Json| r.json();
+        let mut out: Vec<DeadLetter> = self.decisions.iter().map(|d| letter(d.id, "decision", &d.request_id, d.ts_ms, json(d))).collect();
+        out.extend(self.feedback.iter().map(|f| letter(f.id, "feedback", &f.request_id, f.ts_ms, json(f))));
+        out
+    }
 }
+
+/// Serialising either row type behind one reference.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"unserialisable\": {:?}}}", e.to_string()))
+        }
+    }
+}
+
+impl Batch for Rows {
+    fn len(&self) -> usize {
+        Rows::len(self)
+    }
+
+    /// The first half of the records (decisions first, then feedback) and the rest.
+    fn split(mut self) -> (Self, Self) {
+        let half = Rows::len(&self) / 2;
+        let rest = if half <= self.decisions.len() {
+            Rows { decisions: self.decisions.split_off(half), feedback: std::mem::take(&mut self.feedback) }
+        } else {
+            Rows { decisions: Vec::new(), feedback: self.feedback.split_off(half - self.decisions.len()) }
+        };
+        (self, rest)
+    }
+}
+
+/// A row PostgreSQL refused for good, as kept in `dead_letters`.
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    id: Uuid,
+    kind: &'static str,
+    request_id: String,
+    ts_ms: i64,
+    sqlstate: Option<String>,
+    error: String,
+    record: String,
+}
+
+const INSERT_DEAD_LETTERS: &str = "
+INSERT INTO dead_letters (id, kind, request_id, ts_ms, sqlstate, error, record)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
 INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
@@ -437,99 +466,6 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
     Ok(added)
 }
 
-/// The local SQLite file that holds batches PostgreSQL could not take, oldest first.
-struct Spill {
-    path: PathBuf,
-    conn: Option<rusqlite::Connection>,
-    /// Records waiting in the file.
-    records: u64,
-}
-
-impl Spill {
-    /// Opens (creating) the file and takes it for this process alone: the batches a previous
-    /// run left are replayed, and a second replica pointed at the same file is refused (it
-    /// would replay, and count, this one's batches).
-    fn open(path: PathBuf) -> Result<Self, LogError> {
-        let mut spill = Spill { path, conn: None, records: 0 };
-        let path = spill.path.clone();
-        let in_use = |err: &rusqlite::Error| LogError::Schema {
-            path: path.clone(),
-            message: format!("the spill file is in use by another process ({err}); give each replica its own decision_log.spill_path"),
-        };
-        let busy = |err: &rusqlite::Error| {
-            matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-        };
-        let e = store::db_err(&path);
-        let conn = match spill.connect() {
-            Ok(c) => c,
-            Err(LogError::Db { source, .. }) if busy(&source) => return Err(in_use(&source)),
-            Err(other) => return Err(other),
-        };
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(e)?;
-        if let Err(err) = conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
-            return Err(if busy(&err) { in_use(&err) } else { e(err) });
-        }
-        let records: i64 = conn.query_row("SELECT coalesce(sum(records), 0) FROM spill", [], |r| r.get(0)).map_err(e)?;
-        spill.records = records as u64;
-        Ok(spill)
-    }
-
-    fn connect(&mut self) -> Result<&mut rusqlite::Connection, LogError> {
-        if self.conn.is_none() {
-            let e = store::db_err(&self.path);
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
-            }
-            let conn = rusqlite::Connection::open(&self.path).map_err(e)?;
-            // The file is this process's alone (see `open`): another holder is an error, not a wait.
-            conn.busy_timeout(std::time::Duration::ZERO).map_err(e)?;
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-            // Each spilled batch is the only copy of records already acknowledged: FULL.
-            conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-            conn.execute_batch("CREATE TABLE IF NOT EXISTS spill (seq INTEGER PRIMARY KEY, records INTEGER NOT NULL, batch TEXT NOT NULL)")
-                .map_err(e)?;
-            self.conn = Some(conn);
-        }
-        Ok(self.conn.as_mut().expect("connected above"))
-    }
-
-    fn push(&mut self, rows: &Rows) -> Result<(), LogError> {
-        let path = self.path.clone();
-        let json = serde_json::to_string(rows).map_err(|e| LogError::Schema { path: path.clone(), message: e.to_string() })?;
-        self.connect()?
-            .execute("INSERT INTO spill (records, batch) VALUES (?1, ?2)", rusqlite::params![rows.len() as i64, json])
-            .map_err(store::db_err(&path))?;
-        self.records += rows.len() as u64;
-        Ok(())
-    }
-
-    /// The oldest spilled batch.
-    fn oldest(&mut self) -> Result<Option<(i64, Rows)>, LogError> {
-        let path = self.path.clone();
-        let e = store::db_err(&path);
-        let row: Option<(i64, String)> = {
-            use rusqlite::OptionalExtension;
-            self.connect()?
-                .query_row("SELECT seq, batch FROM spill ORDER BY seq LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(e)?
-        };
-        row.map(|(seq, json)| {
-            serde_json::from_str(&json)
-                .map(|rows| (seq, rows))
-                .map_err(|err| LogError::Schema { path: path.clone(), message: format!("spilled batch {seq} is unreadable: {err}") })
-        })
-        .transpose()
-    }
-
-    fn remove(&mut self, seq: i64, records: usize) -> Result<(), LogError> {
-        let path = self.path.clone();
-        self.connect()?.execute("DELETE FROM spill WHERE seq = ?1", [seq]).map_err(store::db_err(&path))?;
-        self.records = self.records.saturating_sub(records as u64);
-        Ok(())
-    }
-}
-
 /// The longest a connection attempt takes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -544,15 +480,19 @@ pub(crate) struct PgSink {
     next_try: Instant,
     spill: Spill,
     migrated: bool,
+    /// Where this run's batches go: the URL's database, and its identity once reached.
+    destination: Destination,
+    last_drop_warning: Option<Instant>,
+    /// Prunes old rows on its own thread and connection (stops when the sink is dropped).
+    _retention: Option<Retention>,
 }
 
 impl PgSink {
     /// Connects and migrates. A server that answers with an error (authentication, a missing
     /// database, a schema from a newer build) is a configuration error and fails here; a server
     /// that does not answer is not: records spill until it does.
-    pub(crate) fn open(cfg: &LogConfig, url: &str, stats: &LogStats) -> Result<Self, LogError> {
-        let spill = Spill::open(cfg.spill_path.clone())?;
-        stats.spilled.store(spill.records, Ordering::Relaxed);
+    pub(crate) fn open(cfg: &LogConfig, url: &str, stats: &Arc<LogStats>) -> Result<Self, LogError> {
+        let spill = Spill::open(cfg.spill_path.clone(), cfg.spill_max_bytes)?;
         let mut sink = PgSink {
             url: url.to_string(),
             write_timeout: Duration::from_millis(cfg.write_timeout_ms),
@@ -560,7 +500,11 @@ impl PgSink {
             next_try: Instant::now(),
             spill,
             migrated: false,
+            destination: Destination { target: super::pg_url::target(url), database: None },
+            last_drop_warning: None,
+            _retention: None,
         };
+        sink.gauges(stats);
         match sink.try_connect(stats) {
             Ok(()) => {}
             Err(e) if answered(&e) => return Err(e),
@@ -572,6 +516,7 @@ impl PgSink {
         if sink.spill.records > 0 {
             tracing::info!(records = sink.spill.records, spill = %cfg.spill_path.display(), "decision log: spilled records from an earlier run will be replayed");
         }
+        sink._retention = Retention::start(cfg, url, stats);
         Ok(sink)
     }
 
@@ -582,6 +527,9 @@ impl PgSink {
             client.migrate()?;
             self.migrated = true;
         }
+        // Asked at every connection: a URL that now leads to another database must not take
+        // the batches spilled for the previous one.
+        self.destination.database = Some(client.identity(CONNECT_TIMEOUT.max(self.write_timeout))?);
         self.client = Some(client);
         stats.backend_up.store(true, Ordering::Relaxed);
         Ok(())
@@ -610,31 +558,115 @@ impl PgSink {
         stats.backend_up.store(false, Ordering::Relaxed);
     }
 
+    fn gauges(&self, stats: &LogStats) {
+        stats.spilled.store(self.spill.records, Ordering::Relaxed);
+        stats.spill_bytes.store(self.spill.bytes, Ordering::Relaxed);
+    }
+
     /// Writes a batch to PostgreSQL, or to the spill file while older batches wait there or
-    /// PostgreSQL fails. Errors only when both fail (the records are lost).
+    /// PostgreSQL fails. Rows PostgreSQL refuses for good go to the dead-letter table and the
+    /// rest land. Errors only when the spill file fails too (the records are lost).
     pub(crate) fn write(&mut self, decisions: &[DecisionRecord], feedback: &[FeedbackRecord], stats: &LogStats) -> Result<(), LogError> {
         let rows = Rows::new(decisions, feedback);
         // Order is kept: while a backlog waits, new batches queue behind it.
-        if self.spill.records == 0 {
-            let limit = self.write_timeout;
-            if let Some(client) = self.client(stats) {
-                match client.insert(&rows, limit) {
-                    Ok(_) => return Ok(()),
-                    Err(e) => self.lost(stats, &e.to_string()),
-                }
+        if self.spill.records == 0 && self.client(stats).is_some() {
+            match self.deliver(&rows, stats) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.lost(stats, &e.to_string()),
             }
         }
-        self.spill.push(&rows)?;
-        stats.spilled.store(self.spill.records, Ordering::Relaxed);
-        stats.spilled_total.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let result = self.spill_push(&rows, stats);
+        self.gauges(stats);
+        result
+    }
+
+    fn spill_push(&mut self, rows: &Rows, stats: &LogStats) -> Result<(), LogError> {
+        let path = self.spill.path().to_path_buf();
+        let json = serde_json::to_string(rows).map_err(|e| LogError::Schema { path, message: e.to_string() })?;
+        let n = rows.len() as u64;
+        if self.spill.push(n, &json, &self.destination)? {
+            stats.spilled_total.fetch_add(n, Ordering::Relaxed);
+        } else {
+            let dropped = stats.spill_dropped.fetch_add(n, Ordering::Relaxed) + n;
+            if self.last_drop_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                self.last_drop_warning = Some(Instant::now());
+                tracing::warn!(
+                    dropped_total = dropped,
+                    spill_bytes = self.spill.bytes,
+                    "decision log: the spill file is at decision_log.spill_max_bytes; new batches are dropped until PostgreSQL takes the backlog"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Writes `rows` over the live connection. A permanent error splits the batch until the
+    /// refused rows are found (`failure::isolate`); they go to the dead-letter table and the
+    /// rest land. Errors on a transient failure (the caller keeps the batch).
+    fn deliver(&mut self, rows: &Rows, stats: &LogStats) -> Result<(), LogError> {
+        let limit = self.write_timeout;
+        let Some(client) = self.client.as_mut() else {
+            return Err(LogError::Postgres { url: redact(&self.url), detail: "not connected".into(), source: None });
+        };
+        let out = failure::isolate(rows, &mut |b: &Rows| client.insert(b, limit).map(|_| ()).map_err(failure::classify))?;
+        if !out.refused.is_empty() {
+            self.dead_letter(out.refused, out.attempts, stats);
+        }
+        Ok(())
+    }
+
+    /// Keeps refused rows in PostgreSQL's `dead_letters` table, or, if that fails too, in the
+    /// spill file's; counts them.
+    fn dead_letter(&mut self, refused: Vec<failure::Refused<Rows>>, attempts: usize, stats: &LogStats) {
+        let letters: Vec<DeadLetter> = refused.iter().flat_map(|r| r.rows.dead_letters(&r.error)).collect();
+        for r in &refused {
+            tracing::error!(records = r.rows.len(), error = %r.error, attempts,
+                "decision log: PostgreSQL refused records for good; they go to the dead-letter table and the rest of the batch lands");
+        }
+        let limit = self.write_timeout;
+        let stored = match self.client.as_mut().map(|c| c.insert_dead_letters(&letters, limit)) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, spill = %self.spill.path().display(),
+                    "decision log: cannot write to PostgreSQL's dead_letters table; the refused records go to the spill file's");
+                if matches!(failure::classify(e), WriteError::Transient(_)) {
+                    self.lost(stats, "the dead-letter write failed");
+                }
+                self.local_dead_letters(&letters)
+            }
+            None => self.local_dead_letters(&letters),
+        };
+        match stored {
+            Ok(()) => {
+                stats.dead_letters.fetch_add(letters.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.write_failures.fetch_add(letters.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, records = letters.len(), "decision log: cannot keep refused records anywhere; they are lost");
+            }
+        }
+    }
+
+    fn local_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), LogError> {
+        let local: Vec<LocalDeadLetter> = letters
+            .iter()
+            .map(|l| LocalDeadLetter {
+                id: l.id.to_string(),
+                kind: l.kind,
+                request_id: Some(&l.request_id),
+                ts_ms: Some(l.ts_ms),
+                error: &l.error,
+                record: &l.record,
+            })
+            .collect();
+        self.spill.dead_letter(&local)
     }
 
     /// Replays spilled batches, oldest first, while PostgreSQL takes them (at most `budget`).
     pub(crate) fn replay(&mut self, stats: &LogStats, budget: Duration) {
         self.replay_batches(stats, budget);
-        // On every way out, PostgreSQL lost half-way included: the gauge is the file's count.
-        stats.spilled.store(self.spill.records, Ordering::Relaxed);
+        // On every way out, PostgreSQL lost half-way included: the gauges are the file's.
+        self.gauges(stats);
     }
 
     fn replay_batches(&mut self, stats: &LogStats, budget: Duration) {
@@ -643,10 +675,10 @@ impl PgSink {
             if self.client(stats).is_none() {
                 return;
             }
-            let (seq, rows) = match self.spill.oldest() {
+            let b = match self.spill.oldest() {
                 Ok(Some(b)) => b,
                 Ok(None) => {
-                    self.spill.records = 0;
+                    (self.spill.records, self.spill.bytes) = (0, 0);
                     return;
                 }
                 Err(e) => {
@@ -654,43 +686,61 @@ impl PgSink {
                     return;
                 }
             };
-            let Some(client) = self.client.as_mut() else { return };
-            match client.insert(&rows, self.write_timeout) {
-                Ok(added) => {
-                    if let Err(e) = self.spill.remove(seq, rows.len()) {
-                        // Replayed again later; the ids make the second insert a no-op.
-                        tracing::error!(error = %e, "decision log: cannot remove a replayed batch from the spill file");
-                        return;
-                    }
-                    stats.replayed.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    tracing::debug!(records = rows.len(), added, left = self.spill.records, "decision log: replayed a spilled batch");
-                    if self.spill.records == 0 {
-                        tracing::info!("decision log: the spill file is replayed; writing to PostgreSQL again");
-                    }
-                }
-                Err(e) => {
-                    self.lost(stats, &e.to_string());
+            if !b.destination.accepts(&self.destination) {
+                let reason = format!("this replica now writes to {}", self.destination.target);
+                if let Err(e) = self.spill.set_aside(&b, &reason) {
+                    tracing::error!(error = %e, "decision log: cannot set a spilled batch aside");
                     return;
                 }
+                stats.spill_set_aside.fetch_add(b.records, Ordering::Relaxed);
+                continue;
             }
+            match serde_json::from_str::<Rows>(&b.batch) {
+                Ok(rows) => match self.deliver(&rows, stats) {
+                    Ok(()) => self.replayed(&b, stats),
+                    Err(e) => {
+                        self.lost(stats, &e.to_string());
+                        return;
+                    }
+                },
+                // Unreadable: kept whole as a dead letter, never in the way of the rest.
+                Err(e) => {
+                    let error = format!("spilled batch {} is unreadable: {e}", b.seq);
+                    let letter = LocalDeadLetter {
+                        id: format!("spill-batch-{}-{}", b.seq, Uuid::now_v7()),
+                        kind: "batch",
+                        request_id: None,
+                        ts_ms: None,
+                        error: &error,
+                        record: &b.batch,
+                    };
+                    tracing::error!(%error, "decision log: a spilled batch goes to the spill file's dead_letters table");
+                    if let Err(e) = self.spill.dead_letter(&[letter]).and_then(|()| self.spill.remove(&b)) {
+                        tracing::error!(error = %e, "decision log: cannot set an unreadable spilled batch aside");
+                        return;
+                    }
+                    stats.dead_letters.fetch_add(b.records, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn replayed(&mut self, b: &Spilled, stats: &LogStats) {
+        if let Err(e) = self.spill.remove(b) {
+            // Replayed again later; the ids make the second insert a no-op.
+            tracing::error!(error = %e, "decision log: cannot remove a replayed batch from the spill file");
+            return;
+        }
+        stats.replayed.fetch_add(b.records, Ordering::Relaxed);
+        tracing::debug!(records = b.records, left = self.spill.records, "decision log: replayed a spilled batch");
+        if self.spill.records == 0 {
+            tracing::info!("decision log: the spill file is replayed; writing to PostgreSQL again");
         }
     }
 
     /// True while batches wait in the spill file.
     pub(crate) fn backlog(&self) -> bool {
         self.spill.records > 0
-    }
-
-    /// Deletes rows older than `min_ts_ms` (age only: the size of a shared database is its
-    /// operator's). Replicas may run it at once; the deletes commute.
-    pub(crate) fn enforce_retention(&mut self, min_ts_ms: i64, stats: &LogStats) -> Result<u64, LogError> {
-        let limit = self.write_timeout.max(Duration::from_secs(60));
-        let Some(client) = self.client(stats) else { return Ok(0) };
-        let result = client.delete_older(min_ts_ms, limit);
-        if let Err(e) = &result {
-            self.lost(stats, &e.to_string());
-        }
-        result
     }
 }
 
@@ -752,50 +802,11 @@ pub fn source_name(source: &Path) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://me:secret@db:5432/log"), "postgres://me:***@db:5432/log");
-        assert_eq!(redact("postgres://me@db/log"), "postgres://me@db/log");
-        assert_eq!(redact("postgresql://db/log"), "postgresql://db/log");
-        assert!(is_url("postgresql://x") && is_url("postgres://x") && !is_url("decisions.db"));
-    }
-
-    #[test]
-    fn libpq_tls_parameters_choose_the_transport() {
-        let base = "postgres://me:secret@db:5432/log";
-        assert_eq!(transport(base).unwrap(), (format!("{base}?sslmode=disable"), Transport::Plain));
-        assert_eq!(transport(&format!("{base}?sslmode=prefer")).unwrap(), (format!("{base}?sslmode=disable"), Transport::Plain));
-        let (url, t) = transport(&format!("{base}?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem")).unwrap();
-        assert_eq!(url, format!("{base}?connect_timeout=3&sslmode=require"));
-        assert_eq!(t, Transport::Tls { root_cert: Some(PathBuf::from("/etc/ca x.pem")) });
-        assert!(url.parse::<tokio_postgres::Config>().is_ok());
-        assert_eq!(transport(&format!("{base}?sslmode=require")).unwrap().1, Transport::Tls { root_cert: None });
-        let err = transport(&format!("{base}?sslmode=verify_full")).unwrap_err();
-        assert!(err.contains("verify-full") && err.contains("`verify_full`"), "{err}");
-        let err = transport(&format!("{base}?sslrootcert=/ca.pem")).unwrap_err();
-        assert!(err.contains("sslmode is unset"), "{err}");
-        assert!(transport(&format!("{base}?sslmode=require&sslrootcert=%zz")).is_err());
-    }
-
-    #[test]
-    fn a_root_certificate_file_must_hold_a_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = client_tls(Some(&empty)).unwrap_err();
-        assert!(err.contains("no PEM certificate") && err.contains("empty.pem"), "{err}");
-        let err = client_tls(Some(&dir.path().join("missing.pem"))).unwrap_err();
-        assert!(err.contains("missing.pem"), "{err}");
-    }
-
-    #[test]
-    fn a_spilled_batch_round_trips_and_leaves_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spill.db");
-        let d = DecisionRecord {
-            request_id: "r1".into(),
+    fn decision(id: &str) -> DecisionRecord {
+        DecisionRecord {
+            request_id: id.into(),
             ts_ms: 5,
-            routing_text: None,
+            routing_text: Some("text \u{0} with a NUL".into()),
             embedding: Some(std::sync::Arc::from(vec![0.5f32, -2.0])),
             encoder: "e".into(),
             router_version: "v".into(),
@@ -805,23 +816,37 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 3,
             candidates: vec![],
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_split_in_order_and_become_dead_letters() {
+        let decisions: Vec<_> = (0..3).map(|i| decision(&format!("r{i}"))).collect();
+        let fb = FeedbackRecord {
+            request_id: "r0".into(),
+            ts_ms: 6,
+            model: "m".into(),
+            outcome: crate::health::Outcome::Success,
+            latency_ms: None,
+            input_tokens: None,
+            output_tokens: Some(3),
+            cost_usd: None,
+            quality: Some(0.5),
         };
-        let first = Rows::new(std::slice::from_ref(&d), &[]);
-        let second = Rows::new(&[d.clone(), d], &[]);
-        assert_ne!(first.decisions[0].id, second.decisions[0].id, "every record gets its own id");
-        let mut s = Spill::open(path.clone()).unwrap();
-        let taken = Spill::open(path.clone()).err().expect("a second process is refused").to_string();
-        assert!(taken.contains("give each replica its own decision_log.spill_path"), "{taken}");
-        s.push(&first).unwrap();
-        s.push(&second).unwrap();
-        drop(s);
-        // A restart finds the backlog and replays it oldest first.
-        let mut s = Spill::open(path).unwrap();
-        assert_eq!(s.records, 3);
-        let (seq, rows) = s.oldest().unwrap().unwrap();
-        assert_eq!(rows, first);
-        s.remove(seq, rows.len()).unwrap();
-        assert_eq!(s.oldest().unwrap().unwrap().1, second);
-        assert_eq!(s.records, 2);
+        let rows = Rows::new(&decisions, std::slice::from_ref(&fb));
+        assert_ne!(rows.decisions[0].id, rows.decisions[1].id, "every record gets its own id");
+        let json = serde_json::to_string(&rows).unwrap();
+        assert_eq!(serde_json::from_str::<Rows>(&json).unwrap(), rows, "what the spill file keeps reads back");
+        let (first, rest) = rows.split();
+        assert_eq!((first.decisions.len(), first.feedback.len(), rest.decisions.len(), rest.feedback.len()), (2, 0, 1, 1));
+        let (d, f) = rest.split();
+        assert_eq!((d.decisions[0].request_id.as_str(), f.feedback[0].request_id.as_str()), ("r2", "r0"));
+        let error = LogError::Postgres { url: "postgres://db".into(), detail: "bad \u{0}".into(), source: None };
+        let letters = first.dead_letters(&error);
+        assert_eq!(letters.len(), 2);
+        // Storable in a PostgreSQL text column: the NUL is escaped in the JSON, replaced in the error.
+        assert!(letters.iter().all(|l| !l.record.contains('\0') && !l.error.contains('\0')));
+        assert!(letters[0].record.contains("\\u0000"), "{}", letters[0].record);
+        assert_eq!((letters[0].kind, letters[1].request_id.as_str()), ("decision", "r1"));
     }
 }

@@ -186,8 +186,10 @@ pub struct Pruned {
     pub feedback: usize,
 }
 
-/// Deletes rows older than `min_ts_ms`, then the oldest tenth at a time while the database is
-/// over `max_bytes` (0 = no size limit), and gives the space back.
+/// Deletes rows older than `min_ts_ms`, then the oldest rows while the database is over
+/// `max_bytes` (0 = no size limit), and gives the space back. Each size pass deletes the share
+/// of each table the database is over by (at least a tenth), its cut-off read off the table's
+/// `ts_ms` index (no sort), so one or two passes usually do.
 pub fn enforce_retention(conn: &mut Connection, min_ts_ms: Option<i64>, max_bytes: u64) -> rusqlite::Result<Pruned> {
     let mut pruned = Pruned::default();
     if let Some(min) = min_ts_ms {
@@ -196,25 +198,30 @@ pub fn enforce_retention(conn: &mut Connection, min_ts_ms: Option<i64>, max_byte
     }
     if max_bytes > 0 {
         for _ in 0..64 {
-            if used_bytes(conn)? <= max_bytes as i64 {
+            let used = used_bytes(conn)?;
+            if used <= max_bytes as i64 {
                 break;
             }
-            let rows: i64 =
-                conn.query_row("SELECT (SELECT count(*) FROM decisions) + (SELECT count(*) FROM feedback)", [], |r| r.get(0))?;
-            if rows == 0 {
+            let share = ((used - max_bytes as i64) as f64 / used as f64 + 0.02).clamp(0.1, 1.0);
+            let mut deleted = 0;
+            for (table, count) in [("decisions", &mut pruned.decisions), ("feedback", &mut pruned.feedback)] {
+                let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+                if rows == 0 {
+                    continue;
+                }
+                let offset = ((rows as f64 * share) as i64).min(rows - 1);
+                let cut: Option<i64> = conn
+                    .query_row(&format!("SELECT ts_ms FROM {table} ORDER BY ts_ms LIMIT 1 OFFSET ?1"), [offset], |r| r.get(0))
+                    .optional()?;
+                if let Some(cut) = cut {
+                    let n = conn.execute(&format!("DELETE FROM {table} WHERE ts_ms <= ?1"), [cut])?;
+                    *count += n;
+                    deleted += n;
+                }
+            }
+            if deleted == 0 {
                 break;
             }
-            // The cut-off time below which a tenth of the rows lie (at least one row).
-            let cut: Option<i64> = conn
-                .query_row(
-                    "SELECT ts_ms FROM (SELECT ts_ms FROM decisions UNION ALL SELECT ts_ms FROM feedback) ORDER BY ts_ms LIMIT 1 OFFSET ?1",
-                    [(rows / 10).max(0)],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(cut) = cut else { break };
-            pruned.decisions += conn.execute("DELETE FROM decisions WHERE ts_ms <= ?1", [cut])?;
-            pruned.feedback += conn.execute("DELETE FROM feedback WHERE ts_ms <= ?1", [cut])?;
             conn.execute_batch("PRAGMA incremental_vacuum")?;
         }
     }

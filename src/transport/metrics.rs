@@ -108,11 +108,22 @@ pub fn render(service: &Service) -> String {
             ("pointsman_decision_log_write_failures_total", "Records lost to failed writes.", &s.write_failures),
             ("pointsman_decision_log_batches_total", "Committed write batches.", &s.batches),
             ("pointsman_decision_log_pruned_rows_total", "Rows removed by retention.", &s.pruned_rows),
+            (
+                "pointsman_decision_log_writer_restarts_total",
+                "Times the decision log's writer thread panicked and was started again.",
+                &s.writer_restarts,
+            ),
         ];
         for (name, help, v) in counters {
             page.counter(name, help, &[], load(v));
         }
         page.gauge("pointsman_decision_log_queued", "Records waiting for the writer.", &[], load(&s.queued) as f64);
+        page.gauge(
+            "pointsman_decision_log_queued_bytes",
+            "Bytes of the records waiting for the writer.",
+            &[],
+            load(&s.queued_bytes) as f64,
+        );
         if log.config().url.is_some() {
             page.gauge(
                 "pointsman_decision_log_backend_up",
@@ -133,6 +144,42 @@ pub fn render(service: &Service) -> String {
                 load(&s.spilled_total),
             );
             page.counter("pointsman_decision_log_replayed_total", "Spilled records since written to PostgreSQL.", &[], load(&s.replayed));
+            page.gauge(
+                "pointsman_decision_log_spill_bytes",
+                "Bytes of the batches waiting in the local spill file (capped by decision_log.spill_max_bytes).",
+                &[],
+                load(&s.spill_bytes) as f64,
+            );
+            page.counter(
+                "pointsman_decision_log_spill_dropped_total",
+                "Records dropped because the spill file was at decision_log.spill_max_bytes.",
+                &[],
+                load(&s.spill_dropped),
+            );
+            page.counter(
+                "pointsman_decision_log_spill_set_aside_total",
+                "Spilled records meant for another database, kept aside in the spill file instead of replayed.",
+                &[],
+                load(&s.spill_set_aside),
+            );
+            page.counter(
+                "pointsman_decision_log_dead_letters_total",
+                "Records PostgreSQL refused for good (a value it cannot store), kept in a dead-letter table; the rest of their batch landed.",
+                &[],
+                load(&s.dead_letters),
+            );
+            page.counter(
+                "pointsman_decision_log_retention_deletes_total",
+                "DELETE statements retention ran on PostgreSQL (each at most a few thousand rows).",
+                &[],
+                load(&s.retention_deletes),
+            );
+            page.counter(
+                "pointsman_decision_log_retention_skipped_total",
+                "Retention passes skipped on PostgreSQL because another replica was pruning (held the advisory lock).",
+                &[],
+                load(&s.retention_skipped),
+            );
         }
     }
     if let Some(shared) = service.shared_health() {
