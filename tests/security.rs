@@ -152,7 +152,7 @@ async fn one_report_per_offered_model_moves_health_and_only_verified_reports_are
     // only when asked for.
     let logs = pointsman::learning::read_logs(std::slice::from_ref(&db), true).unwrap();
     assert_eq!(logs.observations.len(), 1);
-    assert_eq!(logs.models, [victim.clone()]);
+    assert_eq!(logs.models, std::slice::from_ref(&victim));
     let (all, _) = pointsman::logs::read_training_lines(&db, pointsman::logs::store::FeedbackScope::All).unwrap();
     assert_eq!(all.len(), streak as usize + 1);
     assert!(all.iter().any(|l| l.model == other && l.score == 1.0));
