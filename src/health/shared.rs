@@ -501,9 +501,10 @@ fn collect(
     for (name, id, fields) in stream::entries(reply) {
         if name == streams.offered {
             *last_offer = id;
-            match stream::parse_offers(&fields) {
-                Some((from, offers)) if from != streams.replica => batch.offers.extend(offers),
-                _ => {}
+            // This replica's own batches are skipped unparsed.
+            let own = fields.iter().any(|(k, v)| k == "r" && *v == streams.replica);
+            if let Some((_, offers)) = stream::parse_offers(&fields).filter(|_| !own) {
+                batch.offers.extend(offers);
             }
             continue;
         }
