@@ -531,3 +531,93 @@ fn collect(
     }
     batch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn reply(stream: &str, entries: &[(&str, Vec<String>)]) -> Value {
+        let entries = entries.iter().map(|(id, kv)| Value::Array(vec![b(id), Value::Array(kv.iter().map(|s| b(s)).collect())])).collect();
+        Value::Array(vec![Value::Array(vec![b(stream), Value::Array(entries)])])
+    }
+
+    fn report(replica: &str, seq: u64, request_id: &str, model: &str) -> Vec<String> {
+        let r = Report {
+            request_id: Some(request_id.into()),
+            model: model.into(),
+            outcome: Outcome::ServerError,
+            latency_ms: None,
+            ts_ms: now_ms(),
+        };
+        stream::report_fields(replica, seq, &r).into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
+    }
+
+    /// A reader's state, fed one reply at a time.
+    struct Reader {
+        streams: Streams,
+        known: HashSet<String>,
+        seen: Seen,
+        last: String,
+        last_offer: String,
+        tracker: HealthTracker,
+        offers: Offers,
+        stats: SharedStats,
+    }
+
+    impl Reader {
+        fn read(&mut self, entries: &[(&str, Vec<String>)], stream: &str) -> Applied {
+            let cursors = (&mut self.last, &mut self.last_offer);
+            let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, cursors, 60_000, &self.stats);
+            apply(batch, &self.tracker, &self.offers)
+        }
+    }
+
+    #[test]
+    fn a_re_sent_pipeline_and_a_report_counted_here_are_applied_once() {
+        let mut r = Reader {
+            streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
+            known: ["m".to_string()].into(),
+            seen: Seen::default(),
+            last: String::new(),
+            last_offer: String::new(),
+            tracker: HealthTracker::new(super::super::HealthConfig::default()),
+            offers: Offers::new(1000),
+            stats: SharedStats::default(),
+        };
+        // B's pipeline of three reports is applied, then sent again in full with a fourth after a
+        // lost answer: only the fourth is new. One of B's reports is on a model outside the catalog.
+        let first: Vec<(&str, Vec<String>)> = vec![
+            ("1-0", report("B", 1, "r1", "m")),
+            ("1-1", report("B", 2, "r2", "m")),
+            ("1-2", report("B", 3, "r3", "not-in-catalog")),
+            ("1-3", report("me", 1, "r9", "m")),
+        ];
+        let done = r.read(&first, "k:reports");
+        assert_eq!((done.reports, done.duplicates), (2, 0));
+        let mut again = first[..3].to_vec();
+        again.push(("2-0", report("B", 4, "r4", "m")));
+        let done = r.read(&again, "k:reports");
+        assert_eq!((done.reports, done.duplicates), (1, 0));
+        assert_eq!(r.stats.duplicates.load(Ordering::Relaxed), 3, "the re-sent three were skipped by sequence number");
+        assert_eq!(r.tracker.snapshot("m", Instant::now()).consecutive_failures, 3);
+        // A report this replica counted itself, then C's copy of it: applied once.
+        r.offers.offer("r5", ["m"]);
+        assert!(r.offers.claim("r5", "m", true, false).counts);
+        let done = r.read(&[("3-0", report("C", 1, "r5", "m"))], "k:reports");
+        assert_eq!((done.reports, done.duplicates), (0, 1));
+        assert_eq!(r.last, "3-0");
+        // Offered sets: the other replicas' are added, this one's skipped.
+        let batch = |replica: &str, id: &str| {
+            vec!["r".to_string(), replica.to_string(), "b".into(), stream::offers_json(&[Offer(id.into(), vec!["m".into()])])]
+        };
+        let done = r.read(&[("4-0", batch("B", "r6")), ("4-1", batch("me", "r7"))], "k:offered");
+        assert_eq!(done.offers, 1);
+        assert_eq!(r.last_offer, "4-1");
+        assert!(r.offers.claim("r6", "m", true, false).verified);
+        assert!(!r.offers.claim("r7", "m", true, false).known_request);
+    }
+}
