@@ -183,14 +183,15 @@ async fn main() {
         fleet.clone().list_models(ListModelsRequest {}).await.unwrap().into_inner().models.into_iter().map(|m| m.model).collect();
     let mut seen = Vec::new();
     for model in models.iter().take(15) {
-        let fb = FeedbackRequest {
-            request_id: "breaker".into(),
-            model: model.clone(),
-            outcome: Outcome::ServerError as i32,
-            ..Default::default()
-        };
-        for _ in 0..5 {
-            fleet.clone().feedback(fb.clone()).await.unwrap();
+        // One report per request id and model counts: five requests (count_unknown_requests).
+        for i in 0..5 {
+            let fb = FeedbackRequest {
+                request_id: format!("breaker-{i}"),
+                model: model.clone(),
+                outcome: Outcome::ServerError as i32,
+                ..Default::default()
+            };
+            fleet.clone().feedback(fb).await.unwrap();
         }
         let t = Instant::now();
         loop {

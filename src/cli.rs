@@ -302,11 +302,12 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Writes the decision log's labelled feedback as routing-log lines (`-` = standard output;
-/// gzip when `out` ends in `.gz`) and prints a summary on standard error.
-pub fn export_logs(db: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+/// Writes the decision log's labelled feedback in `scope` (verified reports only, unless
+/// `--unverified-feedback`) as routing-log lines (`-` = standard output; gzip when `out` ends in
+/// `.gz`) and prints a summary on standard error.
+pub fn export_logs(db: &std::path::Path, out: &std::path::Path, scope: crate::logs::store::FeedbackScope) -> anyhow::Result<()> {
     use std::io::Write;
-    let (lines, skips) = crate::logs::read_training_lines(db)?;
+    let (lines, skips) = crate::logs::read_training_lines(db, scope)?;
     let (decisions, feedback) = crate::logs::read_counts(db)?;
     let mut w: Box<dyn Write> = if out.as_os_str() == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
@@ -325,10 +326,12 @@ pub fn export_logs(db: &std::path::Path, out: &std::path::Path) -> anyhow::Resul
     w.flush()?;
     drop(w);
     eprintln!(
-        "{}: {decisions} decisions, {feedback} feedback reports -> {} training lines; skipped: {} without a decision in this log, {} without a quality label (availability outcomes, unrated successes), {} without output_tokens",
+        "{}: {decisions} decisions, {feedback} feedback reports -> {} training lines; skipped: {} without a decision in this log, {} on a model not offered for the request and {} not verified (repeats, or unknown to the replica that logged them; --unverified-feedback takes both), {} without a quality label (availability outcomes, unrated successes), {} without output_tokens",
         crate::logs::postgres::source_name(db),
         lines.len(),
         skips.no_decision,
+        skips.not_offered,
+        skips.unverified,
         skips.no_quality,
         skips.no_output_tokens
     );

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use pointsman::{
     config::{self, Config, EncoderVariant},
     learning::{job::TrainJob, TrainConfig},
+    logs::store::FeedbackScope,
     pb,
 };
 
@@ -72,6 +73,11 @@ struct ExportArgs {
     /// Output file (JSON Lines; gzip when it ends in .gz); `-` for standard output.
     #[arg(long, default_value = "-")]
     out: PathBuf,
+    /// Also export reports that were not verified: repeats of a report on the same request id
+    /// and model, reports on models not offered for the request, reports a replica logged
+    /// without knowing the decision. Anyone allowed to call Feedback can write those.
+    #[arg(long, env = "POINTSMAN_EXPORT_UNVERIFIED_FEEDBACK")]
+    unverified_feedback: bool,
 }
 
 #[derive(Args, Debug)]
@@ -384,7 +390,8 @@ async fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Logs(LogsCommand::Export(a)) => {
             let db = a.db.unwrap_or_else(|| cfg.decision_log.url.clone().map_or_else(|| cfg.decision_log.path.clone(), PathBuf::from));
-            tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out)).await??;
+            let scope = if a.unverified_feedback { FeedbackScope::All } else { FeedbackScope::Verified };
+            tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out, scope)).await??;
         }
         Command::Serve(_) => {
             let listeners = pointsman::transport::Listeners::bind(&cfg).await?;

@@ -4,7 +4,6 @@
 //!
 //! The engine is replaceable; health, the log and the counters outlive reloads.
 use std::{
-    hash::BuildHasher as _,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, RwLock,
@@ -15,14 +14,11 @@ use std::{
 use crate::{
     config::Config,
     engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
-    health::{shared::SharedHealth, HealthTracker, Outcome, Snapshot},
-    logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, QueueFull},
+    health::{offers::Offers, shared::SharedHealth, HealthTracker, Outcome, Snapshot},
+    logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
     policy::Constraints,
     telemetry::Telemetry,
 };
-
-/// Request ids remembered to tell a gateway whether this replica made a decision.
-const RECENT_REQUESTS: u64 = 100_000;
 
 /// Counters for metrics (beyond the log's own).
 ///
@@ -43,9 +39,12 @@ pub struct ServiceStats {
     pub cache_hits: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
     pub feedback: [AtomicU64; 5],
-    /// Feedback reports for catalog models left out of health because this replica did not
-    /// offer that model for that request id (`health.count_unknown_requests` off).
+    /// Feedback reports for catalog models left out of health because no replica offered that
+    /// model for that request id, as far as this one knows (`health.count_unknown_requests` off).
     pub feedback_unverified: AtomicU64,
+    /// Feedback reports for catalog models left out of health because a report on the same
+    /// (request id, model) already moved it (here, or on another replica as read from Redis).
+    pub feedback_duplicates: AtomicU64,
     /// Requests Envoy's external processor routed (`transport::ext_proc`).
     pub ext_proc_routed: AtomicU64,
     /// Requests it passed on untouched (an explicit model, or not a chat request).
@@ -107,21 +106,41 @@ impl Drop for RouteCall<'_> {
     }
 }
 
-/// A feedback report was not accepted.
+/// A feedback report was not accepted (health has seen it all the same: a retry does not count
+/// twice).
 #[derive(Debug, thiserror::Error)]
 pub enum FeedbackError {
-    /// The decision log's queue stayed full.
+    /// The decision log's queue stayed full: retry.
     #[error(transparent)]
-    QueueFull(#[from] QueueFull),
+    QueueFull(NotQueued),
+    /// The decision log is closed: the server is shutting down.
+    #[error("the decision log is closed (the server is shutting down); send the report to another replica")]
+    LogClosed,
+}
+
+impl From<NotQueued> for FeedbackError {
+    fn from(e: NotQueued) -> Self {
+        match e {
+            NotQueued::Full { .. } => FeedbackError::QueueFull(e),
+            NotQueued::Closed => FeedbackError::LogClosed,
+        }
+    }
 }
 
 /// What a feedback report changed.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedbackAck {
-    /// This replica made the decision recently.
+    /// A replica of the fleet made the decision recently (this one, or one whose offered set
+    /// reached this one through Redis).
     pub known_request: bool,
     /// The model's health after the report, when it is a catalog model.
     pub health: Option<Snapshot>,
+    /// The report moved the model's health (the first on an offered model for that request id,
+    /// or any first one with `health.count_unknown_requests`).
+    pub counted: bool,
+    /// The report is logged as verified: the model was offered for that request id and this is
+    /// the first report on it (training exports take only these by default).
+    pub verified: bool,
 }
 
 /// The outcome of a successful reload.
@@ -148,10 +167,9 @@ pub struct Service {
     /// The fleet's shared health, with `health.shared`.
     shared: Option<SharedHealth>,
     log: Option<DecisionLog>,
-    /// Recent request ids and a hash of each model offered for them (primary and fallbacks).
-    recent: moka::sync::Cache<String, Arc<[u64]>>,
-    /// Keyed hasher of the offered model ids.
-    hasher: std::hash::RandomState,
+    /// Recent request ids (this replica's and, with `health.shared`, the fleet's), the models
+    /// offered for each, and the reports already taken on them.
+    offers: Arc<Offers>,
     reload_lock: tokio::sync::Mutex<()>,
     stats: ServiceStats,
     telemetry: Telemetry,
@@ -162,11 +180,20 @@ impl Service {
     pub fn new(config: Config) -> Result<Self, LogError> {
         let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
         let health = Arc::new(HealthTracker::new(config.health.clone()));
+        let offers = Arc::new(Offers::new(config.health.recent_requests));
         let shared = match &config.health.shared {
             Some(url) => Some(
-                SharedHealth::start(url, config.health.shared_ca_file.as_deref(), &config.health.shared_key, Arc::clone(&health)).map_err(
-                    |e| LogError::Schema { path: crate::logs::postgres::redact(url).into(), message: format!("health.shared: {e}") },
-                )?,
+                SharedHealth::start(
+                    url,
+                    config.health.shared_ca_file.as_deref(),
+                    &config.health.shared_key,
+                    Arc::clone(&health),
+                    Arc::clone(&offers),
+                )
+                .map_err(|e| LogError::Schema {
+                    path: crate::logs::postgres::redact(url).into(),
+                    message: format!("health.shared: {e}"),
+                })?,
             ),
             None => None,
         };
@@ -176,8 +203,7 @@ impl Service {
             shared,
             config: RwLock::new(config),
             log,
-            recent: moka::sync::Cache::builder().max_capacity(RECENT_REQUESTS).time_to_live(Duration::from_secs(3600)).build(),
-            hasher: std::hash::RandomState::new(),
+            offers,
             reload_lock: tokio::sync::Mutex::new(()),
             stats: ServiceStats::default(),
             telemetry: Telemetry::new(),
@@ -251,7 +277,7 @@ impl Service {
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
-                self.recent.insert(d.request_id.clone(), self.offered(engine, d));
+                self.remember_offered(engine, d);
                 if let Some(log) = &self.log {
                     log.log_decision(decision_record(engine, d));
                 }
@@ -262,41 +288,60 @@ impl Service {
         result
     }
 
-    /// Hashes of the models offered for a decision (primary and fallbacks), for [`Service::feedback`].
-    fn offered(&self, engine: &Engine, d: &Decision) -> Arc<[u64]> {
+    /// Remembers the models a decision offered (primary and fallbacks), for
+    /// [`Service::feedback`] here and, through Redis, on the other replicas. Never waits.
+    fn remember_offered(&self, engine: &Engine, d: &Decision) {
         let models = engine.catalog().models();
-        d.ranking.chosen.iter().map(|&i| self.hasher.hash_one(models[d.ranking.scored[i].model].id.as_str())).collect()
+        let ids = || d.ranking.chosen.iter().map(|&i| models[d.ranking.scored[i].model].id.as_str());
+        self.offers.offer(&d.request_id, ids());
+        if let Some(shared) = &self.shared {
+            shared.offer(&d.request_id, ids());
+        }
     }
 
-    /// Records one feedback report: the log via its queue, and health at once for a catalog
-    /// model this replica offered for that request (any catalog model with
-    /// `health.count_unknown_requests`), so that reports on made-up request ids cannot take a
-    /// model out of routing.
-    pub async fn feedback(&self, rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
+    /// Records one feedback report: health first (in memory), then the log via its queue.
+    ///
+    /// A report moves a catalog model's health only when a replica of the fleet offered that
+    /// model for that request id (any catalog model with `health.count_unknown_requests`), and
+    /// only the first report on each (request id, model) does: made-up or repeated reports cannot
+    /// take a model out of routing. Every valid report is logged, marked verified (the first on
+    /// an offered model) and offered. When the log refuses it (a full queue, a shutdown) the
+    /// error says so, health has seen the report, and its retry counts no second time.
+    pub async fn feedback(&self, mut rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
         let in_catalog = self.engine().is_some_and(|e| e.catalog().get(&rec.model).is_some());
-        let offered = self.recent.get(&rec.request_id);
-        let known_request = offered.is_some();
-        let verified = offered.is_some_and(|o| o.contains(&self.hasher.hash_one(rec.model.as_str())));
-        let (model, outcome, latency) = (rec.model.clone(), rec.outcome, rec.latency_ms);
+        let claim = self.offers.claim(&rec.request_id, &rec.model, in_catalog, self.health.config().count_unknown_requests);
+        let health = in_catalog.then(|| {
+            if claim.counts {
+                if let Some(shared) = &self.shared {
+                    shared.share(&rec.request_id, &rec.model, rec.outcome, rec.latency_ms);
+                }
+                self.health.record(&rec.model, rec.outcome, rec.latency_ms, Instant::now())
+            } else {
+                if claim.duplicate {
+                    self.stats.feedback_duplicates.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(model = %rec.model, "feedback not applied to health: a report on this request id and model already was");
+                } else {
+                    self.stats.feedback_unverified.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(model = %rec.model, known_request = claim.known_request, "feedback not applied to health: no replica offered the model for the request");
+                }
+                self.health.snapshot(&rec.model, Instant::now())
+            }
+        });
+        (rec.verified, rec.offered) = (claim.verified, claim.offered);
+        let outcome = rec.outcome;
         if let Some(log) = &self.log {
-            log.log_feedback(rec).await?;
+            let taken = claim.verified.then(|| (rec.request_id.clone(), rec.model.clone()));
+            if let Err(e) = log.log_feedback(rec).await {
+                if let Some((request_id, model)) = taken {
+                    // Not logged: its retry takes the verified place (it does not count again).
+                    self.offers.unlog(&request_id, &model);
+                }
+                return Err(e.into());
+            }
         }
         let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.stats.feedback[idx].fetch_add(1, Ordering::Relaxed);
-        let counts = verified || self.health.config().count_unknown_requests;
-        let health = in_catalog.then(|| {
-            if counts {
-                if let Some(shared) = &self.shared {
-                    shared.share(&model, outcome, latency);
-                }
-                self.health.record(&model, outcome, latency, Instant::now())
-            } else {
-                self.stats.feedback_unverified.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%model, known_request, "feedback not applied to health: this replica did not offer the model for the request");
-                self.health.snapshot(&model, Instant::now())
-            }
-        });
-        Ok(FeedbackAck { known_request, health })
+        Ok(FeedbackAck { known_request: claim.known_request, health, counted: claim.counts, verified: claim.verified })
     }
 
     /// Re-reads the config, loads and validates a new engine, and swaps it in. One reload at a
@@ -434,5 +479,35 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         },
         input_tokens: d.input_tokens,
         candidates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_report_after_the_log_closed_is_refused_as_closed_not_as_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointsman.toml")).unwrap();
+        config.decision_log.path = dir.path().join("log.db");
+        let service = Service::new(config).unwrap();
+        let rec = FeedbackRecord {
+            request_id: "r".into(),
+            ts_ms: now_ms(),
+            model: "m".into(),
+            outcome: Outcome::Success,
+            latency_ms: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+            quality: None,
+            verified: false,
+            offered: false,
+        };
+        let ack = service.feedback(rec.clone()).await.unwrap();
+        assert!(!ack.known_request && !ack.counted && !ack.verified && ack.health.is_none());
+        service.close();
+        assert!(matches!(service.feedback(rec).await, Err(FeedbackError::LogClosed)));
     }
 }

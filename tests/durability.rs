@@ -168,8 +168,17 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
     let mut before = Vec::new();
     for (i, (t, is_math)) in reported.iter().enumerate() {
         let id = format!("loop-{i}");
+        // Both models offered (primary and fallback): a report is a training label only on a
+        // model offered for its request.
+        let both = vec![a.to_string(), b.to_string()];
         let r = c
-            .route(pb::RouteRequest { prompt: (*t).clone(), request_id: id.clone(), explain: true, ..Default::default() })
+            .route(pb::RouteRequest {
+                prompt: (*t).clone(),
+                request_id: id.clone(),
+                explain: true,
+                allowed_models: both,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

@@ -37,7 +37,7 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
     let r = c.route(route(MATH_PROMPT, "req-1")).await.unwrap().into_inner();
     let primary = r.candidates[0].model.clone();
     let fallback = r.candidates[1].model.clone();
-    c.route(route(CHAT_PROMPT, "req-2")).await.unwrap();
+    let chat_primary = c.route(route(CHAT_PROMPT, "req-2")).await.unwrap().into_inner().candidates[0].model.clone();
 
     // Two attempts for one request (the primary timed out, the fallback answered and was rated).
     let ack = c.feedback(report("req-1", &primary, Outcome::Timeout)).await.unwrap().into_inner();
@@ -51,7 +51,7 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
         ..report("req-1", &fallback, Outcome::Success)
     };
     c.feedback(rated).await.unwrap();
-    c.feedback(pb::FeedbackRequest { output_tokens: Some(12), ..report("req-2", &primary, Outcome::Refused) }).await.unwrap();
+    c.feedback(pb::FeedbackRequest { output_tokens: Some(12), ..report("req-2", &chat_primary, Outcome::Refused) }).await.unwrap();
     // An id this replica never saw is accepted and kept; a model outside the catalog too.
     let ack = c.feedback(report("made-elsewhere", "some-private-model", Outcome::Success)).await.unwrap().into_inner();
     assert!(!ack.known_request);
@@ -94,7 +94,7 @@ async fn decisions_and_feedback_are_logged_joined_and_validated() {
     assert_eq!(mode, "wal");
 
     // The join keeps rated and refused answers, not availability outcomes or unknown requests.
-    let (lines, skips) = pointsman::logs::store::training_lines(&db).unwrap();
+    let (lines, skips) = pointsman::logs::store::training_lines(&db, pointsman::logs::store::FeedbackScope::Verified).unwrap();
     assert_eq!(lines.len(), 2);
     assert_eq!((lines[0].model.as_str(), lines[0].score, lines[0].output_tokens), (fallback.as_str(), 0.75, 321));
     assert_eq!((lines[1].prompt.as_str(), lines[1].score), (CHAT_PROMPT, 0.0));
@@ -192,9 +192,14 @@ async fn a_failing_model_cools_down_is_probed_and_recovers() {
 
     // A model failing now and then (1 of its 5 attempts in the window) stays eligible but ranks behind healthy ones.
     let second = r.candidates[1].model.clone();
-    assert!(c.route(route(MATH_PROMPT, "h5")).await.unwrap().into_inner().candidates.iter().any(|x| x.model == primary));
-    for o in [Outcome::Success, Outcome::Success, Outcome::Success, Outcome::Timeout] {
-        c.feedback(report("h5", &primary, o)).await.unwrap();
+    assert!(c.route(route(MATH_PROMPT, "h5-0")).await.unwrap().into_inner().candidates.iter().any(|x| x.model == primary));
+    for (j, o) in [Outcome::Success, Outcome::Success, Outcome::Success, Outcome::Timeout].into_iter().enumerate() {
+        // One report per request id and model counts: a request each.
+        let id = format!("h5-{j}");
+        if j > 0 {
+            assert!(c.route(route(MATH_PROMPT, &id)).await.unwrap().into_inner().candidates.iter().any(|x| x.model == primary));
+        }
+        assert!(c.feedback(report(&id, &primary, o)).await.unwrap().into_inner().counted);
     }
     let r = c.route(explain("h6")).await.unwrap().into_inner();
     assert_eq!(r.candidates[0].model, second, "the degraded model drops behind");
@@ -231,5 +236,79 @@ async fn a_full_log_queue_drops_decisions_and_never_fails_a_route() {
     let written = eventually(|| Some(db_counts(&db).0).filter(|&d| d as f64 + dropped >= n as f64)).await;
     assert_eq!(written as f64 + dropped, n as f64, "every decision is either written or counted as dropped");
     assert!(dropped > 0.0, "a one-slot queue under 300 concurrent requests drops some decisions");
+    server.shutdown().await;
+}
+
+/// M18: health sees a report before the log's queue does. With the queue held full, the report
+/// is answered RESOURCE_EXHAUSTED, yet health has counted it; the client's retry is logged (as the
+/// verified report: the refused one never was) and does not count a second time.
+#[tokio::test]
+async fn health_counts_a_report_the_full_log_refused_and_its_retry_once() {
+    let mut cfg = shipped_config();
+    cfg.decision_log.queue_capacity = 1;
+    cfg.decision_log.batch_max = 1;
+    cfg.decision_log.linger_ms = 0;
+    cfg.decision_log.feedback_wait_ms = 0;
+    // Failures are only counted here: no circuit opens.
+    cfg.health.open_after_consecutive_failures = 0;
+    cfg.health.min_requests = 1000;
+    let db = cfg.decision_log.path.clone();
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client.clone();
+    let model = c.route(route(MATH_PROMPT, "m18-warm")).await.unwrap().into_inner().candidates[0].model.clone();
+    eventually(|| Some(()).filter(|_| db_counts(&db).0 == 1)).await;
+    // Another connection holds the file's write lock: the log's writer waits on its next write
+    // (seconds), and the one-record queue behind it fills.
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // A report per request until one meets the full queue (the writer may take a record or
+    // two before it is stuck on the lock); each accepted one counts.
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(accepted < 20, "the log's queue never filled");
+        let id = format!("m18-{accepted}");
+        assert_eq!(c.route(route(MATH_PROMPT, &id)).await.unwrap().into_inner().candidates[0].model, model);
+        for j in 0..2 {
+            c.route(route(CHAT_PROMPT, &format!("{id}-filler-{j}"))).await.unwrap();
+        }
+        match c.feedback(report(&id, &model, Outcome::ServerError)).await {
+            Ok(ack) => {
+                assert!(ack.into_inner().counted);
+                accepted += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                break id;
+            }
+        }
+    };
+    let window = |models: Vec<pb::ModelInfo>| models.into_iter().find(|m| m.model == model).unwrap().health.unwrap().window_requests;
+    let listed = c.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models;
+    assert_eq!(window(listed), accepted + 1, "health counted the refused report");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    // The client retries until the log takes it: it does not count again, and it is the verified one.
+    let mut retries = 0.0;
+    let ack = loop {
+        retries += 1.0;
+        match c.feedback(report(&refused, &model, Outcome::ServerError)).await {
+            Ok(ack) => break ack.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(!ack.counted && ack.verified, "{ack:?}");
+    assert_eq!(ack.health.unwrap().window_requests, accepted + 1);
+    let page = server.metrics().await;
+    assert!(metric(&page, "pointsman_decision_log_feedback_refused_total").unwrap() >= 1.0);
+    assert_eq!(metric(&page, "pointsman_feedback_duplicates_total"), Some(retries), "every retry was taken for a repeat");
+    let stored = || {
+        let conn = rusqlite::Connection::open(&db).ok()?;
+        let q = "SELECT count(*), coalesce(sum(verified), 0) FROM feedback WHERE request_id = ?1";
+        conn.query_row(q, [&refused], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).ok()
+    };
+    assert_eq!(eventually(|| stored().filter(|s| s.0 > 0)).await, (1, 1), "logged once, verified");
     server.shutdown().await;
 }

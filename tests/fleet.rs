@@ -223,8 +223,9 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
     // 1. Feedback sent only to A opens the breaker on B and C.
     let model = a.route(MATH_PROMPT, "fleet-breaker-0").await.unwrap();
     assert_eq!(b.state(&model).await, HealthState::Healthy);
-    for _ in 0..5 {
-        a.report("fleet-breaker-0", &model, Outcome::ServerError, None).await.unwrap();
+    // One report per request id and model counts (tests/security.rs): five requests.
+    for i in 0..5 {
+        a.report(&format!("fleet-breaker-0-{i}"), &model, Outcome::ServerError, None).await.unwrap();
     }
     // Polled from the fifth report's answer: the issue asks for about a second; 2 s leaves room
     // for a loaded machine (it takes well under a millisecond here).
@@ -238,7 +239,9 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
 
     // 2. A decision made on A and reported to B is joined in the log and exported for training.
     let prompt = "Fleet join check: summarise the plot of Hamlet in two sentences.";
+    let published = a.metric(OFFERS_PUBLISHED).await;
     let chosen = a.route(prompt, "fleet-join-1").await.unwrap();
+    until_offered(&a, published, &b).await;
     b.report("fleet-join-1", &chosen, Outcome::Success, Some(0.875)).await.unwrap();
     let joined = eventually_async("check 2", || async {
         let n = pg.query_i64(
@@ -272,8 +275,8 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
             eventually_async("check 3", || async { Some(r.metric("pointsman_health_shared_connected").await).filter(|v| *v == 0.0) }).await;
         assert_eq!(v, 0.0);
     }
-    for _ in 0..5 {
-        b.report("fleet-redis-0", &other, Outcome::Timeout, None).await.unwrap();
+    for i in 0..5 {
+        b.report(&format!("fleet-redis-0-{i}"), &other, Outcome::Timeout, None).await.unwrap();
     }
     assert_eq!(b.state(&other).await, HealthState::CoolingDown, "B's own breaker works without Redis");
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -631,4 +634,139 @@ async fn the_postgres_log_survives_bad_rows_foreign_spills_and_a_retention_backl
         .query_row("SELECT coalesce(sum(records), 0) FROM set_aside", [], |r| r.get::<_, i64>(0))
         .unwrap();
     assert_eq!(kept, 3, "the foreign batches are kept in the spill file's set_aside table");
+}
+
+const OFFERS_PUBLISHED: &str = "pointsman_health_shared_offers_total{result=\"published\"}";
+const OFFERS_APPLIED: &str = "pointsman_health_shared_offers_total{result=\"applied\"}";
+
+/// Waits until `from` has published an offered set after `published_before` and `to` has
+/// applied every one `from` published (no other replica routes meanwhile): a report sent to
+/// `to` on `from`'s last decision is then verified there.
+async fn until_offered(from: &Replica, published_before: f64, to: &Replica) {
+    eventually_async("offered set shared", || async {
+        let published = from.metric(OFFERS_PUBLISHED).await;
+        (published > published_before && to.metric(OFFERS_APPLIED).await >= published).then_some(())
+    })
+    .await;
+}
+
+impl Replica {
+    /// A replica with its own SQLite decision log and the fleet's Redis, verifying reports
+    /// (`count_unknown_requests` off, the default).
+    async fn start_verifying(name: &'static str, root: &Path, redis: &Redis) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = write_config(
+            &dir.join("pointsman.toml"),
+            &repo().join("models/router"),
+            &dir.join("decisions.db"),
+            &[("count_unknown_requests", "false"), ("cool_down_seconds", "120.0"), ("shared_key", "\"trust\"")],
+        );
+        let (port, admin_port) = (free_port(), free_port());
+        let child = Command::new(BIN)
+            .args(["--config", cfg.to_str().unwrap(), "serve"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--health-shared", &redis.url()])
+            .env("RUST_LOG", std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let client = loop {
+            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
+                let mut c = RouterClient::new(ch);
+                if c.list_models(pb::ListModelsRequest {}).await.is_ok() {
+                    break c;
+                }
+            }
+            assert!(Instant::now() < deadline, "replica {name} did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let replica = Replica { name, child, port, admin_port, client };
+        eventually_async("connected", || async { Some(replica.metric("pointsman_health_shared_connected").await).filter(|v| *v == 1.0) })
+            .await;
+        replica
+    }
+
+    async fn feedback(&self, id: &str, model: &str, outcome: Outcome) -> pb::FeedbackResponse {
+        let fb = pb::FeedbackRequest {
+            request_id: id.into(),
+            model: model.into(),
+            outcome: outcome as i32,
+            quality: Some(0.0),
+            output_tokens: Some(7),
+            ..Default::default()
+        };
+        self.client.clone().feedback(fb).await.unwrap().into_inner()
+    }
+}
+
+/// Feedback trust across a fleet, without `count_unknown_requests`: a decision's offered set
+/// reaches every replica through Redis, so a report sent to another replica than the one that
+/// routed is verified there and counted once fleet-wide; a replica that starts after the reports
+/// were published joins with their breakers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_verified_on_any_replica_and_a_late_joiner_sees_the_window() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let redis = Redis::start();
+    let root = tempfile::tempdir().unwrap();
+    let a = Replica::start_verifying("trust-a", root.path(), &redis).await;
+    let b = Replica::start_verifying("trust-b", root.path(), &redis).await;
+
+    // Routed on A, reported to B: verified and counted on B, and A takes it from the stream.
+    let published = a.metric(OFFERS_PUBLISHED).await;
+    let model = a.route(MATH_PROMPT, "trust-0").await.unwrap();
+    until_offered(&a, published, &b).await;
+    let ack = b.feedback("trust-0", &model, Outcome::ServerError).await;
+    assert!(ack.known_request && ack.counted && ack.verified, "{ack:?}");
+    assert_eq!(ack.health.unwrap().consecutive_failures, 1);
+    eventually_async("A applies B's report", || async { (a.metric("pointsman_health_shared_applied_total").await >= 1.0).then_some(()) })
+        .await;
+    // The same report again, to B and to A: logged, counted nowhere.
+    let again = b.feedback("trust-0", &model, Outcome::ServerError).await;
+    assert!(again.known_request && !again.counted && !again.verified, "{again:?}");
+    let on_a = a.feedback("trust-0", &model, Outcome::ServerError).await;
+    assert!(on_a.known_request && !on_a.counted && !on_a.verified, "{on_a:?}");
+    assert_eq!(on_a.health.unwrap().consecutive_failures, 1, "A counted B's report once");
+    assert_eq!(b.metric("pointsman_feedback_duplicates_total").await, 1.0);
+    assert_eq!(a.metric("pointsman_feedback_duplicates_total").await, 1.0);
+    assert_eq!(b.metric("pointsman_feedback_unverified_total").await, 0.0);
+    // A model A did not offer for that request: logged on B, not counted.
+    let listed = b.client.clone().list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models;
+    let not_offered = listed.iter().map(|m| m.model.clone()).find(|m| *m != model).unwrap();
+    let ack = b.feedback("trust-0", &not_offered, Outcome::ServerError).await;
+    assert!(!ack.counted && !ack.verified && ack.health.unwrap().window_requests == 0, "{ack:?}");
+
+    // Four more failures, each on its own request routed on A and reported to B: five in a row
+    // open the breaker on both.
+    for i in 1..5 {
+        let id = format!("trust-{i}");
+        let published = a.metric(OFFERS_PUBLISHED).await;
+        assert_eq!(a.route(MATH_PROMPT, &id).await.unwrap(), model);
+        until_offered(&a, published, &b).await;
+        assert!(b.feedback(&id, &model, Outcome::ServerError).await.counted);
+    }
+    assert_eq!(b.state(&model).await, HealthState::CoolingDown);
+    until_cooling_down(&a, &model, Duration::from_secs(10)).await;
+    // B's log: 7 reports, of which the five first on an offered model are verified.
+    let db = root.path().join("trust-b/decisions.db");
+    let rows = eventually_async("B's log", || async {
+        let n = pointsman::logs::store::counts(&db).map_or(0, |c| c.1);
+        (n == 7).then_some(n)
+    })
+    .await;
+    assert_eq!(rows, 7);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (verified, offered): (i64, i64) =
+        conn.query_row("SELECT sum(verified), sum(offered) FROM feedback", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!((verified, offered), (5, 6));
+
+    // A replica started now reads the window's reports: the breaker is open there too.
+    let c = Replica::start_verifying("trust-c", root.path(), &redis).await;
+    until_cooling_down(&c, &model, Duration::from_secs(10)).await;
+    assert!(c.metric("pointsman_health_shared_applied_total").await >= 5.0);
+    for r in [a, b, c] {
+        r.terminate();
+    }
 }

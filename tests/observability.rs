@@ -99,7 +99,11 @@ async fn core_log_lines_carry_the_request_id() {
 
 #[tokio::test]
 async fn metrics_page_has_counters_route_histogram_queue_depth_and_health() {
-    let server = TestServer::start().await;
+    // Only the first report per request id and model counts; with this, reports on ids the
+    // server did not route count too (the three attempts below are on three ids).
+    let mut cfg = shipped_config();
+    cfg.health.count_unknown_requests = true;
+    let server = TestServer::start_with(cfg).await;
     let mut c = server.client.clone();
     let route = |p: &str| pb::RouteRequest { prompt: p.into(), ..Default::default() };
     let first = pb::RouteRequest { request_id: "m-0".into(), ..route(MATH_PROMPT) };
@@ -108,10 +112,11 @@ async fn metrics_page_has_counters_route_histogram_queue_depth_and_health() {
     c.route(route(CHAT_PROMPT)).await.unwrap();
     let bad = pb::RouteRequest { profile: "no-such-profile".into(), ..route(CHAT_PROMPT) };
     assert_eq!(c.route(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-    // Three attempts reported on the first request (the primary answered twice, timed out once).
-    for (o, l) in [(Outcome::Success, Some(400.0)), (Outcome::Success, Some(800.0)), (Outcome::Timeout, None)] {
+    // Three attempts of the primary reported (it answered twice, timed out once).
+    for (i, (o, l)) in [(Outcome::Success, Some(400.0)), (Outcome::Success, Some(800.0)), (Outcome::Timeout, None)].into_iter().enumerate()
+    {
         let f = pb::FeedbackRequest {
-            request_id: "m-0".into(),
+            request_id: format!("m-0-{i}"),
             model: primary.clone(),
             outcome: o as i32,
             latency_ms: l,

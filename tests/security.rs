@@ -1,4 +1,5 @@
-//! No open door, against the real server: made-up feedback cannot take a model out of routing,
+//! No open door, against the real server: made-up or repeated feedback cannot take a model out
+//! of routing nor become a training label,
 //! the operator surface (Admin, /metrics) lives on its own listener, bearer tokens gate each
 //! role, TLS and mutual TLS on the data port (certificates made at test time with rcgen), and
 //! reflection in both versions.
@@ -87,6 +88,76 @@ async fn feedback_for_requests_never_decided_leaves_health_alone_unless_configur
     assert!(r.candidates.iter().all(|x| x.model != primary), "the model is out of routing");
     let page = server.metrics().await;
     assert_eq!(metric(&page, "pointsman_feedback_unverified_total"), Some(0.0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_report_per_offered_model_moves_health_and_only_verified_reports_are_training_labels() {
+    let cfg = shipped_config();
+    let db = cfg.decision_log.path.clone();
+    let streak = cfg.health.open_after_consecutive_failures;
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client.clone();
+    let ranked = c.route(route_req("probe")).await.unwrap().into_inner().candidates;
+    let victim = ranked[0].model.clone();
+    let listed = c.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models;
+    let other = listed.iter().map(|m| m.model.clone()).find(|m| *m != victim).unwrap();
+    // The attack of the review's H2: one Route on the victim alone, then the breaker's streak of
+    // failures on that request id.
+    let only = |id: &str| pb::RouteRequest { allowed_models: vec![victim.clone()], max_fallbacks: Some(0), ..route_req(id) };
+    let r = c.route(only("once")).await.unwrap().into_inner();
+    assert_eq!(r.candidates.iter().map(|x| x.model.as_str()).collect::<Vec<_>>(), [victim.as_str()]);
+    // Each report carries a label, so each would be a training line if it were taken.
+    let labelled = |model: &str, outcome: Outcome, quality: f64| pb::FeedbackRequest {
+        outcome: outcome as i32,
+        quality: Some(quality),
+        output_tokens: Some(40),
+        ..failure("once", model)
+    };
+    for i in 0..streak {
+        let ack = c.feedback(labelled(&victim, Outcome::ServerError, 0.0)).await.unwrap().into_inner();
+        let h = ack.health.unwrap();
+        assert!(ack.known_request);
+        assert_eq!((ack.counted, ack.verified), (i == 0, i == 0), "report {i}");
+        assert_eq!((h.state, h.window_requests, h.consecutive_failures), (HealthState::Healthy as i32, 1, 1), "report {i}: {h:?}");
+    }
+    let h = c.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models.into_iter().find(|m| m.model == victim).unwrap();
+    let h = h.health.unwrap();
+    assert_eq!((h.state, h.consecutive_failures), (HealthState::Healthy as i32, 1), "{h:?}");
+    assert_eq!(c.route(only("after")).await.unwrap().into_inner().candidates[0].model, victim, "the breaker stays closed");
+    // A rated report on a model that was not offered for that request.
+    let ack = c.feedback(labelled(&other, Outcome::Success, 1.0)).await.unwrap().into_inner();
+    assert!(ack.known_request && !ack.counted && !ack.verified, "{ack:?}");
+    let page = server.metrics().await;
+    assert_eq!(metric(&page, "pointsman_feedback_total{outcome=\"server_error\"}"), Some(f64::from(streak)));
+    assert_eq!(metric(&page, "pointsman_feedback_duplicates_total"), Some(f64::from(streak - 1)));
+    assert_eq!(metric(&page, "pointsman_feedback_unverified_total"), Some(1.0));
+
+    // The log holds every report, with what was verified and offered.
+    let total = i64::from(streak) + 1;
+    eventually(|| Some(()).filter(|_| pointsman::logs::store::counts(&db).unwrap_or((0, 0)).1 == total)).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, bool, bool)> = conn
+        .prepare("SELECT model, verified, offered FROM feedback ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut want = vec![(victim.clone(), true, true)];
+    want.extend((1..streak).map(|_| (victim.clone(), false, true)));
+    want.push((other.clone(), false, false));
+    assert_eq!(rows, want);
+    // Training takes the verified report only, through the trainer's own reader; every report
+    // only when asked for.
+    let logs = pointsman::learning::read_logs(std::slice::from_ref(&db), true).unwrap();
+    assert_eq!(logs.observations.len(), 1);
+    assert_eq!(logs.models, std::slice::from_ref(&victim));
+    let (all, _) = pointsman::logs::read_training_lines(&db, pointsman::logs::store::FeedbackScope::All).unwrap();
+    assert_eq!(all.len(), streak as usize + 1);
+    assert!(all.iter().any(|l| l.model == other && l.score == 1.0));
+    let (_, skips) = pointsman::logs::read_training_lines(&db, pointsman::logs::store::FeedbackScope::Verified).unwrap();
+    assert_eq!((skips.unverified, skips.not_offered), (streak as usize - 1, 1));
     server.shutdown().await;
 }
 

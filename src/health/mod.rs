@@ -17,7 +17,9 @@
 //! model healthy, which is the safe default for a breaker. It is per replica unless
 //! `shared` names a Redis, through which a fleet's replicas feed each other's breakers
 //! ([`shared`]).
+pub mod offers;
 pub mod shared;
+mod stream;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -47,10 +49,14 @@ pub struct HealthConfig {
     /// Longest cool-down after repeated failed probes, seconds.
     pub max_cool_down_seconds: f64,
     /// Let every report for a catalog model move its breaker, including reports for request
-    /// ids this replica never decided and models it did not offer for the request. Off by
-    /// default, so that a client cannot take a model out of routing with made-up reports; on
-    /// for replicas without shared state whose gateway reports to any of them.
+    /// ids no replica decided and models not offered for the request (still once per request
+    /// id and model). Off by default, so that a client cannot take a model out of routing with
+    /// made-up reports; on for replicas without shared state whose gateway reports to any of them.
     pub count_unknown_requests: bool,
+    /// Request ids whose offered models are remembered (for an hour) to verify reports: this
+    /// replica's decisions and, with `shared`, the fleet's. Reports on an id that has left are
+    /// unverified.
+    pub recent_requests: u64,
     /// A Redis URL (`redis://host:6379/0`) through which replicas share the reports that feed
     /// their breakers. Unset: each replica's own.
     pub shared: Option<String>,
@@ -72,6 +78,7 @@ impl Default for HealthConfig {
             cool_down_seconds: 30.0,
             max_cool_down_seconds: 600.0,
             count_unknown_requests: false,
+            recent_requests: 100_000,
             shared: None,
             shared_ca_file: None,
             shared_key: "pointsman".into(),
@@ -110,6 +117,9 @@ impl HealthConfig {
                 &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds),
                 self.max_cool_down_seconds.to_string(),
             );
+        }
+        if !(1_000..=10_000_000).contains(&self.recent_requests) {
+            return bad("recent_requests", "in 1000..=10000000", self.recent_requests.to_string());
         }
         if let Some(url) = &self.shared {
             let shown = crate::logs::postgres::redact(url);

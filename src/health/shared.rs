@@ -8,12 +8,24 @@
 //! replica sees the same windows and opens a model's circuit within one stream read of the
 //! report that opened it elsewhere (milliseconds; measured in `tests/fleet.rs`).
 //!
-//! Redis is never on the Route or Feedback path: reports are handed to a publisher task through
-//! a bounded queue. When Redis is unreachable each replica goes on with the reports it sees
-//! itself (its own breakers, as without `shared`), says so in its log and in
+//! Verification travels the same way: every decision's offered set (request id and model ids)
+//! is appended, in batches, to a second stream (`<key>:offered`), and every replica adds the
+//! other replicas' sets to its [`Offers`], so that a report landing on any replica is verified
+//! there without `count_unknown_requests`. A report carries its request id, and a replica that
+//! applies another's report takes that (request id, model) in its own [`Offers`]: a duplicate of
+//! it landing there later does not count again. Each report also carries its replica's sequence
+//! number, so entries a publisher sends twice (a pipeline whose answer was lost) are applied
+//! once ([`stream::Seen`]).
+//!
+//! Redis is never on the Route or Feedback path: reports and offered sets are handed to a
+//! publisher task through bounded queues. When Redis is unreachable each replica goes on with the
+//! reports it sees itself (its own breakers, as without `shared`), says so in its log and in
 //! `pointsman_health_shared_connected`, keeps the reports it could not publish (the window's
 //! worth, at most `MAX_BACKLOG`), and publishes them when Redis answers again, so the fleet
-//! converges on the same windows.
+//! converges on the same windows. The reader starts once the catalog is known (the first
+//! [`SharedHealth::set_models`]) from the window's first entry, so a replica that starts or
+//! restarts joins with the fleet's breakers; it applies what it reads off the async workers
+//! (`spawn_blocking`).
 use std::{
     collections::{HashSet, VecDeque},
     sync::{
@@ -27,15 +39,30 @@ use arc_swap::ArcSwap;
 use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{HealthTracker, Outcome};
+use super::{
+    offers::Offers,
+    stream::{self, Offer, Report, Seen},
+    HealthTracker, Outcome,
+};
 use crate::logs::now_ms;
 
-/// Stream entries kept (approximately; older ones are trimmed by XADD).
+/// Report stream entries kept (approximately; older ones are trimmed by XADD).
 const MAX_STREAM: usize = 100_000;
+/// Offered-set stream entries kept (approximately), each a batch of up to `OFFER_BATCH` sets.
+const MAX_OFFER_STREAM: usize = 2_000;
+/// Offered sets in one stream entry.
+const OFFER_BATCH: usize = 256;
 /// Reports kept while Redis is unreachable, to publish when it is back.
 const MAX_BACKLOG: usize = 10_000;
+/// Offered sets kept while Redis is unreachable (the newest).
+const MAX_OFFER_BACKLOG: usize = 50_000;
 /// Reports waiting for the publisher; beyond this they are applied locally only and counted.
 const QUEUE: usize = 4096;
+/// Offered sets waiting for the publisher; beyond this they are not shared and counted.
+const OFFER_QUEUE: usize = 16_384;
+/// How far back a reader that starts (or returns after an outage) reads offered sets: a report
+/// usually follows its decision within seconds, so this covers the calls in flight.
+const OFFER_HISTORY_MS: i64 = 10 * 60 * 1000;
 /// Between reconnection attempts.
 const RETRY: Duration = Duration::from_secs(1);
 /// How long one stream read blocks in Redis.
@@ -74,8 +101,17 @@ pub struct SharedStats {
     pub published: AtomicU64,
     /// Other replicas' reports applied to this replica's breakers.
     pub applied: AtomicU64,
+    /// Other replicas' reports read and not applied: sent twice by their publisher, or a report
+    /// on a (request id, model) that already counted here.
+    pub duplicates: AtomicU64,
     /// Local reports never shared (queue or backlog full, or older than the window when Redis returned).
     pub unshared: AtomicU64,
+    /// Local decisions' offered sets appended to the stream.
+    pub offers_published: AtomicU64,
+    /// Other replicas' offered sets added here (they verify reports on their decisions).
+    pub offers_applied: AtomicU64,
+    /// Local offered sets never shared (queue or backlog full).
+    pub offers_unshared: AtomicU64,
     /// Times the connection to Redis was lost.
     pub disconnects: AtomicU64,
 }
@@ -96,52 +132,59 @@ impl SharedStats {
     }
 }
 
-/// One report as shared.
-#[derive(Debug, Clone, PartialEq)]
-struct Report {
-    model: String,
-    outcome: Outcome,
-    latency_ms: Option<f64>,
-    ts_ms: i64,
-}
-
 /// The replica's link to the fleet's shared health. Dropping it stops its tasks.
 pub struct SharedHealth {
     tx: mpsc::Sender<Report>,
+    offers_tx: mpsc::Sender<Offer>,
     stats: Arc<SharedStats>,
     models: Arc<ArcSwap<HashSet<String>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl SharedHealth {
-    /// Starts the publisher and the reader on the current Tokio runtime. Fails only on a
-    /// malformed URL or an unreadable CA file: an unreachable Redis is retried in the background.
-    pub fn start(url: &str, ca_file: Option<&std::path::Path>, key: &str, tracker: Arc<HealthTracker>) -> Result<Self, String> {
+    /// Starts the publisher and the reader on the current Tokio runtime. Other replicas' reports
+    /// go to `tracker`, and their offered sets to `offers`. Fails only on a malformed URL or an
+    /// unreadable CA file: an unreachable Redis is retried in the background.
+    pub fn start(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        key: &str,
+        tracker: Arc<HealthTracker>,
+        offers: Arc<Offers>,
+    ) -> Result<Self, String> {
         let client = client(url, ca_file)?;
         let stats = Arc::new(SharedStats::default());
         let models = Arc::new(ArcSwap::from_pointee(HashSet::new()));
-        let replica = uuid::Uuid::new_v4().to_string();
-        let stream = format!("{key}:reports");
+        let streams =
+            Streams { reports: format!("{key}:reports"), offered: format!("{key}:offered"), replica: uuid::Uuid::new_v4().to_string() };
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (offers_tx, offers_rx) = mpsc::channel(OFFER_QUEUE);
         let window = Duration::from_secs(tracker.config().window_seconds);
         let shown = redact(url);
-        let publisher =
-            tokio::spawn(publish(client.clone(), stream.clone(), replica.clone(), rx, window, Arc::clone(&stats), shown.clone()));
-        let reader = tokio::spawn(read(client, stream, replica, tracker, Arc::clone(&models), Arc::clone(&stats), shown));
-        Ok(Self { tx, stats, models, tasks: vec![publisher, reader] })
+        let publisher = tokio::spawn(publish(client.clone(), streams.clone(), rx, offers_rx, window, Arc::clone(&stats), shown.clone()));
+        let reader = tokio::spawn(read(client, streams, tracker, offers, Arc::clone(&models), Arc::clone(&stats), shown));
+        Ok(Self { tx, offers_tx, stats, models, tasks: vec![publisher, reader] })
     }
 
     /// The catalog: reports on other models are ignored (the trackers must not grow with
-    /// arbitrary names).
+    /// arbitrary names). The reader starts reading once it is set.
     pub fn set_models<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         self.models.store(Arc::new(ids.into_iter().map(str::to_string).collect()));
     }
 
     /// Shares one report this replica applied to its own breakers. Never waits.
-    pub fn share(&self, model: &str, outcome: Outcome, latency_ms: Option<f64>) {
-        let report = Report { model: model.to_string(), outcome, latency_ms, ts_ms: now_ms() };
+    pub fn share(&self, request_id: &str, model: &str, outcome: Outcome, latency_ms: Option<f64>) {
+        let report = Report { request_id: Some(request_id.to_string()), model: model.to_string(), outcome, latency_ms, ts_ms: now_ms() };
         if self.tx.try_send(report).is_err() {
             self.stats.unshared.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shares the models a decision of this replica offered for `request_id`. Never waits.
+    pub fn offer<'a>(&self, request_id: &str, models: impl IntoIterator<Item = &'a str>) {
+        let offer = Offer(request_id.to_string(), models.into_iter().map(str::to_string).collect());
+        if self.offers_tx.try_send(offer).is_err() {
+            self.stats.offers_unshared.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -159,6 +202,14 @@ impl Drop for SharedHealth {
     }
 }
 
+/// The two stream keys and this replica's id in them.
+#[derive(Debug, Clone)]
+struct Streams {
+    reports: String,
+    offered: String,
+    replica: String,
+}
+
 /// The URL without its password.
 fn redact(url: &str) -> String {
     crate::logs::postgres::redact(url)
@@ -170,29 +221,50 @@ async fn connect(client: &redis::Client, response_timeout: Duration) -> redis::R
     client.get_multiplexed_async_connection_with_config(&config).await
 }
 
-/// Appends local reports to the stream; keeps them while Redis is unreachable.
+/// Reports (or offered-set batches) sent in one pipeline: what a pipeline acknowledged leaves
+/// the backlog, so a failure re-sends at most one chunk.
+const CHUNK: usize = 512;
+
+/// Appends local reports and offered sets to the streams; keeps them while Redis is unreachable.
 async fn publish(
     client: redis::Client,
-    stream: String,
-    replica: String,
+    streams: Streams,
     mut rx: mpsc::Receiver<Report>,
+    mut offers_rx: mpsc::Receiver<Offer>,
     window: Duration,
     stats: Arc<SharedStats>,
     url: String,
 ) {
-    let mut backlog: VecDeque<Report> = VecDeque::new();
+    // Each report gets the next sequence number as it enters the backlog, and keeps it when sent again.
+    let mut seq = 0u64;
+    let mut backlog: VecDeque<(u64, Report)> = VecDeque::new();
+    let mut offers: VecDeque<Offer> = VecDeque::new();
     let mut conn: Option<MultiplexedConnection> = None;
     let mut next_try = Instant::now();
+    let mut offers_open = true;
     loop {
-        // Wait for a report, or a second: an idle publisher checks the connection (PING), so
-        // `connected` is true to the state of Redis even without traffic.
-        match tokio::time::timeout(RETRY, rx.recv()).await {
-            Ok(Some(r)) => backlog.push_back(r),
-            Ok(None) => return,
-            Err(_idle) => {}
+        // Wait for a report or an offered set, or a second: an idle publisher checks the
+        // connection (PING), so `connected` is true to the state of Redis even without traffic.
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => {
+                    seq += 1;
+                    backlog.push_back((seq, r));
+                }
+                None => return,
+            },
+            o = offers_rx.recv(), if offers_open => match o {
+                Some(o) => offers.push_back(o),
+                None => offers_open = false,
+            },
+            _ = tokio::time::sleep(RETRY) => {}
         }
         while let Ok(r) = rx.try_recv() {
-            backlog.push_back(r);
+            seq += 1;
+            backlog.push_back((seq, r));
+        }
+        while let Ok(o) = offers_rx.try_recv() {
+            offers.push_back(o);
         }
         if conn.is_none() && Instant::now() >= next_try {
             next_try = Instant::now() + RETRY;
@@ -205,37 +277,10 @@ async fn publish(
             // Reports older than the window no longer count anywhere.
             let oldest = now_ms() - window.as_millis() as i64;
             let before = backlog.len();
-            backlog.retain(|r| r.ts_ms >= oldest);
+            backlog.retain(|(_, r)| r.ts_ms >= oldest);
             stats.unshared.fetch_add((before - backlog.len()) as u64, Ordering::Relaxed);
-            let mut pipe = redis::pipe();
-            if backlog.is_empty() {
-                pipe.cmd("PING").ignore();
-            }
-            for r in &backlog {
-                pipe.cmd("XADD")
-                    .arg(&stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(MAX_STREAM)
-                    .arg("*")
-                    .arg("r")
-                    .arg(&replica)
-                    .arg("m")
-                    .arg(&r.model)
-                    .arg("o")
-                    .arg(r.outcome.as_str())
-                    .arg("l")
-                    .arg(r.latency_ms.map_or(String::new(), |l| l.to_string()))
-                    .arg("t")
-                    .arg(r.ts_ms)
-                    .ignore();
-            }
-            match pipe.query_async::<()>(c).await {
-                Ok(()) => {
-                    stats.published.fetch_add(backlog.len() as u64, Ordering::Relaxed);
-                    backlog.clear();
-                    stats.set(&stats.publisher_up, true, &url);
-                }
+            match send(c, &streams, &mut backlog, &mut offers, &stats).await {
+                Ok(()) => stats.set(&stats.publisher_up, true, &url),
                 Err(e) => {
                     tracing::debug!(error = %e, "shared health: publishing failed");
                     conn = None;
@@ -250,22 +295,124 @@ async fn publish(
             backlog.pop_front();
             stats.unshared.fetch_add(1, Ordering::Relaxed);
         }
+        while offers.len() > MAX_OFFER_BACKLOG {
+            offers.pop_front();
+            stats.offers_unshared.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// Tails the stream and applies the other replicas' reports to this replica's breakers.
+/// Sends the backlogs in chunks (a PING when both are empty); what Redis acknowledged leaves them.
+async fn send(
+    c: &mut MultiplexedConnection,
+    streams: &Streams,
+    backlog: &mut VecDeque<(u64, Report)>,
+    offers: &mut VecDeque<Offer>,
+    stats: &SharedStats,
+) -> redis::RedisResult<()> {
+    if backlog.is_empty() && offers.is_empty() {
+        return redis::cmd("PING").query_async::<()>(c).await;
+    }
+    while !backlog.is_empty() {
+        let n = backlog.len().min(CHUNK);
+        let mut pipe = redis::pipe();
+        for (seq, r) in backlog.iter().take(n) {
+            let cmd = pipe.cmd("XADD").arg(&streams.reports).arg("MAXLEN").arg("~").arg(MAX_STREAM).arg("*");
+            for (k, v) in stream::report_fields(&streams.replica, *seq, r) {
+                cmd.arg(k).arg(v);
+            }
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(c).await?;
+        backlog.drain(..n);
+        stats.published.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    while !offers.is_empty() {
+        let mut pipe = redis::pipe();
+        let mut taken = 0;
+        for _ in 0..CHUNK / 16 {
+            let n = (offers.len() - taken).min(OFFER_BATCH);
+            if n == 0 {
+                break;
+            }
+            let batch: Vec<Offer> = offers.range(taken..taken + n).cloned().collect();
+            pipe.cmd("XADD")
+                .arg(&streams.offered)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_OFFER_STREAM)
+                .arg("*")
+                .arg("r")
+                .arg(&streams.replica)
+                .arg("b")
+                .arg(stream::offers_json(&batch))
+                .ignore();
+            taken += n;
+        }
+        pipe.query_async::<()>(c).await?;
+        offers.drain(..taken);
+        stats.offers_published.fetch_add(taken as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// What one stream read brought from the other replicas, to apply off the async workers.
+#[derive(Default)]
+struct Batch {
+    offers: Vec<Offer>,
+    /// Reports in the window on catalog models, read for the first time, with their age.
+    reports: Vec<(Report, Duration)>,
+}
+
+/// What applying a [`Batch`] did.
+struct Applied {
+    offers: u64,
+    reports: u64,
+    duplicates: u64,
+}
+
+/// Adds the offered sets to `offers`, then applies the reports to `tracker` (each (request id,
+/// model) once, whichever replica it came from).
+fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
+    let mut done = Applied { offers: 0, reports: 0, duplicates: 0 };
+    for Offer(request_id, models) in &batch.offers {
+        offers.offer(request_id, models.iter().map(String::as_str));
+        done.offers += 1;
+    }
+    let now = Instant::now();
+    for (r, age) in batch.reports {
+        if let Some(q) = &r.request_id {
+            if !offers.take_remote(q, &r.model) {
+                done.duplicates += 1;
+                continue;
+            }
+        }
+        tracker.record(&r.model, r.outcome, r.latency_ms, now.checked_sub(age).unwrap_or(now));
+        done.reports += 1;
+    }
+    done
+}
+
+/// Tails both streams: applies the other replicas' reports to this replica's breakers and adds
+/// their offered sets to its [`Offers`].
 async fn read(
     client: redis::Client,
-    stream: String,
-    replica: String,
+    streams: Streams,
     tracker: Arc<HealthTracker>,
+    offers: Arc<Offers>,
     models: Arc<ArcSwap<HashSet<String>>>,
     stats: Arc<SharedStats>,
     url: String,
 ) {
     let window_ms = tracker.config().window_seconds as i64 * 1000;
+    // Nothing is read before the catalog is known: entries on models not known yet would be
+    // skipped, and the cursor would move past them (a late joiner must see the window).
+    while models.load().is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Start with the window's reports, so a new replica joins with the fleet's breakers.
-    let mut last = format!("{}-0", now_ms() - window_ms);
+    let (mut last, mut last_offer) = (format!("{}-0", now_ms() - window_ms), format!("{}-0", now_ms() - OFFER_HISTORY_MS));
+    let mut seen = Seen::default();
     // Losing a connection is said by `SharedStats::set`; never having had one is said here, once,
     // with the reason (a wrong address, a certificate that does not verify...).
     let (mut ever_connected, mut said) = (false, false);
@@ -290,8 +437,12 @@ async fn read(
         loop {
             // After an outage, reports older than the window no longer count.
             let floor = now_ms() - window_ms;
-            if stream_ms(&last) < floor {
+            if stream::stream_ms(&last) < floor {
                 last = format!("{floor}-0");
+            }
+            let floor = now_ms() - OFFER_HISTORY_MS;
+            if stream::stream_ms(&last_offer) < floor {
+                last_offer = format!("{floor}-0");
             }
             let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
                 .arg("COUNT")
@@ -299,8 +450,10 @@ async fn read(
                 .arg("BLOCK")
                 .arg(BLOCK_MS)
                 .arg("STREAMS")
-                .arg(&stream)
+                .arg(&streams.reports)
+                .arg(&streams.offered)
                 .arg(&last)
+                .arg(&last_offer)
                 .query_async(&mut conn)
                 .await;
             let reply = match reply {
@@ -313,97 +466,158 @@ async fn read(
                 }
             };
             stats.set(&stats.reader_up, true, &url);
-            let known = models.load();
-            let now = (now_ms(), Instant::now());
-            for (id, fields) in entries(&reply) {
-                last = id;
-                let Some((from, report)) = parse_report(&fields) else { continue };
-                if from == replica || !known.contains(&report.model) {
-                    continue;
+            let batch = collect(&reply, &streams, &models.load(), &mut seen, (&mut last, &mut last_offer), window_ms, &stats);
+            if batch.offers.is_empty() && batch.reports.is_empty() {
+                continue;
+            }
+            let (tracker, offers) = (Arc::clone(&tracker), Arc::clone(&offers));
+            // Up to a thousand breaker updates: on a blocking thread, not an async worker.
+            match tokio::task::spawn_blocking(move || apply(batch, &tracker, &offers)).await {
+                Ok(done) => {
+                    stats.offers_applied.fetch_add(done.offers, Ordering::Relaxed);
+                    stats.applied.fetch_add(done.reports, Ordering::Relaxed);
+                    stats.duplicates.fetch_add(done.duplicates, Ordering::Relaxed);
                 }
-                let age = Duration::from_millis(now.0.saturating_sub(report.ts_ms).max(0) as u64);
-                if age.as_millis() as i64 > window_ms {
-                    continue;
-                }
-                let at = now.1.checked_sub(age).unwrap_or(now.1);
-                tracker.record(&report.model, report.outcome, report.latency_ms, at);
-                stats.applied.fetch_add(1, Ordering::Relaxed);
+                Err(e) => tracing::error!(error = %e, "shared health: applying the fleet's reports failed"),
             }
         }
     }
 }
 
-/// The milliseconds part of a stream id.
-fn stream_ms(id: &str) -> i64 {
-    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// The entries of an XREAD reply (one stream): (id, field/value pairs). Nil (a timeout) is none.
-fn entries(reply: &Value) -> Vec<(String, Vec<(String, String)>)> {
-    let streams: Vec<&Value> = match reply {
-        Value::Array(a) => a.iter().filter_map(|s| if let Value::Array(kv) = s { kv.get(1) } else { None }).collect(),
-        Value::Map(m) => m.iter().map(|(_, v)| v).collect(),
-        _ => Vec::new(),
-    };
-    let mut out = Vec::new();
-    for s in streams {
-        let Value::Array(items) = s else { continue };
-        for item in items {
-            let Value::Array(pair) = item else { continue };
-            let (Some(id), Some(Value::Array(fv))) = (pair.first().and_then(text), pair.get(1)) else { continue };
-            let fields = fv.chunks_exact(2).filter_map(|c| Some((text(&c[0])?, text(&c[1])?))).collect();
-            out.push((id, fields));
+/// Sorts one XREAD reply into a [`Batch`], moving the cursors past every entry: this replica's
+/// own entries, re-sent reports, reports older than the window and on models outside the catalog
+/// are left out (counted as duplicates when re-sent).
+fn collect(
+    reply: &Value,
+    streams: &Streams,
+    known: &HashSet<String>,
+    seen: &mut Seen,
+    (last, last_offer): (&mut String, &mut String),
+    window_ms: i64,
+    stats: &SharedStats,
+) -> Batch {
+    let now = now_ms();
+    let mut batch = Batch::default();
+    for (name, id, fields) in stream::entries(reply) {
+        if name == streams.offered {
+            *last_offer = id;
+            // This replica's own batches are skipped unparsed.
+            let own = fields.iter().any(|(k, v)| k == "r" && *v == streams.replica);
+            if let Some((_, offers)) = stream::parse_offers(&fields).filter(|_| !own) {
+                batch.offers.extend(offers);
+            }
+            continue;
         }
+        *last = id;
+        let Some((from, seq, report)) = stream::parse_report(&fields) else { continue };
+        if from == streams.replica {
+            continue;
+        }
+        if let Some(seq) = seq {
+            if !seen.fresh(&from, seq, now) {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let age = now.saturating_sub(report.ts_ms).max(0);
+        if age > window_ms || !known.contains(&report.model) {
+            continue;
+        }
+        batch.reports.push((report, Duration::from_millis(age as u64)));
     }
-    out
-}
-
-/// (replica, report) from an entry's fields; None for an entry this build cannot read.
-fn parse_report(fields: &[(String, String)]) -> Option<(String, Report)> {
-    let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
-    let report = Report {
-        model: get("m")?.to_string(),
-        outcome: Outcome::parse(get("o")?)?,
-        latency_ms: get("l").and_then(|l| l.parse().ok()).filter(|l: &f64| l.is_finite() && *l >= 0.0),
-        ts_ms: get("t")?.parse().ok()?,
-    };
-    Some((get("r")?.to_string(), report))
+    // Replicas silent for two windows: their reports are out of the window anyway.
+    if seen.len() > 64 {
+        seen.forget_before(now - 2 * window_ms);
+    }
+    batch
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn b(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn reply(stream: &str, entries: &[(&str, Vec<String>)]) -> Value {
+        let entries = entries.iter().map(|(id, kv)| Value::Array(vec![b(id), Value::Array(kv.iter().map(|s| b(s)).collect())])).collect();
+        Value::Array(vec![Value::Array(vec![b(stream), Value::Array(entries)])])
+    }
+
+    fn report(replica: &str, seq: u64, request_id: &str, model: &str) -> Vec<String> {
+        let r = Report {
+            request_id: Some(request_id.into()),
+            model: model.into(),
+            outcome: Outcome::ServerError,
+            latency_ms: None,
+            ts_ms: now_ms(),
+        };
+        stream::report_fields(replica, seq, &r).into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
+    }
+
+    /// A reader's state, fed one reply at a time.
+    struct Reader {
+        streams: Streams,
+        known: HashSet<String>,
+        seen: Seen,
+        last: String,
+        last_offer: String,
+        tracker: HealthTracker,
+        offers: Offers,
+        stats: SharedStats,
+    }
+
+    impl Reader {
+        fn read(&mut self, entries: &[(&str, Vec<String>)], stream: &str) -> Applied {
+            let cursors = (&mut self.last, &mut self.last_offer);
+            let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, cursors, 60_000, &self.stats);
+            apply(batch, &self.tracker, &self.offers)
+        }
+    }
+
     #[test]
-    fn stream_replies_are_parsed() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let entry = |id: &str, kv: &[&str]| Value::Array(vec![b(id), Value::Array(kv.iter().map(|s| b(s)).collect())]);
-        let reply = Value::Array(vec![Value::Array(vec![
-            b("pointsman:reports"),
-            Value::Array(vec![
-                entry("1-0", &["r", "A", "m", "x/m", "o", "timeout", "l", "", "t", "1700000000000"]),
-                entry("1-1", &["r", "B", "m", "x/m", "o", "no-such-outcome", "t", "1"]),
-                entry("2-0", &["r", "B", "m", "y/m", "o", "success", "l", "12.5", "t", "5"]),
-            ]),
-        ])]);
-        let got = entries(&reply);
-        assert_eq!(got.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["1-0", "1-1", "2-0"]);
-        let first = parse_report(&got[0].1).unwrap();
-        assert_eq!(
-            first,
-            ("A".into(), Report { model: "x/m".into(), outcome: Outcome::Timeout, latency_ms: None, ts_ms: 1_700_000_000_000 })
-        );
-        assert!(parse_report(&got[1].1).is_none(), "an unknown outcome is skipped, not misread");
-        assert_eq!(parse_report(&got[2].1).unwrap().1.latency_ms, Some(12.5));
-        assert!(entries(&Value::Nil).is_empty(), "a blocked read that timed out has no entries");
-        assert_eq!(stream_ms("1700000000123-4"), 1_700_000_000_123);
+    fn a_re_sent_pipeline_and_a_report_counted_here_are_applied_once() {
+        let mut r = Reader {
+            streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
+            known: ["m".to_string()].into(),
+            seen: Seen::default(),
+            last: String::new(),
+            last_offer: String::new(),
+            tracker: HealthTracker::new(super::super::HealthConfig::default()),
+            offers: Offers::new(1000),
+            stats: SharedStats::default(),
+        };
+        // B's pipeline of three reports is applied, then sent again in full with a fourth after a
+        // lost answer: only the fourth is new. One of B's reports is on a model outside the catalog.
+        let first: Vec<(&str, Vec<String>)> = vec![
+            ("1-0", report("B", 1, "r1", "m")),
+            ("1-1", report("B", 2, "r2", "m")),
+            ("1-2", report("B", 3, "r3", "not-in-catalog")),
+            ("1-3", report("me", 1, "r9", "m")),
+        ];
+        let done = r.read(&first, "k:reports");
+        assert_eq!((done.reports, done.duplicates), (2, 0));
+        let mut again = first[..3].to_vec();
+        again.push(("2-0", report("B", 4, "r4", "m")));
+        let done = r.read(&again, "k:reports");
+        assert_eq!((done.reports, done.duplicates), (1, 0));
+        assert_eq!(r.stats.duplicates.load(Ordering::Relaxed), 3, "the re-sent three were skipped by sequence number");
+        assert_eq!(r.tracker.snapshot("m", Instant::now()).consecutive_failures, 3);
+        // A report this replica counted itself, then C's copy of it: applied once.
+        r.offers.offer("r5", ["m"]);
+        assert!(r.offers.claim("r5", "m", true, false).counts);
+        let done = r.read(&[("3-0", report("C", 1, "r5", "m"))], "k:reports");
+        assert_eq!((done.reports, done.duplicates), (0, 1));
+        assert_eq!(r.last, "3-0");
+        // Offered sets: the other replicas' are added, this one's skipped.
+        let batch = |replica: &str, id: &str| {
+            vec!["r".to_string(), replica.to_string(), "b".into(), stream::offers_json(&[Offer(id.into(), vec!["m".into()])])]
+        };
+        let done = r.read(&[("4-0", batch("B", "r6")), ("4-1", batch("me", "r7"))], "k:offered");
+        assert_eq!(done.offers, 1);
+        assert_eq!(r.last_offer, "4-1");
+        assert!(r.offers.claim("r6", "m", true, false).verified);
+        assert!(!r.offers.claim("r7", "m", true, false).known_request);
     }
 }

@@ -248,15 +248,18 @@ impl Builder {
         }
     }
 
-    /// Reads a decision log's labelled feedback (see `logs::store::training_lines`).
+    /// Reads a decision log's labelled feedback (see `logs::store::training_lines`): verified
+    /// reports only (`logs export --unverified-feedback` writes the others to a file to train on).
     fn read_decision_log(&mut self, path: &Path) -> Result<(), LearningError> {
         let name = crate::logs::postgres::source_name(path);
-        let (lines, skips) = crate::logs::read_training_lines(path)
+        let (lines, skips) = crate::logs::read_training_lines(path, crate::logs::store::FeedbackScope::Verified)
             .map_err(|e| LearningError::Io { path: name.clone().into(), source: std::io::Error::other(e.to_string()) })?;
         tracing::info!(
             source = %name,
             lines = lines.len(),
             no_decision = skips.no_decision,
+            not_offered = skips.not_offered,
+            unverified = skips.unverified,
             no_quality = skips.no_quality,
             no_output_tokens = skips.no_output_tokens,
             "read the decision log's labelled feedback"

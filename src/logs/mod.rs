@@ -291,6 +291,11 @@ pub struct FeedbackRecord {
     pub cost_usd: Option<f64>,
     /// Quality in [0,1].
     pub quality: Option<f64>,
+    /// A replica of the fleet offered `model` for `request_id`, and this is the first report on
+    /// that pair logged as verified (set by `Service::feedback`; false as received).
+    pub verified: bool,
+    /// `model` was among the models offered for `request_id`, as far as this replica knew.
+    pub offered: bool,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -740,12 +745,15 @@ fn writer_loop(sink: &mut Sink, rx: &flume::Receiver<Msg>, cfg: &LogConfig, stat
     }
 }
 
-/// The labelled feedback of a decision log (a SQLite file or a `postgres://` URL) as training
-/// lines, with why the other reports have none.
-pub fn read_training_lines(source: &std::path::Path) -> Result<(Vec<crate::learning::LogRecord>, store::ExportSkips), LogError> {
+/// The labelled feedback in `scope` of a decision log (a SQLite file or a `postgres://` URL) as
+/// training lines, with why the other reports have none.
+pub fn read_training_lines(
+    source: &std::path::Path,
+    scope: store::FeedbackScope,
+) -> Result<(Vec<crate::learning::LogRecord>, store::ExportSkips), LogError> {
     match source.to_str().filter(|s| postgres::is_url(s)) {
-        Some(url) => postgres::training_lines(url),
-        None => store::training_lines(source),
+        Some(url) => postgres::training_lines(url, scope),
+        None => store::training_lines(source, scope),
     }
 }
 
@@ -798,6 +806,8 @@ mod tests {
             output_tokens: Some(20),
             cost_usd: Some(0.001),
             quality,
+            verified: true,
+            offered: true,
         }
     }
 
@@ -815,12 +825,12 @@ mod tests {
         log.log_feedback(feedback(99, now_ms(), Some(1.0), Outcome::Success)).await.unwrap();
         log.flush().await;
         assert_eq!(store::counts(&cfg.path).unwrap(), (5, 4));
-        let (lines, skips) = store::training_lines(&cfg.path).unwrap();
+        let (lines, skips) = store::training_lines(&cfg.path, store::FeedbackScope::Verified).unwrap();
         assert_eq!(lines.len(), 2);
         assert_eq!((lines[0].score, lines[0].prompt.as_str()), (0.75, "prompt 0"));
         assert_eq!((lines[1].score, lines[1].prompt.as_str()), (0.0, "prompt 1"));
         assert_ne!(lines[0].prompt_id, lines[1].prompt_id);
-        assert_eq!(skips, store::ExportSkips { no_decision: 1, no_quality: 1, no_output_tokens: 0 });
+        assert_eq!(skips, store::ExportSkips { no_decision: 1, no_quality: 1, ..Default::default() });
         log.close();
         assert_eq!(log.stats().decisions_written.load(Ordering::Relaxed), 5);
         // After close nothing is accepted, and nothing panics.
@@ -919,5 +929,44 @@ mod tests {
         drop(c);
         let e = store::open_for_writing(&path, false).err().unwrap().to_string();
         assert!(e.contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn a_version_1_file_gains_the_trust_columns_and_its_reports_are_unverified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            // A file as version 1 wrote it.
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE decisions (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL, routing_text TEXT,
+                     embedding BLOB, encoder TEXT NOT NULL, router_version TEXT NOT NULL, cost_weight REAL NOT NULL, profile TEXT,
+                     constraints TEXT NOT NULL, input_tokens INTEGER NOT NULL, candidates TEXT NOT NULL);
+                 CREATE TABLE feedback (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL, model TEXT NOT NULL,
+                     outcome TEXT NOT NULL, latency_ms REAL, input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, quality REAL);
+                 INSERT INTO decisions VALUES (1, 'r0', 1, 'old prompt', NULL, 'e', 'v', 0.5, NULL, '{}', 3, '[]');
+                 INSERT INTO feedback VALUES (1, 'r0', 2, 'm', 'success', NULL, NULL, 20, NULL, 0.5);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        // Read before any server opened it: unverified, exported only on request.
+        let (lines, skips) = store::training_lines(&path, store::FeedbackScope::Verified).unwrap();
+        assert_eq!((lines.len(), skips.not_offered), (0, 1));
+        assert_eq!(store::training_lines(&path, store::FeedbackScope::All).unwrap().0.len(), 1);
+        // Opened for writing: migrated, old rows unverified, new rows carry their flags.
+        let mut conn = store::open_for_writing(&path, false).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, store::SCHEMA_VERSION);
+        store::write_batch(&mut conn, &[decision(1, 3)], &[feedback(1, 4, Some(0.25), Outcome::Success)]).unwrap();
+        let repeat = FeedbackRecord { verified: false, ..feedback(1, 5, Some(1.0), Outcome::Success) };
+        let not_offered = FeedbackRecord { verified: false, offered: false, ..feedback(1, 6, Some(0.0), Outcome::Success) };
+        store::write_batch(&mut conn, &[], &[repeat, not_offered]).unwrap();
+        drop(conn);
+        drop(store::open_for_writing(&path, false).unwrap());
+        let (lines, skips) = store::training_lines(&path, store::FeedbackScope::Verified).unwrap();
+        assert_eq!(lines.iter().map(|l| l.score).collect::<Vec<_>>(), [0.25]);
+        assert_eq!((skips.not_offered, skips.unverified), (2, 1));
+        assert_eq!(store::training_lines(&path, store::FeedbackScope::All).unwrap().0.len(), 4);
     }
 }

@@ -40,7 +40,7 @@ use super::{
     failure::{self, Batch, WriteError},
     retention::Retention,
     spill::{Destination, LocalDeadLetter, Spill, Spilled},
-    store::{self, ExportSkips, Joined},
+    store::{self, ExportSkips, FeedbackScope, Joined},
     DecisionRecord, FeedbackRecord, LogConfig, LogError, LogStats,
 };
 use crate::learning::LogRecord;
@@ -48,6 +48,7 @@ use crate::learning::LogRecord;
 /// The migrations, in order: (version, name, SQL).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../migrations/postgres/0001_decision_log.sql")),
+    (2, "feedback trust", include_str!("../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../migrations/postgres/0003_dead_letter.sql")),
 ];
 
@@ -286,6 +287,11 @@ pub(crate) struct FeedbackRow {
     output_tokens: Option<i32>,
     cost_usd: Option<f64>,
     quality: Option<f64>,
+    // Absent from batches spilled by a build before the trust columns: unverified.
+    #[serde(default)]
+    verified: bool,
+    #[serde(default)]
+    offered: bool,
 }
 
 /// One write batch.
@@ -330,6 +336,8 @@ impl Rows {
                     output_tokens: count(f.output_tokens),
                     cost_usd: f.cost_usd,
                     quality: f.quality,
+                    verified: f.verified,
+                    offered: f.offered,
                 })
                 .collect(),
         }
@@ -413,8 +421,8 @@ FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::t
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
-INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[])
+INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[])
 ON CONFLICT (id) DO NOTHING";
 
 async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres::Error> {
@@ -458,6 +466,8 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &f.iter().map(|r| r.output_tokens).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.cost_usd).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.quality).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.verified).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.offered).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -745,8 +755,8 @@ impl PgSink {
 }
 
 /// Joins every feedback report to the latest decision with its request id (whichever replica
-/// logged either) and returns the labelled ones as training lines, in id (time) order.
-pub fn training_lines(url: &str) -> Result<(Vec<LogRecord>, ExportSkips), LogError> {
+/// logged either) and returns the labelled ones in `scope` as training lines, in id (time) order.
+pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>, ExportSkips), LogError> {
     let mut db = Db::connect(url, CONNECT_TIMEOUT)?;
     db.migrate()?;
     let Db { rt, client, .. } = &mut db;
@@ -755,7 +765,8 @@ pub fn training_lines(url: &str) -> Result<(Vec<LogRecord>, ExportSkips), LogErr
         url,
         SLOW,
         client.query(
-            "SELECT f.model, f.outcome, f.output_tokens::bigint, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL
+            "SELECT f.model, f.outcome, f.output_tokens::bigint, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL,
+                    f.verified, f.offered
              FROM feedback f
              LEFT JOIN LATERAL (
                  SELECT id, routing_text, embedding, encoder FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
@@ -775,8 +786,10 @@ pub fn training_lines(url: &str) -> Result<(Vec<LogRecord>, ExportSkips), LogErr
             embedding: r.get(5),
             encoder: r.get(6),
             joined: r.get(7),
+            verified: r.get(8),
+            offered: r.get(9),
         };
-        out.extend(store::training_line(joined, &mut skips));
+        out.extend(store::training_line(joined, scope, &mut skips));
     }
     Ok((out, skips))
 }
@@ -832,6 +845,8 @@ mod tests {
             output_tokens: Some(3),
             cost_usd: None,
             quality: Some(0.5),
+            verified: true,
+            offered: true,
         };
         let rows = Rows::new(&decisions, std::slice::from_ref(&fb));
         assert_ne!(rows.decisions[0].id, rows.decisions[1].id, "every record gets its own id");

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::{DecisionRecord, FeedbackRecord, LogError};
 use crate::learning::LogRecord;
 
-/// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS feedback (
     input_tokens INTEGER,
     output_tokens INTEGER,
     cost_usd REAL,
-    quality REAL
+    quality REAL,
+    verified INTEGER NOT NULL DEFAULT 0,
+    offered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts_ms);
@@ -71,8 +73,24 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
     conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" }).map_err(&e)?;
     check_version(&conn, path)?;
     conn.execute_batch(SCHEMA).map_err(&e)?;
+    // Version 1 files: the trust columns, their reports unverified (nothing was checked then).
+    if !has_trust_columns(&conn).map_err(&e)? {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE feedback ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE feedback ADD COLUMN offered INTEGER NOT NULL DEFAULT 0;
+             COMMIT;",
+        )
+        .map_err(&e)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
+}
+
+/// True when the feedback table has `verified` and `offered` (schema version 2).
+fn has_trust_columns(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info('feedback') WHERE name IN ('verified', 'offered')")?;
+    Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 2)
 }
 
 fn check_version(conn: &Connection, path: &Path) -> Result<(), LogError> {
@@ -149,8 +167,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
             ])?;
         }
         let mut ins = tx.prepare_cached(
-            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for f in feedback {
             ins.execute(params![
@@ -162,7 +180,9 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 f.input_tokens,
                 f.output_tokens,
                 f.cost_usd,
-                f.quality
+                f.quality,
+                f.verified,
+                f.offered
             ])?;
         }
     }
@@ -233,11 +253,29 @@ pub fn enforce_retention(conn: &mut Connection, min_ts_ms: Option<i64>, max_byte
     Ok(pruned)
 }
 
+/// Which feedback reports become training lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackScope {
+    /// Only verified reports on offered models: the first report on a model a replica offered
+    /// for that request id. A client can neither invent nor repeat such a label.
+    #[default]
+    Verified,
+    /// Every report joined to a decision, verified or not (`--unverified-feedback`).
+    All,
+}
+
 /// Why feedback reports did not become training lines.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
 pub struct ExportSkips {
     /// Reports whose request id has no decision in this log.
     pub no_decision: usize,
+    /// Reports on a model that was not offered for their request id (left out unless
+    /// [`FeedbackScope::All`]).
+    pub not_offered: usize,
+    /// Reports on an offered model that were not verified: a repeat of a report on the same
+    /// (request id, model), or logged by a replica that did not know the decision (left out
+    /// unless [`FeedbackScope::All`]).
+    pub unverified: usize,
     /// Reports with neither a quality nor a refusal (availability outcomes, unrated successes).
     pub no_quality: usize,
     /// Reports without output tokens.
@@ -251,17 +289,19 @@ fn prompt_id(bytes: &[u8]) -> String {
 }
 
 /// Joins every feedback report to the latest decision with its request id and returns the
-/// ones that carry a quality label as training lines, in feedback order.
-pub fn training_lines(path: &Path) -> Result<(Vec<LogRecord>, ExportSkips), LogError> {
+/// ones in `scope` that carry a quality label as training lines, in feedback order.
+pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecord>, ExportSkips), LogError> {
     let conn = open_for_reading(path)?;
     let e = db_err(path);
+    // A version 1 file no server has opened since: every report unverified.
+    let trust = if has_trust_columns(&conn).map_err(&e)? { "f.verified, f.offered" } else { "0, 0" };
     let mut stmt = conn
-        .prepare(
-            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL
+        .prepare(&format!(
+            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}
              FROM feedback f
              LEFT JOIN decisions d ON d.id = (SELECT max(id) FROM decisions WHERE request_id = f.request_id)
-             ORDER BY f.id",
-        )
+             ORDER BY f.id"
+        ))
         .map_err(&e)?;
     let mut rows = stmt.query([]).map_err(&e)?;
     let (mut out, mut skips) = (Vec::new(), ExportSkips::default());
@@ -275,8 +315,10 @@ pub fn training_lines(path: &Path) -> Result<(Vec<LogRecord>, ExportSkips), LogE
             embedding: r.get(5).map_err(&e)?,
             encoder: r.get(6).map_err(&e)?,
             joined: r.get(7).map_err(&e)?,
+            verified: r.get(8).map_err(&e)?,
+            offered: r.get(9).map_err(&e)?,
         };
-        out.extend(training_line(joined, &mut skips));
+        out.extend(training_line(joined, scope, &mut skips));
     }
     Ok((out, skips))
 }
@@ -292,13 +334,27 @@ pub(crate) struct Joined {
     pub encoder: Option<String>,
     /// A decision was found.
     pub joined: bool,
+    /// The report was verified when it was logged.
+    pub verified: bool,
+    /// Its model was offered for its request id.
+    pub offered: bool,
 }
 
 /// The training line of one joined report, or the reason it has none (counted in `skips`).
-pub(crate) fn training_line(j: Joined, skips: &mut ExportSkips) -> Option<LogRecord> {
+pub(crate) fn training_line(j: Joined, scope: FeedbackScope, skips: &mut ExportSkips) -> Option<LogRecord> {
     if !j.joined {
         skips.no_decision += 1;
         return None;
+    }
+    if scope == FeedbackScope::Verified {
+        if !j.offered {
+            skips.not_offered += 1;
+            return None;
+        }
+        if !j.verified {
+            skips.unverified += 1;
+            return None;
+        }
     }
     let score = match (j.quality, j.outcome.as_str()) {
         (Some(q), _) => q,

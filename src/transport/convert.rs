@@ -142,6 +142,9 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
         output_tokens: req.output_tokens,
         cost_usd: req.cost_usd,
         quality: req.quality,
+        // Decided by `Service::feedback`.
+        verified: false,
+        offered: false,
     })
 }
 

@@ -69,9 +69,15 @@ pub fn render(service: &Service) -> String {
     }
     page.counter(
         "pointsman_feedback_unverified_total",
-        "Feedback reports on catalog models not applied to health: this replica did not offer the model for that request id.",
+        "Feedback reports on catalog models not applied to health: no replica offered the model for that request id, as far as this one knows.",
         &[],
         load(&st.feedback_unverified),
+    );
+    page.counter(
+        "pointsman_feedback_duplicates_total",
+        "Feedback reports on catalog models not applied to health: a report on the same request id and model already was.",
+        &[],
+        load(&st.feedback_duplicates),
     );
     const EXT_PROC: &str =
         "Requests Envoy's external processor handled, by action: routed, passed (explicit model or not a chat request), refused (the request's fault: 400, 422), failed (Pointsman's: left to Envoy's failure_mode_allow).";
@@ -192,6 +198,16 @@ pub fn render(service: &Service) -> String {
         );
         page.counter("pointsman_health_shared_published_total", "Local health reports shared through Redis.", &[], load(&s.published));
         page.counter("pointsman_health_shared_applied_total", "Other replicas' health reports applied here.", &[], load(&s.applied));
+        page.counter(
+            "pointsman_health_shared_duplicates_total",
+            "Other replicas' health reports read and not applied: sent twice, or on a request id and model already counted here.",
+            &[],
+            load(&s.duplicates),
+        );
+        const OFFERS: &str = "Decisions' offered sets (request id and models) shared through Redis to verify reports on any replica: published (this replica's), applied (the others'), unshared (this replica's, queue or backlog full).";
+        page.counter("pointsman_health_shared_offers_total", OFFERS, &[("result", "published")], load(&s.offers_published));
+        page.counter("pointsman_health_shared_offers_total", OFFERS, &[("result", "applied")], load(&s.offers_applied));
+        page.counter("pointsman_health_shared_offers_total", OFFERS, &[("result", "unshared")], load(&s.offers_unshared));
         page.counter(
             "pointsman_health_shared_unshared_total",
             "Local health reports never shared (queue full, or older than the window when Redis returned).",

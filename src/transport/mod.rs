@@ -31,7 +31,7 @@ use crate::{
         admin_server::{Admin, AdminServer},
         router_server::{Router, RouterServer},
     },
-    service::Service,
+    service::{FeedbackError, Service},
 };
 
 /// The encoded descriptor set of `pointsman.v1`, for reflection.
@@ -153,8 +153,11 @@ impl Router for RouterService {
                 Ok(ack) => Ok(Response::new(pb::FeedbackResponse {
                     known_request: ack.known_request,
                     health: ack.health.map(|h| convert::model_health(&h)),
+                    counted: ack.counted,
+                    verified: ack.verified,
                 })),
-                Err(e) => Err(Status::resource_exhausted(e.to_string())),
+                Err(e @ FeedbackError::QueueFull(_)) => Err(Status::resource_exhausted(e.to_string())),
+                Err(e @ FeedbackError::LogClosed) => Err(Status::unavailable(e.to_string())),
             }
         }
         .instrument(span)
