@@ -57,7 +57,10 @@ impl Upstream {
             stalling: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
         };
-        let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions)).with_state(u.clone());
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", axum::routing::post(completions))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(u.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         u
     }
@@ -610,7 +613,17 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
     }
     assert_eq!(pm.ext_proc("routed").await, routed_before + 4.0, "Pointsman counted the four as routed");
 
-    // 3. Pointsman down (failure_mode_allow): the client's header still picks nothing.
+    // 3. A body over the buffer limit (8 MiB, ext_proc.max_body_bytes) is not refused: it goes on
+    //    unrouted, whole, with its content-length.
+    let huge = serde_json::json!({"model": "pointsman/auto", "messages": [{"role": "user", "content": "x".repeat(9 << 20)}]}).to_string();
+    let r = post(gw.addr, &huge, &[]).await;
+    assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
+    let (_, seen) = arrival(&all);
+    assert_eq!(seen.model, "pointsman/auto", "not routed");
+    assert_eq!(seen.headers.get("content-length"), Some(&huge.len().to_string()), "the whole body, not chunked");
+    assert_eq!(pm.ext_proc("routed").await, routed_before + 4.0);
+
+    // 4. Pointsman down (failure_mode_allow): the client's header still picks nothing.
     pm.stop().await;
     let before = anthropic.seen().len();
     let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[("x-pointsman-upstream", "anthropic")]).await;
