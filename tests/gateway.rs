@@ -270,6 +270,16 @@ async fn post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// [`post`], with a connection error (reset, closed without a reply) as `Err`.
 async fn try_post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+    try_post_paused(addr, body, headers, None).await
+}
+
+/// [`post`], sending the body only `pause` after the head (so Envoy has handed the headers to
+/// Pointsman before any of the body arrives).
+async fn post_paused(addr: SocketAddr, body: &str, pause: Duration) -> Reply {
+    try_post_paused(addr, body, &[], Some(pause)).await.unwrap_or_else(|e| panic!("POST through {addr}: {e}"))
+}
+
+async fn try_post_paused(addr: SocketAddr, body: &str, headers: &[(&str, &str)], pause: Option<Duration>) -> std::io::Result<Reply> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
@@ -278,6 +288,9 @@ async fn try_post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> std
         body.len()
     );
     s.write_all(head.as_bytes()).await?;
+    if let Some(p) = pause {
+        tokio::time::sleep(p).await;
+    }
     s.write_all(body.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("a reply within 30 s")?;
@@ -575,7 +588,9 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
 
     // 2. What agents and applications send is routed: the body's model rewritten, the decision's
     //    headers set, 2xx from the chosen model's upstream (its provider's cluster, or
-    //    default_upstream for a provider without one).
+    //    default_upstream for a provider without one). Twice each: a body that arrives with
+    //    its headers and one that arrives after Envoy has sent the headers to Pointsman take
+    //    different paths in Envoy's filter.
     let routed_before = pm.ext_proc("routed").await;
     let tools =
         serde_json::json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]);
@@ -600,28 +615,29 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
     for (what, body) in
         [("a tool-calling agent turn", agent), ("an image-only turn", image), ("300 turns", long), ("a 600 KB prompt", large)]
     {
-        let r = post(gw.addr, &body.to_string(), &[]).await;
-        assert_eq!(r.status, 200, "{what}: {}", r.body);
-        let (name, seen) = arrival(&all);
-        assert_ne!(seen.model, "pointsman/auto", "{what}: not routed (reached {name})");
-        assert_eq!(seen.headers.get("x-pointsman-model"), Some(&seen.model), "{what}");
-        assert!(seen.headers.contains_key("x-pointsman-request-id"), "{what}");
-        let provider = &seen.headers["x-pointsman-upstream"];
-        let expected =
-            if ["openai", "together", "anthropic", "deepseek"].contains(&provider.as_str()) { provider.as_str() } else { "default" };
-        assert_eq!(name, expected, "{what}: routed to {provider}");
+        for paused in [false, true] {
+            let body = body.to_string();
+            let r = if paused { post_paused(gw.addr, &body, Duration::from_millis(200)).await } else { post(gw.addr, &body, &[]).await };
+            assert_eq!(r.status, 200, "{what} (body after a pause: {paused}): {}", r.body);
+            let (name, seen) = arrival(&all);
+            assert_ne!(seen.model, "pointsman/auto", "{what} (body after a pause: {paused}): not routed (reached {name})");
+            assert_eq!(seen.headers.get("x-pointsman-model"), Some(&seen.model), "{what}");
+            assert!(seen.headers.contains_key("x-pointsman-request-id"), "{what}");
+            let provider = &seen.headers["x-pointsman-upstream"];
+            let expected =
+                if ["openai", "together", "anthropic", "deepseek"].contains(&provider.as_str()) { provider.as_str() } else { "default" };
+            assert_eq!(name, expected, "{what} (body after a pause: {paused}): routed to {provider}");
+        }
     }
-    assert_eq!(pm.ext_proc("routed").await, routed_before + 4.0, "Pointsman counted the four as routed");
+    assert_eq!(pm.ext_proc("routed").await, routed_before + 8.0, "Pointsman counted the eight as routed");
 
-    // 3. A body over the buffer limit (8 MiB, ext_proc.max_body_bytes) is not refused: it goes on
-    //    unrouted, whole, with its content-length.
-    let huge = serde_json::json!({"model": "pointsman/auto", "messages": [{"role": "user", "content": "x".repeat(9 << 20)}]}).to_string();
-    let r = post(gw.addr, &huge, &[]).await;
-    assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
-    let (_, seen) = arrival(&all);
-    assert_eq!(seen.model, "pointsman/auto", "not routed");
-    assert_eq!(seen.headers.get("content-length"), Some(&huge.len().to_string()), "the whole body, not chunked");
-    assert_eq!(pm.ext_proc("routed").await, routed_before + 4.0);
+    // 3. A body over the buffer limit (8 MiB, ext_proc.max_body_bytes) is Envoy's to refuse:
+    //    413, and it reaches no upstream.
+    let huge = serde_json::json!({"model": "pointsman/auto", "messages": [{"role": "user", "content": "x".repeat(9 << 20)}]});
+    let arrived = all.lock().unwrap().len();
+    let r = post(gw.addr, &huge.to_string(), &[]).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(all.lock().unwrap().len(), arrived, "nothing reached an upstream");
 
     // 4. Pointsman down (failure_mode_allow): the client's header still picks nothing.
     pm.stop().await;
