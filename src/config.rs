@@ -96,7 +96,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:50051".into(),
             max_request_bytes: 1 << 20,
-            max_messages: 256,
+            max_messages: 1024,
             default_fallbacks: 3,
             max_fallbacks: 8,
             max_list_entries: 256,
@@ -132,11 +132,25 @@ pub struct ExtProcConfig {
     pub listen: String,
     /// Incoming `model` values that mean "route me"; any other model passes through untouched.
     pub route_models: Vec<String>,
+    /// How long one exchange may take, ms: keep it equal to the Envoy filter's `message_timeout`.
+    /// Routing work still waiting when it passes is dropped (Envoy has gone on without it).
+    pub message_timeout_ms: u64,
+    /// Largest request body buffered, bytes; a larger one passes through unrouted (counted), as
+    /// Envoy's buffer limit would let it. Also the listener's gRPC message limit.
+    pub max_body_bytes: usize,
+    /// Serve this listener with the `[tls]` certificate (and client CAs) when `[tls]` is set.
+    pub tls: bool,
 }
 
 impl Default for ExtProcConfig {
     fn default() -> Self {
-        Self { listen: String::new(), route_models: vec!["pointsman/auto".into()] }
+        Self {
+            listen: String::new(),
+            route_models: vec!["pointsman/auto".into()],
+            message_timeout_ms: 1000,
+            max_body_bytes: 8 << 20,
+            tls: true,
+        }
     }
 }
 
@@ -180,15 +194,19 @@ impl Default for HeadConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Routing texts kept; 0 turns the cache off.
+    /// Switch: 0 turns the cache off (any other value keeps it on; the bound is `max_bytes`).
+    /// Kept from the versions whose bound was an entry count.
     pub capacity: u64,
+    /// Bytes the cache may hold (its entries are keyed by a hash of the routing text, so an
+    /// entry's size is the head's outputs, a few KB, whatever the prompt's length); 0 turns it off.
+    pub max_bytes: u64,
     /// Seconds an entry lives; 0 means no expiry.
     pub ttl_seconds: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { capacity: 20_000, ttl_seconds: 3600 }
+        Self { capacity: 20_000, max_bytes: 64 << 20, ttl_seconds: 3600 }
     }
 }
 
@@ -427,6 +445,13 @@ impl Config {
         }
         if let Some(m) = self.ext_proc.route_models.iter().find(|m| m.trim().is_empty() || m.len() > 256) {
             return Err(invalid("ext_proc.route_models", "model names of 1 to 256 characters", format!("{m:?}")));
+        }
+        let e = &self.ext_proc;
+        if !(1..=600_000).contains(&e.message_timeout_ms) {
+            return Err(invalid("ext_proc.message_timeout_ms", "in [1, 600000] (Envoy's message_timeout, in ms)", e.message_timeout_ms));
+        }
+        if !(1024..=(64 << 20)).contains(&e.max_body_bytes) {
+            return Err(invalid("ext_proc.max_body_bytes", "in [1024, 67108864]", e.max_body_bytes));
         }
         if s.max_request_bytes < 1024 {
             return Err(invalid("server.max_request_bytes", ">= 1024", s.max_request_bytes));

@@ -92,6 +92,18 @@ impl RouteError {
     }
 }
 
+/// Longest client value echoed back in an error message, in characters.
+pub const MAX_ECHOED_CHARS: usize = 64;
+
+/// `s` cut to [`MAX_ECHOED_CHARS`] characters (with "…" when cut), for error messages: a client's
+/// value is echoed so the caller sees what was wrong, never in full.
+pub fn truncated(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(MAX_ECHOED_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]).into(),
+        None => s.into(),
+    }
+}
+
 /// How the request chose its trade-off.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tradeoff {
@@ -165,13 +177,56 @@ pub struct Decision {
 
 /// What the cache keeps per routing text: the head's outputs in head order.
 #[derive(Debug)]
-struct Cached {
+pub struct Cached {
     quality: Vec<f32>,
     output_tokens: Vec<f32>,
     support: Option<Vec<f32>>,
     family_support: Option<Vec<f32>>,
     text_tokens: u32,
     embedding: Option<Arc<[f32]>>,
+}
+
+impl Cached {
+    /// Bytes this entry holds (with its key and moka's bookkeeping, roughly), for the cache's
+    /// byte budget.
+    fn bytes(&self) -> u32 {
+        let floats = self.quality.len()
+            + self.output_tokens.len()
+            + self.support.as_ref().map_or(0, Vec::len)
+            + self.family_support.as_ref().map_or(0, Vec::len)
+            + self.embedding.as_ref().map_or(0, |e| e.len());
+        u32::try_from(floats * 4 + std::mem::size_of::<Self>() + CACHE_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+    }
+}
+
+/// Bytes per cache entry beyond its vectors: the 16-byte key, the `Arc`, moka's node and
+/// frequency sketch (measured with `cargo bench --bench memory_bound`, see the README).
+const CACHE_ENTRY_OVERHEAD: usize = 160;
+
+/// The prediction cache: the head's outputs keyed by a 128-bit hash (XXH3) of the routing text,
+/// so an entry's size does not depend on the prompt's, bounded in bytes. It belongs to the
+/// service and is handed from one engine to the next by a reload that keeps the encoder, the head
+/// and the logged fields (see [`PredictionCache::key`]).
+#[derive(Clone)]
+pub struct PredictionCache {
+    inner: moka::sync::Cache<u128, Arc<Cached>>,
+    /// What the cached values depend on: encoder id, head id, whether embeddings are kept.
+    key: String,
+}
+
+impl PredictionCache {
+    fn new(config: &crate::config::CacheConfig, key: String) -> Option<Self> {
+        (config.capacity > 0 && config.max_bytes > 0).then(|| {
+            let b = moka::sync::Cache::builder().max_capacity(config.max_bytes).weigher(|_k: &u128, v: &Arc<Cached>| v.bytes());
+            let b = if config.ttl_seconds > 0 { b.time_to_live(Duration::from_secs(config.ttl_seconds)) } else { b };
+            Self { inner: b.build(), key }
+        })
+    }
+
+    /// The key of a routing text.
+    fn hash(text: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+    }
 }
 
 /// The loaded engine: encoder, head, catalog, cache and settings.
@@ -182,7 +237,7 @@ pub struct Engine {
     head: Head,
     /// For each catalog model, its output index in the head.
     head_index: Vec<Option<usize>>,
-    cache: Option<moka::sync::Cache<String, Arc<Cached>>>,
+    cache: Option<PredictionCache>,
     version: String,
     pool: workers::WorkerPool,
     keep_embeddings: bool,
@@ -192,6 +247,13 @@ pub struct Engine {
 impl Engine {
     /// Loads ONNX Runtime, the encoder and the head, and checks them against the catalog.
     pub fn load(config: Config) -> Result<Self, RouteError> {
+        Self::load_after(config, None)
+    }
+
+    /// As [`Engine::load`], keeping `previous`'s prediction cache when the new engine would fill
+    /// it with the same values (same encoder, head, cache settings and logged fields): a reload
+    /// that changes prices or profiles does not start cold.
+    pub fn load_after(config: Config, previous: Option<&Engine>) -> Result<Self, RouteError> {
         let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
         let catalog = config.catalog().map_err(|e| RouteError::Catalog(e.to_string()))?;
         let encoder = Encoder::load(env, &config.encoder)?;
@@ -218,15 +280,18 @@ impl Engine {
                 tracing::warn!(model = %c.id, "catalog model not covered by the head; it will never be routed to");
             }
         }
-        let cache = (config.cache.capacity > 0).then(|| {
-            let b = moka::sync::Cache::builder().max_capacity(config.cache.capacity);
-            let b = if config.cache.ttl_seconds > 0 { b.time_to_live(Duration::from_secs(config.cache.ttl_seconds)) } else { b };
-            b.build()
-        });
         let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
         let pool = workers::WorkerPool::start("pointsman-encoder", encoder.parallelism(), config.server.max_queued_requests)?;
         let log = &config.decision_log;
         let (keep_text, keep_embeddings) = (log.enabled && log.store_prompts, log.enabled && !log.store_prompts);
+        let cache_key = format!("{}|{}|{keep_embeddings}|{:?}", encoder.id(), m.head_id, config.cache);
+        let cache = match previous.and_then(|p| p.cache.as_ref()) {
+            Some(c) if c.key == cache_key => {
+                tracing::info!(entries = c.inner.entry_count(), "the prediction cache carries over: same encoder, head and cache settings");
+                Some(c.clone())
+            }
+            _ => PredictionCache::new(&config.cache, cache_key),
+        };
         Ok(Self { config, catalog, encoder, head, head_index, cache, version, pool, keep_embeddings, keep_text })
     }
 
@@ -273,8 +338,16 @@ impl Engine {
     /// Entries in the prediction cache (approximate; for metrics and tests).
     pub fn cache_entries(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| {
-            c.run_pending_tasks();
-            c.entry_count()
+            c.inner.run_pending_tasks();
+            c.inner.entry_count()
+        })
+    }
+
+    /// Bytes the prediction cache holds, by its own weighing (for metrics and benches).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| {
+            c.inner.run_pending_tasks();
+            c.inner.weighted_size()
         })
     }
 
@@ -285,7 +358,7 @@ impl Engine {
                 if self.catalog.get(m).is_none() {
                     return Err(RouteError::invalid(
                         field,
-                        format!("names a model that is not in the catalog (see ListModels). Given: {m:?}"),
+                        format!("names a model that is not in the catalog (see ListModels). Given: {:?}", truncated(m)),
                     ));
                 }
             }
@@ -294,7 +367,10 @@ impl Engine {
         let known_providers = |field: &str, list: &[String]| -> Result<(), RouteError> {
             for p in list {
                 if !self.catalog.has_provider(p) {
-                    return Err(RouteError::invalid(field, format!("names a provider that no catalog model has. Given: {p:?}")));
+                    return Err(RouteError::invalid(
+                        field,
+                        format!("names a provider that no catalog model has. Given: {:?}", truncated(p)),
+                    ));
                 }
             }
             Ok(())
@@ -307,7 +383,7 @@ impl Engine {
         if let Tradeoff::Profile(p) = &q.tradeoff {
             if !self.config.routing.profiles.contains_key(p) {
                 let known: Vec<_> = self.config.routing.profiles.keys().map(String::as_str).collect();
-                return Err(RouteError::invalid("profile", format!("must be one of [{}]. Given: {p:?}", known.join(", "))));
+                return Err(RouteError::invalid("profile", format!("must be one of [{}]. Given: {:?}", known.join(", "), truncated(p))));
             }
         }
         let limit = self.config.server.max_fallbacks as usize;
@@ -339,23 +415,32 @@ impl Engine {
         let t0 = Instant::now();
         self.validate(&q)?;
         let (cost_weight, profile) = self.resolve_tradeoff(&q.tradeoff);
-        let text = routing_text(&q.messages);
+        let Some(text) = routing_text(&q.messages) else {
+            return Err(RouteError::invalid(
+                "messages",
+                format!("must hold at least one message with text to route on. Given: {} messages, none with text", q.messages.len()),
+            ));
+        };
         let logged_text = self.keep_text.then(|| text.clone());
-        if text.trim().is_empty() {
-            return Err(RouteError::invalid("messages", "must contain a non-empty message. Given: only empty contents"));
-        }
-        let single = q.messages.len() == 1;
+        // One message routed on whole: its tokens are the routing text's (else the conversation
+        // is counted message by message, every role and the part cut from the routing text included).
+        let single = q.messages.len() == 1 && text.len() == q.messages[0].content.trim().len();
         let mut timings = StageTimings::default();
-        let cached = self.cache.as_ref().and_then(|c| c.get(&text));
+        let key = PredictionCache::hash(&text);
+        let cached = self.cache.as_ref().and_then(|c| c.inner.get(&key));
         let (pred, conversation_tokens) = match cached {
             Some(hit) => {
                 timings.cache_hit = true;
-                let tokens = if single {
+                let tokens = if single && hit.text_tokens > 0 {
                     hit.text_tokens + TOKENS_PER_MESSAGE
                 } else {
+                    // Counting a conversation's tokens is tokenizer work but no encoder work: it
+                    // runs on tokio's blocking pool, so cache hits never queue for the encoder.
                     let this = Arc::clone(self);
                     let msgs = q.messages.clone();
-                    self.pool.run(q.deadline, move || this.count_conversation(&msgs)).await??
+                    tokio::task::spawn_blocking(move || this.count_conversation(&msgs))
+                        .await
+                        .map_err(|e| RouteError::Worker(e.to_string()))??
                 };
                 timings.prepare = t0.elapsed();
                 (hit, tokens)
@@ -392,7 +477,7 @@ impl Engine {
                             embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
                         });
                         if let Some(c) = &this.cache {
-                            c.insert(text, Arc::clone(&cached));
+                            c.inner.insert(key, Arc::clone(&cached));
                         }
                         Ok((cached, conv, (prepare, encode, predict)))
                     })

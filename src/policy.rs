@@ -75,6 +75,9 @@ pub struct Constraints {
     pub max_fallbacks: usize,
     /// Models whose `domain_chance` is below this are out of the head's domain (0 disables).
     pub out_of_domain_p: f64,
+    /// What the request needs beyond text (tools, images, audio, files). Recorded with the
+    /// decision; no rule filters on it yet (the catalog does not list capabilities).
+    pub requirements: crate::encoder::text::Requirements,
 }
 
 /// Server-wide scoring settings.

@@ -50,6 +50,8 @@ pub struct ServiceStats {
     pub ext_proc_routed: AtomicU64,
     /// Requests it passed on untouched (an explicit model, or not a chat request).
     pub ext_proc_passed: AtomicU64,
+    /// The same, by reason (`explicit_model`, `not_json`, `no_messages`, `no_text`, `too_large`).
+    pub ext_proc_passed_by_reason: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Requests it answered with an error instead of routing (the request's own fault).
     pub ext_proc_refused: AtomicU64,
     /// Requests it could not route for a reason of its own (loading, overloaded, internal): the
@@ -59,6 +61,14 @@ pub struct ServiceStats {
     pub reloads_ok: AtomicU64,
     /// Rejected reloads.
     pub reloads_failed: AtomicU64,
+}
+
+impl ServiceStats {
+    /// Counts a request that Envoy's external processor passed through, and why.
+    pub fn count_ext_proc_pass(&self, reason: &'static str) {
+        self.ext_proc_passed.fetch_add(1, Ordering::Relaxed);
+        *self.ext_proc_passed_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
 }
 
 /// One Route call in flight, from [`Service::route_call`]: resolve it with [`RouteCall::ok`] or
@@ -319,7 +329,10 @@ impl Service {
         let mut config = self.config().reread().map_err(|e| RouteError::Catalog(format!("config: {e}")))?;
         keep_restart_only_settings(&mut config, &self.config());
         let cfg = config.clone();
-        let engine = tokio::task::spawn_blocking(move || Engine::load(cfg)).await.map_err(|e| RouteError::Worker(e.to_string()))??;
+        let previous = self.engine();
+        let engine = tokio::task::spawn_blocking(move || Engine::load_after(cfg, previous.as_deref()))
+            .await
+            .map_err(|e| RouteError::Worker(e.to_string()))??;
         let engine = Arc::new(engine);
         validate_engine(&engine).await?;
         Ok((engine, config))

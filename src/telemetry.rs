@@ -13,6 +13,9 @@ pub const ROUTE_DURATION: &str = "pointsman_route_duration_seconds";
 /// Upper bounds of the Route latency buckets, seconds: 0.1 ms to 1 s.
 pub const ROUTE_DURATION_BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0];
 
+/// How often the server folds recorded samples into buckets ([`Telemetry::run_upkeep`]).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Metadata for registrations (the exporter ignores it).
 pub(crate) static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
@@ -63,6 +66,13 @@ impl Telemetry {
             // Errors are rare: registering (a map lookup) each time is fine.
             self.recorder.register_histogram(&route_key(result, cache_hit), &METADATA).record(secs);
         }
+    }
+
+    /// Folds the samples recorded since the last call into the histograms' buckets. Until then
+    /// each sample is kept (8 bytes each): without a scrape, nothing else drains them, so the
+    /// server calls this every [`UPKEEP_INTERVAL`].
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
     }
 
     /// The recorded series in Prometheus text format.

@@ -121,14 +121,14 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
         (id(), conversation, profile),
         (cost_weight, max_cost, opt_number()),
         (list(&k.models), list(&k.models), list(&k.providers), list(&k.providers)),
-        (fallbacks, any::<bool>()),
+        (fallbacks, any::<bool>(), prop::option::of(any::<(bool, bool, bool, bool)>())),
     )
         .prop_map(
             |(
                 (request_id, (messages, prompt), profile),
                 (cost_weight, max_cost_usd, min_quality),
                 (allowed_models, denied_models, allowed_providers, denied_providers),
-                (max_fallbacks, explain),
+                (max_fallbacks, explain, needs),
             )| {
                 Shown(pb::RouteRequest {
                     request_id,
@@ -144,6 +144,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                     denied_providers,
                     max_fallbacks,
                     explain,
+                    requirements: needs.map(|(tools, images, audio, files)| pb::Requirements { tools, images, audio, files }),
                 })
             },
         )

@@ -163,3 +163,25 @@ async fn the_watcher_reloads_changed_files_and_skips_broken_ones() {
     assert_eq!(metric(&page, "pointsman_reloads_total{result=\"rejected\"}"), Some(1.0), "a rejected fingerprint is not retried");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_keeps_encoder_and_head_keeps_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = copy_head(&dir.path().join("head"));
+    let cfg_path = dir.path().join("pointsman.toml");
+    write_config(&cfg_path, &head, &dir.path().join("decisions.db"), &[]);
+    let mut server = TestServer::start_with(Config::load(&cfg_path).unwrap()).await;
+    let mut admin = AdminClient::new(server.admin_channel.clone());
+    let hit = |r: pb::RouteResponse| r.timings.unwrap().cache_hit;
+    let ask = || pb::RouteRequest { prompt: PROMPTS[2].into(), ..Default::default() };
+    assert!(!hit(server.client.route(ask()).await.unwrap().into_inner()));
+    // Same files (as after a price-only ConfigMap edit): the new engine starts warm.
+    admin.reload(pb::ReloadRequest {}).await.unwrap();
+    assert!(hit(server.client.route(ask()).await.unwrap().into_inner()), "the cache was dropped by a reload of the same models");
+    // Another head: its predictions differ, so the cache starts empty.
+    set_head_id(&head, "another-head");
+    let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(r.router_version.ends_with("another-head"), "{}", r.router_version);
+    assert!(!hit(server.client.route(ask()).await.unwrap().into_inner()), "a new head answered from the old head's cache");
+    server.shutdown().await;
+}

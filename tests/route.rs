@@ -193,6 +193,43 @@ async fn conversations_and_request_ids() {
 }
 
 #[tokio::test]
+async fn agent_turns_are_routed_on_the_user_intent_and_the_tool_results_after_it() {
+    let mut s = TestServer::start().await;
+    let msg = |role: &str, content: &str| pb::Message { role: role.into(), content: content.into() };
+    let question = "Which of these two flights is cheaper, and by how much? Use the fare tool for both.";
+    let agent = RouteRequest {
+        messages: vec![
+            msg("developer", "You are a travel agent with a fare tool."),
+            msg("user", question),
+            // An assistant turn that only calls tools has no content.
+            msg("assistant", ""),
+            msg("tool", "{\"flight\": \"SK1470\", \"fare_eur\": 129}"),
+            msg("function", "{\"flight\": \"DY620\", \"fare_eur\": 99}"),
+        ],
+        requirements: Some(pb::Requirements { tools: true, ..Default::default() }),
+        ..Default::default()
+    };
+    let r = s.client.route(agent.clone()).await.unwrap().into_inner();
+    assert!(!r.candidates.is_empty());
+    assert!(!r.timings.unwrap().cache_hit);
+    // The same routing text from another conversation (the user turn and the two results, no
+    // system or assistant turn) is a cache hit: that text is what the agent turn was routed on.
+    let same_text = RouteRequest {
+        messages: vec![msg("user", question), msg("tool", &agent.messages[3].content), msg("tool", &agent.messages[4].content)],
+        ..Default::default()
+    };
+    assert!(s.client.route(same_text).await.unwrap().into_inner().timings.unwrap().cache_hit);
+    // Without the newest result it is another text.
+    let fewer = RouteRequest { messages: agent.messages[..4].to_vec(), ..Default::default() };
+    assert!(!s.client.route(fewer).await.unwrap().into_inner().timings.unwrap().cache_hit);
+    // Control characters never reach the routing text: with and without them, one text.
+    let nul = s.client.route(prompt("What is 2+2?\u{0}\u{7}")).await.unwrap().into_inner();
+    assert!(!nul.timings.unwrap().cache_hit);
+    assert!(s.client.route(prompt("What is 2+2?")).await.unwrap().into_inner().timings.unwrap().cache_hit);
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn cache_hits_return_the_same_ranking() {
     let mut s = TestServer::start().await;
     let a = s.client.route(prompt(CHAT_PROMPT)).await.unwrap().into_inner();
@@ -251,7 +288,10 @@ async fn bad_input_gets_invalid_argument_naming_field_limit_and_value() {
     expect_status(&mut s, RouteRequest::default(), ia, &["messages"]).await;
     expect_status(&mut s, prompt("   "), ia, &["prompt", "whitespace"]).await;
     let empty_content = RouteRequest { messages: vec![pb::Message { role: "user".into(), content: "".into() }], ..Default::default() };
-    expect_status(&mut s, empty_content, ia, &["messages[0].content"]).await;
+    expect_status(&mut s, empty_content, ia, &["messages", "none with text"]).await;
+    let control_only =
+        RouteRequest { messages: vec![pb::Message { role: "user".into(), content: "\u{0}\u{1}".into() }], ..Default::default() };
+    expect_status(&mut s, control_only, ia, &["messages", "none with text"]).await;
     let bad_role = RouteRequest { messages: vec![pb::Message { role: "wizard".into(), content: "hi".into() }], ..Default::default() };
     expect_status(&mut s, bad_role, ia, &["messages[0].role", "wizard"]).await;
     let both = RouteRequest { messages: vec![pb::Message { role: "user".into(), content: "hi".into() }], ..prompt("hi") };
@@ -271,10 +311,14 @@ async fn bad_input_gets_invalid_argument_naming_field_limit_and_value() {
     expect_status(&mut s, RouteRequest { max_cost_usd: Some(f64::INFINITY), ..prompt("hi") }, ia, &["max_cost_usd", "inf"]).await;
     expect_status(&mut s, RouteRequest { request_id: "x".repeat(200), ..prompt("hi") }, ia, &["request_id", "128", "200"]).await;
     let many = RouteRequest {
-        messages: (0..300).map(|_| pb::Message { role: "user".into(), content: "hi".into() }).collect(),
+        messages: (0..1100).map(|_| pb::Message { role: "user".into(), content: "hi".into() }).collect(),
         ..Default::default()
     };
-    expect_status(&mut s, many, ia, &["messages", "256", "300"]).await;
+    expect_status(&mut s, many, ia, &["messages", "1024", "1100"]).await;
+    // A client's value is echoed, but never in full.
+    let long_name = RouteRequest { allowed_models: vec![format!("gpt-{}", "9".repeat(5000))], ..prompt("hi") };
+    let err = s.client.route(long_name).await.unwrap_err();
+    assert!(err.message().contains("allowed_models") && err.message().len() < 300, "{}", err.message());
     let huge = prompt(&"a".repeat(1_200_000));
     expect_status(&mut s, huge, ia, &["bytes", "1048576"]).await;
 

@@ -42,6 +42,7 @@ pub struct PoolStats {
     skipped_deadline: AtomicU64,
     panics: AtomicU64,
     replaced: AtomicU64,
+    crashed: AtomicU64,
 }
 
 impl PoolStats {
@@ -71,6 +72,12 @@ impl PoolStats {
         self.panics.load(Ordering::Relaxed)
     }
 
+    /// Queued calls whose thread died with them (a panic outside the job's own catch): neither
+    /// run nor skipped.
+    pub fn jobs_crashed(&self) -> u64 {
+        self.crashed.load(Ordering::Relaxed)
+    }
+
     /// Threads that died and were replaced.
     pub fn threads_replaced(&self) -> u64 {
         self.replaced.load(Ordering::Relaxed)
@@ -86,6 +93,8 @@ enum Leave {
     CallerGone,
     /// Its deadline had passed.
     Deadline,
+    /// Its thread died while holding it.
+    Crashed,
     /// The pool is shutting down (not a skip: counted nowhere).
     Stopped,
 }
@@ -119,6 +128,7 @@ impl Slot {
             Leave::Run => &self.stats.run,
             Leave::CallerGone => &self.stats.skipped_caller_gone,
             Leave::Deadline => &self.stats.skipped_deadline,
+            Leave::Crashed => &self.stats.crashed,
             Leave::Stopped => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +137,8 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.record(Leave::CallerGone);
+        // Dropped while its thread unwinds: the work crashed the thread, its caller did not go.
+        self.record(if std::thread::panicking() { Leave::Crashed } else { Leave::CallerGone });
     }
 }
 
@@ -396,6 +407,9 @@ mod tests {
         until(|| pool.stats().threads_replaced() == 1).await;
         // The permit and the slot came back while unwinding, and a new thread serves.
         assert_eq!((pool.stats().queue_depth(), pool.stats().panics()), (0, 1));
+        // Counted as crashed, not as a skip for a caller that went away.
+        let st = pool.stats();
+        assert_eq!((st.jobs_crashed(), st.skipped_caller_gone(), st.skipped_deadline(), st.jobs_run()), (1, 0, 0, 0));
         let name = pool.run(None, || std::thread::current().name().map(String::from)).await.unwrap();
         assert_eq!(name.as_deref(), Some("test-replace-0"));
     }

@@ -119,6 +119,7 @@ pub(crate) fn constraints_json(d: &DecisionRecord) -> String {
         "allowed_providers": c.allowed_providers,
         "denied_providers": c.denied_providers,
         "max_fallbacks": c.max_fallbacks,
+        "requirements": c.requirements,
     })
     .to_string()
 }

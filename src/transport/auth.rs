@@ -36,11 +36,13 @@ pub enum Role {
     Feedback,
     /// `Admin.Reload` and `GET /metrics` on the admin listener.
     Admin,
+    /// Envoy's external processor on the ext_proc listener (it routes and reports feedback).
+    Gateway,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 3] = [Role::Route, Role::Feedback, Role::Admin];
+    pub const ALL: [Role; 4] = [Role::Route, Role::Feedback, Role::Admin, Role::Gateway];
 
     /// The name used in the config and in messages.
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Role {
             Role::Route => "route",
             Role::Feedback => "feedback",
             Role::Admin => "admin",
+            Role::Gateway => "gateway",
         }
     }
 
@@ -127,11 +130,12 @@ impl AuthConfig {
                 return Err(invalid(&key("name"), &format!("a name unique among auth.tokens (auth.tokens[{j}] has it)"), name));
             }
             if t.roles.is_empty() {
-                return Err(invalid(&key("roles"), "a non-empty list of route, feedback, admin", "[]"));
+                return Err(invalid(&key("roles"), "a non-empty list of route, feedback, admin, gateway", "[]"));
             }
             let mut roles = 0u8;
             for r in &t.roles {
-                let role = Role::parse(r).ok_or_else(|| invalid(&key("roles"), "a list of route, feedback, admin", format!("{r:?}")))?;
+                let role =
+                    Role::parse(r).ok_or_else(|| invalid(&key("roles"), "a list of route, feedback, admin, gateway", format!("{r:?}")))?;
                 roles |= role.bit();
             }
             let (source, secret) = match (&t.token, &t.token_env) {
@@ -264,7 +268,12 @@ pub enum Plane {
     Data,
     /// `admin.listen`: Admin, `/metrics`, reflection.
     Admin,
+    /// `ext_proc.listen`: Envoy's external processor, health.
+    ExtProc,
 }
+
+/// Envoy's external processor service, as named in its request paths.
+pub const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 
 /// The role a request path needs on `plane`, or `None` for open paths (health, reflection) and
 /// for paths the listener does not serve (they get UNIMPLEMENTED or 404 whatever the token).
@@ -274,6 +283,7 @@ pub fn role_for_path(plane: Plane, path: &str) -> Option<Role> {
         (Plane::Data, router_server::SERVICE_NAME, "Feedback") => Some(Role::Feedback),
         (Plane::Data, router_server::SERVICE_NAME, _) => Some(Role::Route),
         (Plane::Admin, admin_server::SERVICE_NAME, _) | (Plane::Admin, "metrics", "") => Some(Role::Admin),
+        (Plane::ExtProc, EXT_PROC_SERVICE, _) => Some(Role::Gateway),
         _ => None,
     }
 }
@@ -346,7 +356,7 @@ mod tests {
 
     #[test]
     fn paths_map_to_roles() {
-        use Plane::{Admin, Data};
+        use Plane::{Admin, Data, ExtProc};
         assert_eq!(role_for_path(Data, "/pointsman.v1.Router/Route"), Some(Role::Route));
         assert_eq!(role_for_path(Data, "/pointsman.v1.Router/ListModels"), Some(Role::Route));
         assert_eq!(role_for_path(Data, "/pointsman.v1.Router/Feedback"), Some(Role::Feedback));
@@ -357,6 +367,10 @@ mod tests {
         assert_eq!(role_for_path(Data, "/metrics"), None);
         assert_eq!(role_for_path(Admin, "/pointsman.v1.Router/Route"), None);
         assert_eq!(role_for_path(Data, "/grpc.health.v1.Health/Check"), None);
+        assert_eq!(role_for_path(ExtProc, "/envoy.service.ext_proc.v3.ExternalProcessor/Process"), Some(Role::Gateway));
+        assert_eq!(role_for_path(ExtProc, "/grpc.health.v1.Health/Check"), None);
+        assert_eq!(role_for_path(ExtProc, "/pointsman.v1.Router/Route"), None);
+        assert_eq!(role_for_path(Data, "/envoy.service.ext_proc.v3.ExternalProcessor/Process"), None);
         assert_eq!(role_for_path(Data, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), None);
     }
 

@@ -9,8 +9,8 @@ use tonic::{metadata::MetadataMap, Status};
 
 use crate::{
     config::ServerConfig,
-    encoder::text::{ChatMessage, Role},
-    engine::{Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
+    encoder::text::{without_control_chars, ChatMessage, Requirements, Role},
+    engine::{truncated, Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
     health::{Outcome, Snapshot, State},
     logs::{now_ms, FeedbackRecord},
     pb,
@@ -36,7 +36,12 @@ impl From<RouteError> for Status {
             RouteError::Overloaded { .. } => Status::resource_exhausted(msg),
             RouteError::DeadlineExceeded => Status::deadline_exceeded(msg),
             RouteError::Worker(_) => Status::unavailable(msg),
-            RouteError::Encoder(_) | RouteError::Head(_) | RouteError::Runtime(_) | RouteError::Catalog(_) | RouteError::WorkerPanic(_) => {
+            RouteError::WorkerPanic(_) => {
+                // The panic's text is for the operator's log, not the client.
+                tracing::error!(error = %msg, label = e.label(), "routing failed");
+                Status::internal("routing failed: an internal error (a worker panicked; the server logged it)")
+            }
+            RouteError::Encoder(_) | RouteError::Head(_) | RouteError::Runtime(_) | RouteError::Catalog(_) => {
                 tracing::error!(error = %msg, label = e.label(), "routing failed");
                 Status::internal(msg)
             }
@@ -193,36 +198,48 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
             ))
         }
         (true, false) => {
-            if req.prompt.trim().is_empty() {
-                return Err(invalid("prompt", "must contain non-whitespace text. Given: only whitespace"));
+            let prompt = without_control_chars(req.prompt);
+            if prompt.trim().is_empty() {
+                return Err(invalid("prompt", "must contain non-whitespace text. Given: only whitespace or control characters"));
             }
-            vec![ChatMessage::user(req.prompt)]
+            vec![ChatMessage::user(prompt)]
         }
         (false, true) => {
             if req.messages.len() > server.max_messages {
                 return Err(invalid(
                     "messages",
-                    format!("must hold at most {} messages. Given: {}", server.max_messages, req.messages.len()),
+                    format!("must hold at most {} messages (server.max_messages). Given: {}", server.max_messages, req.messages.len()),
                 ));
             }
-            req.messages
+            let messages = req
+                .messages
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| {
                     let role = Role::from_str(&m.role).map_err(|()| {
-                        invalid(format!("messages[{i}].role"), format!("must be one of system, user, assistant, tool. Given: {:?}", m.role))
+                        invalid(
+                            format!("messages[{i}].role"),
+                            format!("must be one of system, developer, user, assistant, tool, function. Given: {:?}", truncated(&m.role)),
+                        )
                     })?;
-                    if m.content.trim().is_empty() {
-                        return Err(invalid(format!("messages[{i}].content"), "must contain non-whitespace text. Given: an empty content"));
-                    }
-                    Ok(ChatMessage { role, content: m.content })
+                    // Empty is normal: an assistant turn that only calls tools, an image-only turn.
+                    Ok(ChatMessage { role, content: without_control_chars(m.content) })
                 })
-                .collect::<Result<Vec<_>, _>>()?
+                .collect::<Result<Vec<_>, RouteError>>()?;
+            if messages.iter().all(|m| m.content.trim().is_empty()) {
+                return Err(invalid(
+                    "messages",
+                    format!("must hold at least one message with text to route on. Given: {} messages, none with text", messages.len()),
+                ));
+            }
+            messages
         }
     };
 
     let tradeoff = match (req.cost_weight, req.profile.is_empty()) {
-        (Some(_), false) => return Err(invalid("profile", format!("must be empty when `cost_weight` is set. Given: {:?}", req.profile))),
+        (Some(_), false) => {
+            return Err(invalid("profile", format!("must be empty when `cost_weight` is set. Given: {:?}", truncated(&req.profile))))
+        }
         (Some(w), true) => {
             if !(0.0..=1.0).contains(&w) {
                 return Err(invalid("cost_weight", format!("must be in [0, 1]. Given: {w}")));
@@ -256,6 +273,10 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         denied_providers: check_list("denied_providers", &req.denied_providers, lim)?,
         max_fallbacks: max_fallbacks as usize,
         out_of_domain_p: 0.0,
+        requirements: req
+            .requirements
+            .map(|r| Requirements { tools: r.tools, images: r.images, audio: r.audio, files: r.files })
+            .unwrap_or_default(),
     };
     Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None })
 }
@@ -420,7 +441,7 @@ mod tests {
         assert_eq!(Status::from(RouteError::DeadlineExceeded).code(), tonic::Code::DeadlineExceeded);
         let s = Status::from(RouteError::WorkerPanic("boom".into()));
         assert_eq!(s.code(), tonic::Code::Internal);
-        assert!(s.message().contains("boom"), "{}", s.message());
+        assert!(!s.message().contains("boom") && s.message().contains("panicked"), "{}", s.message());
         let s = Status::from(RouteError::Overloaded { waiting: 8, limit: 8 });
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
     }

@@ -5,27 +5,43 @@
 //! mode asks for (the shipped `deploy/envoy/envoy.yaml`: request headers, the request body
 //! buffered, response headers, the response body streamed chunk by chunk). Per stream:
 //!
-//! 1. **Request headers**: kept (the per-request knobs ride on them, see [`headers`]).
-//! 2. **Request body** (the whole OpenAI-compatible chat request): when its `model` is one of
-//!    `ext_proc.route_models` (`pointsman/auto` by default), the conversation is routed by the
-//!    same engine, validation, profiles and constraints as `Route`; the body's `model` is
-//!    rewritten to the chosen model, and headers name the model, its upstream (provider), the
-//!    fallbacks and the decision id; the route cache is cleared so Envoy routes on them. Any
-//!    other `model` passes through untouched (with the upstream header when the catalog knows
-//!    the model). A request at fault is answered with an OpenAI-style error naming the field, its
-//!    limit and the value given (400 for a bad value, 422 when its constraints leave no model);
-//!    when Pointsman cannot route for a reason of its own (loading, overloaded, a deadline, an
-//!    internal error) the stream ends with the gRPC status and Envoy's `failure_mode_allow`
-//!    decides, as when Pointsman is down.
+//! 1. **Request headers**: kept (the per-request knobs ride on them, see [`headers`]), except the
+//!    headers Pointsman sets itself ([`headers::OWN`]: the upstream, the chosen model, the
+//!    fallbacks): a client's copies are removed, so no client names a cluster or forges a decision.
+//! 2. **Request body** (the whole OpenAI-compatible chat request, up to `ext_proc.max_body_bytes`):
+//!    when its `model` is one of `ext_proc.route_models` (`pointsman/auto` by default), the
+//!    conversation (mapped by [`super::openai`]: tool calls, content parts, any number of turns)
+//!    is routed by the same engine, validation, profiles and constraints as `Route`; the body's
+//!    `model` is rewritten to the chosen model, and headers name the model, its upstream
+//!    (provider), the fallbacks and the decision id; the route cache is cleared so Envoy routes on
+//!    them. Any other `model` passes through untouched (with the upstream header when the catalog
+//!    knows the model). A request Pointsman cannot route (not JSON, no messages, no text at all,
+//!    over the body cap) passes through unrouted and is counted by reason
+//!    (`pointsman_ext_proc_passed_total{reason}`): it is never refused for its shape. A request
+//!    whose Pointsman knobs are wrong is answered 400 naming the header, and 422 when its
+//!    constraints leave no model. When Pointsman cannot route for a reason of its own (loading,
+//!    overloaded, its deadline, an internal error) the stream ends with the gRPC status and
+//!    Envoy's `failure_mode_allow` decides, as when Pointsman is down.
+//!
+//!    Each exchange has a deadline, `ext_proc.message_timeout_ms` (Envoy's `message_timeout`):
+//!    work for it that has not started by then is never started. When Envoy gives up on the
+//!    stream (its timeout, the client gone), the exchange is dropped where it stands: nothing is
+//!    routed, logged or counted as routed for it.
 //! 3. **Response headers and body**: the status decides the outcome (2xx success, 429 rate
 //!    limited, 408/504 timeout, other 5xx server error; other 4xx are the client's fault and
 //!    report nothing); the body is passed on chunk by chunk (so streams stay streams) while its
-//!    tail is kept to read `usage` (the JSON body, or the last `data:` event of a stream); at its
-//!    end `Feedback` is recorded with the latency from the decision, so the loop closes by itself.
+//!    tail is kept to read `usage` (the JSON body's last `usage` object, or the last `data:`
+//!    event of a stream); at its end `Feedback` is recorded with the latency from the decision, so
+//!    the loop closes by itself.
 //!
 //! If Pointsman is down or slow, what happens is Envoy's choice: with `failure_mode_allow: true`
 //! (shipped) the request goes on unrouted to the default upstream; with `false` it fails with 500.
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use envoy_types::pb::envoy::{
     config::core::v3::{header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption},
@@ -39,7 +55,7 @@ use envoy_types::pb::envoy::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, pb};
+use super::{convert, openai, pb};
 use crate::{engine::RouteError, service::Service};
 
 /// Header names: what Pointsman reads from the request and what it sets.
@@ -64,6 +80,10 @@ pub mod headers {
     pub const UPSTREAM: &str = "x-pointsman-upstream";
     /// Out: the fallbacks in order, `model@provider`, comma-separated.
     pub const FALLBACKS: &str = "x-pointsman-fallbacks";
+    /// Out: how the request was passed through unrouted, when it was (`not_json`, `no_text`, ...).
+    pub const PASSED: &str = "x-pointsman-passed";
+    /// The headers only Pointsman sets: a client's copies are removed before routing.
+    pub const OWN: [&str; 4] = [MODEL, UPSTREAM, FALLBACKS, PASSED];
 }
 
 /// What a routed request needs for its feedback.
@@ -83,6 +103,8 @@ const RESPONSE_TAIL_BYTES: usize = 64 * 1024;
 struct Exchange {
     headers: HashMap<String, String>,
     body: Vec<u8>,
+    /// The body went over `ext_proc.max_body_bytes`: it is no longer kept, and passes unrouted.
+    too_large: bool,
     routed: Option<Routed>,
     status: Option<u16>,
     tail: Vec<u8>,
@@ -119,7 +141,13 @@ impl ExternalProcessor for ExtProcService {
                     // Envoy closed the stream (request done, or the client went away).
                     Ok(None) | Err(_) => break,
                 };
-                let reply = x.handle(&service, msg).await;
+                // When Envoy gives up (its message_timeout, the client gone) it resets the stream
+                // and tonic drops the reply stream: the exchange is dropped where it stands, so
+                // the engine's caller-gone skip applies and nothing is logged for it.
+                let reply = tokio::select! {
+                    reply = x.handle(&service, msg) => reply,
+                    () = tx.closed() => break,
+                };
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
                     break;
@@ -169,36 +197,47 @@ fn refuse(status: u16, kind: &str, message: &str) -> ProcessingResponse {
     }
 }
 
+/// What one request body comes to.
+enum Step {
+    /// Routed: the body and header changes.
+    Routed(CommonResponse),
+    /// An explicit model, passed on (with its upstream when the catalog knows it).
+    Explicit(CommonResponse),
+    /// Passed through unrouted, for this reason (a [`Pass`] or [`openai::Unroutable`] label).
+    Pass(&'static str),
+    /// Answered by Pointsman: the request's own fault.
+    Refuse(ProcessingResponse),
+    /// Pointsman's own failure: the stream ends with this status and Envoy decides.
+    Fail(Status),
+}
+
+/// Why a request passes through (besides [`openai::Unroutable`]).
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    /// The body is not a JSON object.
+    NotJson,
+    /// It names a model of its own.
+    Explicit,
+}
+
+impl Pass {
+    fn label(self) -> &'static str {
+        match self {
+            Pass::NotJson => "not_json",
+            Pass::Explicit => "explicit_model",
+        }
+    }
+}
+
 /// What a routing error becomes: the request's own fault is answered to the client (400 for a
-/// bad value, 422 when its constraints leave no model); Pointsman's (loading, overloaded, a
+/// bad knob, 422 when its constraints leave no model); Pointsman's (loading, overloaded, a
 /// deadline, an internal error) ends the stream with the gRPC status, so Envoy applies its own
 /// `failure_mode_allow`: on, the request goes on unrouted, as when Pointsman is down; off, 500.
-fn route_error_reply(e: RouteError) -> Result<ProcessingResponse, Status> {
+fn route_error_reply(e: RouteError) -> Step {
     match e {
-        RouteError::InvalidArgument { .. } => Ok(refuse(400, "invalid_request_error", &e.to_string())),
-        RouteError::NoEligibleModel(_) => Ok(refuse(422, "no_eligible_model", &e.to_string())),
-        other => Err(Status::from(other)),
-    }
-}
-
-/// Our role for an OpenAI chat role: `developer` (the newer name of `system`) is `system`, the
-/// legacy `function` is `tool`; the rest as given (an unknown one is refused, naming the field).
-fn openai_role(role: &str) -> &str {
-    match role {
-        "developer" => "system",
-        "function" => "tool",
-        other => other,
-    }
-}
-
-/// The text of an OpenAI message `content`: a string, or the text parts of an array.
-fn content_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(parts) => {
-            parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join("\n")
-        }
-        _ => String::new(),
+        RouteError::InvalidArgument { .. } => Step::Refuse(refuse(400, "invalid_request_error", &e.to_string())),
+        RouteError::NoEligibleModel(_) => Step::Refuse(refuse(422, "no_eligible_model", &e.to_string())),
+        other => Step::Fail(Status::from(other)),
     }
 }
 
@@ -216,26 +255,49 @@ impl Exchange {
         let reply = match msg.request {
             Some(Phase::RequestHeaders(h)) => {
                 self.headers = read_headers(&h);
-                Reply::RequestHeaders(HeadersResponse { response: Some(carry_on()) })
+                Reply::RequestHeaders(HeadersResponse { response: Some(self.without_own_headers()) })
             }
             Some(Phase::RequestBody(b)) => {
-                self.body.extend_from_slice(&b.body);
+                let limit = service.config().ext_proc.max_body_bytes;
+                if !self.too_large && self.body.len() + b.body.len() > limit {
+                    self.too_large = true;
+                    self.body = Vec::new();
+                } else if !self.too_large {
+                    self.body.extend_from_slice(&b.body);
+                }
                 if !b.end_of_stream {
                     Reply::RequestBody(BodyResponse { response: Some(carry_on()) })
                 } else {
                     let body = std::mem::take(&mut self.body);
+                    let step = if self.too_large { Step::Pass("too_large") } else { self.route(service, &body).await };
                     let stats = service.stats();
-                    match self.route(service, &body).await {
-                        Ok(r) => {
-                            let n = if self.routed.is_some() { &stats.ext_proc_routed } else { &stats.ext_proc_passed };
-                            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match step {
+                        Step::Routed(r) => {
+                            stats.ext_proc_routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             Reply::RequestBody(BodyResponse { response: Some(r) })
                         }
-                        Err(Ok(refusal)) => {
+                        Step::Explicit(r) => {
+                            stats.count_ext_proc_pass(Pass::Explicit.label());
+                            Reply::RequestBody(BodyResponse { response: Some(r) })
+                        }
+                        Step::Pass(reason) => {
+                            stats.count_ext_proc_pass(reason);
+                            tracing::debug!(reason, "ext_proc: passed through unrouted");
+                            Reply::RequestBody(BodyResponse {
+                                response: Some(CommonResponse {
+                                    header_mutation: Some(HeaderMutation {
+                                        set_headers: vec![set(headers::PASSED, reason)],
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                }),
+                            })
+                        }
+                        Step::Refuse(refusal) => {
                             stats.ext_proc_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             return Ok(refusal);
                         }
-                        Err(Err(status)) => {
+                        Step::Fail(status) => {
                             tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc: not routed; Envoy's failure_mode_allow decides");
                             stats.ext_proc_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             return Err(status);
@@ -262,26 +324,42 @@ impl Exchange {
                 self.report(service);
                 Reply::ResponseTrailers(Default::default())
             }
-            None => Reply::RequestHeaders(HeadersResponse { response: Some(carry_on()) }),
+            // Not a phase Envoy sends: a peer that is not Envoy, or a newer protocol.
+            None => return Err(Status::invalid_argument("a ProcessingRequest must carry one of its phases; this one has none")),
         };
         Ok(ProcessingResponse { response: Some(reply), ..Default::default() })
     }
 
-    /// Routes the chat request `body` when its model asks for it; the body and header changes.
-    async fn route(&mut self, service: &Arc<Service>, body: &[u8]) -> Result<CommonResponse, Result<ProcessingResponse, Status>> {
+    /// The request-headers reply: a client's copies of the headers only Pointsman sets are removed
+    /// (and the route cache cleared, so Envoy does not route on them).
+    fn without_own_headers(&self) -> CommonResponse {
+        let present: Vec<String> = headers::OWN.iter().filter(|h| self.headers.contains_key(**h)).map(|h| h.to_string()).collect();
+        if present.is_empty() {
+            return carry_on();
+        }
+        tracing::debug!(headers = ?present, "ext_proc: removed client-set routing headers");
+        CommonResponse {
+            header_mutation: Some(HeaderMutation { remove_headers: present, ..Default::default() }),
+            clear_route_cache: true,
+            ..Default::default()
+        }
+    }
+
+    /// Routes the chat request `body` when its model asks for it.
+    async fn route(&mut self, service: &Arc<Service>, body: &[u8]) -> Step {
         let Some(engine) = service.engine() else {
-            return Err(Err(Status::unavailable("models are loading")));
+            return Step::Fail(Status::unavailable("models are loading"));
         };
         let config = engine.config();
         let mut json: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v @ serde_json::Value::Object(_)) => v,
             // Not a JSON object: not a chat request; pass it on untouched.
-            _ => return Ok(carry_on()),
+            _ => return Step::Pass(Pass::NotJson.label()),
         };
         let model = json.get("model").and_then(|m| m.as_str()).unwrap_or_default().to_string();
         if !config.ext_proc.route_models.contains(&model) {
             // An explicit model passes through; Envoy routes it by its provider when we know it.
-            return Ok(match engine.catalog().get(&model) {
+            return Step::Explicit(match engine.catalog().get(&model) {
                 Some(m) => CommonResponse {
                     header_mutation: Some(HeaderMutation {
                         set_headers: vec![set(headers::MODEL, &m.id), set(headers::UPSTREAM, &m.provider)],
@@ -293,40 +371,32 @@ impl Exchange {
                 None => carry_on(),
             });
         }
-        let query = self.query(&json).and_then(|req| {
-            // The same size limit as `Route`'s, on the request it amounts to.
-            let size = prost::Message::encoded_len(&req);
-            if size > config.server.max_request_bytes {
-                return Err(RouteError::invalid(
-                    "messages",
-                    format!(
-                        "amount to a {size}-byte routing request, over the limit of {} bytes (server.max_request_bytes)",
-                        config.server.max_request_bytes
-                    ),
-                ));
-            }
-            convert::route_query(req, &config.server)
-        });
+        let conversation = match openai::conversation(&json, config.server.max_messages, config.server.max_request_bytes) {
+            Ok(c) => c,
+            Err(why) => return Step::Pass(why.label()),
+        };
         let call = service.route_call();
-        let query = match query {
+        let query = self.query(conversation).and_then(|req| convert::route_query(req, &config.server));
+        let mut query = match query {
             Ok(q) => q,
             Err(e) => {
                 call.error(e.label());
-                return Err(route_error_reply(e));
+                return route_error_reply(e);
             }
         };
+        query.deadline = Some(Instant::now() + Duration::from_millis(config.ext_proc.message_timeout_ms));
         let decision = match service.route(call, &engine, query).await {
             Ok(d) => convert::route_response(&engine, d, false),
-            Err(e) => return Err(route_error_reply(e)),
+            Err(e) => return route_error_reply(e),
         };
         let Some(primary) = decision.candidates.first() else {
-            return Err(Err(Status::internal("the router named no model")));
+            return Step::Fail(Status::internal("the router named no model"));
         };
         json["model"] = serde_json::Value::String(primary.model.clone());
         let fallbacks: Vec<String> = decision.candidates[1..].iter().map(|c| format!("{}@{}", c.model, c.provider)).collect();
         self.routed = Some(Routed { request_id: decision.request_id.clone(), model: primary.model.clone(), at: Instant::now() });
         let body = serde_json::to_vec(&json).expect("a JSON value serialises. This is a bug.");
-        Ok(CommonResponse {
+        Step::Routed(CommonResponse {
             header_mutation: Some(HeaderMutation {
                 set_headers: vec![
                     set(headers::MODEL, &primary.model),
@@ -343,23 +413,14 @@ impl Exchange {
         })
     }
 
-    /// The `RouteRequest` this chat request and its headers ask for.
-    fn query(&self, json: &serde_json::Value) -> Result<pb::RouteRequest, RouteError> {
+    /// The `RouteRequest` a chat request's conversation and its headers ask for.
+    fn query(&self, c: openai::Conversation) -> Result<pb::RouteRequest, RouteError> {
         let h = &self.headers;
-        let messages = match json.get("messages") {
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .map(|m| pb::Message {
-                    role: openai_role(m.get("role").and_then(|r| r.as_str()).unwrap_or_default()).to_string(),
-                    content: m.get("content").map(content_text).unwrap_or_default(),
-                })
-                .collect(),
-            _ => return Err(RouteError::invalid("messages", "must be the chat request's array of messages. Given: none")),
-        };
         let request_id = h.get(headers::REQUEST_ID).or_else(|| h.get(headers::ENVOY_REQUEST_ID)).cloned().unwrap_or_default();
         Ok(pb::RouteRequest {
             request_id,
-            messages,
+            messages: c.messages,
+            requirements: Some(c.requirements),
             profile: h.get(headers::PROFILE).cloned().unwrap_or_default(),
             cost_weight: knob(h, headers::COST_WEIGHT, "a number in [0, 1]")?,
             max_cost_usd: knob(h, headers::MAX_COST_USD, "a number of USD")?,
@@ -429,6 +490,13 @@ fn usage(tail: &[u8]) -> (Option<u32>, Option<u32>) {
         return read(&v).unwrap_or((None, None));
     }
     let text = String::from_utf8_lossy(tail);
+    if !text.trim_start().starts_with("data:") && !text.contains("\ndata:") {
+        // The end of a JSON body too long to keep whole: its last `"usage": {...}` object.
+        let Some(at) = text.rfind("\"usage\"") else { return (None, None) };
+        let after = text[at + "\"usage\"".len()..].trim_start().strip_prefix(':').unwrap_or_default();
+        let value = serde_json::Deserializer::from_str(after).into_iter::<serde_json::Value>().next().and_then(Result::ok);
+        return value.and_then(|u| read(&serde_json::json!({ "usage": u }))).unwrap_or((None, None));
+    }
     text.lines()
         .rev()
         .filter_map(|l| l.strip_prefix("data:").map(str::trim))
@@ -450,6 +518,9 @@ mod tests {
         assert_eq!(usage(stream), (Some(5), Some(7)));
         assert_eq!(usage(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n"), (None, None));
         assert_eq!(usage(b"not json"), (None, None));
+        // The tail of a JSON body longer than the part kept.
+        let long = format!("{}\"}}}}],\"usage\": {{\"prompt_tokens\":9,\"completion_tokens\":70000}}}}", "x".repeat(100));
+        assert_eq!(usage(long.as_bytes()), (Some(9), Some(70000)));
     }
 
     #[test]
@@ -462,10 +533,13 @@ mod tests {
 
     #[test]
     fn the_clients_faults_are_answered_and_pointsmans_are_left_to_envoy() {
-        let status = |r: Result<ProcessingResponse, Status>| match r.map(|p| p.response) {
-            Ok(Some(Reply::ImmediateResponse(i))) => Ok(i.status.unwrap().code),
-            Ok(_) => panic!("an immediate response"),
-            Err(s) => Err(s.code()),
+        let status = |r: Step| match r {
+            Step::Refuse(p) => match p.response {
+                Some(Reply::ImmediateResponse(i)) => Ok(i.status.unwrap().code),
+                _ => panic!("an immediate response"),
+            },
+            Step::Fail(s) => Err(s.code()),
+            _ => panic!("a refusal or a failure"),
         };
         assert_eq!(status(route_error_reply(RouteError::invalid("cost_weight", "must be in [0, 1]. Given: 2"))), Ok(400));
         assert_eq!(status(route_error_reply(RouteError::Overloaded { waiting: 9, limit: 8 })), Err(tonic::Code::ResourceExhausted));
@@ -474,24 +548,35 @@ mod tests {
     }
 
     #[test]
-    fn openai_roles_map_to_ours() {
-        let x = Exchange::default();
-        let body = serde_json::json!({"model": "pointsman/auto", "messages": [
-            {"role": "developer", "content": "be brief"}, {"role": "function", "content": "42"}, {"role": "user", "content": "hi"}]});
-        let req = x.query(&body).unwrap();
-        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
-        assert_eq!(roles, ["system", "tool", "user"]);
-        let server = crate::config::ServerConfig::default();
-        assert!(convert::route_query(req, &server).is_ok());
-        let bad = serde_json::json!({"messages": [{"role": "narrator", "content": "x"}]});
-        let e = convert::route_query(x.query(&bad).unwrap(), &server).unwrap_err().to_string();
-        assert!(e.contains("messages[0].role") && e.contains("narrator"), "{e}");
+    fn a_clients_copies_of_pointsmans_own_headers_are_removed() {
+        let mut x = Exchange::default();
+        assert_eq!(x.without_own_headers(), carry_on());
+        x.headers = [
+            (headers::UPSTREAM.to_string(), "pointsman".to_string()),
+            (headers::MODEL.to_string(), "x".to_string()),
+            (headers::COST_WEIGHT.to_string(), "0.2".to_string()),
+            (headers::REQUEST_ID.to_string(), "mine".to_string()),
+        ]
+        .into();
+        let r = x.without_own_headers();
+        let mut removed = r.header_mutation.unwrap().remove_headers;
+        removed.sort();
+        // The knobs and the request id stay the client's.
+        assert_eq!(removed, [headers::MODEL, headers::UPSTREAM]);
+        assert!(r.clear_route_cache);
     }
 
     #[test]
-    fn content_parts_are_joined() {
-        let v = serde_json::json!([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]);
-        assert_eq!(content_text(&v), "a\nb");
-        assert_eq!(content_text(&serde_json::json!("plain")), "plain");
+    fn the_conversation_becomes_a_valid_route_query() {
+        let x = Exchange::default();
+        let body = serde_json::json!({"model": "pointsman/auto", "messages": [
+            {"role": "developer", "content": "be brief"}, {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}, {"role": "function", "content": "42"}]});
+        let c = openai::conversation(&body, 1024, 1 << 20).unwrap();
+        let req = x.query(c).unwrap();
+        assert!(req.requirements.unwrap().tools);
+        let q = convert::route_query(req, &crate::config::ServerConfig::default()).unwrap();
+        assert!(q.constraints.requirements.tools);
+        assert_eq!(crate::encoder::text::routing_text(&q.messages).unwrap(), "Weather?\n\n42");
     }
 }

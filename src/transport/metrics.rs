@@ -79,6 +79,14 @@ pub fn render(service: &Service) -> String {
     page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "passed")], load(&st.ext_proc_passed));
     page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "refused")], load(&st.ext_proc_refused));
     page.counter("pointsman_ext_proc_requests_total", EXT_PROC, &[("action", "failed")], load(&st.ext_proc_failed));
+    for (reason, n) in st.ext_proc_passed_by_reason.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        page.counter(
+            "pointsman_ext_proc_passed_total",
+            "Requests Envoy's external processor passed through unrouted, by reason: explicit_model, not_json, no_messages, no_text (only images or tool calls), too_large (over ext_proc.max_body_bytes).",
+            &[("reason", reason)],
+            *n,
+        );
+    }
     const RELOADS: &str = "Model reloads by result.";
     page.counter("pointsman_reloads_total", RELOADS, &[("result", "ok")], load(&st.reloads_ok));
     page.counter("pointsman_reloads_total", RELOADS, &[("result", "rejected")], load(&st.reloads_failed));
@@ -152,12 +160,23 @@ pub fn render(service: &Service) -> String {
             &[("version", engine.version()), ("encoder", engine.encoder().id())],
             1.0,
         );
+        page.gauge("pointsman_cache_entries", "Routing texts in the prediction cache.", &[], engine.cache_entries() as f64);
+        page.gauge(
+            "pointsman_cache_bytes",
+            "Bytes the prediction cache holds, by its own weighing (bounded by cache.max_bytes).",
+            &[],
+            engine.cache_bytes() as f64,
+        );
         let p = engine.pool_stats();
         page.gauge("pointsman_encoder_queue_depth", "Route calls waiting for an encoder thread.", &[], p.queue_depth() as f64);
-        const JOBS: &str = "Queued encoder jobs: run, or skipped unrun because the caller went away or its deadline passed.";
-        for (result, n) in
-            [("run", p.jobs_run()), ("skipped_caller_gone", p.skipped_caller_gone()), ("skipped_deadline", p.skipped_deadline())]
-        {
+        const JOBS: &str =
+            "Queued encoder jobs: run, skipped unrun because the caller went away or its deadline passed, or crashed with their thread.";
+        for (result, n) in [
+            ("run", p.jobs_run()),
+            ("skipped_caller_gone", p.skipped_caller_gone()),
+            ("skipped_deadline", p.skipped_deadline()),
+            ("crashed", p.jobs_crashed()),
+        ] {
             page.counter("pointsman_encoder_jobs_total", JOBS, &[("result", result)], n);
         }
         page.counter(

@@ -10,10 +10,11 @@ pub mod auth;
 pub mod convert;
 pub mod ext_proc;
 pub mod metrics;
+pub mod openai;
 pub mod reload;
 pub mod tls;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -248,6 +249,20 @@ fn not_served(here: auth::Plane) -> impl Fn(axum::extract::Request) -> std::futu
     }
 }
 
+/// HTTP/2 and TCP settings for every listener (tonic's defaults leave concurrent streams
+/// unlimited and never probe an idle peer): a bounded number of streams per connection, keepalive
+/// pings that find dead peers, TCP keepalive.
+fn hardened(builder: tonic::transport::Server) -> tonic::transport::Server {
+    builder
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+}
+
+/// Streams one HTTP/2 connection may have open at once (hyper's default before tonic's `None`).
+pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+
 /// Finishes a listener's routes: the fallback, then the token check when auth is on.
 fn finish(routes: tonic::service::Routes, here: auth::Plane, auth: &Option<Arc<auth::Authenticator>>) -> tonic::service::Routes {
     let mut router = routes.into_axum_router().fallback(not_served(here));
@@ -272,20 +287,38 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TransportError> {
+    // SIGHUP's default action ends the process: take it over before anything else (tokio keeps
+    // a handler once registered), so a reload signal that comes while the models load is ignored
+    // instead of killing the server. The reload triggers listen for it once the models are in.
+    #[cfg(unix)]
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let auth = config.auth.authenticator()?.map(Arc::new);
     let tls = config.tls.server_config()?;
     let server = |tls: Option<tonic::transport::ServerTlsConfig>| -> Result<tonic::transport::Server, TransportError> {
-        let builder = tonic::transport::Server::builder().accept_http1(true);
+        let builder = hardened(tonic::transport::Server::builder()).accept_http1(true);
         match tls {
             Some(t) => builder.tls_config(t).map_err(|e| TransportError::Tls(format!("tls.cert / tls.key / tls.client_ca: {e}"))),
             None => Ok(builder),
         }
     };
-    let (with_tls, admin_tls) = (tls.is_some(), config.tls.admin);
-    let (mut data_server, mut admin_server) = (server(tls.clone())?, server(tls.filter(|_| admin_tls))?);
+    let (with_tls, admin_tls, ext_tls) = (tls.is_some(), config.tls.admin, config.ext_proc.tls);
+    let (mut data_server, mut admin_server) = (server(tls.clone())?, server(tls.clone().filter(|_| admin_tls))?);
+    let mut ext_server = server(tls.filter(|_| ext_tls))?;
     let service = {
         let config = config.clone();
         Arc::new(tokio::task::spawn_blocking(move || Service::new(config)).await.map_err(|e| RouteError::Worker(e.to_string()))??)
+    };
+    // The latency histogram keeps each sample until it is folded into its buckets: fold them on
+    // a timer, so memory stays flat whether or not anyone scrapes /metrics.
+    let upkeep = {
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::telemetry::UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                service.telemetry().run_upkeep();
+            }
+        })
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
@@ -379,18 +412,21 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         r
     };
-    // Envoy's external processor, with health for Envoy's gRPC health checks (no TLS, no
-    // bearer tokens: keep it on loopback or a private network beside the gateway).
+    // Envoy's external processor, with health for Envoy's gRPC health checks. With `[tls]` it
+    // speaks TLS (mutual with `tls.client_ca`) unless `ext_proc.tls = false`; with `[auth]` Envoy
+    // presents a token with the `gateway` role (the filter's `grpc_service.initial_metadata`).
     let ext = async {
         let Some(l) = listeners.ext_proc else { return Ok(()) };
         let mut routes = tonic::service::Routes::builder();
+        let body_limit = config.ext_proc.max_body_bytes.saturating_add(64 << 10);
         routes.add_service(ext_proc_health).add_service(
             envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer::new(
                 ext_proc::ExtProcService::new(Arc::clone(&service)),
-            ),
+            )
+            .max_decoding_message_size(body_limit),
         );
-        let r = tonic::transport::Server::builder()
-            .add_routes(routes.routes())
+        let r = ext_server
+            .add_routes(finish(routes.routes(), auth::Plane::ExtProc, &auth))
             .serve_with_incoming_shutdown(incoming(l), stopped(stop_rx.clone()))
             .await;
         let _ = stop_tx.send(true);
@@ -399,6 +435,7 @@ pub async fn serve(
     let (data_served, admin_served, ext_served) = tokio::join!(data, admin, ext);
     stopper.abort();
     loader.abort();
+    upkeep.abort();
     {
         let service = Arc::clone(&service);
         let _ = tokio::task::spawn_blocking(move || service.close()).await;
