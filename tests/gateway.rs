@@ -592,6 +592,7 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
     //    its headers and one that arrives after Envoy has sent the headers to Pointsman take
     //    different paths in Envoy's filter.
     let routed_before = pm.ext_proc("routed").await;
+    let mut ids = Vec::new();
     let tools =
         serde_json::json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]);
     let agent = serde_json::json!({"model": "pointsman/auto", "tools": tools, "messages": [
@@ -627,7 +628,23 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
             let expected =
                 if ["openai", "together", "anthropic", "deepseek"].contains(&provider.as_str()) { provider.as_str() } else { "default" };
             assert_eq!(name, expected, "{what} (body after a pause: {paused}): routed to {provider}");
+            ids.push((what, seen.headers["x-pointsman-request-id"].clone()));
         }
+    }
+    // The decisions record what the requests need beyond text.
+    let needs = |id: &str| {
+        let conn = pointsman::logs::store::open_for_reading(&pm.db).ok()?;
+        let c: String = conn.query_row("SELECT constraints FROM decisions WHERE request_id = ?1", [id], |r| r.get(0)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        Some((v["requirements"]["tools"].as_bool()?, v["requirements"]["images"].as_bool()?))
+    };
+    for (what, id) in &ids {
+        let expected = match *what {
+            "a tool-calling agent turn" => (true, false),
+            "an image-only turn" => (false, true),
+            _ => (false, false),
+        };
+        assert_eq!(eventually(|| needs(id)).await, expected, "{what}: (tools, images) recorded");
     }
     assert_eq!(pm.ext_proc("routed").await, routed_before + 8.0, "Pointsman counted the eight as routed");
 

@@ -1,5 +1,6 @@
 """The typed client against the real server."""
 import asyncio
+import json
 import pathlib
 import subprocess
 import sys
@@ -124,6 +125,12 @@ def ok_routes(server):
     return server.metric('pointsman_route_requests_total{result="ok"}')
 
 
+def requirements(server, request_id):
+    """The requirements the decision log recorded for `request_id`'s decision."""
+    rows = eventually(lambda: server.decision_rows(request_id))
+    return json.loads(rows[0]["constraints"])["requirements"]
+
+
 def test_a_tool_calling_agent_conversation_is_routed(server):
     with Client(server.target, timeout=10.0) as c:
         before = ok_routes(server)
@@ -137,7 +144,7 @@ def test_a_tool_calling_agent_conversation_is_routed(server):
         ]
         c.route(legacy, functions=[{"name": "get_weather"}])
         assert ok_routes(server) == before + 2, "the server routed both"
-        assert eventually(lambda: server.decision_rows("py-agent-1")), "the decision is in the log"
+        assert requirements(server, "py-agent-1") == {"tools": True, "images": False, "audio": False, "files": False}
 
 
 def test_an_image_only_turn_is_routed_and_a_conversation_without_text_is_not_sent(server):
@@ -154,6 +161,7 @@ def test_an_image_only_turn_is_routed_and_a_conversation_without_text_is_not_sen
             request_id="py-image-1",
         )
         assert d.model and ok_routes(server) == before + 1
+        assert requirements(server, "py-image-1") == {"tools": False, "images": True, "audio": False, "files": False}
         # Nothing but images: no text to route on, so no call (the caller picks a default).
         with pytest.raises(NothingToRoute):
             c.route([{"role": "user", "content": [IMAGE]}])
