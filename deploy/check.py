@@ -7,7 +7,12 @@
   (b) the ConfigMap's pointsman.toml: every key it sets exists in the same section of
       config/pointsman.toml (set or commented out), its catalog equals the shipped one, and it
       agrees with the Deployment (ports, config mount, writable spill folder, Secret keys);
-  (c) deploy/docker/Dockerfile: the final stage's USER is numeric and not 0 (and is the pod's
+  (c) the security posture: [auth] on with every token from a Secret through the environment,
+      no admin port on the Service, a NetworkPolicy that selects the pods and lets only chosen
+      pods reach the data ports and only a chosen namespace the admin port, feedback verified
+      (health.count_unknown_requests off), and the spill folder's volume with a sizeLimit above
+      decision_log.spill_max_bytes plus decision_log.max_bytes;
+  (d) deploy/docker/Dockerfile: the final stage's USER is numeric and not 0 (and is the pod's
       runAsUser), and every COPY source exists in the repository and is not in .dockerignore.
 
   deploy/check.py                 all checks, then the negative self-test
@@ -153,6 +158,9 @@ def flat(table, prefix=""):
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             yield from flat(v, key + ".")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):  # [[array.of.tables]]
+            for x in v:
+                yield from flat(x, key + ".")
         else:
             yield key, v
 
@@ -210,6 +218,18 @@ def check_config(p, say=print):
     return errors
 
 
+def secrets(objs):
+    """Secret name -> its keys."""
+    return {o["metadata"]["name"]: set(o.get("stringData", {})) | set(o.get("data", {})) for _, o in objs if o.get("kind") == "Secret"}
+
+
+def from_secret(objs, container, var):
+    """Whether env `var` of `container` is a secretKeyRef to a key of a Secret we ship."""
+    env = {e["name"]: e for e in container.get("env", [])}
+    ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+    return bool(ref) and ref.get("key") in secrets(objs).get(ref.get("name"), set())
+
+
 def check_deployment(p, objs, cm, fleet, say):
     """The ConfigMap, the Deployment, the Service, the HPA and the PDB agree with each other."""
     errors = []
@@ -254,13 +274,12 @@ def check_deployment(p, objs, cm, fleet, say):
         if not vol or m.get("readOnly") or not ({"emptyDir", "persistentVolumeClaim", "ephemeral"} & set(vol)):
             errors.append(f"Deployment: the folder of decision_log.spill_path {spill!r} is not a writable volume mount")
     # The backends' URLs come from the Secret example's keys.
-    secret = find(objs, "Secret")
-    secret_keys = set((secret or {}).get("stringData", {})) | set((secret or {}).get("data", {}))
-    env = {e["name"]: e for e in c.get("env", [])}
     for var in ("POINTSMAN_DECISION_LOG_URL", "POINTSMAN_HEALTH_SHARED"):
-        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
-        if not ref or ref.get("name") != (secret or {}).get("metadata", {}).get("name") or ref.get("key") not in secret_keys:
-            errors.append(f"Deployment: env {var} must come from a key of the Secret in secret.example.yaml")
+        if not from_secret(objs, c, var):
+            errors.append(f"Deployment: env {var} must come from a key of a Secret in secret.example.yaml")
+    ext_listen = fleet.get("ext_proc", {}).get("listen", "")
+    if ext_listen and ports.get("ext-proc") != port(ext_listen):
+        errors.append(f"Deployment: containerPort ext-proc {ports.get('ext-proc')} != ext_proc.listen's port {port(ext_listen)}")
     # Service, HPA and PDB point at this Deployment and its ports.
     labels = pod.get("metadata", {}).get("labels", {})
     svc = find(objs, "Service")
@@ -285,6 +304,114 @@ def check_deployment(p, objs, cm, fleet, say):
 
 
 # (c) ---------------------------------------------------------------------------------------
+
+QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def quantity_bytes(q):
+    """A Kubernetes quantity (512Mi, 1G, 1000) in bytes, or None when it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kMGT]i?|Ki)?", str(q).strip())
+    if not m or (m.group(2) or "") not in QUANTITY:
+        return None
+    return int(float(m.group(1)) * QUANTITY[m.group(2) or ""])
+
+
+def fleet_config(objs):
+    cm = find(objs, "ConfigMap", CONFIGMAP)
+    try:
+        return tomllib.loads(cm["data"][CONFIG_KEY]) if cm else {}
+    except (KeyError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def check_security(p, say=print):
+    """What the shipped manifests must not give away (review M8, M12)."""
+    errors = []
+    objs = objects(p)
+    fleet = fleet_config(objs)
+    dep = find(objs, "Deployment")
+    if dep is None:
+        return ["no Deployment"]
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    ports = {x.get("name"): x["containerPort"] for x in c.get("ports", [])}
+    admin = port(fleet.get("admin", {}).get("listen", "127.0.0.1:9464"))
+    labels = dep["spec"]["template"].get("metadata", {}).get("labels", {})
+
+    # [auth] on, every token from a Secret through the environment.
+    auth = fleet.get("auth", {})
+    tokens = auth.get("tokens", [])
+    if auth.get("enabled") is not True:
+        errors.append("ConfigMap: [auth] enabled must be true (tokens from a Secret)")
+    elif not tokens:
+        errors.append("ConfigMap: [auth] is on without [[auth.tokens]]")
+    for i, t in enumerate(tokens):
+        if "token" in t:
+            errors.append(f"ConfigMap: auth.tokens[{i}] ({t.get('name')}) has its token in the ConfigMap; use token_env and a Secret")
+        elif not t.get("token_env") or not from_secret(objs, c, t["token_env"]):
+            errors.append(f"ConfigMap: auth.tokens[{i}].token_env {t.get('token_env')!r} is not an env var of the Deployment from a Secret key")
+    roles = {r for t in tokens for r in t.get("roles", [])}
+    if fleet.get("ext_proc", {}).get("listen") and "gateway" not in roles:
+        errors.append("ConfigMap: the ext_proc listener is on but no token has the `gateway` role")
+
+    # No admin port on the Service.
+    for _, svc in ((n, o) for n, o in objs if o.get("kind") == "Service"):
+        for sp in svc["spec"].get("ports", []):
+            target = sp.get("targetPort")
+            if target == admin or ports.get(target) == admin or sp.get("port") == admin:
+                errors.append(f"Service {svc['metadata']['name']}: port {sp.get('name')!r} exposes the admin listener ({admin}); Prometheus scrapes pods")
+
+    # A NetworkPolicy for the pods: data ports from chosen pods, admin from a chosen namespace.
+    policies = [o for _, o in objs if o.get("kind") == "NetworkPolicy" and o["spec"].get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+                and o["spec"].get("podSelector", {}).get("matchLabels")]
+    if not policies:
+        errors.append("no NetworkPolicy selects the Deployment's pods")
+    for np in policies:
+        name = np["metadata"]["name"]
+        types = set(np["spec"].get("policyTypes", []))
+        if not {"Ingress", "Egress"} <= types:
+            errors.append(f"NetworkPolicy {name}: policyTypes must hold Ingress and Egress. Given: {sorted(types)}")
+        reach = {}
+        for rule in np["spec"].get("ingress", []):
+            sources = rule.get("from", [])
+            for rp in rule.get("ports", [{}]):
+                num = ports.get(rp.get("port"), rp.get("port"))
+                reach.setdefault(num, []).append(sources)
+        data_ports = [x for x in (ports.get("grpc"), ports.get("ext-proc")) if x is not None]
+        for num, what in [(admin, "namespaceSelector")] + [(x, "podSelector") for x in data_ports]:
+            rules = reach.get(num, []) + reach.get(None, [])
+            if not rules:
+                errors.append(f"NetworkPolicy {name}: nothing may reach port {num}; expected a rule from a {what}")
+            for sources in rules:
+                if not sources or any(not src.get(what) or not src[what].get("matchLabels") for src in sources):
+                    errors.append(f"NetworkPolicy {name}: port {num} must be reachable only from a {what} with matchLabels. Given: {sources}")
+        egress_ports = {rp.get("port") for rule in np["spec"].get("egress", []) for rp in rule.get("ports", [])}
+        if not {53, 5432, 6379} <= egress_ports:
+            errors.append(f"NetworkPolicy {name}: egress must allow DNS (53), PostgreSQL (5432) and Redis (6379). Given: {sorted(egress_ports, key=str)}")
+
+    # Feedback verified by the fleet, not taken on trust.
+    if fleet.get("health", {}).get("count_unknown_requests", False) is not False:
+        errors.append("ConfigMap: health.count_unknown_requests must be false (every report would move the breakers)")
+
+    # The spill folder's volume is capped above the spill's own cap.
+    log = fleet.get("decision_log", {})
+    spill = log.get("spill_path")
+    if spill:
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        m = mounts.get(spill.rsplit("/", 1)[0])
+        vol = volumes.get(m["name"]) if m else None
+        limit = quantity_bytes(((vol or {}).get("emptyDir") or {}).get("sizeLimit", ""))
+        need = int(log.get("spill_max_bytes", 256 << 20)) + int(log.get("max_bytes", 1 << 30))
+        if vol is not None and "emptyDir" in vol and (limit is None or limit <= need):
+            errors.append(f"Deployment: the spill folder's emptyDir needs a sizeLimit above decision_log.spill_max_bytes + max_bytes ({need} bytes). Given: {(vol.get('emptyDir') or {}).get('sizeLimit')}")
+    if not errors:
+        say(f"  auth on ({len(tokens)} tokens from Secrets: {', '.join(t.get('name', '?') for t in tokens)}); no admin port on the Service; "
+            f"NetworkPolicy {', '.join(n['metadata']['name'] for n in policies)}; count_unknown_requests off; spill volume capped")
+    return errors
+
+
+# (d) ---------------------------------------------------------------------------------------
 
 
 def dockerfile_instructions(text):
@@ -402,6 +529,14 @@ def self_test():
         ("manifest missing from kustomization.yaml", "kustomization.yaml", "  - pdb.yaml\n", "", check_manifests),
         ("unknown config key (server.listen_addr)", "configmap.yaml", '    listen = "0.0.0.0:50051"', '    listen_addr = "0.0.0.0:50051"', check_config),
         ("probe on another port than server.listen", "deployment.yaml", "port: 50051\n            periodSeconds: 5", "port: 50052\n            periodSeconds: 5", check_config),
+        ("auth off", "configmap.yaml", "    enabled = true", "    enabled = false", check_security),
+        ("a token in the ConfigMap", "configmap.yaml", '    token_env = "POINTSMAN_APPS_TOKEN"', '    token = "0123456789abcdef0123"', check_security),
+        ("a token_env not from a Secret", "deployment.yaml", "name: POINTSMAN_OPS_TOKEN", "name: POINTSMAN_OPS_TOKEN_X", check_security),
+        ("the admin port on the Service", "service.yaml", "    - name: ext-proc\n      port: 50052\n      targetPort: ext-proc", "    - name: metrics\n      port: 9464\n      targetPort: metrics", check_security),
+        ("no NetworkPolicy for the pods", "networkpolicy.yaml", "      app.kubernetes.io/name: pointsman\n  policyTypes", "      app.kubernetes.io/name: someone-else\n  policyTypes", check_security),
+        ("the admin port open to every pod", "networkpolicy.yaml", "        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: monitoring\n", "        - namespaceSelector: {}\n", check_security),
+        ("count_unknown_requests on", "configmap.yaml", "count_unknown_requests = false", "count_unknown_requests = true", check_security),
+        ("the spill volume without sizeLimit", "deployment.yaml", "          emptyDir:\n            sizeLimit: 640Mi", "          emptyDir: {}", check_security),
         ("Dockerfile USER root", "Dockerfile", "USER 10001:10001", "USER 0", check_dockerfile),
         ("Dockerfile USER by name", "Dockerfile", "USER 10001:10001", "USER pointsman", check_dockerfile),
         ("Dockerfile COPY of a missing path", "Dockerfile", "COPY config/ /app/config/", "COPY conf/ /app/config/", check_dockerfile),
@@ -417,7 +552,7 @@ def self_test():
             return Paths(kdir=d / "kubernetes", dockerfile=d / "Dockerfile")
 
         p = fresh()
-        intact = check_manifests(p, quiet) + check_config(p, quiet) + check_dockerfile(p, quiet)
+        intact = check_manifests(p, quiet) + check_config(p, quiet) + check_security(p, quiet) + check_dockerfile(p, quiet)
         if intact:
             failures.append(f"the intact copy was rejected: {intact}")
         for label, name, old, new, check in cases:
@@ -449,7 +584,8 @@ def main():
     steps = [
         (f"(a) manifests, kubernetes-validate {KV_VERSION}, strict, Kubernetes {' and '.join(K8S_VERSIONS)}", lambda: check_manifests(p) + check_rendered(p)),
         ("(b) ConfigMap pointsman.toml against config/pointsman.toml, and the Deployment", lambda: check_config(p)),
-        ("(c) deploy/docker/Dockerfile", lambda: check_dockerfile(p)),
+        ("(c) security posture: auth, Service, NetworkPolicy, feedback verification, spill volume", lambda: check_security(p)),
+        ("(d) deploy/docker/Dockerfile", lambda: check_dockerfile(p)),
     ]
     if not args.no_self_test:
         steps.append(("negative self-test: broken copies must be rejected", self_test))

@@ -57,7 +57,10 @@ impl Upstream {
             stalling: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
         };
-        let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions)).with_state(u.clone());
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", axum::routing::post(completions))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(u.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         u
     }
@@ -73,7 +76,8 @@ async fn completions(
     body: bytes::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let req: serde_json::Value = serde_json::from_slice(&body).expect("the upstream gets JSON");
+    // A body that is not JSON is recorded too (model ""): clients may send anything.
+    let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = req["model"].as_str().unwrap_or_default().to_string();
     let h = headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string())).collect();
     let seen = Seen { model: model.clone(), headers: h };
@@ -111,6 +115,69 @@ async fn completions(
         "usage": {"prompt_tokens": 21, "completion_tokens": 57, "total_tokens": 78}
     }))
     .into_response()
+}
+
+/// One test at a time: each runs Pointsman and Envoy, and the large bodies must be routed within
+/// Envoy's message timeout, which a second test's encoder work would eat into.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Pointsman in-process with its data, admin and ext_proc listeners, SERVING.
+struct Pointsman {
+    admin: SocketAddr,
+    ext_port: u16,
+    db: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), pointsman::transport::TransportError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pointsman {
+    /// Starts the shipped config with the keys in `set` replaced (as `write_config` does).
+    async fn start(set: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("decisions.db");
+        let cfg_path = write_config(&dir.path().join("pointsman.toml"), &repo().join("models/router"), &db, set);
+        let config = pointsman::config::Config::load(&cfg_path).unwrap();
+        let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ext = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (data_addr, admin_addr, ext_port) = (data.local_addr().unwrap(), admin.local_addr().unwrap(), ext.local_addr().unwrap().port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listeners = pointsman::transport::Listeners { data, admin, ext_proc: Some(ext) };
+        let handle = tokio::spawn(pointsman::transport::serve(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        let mut health = tonic_health::pb::health_client::HealthClient::new(connect(data_addr, None).await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while health
+            .check(tonic_health::pb::HealthCheckRequest { service: "pointsman.v1.Router".into() })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or_default()
+            != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            assert!(Instant::now() < deadline, "Pointsman did not become SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // One Route first, so the encoder's first (slowest) run is not a request through Envoy,
+        // whose message timeout would send it on unrouted.
+        let mut router = pointsman::pb::router_client::RouterClient::new(connect(data_addr, None).await.unwrap());
+        let warm = pointsman::pb::RouteRequest { prompt: "Warming up: what is the capital of France?".into(), ..Default::default() };
+        router.route(warm).await.expect("a warm-up Route");
+        Pointsman { admin: admin_addr, ext_port, db, stop: Some(stop), handle: Some(handle), _dir: dir }
+    }
+
+    /// Stops the server and waits for it.
+    async fn stop(&mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap().unwrap();
+    }
+
+    /// `pointsman_ext_proc_requests_total{action}` on the metrics page.
+    async fn ext_proc(&self, action: &str) -> f64 {
+        let page = http_get(self.admin, "/metrics").await;
+        metric(&page, &format!("pointsman_ext_proc_requests_total{{action=\"{action}\"}}")).unwrap_or(0.0)
+    }
 }
 
 /// A free loopback port (bound and released: Envoy binds it next).
@@ -203,6 +270,16 @@ async fn post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// [`post`], with a connection error (reset, closed without a reply) as `Err`.
 async fn try_post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+    try_post_paused(addr, body, headers, None).await
+}
+
+/// [`post`], sending the body only `pause` after the head (so Envoy has handed the headers to
+/// Pointsman before any of the body arrives).
+async fn post_paused(addr: SocketAddr, body: &str, pause: Duration) -> Reply {
+    try_post_paused(addr, body, &[], Some(pause)).await.unwrap_or_else(|e| panic!("POST through {addr}: {e}"))
+}
+
+async fn try_post_paused(addr: SocketAddr, body: &str, headers: &[(&str, &str)], pause: Option<Duration>) -> std::io::Result<Reply> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
@@ -211,6 +288,9 @@ async fn try_post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> std
         body.len()
     );
     s.write_all(head.as_bytes()).await?;
+    if let Some(p) = pause {
+        tokio::time::sleep(p).await;
+    }
     s.write_all(body.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("a reply within 30 s")?;
@@ -264,36 +344,9 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     let last = || all.lock().unwrap().last().cloned().expect("a request reached an upstream");
 
     // Pointsman with its ext_proc listener, breakers that open after 3 failures in a row.
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("decisions.db");
-    let cfg_path = write_config(
-        &dir.path().join("pointsman.toml"),
-        &repo().join("models/router"),
-        &db,
-        &[("open_after_consecutive_failures", "3"), ("cool_down_seconds", "600.0")],
-    );
-    let config = pointsman::config::Config::load(&cfg_path).unwrap();
-    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ext = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (data_addr, admin_addr, ext_port) = (data.local_addr().unwrap(), admin.local_addr().unwrap(), ext.local_addr().unwrap().port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        tokio::spawn(pointsman::transport::serve(config, pointsman::transport::Listeners { data, admin, ext_proc: Some(ext) }, async {
-            let _ = stopped.await;
-        }));
-    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(data_addr, None).await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while health
-        .check(tonic_health::pb::HealthCheckRequest { service: "pointsman.v1.Router".into() })
-        .await
-        .map(|r| r.into_inner().status)
-        .unwrap_or_default()
-        != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    {
-        assert!(Instant::now() < deadline, "Pointsman did not become SERVING");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _serial = SERIAL.lock().await;
+    let mut pm = Pointsman::start(&[("open_after_consecutive_failures", "3"), ("cool_down_seconds", "600.0")]).await;
+    let (db, admin_addr, ext_port) = (pm.db.clone(), pm.admin, pm.ext_port);
 
     let (gw_port, bare_port) = (free_port(), free_port());
     let ports = |listen: u16| {
@@ -444,8 +497,7 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
 
     // 7. Pointsman stopped mid-run: with failure_mode_allow (shipped), requests are still served,
     //    unrouted, by the default upstream.
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    pm.stop().await;
     let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("hello from default"), "{}", r.body);
@@ -478,4 +530,136 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(fallback.seen().len(), served + 1, "served unrouted by the default upstream");
     held.abort();
+}
+
+/// The upstream a request reached last, and what it saw.
+fn arrival(all: &Arc<Mutex<Vec<(&'static str, Seen)>>>) -> (&'static str, Seen) {
+    all.lock().unwrap().last().cloned().expect("a request reached an upstream")
+}
+
+/// Routing headers belong to Pointsman, and the requests agents and applications send are routed:
+/// the shipped config with every provider's fake upstream counting what reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed() {
+    let _serial = SERIAL.lock().await;
+    let all = Arc::default();
+    let fallback = Upstream::start("default", &all).await;
+    let (openai, together) = (Upstream::start("openai", &all).await, Upstream::start("together", &all).await);
+    let (anthropic, deepseek) = (Upstream::start("anthropic", &all).await, Upstream::start("deepseek", &all).await);
+    // Envoy's message timeout and Pointsman's, raised together from 1 s for this test: it checks
+    // which bodies are routed, not how fast (a 600 KB body takes about 0.4 s to route here idle;
+    // on a busy machine, over 1 s would send it on unrouted and fail the test for the wrong cause).
+    let mut pm = Pointsman::start(&[("message_timeout_ms", "10000")]).await;
+    let ports = vec![
+        (10000, free_port()),
+        (50052, pm.ext_port),
+        (18000, fallback.addr.port()),
+        (18001, openai.addr.port()),
+        (18002, together.addr.port()),
+        (18003, anthropic.addr.port()),
+        (18004, deepseek.addr.port()),
+        (9901, free_port()),
+    ];
+    let gw = Envoy::start(&ports, true, &[("message_timeout: 1s", "message_timeout: 10s")]).await;
+
+    // 1. A client-set x-pointsman-upstream (and -model, -fallbacks) never picks the cluster:
+    //    with a model Pointsman does not know, with a body that is not JSON, naming Pointsman's
+    //    own ext_proc cluster, and with pointsman/auto.
+    let forged =
+        [("x-pointsman-upstream", "anthropic"), ("x-pointsman-model", "claude-3-opus-20240229"), ("x-pointsman-fallbacks", "x@deepseek")];
+    let r = post(gw.addr, &chat("my-own-model", CHAT_PROMPT, false), &forged).await;
+    assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
+    let (_, seen) = arrival(&all);
+    assert_eq!(seen.model, "my-own-model");
+    assert!(!seen.headers.contains_key("x-pointsman-upstream") && !seen.headers.contains_key("x-pointsman-model"), "{:?}", seen.headers);
+    let r = post(gw.addr, "this is not JSON {", &[("x-pointsman-upstream", "deepseek")]).await;
+    assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
+    let r = post(gw.addr, &chat("my-own-model", CHAT_PROMPT, false), &[("x-pointsman-upstream", "pointsman")]).await;
+    assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
+    let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &forged).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (name, seen) = arrival(&all);
+    assert_eq!(name, "together", "routed by Pointsman, not by the client's header");
+    assert_eq!(seen.headers["x-pointsman-upstream"], "together");
+    assert_eq!(seen.headers["x-pointsman-model"], seen.model);
+    assert_ne!(seen.headers["x-pointsman-fallbacks"], "x@deepseek");
+    assert_eq!((anthropic.seen().len(), deepseek.seen().len()), (0, 0), "no client-named cluster was reached");
+    assert_eq!(fallback.seen().len(), 3);
+
+    // 2. What agents and applications send is routed: the body's model rewritten, the decision's
+    //    headers set, 2xx from the chosen model's upstream (its provider's cluster, or
+    //    default_upstream for a provider without one). Twice each: a body that arrives with
+    //    its headers and one that arrives after Envoy has sent the headers to Pointsman take
+    //    different paths in Envoy's filter.
+    let routed_before = pm.ext_proc("routed").await;
+    let mut ids = Vec::new();
+    let tools =
+        serde_json::json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]);
+    let agent = serde_json::json!({"model": "pointsman/auto", "tools": tools, "messages": [
+        {"role": "system", "content": "You are a travel assistant. Use the tools."},
+        {"role": "user", "content": "Should I pack an umbrella for Paris tomorrow?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"forecast\": \"rain\", \"probability\": 0.8}"}
+    ]});
+    let image = serde_json::json!({"model": "pointsman/auto", "messages": [
+        {"role": "user", "content": "I will send you a photo of a plant. Tell me what it is and how to care for it."},
+        {"role": "assistant", "content": "Sure, send it."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}
+    ]});
+    let turns: Vec<serde_json::Value> = (0..300)
+        .map(|i| serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": format!("turn {i}: tell me more about the history of Rome")}))
+        .collect();
+    let long = serde_json::json!({"model": "pointsman/auto", "messages": turns});
+    let big = format!("Summarise the following report. {}", "The committee reviewed the quarterly figures in detail. ".repeat(11_000));
+    assert!(big.len() > 600_000);
+    let large = serde_json::json!({"model": "pointsman/auto", "messages": [{"role": "user", "content": big}]});
+    for (what, body) in
+        [("a tool-calling agent turn", agent), ("an image-only turn", image), ("300 turns", long), ("a 600 KB prompt", large)]
+    {
+        for paused in [false, true] {
+            let body = body.to_string();
+            let r = if paused { post_paused(gw.addr, &body, Duration::from_millis(200)).await } else { post(gw.addr, &body, &[]).await };
+            assert_eq!(r.status, 200, "{what} (body after a pause: {paused}): {}", r.body);
+            let (name, seen) = arrival(&all);
+            assert_ne!(seen.model, "pointsman/auto", "{what} (body after a pause: {paused}): not routed (reached {name})");
+            assert_eq!(seen.headers.get("x-pointsman-model"), Some(&seen.model), "{what}");
+            assert!(seen.headers.contains_key("x-pointsman-request-id"), "{what}");
+            let provider = &seen.headers["x-pointsman-upstream"];
+            let expected =
+                if ["openai", "together", "anthropic", "deepseek"].contains(&provider.as_str()) { provider.as_str() } else { "default" };
+            assert_eq!(name, expected, "{what} (body after a pause: {paused}): routed to {provider}");
+            ids.push((what, seen.headers["x-pointsman-request-id"].clone()));
+        }
+    }
+    // The decisions record what the requests need beyond text.
+    let needs = |id: &str| {
+        let conn = pointsman::logs::store::open_for_reading(&pm.db).ok()?;
+        let c: String = conn.query_row("SELECT constraints FROM decisions WHERE request_id = ?1", [id], |r| r.get(0)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        Some((v["requirements"]["tools"].as_bool()?, v["requirements"]["images"].as_bool()?))
+    };
+    for (what, id) in &ids {
+        let expected = match *what {
+            "a tool-calling agent turn" => (true, false),
+            "an image-only turn" => (false, true),
+            _ => (false, false),
+        };
+        assert_eq!(eventually(|| needs(id)).await, expected, "{what}: (tools, images) recorded");
+    }
+    assert_eq!(pm.ext_proc("routed").await, routed_before + 8.0, "Pointsman counted the eight as routed");
+
+    // 3. A body over the buffer limit (8 MiB, ext_proc.max_body_bytes) is Envoy's to refuse:
+    //    413, and it reaches no upstream.
+    let huge = serde_json::json!({"model": "pointsman/auto", "messages": [{"role": "user", "content": "x".repeat(9 << 20)}]});
+    let arrived = all.lock().unwrap().len();
+    let r = post(gw.addr, &huge.to_string(), &[]).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(all.lock().unwrap().len(), arrived, "nothing reached an upstream");
+
+    // 4. Pointsman down (failure_mode_allow): the client's header still picks nothing.
+    pm.stop().await;
+    let before = anthropic.seen().len();
+    let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[("x-pointsman-upstream", "anthropic")]).await;
+    assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
+    assert_eq!(anthropic.seen().len(), before, "the client-named cluster was not reached");
 }

@@ -2,6 +2,8 @@
 decision log in a temporary folder, and fake OpenAI-compatible model servers."""
 import http.server
 import json
+import re
+import urllib.request
 import os
 import pathlib
 import socket
@@ -41,8 +43,9 @@ class Server:
         cfg.write_text(text)
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.admin = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
-            [str(BIN), "--config", str(cfg), "serve", "--listen", self.target, "--admin-listen", f"127.0.0.1:{free_port()}"],
+            [str(BIN), "--config", str(cfg), "serve", "--listen", self.target, "--admin-listen", self.admin],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -62,6 +65,22 @@ class Server:
                     assert self.proc.poll() is None, "pointsman exited while starting"
                     assert time.monotonic() < deadline, "pointsman did not serve in time"
                     time.sleep(0.05)
+
+    def metric(self, name: str) -> float:
+        """A sample of the server's /metrics page (0 when absent), e.g.
+        'pointsman_route_received_total' or 'pointsman_route_requests_total{result="ok"}'."""
+        with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=10) as r:
+            page = r.read().decode()
+        m = re.search(rf"^{re.escape(name)} (\S+)$", page, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def decision_rows(self, request_id: str) -> list:
+        """The decision log's rows of `request_id` (as dicts; the columns are the log's)."""
+        if not self.db.exists():
+            return []
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute("SELECT * FROM decisions WHERE request_id = ?", (request_id,))]
 
     def feedback_rows(self, request_id: str) -> list:
         """(model, outcome, output_tokens) of `request_id`'s reports in the decision log."""
@@ -112,7 +131,7 @@ class FakeModelServer:
     can be told to fail (HTTP 500)."""
 
     def __init__(self, name: str):
-        self.name, self.seen, self.failing = name, [], False
+        self.name, self.seen, self.bodies, self.failing = name, [], [], False
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -121,6 +140,7 @@ class FakeModelServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 outer.seen.append(body["model"])
+                outer.bodies.append(body)
                 if outer.failing:
                     out, status = json.dumps({"error": {"message": f"{outer.name} is down", "type": "server_error"}}), 500
                 else:

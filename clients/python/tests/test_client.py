@@ -1,5 +1,6 @@
 """The typed client against the real server."""
 import asyncio
+import json
 import pathlib
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import grpc
 import pytest
 
 from conftest import CHAT_PROMPT, MATH_PROMPT, REPO, Server, eventually, free_port
-from pointsman import AsyncClient, Client, PointsmanError
+from pointsman import AsyncClient, Client, NothingToRoute, PointsmanError
 
 
 def user(text):
@@ -105,3 +106,78 @@ def test_generated_stubs_match_the_proto(tmp_path):
         assert (tmp_path / "pointsman/v1" / name).read_text() == (committed / name).read_text(), (
             f"{name} is stale: regenerate with clients/python/generate.sh"
         )
+
+
+# OpenAI chat requests as agents and apps send them (pointsman.openai.map_chat): routed, never
+# refused by the server; a conversation with no text is not sent at all.
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+AGENT = [
+    {"role": "system", "content": "You are a travel assistant. Use the tools."},
+    {"role": "user", "content": "Should I pack an umbrella for Paris tomorrow?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"forecast": "rain", "probability": 0.8}'},
+]
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def ok_routes(server):
+    return server.metric('pointsman_route_requests_total{result="ok"}')
+
+
+def requirements(server, request_id):
+    """The requirements the decision log recorded for `request_id`'s decision."""
+    rows = eventually(lambda: server.decision_rows(request_id))
+    return json.loads(rows[0]["constraints"])["requirements"]
+
+
+def test_a_tool_calling_agent_conversation_is_routed(server):
+    with Client(server.target, timeout=10.0) as c:
+        before = ok_routes(server)
+        d = c.route(AGENT, tools=TOOLS, request_id="py-agent-1")
+        assert d.request_id == "py-agent-1" and d.model
+        assert d.raw is not None
+        # The legacy shapes too: a function_call turn and a function result.
+        legacy = AGENT[:2] + [
+            {"role": "assistant", "content": "", "function_call": {"name": "get_weather", "arguments": "{}"}},
+            {"role": "function", "name": "get_weather", "content": "rain"},
+        ]
+        c.route(legacy, functions=[{"name": "get_weather"}])
+        assert ok_routes(server) == before + 2, "the server routed both"
+        assert requirements(server, "py-agent-1") == {"tools": True, "images": False, "audio": False, "files": False}
+
+
+def test_an_image_only_turn_is_routed_and_a_conversation_without_text_is_not_sent(server):
+    with Client(server.target, timeout=10.0) as c:
+        before = ok_routes(server)
+        received = server.metric("pointsman_route_received_total")
+        # The latest turn is only an image: routed on the conversation's text.
+        d = c.route(
+            [
+                {"role": "user", "content": "I will send you a photo of a plant. Tell me what it is and how to care for it."},
+                {"role": "assistant", "content": "Sure, send it."},
+                {"role": "user", "content": [IMAGE]},
+            ],
+            request_id="py-image-1",
+        )
+        assert d.model and ok_routes(server) == before + 1
+        assert requirements(server, "py-image-1") == {"tools": False, "images": True, "audio": False, "files": False}
+        # Nothing but images: no text to route on, so no call (the caller picks a default).
+        with pytest.raises(NothingToRoute):
+            c.route([{"role": "user", "content": [IMAGE]}])
+        assert server.metric("pointsman_route_received_total") == received + 1, "the image-only conversation was not sent"
+
+
+def test_300_turns_and_a_600_kb_prompt_are_routed(server):
+    with Client(server.target, timeout=30.0) as c:
+        before = ok_routes(server)
+        chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: tell me more about the history of Rome"} for i in range(300)]
+        assert c.route(chat).model
+        big = "Summarise the following report. " + ("The committee reviewed the quarterly figures in detail. " * 11000)
+        assert len(big.encode()) > 600_000
+        assert c.route([{"role": "user", "content": big}]).model
+        # Beyond the client's limits the tail is sent: 3,000 turns and a 3 MB prompt.
+        assert c.route([{"role": "user", "content": f"question {i}"} for i in range(3000)]).model
+        assert c.route([{"role": "user", "content": big * 5}]).model
+        assert ok_routes(server) == before + 4
+

@@ -9,7 +9,7 @@ import litellm  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import CHAT_PROMPT, MATH_PROMPT, FakeModelServer, aeventually, eventually  # noqa: E402
-from pointsman import AsyncClient, Client  # noqa: E402
+from pointsman import AsyncClient, Client, NothingToRoute  # noqa: E402
 from pointsman.litellm import PointsmanCallback, PointsmanRouter, outcome_of  # noqa: E402
 
 
@@ -126,3 +126,37 @@ def test_added_latency(server, upstreams):
     a, b = asyncio.run(main())
     assert a > 0 and b > 0
     print(f"\nLiteLLM Router p50 over 40 calls: {a:.2f} ms with Pointsman routing, {b:.2f} ms without: +{a - b:.2f} ms")
+
+
+def test_agent_turns_are_routed_and_textless_requests_go_to_the_default_model(server, upstreams):
+    openai, others = upstreams
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    agent = [
+        {"role": "user", "content": "Should I pack an umbrella for Paris tomorrow?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "rain, 80%"},
+    ]
+    image_only = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+
+    async def main():
+        client = AsyncClient(server.target, timeout=10.0)
+        pm = PointsmanRouter(router_for(server, openai, others), client, default_model="gpt-4o-2024-08-06")
+        expected = await client.route(agent, tools=tools)
+        r = await pm.acompletion(model="pointsman/auto", messages=agent, tools=tools, pointsman={"request_id": "lt-agent-1"})
+        assert r.choices[0].message.content.startswith("hello from")
+        sent = (openai.bodies + others.bodies)[-1]
+        assert sent["model"] == expected.model and sent["tools"][0]["function"]["name"] == "get_weather"
+        assert await aeventually(lambda: server.feedback_rows("lt-agent-1")) == [(expected.model, "success", 29)]
+        # No text to route on: the default model, without a Route call and without a report.
+        received = server.metric("pointsman_route_received_total")
+        await pm.acompletion(model="pointsman/auto", messages=image_only)
+        assert openai.seen[-1] == "gpt-4o-2024-08-06"
+        assert server.metric("pointsman_route_received_total") == received
+        await client.close()
+
+    asyncio.run(main())
+    # Without a default model the caller hears why.
+    with Client(server.target, timeout=5.0) as c:
+        pm = PointsmanRouter(router_for(server, openai, others), sync_client=c)
+        with pytest.raises(NothingToRoute, match="nothing to route on"):
+            pm.completion(model="pointsman/auto", messages=image_only)

@@ -6,12 +6,21 @@
         d.model, d.fallbacks, d.request_id
         c.feedback(d.request_id, d.model, "success", latency_ms=840, output_tokens=312)
 
+`messages` is an OpenAI chat conversation as it is (tool calls, `content: null`, content-part
+arrays, `developer` turns, any length): `pointsman.openai.map_chat` turns it into Route's messages
+and requirements (pass the request's `tools=` / `functions=` too), keeping the tail that fits
+`max_messages` and `max_request_bytes`. A conversation with no text at all raises
+`NothingToRoute` without calling the server.
+
 Every call has a deadline (`timeout`, seconds; sent as gRPC's `grpc-timeout`, so the server stops
-working on a call its caller gave up on) and is retried on UNAVAILABLE (the server starting,
-restarting or unreachable) with exponential back-off, within that deadline. Other errors are
-raised as `PointsmanError` with the server's message, which names the field, its limit and the
-value given. The request id is the caller's when given (a UUID is generated otherwise) and comes
-back on the decision, to be passed to `feedback`.
+working on a call its caller gave up on) and is retried with exponential back-off within it, by
+`retryable`: Route and ListModels on UNAVAILABLE (the server starting, restarting or unreachable)
+and RESOURCE_EXHAUSTED (overloaded); Feedback only on RESOURCE_EXHAUSTED, the one answer that
+says the report was not taken (after UNAVAILABLE, a deadline or a cancellation it may have
+landed, and a second copy would count twice). Other errors are raised as `PointsmanError` with
+the server's message, which names the field, its limit and the value given. The request id is
+the caller's when given (a UUID is generated otherwise) and comes back on the decision, to be
+passed to `feedback`.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import grpc
 
+from pointsman.openai import MAX_MESSAGES, MAX_REQUEST_BYTES, map_chat
 from pointsman.v1 import router_pb2 as pb
 from pointsman.v1 import router_pb2_grpc as pb_grpc
 
@@ -44,6 +54,15 @@ class PointsmanError(Exception):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+
+class NothingToRoute(PointsmanError, ValueError):
+    """The conversation has no text to route on (every message empty, images or tool calls only,
+    or no message with a known role). Raised by the client itself, before any call: use a
+    default model for such a request (`PointsmanRouter(default_model=...)` does)."""
+
+    def __init__(self, message: str):
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 @dataclass(frozen=True)
@@ -84,17 +103,6 @@ class Decision:
         return [c.model for c in self.candidates[1:]]
 
 
-def _message(m: Message) -> "pb.Message":
-    if isinstance(m, pb.Message):
-        return m
-    content = m.get("content", "")
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        content = "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
-    role = str(m.get("role", "user"))
-    role = {"developer": "system", "function": "tool"}.get(role, role)  # OpenAI's newer and legacy names
-    return pb.Message(role=role, content=str(content or ""))
-
-
 def route_request(
     messages: Optional[Iterable[Message]] = None,
     prompt: Optional[str] = None,
@@ -108,11 +116,16 @@ def route_request(
     allowed_providers: Iterable[str] = (),
     denied_providers: Iterable[str] = (),
     max_fallbacks: Optional[int] = None,
+    tools: Any = None,
+    functions: Any = None,
+    max_messages: int = MAX_MESSAGES,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> "pb.RouteRequest":
-    """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`)."""
+    """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`):
+    `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them.
+    Raises `NothingToRoute` when no message (or the prompt) has text."""
     req = pb.RouteRequest(
         request_id=request_id or str(uuid.uuid4()),
-        messages=[_message(m) for m in messages or ()],
         prompt=prompt or "",
         profile=profile or "",
         allowed_models=list(allowed_models),
@@ -128,6 +141,26 @@ def route_request(
         req.min_quality = min_quality
     if max_fallbacks is not None:
         req.max_fallbacks = max_fallbacks
+    if messages is not None:
+        mapped = map_chat(
+            messages,
+            tools=tools,
+            functions=functions,
+            max_messages=max_messages,
+            max_request_bytes=max_request_bytes,
+            reserved_bytes=req.ByteSize() + 16,
+        )
+        if not mapped.has_text:
+            raise NothingToRoute(
+                f"nothing to route on: none of the {len(mapped.messages)} messages kept has text "
+                "(tool calls, images or empty turns only); not sent to Pointsman"
+            )
+        req.messages.extend(mapped.messages)
+        req.requirements.CopyFrom(mapped.requirements)
+    elif not (prompt or "").strip():
+        raise NothingToRoute("nothing to route on: no messages and an empty prompt; not sent to Pointsman")
+    elif tools is not None or functions is not None:
+        req.requirements.CopyFrom(map_chat((), tools=tools, functions=functions).requirements)
     return req
 
 
@@ -181,20 +214,63 @@ def _decision(r: "pb.RouteResponse") -> Decision:
     )
 
 
-def _setup(client: Any, api: Any, target: str, timeout: float, retries: int, backoff: float, credentials: Any, token: Optional[str]) -> None:
+def _setup(
+    client: Any,
+    api: Any,
+    target: str,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    credentials: Any,
+    token: Optional[str],
+    max_messages: int,
+    max_request_bytes: int,
+) -> None:
     """The settings, channel and stub of a client; `api` is `grpc` or `grpc.aio`. gRPC's own
-    retries are off: ours know the call's deadline."""
+    retries are off: ours know the call's deadline and which calls may be repeated."""
     client.timeout, client.retries, client.backoff = timeout, retries, backoff
+    client.max_messages, client.max_request_bytes = max_messages, max_request_bytes
     client._metadata = [("authorization", f"Bearer {token}")] if token else []
-    opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.enable_retries", 0)]
+    opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", max(4 << 20, 2 * max_request_bytes)), ("grpc.enable_retries", 0)]
     client._channel = api.secure_channel(target, credentials, opts) if credentials else api.insecure_channel(target, opts)
     client._stub = pb_grpc.RouterStub(client._channel)
 
 
-class _Retry:
-    """Back-off for UNAVAILABLE within one call's deadline."""
+def _route_request(client: Any, messages: Optional[Iterable[Message]], kw: dict) -> "pb.RouteRequest":
+    kw.setdefault("max_messages", client.max_messages)
+    kw.setdefault("max_request_bytes", client.max_request_bytes)
+    return route_request(messages, **kw)
 
-    def __init__(self, timeout: float, retries: int, backoff: float):
+
+#: What each call is retried on. Feedback is not idempotent: only RESOURCE_EXHAUSTED says the
+#: report was not taken; after UNAVAILABLE (a connection lost mid-call), DEADLINE_EXCEEDED or
+#: CANCELLED it may have landed.
+RETRY_ON = {
+    "Route": frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}),
+    "ListModels": frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}),
+    "Feedback": frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}),
+}
+
+
+def retryable(call: str, code: grpc.StatusCode) -> bool:
+    """Whether a failed `call` ("Route", "Feedback", "ListModels") may be sent again."""
+    return code in RETRY_ON.get(call, frozenset())
+
+
+def backoff_wait(call: str, code: grpc.StatusCode, attempt: int, retries: int, backoff: float, time_left: float) -> Optional[float]:
+    """Seconds to wait before retry number `attempt + 1` of `call` after `code`, or None to give
+    up: not retryable, out of retries, or the wait would not end before the deadline."""
+    if not retryable(call, code) or attempt >= retries:
+        return None
+    wait = backoff * (2**attempt)
+    return wait if wait < time_left else None
+
+
+class _Retry:
+    """One call's deadline and retries."""
+
+    def __init__(self, call: str, timeout: float, retries: int, backoff: float):
+        self.call = call
         self.deadline = time.monotonic() + timeout
         self.retries = retries
         self.backoff = backoff
@@ -202,11 +278,10 @@ class _Retry:
 
     def next_wait(self, e: grpc.RpcError) -> Optional[float]:
         """Seconds to wait before the next attempt, or None to give up."""
-        if e.code() != grpc.StatusCode.UNAVAILABLE or self.attempt >= self.retries:
-            return None
-        wait = self.backoff * (2**self.attempt)
-        self.attempt += 1
-        return wait if time.monotonic() + wait < self.deadline else None
+        wait = backoff_wait(self.call, e.code(), self.attempt, self.retries, self.backoff, self.deadline - time.monotonic())
+        if wait is not None:
+            self.attempt += 1
+        return wait
 
     def left(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
@@ -223,7 +298,9 @@ class _Retry:
 
 class Client:
     """Blocking client. `target` is `host:port`; `credentials` turns TLS on; `token` is sent as
-    a bearer token (`[auth]`)."""
+    a bearer token (`[auth]`); `max_messages` and `max_request_bytes` are the server's
+    `server.max_messages` and `server.max_request_bytes` (the conversation's tail that fits is
+    sent)."""
 
     def __init__(
         self,
@@ -233,8 +310,10 @@ class Client:
         backoff: float = 0.05,
         credentials: Optional[grpc.ChannelCredentials] = None,
         token: Optional[str] = None,
+        max_messages: int = MAX_MESSAGES,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ):
-        _setup(self, grpc, target, timeout, retries, backoff, credentials, token)
+        _setup(self, grpc, target, timeout, retries, backoff, credentials, token, max_messages, max_request_bytes)
 
     def __enter__(self) -> "Client":
         return self
@@ -245,8 +324,9 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Any, request: Any, timeout: Optional[float]) -> Any:
-        retry = _Retry(timeout or self.timeout, self.retries, self.backoff)
+    def _call(self, name: str, request: Any, timeout: Optional[float]) -> Any:
+        method = getattr(self._stub, name)
+        retry = _Retry(name, timeout or self.timeout, self.retries, self.backoff)
         while True:
             try:
                 return method(request, timeout=retry.left(), metadata=self._metadata)
@@ -257,21 +337,22 @@ class Client:
                 time.sleep(wait)
 
     def route(self, messages: Optional[Iterable[Message]] = None, *, timeout: Optional[float] = None, **kw: Any) -> Decision:
-        """Routes a conversation (or `prompt=`); keyword arguments as `route_request`."""
-        return _decision(self._call(self._stub.Route, route_request(messages, **kw), timeout))
+        """Routes an OpenAI chat conversation (or `prompt=`); keyword arguments as
+        `route_request` (`tools=`, `functions=`, `cost_weight=`, ...)."""
+        return _decision(self._call("Route", _route_request(self, messages, kw), timeout))
 
     def feedback(self, request_id: str, model: str, outcome: str, *, timeout: Optional[float] = None, **kw: Any) -> bool:
         """Reports one attempt; returns whether the server knew the request id."""
-        r = self._call(self._stub.Feedback, feedback_request(request_id, model, outcome, **kw), timeout)
+        r = self._call("Feedback", feedback_request(request_id, model, outcome, **kw), timeout)
         return r.known_request
 
     def list_models(self, *, timeout: Optional[float] = None) -> Any:
         """The catalog with live health (`ListModelsResponse`)."""
-        return self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return self._call("ListModels", pb.ListModelsRequest(), timeout)
 
 
 class AsyncClient:
-    """asyncio client (grpc.aio), with the same calls as `Client`."""
+    """asyncio client (grpc.aio), with the same calls and settings as `Client`."""
 
     def __init__(
         self,
@@ -281,8 +362,10 @@ class AsyncClient:
         backoff: float = 0.05,
         credentials: Optional[grpc.ChannelCredentials] = None,
         token: Optional[str] = None,
+        max_messages: int = MAX_MESSAGES,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ):
-        _setup(self, grpc.aio, target, timeout, retries, backoff, credentials, token)
+        _setup(self, grpc.aio, target, timeout, retries, backoff, credentials, token, max_messages, max_request_bytes)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -293,8 +376,9 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: Optional[float]) -> Any:
-        retry = _Retry(timeout or self.timeout, self.retries, self.backoff)
+    async def _call(self, name: str, request: Any, timeout: Optional[float]) -> Any:
+        method = getattr(self._stub, name)
+        retry = _Retry(name, timeout or self.timeout, self.retries, self.backoff)
         while True:
             try:
                 return await method(request, timeout=retry.left(), metadata=self._metadata)
@@ -305,11 +389,11 @@ class AsyncClient:
                 await asyncio.sleep(wait)
 
     async def route(self, messages: Optional[Iterable[Message]] = None, *, timeout: Optional[float] = None, **kw: Any) -> Decision:
-        return _decision(await self._call(self._stub.Route, route_request(messages, **kw), timeout))
+        return _decision(await self._call("Route", _route_request(self, messages, kw), timeout))
 
     async def feedback(self, request_id: str, model: str, outcome: str, *, timeout: Optional[float] = None, **kw: Any) -> bool:
-        r = await self._call(self._stub.Feedback, feedback_request(request_id, model, outcome, **kw), timeout)
+        r = await self._call("Feedback", feedback_request(request_id, model, outcome, **kw), timeout)
         return r.known_request
 
     async def list_models(self, *, timeout: Optional[float] = None) -> Any:
-        return await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return await self._call("ListModels", pb.ListModelsRequest(), timeout)

@@ -11,8 +11,11 @@ sent to a LiteLLM `Router`, and every attempt is reported back as `Feedback`.
 
 A request whose `model` is one of `route_models` is routed: Pointsman's primary becomes `model`
 and the rest of its candidates (those the router has a group for) LiteLLM's `fallbacks` for this
-call, so LiteLLM's own fallback machinery walks Pointsman's order on an upstream error. Any other
-model goes to the router unchanged. The request id travels in the call's `metadata`
+call, so LiteLLM's own fallback machinery walks Pointsman's order on an upstream error. The
+conversation is sent as the clients map any OpenAI chat request (`pointsman.openai.map_chat`:
+tool calls, content parts, the call's `tools` / `functions` as requirements, the tail that fits);
+one with no text at all (tool calls or images only) goes to `default_model` without a Route call,
+or raises `NothingToRoute` when there is none. Any other model goes to the router unchanged. The request id travels in the call's `metadata`
 (`pointsman_request_id`), and `PointsmanCallback`, a LiteLLM `CustomLogger` that
 `PointsmanRouter` registers in `litellm.callbacks`, reports each attempt of a routed request with
 its model group, outcome, latency, tokens and cost: success; 429 rate limited; timeouts; content
@@ -35,7 +38,7 @@ import grpc
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from pointsman.client import AsyncClient, Client, PointsmanError
+from pointsman.client import AsyncClient, Client, NothingToRoute, PointsmanError
 
 log = logging.getLogger("pointsman.litellm")
 
@@ -126,6 +129,8 @@ class PointsmanCallback(CustomLogger):
             # off the loop.
             await asyncio.to_thread(self._send_sync, {**report, "_router": router})
             return
+        # The client retries RESOURCE_EXHAUSTED within its deadline and nothing else: a report
+        # that may have landed is never sent twice.
         try:
             await router.client.feedback(**report)
         except (PointsmanError, RuntimeError) as e:  # never fail the caller's request over a report
@@ -146,7 +151,8 @@ class PointsmanCallback(CustomLogger):
 
 class PointsmanRouter:
     """Wraps a LiteLLM `Router`: `acompletion` / `completion` route `route_models` requests
-    through Pointsman, everything else straight to the router."""
+    through Pointsman, everything else straight to the router. `default_model` (a model group of
+    the router) serves routed requests that have no text to route on."""
 
     def __init__(
         self,
@@ -155,6 +161,7 @@ class PointsmanRouter:
         sync_client: Optional[Client] = None,
         route_models: Iterable[str] = ("pointsman/auto",),
         register_callback: bool = True,
+        default_model: Optional[str] = None,
     ):
         if client is None and sync_client is None:
             raise ValueError("give an AsyncClient (for acompletion), a Client (for completion), or both")
@@ -162,6 +169,7 @@ class PointsmanRouter:
         self.client = client
         self.sync_client = sync_client
         self.route_models = set(route_models)
+        self.default_model = default_model
         self.key = f"{id(self):x}-{next(_COUNTER)}"
         _ROUTERS[self.key] = self
         if register_callback and not any(isinstance(c, PointsmanCallback) for c in litellm.callbacks):
@@ -180,6 +188,17 @@ class PointsmanRouter:
         metadata[ROUTER_KEY] = self.key
         return {**kwargs, "model": order[0], "fallbacks": order[1:], "metadata": metadata}
 
+    def _unroutable(self, e: NothingToRoute) -> str:
+        if self.default_model is None:
+            raise e
+        log.info("pointsman: %s; sent to default_model %s", e.message, self.default_model)
+        return self.default_model
+
+    @staticmethod
+    def _route_args(pointsman: Optional[dict], kwargs: dict) -> dict:
+        """Route's options plus the call's tools / functions (requirements)."""
+        return {"tools": kwargs.get("tools"), "functions": kwargs.get("functions"), **(pointsman or {})}
+
     async def acompletion(self, model: str, messages: list, pointsman: Optional[dict] = None, **kwargs: Any) -> Any:
         """`Router.acompletion`, routed by Pointsman when `model` asks for it. `pointsman` holds
         Route's options (`cost_weight`, `profile`, `max_cost_usd`, `request_id`, ...)."""
@@ -187,7 +206,10 @@ class PointsmanRouter:
             return await self.router.acompletion(model=model, messages=messages, **kwargs)
         if self.client is None:
             raise ValueError("acompletion needs an AsyncClient")
-        decision = await self.client.route(messages, **(pointsman or {}))
+        try:
+            decision = await self.client.route(messages, **self._route_args(pointsman, kwargs))
+        except NothingToRoute as e:
+            return await self.router.acompletion(model=self._unroutable(e), messages=messages, **kwargs)
         return await self.router.acompletion(messages=messages, **self._plan(decision, kwargs))
 
     def completion(self, model: str, messages: list, pointsman: Optional[dict] = None, **kwargs: Any) -> Any:
@@ -196,5 +218,8 @@ class PointsmanRouter:
             return self.router.completion(model=model, messages=messages, **kwargs)
         if self.sync_client is None:
             raise ValueError("completion needs a Client")
-        decision = self.sync_client.route(messages, **(pointsman or {}))
+        try:
+            decision = self.sync_client.route(messages, **self._route_args(pointsman, kwargs))
+        except NothingToRoute as e:
+            return self.router.completion(model=self._unroutable(e), messages=messages, **kwargs)
         return self.router.completion(messages=messages, **self._plan(decision, kwargs))

@@ -66,8 +66,20 @@ class Message(_message.Message):
     content: str
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
+class Requirements(_message.Message):
+    __slots__ = ("tools", "images", "audio", "files")
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    tools: bool
+    images: bool
+    audio: bool
+    files: bool
+    def __init__(self, tools: _Optional[bool] = ..., images: _Optional[bool] = ..., audio: _Optional[bool] = ..., files: _Optional[bool] = ...) -> None: ...
+
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain")
+    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +93,7 @@ class RouteRequest(_message.Message):
     DENIED_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     MAX_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     prompt: str
@@ -94,7 +107,8 @@ class RouteRequest(_message.Message):
     denied_providers: _containers.RepeatedScalarFieldContainer[str]
     max_fallbacks: int
     explain: bool
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+    requirements: Requirements
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("model", "provider", "predicted_quality", "predicted_output_tokens", "predicted_cost_usd", "utility", "predicted_latency_ms", "health")
