@@ -239,12 +239,16 @@ class FeedbackRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., quality: _Optional[float] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
-    __slots__ = ("known_request", "health")
+    __slots__ = ("known_request", "health", "counted", "verified")
     KNOWN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
     known_request: bool
     health: ModelHealth
-    def __init__(self, known_request: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ...) -> None: ...
+    counted: bool
+    verified: bool
+    def __init__(self, known_request: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ..., counted: _Optional[bool] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ()

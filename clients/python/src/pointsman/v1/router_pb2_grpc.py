@@ -75,8 +75,10 @@ class RouterServicer:
         outcome. Call it once per attempt (the primary failed, the first fallback succeeded: two
         reports). Reports for unknown request ids are kept (another replica may have decided).
         Outcomes are stored in the decision log for retraining, and feed live model health at once
-        when this replica offered that model for that request id (any report with the server's
-        `health.count_unknown_requests`).
+        when a replica of the fleet offered that model for that request id (any report with the
+        server's `health.count_unknown_requests`), once per request id and model.
+        RESOURCE_EXHAUSTED (the log's queue is full): health has seen the report; retry it, it will
+        not count twice. UNAVAILABLE: the server is shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
