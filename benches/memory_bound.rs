@@ -139,10 +139,14 @@ async fn main() {
     let first = rss_mb(pid);
     println!("| 0 | 0 | {first:.0} |");
     let mut last = first;
+    // The first interval warms up (connections, buffers, the log's queue): the slope is taken
+    // from its end.
+    let mut warm: Option<(f64, f64)> = None;
     while t.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(20).min(Duration::from_secs(seconds).saturating_sub(t.elapsed()))).await;
         last = rss_mb(pid);
         println!("| {:.0} | {} | {last:.0} |", t.elapsed().as_secs_f64(), sent.load(Ordering::Relaxed));
+        warm.get_or_insert((t.elapsed().as_secs_f64(), last));
     }
     stop.store(true, Ordering::Relaxed);
     for l in lanes {
@@ -151,10 +155,11 @@ async fn main() {
     let secs = t.elapsed().as_secs_f64();
     let routes = sent.load(Ordering::Relaxed);
     let rate = routes as f64 / secs;
+    let (warm_s, warm_mb) = warm.unwrap_or((0.0, first));
+    let slope = if secs > warm_s + 1.0 { (last - warm_mb) / (secs - warm_s) * 3600.0 } else { f64::NAN };
     println!(
-        "\n{routes} routes in {secs:.0} s ({rate:.0}/s): RSS {first:.0} -> {last:.0} MB, {:+.1} MB per hour at this rate \
-         (unfolded histogram samples would be {:.0} MB per hour: 8 bytes each)\n",
-        (last - first) / secs * 3600.0,
+        "\n{routes} routes in {secs:.0} s ({rate:.0}/s): RSS {first:.0} -> {last:.0} MB; after the first interval \
+         {slope:+.1} MB per hour at this rate (unfolded histogram samples would be {:.0} MB per hour: 8 bytes each)\n",
         rate * 3600.0 * 8.0 / 1e6
     );
 
