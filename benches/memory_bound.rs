@@ -30,10 +30,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    let kb: f64 =
-        text.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())).unwrap();
-    kb / 1024.0
+    common::status_mb(pid, "VmRSS:")
 }
 
 fn free_port() -> u16 {

@@ -16,15 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn status_mb(pid: u32, field: &str) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    let kb: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    kb / 1024.0
-}
-
 /// Waits until the server's log (a file) holds `count` lines containing `needle`.
 fn wait_for(log: &std::path::Path, needle: &str, count: usize, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -65,15 +56,15 @@ fn run(defaults: bool, reloads: usize) -> (Vec<f64>, f64) {
     let pid = child.id();
     wait_for(&log, "models loaded; serving", 1, &mut child);
     std::thread::sleep(Duration::from_secs(1));
-    let mut rss = vec![status_mb(pid, "VmRSS:")];
+    let mut rss = vec![common::status_mb(pid, "VmRSS:")];
     for i in 1..=reloads {
         // SAFETY: a signal to our own child, which is alive (checked by `wait_for`).
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
         wait_for(&log, "reloaded models", i, &mut child);
         std::thread::sleep(Duration::from_secs(1));
-        rss.push(status_mb(pid, "VmRSS:"));
+        rss.push(common::status_mb(pid, "VmRSS:"));
     }
-    let peak = status_mb(pid, "VmHWM:");
+    let peak = common::status_mb(pid, "VmHWM:");
     child.kill().unwrap();
     child.wait().unwrap();
     (rss, peak)

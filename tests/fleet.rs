@@ -89,17 +89,7 @@ impl Replica {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let client = loop {
-            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
-                let mut c = RouterClient::new(ch);
-                if c.list_models(pb::ListModelsRequest {}).await.is_ok() {
-                    break c;
-                }
-            }
-            assert!(Instant::now() < deadline, "replica {name} did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let client = router_client(name, port).await;
         Replica { name, child, port, admin_port, client }
     }
 
@@ -448,6 +438,21 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<usize>>) -> Vec<usize> 
     out
 }
 
+/// A client of the replica `name` on `port`, once it answers ListModels (3 minutes at most).
+async fn router_client(name: &str, port: u16) -> RouterClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
+            let mut c = RouterClient::new(ch);
+            if c.list_models(pb::ListModelsRequest {}).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "replica {name} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs one statement on `url` (off the runtime: the client has a runtime of its own).
 fn sql(url: &str, statement: &str) -> u64 {
     let (url, statement) = (url.to_string(), statement.to_string());
@@ -672,17 +677,7 @@ impl Replica {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let client = loop {
-            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
-                let mut c = RouterClient::new(ch);
-                if c.list_models(pb::ListModelsRequest {}).await.is_ok() {
-                    break c;
-                }
-            }
-            assert!(Instant::now() < deadline, "replica {name} did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let client = router_client(name, port).await;
         let replica = Replica { name, child, port, admin_port, client };
         eventually_async("connected", || async { Some(replica.metric("pointsman_health_shared_connected").await).filter(|v| *v == 1.0) })
             .await;

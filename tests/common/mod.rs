@@ -290,3 +290,13 @@ impl TestTls {
         self.dir.path().join("server.key")
     }
 }
+
+/// A process's `/proc/<pid>/status` size field (`VmRSS:`, `VmHWM:`), in MB.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let kb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kb / 1024.0
+}
