@@ -11,7 +11,7 @@ mod common;
 use std::{
     collections::HashMap,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -23,8 +23,6 @@ use common::*;
 use pointsman::pb::{self, router_client::RouterClient, HealthState, Outcome};
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pointsman");
-
 /// The tests of this file start heavy servers and replicas: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -34,107 +32,9 @@ type Acked = HashMap<&'static str, (Vec<String>, Vec<String>)>;
 #[path = "common/servers.rs"]
 mod servers;
 use servers::*;
-
-/// One replica: the release binary with its own config folder (and so its own spill file).
-struct Replica {
-    name: &'static str,
-    child: Child,
-    port: u16,
-    admin_port: u16,
-    client: RouterClient<Channel>,
-}
-
-impl Replica {
-    /// With `tls`, the replica reaches both servers over TLS, verified against its CA.
-    async fn start(name: &'static str, root: &Path, pg: &Postgres, redis: &Redis, tls: Option<&TestTls>) -> Self {
-        let (pg_url, redis_url) = match tls {
-            Some(t) => (pg.tls_url(&t.ca()), redis.tls_url()),
-            None => (pg.url(), redis.url()),
-        };
-        // `shared_ca_file` is not in the shipped config: it goes in after `shared_key`.
-        let shared_key = match tls {
-            Some(t) => format!("\"pointsman\"\nshared_ca_file = {:?}", t.ca().display().to_string()),
-            None => "\"pointsman\"".to_string(),
-        };
-        Self::start_with(name, root, &pg_url, Some(&redis_url), &[("shared_key", &shared_key)]).await
-    }
-
-    /// A replica on `pg_url` (and Redis, if given) with `settings` over the test's defaults.
-    async fn start_with(name: &'static str, root: &Path, pg_url: &str, redis_url: Option<&str>, settings: &[(&str, &str)]) -> Self {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let spill = format!("{:?}", dir.join("spill.db").display().to_string());
-        // Feedback reaches any replica through the balancer: every catalog report counts.
-        let defaults = [
-            ("count_unknown_requests", "true"),
-            ("batch_max", "64"),
-            ("cool_down_seconds", "120.0"),
-            ("write_timeout_ms", "500"),
-            ("spill_path", spill.as_str()),
-        ];
-        // The first setting of a key wins.
-        let all: Vec<(&str, &str)> = settings.iter().copied().chain(defaults).collect();
-        let cfg = write_config(&dir.join("pointsman.toml"), &repo().join("models/router"), &dir.join("unused.db"), &all);
-        let (port, admin_port) = (free_port(), free_port());
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--config", cfg.to_str().unwrap(), "serve"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--decision-log-url", pg_url]);
-        if let Some(redis_url) = redis_url {
-            cmd.args(["--health-shared", redis_url]);
-        }
-        let child = cmd
-            .env("RUST_LOG", std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let client = router_client(name, port).await;
-        Replica { name, child, port, admin_port, client }
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let addr = format!("127.0.0.1:{}", self.admin_port).parse().unwrap();
-        metric(&http_get(addr, "/metrics").await, series).unwrap_or(f64::NAN)
-    }
-
-    async fn state(&self, model: &str) -> HealthState {
-        let models = self.client.clone().list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models;
-        let m = models.iter().find(|m| m.model == model).unwrap();
-        m.health.as_ref().map_or(HealthState::Healthy, |h| h.state())
-    }
-
-    async fn route(&self, prompt: &str, id: &str) -> Result<String, tonic::Status> {
-        let r = self.client.clone().route(pb::RouteRequest { prompt: prompt.into(), request_id: id.into(), ..Default::default() }).await?;
-        Ok(r.into_inner().candidates[0].model.clone())
-    }
-
-    async fn report(&self, id: &str, model: &str, outcome: Outcome, quality: Option<f64>) -> Result<(), tonic::Status> {
-        let fb = pb::FeedbackRequest {
-            request_id: id.into(),
-            model: model.into(),
-            outcome: outcome as i32,
-            quality,
-            output_tokens: Some(42),
-            latency_ms: Some(120.0),
-            ..Default::default()
-        };
-        self.client.clone().feedback(fb).await.map(|_| ())
-    }
-
-    fn terminate(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "replica {} stopped with {status}", self.name);
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/replica.rs"]
+mod replica;
+use replica::*;
 
 /// Polls until `model` is cooling down on `replica`; returns how long that took.
 async fn until_cooling_down(replica: &Replica, model: &str, limit: Duration) -> Duration {
@@ -438,21 +338,6 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<usize>>) -> Vec<usize> 
     out
 }
 
-/// A client of the replica `name` on `port`, once it answers ListModels (3 minutes at most).
-async fn router_client(name: &str, port: u16) -> RouterClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await {
-            let mut c = RouterClient::new(ch);
-            if c.list_models(pb::ListModelsRequest {}).await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "replica {name} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Runs one statement on `url` (off the runtime: the client has a runtime of its own).
 fn sql(url: &str, statement: &str) -> u64 {
     let (url, statement) = (url.to_string(), statement.to_string());
@@ -665,18 +550,7 @@ impl Replica {
             &dir.join("decisions.db"),
             &[("count_unknown_requests", "false"), ("cool_down_seconds", "120.0"), ("shared_key", "\"trust\"")],
         );
-        let (port, admin_port) = (free_port(), free_port());
-        let child = Command::new(BIN)
-            .args(["--config", cfg.to_str().unwrap(), "serve"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--health-shared", &redis.url()])
-            .env("RUST_LOG", std::env::var("FLEET_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let client = router_client(name, port).await;
-        let replica = Replica { name, child, port, admin_port, client };
+        let replica = Replica::spawn(name, &cfg, &["--health-shared", &redis.url()]).await;
         eventually_async("connected", || async { Some(replica.metric("pointsman_health_shared_connected").await).filter(|v| *v == 1.0) })
             .await;
         replica

@@ -4,118 +4,22 @@
 //! ext_proc listener, and fake OpenAI-compatible model servers on loopback, one per provider, that
 //! record what reaches them and can be told to fail.
 mod common;
+#[path = "common/gateway.rs"]
+mod gateway;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use common::*;
+use gateway::{free_loopback_port as free_port, *};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
-
-/// What a fake model server received.
-#[derive(Debug, Clone)]
-struct Seen {
-    model: String,
-    headers: HashMap<String, String>,
-}
-
-/// A fake OpenAI-compatible model server.
-#[derive(Clone)]
-struct Upstream {
-    name: &'static str,
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Every upstream's arrivals in order, by upstream name (shared).
-    all: Arc<Mutex<Vec<(&'static str, Seen)>>>,
-    failing: Arc<AtomicBool>,
-    /// Holds every request without answering.
-    stalling: Arc<AtomicBool>,
-    /// Streams wait for this before their last event, so the test can see the first ones first.
-    release: Arc<tokio::sync::Notify>,
-}
-
-impl Upstream {
-    async fn start(name: &'static str, all: &Arc<Mutex<Vec<(&'static str, Seen)>>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let u = Upstream {
-            name,
-            addr: listener.local_addr().unwrap(),
-            seen: Arc::default(),
-            all: Arc::clone(all),
-            failing: Arc::default(),
-            stalling: Arc::default(),
-            release: Arc::new(tokio::sync::Notify::new()),
-        };
-        let app = axum::Router::new()
-            .route("/v1/chat/completions", axum::routing::post(completions))
-            .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(u.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        u
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-async fn completions(
-    axum::extract::State(u): axum::extract::State<Upstream>,
-    headers: axum::http::HeaderMap,
-    body: bytes::Bytes,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    // A body that is not JSON is recorded too (model ""): clients may send anything.
-    let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let model = req["model"].as_str().unwrap_or_default().to_string();
-    let h = headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string())).collect();
-    let seen = Seen { model: model.clone(), headers: h };
-    u.all.lock().unwrap().push((u.name, seen.clone()));
-    u.seen.lock().unwrap().push(seen);
-    if u.stalling.load(Ordering::SeqCst) {
-        std::future::pending::<()>().await;
-    }
-    if u.failing.load(Ordering::SeqCst) {
-        let err = serde_json::json!({"error": {"message": format!("{} is down", u.name), "type": "server_error"}});
-        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(err)).into_response();
-    }
-    let content = format!("hello from {}", u.name);
-    if req["stream"].as_bool() == Some(true) {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
-        let release = Arc::clone(&u.release);
-        tokio::spawn(async move {
-            let event = |v: serde_json::Value| Ok(bytes::Bytes::from(format!("data: {v}\n\n")));
-            for word in content.split(' ') {
-                let _ = tx.send(event(serde_json::json!({"model": model, "choices": [{"index": 0, "delta": {"content": word}}]}))).await;
-            }
-            release.notified().await;
-            let usage = serde_json::json!({"model": model, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}});
-            let _ = tx.send(event(usage)).await;
-            let _ = tx.send(Ok(bytes::Bytes::from_static(b"data: [DONE]\n\n"))).await;
-        });
-        let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        return ([("content-type", "text/event-stream")], body).into_response();
-    }
-    axum::Json(serde_json::json!({
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 21, "completion_tokens": 57, "total_tokens": 78}
-    }))
-    .into_response()
-}
 
 /// One test at a time: each runs Pointsman and Envoy, and the large bodies must be routed within
 /// Envoy's message timeout, which a second test's encoder work would eat into.
@@ -180,150 +84,6 @@ impl Pointsman {
     }
 }
 
-/// A free loopback port (bound and released: Envoy binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn envoy_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("POINTSMAN_ENVOY").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    let p = repo().join(".runtime/envoy-1.40.0/envoy");
-    assert!(p.is_file(), "Envoy is not installed at {}: run scripts/bootstrap.sh --envoy (scripts/test.sh does)", p.display());
-    p
-}
-
-/// A running Envoy, killed when dropped.
-struct Envoy {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Envoy {
-    /// Runs the shipped config with its ports replaced (`ports`: shipped port -> ours); without
-    /// `ext_proc`, the ext_proc filter is cut out (the gateway without Pointsman); `edit` changes
-    /// the text further.
-    async fn start(ports: &[(u16, u16)], ext_proc: bool, edit: &[(&str, &str)]) -> Self {
-        let mut text = std::fs::read_to_string(repo().join("deploy/envoy/envoy.yaml")).unwrap();
-        for (from, to) in edit {
-            assert!(text.contains(from), "the shipped config has {from}");
-            text = text.replace(from, to);
-        }
-        for (from, to) in ports {
-            let (a, b) = (format!("port_value: {from} "), format!("port_value: {to} "));
-            assert!(text.contains(&a), "the shipped config has port {from}");
-            text = text.replace(&a, &b);
-        }
-        if !ext_proc {
-            let (start, end) = (
-                text.find("          - name: envoy.filters.http.ext_proc").unwrap(),
-                text.find("          - name: envoy.filters.http.router").unwrap(),
-            );
-            text.replace_range(start..end, "");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("envoy.yaml");
-        std::fs::write(&path, &text).unwrap();
-        let listen = ports.iter().find(|(f, _)| *f == 10000).unwrap().1;
-        let child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&path)
-            .args(["--log-level", "error", "--disable-hot-restart"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "Envoy did not listen within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Envoy { child, addr, _dir: dir }
-    }
-}
-
-/// A parsed HTTP/1.1 response.
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-fn chat(model: &str, prompt: &str, stream: bool) -> String {
-    serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}).to_string()
-}
-
-/// POSTs a chat request through the gateway and reads the whole response (chunked or not).
-async fn post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
-    try_post(addr, body, headers).await.unwrap_or_else(|e| panic!("POST through {addr}: {e}"))
-}
-
-/// [`post`], with a connection error (reset, closed without a reply) as `Err`.
-async fn try_post(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
-    try_post_paused(addr, body, headers, None).await
-}
-
-/// [`post`], sending the body only `pause` after the head (so Envoy has handed the headers to
-/// Pointsman before any of the body arrives).
-async fn post_paused(addr: SocketAddr, body: &str, pause: Duration) -> Reply {
-    try_post_paused(addr, body, &[], Some(pause)).await.unwrap_or_else(|e| panic!("POST through {addr}: {e}"))
-}
-
-async fn try_post_paused(addr: SocketAddr, body: &str, headers: &[(&str, &str)], pause: Option<Duration>) -> std::io::Result<Reply> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    if let Some(p) = pause {
-        tokio::time::sleep(p).await;
-    }
-    s.write_all(body.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("a reply within 30 s")?;
-    if !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a complete reply"));
-    }
-    Ok(parse(&buf))
-}
-
-fn parse(buf: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(buf).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("a complete response head");
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers: HashMap<String, String> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
-    let body = if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) { dechunk(rest) } else { rest.to_string() };
-    Reply { status, headers, body }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
 /// Feedback rows of `request_id` in the decision log: (model, outcome, input tokens, output tokens).
 fn feedback_rows(db: &std::path::Path, request_id: &str) -> Vec<(String, String, Option<i64>, Option<i64>)> {
     let Ok(conn) = pointsman::logs::store::open_for_reading(db) else { return Vec::new() };
@@ -349,16 +109,7 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     let (db, admin_addr, ext_port) = (pm.db.clone(), pm.admin, pm.ext_port);
 
     let (gw_port, bare_port) = (free_port(), free_port());
-    let ports = |listen: u16| {
-        vec![
-            (10000, listen),
-            (50052, ext_port),
-            (18000, fallback.addr.port()),
-            (18001, openai.addr.port()),
-            (18002, together.addr.port()),
-            (9901, free_port()),
-        ]
-    };
+    let ports = |listen: u16| gateway_ports(listen, ext_port, &[&fallback, &openai, &together]);
     let gw = Envoy::start(&ports(gw_port), true, &[]).await;
     let bare = Envoy::start(&ports(bare_port), false, &[]).await;
 
@@ -410,6 +161,7 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
 
     // 4. A streamed answer streams through (the first events arrive while the upstream holds
     //    back the last), and its usage, in the last event, reaches the log.
+    together.holding.store(true, Ordering::SeqCst);
     let body = chat("pointsman/auto", CHAT_PROMPT, true);
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let head = format!(
@@ -550,16 +302,7 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
     // which bodies are routed, not how fast (a 600 KB body takes about 0.4 s to route here idle;
     // on a busy machine, over 1 s would send it on unrouted and fail the test for the wrong cause).
     let mut pm = Pointsman::start(&[("message_timeout_ms", "10000")]).await;
-    let ports = vec![
-        (10000, free_port()),
-        (50052, pm.ext_port),
-        (18000, fallback.addr.port()),
-        (18001, openai.addr.port()),
-        (18002, together.addr.port()),
-        (18003, anthropic.addr.port()),
-        (18004, deepseek.addr.port()),
-        (9901, free_port()),
-    ];
+    let ports = gateway_ports(free_port(), pm.ext_port, &[&fallback, &openai, &together, &anthropic, &deepseek]);
     let gw = Envoy::start(&ports, true, &[("message_timeout: 1s", "message_timeout: 10s")]).await;
 
     // 1. A client-set x-pointsman-upstream (and -model, -fallbacks) never picks the cluster:
