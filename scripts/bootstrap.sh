@@ -9,7 +9,7 @@
 # Idempotent: does nothing for what is already in place (the client itself is reinstalled).
 #   scripts/bootstrap.sh                    install ONNX Runtime into .runtime/ at the repo root
 # - with --fleet, PostgreSQL and Redis servers from Debian's packages (apt-get, when missing),
-#   for the fleet tests (tests/fleet.rs), which start throwaway instances of their own.
+#   for the fleet tests (crates/pointsman/tests/fleet.rs), which start throwaway instances of their own.
 #   scripts/bootstrap.sh --envoy --python --fleet   and the rest (scripts/test.sh does this)
 #   ORT_DYLIB_PATH=/path/lib.so     skip ONNX Runtime and use another 1.24..1.31
 #   POINTSMAN_ENVOY=/path/envoy     skip Envoy and use another binary (1.3x or newer)

@@ -12,7 +12,7 @@ if [ ! -f "$data/zeroeval/train.jsonl.gz" ] || [ ! -f "$data/alpaca_eval2/train.
     exit 2
 fi
 scripts/bootstrap.sh --envoy --python --fleet
-cargo test --release --locked "$@"
+cargo test --release --locked --workspace "$@"
 # The Python client and its LiteLLM integration, against the binary cargo just built.
 LITELLM_LOCAL_MODEL_COST_MAP=True POINTSMAN_BIN="$PWD/target/release/pointsman" \
     .runtime/python/bin/python -m pytest -q -p no:cacheprovider clients/python/tests

@@ -1,0 +1,32 @@
+//! The training-line format: one JSON line per (prompt, model) outcome. The trainer reads it
+//! (`pointsman-learning`) and the server's decision log writes it (`logs export`), so it lives
+//! here, below both.
+use serde::{Deserialize, Serialize};
+
+/// One line of the log format, as read here and as written by `pointsman logs export`.
+/// Unknown fields are ignored so the gateway can add some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Stable id of the prompt; many lines share it (one per model).
+    pub prompt_id: String,
+    /// The prompt text; empty when only `embedding` is given.
+    #[serde(default)]
+    pub prompt: String,
+    /// Model id.
+    pub model: String,
+    /// Quality in [0, 1].
+    pub score: f64,
+    /// Tokens in the answer.
+    // NOTE: signed on purpose, so a negative count is reported as such rather than as a
+    // generic type error.
+    pub output_tokens: i64,
+    /// Sub-benchmark or traffic tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// A stored embedding, for decision logs kept without prompt text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    /// Encoder id of `embedding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
+}

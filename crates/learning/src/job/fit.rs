@@ -1,0 +1,265 @@
+//! Fitting what the selection chose: each family's head on all of its training prompts, merged
+//! into one block-structured graph (a family's hidden units feed only its models), the memory of
+//! training prompts (capped), and the per-model weights that blend head and kNN.
+use ndarray::{s, Array1, Array2};
+
+use super::{
+    families::columns,
+    select::{Choice, Context, HeadKind, QualitySource, TokenSource},
+    Family, JobError, TrainJob,
+};
+use crate::{
+    predictor::manifest::{FamilyKind, MemorySpec},
+    {lowrank, split_by_prompt, train, Dataset, LocalPrior, MemoryBlock, Mlp, Shrink, Support, TrainReport, DEFAULT_NEIGHBOURS},
+};
+
+/// Fits `kind` on `d` (one family's rows and columns); `None` when the logs are too sparse for a
+/// factor head. The MLP ensemble stops early on a split of `d` and averages its members' logits.
+pub(super) fn fit_head(kind: HeadKind, d: &Dataset, job: &TrainJob) -> Result<Option<Mlp>, JobError> {
+    Ok(fit_head_described(kind, d, job)?.map(|(mlp, _, _)| mlp))
+}
+
+/// [`fit_head`], with what the manifest says of the head and the first MLP member's report.
+pub(super) fn fit_head_described(
+    kind: HeadKind,
+    d: &Dataset,
+    job: &TrainJob,
+) -> Result<Option<(Mlp, FamilyKind, Option<TrainReport>)>, JobError> {
+    match kind {
+        HeadKind::Factor { rank } => {
+            let cfg = lowrank::LowRankConfig { rank_quality: rank, seed: job.train.seed, ..Default::default() };
+            let Some(head) = lowrank::fit(d, &cfg)? else { return Ok(None) };
+            // The ranks the fit used: capped by the models dense enough to shape the factors.
+            let dense = lowrank::dense_models(d, cfg.min_coverage).len();
+            let described = FamilyKind::FactorHead {
+                rank_quality: cfg.rank_quality.min(dense).max(1),
+                rank_tokens: cfg.rank_tokens.min(dense).max(1),
+                ridge_quality: cfg.ridge_quality,
+                ridge_tokens: cfg.ridge_tokens,
+                folds: cfg.folds,
+                link_l2: cfg.link_l2,
+                min_coverage: cfg.min_coverage,
+            };
+            Ok(Some((head, described, None)))
+        }
+        HeadKind::Mlp => {
+            let (fit, stop) = split_by_prompt(d.n_rows(), job.early_stop_fraction, job.train.seed.wrapping_add(1));
+            let (fd, sd) = (d.select(&fit), d.select(&stop));
+            let n = job.ensemble.max(1);
+            let mut members = Vec::with_capacity(n);
+            let mut first = None;
+            for member in 0..n {
+                let cfg = crate::TrainConfig { seed: job.train.seed.wrapping_add(member as u64), ..job.train.clone() };
+                let (mlp, report) = train(&fd, &sd, &cfg)?;
+                members.push(mlp);
+                first.get_or_insert(report);
+            }
+            let cols: Vec<usize> = (0..d.n_models()).collect();
+            let parts: Vec<(&[usize], &Mlp, f32)> = members.iter().map(|m| (cols.as_slice(), m, 1.0 / n as f32)).collect();
+            let merged = stack(&parts, d.x.ncols(), d.n_models())?;
+            let report = first.expect("at least one member. This is a bug.");
+            let described = FamilyKind::MlpEnsemble {
+                hidden: job.train.hidden,
+                members: n,
+                epochs_run: report.epochs_run,
+                best_epoch: report.best_epoch,
+            };
+            Ok(Some((merged, described, Some(report))))
+        }
+    }
+}
+
+/// Stacks heads side by side into one MLP over `m` outputs: each part's hidden units feed only
+/// its columns `cols`, its output weights and biases scaled by `share` (members of an ensemble
+/// share `1/n` each: the merged logits are their mean).
+pub(super) fn stack(parts: &[(&[usize], &Mlp, f32)], dim: usize, m: usize) -> Result<Mlp, JobError> {
+    let h: usize = parts.iter().map(|(_, p, _)| p.hidden_dim()).sum();
+    let (mut w1, mut b1) = (Array2::zeros((dim, h)), Array1::zeros(h));
+    let (mut wq, mut wt) = (Array2::zeros((h, m)), Array2::zeros((h, m)));
+    let (mut bq, mut bt) = (Array1::zeros(m), Array1::zeros(m));
+    let mut off = 0;
+    for (cols, p, share) in parts {
+        let (hp, share) = (p.hidden_dim(), *share);
+        w1.slice_mut(s![.., off..off + hp]).assign(&p.w1());
+        b1.slice_mut(s![off..off + hp]).assign(&p.b1());
+        for (k, &c) in cols.iter().enumerate() {
+            wq.slice_mut(s![off..off + hp, c]).assign(&p.wq().column(k).mapv(|v| v * share));
+            wt.slice_mut(s![off..off + hp, c]).assign(&p.wt().column(k).mapv(|v| v * share));
+            bq[c] += p.bq()[k] * share;
+            bt[c] += p.bt()[k] * share;
+        }
+        off += hp;
+    }
+    Ok(Mlp::from_parts(w1, b1, wq, bq, wt, bt)?)
+}
+
+/// What a family got, for the manifest.
+pub(super) struct FittedFamily {
+    /// Its head, as the manifest describes it (`None` when the kNN and means serve it alone).
+    pub kind: FamilyKind,
+}
+
+/// The fitted graph's parts.
+pub(super) struct Fitted {
+    /// All families' heads, stacked.
+    pub mlp: Mlp,
+    /// The support index over the memory.
+    pub support: Support,
+    /// Weights and priors, with the kNN prior.
+    pub shrink: Shrink,
+    /// Per family, in order.
+    pub families: Vec<FittedFamily>,
+    /// The memory.
+    pub memory: MemorySpec,
+    /// Rows of the MLP heads' early stopping (0 without one).
+    pub early_stop_prompts: usize,
+}
+
+/// Fits every family's chosen head on all of its training prompts and builds the graph's parts.
+pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_cap: usize) -> Result<Fitted, JobError> {
+    let (job, all) = (cx.job, cx.all);
+    let n_models = all.n_models();
+    let dim = all.x.ncols();
+    let mut heads: Vec<(Mlp, &[usize])> = Vec::new();
+    let mut fitted = Vec::new();
+    let mut early_stop_prompts = 0;
+    let mut quality_weight = Array1::<f32>::ones(n_models);
+    let mut token_weight = Array1::<f32>::ones(n_models);
+    let (mut k, mut kappa) = (vec![0usize; n_models], vec![1f32; n_models]);
+    let mut memory: Vec<usize> = Vec::new();
+    let mut blocks = Vec::new();
+    let mut token_models: Vec<usize> = Vec::new();
+    // The cap is over all families; above it each keeps its share, in proportion to its prompts.
+    let family_rows: Vec<Vec<usize>> = families.iter().map(|f| super::select::family_rows(cx, f)).collect();
+    let of: usize = family_rows.iter().map(Vec::len).sum();
+    let share = |n: usize| if of <= memory_cap { n } else { ((n as f64 * memory_cap as f64 / of as f64).floor() as usize).max(1) };
+    for ((f, c), rows) in families.iter().zip(choices).zip(&family_rows) {
+        let fd = columns(all, rows, &f.models);
+        let head = c.quality.head().or(match c.tokens {
+            TokenSource::Head(h) => Some(h),
+            TokenSource::Mean | TokenSource::Knn(_) => None,
+        });
+        let mut kind = FamilyKind::None;
+        if let Some(h) = head {
+            let (mlp, described, _) = fit_head_described(h, &fd, job)?.ok_or_else(|| JobError::Invalid {
+                field: "method",
+                limit: "a head that fits all the training prompts when it fitted every inner fold (a bug if not)",
+                value: format!("{h:?}"),
+            })?;
+            if h == HeadKind::Mlp {
+                early_stop_prompts += (fd.n_rows() as f64 * job.early_stop_fraction).round() as usize;
+            }
+            heads.push((mlp, &f.models));
+            kind = described;
+        }
+        let (w, knn) = match c.quality {
+            QualitySource::Knn(p) => (0.0, Some(p)),
+            QualitySource::Head(_) => (1.0, None),
+            QualitySource::Blend { knn, weight, .. } => (weight, Some(knn)),
+        };
+        let tw = if matches!(c.tokens, TokenSource::Head(_)) { 1.0 } else { 0.0 };
+        // kNN tokens share the quality kNN's neighbours (the selection makes them the same), or
+        // bring their own beside a head's quality.
+        let knn = match c.tokens {
+            TokenSource::Knn(p) => {
+                token_models.extend(&f.models);
+                Some(knn.unwrap_or(p))
+            }
+            _ => knn,
+        };
+        for &j in &f.models {
+            quality_weight[j] = w;
+            token_weight[j] = tw;
+            if let Some(p) = knn {
+                k[j] = p.k;
+                kappa[j] = p.b;
+            }
+        }
+        // The family's memory block: its training prompts, capped.
+        {
+            let kept: Vec<usize> =
+                crate::memory_rows(rows.len(), share(rows.len()), job.train.seed.wrapping_add(3)).into_iter().map(|i| rows[i]).collect();
+            blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() });
+            memory.extend(kept);
+        }
+        fitted.push(FittedFamily { kind });
+    }
+    let parts: Vec<(&[usize], &Mlp, f32)> = heads.iter().map(|(m, cols)| (*cols, m, 1.0)).collect();
+    let mlp = stack(&parts, dim, n_models)?;
+    let mem = all.select(&memory);
+    // Each model's evidence is counted in its own family's block of keys, and each family's
+    // nearness in the whole memory (`Support::blocked`).
+    let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, blocks.clone());
+    let train = all.select(cx.train_idx);
+    let priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
+    let mean_tokens = crate::knn::column_means(train.tokens().view(), train.mask.view());
+    let local = k
+        .iter()
+        .any(|&kj| kj > 0)
+        .then(|| LocalPrior::new(&mem.quality, &mem.mask, blocks, &k, &kappa).with_tokens(&mem.tokens(), &token_models, &mean_tokens));
+    let shrink = Shrink { weight: quality_weight, token_weight, local, ..priors };
+    let memory_spec = MemorySpec {
+        prompts: memory.len(),
+        of,
+        cap: memory_cap,
+        rule: format!(
+            "every training prompt of every family up to {memory_cap} in all; above that each family keeps a seeded uniform sample (seed + 3) of its share, in proportion to its prompts"
+        ),
+    };
+    Ok(Fitted { mlp, support, shrink, families: fitted, memory: memory_spec, early_stop_prompts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{train, TrainConfig};
+
+    fn dataset(n: usize, seed: u64) -> Dataset {
+        let mut rng = crate::SplitMix64::new(seed);
+        let x = Array2::from_shape_fn((n, 8), |_| rng.next_f64() as f32 - 0.5);
+        let quality = Array2::from_shape_fn((n, 3), |(r, c)| if (x[[r, c]] > 0.0) ^ (c == 2) { 1.0 } else { 0.0 });
+        let log_tokens = Array2::from_shape_fn((n, 3), |(r, _)| 3.0 + x[[r, 0]]);
+        let mask = Array2::ones((n, 3));
+        Dataset { x, quality, log_tokens, mask }
+    }
+
+    #[test]
+    fn stacked_heads_average_member_logits_and_feed_only_their_columns() {
+        let (fit, stop) = (dataset(120, 1), dataset(40, 2));
+        let cfg = TrainConfig { hidden: 6, epochs: 5, ..Default::default() };
+        let members: Vec<Mlp> = (0..2u64).map(|s| train(&fit, &stop, &TrainConfig { seed: s, ..cfg.clone() }).unwrap().0).collect();
+        // Members over columns 0..3 at half share each, and a third head feeding column 1 only
+        // of a 4-column output (column 3 has no head: a constant).
+        let (all, one) = ([0usize, 1, 2], [1usize]);
+        let single = train(&fit.select(&(0..120).collect::<Vec<_>>()), &stop, &cfg).unwrap().0;
+        let single = Mlp::from_parts(
+            single.w1().to_owned(),
+            single.b1().to_owned(),
+            single.wq().slice(s![.., 0..1]).to_owned(),
+            single.bq().slice(s![0..1]).to_owned(),
+            single.wt().slice(s![.., 0..1]).to_owned(),
+            single.bt().slice(s![0..1]).to_owned(),
+        )
+        .unwrap();
+        let parts: Vec<(&[usize], &Mlp, f32)> = vec![(&all, &members[0], 0.5), (&all, &members[1], 0.5), (&one, &single, 1.0)];
+        let merged = stack(&parts, 8, 4).unwrap();
+        assert_eq!(merged.hidden_dim(), 3 * 6);
+        let (q, t) = merged.predict(fit.x.view());
+        let logit = |p: f32| (p / (1.0 - p)).ln();
+        let (q0, t0) = members[0].predict(fit.x.view());
+        let (q1, t1) = members[1].predict(fit.x.view());
+        let (qs, _) = single.predict(fit.x.view());
+        for r in 0..fit.n_rows() {
+            for c in [0, 2] {
+                let want = (logit(q0[[r, c]]) + logit(q1[[r, c]])) / 2.0;
+                assert!((logit(q[[r, c]]) - want).abs() < 1e-3, "quality logit at ({r},{c})");
+                let want_t = (t0[[r, c]].ln_1p() + t1[[r, c]].ln_1p()) / 2.0;
+                assert!((t[[r, c]].ln_1p() - want_t).abs() < 1e-3, "log tokens at ({r},{c})");
+            }
+            // Column 1: the members' mean logit plus the third head's.
+            let want = (logit(q0[[r, 1]]) + logit(q1[[r, 1]])) / 2.0 + logit(qs[[r, 0]]);
+            assert!((logit(q[[r, 1]]) - want).abs() < 1e-3, "column 1 sums its heads at row {r}");
+            assert_eq!(q[[r, 3]], 0.5, "a column without a head is the sigmoid of 0");
+        }
+    }
+}

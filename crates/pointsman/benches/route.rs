@@ -1,0 +1,362 @@
+//! Route latency and throughput against the real server on loopback, next to the bare encoder.
+//!
+//! `cargo bench --bench route` (or `make bench`). Prints a markdown table: p50/p99 latency and
+//! throughput at concurrency 1, 4 and 16, for short prompts and prompts at the 256-token cap,
+//! with the cache cold (cache off: every request runs the encoder) and hot (every text cached),
+//! and the bare encoder (tokenize + embed + head, no gRPC, one caller) on the same prompts.
+//! Prompts are real ones from `data/` (or `POINTSMAN_DATA`). Set BENCH_REQUESTS to scale the run, and
+//! BENCH_SESSIONS / BENCH_THREADS to try another encoder pool layout, and BENCH_DECISION_LOG=off
+//! to measure without the decision log (it is on by default, as in the shipped config). The load generator runs in
+//! the same process (and on the same cores) as the server, so the service figures include it.
+//!
+//! `BENCH_MODE=feedback` runs only Route with live health: cache-hit Route on short prompts at
+//! concurrency 1 and 4, first with no report, then after BENCH_FEEDBACK_PREFILL (default 20000)
+//! Feedback reports and while a background task keeps sending BENCH_FEEDBACK_RATE (default 500)
+//! reports a second, spread round-robin over the catalog's models with about one failure in six
+//! (timeouts and server errors, never five in a row for a model, so no circuit opens).
+use std::{
+    io::Read,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pointsman::{
+    config::Config,
+    encoder::Encoder,
+    pb::{router_client::RouterClient, FeedbackRequest, ListModelsRequest, Outcome, RouteRequest},
+    predictor::Head,
+    runtime,
+};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+fn real_prompts() -> Vec<String> {
+    let root = std::env::var_os("POINTSMAN_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("data"));
+    let mut out = Vec::new();
+    for f in ["alpaca_eval2/train.jsonl.gz", "zeroeval/train.jsonl.gz"] {
+        let file = std::fs::File::open(root.join(f)).expect("routing data present (data/ or POINTSMAN_DATA)");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if seen.insert(v["prompt_id"].as_str().unwrap().to_string()) {
+                out.push(v["prompt"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Row {
+    label: String,
+    concurrency: usize,
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrency: usize, requests: usize) -> (Vec<Duration>, Duration) {
+    let prompts = Arc::new(prompts.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut c, prompts, next) = (client.clone(), Arc::clone(&prompts), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return lat;
+                }
+                let req = RouteRequest { prompt: prompts[i % prompts.len()].clone(), ..Default::default() };
+                let t = Instant::now();
+                c.route(req).await.expect("route succeeds");
+                lat.push(t.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(l) = tasks.join_next().await {
+        all.extend(l.unwrap());
+    }
+    let wall = start.elapsed();
+    all.sort();
+    (all, wall)
+}
+
+async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::Sender<()>, std::net::SocketAddr) {
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(pointsman::transport::serve(config, pointsman::transport::Listeners { data, admin, ext_proc: None }, async {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    let mut client = RouterClient::new(channel);
+    // Wait for the models.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.route(RouteRequest { prompt: "warm up".into(), ..Default::default() }).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (client, tx, admin_addr)
+}
+
+/// The decision-log lines of the server's `/metrics` page.
+async fn log_metrics(addr: std::net::SocketAddr) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.unwrap();
+    page.lines().filter(|l| l.starts_with("pointsman_decision_log")).map(String::from).collect()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Report `n` of the feedback stream: model `n mod len`, about one failure in six.
+fn feedback_report(models: &[String], n: usize) -> FeedbackRequest {
+    let outcome = if n % 9 == 4 {
+        Outcome::Timeout
+    } else if n % 23 == 7 {
+        Outcome::ServerError
+    } else {
+        Outcome::Success
+    };
+    FeedbackRequest {
+        request_id: format!("bench-feedback-{n}"),
+        model: models[n % models.len()].clone(),
+        outcome: outcome as i32,
+        latency_ms: (outcome == Outcome::Success).then(|| 200.0 + (n * 37 % 1800) as f64),
+        ..Default::default()
+    }
+}
+
+/// `BENCH_MODE=feedback`: cache-hit Route with and without a stream of Feedback reports.
+async fn feedback_mode(config: Config, short: &[String], requests: usize) {
+    let prefill = env_usize("BENCH_FEEDBACK_PREFILL", 20_000);
+    let rate = env_usize("BENCH_FEEDBACK_RATE", 500);
+    let (client, stop, _) = start(config).await;
+    let models: Vec<String> =
+        client.clone().list_models(ListModelsRequest {}).await.unwrap().into_inner().models.into_iter().map(|m| m.model).collect();
+    for p in short {
+        client.clone().route(RouteRequest { prompt: p.clone(), ..Default::default() }).await.unwrap();
+    }
+    let mut rows = Vec::new();
+    let measure = |rows: &mut Vec<Row>, label: &str, lat: Vec<Duration>, wall: Duration, c: usize| {
+        rows.push(Row {
+            label: label.to_string(),
+            concurrency: c,
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            rps: lat.len() as f64 / wall.as_secs_f64(),
+        })
+    };
+    for c in [1, 4] {
+        let (lat, wall) = run_load(&client, short, c, requests).await;
+        measure(&mut rows, "Route, short, cache hit, no feedback", lat, wall, c);
+    }
+    // Prefill: the reports a busy gateway sends within the health window.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut c, models, next, refused) = (client.clone(), models.clone(), Arc::clone(&next), Arc::clone(&refused));
+        tasks.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= prefill {
+                    return;
+                }
+                if c.feedback(feedback_report(&models, n)).await.is_err() {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    println!("prefill: {prefill} Feedback reports over {} models in {:.1} s", models.len(), t.elapsed().as_secs_f64());
+    // The stream: every 10 ms, rate/100 reports.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (mut c, models, next, refused, running) =
+            (client.clone(), models.clone(), Arc::clone(&next), Arc::clone(&refused), Arc::clone(&running));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let (mut sent, t) = (0usize, Instant::now());
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                for _ in 0..(rate / 100).max(1) {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if c.feedback(feedback_report(&models, n)).await.is_err() {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    sent += 1;
+                }
+            }
+            sent as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    for c in [1, 4] {
+        let (lat, wall) = run_load(&client, short, c, requests).await;
+        measure(&mut rows, "Route, short, cache hit, feedback flowing", lat, wall, c);
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let achieved = sender.await.unwrap();
+    let _ = stop.send(());
+    println!(
+        "feedback stream: {achieved:.0} reports/s during the measurement; {} reports refused in all",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!("\n| what | concurrency | p50 ms | p99 ms | req/s |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} | {:.0} |", r.label, r.concurrency, ms(r.p50), ms(r.p99), r.rps);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let mut config = Config::load(&Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("config/pointsman.toml")).unwrap();
+    // BENCH_SESSIONS / BENCH_THREADS override the encoder pool to compare layouts.
+    if let Some(n) = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()) {
+        config.encoder.sessions = n;
+    }
+    if let Some(n) = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()) {
+        config.encoder.intra_threads = n;
+    }
+    // The decision log writes to a throw-away file; BENCH_DECISION_LOG=off measures without it.
+    let log_dir = std::env::temp_dir().join(format!("pointsman-bench-{}", std::process::id()));
+    config.decision_log.path = log_dir.join("decisions.db");
+    config.decision_log.enabled = std::env::var("BENCH_DECISION_LOG").map_or(true, |v| v != "off");
+    println!("decision log: {}", if config.decision_log.enabled { "on" } else { "off" });
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref()).unwrap();
+    let encoder = Encoder::load(env, &config.encoder).unwrap();
+    let head = Head::load(env, &config.head.dir).unwrap();
+
+    // Short: real prompts of 8..=32 tokens. Long: real prompts joined until they pass 256 tokens.
+    let all = real_prompts();
+    let count = |p: &str| encoder.count_tokens(p).unwrap();
+    let short: Vec<String> = all.iter().filter(|p| (8..=32).contains(&count(p))).take(requests).cloned().collect();
+    let mut long = Vec::new();
+    let mut acc = String::new();
+    for p in &all {
+        acc.push_str(p);
+        acc.push('\n');
+        if count(&acc) > 300 {
+            long.push(std::mem::take(&mut acc));
+            if long.len() >= requests / 2 {
+                break;
+            }
+        }
+    }
+    let mean_tokens = |v: &[String]| v.iter().map(|p| count(p).min(254) as f64).sum::<f64>() / v.len() as f64;
+    println!(
+        "# Route benchmark\nprompts: {} short (mean {:.1} tokens), {} long (capped at 256 tokens); encoder {}, {} sessions x {} intra-op threads; {} CPUs",
+        short.len(),
+        mean_tokens(&short),
+        long.len(),
+        encoder.id(),
+        config.encoder.sessions,
+        config.encoder.intra_threads,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+
+    if std::env::var("BENCH_MODE").is_ok_and(|m| m == "feedback") {
+        drop(encoder);
+        feedback_mode(config, &short, requests).await;
+        return;
+    }
+
+    // Bare encoder (tokenize + embed + head), one caller, same prompts.
+    let mut rows = Vec::new();
+    for (name, set) in [("short", &short), ("256-token", &long)] {
+        let n = set.len().min(requests / 2).max(50);
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        for p in set.iter().cycle().take(n) {
+            let t = Instant::now();
+            let tokens = encoder.tokenize(p).unwrap();
+            let e = encoder.embed(&tokens).unwrap();
+            head.predict(ndarray::ArrayView2::from_shape((1, e.len()), &e).unwrap()).unwrap();
+            lat.push(t.elapsed());
+        }
+        let wall = t0.elapsed();
+        lat.sort();
+        rows.push(Row {
+            label: format!("bare encoder+head, {name}"),
+            concurrency: 1,
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            rps: n as f64 / wall.as_secs_f64(),
+        });
+    }
+    drop(encoder);
+
+    let mut cold_cfg = config.clone();
+    cold_cfg.cache.capacity = 0;
+    let (cold, stop_cold, cold_addr) = start(cold_cfg).await;
+    let (hot, stop_hot, hot_addr) = start(config).await;
+    for (name, set, n) in [("short", &short, requests), ("256-token", &long, requests / 3)] {
+        // Warm the hot server's cache with every text.
+        for p in set.iter() {
+            hot.clone().route(RouteRequest { prompt: p.clone(), ..Default::default() }).await.unwrap();
+        }
+        for c in [1, 4, 16] {
+            for (cache, client) in [("miss", &cold), ("hit", &hot)] {
+                let (lat, wall) = run_load(client, set, c, n).await;
+                rows.push(Row {
+                    label: format!("Route, {name}, cache {cache}"),
+                    concurrency: c,
+                    p50: percentile(&lat, 0.5),
+                    p99: percentile(&lat, 0.99),
+                    rps: lat.len() as f64 / wall.as_secs_f64(),
+                });
+            }
+        }
+    }
+    let mut log_lines = Vec::new();
+    for (name, addr) in [("cold", cold_addr), ("hot", hot_addr)] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        log_lines.extend(log_metrics(addr).await.into_iter().map(|l| format!("{name} server: {l}")));
+    }
+    let _ = (stop_cold.send(()), stop_hot.send(()));
+
+    println!("\n| what | concurrency | p50 ms | p99 ms | req/s |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} | {:.0} |", r.label, r.concurrency, ms(r.p50), ms(r.p99), r.rps);
+    }
+    for name in ["short", "256-token"] {
+        let bare = rows.iter().find(|r| r.label == format!("bare encoder+head, {name}")).unwrap();
+        let svc = rows.iter().find(|r| r.label == format!("Route, {name}, cache miss") && r.concurrency == 1).unwrap();
+        println!(
+            "\n{name}: Route p50 at concurrency 1 (cache miss) {} ms vs bare {} ms: service overhead {:+.1}%",
+            ms(svc.p50),
+            ms(bare.p50),
+            (svc.p50.as_secs_f64() / bare.p50.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    if !log_lines.is_empty() {
+        println!("\ndecision log counters at the end:");
+        for l in log_lines {
+            println!("  {l}");
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Conversions between the wire types (`pb`) and the core, and the wire-level validation.
+//! Every rejection names the field, its limit and the value given.
+use std::{
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use tonic::{metadata::MetadataMap, Status};
+
+use crate::{
+    config::ServerConfig,
+    encoder::text::{without_control_chars, ChatMessage, Requirements, Role},
+    engine::{truncated, Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
+    health::{Outcome, Snapshot, State},
+    logs::{now_ms, FeedbackRecord},
+    pb,
+    policy::{Constraints, Exclusion, Scored},
+};
+
+/// Longest accepted model id in `Feedback`, bytes.
+pub const MAX_MODEL_ID_BYTES: usize = 256;
+/// Largest accepted `latency_ms` (one day).
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
+/// Largest accepted `cost_usd` for one call.
+pub const MAX_COST_USD: f64 = 10_000.0;
+
+/// Longest accepted `request_id`, bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// The gRPC status of a routing error: the code its kind calls for and a message for the caller.
+pub fn status(e: RouteError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RouteError::InvalidArgument { .. } => Status::invalid_argument(msg),
+        RouteError::NoEligibleModel(_) => Status::failed_precondition(msg),
+        RouteError::Overloaded { .. } => Status::resource_exhausted(msg),
+        RouteError::DeadlineExceeded => Status::deadline_exceeded(msg),
+        RouteError::Worker(_) => Status::unavailable(msg),
+        RouteError::WorkerPanic(_) => {
+            // The panic's text is for the operator's log, not the client.
+            tracing::error!(error = %msg, label = e.label(), "routing failed");
+            Status::internal("routing failed: an internal error (a worker panicked; the server logged it)")
+        }
+        RouteError::Encoder(_) | RouteError::Head(_) | RouteError::Runtime(_) | RouteError::Catalog(_) => {
+            tracing::error!(error = %msg, label = e.label(), "routing failed");
+            Status::internal(msg)
+        }
+    }
+}
+
+/// The call's deadline from its `grpc-timeout` header, counted from `now`; None without one.
+///
+/// tonic's server enforces the header itself (it drops the handler future when the time is up
+/// and answers CANCELLED); the engine gets the deadline too, so that waiting for the encoder ends
+/// there and work whose caller stopped waiting is never started. A header that does not follow
+/// the gRPC spec (1 to 8 digits and a unit of H, M, S, m, u or n) is ignored, as tonic does.
+pub fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    };
+    now.checked_add(timeout)
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> RouteError {
+    RouteError::invalid(field, message)
+}
+
+fn check_request_id(id: &str) -> Result<(), RouteError> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(invalid("request_id", format!("must be at most {MAX_REQUEST_ID_BYTES} bytes. Given: {} bytes", id.len())));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(invalid("request_id", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Turns a wire feedback report into a core record, naming the field, limit and value on error.
+pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, RouteError> {
+    if req.request_id.is_empty() {
+        return Err(invalid("request_id", "must be set (the id of the Route call). Given: \"\""));
+    }
+    check_request_id(&req.request_id)?;
+    if req.model.trim().is_empty() {
+        return Err(invalid("model", "must name the model that was called. Given: an empty name"));
+    }
+    if req.model.len() > MAX_MODEL_ID_BYTES {
+        return Err(invalid("model", format!("must be at most {MAX_MODEL_ID_BYTES} bytes. Given: {} bytes", req.model.len())));
+    }
+    if req.model.chars().any(char::is_control) {
+        return Err(invalid("model", "must not contain control characters"));
+    }
+    let outcome = match pb::Outcome::try_from(req.outcome) {
+        Ok(pb::Outcome::Success) => Outcome::Success,
+        Ok(pb::Outcome::Timeout) => Outcome::Timeout,
+        Ok(pb::Outcome::RateLimited) => Outcome::RateLimited,
+        Ok(pb::Outcome::ServerError) => Outcome::ServerError,
+        Ok(pb::Outcome::Refused) => Outcome::Refused,
+        Ok(pb::Outcome::Unspecified) | Err(_) => {
+            return Err(invalid(
+                "outcome",
+                format!("must be one of SUCCESS, TIMEOUT, RATE_LIMITED, SERVER_ERROR, REFUSED. Given: {}", req.outcome),
+            ))
+        }
+    };
+    if let Some(l) = req.latency_ms {
+        if !(l.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&l)) {
+            return Err(invalid("latency_ms", format!("must be in [0, {MAX_LATENCY_MS}]. Given: {l}")));
+        }
+    }
+    if let Some(c) = req.cost_usd {
+        if !(c.is_finite() && (0.0..=MAX_COST_USD).contains(&c)) {
+            return Err(invalid("cost_usd", format!("must be in [0, {MAX_COST_USD}]. Given: {c}")));
+        }
+    }
+    if let Some(q) = req.quality {
+        if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+            return Err(invalid("quality", format!("must be in [0, 1]. Given: {q}")));
+        }
+    }
+    Ok(FeedbackRecord {
+        request_id: req.request_id,
+        ts_ms: now_ms(),
+        model: req.model,
+        outcome,
+        latency_ms: req.latency_ms,
+        input_tokens: req.input_tokens,
+        output_tokens: req.output_tokens,
+        cost_usd: req.cost_usd,
+        quality: req.quality,
+        // Decided by `Service::feedback`.
+        verified: false,
+        offered: false,
+    })
+}
+
+fn health_state(s: &State) -> pb::HealthState {
+    match s {
+        State::Healthy => pb::HealthState::Healthy,
+        State::Degraded => pb::HealthState::Degraded,
+        State::CoolingDown { .. } => pb::HealthState::CoolingDown,
+        State::Probing => pb::HealthState::Probing,
+    }
+}
+
+/// The wire form of a model's health.
+pub fn model_health(h: &Snapshot) -> pb::ModelHealth {
+    pb::ModelHealth {
+        state: health_state(&h.state) as i32,
+        window_requests: h.window_requests,
+        error_rate: h.error_rate,
+        p50_latency_ms: h.p50_latency_ms,
+        consecutive_failures: h.consecutive_failures,
+        cool_down_remaining_s: match h.state {
+            State::CoolingDown { remaining } => remaining.as_secs_f64(),
+            _ => 0.0,
+        },
+    }
+}
+
+fn check_list(field: &str, list: &[String], limit: usize) -> Result<Vec<String>, RouteError> {
+    if list.len() > limit {
+        return Err(invalid(field, format!("must have at most {limit} entries. Given: {}", list.len())));
+    }
+    if let Some(i) = list.iter().position(|s| s.trim().is_empty()) {
+        return Err(invalid(format!("{field}[{i}]"), "must be a non-empty name. Given: \"\""));
+    }
+    Ok(list.to_vec())
+}
+
+/// Turns a wire request into a core query, checking everything that needs no catalog.
+pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
+    check_request_id(&req.request_id)?;
+    let request_id = if req.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { req.request_id };
+
+    let messages = match (req.messages.is_empty(), req.prompt.is_empty()) {
+        (true, true) => {
+            return Err(invalid(
+                "messages",
+                "must hold at least one message, or `prompt` must be set. Given: no messages and an empty prompt",
+            ))
+        }
+        (false, false) => {
+            return Err(invalid(
+                "prompt",
+                format!("must be empty when `messages` is set. Given: {} messages and a prompt", req.messages.len()),
+            ))
+        }
+        (true, false) => {
+            let prompt = without_control_chars(req.prompt);
+            if prompt.trim().is_empty() {
+                return Err(invalid("prompt", "must contain non-whitespace text. Given: only whitespace or control characters"));
+            }
+            vec![ChatMessage::user(prompt)]
+        }
+        (false, true) => {
+            if req.messages.len() > server.max_messages {
+                return Err(invalid(
+                    "messages",
+                    format!("must hold at most {} messages (server.max_messages). Given: {}", server.max_messages, req.messages.len()),
+                ));
+            }
+            let messages = req
+                .messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let role = Role::from_str(&m.role).map_err(|()| {
+                        invalid(
+                            format!("messages[{i}].role"),
+                            format!("must be one of system, developer, user, assistant, tool, function. Given: {:?}", truncated(&m.role)),
+                        )
+                    })?;
+                    // Empty is normal: an assistant turn that only calls tools, an image-only turn.
+                    Ok(ChatMessage { role, content: without_control_chars(m.content) })
+                })
+                .collect::<Result<Vec<_>, RouteError>>()?;
+            if messages.iter().all(|m| m.content.trim().is_empty()) {
+                return Err(invalid(
+                    "messages",
+                    format!("must hold at least one message with text to route on. Given: {} messages, none with text", messages.len()),
+                ));
+            }
+            messages
+        }
+    };
+
+    let tradeoff = match (req.cost_weight, req.profile.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid("profile", format!("must be empty when `cost_weight` is set. Given: {:?}", truncated(&req.profile))))
+        }
+        (Some(w), true) => {
+            if !(0.0..=1.0).contains(&w) {
+                return Err(invalid("cost_weight", format!("must be in [0, 1]. Given: {w}")));
+            }
+            Tradeoff::Weight(w)
+        }
+        (None, false) => Tradeoff::Profile(req.profile),
+        (None, true) => Tradeoff::Default,
+    };
+    if let Some(c) = req.max_cost_usd {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(invalid("max_cost_usd", format!("must be a finite number > 0. Given: {c}")));
+        }
+    }
+    if let Some(q) = req.min_quality {
+        if !(0.0..=1.0).contains(&q) {
+            return Err(invalid("min_quality", format!("must be in [0, 1]. Given: {q}")));
+        }
+    }
+    let max_fallbacks = req.max_fallbacks.unwrap_or(server.default_fallbacks);
+    if max_fallbacks > server.max_fallbacks {
+        return Err(invalid("max_fallbacks", format!("must be <= {}. Given: {max_fallbacks}", server.max_fallbacks)));
+    }
+    let lim = server.max_list_entries;
+    let constraints = Constraints {
+        max_cost_usd: req.max_cost_usd,
+        min_quality: req.min_quality,
+        allowed_models: check_list("allowed_models", &req.allowed_models, lim)?,
+        denied_models: check_list("denied_models", &req.denied_models, lim)?,
+        allowed_providers: check_list("allowed_providers", &req.allowed_providers, lim)?,
+        denied_providers: check_list("denied_providers", &req.denied_providers, lim)?,
+        max_fallbacks: max_fallbacks as usize,
+        out_of_domain_p: 0.0,
+        requirements: req
+            .requirements
+            .map(|r| Requirements { tools: r.tools, images: r.images, audio: r.audio, files: r.files })
+            .unwrap_or_default(),
+    };
+    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None })
+}
+
+fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
+    let m = &engine.catalog().models()[s.model];
+    let p = s.prediction;
+    pb::Candidate {
+        model: m.id.clone(),
+        provider: m.provider.clone(),
+        predicted_quality: p.map_or(0.0, |p| p.quality),
+        predicted_output_tokens: p.map_or(0, |p| p.output_tokens.round().clamp(0.0, f64::from(u32::MAX)) as u32),
+        predicted_cost_usd: s.cost_usd,
+        utility: if s.utility.is_finite() { s.utility } else { 0.0 },
+        predicted_latency_ms: s.latency_ms,
+        health: health_state(&s.health.state) as i32,
+    }
+}
+
+fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
+    use pb::ExclusionReason as R;
+    match e {
+        None => R::Unspecified,
+        Some(Exclusion::NotCovered) => R::NotCovered,
+        Some(Exclusion::OutOfDomain { .. }) => R::OutOfDomain,
+        Some(Exclusion::ModelNotAllowed) => R::ModelNotAllowed,
+        Some(Exclusion::ProviderNotAllowed) => R::ProviderNotAllowed,
+        Some(Exclusion::ContextWindow { .. }) => R::ContextWindow,
+        Some(Exclusion::MinQuality { .. }) => R::MinQuality,
+        Some(Exclusion::Budget { .. }) => R::Budget,
+        Some(Exclusion::Unhealthy(_)) => R::Unhealthy,
+        Some(Exclusion::BelowCutoff) => R::BelowCutoff,
+    }
+}
+
+/// Why a model was or was not chosen, in words: its exclusion, or what the router doubted about a
+/// model it kept (outside the head's domain, unhealthy) because nothing else was left.
+fn explanation_detail(s: &Scored) -> String {
+    if let Some(e) = &s.exclusion {
+        return e.detail();
+    }
+    let mut doubts = Vec::new();
+    if let Some(e) = &s.kept_despite {
+        doubts.push(format!("{} (kept: no model inside the head's domain meets the request's constraints)", e.detail()));
+    }
+    if s.health_tier() > 0 {
+        doubts.push(s.health.detail());
+    }
+    if doubts.is_empty() {
+        "chosen".into()
+    } else {
+        format!("chosen, but {}", doubts.join("; "))
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl From<StageTimings> for pb::Timings {
+    fn from(t: StageTimings) -> Self {
+        pb::Timings {
+            prepare_us: micros(t.prepare),
+            encode_us: micros(t.encode),
+            predict_us: micros(t.predict),
+            rank_us: micros(t.rank),
+            total_us: micros(t.total),
+            cache_hit: t.cache_hit,
+        }
+    }
+}
+
+/// Builds the wire response for a decision.
+pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
+    let r = &d.ranking;
+    let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
+    let explanations = if explain {
+        r.scored
+            .iter()
+            .map(|s| pb::Explanation {
+                candidate: Some(candidate(engine, s)),
+                rank: s.rank as u32,
+                reason: reason(&s.exclusion) as i32,
+                detail: explanation_detail(s),
+                kept_despite: reason(&s.kept_despite) as i32,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    pb::RouteResponse {
+        request_id: d.request_id,
+        candidates,
+        router_version: engine.version().to_string(),
+        timings: Some(d.timings.into()),
+        explanations,
+        cost_weight: d.cost_weight,
+        input_tokens: d.input_tokens,
+        profile: d.profile.unwrap_or_default(),
+    }
+}
+
+/// Builds the catalog listing.
+pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsResponse {
+    let cfg = engine.config();
+    pb::ListModelsResponse {
+        models: engine
+            .catalog()
+            .models()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| pb::ModelInfo {
+                model: m.id.clone(),
+                provider: m.provider.clone(),
+                input_usd_per_mtok: m.input_usd_per_mtok,
+                output_usd_per_mtok: m.output_usd_per_mtok,
+                context_tokens: m.context_tokens,
+                covered_by_head: engine.covers(i),
+                health: health.get(i).map(model_health),
+            })
+            .collect(),
+        router_version: engine.version().to_string(),
+        encoder: engine.encoder().id().to_string(),
+        profiles: cfg.routing.profiles.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        default_profile: cfg.routing.default_profile.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(v: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", v.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn grpc_timeout_becomes_a_deadline() {
+        let now = Instant::now();
+        let d = |v: &str| deadline(&with_timeout(v), now).map(|d| d - now);
+        assert_eq!(d("5m"), Some(Duration::from_millis(5)));
+        assert_eq!(d("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(d("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(d("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(d("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(d("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        // Not the gRPC format: ignored, like tonic does.
+        for bad in ["", "m", "5", "5x", "123456789m", "-5m", "5 m", "1.5S"] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+        assert_eq!(deadline(&MetadataMap::new(), now), None);
+        // What tonic's client sends for `Request::set_timeout`.
+        let mut r = tonic::Request::new(());
+        r.set_timeout(Duration::from_millis(5));
+        assert_eq!(deadline(r.metadata(), now).map(|d| d - now), Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn deadline_and_worker_panic_map_to_their_status() {
+        assert_eq!(status(RouteError::DeadlineExceeded).code(), tonic::Code::DeadlineExceeded);
+        let s = status(RouteError::WorkerPanic("boom".into()));
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(!s.message().contains("boom") && s.message().contains("panicked"), "{}", s.message());
+        let s = status(RouteError::Overloaded { waiting: 8, limit: 8 });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+    }
+}
