@@ -225,7 +225,7 @@ impl Cached {
 }
 
 /// Bytes per cache entry beyond its vectors: the 16-byte key, the `Arc`, moka's node and
-/// frequency sketch (measured with `cargo bench --bench memory_bound`, see the README).
+/// frequency sketch (measured with `cargo bench --bench memory_bound`, see docs/measurements.md).
 const CACHE_ENTRY_OVERHEAD: usize = 160;
 
 /// The prediction cache: the head's outputs keyed by a 128-bit hash (XXH3) of the routing text,

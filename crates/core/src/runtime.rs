@@ -131,7 +131,7 @@ pub const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
 /// glibc starts with a 128 KiB mmap threshold but raises it (up to 32 MiB) each time a mapped
 /// block is freed; after the first reload frees an engine, the next engine's buffers come from
 /// the heap and stay there. Measured with SIGHUP reloads of the shipped config on a 2-vCPU
-/// machine (`cargo bench --bench reload`; figures in the README's "Performance"): RSS after
+/// machine (`cargo bench --bench reload`; figures in docs/measurements.md, "Memory across reloads"): RSS after
 /// each reload kept growing with glibc's defaults and stays flat with the thresholds fixed;
 /// Route latency is the same either way. Fixing the threshold with `mallopt` turns that adjustment off; the trim
 /// threshold is fixed with it, so freed heap tops are returned too.

@@ -18,7 +18,7 @@
 //! lucky on similar prompts; a rank-2 structure shares strength across models and the per-model
 //! link calibrates. Measured in a numpy prototype on 20 prompt-level 80/20 splits of the shared
 //! data (gap closed, mean ± sd): zeroeval 9.5 ± 3.7% vs 8.3 ± 2.6% for the MLP ensemble,
-//! alpaca_eval2 6.3 ± 4.2% vs 3.4 ± 3.3% (README, "Measuring the router").
+//! alpaca_eval2 6.3 ± 4.2% vs 3.4 ± 3.3% (docs/research-log.md).
 //!
 //! It needs dense logs (benchmarks, or shadow evaluation of several models per prompt); sparse
 //! production logs (one model per prompt) have no dense model and train the MLP instead.

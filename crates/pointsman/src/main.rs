@@ -52,7 +52,7 @@ enum Command {
     Tune(TuneArgs),
     /// Add models to the head from a few hundred labelled prompts each, without retraining the others.
     Extend(ExtendArgs),
-    /// Work with the decision log (the SQLite file of decisions and feedback).
+    /// Work with the decision log (the SQLite file or PostgreSQL database of decisions and feedback).
     #[command(subcommand)]
     Logs(LogsCommand),
 }
@@ -92,7 +92,7 @@ struct ExtendArgs {
     #[arg(long, default_value_t = 0.2)]
     val_fraction: f64,
     /// Ridge penalty of the new columns; larger pulls them towards the model's mean. Default: 3
-    /// on a factor head (at most 32 hidden units), 100 on a wider MLP head (README, "Adding a model").
+    /// on a factor head (at most 32 hidden units), 100 on a wider MLP head (docs/extend.md).
     #[arg(long)]
     l2: Option<f64>,
     /// Seed of the held-out split (decimal or 0x-prefixed hex).
@@ -178,7 +178,7 @@ struct TuneArgs {
     embed: EmbedArgs,
 }
 
-/// A seed in decimal or 0x-prefixed hex, as the README writes the shipped one.
+/// A seed in decimal or 0x-prefixed hex, as the `--seed` help writes the default one.
 fn parse_seed(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
@@ -190,7 +190,7 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 
 #[derive(Args, Debug)]
 struct TrainArgs {
-    /// Routing log files (JSON Lines, gzip or plain; see ../shared/data/README.md for the format).
+    /// Routing log files (JSON Lines, gzip or plain; see data/README.md for the format).
     /// Repeat the flag for several files. Sparse logs (one model per prompt) are fine.
     #[arg(long = "data", env = "POINTSMAN_TRAIN_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
@@ -247,8 +247,9 @@ struct TrainArgs {
     /// per inner fold: several times slower).
     #[arg(long, env = "POINTSMAN_TRAIN_MLP_CANDIDATE")]
     mlp_candidate: bool,
-    /// Training prompts the head stores per model family, as its kNN memory and domain index;
-    /// above it, a seeded uniform sample (README, "Memory").
+    /// Training prompts the head stores, over all model families, as its kNN memory and domain
+    /// index; above it, each family keeps a seeded uniform sample of its share, in proportion to
+    /// its prompts (docs/training.md, "Memory").
     #[arg(long, env = "POINTSMAN_TRAIN_MEMORY_CAP", default_value_t = pointsman::learning::job::DEFAULT_MEMORY_CAP)]
     memory_cap: usize,
     /// Name prefix of the head id (the id ends with the graph's hash).

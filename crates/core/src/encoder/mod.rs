@@ -4,7 +4,7 @@
 //! - One prompt per ONNX call, never a padded batch. Dynamic int8 quantises activations per
 //!   tensor, so a batched prompt's embedding would depend on its batch-mates; batch-of-one makes
 //!   the same text give the same embedding whatever else the server is doing (and on 2 cores,
-//!   batching buys little anyway: see the field notes in the README).
+//!   batching buys little anyway).
 //! - A small pool of sessions (`encoder.sessions`), each run by one caller at a time; callers
 //!   hold a semaphore permit (see `engine`) so a free session always exists.
 //! - The graph pools and normalises inside ONNX, so Rust only tokenizes and copies.

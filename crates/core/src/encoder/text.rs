@@ -4,7 +4,7 @@
 //! integration only map an OpenAI request onto `Message`s (the same mapping as
 //! `transport::openai`) and leave the rest to the server.
 //!
-//! Policy (documented in the README, "The routing text"):
+//! Policy (documented in docs/routing.md, "The routing text"):
 //! 1. The last user turn with text is the anchor (the latest user intent) and comes first, so the
 //!    encoder's truncation (which cuts the end) never removes it.
 //! 2. An agent turn: the tool results that follow the anchor (an agent's loop of tool calls after
