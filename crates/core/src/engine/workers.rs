@@ -11,6 +11,15 @@
 //! - dropped after handing over the job: the thread finds the reply channel closed (or the
 //!   deadline passed) before starting and skips the job without computing it.
 //!
+//! A call with a deadline is only queued if, at the pace jobs ran lately, it can be done in time:
+//! the calls already waiting are served `threads` at a time, then it runs; if that would take it
+//! past [`HEADROOM`] of the time left before its deadline, it is refused at once
+//! (`DeadlineExceeded`, counted `refused_deadline`) instead of waiting to finish too late. Under
+//! a steady overload a queue bounded only by the deadline fills until each call starts just
+//! before its deadline and finishes just after it: every job runs, and none is in time for the
+//! gateway (measured through Envoy, `benches/gateway_overload.rs`). A call that finds nobody
+//! waiting is always queued, so jobs keep running and the pace stays known.
+//!
 //! The permit moves into the job and is released when the work it guards ends, so no more jobs
 //! sit in the channel or run than there are threads. A job that panics is caught on its thread
 //! (the caller gets `WorkerPanic`, answered INTERNAL); should a thread still die, a guard starts
@@ -26,7 +35,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc, Mutex, PoisonError,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -40,6 +49,10 @@ pub struct PoolStats {
     run: AtomicU64,
     skipped_caller_gone: AtomicU64,
     skipped_deadline: AtomicU64,
+    refused_deadline: AtomicU64,
+    /// How long a job ran lately: exponentially weighted (1/8 per job), nanoseconds; 0 until
+    /// one has run.
+    pace_ns: AtomicU64,
     panics: AtomicU64,
     replaced: AtomicU64,
     crashed: AtomicU64,
@@ -64,6 +77,24 @@ impl PoolStats {
     /// Queued calls whose deadline passed before a thread started them: not computed.
     pub fn skipped_deadline(&self) -> u64 {
         self.skipped_deadline.load(Ordering::Relaxed)
+    }
+
+    /// Calls refused before queueing: at the recent pace they could not have been done in
+    /// time for their deadline.
+    pub fn refused_deadline(&self) -> u64 {
+        self.refused_deadline.load(Ordering::Relaxed)
+    }
+
+    /// How long a job ran lately (zero until one has run).
+    pub fn pace(&self) -> Duration {
+        Duration::from_nanos(self.pace_ns.load(Ordering::Relaxed))
+    }
+
+    fn record_run(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .pace_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| Some(if old == 0 { took } else { old - old / 8 + took / 8 }));
     }
 
     /// Panics on the pool's threads: jobs that panicked (caught; the thread went on), and
@@ -212,7 +243,10 @@ impl Job {
             work.refuse(RouteError::DeadlineExceeded);
         } else {
             slot.leave(Leave::Run);
-            if let Some(message) = work.run() {
+            let started = Instant::now();
+            let panicked = work.run();
+            stats.record_run(started.elapsed());
+            if let Some(message) = panicked {
                 stats.panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(thread, panic = %message, "a routing job panicked; its request gets INTERNAL and the thread goes on");
             }
@@ -263,10 +297,16 @@ impl Drop for Replacement {
     }
 }
 
+/// The share of the time left before a call's deadline that its wait and its own run may take
+/// at the recent pace; the rest is kept for a slower run than the recent ones and for the
+/// gateway's side (Envoy's `message_timeout` starts before Pointsman has the body).
+pub const HEADROOM: f64 = 0.75;
+
 /// The pool: `threads` workers, as many permits, and a queue of at most `limit` waiting calls.
 pub struct WorkerPool {
     jobs: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
+    threads: usize,
     limit: usize,
     stats: Arc<PoolStats>,
 }
@@ -283,7 +323,7 @@ impl WorkerPool {
                 .spawn()
                 .map_err(|e| RouteError::Worker(format!("starting thread {name}-{i}: {e}")))?;
         }
-        Ok(Self { jobs: tx, permits: Arc::new(Semaphore::new(threads)), limit, stats })
+        Ok(Self { jobs: tx, permits: Arc::new(Semaphore::new(threads)), threads, limit, stats })
     }
 
     /// The pool's counters.
@@ -294,7 +334,9 @@ impl WorkerPool {
     /// Runs `f` on a pool thread once one is free and returns its result.
     ///
     /// Errors: `Overloaded` when `limit` calls already wait; `DeadlineExceeded` when `deadline`
-    /// passes before a thread starts `f` (then `f` never runs); `WorkerPanic` when `f` panics;
+    /// passes before a thread starts `f` (then `f` never runs), or at once when the calls
+    /// waiting ahead and `f` itself would, at the recent pace, take it past [`HEADROOM`] of the
+    /// time left; `WorkerPanic` when `f` panics;
     /// `Worker` when the pool is shutting down. Dropping the returned future at any point
     /// releases the queue slot and, if `f` has not started, keeps it from running.
     pub async fn run<T, F>(&self, deadline: Option<Instant>, f: F) -> Result<T, RouteError>
@@ -302,8 +344,19 @@ impl WorkerPool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(RouteError::DeadlineExceeded);
+        if let Some(d) = deadline {
+            let now = Instant::now();
+            if now >= d {
+                return Err(RouteError::DeadlineExceeded);
+            }
+            let ahead = self.stats.queue_depth();
+            if ahead > 0 {
+                let rounds = u32::try_from(ahead / self.threads.max(1) + 1).unwrap_or(u32::MAX);
+                if self.stats.pace().saturating_mul(rounds) > (d - now).mul_f64(HEADROOM) {
+                    self.stats.refused_deadline.fetch_add(1, Ordering::Relaxed);
+                    return Err(RouteError::DeadlineExceeded);
+                }
+            }
         }
         let slot = Slot::enter(&self.stats, self.limit)?;
         let acquire = Arc::clone(&self.permits).acquire_owned();
@@ -339,8 +392,6 @@ impl WorkerPool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// Polls `f` for up to 10 s.
@@ -499,6 +550,37 @@ mod tests {
             r.await.unwrap();
         }
         assert_eq!(computed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_could_not_be_done_in_time_is_refused_at_once_and_never_queued() {
+        let pool = Arc::new(WorkerPool::start("test-pace", 1, 8).unwrap());
+        // Jobs have run for about 100 ms lately.
+        pool.run(None, || std::thread::sleep(Duration::from_millis(100))).await.unwrap();
+        let pace = pool.stats().pace();
+        assert!(pace >= Duration::from_millis(100), "{pace:?}");
+        let (release, running) = occupy(&pool, 1).await;
+        let spawn = |deadline: Option<Instant>, v: u32| {
+            let p = Arc::clone(&pool);
+            tokio::spawn(async move { p.run(deadline, move || v).await })
+        };
+        let ahead = spawn(None, 1);
+        until(|| pool.stats().queue_depth() == 1).await;
+        // The call ahead, then its own run: two paces, more than HEADROOM of 1.5 paces.
+        let err = pool.run(Some(Instant::now() + pace.mul_f64(1.5)), || 2).await.unwrap_err();
+        assert!(matches!(err, RouteError::DeadlineExceeded), "{err:?}");
+        let s = pool.stats();
+        assert_eq!((s.refused_deadline(), s.skipped_deadline(), s.queue_depth()), (1, 0, 1));
+        // With time enough it waits its turn and runs.
+        let later = spawn(Some(Instant::now() + Duration::from_secs(60)), 3);
+        until(|| pool.stats().queue_depth() == 2).await;
+        drop(release);
+        for r in running {
+            r.await.unwrap();
+        }
+        assert_eq!((ahead.await.unwrap().unwrap(), later.await.unwrap().unwrap()), (1, 3));
+        let s = pool.stats();
+        assert_eq!((s.refused_deadline(), s.skipped_deadline(), s.jobs_run(), s.queue_depth()), (1, 0, 4, 0));
     }
 
     #[tokio::test]

@@ -233,11 +233,12 @@ pub fn render(service: &Service) -> String {
         let p = engine.pool_stats();
         page.gauge("pointsman_encoder_queue_depth", "Route calls waiting for an encoder thread.", &[], p.queue_depth() as f64);
         const JOBS: &str =
-            "Queued encoder jobs: run, skipped unrun because the caller went away or its deadline passed, or crashed with their thread.";
+            "Encoder jobs: run, skipped unrun because the caller went away or its deadline passed, crashed with their thread, or refused before queueing because at the recent pace they could not be done by their deadline.";
         for (result, n) in [
             ("run", p.jobs_run()),
             ("skipped_caller_gone", p.skipped_caller_gone()),
             ("skipped_deadline", p.skipped_deadline()),
+            ("refused_deadline", p.refused_deadline()),
             ("crashed", p.jobs_crashed()),
         ] {
             page.counter("pointsman_encoder_jobs_total", JOBS, &[("result", result)], n);
