@@ -345,7 +345,8 @@ impl Catalog {
             if !seen.insert(m.id.as_str()) {
                 return Err(CatalogError::Duplicate(m.id.clone()));
             }
-            let bad = |field: &str, limit, value: String| CatalogError::InvalidField { model: m.id.clone(), field: field.into(), limit, value };
+            let bad =
+                |field: &str, limit, value: String| CatalogError::InvalidField { model: m.id.clone(), field: field.into(), limit, value };
             if m.id.trim().is_empty() {
                 return Err(bad("id", "non-empty", format!("{:?}", m.id)));
             }

@@ -692,7 +692,26 @@ pub fn rank(
             (s.cost_usd > limit).then_some(Exclusion::Budget { predicted: s.cost_usd, limit })
         })),
     ];
-    for rule in &rules {
+    // Only the rules the request turns on are run (the others pass every endpoint).
+    let active = [
+        true,
+        !c.denied_models.is_empty() || !c.allowed_models.is_empty(),
+        !c.denied_providers.is_empty() || !c.allowed_providers.is_empty(),
+        !p.only.is_empty(),
+        !p.ignore.is_empty(),
+        true,
+        !p.quantizations.is_empty(),
+        p.deny_data_collection,
+        p.zdr,
+        !needs.is_empty(),
+        p.require_parameters && !needs.is_empty(),
+        p.max_prompt_price.is_some() || p.max_completion_price.is_some(),
+        !p.allow_fallbacks && !p.order.is_empty(),
+        c.min_quality.is_some(),
+        c.max_cost_usd.is_some(),
+    ];
+    debug_assert_eq!(active.len(), rules.len());
+    for rule in rules.iter().zip(active).filter_map(|(r, on)| on.then_some(r)) {
         let before = scored.iter().filter(|s| s.exclusion.is_none()).count();
         let mut closest: Option<Exclusion> = None;
         for s in scored.iter_mut().filter(|s| s.exclusion.is_none()) {
@@ -750,17 +769,15 @@ pub fn rank(
     for s in scored.iter_mut() {
         let Some(pred) = s.prediction else { continue };
         let m = &models[s.model];
-        let usable = |es: &EndpointScore| s.exclusion.is_some() || es.exclusion.is_none();
-        let mut order: Vec<usize> = (0..s.endpoints.len()).filter(|&j| usable(&s.endpoints[j])).collect();
-        order.sort_by(|&a, &b| {
-            by_key(endpoint_key(p, &m.endpoints[a], &s.endpoints[a], scoring), endpoint_key(p, &m.endpoints[b], &s.endpoints[b], scoring))
-                .then(a.cmp(&b))
-        });
-        let first = &s.endpoints[order[0]];
-        s.cost_usd = first.cost_usd;
-        s.latency_ms = first.latency_ms;
-        s.utility = utility(pred.quality, first.cost_usd, cost_weight, scoring.cost_scale_usd);
-        if s.exclusion.is_none() {
+        let key = |j: usize| endpoint_key(p, &m.endpoints[j], &s.endpoints[j], scoring);
+        let first = if s.exclusion.is_some() {
+            // Left out: priced at its best endpoint of all, with no order to keep (no allocation).
+            (0..s.endpoints.len()).min_by(|&a, &b| by_key(key(a), key(b)).then(a.cmp(&b))).expect("a model has an endpoint")
+        } else {
+            let mut order: Vec<usize> = (0..s.endpoints.len()).filter(|&j| s.endpoints[j].exclusion.is_none()).collect();
+            if order.len() > 1 {
+                order.sort_by(|&a, &b| by_key(key(a), key(b)).then(a.cmp(&b)));
+            }
             if !p.allow_fallbacks && p.order.is_empty() {
                 for &j in &order[1..] {
                     s.endpoints[j].exclusion = Some(Exclusion::NoEndpointFallbacks);
@@ -770,8 +787,14 @@ pub fn rank(
             for (r, &j) in order.iter().enumerate() {
                 s.endpoints[j].rank = r + 1;
             }
+            let first = order[0];
             s.order = order;
-        }
+            first
+        };
+        let first = &s.endpoints[first];
+        s.cost_usd = first.cost_usd;
+        s.latency_ms = first.latency_ms;
+        s.utility = utility(pred.quality, first.cost_usd, cost_weight, scoring.cost_scale_usd);
     }
 
     // Soft rule: the head's domain. It demotes instead of excluding when it would empty the list.
@@ -1119,7 +1142,8 @@ mod tests {
         assert_eq!(err.constraint, "capabilities");
         assert!(err.detail.contains("needs tools"), "{}", err.detail);
         // Output tokens over b's cap, a reasoning effort nobody declares (kept) or one a refuses.
-        let long = Constraints { requirements: Requirements { max_output_tokens: Some(8000), ..Default::default() }, ..with(Default::default()) };
+        let long =
+            Constraints { requirements: Requirements { max_output_tokens: Some(8000), ..Default::default() }, ..with(Default::default()) };
         let r = route(&long).unwrap();
         assert_eq!(llama_order(&r), ["c", "a"]);
         assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::Capability(Need::OutputTokens(8000))));
@@ -1127,7 +1151,10 @@ mod tests {
         let mut models = cat.models().to_vec();
         models[0].endpoints[0].capabilities.reasoning_efforts = Some(vec!["low".into()]);
         cat = Catalog::new(models).unwrap();
-        let high = Constraints { requirements: Requirements { reasoning_effort: Some("high".into()), ..Default::default() }, ..with(Default::default()) };
+        let high = Constraints {
+            requirements: Requirements { reasoning_effort: Some("high".into()), ..Default::default() },
+            ..with(Default::default())
+        };
         let r = rank(&cat, &endpoint_preds(), &[], 100, 0.0, &high, LAT).unwrap();
         assert_eq!(r.scored[0].endpoints[0].exclusion, Some(Exclusion::Capability(Need::ReasoningEffort("high".into()))));
         assert_eq!(llama_order(&r), ["b", "c"]);
@@ -1141,7 +1168,8 @@ mod tests {
         assert_eq!(r.scored[0].endpoints[0].exclusion, Some(Exclusion::MaxPrice { which: "prompt", price: 1.0, limit: 0.6 }));
         assert_eq!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::MaxPrice { which: "completion", price: 0.5, limit: 0.45 }));
         // max_cost_usd keeps a model whose cheap endpoint fits, and prices it there.
-        let budget = Constraints { max_cost_usd: Some(1.2e-4), ..with(ProviderPreferences { sort: Some(SortBy::Latency), ..Default::default() }) };
+        let budget =
+            Constraints { max_cost_usd: Some(1.2e-4), ..with(ProviderPreferences { sort: Some(SortBy::Latency), ..Default::default() }) };
         let r = route(&budget).unwrap();
         assert_eq!(llama_order(&r), ["b"]);
         assert!(matches!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::Budget { .. })));
@@ -1156,7 +1184,8 @@ mod tests {
         assert_eq!(llama_order(&r), ["c", "b", "a"]);
         // Only a misses 50 tokens/s (a number is p50).
         let tps = Percentiles { p50: Some(50.0), ..Default::default() };
-        let r = route(&with(ProviderPreferences { preferred_min_throughput: tps, sort: Some(SortBy::Latency), ..Default::default() })).unwrap();
+        let r =
+            route(&with(ProviderPreferences { preferred_min_throughput: tps, sort: Some(SortBy::Latency), ..Default::default() })).unwrap();
         assert_eq!(llama_order(&r), ["c", "b", "a"]);
         // Nobody meets 10 ms: the order is unchanged and nothing is refused.
         let none = Percentiles { p50: Some(0.01), ..Default::default() };

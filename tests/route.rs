@@ -440,11 +440,8 @@ async fn endpoints_come_back_in_failover_order_and_provider_preferences_filter_t
     assert!(together.detail.contains("needs tools"), "{}", together.detail);
     // Only together allowed: refused, naming the capability rule.
     let only_together = pb::ProviderPreferences { only: vec!["together".into()], ..Default::default() };
-    let err = s
-        .client
-        .route(RouteRequest { requirements: Some(tools()), provider: Some(only_together), ..only_llama() })
-        .await
-        .unwrap_err();
+    let err =
+        s.client.route(RouteRequest { requirements: Some(tools()), provider: Some(only_together), ..only_llama() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("capabilities") && err.message().contains("tools"), "{}", err.message());
     // require_parameters: only endpoints that declare tools (deepinfra's, in the shipped catalog).

@@ -257,7 +257,10 @@ fn requirements(r: Option<pb::Requirements>) -> Result<Requirements, RouteError>
     if r.reasoning_effort.len() > MAX_REASONING_EFFORT_BYTES || r.reasoning_effort.chars().any(char::is_control) {
         return Err(invalid(
             "requirements.reasoning_effort",
-            format!("must be at most {MAX_REASONING_EFFORT_BYTES} bytes without control characters. Given: {:?}", truncated(&r.reasoning_effort)),
+            format!(
+                "must be at most {MAX_REASONING_EFFORT_BYTES} bytes without control characters. Given: {:?}",
+                truncated(&r.reasoning_effort)
+            ),
         ));
     }
     if r.max_output_tokens == Some(0) {

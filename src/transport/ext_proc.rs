@@ -430,7 +430,10 @@ impl Exchange {
             (Some(p), _) => Some(p),
             (None, Some(text)) => {
                 let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-                    RouteError::invalid(headers::PROVIDER, format!("must be OpenRouter's provider object as JSON ({e}). Given: {:?}", crate::engine::truncated(text)))
+                    RouteError::invalid(
+                        headers::PROVIDER,
+                        format!("must be OpenRouter's provider object as JSON ({e}). Given: {:?}", crate::engine::truncated(text)),
+                    )
                 })?;
                 openai::provider(&serde_json::json!({ "provider": v }))
                     .map_err(|e| RouteError::invalid(headers::PROVIDER, e.to_string()))?

@@ -145,7 +145,9 @@ pub fn provider(body: &Value) -> Result<Option<pb::ProviderPreferences>, BadProv
     let strings = |field: &str| -> Result<Vec<String>, BadProvider> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(field, "a list of strings", v))).collect(),
+            Some(Value::Array(a)) => {
+                a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(field, "a list of strings", v))).collect()
+            }
             Some(v) => Err(bad(field, "a list of strings", v)),
         }
     };
@@ -188,9 +190,10 @@ pub fn provider(body: &Value) -> Result<Option<pb::ProviderPreferences>, BadProv
     };
     let max_price = match obj.get("max_price") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(o)) => {
-            Some(pb::MaxPrice { prompt: number("max_price.prompt", o.get("prompt"))?, completion: number("max_price.completion", o.get("completion"))? })
-        }
+        Some(Value::Object(o)) => Some(pb::MaxPrice {
+            prompt: number("max_price.prompt", o.get("prompt"))?,
+            completion: number("max_price.completion", o.get("completion"))?,
+        }),
         Some(v) => return Err(bad("max_price", "an object with prompt and completion prices", v)),
     };
     Ok(Some(pb::ProviderPreferences {
