@@ -487,9 +487,12 @@ pub struct Scored {
     pub health: Snapshot,
     /// Every endpoint of the model, in catalog order, with its score.
     pub endpoints: Vec<EndpointScore>,
-    /// The usable endpoints in failover order (indices into `endpoints`); the first is the one
-    /// the cost and latency above are of.
+    /// The usable endpoints in failover order (indices into `endpoints`); empty when the model
+    /// is left out by a hard rule.
     pub order: Vec<usize>,
+    /// The endpoint the cost and latency above are of: the first of `order`, or for a model left
+    /// out by a hard rule the best of all its endpoints.
+    pub priced_endpoint: usize,
 }
 
 impl Scored {
@@ -503,9 +506,10 @@ impl Scored {
         }
     }
 
-    /// The endpoint the model is tried on first (index into the model's endpoints).
+    /// The endpoint the model is tried on first, or priced at when left out (index into the
+    /// model's endpoints).
     pub fn first_endpoint(&self) -> usize {
-        self.order.first().copied().unwrap_or(0)
+        self.order.first().copied().unwrap_or(self.priced_endpoint)
     }
 }
 
@@ -634,6 +638,7 @@ pub fn rank(
                 health,
                 endpoints,
                 order: Vec::new(),
+                priced_endpoint: 0,
             }
         })
         .collect();
@@ -791,6 +796,7 @@ pub fn rank(
             s.order = order;
             first
         };
+        s.priced_endpoint = first;
         let first = &s.endpoints[first];
         s.cost_usd = first.cost_usd;
         s.latency_ms = first.latency_ms;
