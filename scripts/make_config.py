@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Writes the shipped config/pointsman.toml: server defaults, profiles, and a catalog made of
 the models in a prices CSV (model,provider,input_usd_per_mtok,output_usd_per_mtok,context_tokens)
-that the routing head covers (models/router/manifest.json).
+that the routing head covers (models/router/manifest.json). A model listed in an endpoints CSV
+beside the prices CSV (endpoints.csv: model,provider,input_usd_per_mtok,output_usd_per_mtok,
+context_tokens,quantization,tools,json_schema,source) gets one [[models.endpoints]] entry per row
+instead; its prices.csv row should be its first endpoint (the one ListModels shows as the model's).
 
     python3 scripts/make_config.py data/prices.csv models/router/manifest.json > config/pointsman.toml
 """
+import os
 import csv
 import json
 import sys
@@ -147,7 +151,8 @@ balanced = 0.5
 economy = 0.85
 
 # The catalog: candidate models with list prices (USD per million tokens) and context windows.
-# Generated from {prices} for the models the head in {head} covers.
+# Generated from {prices} for the models the head in {head} covers. A model served by several
+# providers lists them as [[models.endpoints]] (from endpoints.csv; see README "Endpoints").
 '''
 
 
@@ -155,8 +160,31 @@ def main():
     prices_path, manifest_path = sys.argv[1], sys.argv[2]
     covered = set(json.load(open(manifest_path))["models"])
     out = [HEADER.format(prices=prices_path.split("/")[-1], head="models/router")]
+    endpoints_path = os.path.join(os.path.dirname(prices_path), "endpoints.csv")
+    endpoints = {}
+    if os.path.exists(endpoints_path):
+        for row in csv.DictReader(open(endpoints_path)):
+            endpoints.setdefault(row["model"], []).append(row)
     for row in csv.DictReader(open(prices_path)):
         if row["model"] not in covered:
+            continue
+        if row["model"] in endpoints:
+            text = f'[[models]]\nid = "{row["model"]}"\n'
+            for e in endpoints[row["model"]]:
+                text += (
+                    "\n[[models.endpoints]]\n"
+                    f'# {e["source"]}\n'
+                    f'provider = "{e["provider"]}"\n'
+                    f'input_usd_per_mtok = {float(e["input_usd_per_mtok"])}\n'
+                    f'output_usd_per_mtok = {float(e["output_usd_per_mtok"])}\n'
+                    f'context_tokens = {int(e["context_tokens"])}\n'
+                )
+                if e["quantization"]:
+                    text += f'quantization = "{e["quantization"]}"\n'
+                caps = [f"{k} = {e[k]}" for k in ("tools", "json_schema") if e[k]]
+                if caps:
+                    text += "capabilities = { " + ", ".join(caps) + " }\n"
+            out.append(text)
             continue
         out.append(
             "[[models]]\n"

@@ -181,3 +181,39 @@ def test_300_turns_and_a_600_kb_prompt_are_routed(server):
         assert c.route([{"role": "user", "content": big * 5}]).model
         assert ok_routes(server) == before + 4
 
+
+
+def test_openrouter_provider_preferences_and_needs_map_onto_the_request():
+    from pointsman.client import route_request
+
+    req = route_request(
+        user("hi"),
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        response_format={"type": "json_schema", "json_schema": {"name": "x"}},
+        reasoning={"effort": "high"},
+        max_tokens=900,
+        provider={
+            "order": ["deepinfra"], "ignore": ["azure"], "allow_fallbacks": False,
+            "sort": {"by": "throughput", "partition": "none"}, "max_price": {"prompt": 1, "completion": 2},
+            "quantizations": ["fp8"], "data_collection": "deny", "zdr": True, "require_parameters": True,
+            "preferred_max_latency": {"p90": 1.5}, "preferred_min_throughput": 40,
+        },
+    )
+    r, p = req.requirements, req.provider
+    assert (r.tools, r.json_schema, r.reasoning_effort, r.max_output_tokens) == (True, True, "high", 900)
+    assert list(p.order) == ["deepinfra"] and list(p.ignore) == ["azure"] and p.allow_fallbacks is False
+    assert (p.sort, p.partition, p.max_price.prompt, p.max_price.completion) == ("throughput", "none", 1.0, 2.0)
+    assert (p.data_collection, p.zdr, p.require_parameters) == ("deny", True, True)
+    assert p.preferred_max_latency.p90 == 1.5 and p.preferred_min_throughput.p50 == 40.0
+    assert not p.preferred_max_latency.HasField("p50")
+    with pytest.raises(ValueError, match="provider.preferred_max_latency.p95"):
+        route_request(user("hi"), provider={"preferred_max_latency": {"p95": 1}})
+
+
+def test_endpoints_come_back_with_the_attempt_order(server):
+    with Client(server.target, timeout=5.0) as c:
+        d = c.route(user(MATH_PROMPT), allowed_models=["Meta-Llama-3.1-70B-Instruct"], provider={"ignore": ["deepinfra"]})
+        assert d.provider == "hyperbolic"
+        assert d.attempts == [("Meta-Llama-3.1-70B-Instruct", "hyperbolic"), ("Meta-Llama-3.1-70B-Instruct", "together")]
+        with pytest.raises(PointsmanError, match="provider.sort"):
+            c.route(user(MATH_PROMPT), provider={"sort": "fastest"})

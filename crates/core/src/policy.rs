@@ -36,8 +36,26 @@
 //! Fallbacks are the next best by utility, except that when none of them is from a provider
 //! other than the primary's and such a model is eligible, the best of those takes the last slot:
 //! one provider's outage must not take out the whole list.
+//!
+//! **Endpoints.** A model is served by one or more endpoints (providers, see `catalog`). The
+//! rules about a provider, a window, a price or a capability are judged per endpoint: a model is
+//! left out by such a rule only when none of its endpoints passes it (its reason is then that
+//! rule's, with the closest endpoint's numbers), and each endpoint carries the first rule it
+//! failed. The request's provider preferences mirror OpenRouter's `provider` object: hard
+//! filters (`only`, `ignore`, `quantizations`, `data_collection = "deny"`, `zdr`,
+//! `require_parameters`, `max_price`, and `allow_fallbacks = false` with an `order`) and the
+//! request's needs (tools, images, JSON schema output, a reasoning effort, output tokens: an
+//! endpoint that declares it cannot is never used) exclude endpoints; soft ones reorder them and
+//! never refuse: `order` first, then the endpoints that meet `preferred_max_latency` /
+//! `preferred_min_throughput` (judged on the catalog's priors for now), then by `sort` (price by
+//! default, as OpenRouter's default load balancing prioritises price), then catalog order.
+//! `allow_fallbacks = false` keeps only a model's first endpoint. A candidate's cost, latency and
+//! utility are those of its first endpoint. The response's attempt order (`Ranking::attempts`)
+//! is `partition = model` (default): each candidate's endpoints, then the next candidate's; or
+//! `partition = none`: every endpoint of every candidate sorted together by the same keys.
 use crate::{
-    catalog::{Catalog, CatalogModel},
+    catalog::{Catalog, CatalogModel, Endpoint},
+    encoder::text::Requirements,
     health::{Snapshot, State},
 };
 
@@ -54,6 +72,108 @@ pub struct Prediction {
     /// Chance that the head's lack of evidence for this model near the prompt is a fluke (see
     /// `Head::domain_chance`); 1 when it has evidence or does not measure it.
     pub domain_chance: f64,
+}
+
+/// OpenRouter's `provider.sort` (`by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    /// Cheapest first: the endpoint's predicted cost for this request.
+    Price,
+    /// Highest output tokens per second first.
+    Throughput,
+    /// Lowest time to first token first.
+    Latency,
+}
+
+/// OpenRouter's `provider.sort.partition`: how the attempt order spans candidates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Partition {
+    /// Each candidate's endpoints, then the next candidate's: the same model on another
+    /// endpoint before another model.
+    #[default]
+    Model,
+    /// Every endpoint of every candidate sorted together.
+    None,
+}
+
+/// A soft target as a single number (p50) or per percentile (OpenRouter's
+/// `preferred_max_latency` / `preferred_min_throughput`). Every given percentile must be met.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 75th percentile.
+    pub p75: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+impl Percentiles {
+    /// True when no percentile is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn all(&self) -> impl Iterator<Item = f64> {
+        [self.p50, self.p75, self.p90, self.p99].into_iter().flatten()
+    }
+}
+
+/// OpenRouter's `provider` object: how one request picks among a model's endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderPreferences {
+    /// Providers to try first, in this order.
+    pub order: Vec<String>,
+    /// When non-empty, the only providers allowed.
+    pub only: Vec<String>,
+    /// Providers never used.
+    pub ignore: Vec<String>,
+    /// false: with `order`, only its providers (in that order); without, only each model's first
+    /// endpoint.
+    pub allow_fallbacks: bool,
+    /// Sort key for the endpoint order (None: price, OpenRouter's default priority).
+    pub sort: Option<SortBy>,
+    /// How the attempt order spans candidates.
+    pub partition: Partition,
+    /// Most USD per million prompt tokens.
+    pub max_prompt_price: Option<f64>,
+    /// Most USD per million completion tokens.
+    pub max_completion_price: Option<f64>,
+    /// When non-empty, the only quantizations allowed ("unknown" matches endpoints without one).
+    pub quantizations: Vec<String>,
+    /// `data_collection = "deny"`: only endpoints known not to train on prompts.
+    pub deny_data_collection: bool,
+    /// Only endpoints known not to retain prompts (zero data retention).
+    pub zdr: bool,
+    /// Only endpoints that declare every capability the request needs.
+    pub require_parameters: bool,
+    /// Preferred most time to first token, seconds (soft).
+    pub preferred_max_latency: Percentiles,
+    /// Preferred least output tokens per second (soft).
+    pub preferred_min_throughput: Percentiles,
+}
+
+impl Default for ProviderPreferences {
+    fn default() -> Self {
+        Self {
+            order: Vec::new(),
+            only: Vec::new(),
+            ignore: Vec::new(),
+            allow_fallbacks: true,
+            sort: None,
+            partition: Partition::Model,
+            max_prompt_price: None,
+            max_completion_price: None,
+            quantizations: Vec::new(),
+            deny_data_collection: false,
+            zdr: false,
+            require_parameters: false,
+            preferred_max_latency: Percentiles::default(),
+            preferred_min_throughput: Percentiles::default(),
+        }
+    }
 }
 
 /// The hard constraints of one request, already validated against the catalog.
@@ -75,9 +195,10 @@ pub struct Constraints {
     pub max_fallbacks: usize,
     /// Models whose `domain_chance` is below this are out of the head's domain (0 disables).
     pub out_of_domain_p: f64,
-    /// What the request needs beyond text (tools, images, audio, files). Recorded with the
-    /// decision; no rule filters on it yet (the catalog does not list capabilities).
-    pub requirements: crate::encoder::text::Requirements,
+    /// What the request needs beyond text: an endpoint that declares it cannot is never used.
+    pub requirements: Requirements,
+    /// OpenRouter-style provider preferences.
+    pub provider: ProviderPreferences,
 }
 
 /// Server-wide scoring settings.
@@ -91,7 +212,69 @@ pub struct Scoring {
     pub cost_scale_usd: f64,
 }
 
-/// Why a model was left out.
+/// A capability a request needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Need {
+    /// Tool calling.
+    Tools,
+    /// Image input.
+    Images,
+    /// JSON schema output.
+    JsonSchema,
+    /// This reasoning effort level.
+    ReasoningEffort(String),
+    /// This many output tokens.
+    OutputTokens(u32),
+}
+
+impl std::fmt::Display for Need {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Need::Tools => write!(f, "tools"),
+            Need::Images => write!(f, "image input"),
+            Need::JsonSchema => write!(f, "JSON schema output"),
+            Need::ReasoningEffort(l) => write!(f, "reasoning effort {l:?}"),
+            Need::OutputTokens(n) => write!(f, "{n} output tokens"),
+        }
+    }
+}
+
+/// Whether an endpoint offers what a request needs: Some(true) yes, Some(false) no, None not declared.
+fn offers(e: &Endpoint, need: &Need) -> Option<bool> {
+    let c = &e.capabilities;
+    match need {
+        Need::Tools => c.tools,
+        Need::Images => c.images,
+        Need::JsonSchema => c.json_schema,
+        Need::ReasoningEffort(l) => c.reasoning_efforts.as_ref().map(|v| v.iter().any(|x| x == l)),
+        Need::OutputTokens(n) => {
+            let limit = e.max_output_tokens.unwrap_or(e.context_tokens);
+            Some(*n <= limit)
+        }
+    }
+}
+
+fn needs(r: &Requirements) -> Vec<Need> {
+    let mut v = Vec::new();
+    if r.tools {
+        v.push(Need::Tools);
+    }
+    if r.images {
+        v.push(Need::Images);
+    }
+    if r.json_schema {
+        v.push(Need::JsonSchema);
+    }
+    if let Some(l) = &r.reasoning_effort {
+        v.push(Need::ReasoningEffort(l.clone()));
+    }
+    if let Some(n) = r.max_output_tokens {
+        v.push(Need::OutputTokens(n));
+    }
+    v
+}
+
+/// Why a model (or one of its endpoints) was left out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Exclusion {
     /// The head has no output for this model.
@@ -107,6 +290,10 @@ pub enum Exclusion {
     ModelNotAllowed,
     /// Denied by `denied_providers` or absent from `allowed_providers`.
     ProviderNotAllowed,
+    /// The provider is not in `provider.only`.
+    NotInOnly,
+    /// The provider is in `provider.ignore`.
+    Ignored,
     /// The conversation does not fit the context window.
     ContextWindow {
         /// Input tokens of the conversation.
@@ -114,6 +301,27 @@ pub enum Exclusion {
         /// The model's window.
         context_tokens: u32,
     },
+    /// The endpoint's quantization is not in `provider.quantizations`.
+    Quantization(String),
+    /// `provider.data_collection = "deny"` and the endpoint trains on prompts (or does not say).
+    DataCollection(Option<bool>),
+    /// `provider.zdr` and the endpoint retains prompts (or does not say).
+    Zdr(Option<bool>),
+    /// The request needs something the endpoint declares it cannot do.
+    Capability(Need),
+    /// `provider.require_parameters` and the endpoint does not declare something the request needs.
+    Undeclared(Need),
+    /// A price over `provider.max_price`.
+    MaxPrice {
+        /// "prompt" or "completion".
+        which: &'static str,
+        /// The endpoint's price, USD per million tokens.
+        price: f64,
+        /// The limit.
+        limit: f64,
+    },
+    /// `provider.allow_fallbacks = false` and the provider is not in `provider.order`.
+    NotInOrder,
     /// Predicted quality under `min_quality`.
     MinQuality {
         /// Predicted quality.
@@ -132,6 +340,8 @@ pub enum Exclusion {
     Unhealthy(Snapshot),
     /// Eligible but ranked after the last fallback.
     BelowCutoff,
+    /// An eligible endpoint after the first, with `provider.allow_fallbacks = false`.
+    NoEndpointFallbacks,
 }
 
 impl Exclusion {
@@ -142,16 +352,42 @@ impl Exclusion {
             Exclusion::OutOfDomain { .. } => "head domain",
             Exclusion::ModelNotAllowed => "allowed_models/denied_models",
             Exclusion::ProviderNotAllowed => "allowed_providers/denied_providers",
+            Exclusion::NotInOnly => "provider.only",
+            Exclusion::Ignored => "provider.ignore",
             Exclusion::ContextWindow { .. } => "context window",
+            Exclusion::Quantization(_) => "provider.quantizations",
+            Exclusion::DataCollection(_) => "provider.data_collection",
+            Exclusion::Zdr(_) => "provider.zdr",
+            Exclusion::Capability(_) => "capabilities",
+            Exclusion::Undeclared(_) => "provider.require_parameters",
+            Exclusion::MaxPrice { .. } => "provider.max_price",
+            Exclusion::NotInOrder => "provider.order/allow_fallbacks",
             Exclusion::MinQuality { .. } => "min_quality",
             Exclusion::Budget { .. } => "max_cost_usd",
             Exclusion::Unhealthy(_) => "model health",
             Exclusion::BelowCutoff => "max_fallbacks",
+            Exclusion::NoEndpointFallbacks => "provider.allow_fallbacks",
         }
+    }
+
+    /// True for the rules of the request's provider preferences (OpenRouter's `provider` object).
+    pub fn is_provider_preference(&self) -> bool {
+        matches!(
+            self,
+            Exclusion::NotInOnly
+                | Exclusion::Ignored
+                | Exclusion::Quantization(_)
+                | Exclusion::DataCollection(_)
+                | Exclusion::Zdr(_)
+                | Exclusion::Undeclared(_)
+                | Exclusion::MaxPrice { .. }
+                | Exclusion::NotInOrder
+        )
     }
 
     /// The reason in words, with its numbers.
     pub fn detail(&self) -> String {
+        let known = |v: &Option<bool>| if v.is_none() { "does not say whether it does" } else { "does" };
         match self {
             Exclusion::NotCovered => "the routing head has no prediction for this model".into(),
             Exclusion::OutOfDomain { chance, threshold } => format!(
@@ -159,9 +395,24 @@ impl Exclusion {
             ),
             Exclusion::ModelNotAllowed => "excluded by allowed_models/denied_models".into(),
             Exclusion::ProviderNotAllowed => "excluded by allowed_providers/denied_providers".into(),
+            Exclusion::NotInOnly => "the provider is not in provider.only".into(),
+            Exclusion::Ignored => "the provider is in provider.ignore".into(),
             Exclusion::ContextWindow { input_tokens, context_tokens } => {
                 format!("{input_tokens} input tokens do not fit a {context_tokens}-token context window")
             }
+            Exclusion::Quantization(q) => format!("quantization {q} is not in provider.quantizations"),
+            Exclusion::DataCollection(v) => {
+                format!("provider.data_collection is \"deny\" and the endpoint may train on prompts (it {})", known(v))
+            }
+            Exclusion::Zdr(v) => format!("provider.zdr is set and the endpoint may retain prompts (it {})", known(v)),
+            Exclusion::Capability(n) => format!("the request needs {n}, which the endpoint does not offer"),
+            Exclusion::Undeclared(n) => {
+                format!("provider.require_parameters is set and the endpoint does not declare {n}, which the request needs")
+            }
+            Exclusion::MaxPrice { which, price, limit } => {
+                format!("its {which} price ${price}/Mtok is above provider.max_price.{which} ${limit}/Mtok")
+            }
+            Exclusion::NotInOrder => "provider.allow_fallbacks is false and the provider is not in provider.order".into(),
             Exclusion::MinQuality { predicted, floor } => {
                 format!("predicted quality {predicted:.3} is below min_quality {floor}")
             }
@@ -170,8 +421,46 @@ impl Exclusion {
             }
             Exclusion::Unhealthy(h) => h.detail(),
             Exclusion::BelowCutoff => "eligible, but ranked after the last fallback".into(),
+            Exclusion::NoEndpointFallbacks => "eligible, but provider.allow_fallbacks is false: only the first endpoint is used".into(),
         }
     }
+
+    /// Of two exclusions by the same rule, the one closest to passing (the cheapest, the best,
+    /// the largest window, the lowest price).
+    fn closest(self, other: &Exclusion) -> Exclusion {
+        match (self, other) {
+            (Exclusion::Budget { predicted: a, limit }, Exclusion::Budget { predicted: b, .. }) => {
+                Exclusion::Budget { predicted: a.min(*b), limit }
+            }
+            (Exclusion::MinQuality { predicted: a, floor }, Exclusion::MinQuality { predicted: b, .. }) => {
+                Exclusion::MinQuality { predicted: a.max(*b), floor }
+            }
+            (Exclusion::ContextWindow { input_tokens, context_tokens: a }, Exclusion::ContextWindow { context_tokens: b, .. }) => {
+                Exclusion::ContextWindow { input_tokens, context_tokens: a.max(*b) }
+            }
+            (Exclusion::MaxPrice { which, price: a, limit }, Exclusion::MaxPrice { which: w, price: b, .. }) if which == *w => {
+                Exclusion::MaxPrice { which, price: a.min(*b), limit }
+            }
+            (prev, _) => prev,
+        }
+    }
+}
+
+/// One endpoint of a model as scored for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointScore {
+    /// Index into the model's `endpoints`.
+    pub endpoint: usize,
+    /// Predicted cost in USD at this endpoint's prices.
+    pub cost_usd: f64,
+    /// Predicted latency in ms from this endpoint's priors.
+    pub latency_ms: f64,
+    /// 1-based place in the model's failover order, 0 when excluded.
+    pub rank: usize,
+    /// Why it is not used, if it is not.
+    pub exclusion: Option<Exclusion>,
+    /// It misses `preferred_max_latency` / `preferred_min_throughput` (ranked behind those that meet them).
+    pub misses_preference: bool,
 }
 
 /// One catalog model as scored for one request.
@@ -181,9 +470,9 @@ pub struct Scored {
     pub model: usize,
     /// The head's prediction, if it covers the model.
     pub prediction: Option<Prediction>,
-    /// Predicted cost in USD (0 when not covered).
+    /// Predicted cost in USD at its first endpoint (0 when not covered).
     pub cost_usd: f64,
-    /// Predicted latency in ms (0 when not covered).
+    /// Predicted latency in ms at its first endpoint (0 when not covered).
     pub latency_ms: f64,
     /// Utility (negative infinity when not covered).
     pub utility: f64,
@@ -196,6 +485,14 @@ pub struct Scored {
     pub kept_despite: Option<Exclusion>,
     /// Its live health when ranked.
     pub health: Snapshot,
+    /// Every endpoint of the model, in catalog order, with its score.
+    pub endpoints: Vec<EndpointScore>,
+    /// The usable endpoints in failover order (indices into `endpoints`); empty when the model
+    /// is left out by a hard rule.
+    pub order: Vec<usize>,
+    /// The endpoint the cost and latency above are of: the first of `order`, or for a model left
+    /// out by a hard rule the best of all its endpoints.
+    pub priced_endpoint: usize,
 }
 
 impl Scored {
@@ -207,6 +504,12 @@ impl Scored {
             State::Degraded => 1,
             State::CoolingDown { .. } => 2,
         }
+    }
+
+    /// The endpoint the model is tried on first, or priced at when left out (index into the
+    /// model's endpoints).
+    pub fn first_endpoint(&self) -> usize {
+        self.order.first().copied().unwrap_or(self.priced_endpoint)
     }
 }
 
@@ -220,6 +523,15 @@ pub struct NoEligibleModel {
     pub detail: String,
 }
 
+/// One attempt of the response's failover order: a candidate on one of its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Index into `Ranking::scored`.
+    pub scored: usize,
+    /// Index into that model's endpoints.
+    pub endpoint: usize,
+}
+
 /// The outcome: the chosen models in order, and every catalog model's score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ranking {
@@ -227,6 +539,8 @@ pub struct Ranking {
     pub chosen: Vec<usize>,
     /// One entry per catalog model, in catalog order.
     pub scored: Vec<Scored>,
+    /// Every attempt in order, by the request's `partition`.
+    pub attempts: Vec<Attempt>,
 }
 
 /// Utility of a model with quality `q` and cost `cost_usd` at cost weight `w`.
@@ -234,14 +548,45 @@ pub fn utility(q: f64, cost_usd: f64, w: f64, cost_scale_usd: f64) -> f64 {
     (1.0 - w) * q - w * cost_usd / cost_scale_usd
 }
 
-fn latency_ms(m: &CatalogModel, output_tokens: f64, d: Scoring) -> f64 {
-    let ttft = m.ttft_ms.unwrap_or(d.ttft_ms);
-    let tps = m.output_tokens_per_second.unwrap_or(d.output_tokens_per_second);
-    ttft + output_tokens / tps * 1000.0
+fn ttft_ms(e: &Endpoint, d: Scoring) -> f64 {
+    e.ttft_ms.unwrap_or(d.ttft_ms)
+}
+
+fn tokens_per_second(e: &Endpoint, d: Scoring) -> f64 {
+    e.output_tokens_per_second.unwrap_or(d.output_tokens_per_second)
+}
+
+fn latency_ms(e: &Endpoint, output_tokens: f64, d: Scoring) -> f64 {
+    ttft_ms(e, d) + output_tokens / tokens_per_second(e, d) * 1000.0
 }
 
 fn listed(list: &[String], id: &str) -> bool {
     list.iter().any(|x| x == id)
+}
+
+/// An endpoint rule: the reason it fails, if it does.
+type EndpointRule<'a> = Box<dyn Fn(&Endpoint, &EndpointScore) -> Option<Exclusion> + 'a>;
+/// A model rule: the reason it fails, if it does.
+type ModelRule<'a> = Box<dyn Fn(&CatalogModel, &Scored) -> Option<Exclusion> + 'a>;
+
+enum Rule<'a> {
+    Model(ModelRule<'a>),
+    Endpoint(EndpointRule<'a>),
+}
+
+/// The sort key of an endpoint: `order` position, soft-target miss, then the `sort` figure.
+fn endpoint_key(p: &ProviderPreferences, e: &Endpoint, s: &EndpointScore, d: Scoring) -> (usize, bool, f64) {
+    let pos = p.order.iter().position(|x| *x == e.provider).unwrap_or(usize::MAX);
+    let figure = match p.sort {
+        None | Some(SortBy::Price) => s.cost_usd,
+        Some(SortBy::Throughput) => -tokens_per_second(e, d),
+        Some(SortBy::Latency) => ttft_ms(e, d),
+    };
+    (pos, s.misses_preference, figure)
+}
+
+fn by_key(a: (usize, bool, f64), b: (usize, bool, f64)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2))
 }
 
 /// Ranks `catalog` for one request. `predictions[i]` and `health[i]` belong to
@@ -258,66 +603,152 @@ pub fn rank(
 ) -> Result<Ranking, NoEligibleModel> {
     let models = catalog.models();
     debug_assert_eq!(models.len(), predictions.len());
+    let p = &c.provider;
+    let soft_latency = !p.preferred_max_latency.is_empty() || !p.preferred_min_throughput.is_empty();
     let mut scored: Vec<Scored> = models
         .iter()
         .zip(predictions)
         .enumerate()
-        .map(|(i, (m, p))| {
-            let (cost_usd, latency_ms, utility) = match p {
-                Some(p) => {
-                    let cost = m.cost_usd(input_tokens, p.output_tokens);
-                    (cost, latency_ms(m, p.output_tokens, scoring), utility(p.quality, cost, cost_weight, scoring.cost_scale_usd))
-                }
-                None => (0.0, 0.0, f64::NEG_INFINITY),
-            };
+        .map(|(i, (m, pred))| {
+            let endpoints = m
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(j, e)| {
+                    let out = pred.map_or(0.0, |p| p.output_tokens);
+                    let (cost_usd, latency_ms) =
+                        if pred.is_some() { (e.cost_usd(input_tokens, out), latency_ms(e, out, scoring)) } else { (0.0, 0.0) };
+                    // Soft targets, judged on the catalog's priors (one figure for every percentile).
+                    let misses_preference = soft_latency
+                        && (p.preferred_max_latency.all().any(|s| ttft_ms(e, scoring) > s * 1000.0)
+                            || p.preferred_min_throughput.all().any(|t| tokens_per_second(e, scoring) < t));
+                    EndpointScore { endpoint: j, cost_usd, latency_ms, rank: 0, exclusion: None, misses_preference }
+                })
+                .collect();
             let health = health.get(i).copied().unwrap_or(Snapshot::HEALTHY);
-            Scored { model: i, prediction: *p, cost_usd, latency_ms, utility, rank: 0, exclusion: None, kept_despite: None, health }
+            Scored {
+                model: i,
+                prediction: *pred,
+                cost_usd: 0.0,
+                latency_ms: 0.0,
+                utility: f64::NEG_INFINITY,
+                rank: 0,
+                exclusion: None,
+                kept_despite: None,
+                health,
+                endpoints,
+                order: Vec::new(),
+                priced_endpoint: 0,
+            }
         })
         .collect();
 
-    // The hard rules, in the order their reasons are reported.
-    type Rule<'a> = Box<dyn Fn(&CatalogModel, &Scored) -> Option<Exclusion> + 'a>;
+    // The hard rules, in the order their reasons are reported. An endpoint rule leaves a model
+    // out when no endpoint of it passes.
+    let needs = needs(&c.requirements);
     let rules: Vec<Rule> = vec![
-        Box::new(|_, s| s.prediction.is_none().then_some(Exclusion::NotCovered)),
-        Box::new(|m, _| {
+        Rule::Model(Box::new(|_, s| s.prediction.is_none().then_some(Exclusion::NotCovered))),
+        Rule::Model(Box::new(|m, _| {
             let denied = listed(&c.denied_models, &m.id) || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
             denied.then_some(Exclusion::ModelNotAllowed)
-        }),
-        Box::new(|m, _| {
+        })),
+        Rule::Endpoint(Box::new(|e, _| {
             let denied =
-                listed(&c.denied_providers, &m.provider) || (!c.allowed_providers.is_empty() && !listed(&c.allowed_providers, &m.provider));
+                listed(&c.denied_providers, &e.provider) || (!c.allowed_providers.is_empty() && !listed(&c.allowed_providers, &e.provider));
             denied.then_some(Exclusion::ProviderNotAllowed)
-        }),
-        Box::new(|m, _| {
-            (input_tokens >= m.context_tokens).then_some(Exclusion::ContextWindow { input_tokens, context_tokens: m.context_tokens })
-        }),
-        Box::new(|_, s| {
+        })),
+        Rule::Endpoint(Box::new(|e, _| (!p.only.is_empty() && !listed(&p.only, &e.provider)).then_some(Exclusion::NotInOnly))),
+        Rule::Endpoint(Box::new(|e, _| listed(&p.ignore, &e.provider).then_some(Exclusion::Ignored))),
+        Rule::Endpoint(Box::new(|e, _| {
+            (input_tokens >= e.context_tokens).then_some(Exclusion::ContextWindow { input_tokens, context_tokens: e.context_tokens })
+        })),
+        Rule::Endpoint(Box::new(|e, _| {
+            let q = e.quantization();
+            (!p.quantizations.is_empty() && !listed(&p.quantizations, q)).then(|| Exclusion::Quantization(q.to_string()))
+        })),
+        Rule::Endpoint(Box::new(|e, _| {
+            (p.deny_data_collection && e.trains_on_prompts != Some(false)).then_some(Exclusion::DataCollection(e.trains_on_prompts))
+        })),
+        Rule::Endpoint(Box::new(|e, _| (p.zdr && e.retains_prompts != Some(false)).then_some(Exclusion::Zdr(e.retains_prompts)))),
+        Rule::Endpoint(Box::new(|e, _| needs.iter().find(|n| offers(e, n) == Some(false)).map(|n| Exclusion::Capability(n.clone())))),
+        Rule::Endpoint(Box::new(|e, _| {
+            if !p.require_parameters {
+                return None;
+            }
+            needs.iter().find(|n| offers(e, n).is_none()).map(|n| Exclusion::Undeclared(n.clone()))
+        })),
+        Rule::Endpoint(Box::new(|e, _| {
+            let over = |which, price: f64, limit: Option<f64>| {
+                let limit = limit?;
+                (price > limit).then_some(Exclusion::MaxPrice { which, price, limit })
+            };
+            over("prompt", e.input_usd_per_mtok, p.max_prompt_price)
+                .or_else(|| over("completion", e.output_usd_per_mtok, p.max_completion_price))
+        })),
+        Rule::Endpoint(Box::new(|e, _| {
+            (!p.allow_fallbacks && !p.order.is_empty() && !listed(&p.order, &e.provider)).then_some(Exclusion::NotInOrder)
+        })),
+        Rule::Model(Box::new(|_, s| {
             let (floor, q) = (c.min_quality?, s.prediction?.quality);
             (q < floor).then_some(Exclusion::MinQuality { predicted: q, floor })
-        }),
-        Box::new(|_, s| {
+        })),
+        Rule::Endpoint(Box::new(|_, s| {
             let limit = c.max_cost_usd?;
             (s.cost_usd > limit).then_some(Exclusion::Budget { predicted: s.cost_usd, limit })
-        }),
+        })),
     ];
-    for rule in &rules {
+    // Only the rules the request turns on are run (the others pass every endpoint).
+    let active = [
+        true,
+        !c.denied_models.is_empty() || !c.allowed_models.is_empty(),
+        !c.denied_providers.is_empty() || !c.allowed_providers.is_empty(),
+        !p.only.is_empty(),
+        !p.ignore.is_empty(),
+        true,
+        !p.quantizations.is_empty(),
+        p.deny_data_collection,
+        p.zdr,
+        !needs.is_empty(),
+        p.require_parameters && !needs.is_empty(),
+        p.max_prompt_price.is_some() || p.max_completion_price.is_some(),
+        !p.allow_fallbacks && !p.order.is_empty(),
+        c.min_quality.is_some(),
+        c.max_cost_usd.is_some(),
+    ];
+    debug_assert_eq!(active.len(), rules.len());
+    for rule in rules.iter().zip(active).filter_map(|(r, on)| on.then_some(r)) {
         let before = scored.iter().filter(|s| s.exclusion.is_none()).count();
         let mut closest: Option<Exclusion> = None;
         for s in scored.iter_mut().filter(|s| s.exclusion.is_none()) {
-            if let Some(e) = rule(&models[s.model], s) {
-                closest = Some(match (closest.take(), &e) {
-                    (Some(Exclusion::Budget { predicted: a, limit }), Exclusion::Budget { predicted: b, .. }) => {
-                        Exclusion::Budget { predicted: a.min(*b), limit }
+            let m = &models[s.model];
+            let failed = match rule {
+                Rule::Model(f) => f(m, s),
+                Rule::Endpoint(f) => {
+                    let mut model_closest: Option<Exclusion> = None;
+                    let mut passed = false;
+                    for es in s.endpoints.iter_mut().filter(|es| es.exclusion.is_none()) {
+                        match f(&m.endpoints[es.endpoint], es) {
+                            Some(e) => {
+                                model_closest = Some(match model_closest.take() {
+                                    Some(prev) => prev.closest(&e),
+                                    None => e.clone(),
+                                });
+                                es.exclusion = Some(e);
+                            }
+                            None => passed = true,
+                        }
                     }
-                    (Some(Exclusion::MinQuality { predicted: a, floor }), Exclusion::MinQuality { predicted: b, .. }) => {
-                        Exclusion::MinQuality { predicted: a.max(*b), floor }
+                    if passed {
+                        None
+                    } else {
+                        model_closest
                     }
-                    (
-                        Some(Exclusion::ContextWindow { input_tokens, context_tokens: a }),
-                        Exclusion::ContextWindow { context_tokens: b, .. },
-                    ) => Exclusion::ContextWindow { input_tokens, context_tokens: a.max(*b) },
-                    (Some(prev), _) => prev,
-                    (None, e) => e.clone(),
+                }
+            };
+            if let Some(e) = failed {
+                closest = Some(match closest.take() {
+                    Some(prev) => prev.closest(&e),
+                    None => e.clone(),
                 });
                 s.exclusion = Some(e);
             }
@@ -328,10 +759,48 @@ pub fn rank(
                 Exclusion::Budget { .. } => format!("the cheapest remaining model: {}", closest.detail()),
                 Exclusion::MinQuality { .. } => format!("the best remaining model: {}", closest.detail()),
                 Exclusion::ContextWindow { .. } => format!("the largest remaining window: {}", closest.detail()),
+                Exclusion::MaxPrice { .. } => format!("the cheapest remaining endpoint: {}", closest.detail()),
+                other if other.is_provider_preference() || matches!(other, Exclusion::Capability(_)) => {
+                    format!("no endpoint of the {before} remaining model(s) passes it; for one: {}", other.detail())
+                }
                 other => format!("{before} remaining model(s) {}", other.detail().trim_start_matches("the ")),
             };
             return Err(NoEligibleModel { constraint: closest.constraint(), detail });
         }
+    }
+
+    // Each model's endpoint order, and its cost, latency and utility at the first endpoint (for
+    // a model left out: at the first of all its endpoints, for the explanation).
+    for s in scored.iter_mut() {
+        let Some(pred) = s.prediction else { continue };
+        let m = &models[s.model];
+        let key = |j: usize| endpoint_key(p, &m.endpoints[j], &s.endpoints[j], scoring);
+        let first = if s.exclusion.is_some() {
+            // Left out: priced at its best endpoint of all, with no order to keep (no allocation).
+            (0..s.endpoints.len()).min_by(|&a, &b| by_key(key(a), key(b)).then(a.cmp(&b))).expect("a model has an endpoint")
+        } else {
+            let mut order: Vec<usize> = (0..s.endpoints.len()).filter(|&j| s.endpoints[j].exclusion.is_none()).collect();
+            if order.len() > 1 {
+                order.sort_by(|&a, &b| by_key(key(a), key(b)).then(a.cmp(&b)));
+            }
+            if !p.allow_fallbacks && p.order.is_empty() {
+                for &j in &order[1..] {
+                    s.endpoints[j].exclusion = Some(Exclusion::NoEndpointFallbacks);
+                }
+                order.truncate(1);
+            }
+            for (r, &j) in order.iter().enumerate() {
+                s.endpoints[j].rank = r + 1;
+            }
+            let first = order[0];
+            s.order = order;
+            first
+        };
+        s.priced_endpoint = first;
+        let first = &s.endpoints[first];
+        s.cost_usd = first.cost_usd;
+        s.latency_ms = first.latency_ms;
+        s.utility = utility(pred.quality, first.cost_usd, cost_weight, scoring.cost_scale_usd);
     }
 
     // Soft rule: the head's domain. It demotes instead of excluding when it would empty the list.
@@ -367,9 +836,10 @@ pub fn rank(
         scored[i].rank = r + 1;
     }
     let mut chosen: Vec<usize> = eligible.iter().copied().take(1 + c.max_fallbacks).collect();
-    let primary_provider = &models[scored[chosen[0]].model].provider;
-    let diverse = |i: &usize| &models[scored[*i].model].provider != primary_provider;
-    if chosen.len() > 1 && !chosen[1..].iter().any(diverse) {
+    let provider_of = |i: usize, j: usize| models[scored[i].model].endpoints[j].provider.as_str();
+    let primary_provider = provider_of(chosen[0], scored[chosen[0]].first_endpoint());
+    let diverse = |i: &usize| scored[*i].order.iter().any(|&j| provider_of(*i, j) != primary_provider);
+    if chosen.len() > 1 && !chosen.iter().any(diverse) {
         if let Some(&other) = eligible.iter().find(|i| diverse(i)) {
             *chosen.last_mut().expect("chosen has at least two entries. This is a bug.") = other;
         }
@@ -379,7 +849,19 @@ pub fn rank(
             scored[i].exclusion = Some(Exclusion::BelowCutoff);
         }
     }
-    Ok(Ranking { chosen, scored })
+    let mut attempts: Vec<Attempt> =
+        chosen.iter().flat_map(|&i| scored[i].order.iter().map(move |&j| Attempt { scored: i, endpoint: j })).collect();
+    if p.partition == Partition::None {
+        // Stable: ties keep the candidates' rank and each model's own order.
+        attempts.sort_by(|a, b| {
+            let key = |t: &Attempt| {
+                let s = &scored[t.scored];
+                endpoint_key(p, &models[s.model].endpoints[t.endpoint], &s.endpoints[t.endpoint], scoring)
+            };
+            by_key(key(a), key(b))
+        });
+    }
+    Ok(Ranking { chosen, scored, attempts })
 }
 
 #[cfg(test)]
@@ -387,15 +869,7 @@ mod tests {
     use super::*;
 
     fn model(id: &str, provider: &str, price: f64, ctx: u32) -> CatalogModel {
-        CatalogModel {
-            id: id.into(),
-            provider: provider.into(),
-            input_usd_per_mtok: price,
-            output_usd_per_mtok: price * 4.0,
-            context_tokens: ctx,
-            ttft_ms: None,
-            output_tokens_per_second: None,
-        }
+        CatalogModel::single(id, provider, price, price * 4.0, ctx)
     }
 
     fn catalog() -> Catalog {
@@ -539,5 +1013,220 @@ mod tests {
         let r = rank(&cat, &preds(), &health, 100, 0.0, &only_big, LAT).unwrap();
         assert_eq!(ids(&cat, &r), ["big"]);
         assert_eq!(r.scored[0].health_tier(), 2);
+    }
+
+    // Endpoints and OpenRouter's provider preferences.
+
+    fn ep(provider: &str, price_in: f64, price_out: f64, ttft: f64, tps: f64) -> Endpoint {
+        let mut e = CatalogModel::single("x", provider, price_in, price_out, 128_000).endpoints.remove(0);
+        e.ttft_ms = Some(ttft);
+        e.output_tokens_per_second = Some(tps);
+        e
+    }
+
+    /// "llama" on three providers: a (dear, slow, fp8, tools, retains prompts), b (cheap, fast
+    /// decoding, bf16, no tools, 4096 output tokens, ZDR), c (mid price, lowest TTFT, declares
+    /// nothing, 8192 window); and "other" on d.
+    fn endpoints_catalog() -> Catalog {
+        let mut a = ep("a", 1.0, 1.0, 800.0, 40.0);
+        a.quantization = Some("fp8".into());
+        a.capabilities.tools = Some(true);
+        (a.retains_prompts, a.trains_on_prompts) = (Some(true), Some(false));
+        let mut b = ep("b", 0.2, 0.4, 300.0, 120.0);
+        b.quantization = Some("bf16".into());
+        b.capabilities.tools = Some(false);
+        b.max_output_tokens = Some(4096);
+        (b.retains_prompts, b.trains_on_prompts) = (Some(false), Some(false));
+        let mut c = ep("c", 0.5, 0.5, 200.0, 60.0);
+        c.context_tokens = 8192;
+        let llama = CatalogModel { id: "llama".into(), endpoints: vec![a, b, c] };
+        Catalog::new(vec![llama, model("other", "d", 0.3, 128_000)]).unwrap()
+    }
+
+    fn endpoint_preds() -> Vec<Option<Prediction>> {
+        [0.9, 0.5].iter().map(|&q| Some(Prediction { quality: q, output_tokens: 200.0, domain_chance: 1.0 })).collect()
+    }
+
+    fn with(p: ProviderPreferences) -> Constraints {
+        Constraints { max_fallbacks: 3, provider: p, ..Default::default() }
+    }
+
+    /// The providers of "llama"'s failover order.
+    fn llama_order(r: &Ranking) -> Vec<&'static str> {
+        r.scored[0].order.iter().map(|&j| ["a", "b", "c"][j]).collect()
+    }
+
+    fn route(c: &Constraints) -> Result<Ranking, NoEligibleModel> {
+        rank(&endpoints_catalog(), &endpoint_preds(), &[], 100, 0.0, c, LAT)
+    }
+
+    #[test]
+    fn endpoints_go_cheapest_first_by_default_and_the_candidate_costs_its_first() {
+        let r = route(&with(ProviderPreferences::default())).unwrap();
+        assert_eq!(llama_order(&r), ["b", "c", "a"]);
+        // 100 in x $0.2 + 200 out x $0.4 per million.
+        assert!((r.scored[0].cost_usd - 1.0e-4).abs() < 1e-12, "{}", r.scored[0].cost_usd);
+        assert_eq!(r.scored[0].first_endpoint(), 1);
+        // The model keeps its utility rank; its endpoints are each ranked.
+        assert_eq!(r.scored[0].endpoints.iter().map(|e| e.rank).collect::<Vec<_>>(), [3, 1, 2]);
+    }
+
+    #[test]
+    fn sort_orders_by_price_throughput_or_latency() {
+        let by = |sort| llama_order(&route(&with(ProviderPreferences { sort: Some(sort), ..Default::default() })).unwrap());
+        assert_eq!(by(SortBy::Price), ["b", "c", "a"]);
+        assert_eq!(by(SortBy::Throughput), ["b", "c", "a"]);
+        assert_eq!(by(SortBy::Latency), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn order_goes_first_and_allow_fallbacks_false_keeps_only_it() {
+        let order = ProviderPreferences { order: vec!["a".into(), "c".into()], ..Default::default() };
+        assert_eq!(llama_order(&route(&with(order.clone())).unwrap()), ["a", "c", "b"]);
+        // No fallbacks beyond `order`: b is left out by a hard rule, named.
+        let strict = ProviderPreferences { allow_fallbacks: false, ..order };
+        let r = route(&with(strict)).unwrap();
+        assert_eq!(llama_order(&r), ["a", "c"]);
+        assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::NotInOrder));
+        // A model with no endpoint in `order` is left out: "other" (on d).
+        assert_eq!(r.scored[1].exclusion.as_ref().map(Exclusion::constraint), Some("provider.order/allow_fallbacks"));
+        // Without `order`, only each model's first endpoint.
+        let r = route(&with(ProviderPreferences { allow_fallbacks: false, ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["b"]);
+        assert_eq!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::NoEndpointFallbacks));
+        assert_eq!(r.scored[0].exclusion, None);
+    }
+
+    #[test]
+    fn only_and_ignore_filter_providers() {
+        let r = route(&with(ProviderPreferences { only: vec!["a".into(), "c".into()], ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["c", "a"]);
+        assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::NotInOnly));
+        assert_eq!(r.scored[1].exclusion, Some(Exclusion::NotInOnly));
+        let r = route(&with(ProviderPreferences { ignore: vec!["b".into()], ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["c", "a"]);
+        assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::Ignored));
+        // Ignoring every endpoint of every model refuses, naming the rule.
+        let all = ProviderPreferences { ignore: ["a", "b", "c", "d"].map(String::from).to_vec(), ..Default::default() };
+        let err = route(&with(all)).unwrap_err();
+        assert_eq!(err.constraint, "provider.ignore");
+        assert!(err.detail.contains("no endpoint"), "{}", err.detail);
+    }
+
+    #[test]
+    fn quantizations_data_collection_and_zdr_filter_endpoints() {
+        let q = ProviderPreferences { quantizations: vec!["fp8".into(), "unknown".into()], ..Default::default() };
+        let r = route(&with(q)).unwrap();
+        assert_eq!(llama_order(&r), ["c", "a"]);
+        assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::Quantization("bf16".into())));
+        // data_collection = deny: c does not say whether it trains on prompts.
+        let r = route(&with(ProviderPreferences { deny_data_collection: true, ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["b", "a"]);
+        assert_eq!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::DataCollection(None)));
+        // zdr: a retains prompts, c does not say.
+        let r = route(&with(ProviderPreferences { zdr: true, ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["b"]);
+        assert_eq!(r.scored[0].endpoints[0].exclusion, Some(Exclusion::Zdr(Some(true))));
+        assert!(r.scored[0].endpoints[0].exclusion.as_ref().unwrap().detail().contains("provider.zdr"));
+    }
+
+    #[test]
+    fn a_tool_calling_request_never_lands_on_an_endpoint_without_tools() {
+        let tools = Constraints { requirements: Requirements { tools: true, ..Default::default() }, ..with(Default::default()) };
+        let r = route(&tools).unwrap();
+        // b says it has no tools; c does not say (kept, as OpenRouter without require_parameters).
+        assert_eq!(llama_order(&r), ["c", "a"]);
+        assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::Capability(Need::Tools)));
+        // require_parameters: only endpoints that declare tools.
+        let strict = Constraints { provider: ProviderPreferences { require_parameters: true, ..Default::default() }, ..tools.clone() };
+        let r = route(&strict).unwrap();
+        assert_eq!(llama_order(&r), ["a"]);
+        assert_eq!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::Undeclared(Need::Tools)));
+        // Only b allowed: refused by the capability rule, in words.
+        let only_b = Constraints { provider: ProviderPreferences { only: vec!["b".into()], ..Default::default() }, ..tools };
+        let err = route(&only_b).unwrap_err();
+        assert_eq!(err.constraint, "capabilities");
+        assert!(err.detail.contains("needs tools"), "{}", err.detail);
+        // Output tokens over b's cap, a reasoning effort nobody declares (kept) or one a refuses.
+        let long =
+            Constraints { requirements: Requirements { max_output_tokens: Some(8000), ..Default::default() }, ..with(Default::default()) };
+        let r = route(&long).unwrap();
+        assert_eq!(llama_order(&r), ["c", "a"]);
+        assert_eq!(r.scored[0].endpoints[1].exclusion, Some(Exclusion::Capability(Need::OutputTokens(8000))));
+        let mut cat = endpoints_catalog();
+        let mut models = cat.models().to_vec();
+        models[0].endpoints[0].capabilities.reasoning_efforts = Some(vec!["low".into()]);
+        cat = Catalog::new(models).unwrap();
+        let high = Constraints {
+            requirements: Requirements { reasoning_effort: Some("high".into()), ..Default::default() },
+            ..with(Default::default())
+        };
+        let r = rank(&cat, &endpoint_preds(), &[], 100, 0.0, &high, LAT).unwrap();
+        assert_eq!(r.scored[0].endpoints[0].exclusion, Some(Exclusion::Capability(Need::ReasoningEffort("high".into()))));
+        assert_eq!(llama_order(&r), ["b", "c"]);
+    }
+
+    #[test]
+    fn max_price_and_max_cost_judge_each_endpoint() {
+        let p = ProviderPreferences { max_prompt_price: Some(0.6), max_completion_price: Some(0.45), ..Default::default() };
+        let r = route(&with(p)).unwrap();
+        assert_eq!(llama_order(&r), ["b"]);
+        assert_eq!(r.scored[0].endpoints[0].exclusion, Some(Exclusion::MaxPrice { which: "prompt", price: 1.0, limit: 0.6 }));
+        assert_eq!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::MaxPrice { which: "completion", price: 0.5, limit: 0.45 }));
+        // max_cost_usd keeps a model whose cheap endpoint fits, and prices it there.
+        let budget =
+            Constraints { max_cost_usd: Some(1.2e-4), ..with(ProviderPreferences { sort: Some(SortBy::Latency), ..Default::default() }) };
+        let r = route(&budget).unwrap();
+        assert_eq!(llama_order(&r), ["b"]);
+        assert!(matches!(r.scored[0].endpoints[2].exclusion, Some(Exclusion::Budget { .. })));
+        assert!(matches!(r.scored[1].exclusion, Some(Exclusion::Budget { .. })));
+    }
+
+    #[test]
+    fn preferred_latency_and_throughput_reorder_and_never_refuse() {
+        // Only c's TTFT (200 ms) is under 0.25 s at p90: it goes first, the rest by price.
+        let p90 = Percentiles { p90: Some(0.25), ..Default::default() };
+        let r = route(&with(ProviderPreferences { preferred_max_latency: p90, ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["c", "b", "a"]);
+        // Only a misses 50 tokens/s (a number is p50).
+        let tps = Percentiles { p50: Some(50.0), ..Default::default() };
+        let r =
+            route(&with(ProviderPreferences { preferred_min_throughput: tps, sort: Some(SortBy::Latency), ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["c", "b", "a"]);
+        // Nobody meets 10 ms: the order is unchanged and nothing is refused.
+        let none = Percentiles { p50: Some(0.01), ..Default::default() };
+        let r = route(&with(ProviderPreferences { preferred_max_latency: none, ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r), ["b", "c", "a"]);
+        assert!(r.scored[0].endpoints.iter().all(|e| e.exclusion.is_none() && e.misses_preference));
+    }
+
+    #[test]
+    fn partition_model_tries_the_same_model_first_and_none_sorts_everything() {
+        let attempts = |p: Partition| {
+            let r = route(&with(ProviderPreferences { partition: p, ..Default::default() })).unwrap();
+            let cat = endpoints_catalog();
+            r.attempts
+                .iter()
+                .map(|a| {
+                    let m = &cat.models()[r.scored[a.scored].model];
+                    format!("{}@{}", m.id, m.endpoints[a.endpoint].provider)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(attempts(Partition::Model), ["llama@b", "llama@c", "llama@a", "other@d"]);
+        // By price across models: other@d ($2.7e-4) before llama@a ($3e-4).
+        assert_eq!(attempts(Partition::None), ["llama@b", "llama@c", "other@d", "llama@a"]);
+    }
+
+    #[test]
+    fn provider_lists_apply_per_endpoint() {
+        let c = Constraints { denied_providers: vec!["b".into()], ..with(Default::default()) };
+        let r = route(&c).unwrap();
+        assert_eq!(llama_order(&r), ["c", "a"]);
+        assert!(r.chosen.contains(&0));
+        let c = Constraints { allowed_providers: vec!["d".into()], ..with(Default::default()) };
+        let r = route(&c).unwrap();
+        assert_eq!(r.scored[0].exclusion, Some(Exclusion::ProviderNotAllowed));
+        assert_eq!(ids(&endpoints_catalog(), &r), ["other"]);
     }
 }

@@ -14,6 +14,13 @@
 //! Feedback reports and while a background task keeps sending BENCH_FEEDBACK_RATE (default 500)
 //! reports a second, spread round-robin over the catalog's models with about one failure in six
 //! (timeouts and server errors, never five in a row for a model, so no circuit opens).
+//!
+//! `BENCH_MODE=endpoints` runs only Route on short prompts at concurrency 1 against two servers in
+//! this one process: every catalog model on one endpoint (its first), and every model on three
+//! (its first and two more providers at other prices and speeds), in alternating rounds of
+//! BENCH_REQUESTS each (BENCH_ROUNDS, default 6), with the cache off (the encoder runs) and on
+//! (every text cached); it prints the p50 of each, the in-server rank stage (`timings.rank_us`)
+//! and the added cost of three endpoints.
 use std::{
     io::Read,
     path::Path,
@@ -231,6 +238,114 @@ async fn feedback_mode(config: Config, short: &[String], requests: usize) {
     }
 }
 
+/// Latencies and in-server rank-stage times of `requests` sequential Routes of `req(prompt)`.
+async fn route_timed(client: &RouterClient<Channel>, prompts: &[String], requests: usize) -> (Vec<Duration>, Vec<(u64, u64)>) {
+    let mut c = client.clone();
+    let (mut lat, mut rank) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
+    for i in 0..requests {
+        let req = RouteRequest { prompt: prompts[i % prompts.len()].clone(), ..Default::default() };
+        let t = Instant::now();
+        let r = c.route(req).await.expect("route succeeds").into_inner();
+        lat.push(t.elapsed());
+        rank.push(r.timings.map_or((0, 0), |t| (t.rank_us, t.total_us)));
+        assert!(!r.attempts.is_empty());
+    }
+    (lat, rank)
+}
+
+/// `BENCH_MODE=endpoints`: one endpoint per model against three, side by side in one process.
+async fn endpoints_mode(config: Config, short: &[String], requests: usize) {
+    let rounds = env_usize("BENCH_ROUNDS", 6);
+    let mut one = config.clone();
+    for m in &mut one.models {
+        m.endpoints.truncate(1);
+    }
+    let mut three = one.clone();
+    for m in &mut three.models {
+        let first = m.endpoints[0].clone();
+        for (k, (price, ttft, tps)) in [(0.6, 300.0, 90.0), (1.4, 700.0, 35.0)].into_iter().enumerate() {
+            let mut e = first.clone();
+            e.provider = format!("{}-alt{}", first.provider, k + 1);
+            e.input_usd_per_mtok *= price;
+            e.output_usd_per_mtok *= price;
+            e.ttft_ms = Some(ttft);
+            e.output_tokens_per_second = Some(tps);
+            m.endpoints.push(e);
+        }
+    }
+    let endpoints = |c: &Config| c.models.iter().map(|m| m.endpoints.len()).sum::<usize>();
+    println!("catalog: {} models; {} endpoints against {}", one.models.len(), endpoints(&one), endpoints(&three));
+    let mut rows = Vec::new();
+    let caches = std::env::var("BENCH_CACHE").unwrap_or_else(|_| "miss,hit".into());
+    for cache in caches.split(',') {
+        let (mut a, mut b) = (one.clone(), three.clone());
+        if cache == "miss" {
+            a.cache.capacity = 0;
+            b.cache.capacity = 0;
+        }
+        let (ca, stop_a, _) = start(a).await;
+        let (cb, stop_b, _) = start(b).await;
+        if cache == "hit" {
+            for p in short {
+                for c in [&ca, &cb] {
+                    c.clone().route(RouteRequest { prompt: p.clone(), ..Default::default() }).await.unwrap();
+                }
+            }
+        }
+        let (mut lat_a, mut lat_b, mut rank_a, mut rank_b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut p50s_a, mut p50s_b) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // Alternate which goes first, so drift in the machine's load falls on both.
+            let order: [(&RouterClient<Channel>, bool); 2] =
+                if round % 2 == 0 { [(&ca, true), (&cb, false)] } else { [(&cb, false), (&ca, true)] };
+            for (client, is_one) in order {
+                let (mut l, r) = route_timed(client, short, requests).await;
+                l.sort();
+                let (lat, rank, p50s) =
+                    if is_one { (&mut lat_a, &mut rank_a, &mut p50s_a) } else { (&mut lat_b, &mut rank_b, &mut p50s_b) };
+                p50s.push(percentile(&l, 0.5));
+                lat.extend(l);
+                rank.extend(r);
+            }
+        }
+        let _ = (stop_a.send(()), stop_b.send(()));
+        for (label, lat, rank, p50s) in
+            [("1 endpoint/model", &mut lat_a, &mut rank_a, &mut p50s_a), ("3 endpoints/model", &mut lat_b, &mut rank_b, &mut p50s_b)]
+        {
+            lat.sort();
+            p50s.sort();
+            let mut stage: Vec<u64> = rank.iter().map(|r| r.0).collect();
+            let mut total: Vec<u64> = rank.iter().map(|r| r.1).collect();
+            stage.sort();
+            total.sort();
+            rows.push((
+                format!("Route, short, cache {cache}, {label}"),
+                percentile(lat, 0.5),
+                percentile(lat, 0.99),
+                (stage[stage.len() / 2], total[total.len() / 2]),
+                p50s[p50s.len() / 2],
+                lat.len(),
+            ));
+        }
+    }
+    println!("\n| what | requests | p50 ms | p99 ms | median of round p50s ms | in-server p50 us | rank stage p50 us |\n|---|---|---|---|---|---|---|");
+    for (label, p50, p99, (rank, total), round, n) in &rows {
+        println!("| {label} | {n} | {} | {} | {} | {total} | {rank} |", ms(*p50), ms(*p99), ms(*round));
+    }
+    for pair in rows.chunks(2) {
+        println!(
+            "{}: three endpoints add {:+.1}% to the p50 ({:+.1}% on the median of round p50s), rank stage {} us -> {} us, in-server {} us -> {} us",
+            pair[0].0.trim_end_matches(", 1 endpoint/model"),
+            (pair[1].1.as_secs_f64() / pair[0].1.as_secs_f64() - 1.0) * 100.0,
+            (pair[1].4.as_secs_f64() / pair[0].4.as_secs_f64() - 1.0) * 100.0,
+            pair[0].3 .0,
+            pair[1].3 .0,
+            pair[0].3 .1,
+            pair[1].3 .1
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
@@ -279,6 +394,11 @@ async fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
 
+    if std::env::var("BENCH_MODE").is_ok_and(|m| m == "endpoints") {
+        drop(encoder);
+        endpoints_mode(config, &short, requests).await;
+        return;
+    }
     if std::env::var("BENCH_MODE").is_ok_and(|m| m == "feedback") {
         drop(encoder);
         feedback_mode(config, &short, requests).await;

@@ -363,6 +363,14 @@ fn candidate_json(c: &pb::Candidate) -> serde_json::Value {
         "predicted_cost_usd": c.predicted_cost_usd,
         "predicted_latency_ms": c.predicted_latency_ms,
         "utility": c.utility,
+        "endpoints": c.endpoints.iter().map(|e| json!({
+            "provider": e.provider,
+            "input_usd_per_mtok": e.input_usd_per_mtok,
+            "output_usd_per_mtok": e.output_usd_per_mtok,
+            "quantization": e.quantization,
+            "predicted_cost_usd": e.predicted_cost_usd,
+            "predicted_latency_ms": e.predicted_latency_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -376,6 +384,7 @@ pub fn response_json(r: &pb::RouteResponse) -> serde_json::Value {
         "cost_weight": r.cost_weight,
         "input_tokens": r.input_tokens,
         "candidates": r.candidates.iter().map(candidate_json).collect::<Vec<_>>(),
+        "attempts": r.attempts.iter().map(|a| json!({"model": a.model, "provider": a.provider})).collect::<Vec<_>>(),
         "timings": {
             "prepare_us": t.prepare_us, "encode_us": t.encode_us, "predict_us": t.predict_us,
             "rank_us": t.rank_us, "total_us": t.total_us, "cache_hit": t.cache_hit,
@@ -386,6 +395,12 @@ pub fn response_json(r: &pb::RouteResponse) -> serde_json::Value {
             "reason": pb::ExclusionReason::try_from(e.reason).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
             "kept_despite": pb::ExclusionReason::try_from(e.kept_despite).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
             "detail": e.detail,
+            "endpoints": e.endpoints.iter().map(|x| json!({
+                "provider": x.endpoint.as_ref().map(|e| e.provider.clone()).unwrap_or_default(),
+                "rank": x.rank,
+                "reason": pb::ExclusionReason::try_from(x.reason).map(|r| r.as_str_name()).unwrap_or("UNKNOWN"),
+                "detail": x.detail,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -413,12 +428,22 @@ pub fn response_table(r: &pb::RouteResponse) -> String {
             c.model, c.provider, c.predicted_quality, c.predicted_output_tokens, c.predicted_cost_usd, c.predicted_latency_ms, c.utility
         );
     }
+    if r.attempts.len() > r.candidates.len() {
+        let order: Vec<String> = r.attempts.iter().map(|a| format!("{}@{}", a.model, a.provider)).collect();
+        let _ = writeln!(s, "attempts: {}", order.join(", "));
+    }
     if !r.explanations.is_empty() {
         let _ = writeln!(s, "\nall catalog models:");
         for e in &r.explanations {
             let c = e.candidate.clone().unwrap_or_default();
             let rank = if e.rank == 0 { "-".to_string() } else { e.rank.to_string() };
             let _ = writeln!(s, "{rank:>4} {:<44} q={:.3} cost=${:.6}  {}", c.model, c.predicted_quality, c.predicted_cost_usd, e.detail);
+            if e.endpoints.len() > 1 {
+                for x in &e.endpoints {
+                    let provider = x.endpoint.as_ref().map_or("", |e| e.provider.as_str());
+                    let _ = writeln!(s, "       @{provider:<12} {}", x.detail);
+                }
+            }
         }
     }
     if let Some(t) = r.timings {

@@ -319,6 +319,12 @@ struct RouteArgs {
     /// Fallbacks after the primary (default from the config: 3).
     #[arg(long)]
     fallbacks: Option<u32>,
+    /// OpenRouter's provider preferences as JSON, e.g. '{"sort": "throughput", "ignore": ["azure"]}'.
+    #[arg(long)]
+    provider: Option<String>,
+    /// The request needs tool calling (an endpoint that says it has none is never chosen).
+    #[arg(long)]
+    tools: bool,
     /// Also list every catalog model with its predictions and why it was left out.
     #[arg(long)]
     explain: bool,
@@ -400,6 +406,15 @@ async fn run() -> anyhow::Result<()> {
             pointsman::transport::serve(cfg, listeners, pointsman::transport::shutdown_signal()).await?;
         }
         Command::Route(a) => {
+            let provider = match &a.provider {
+                None => None,
+                Some(text) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--provider must be a JSON object: {e}. Given: {text}"))?;
+                    pointsman::transport::openai::provider(&serde_json::json!({ "provider": v }))
+                        .map_err(|e| anyhow::anyhow!("--provider: {e}"))?
+                }
+            };
             let request = pb::RouteRequest {
                 prompt: a.prompt,
                 profile: a.profile.unwrap_or_default(),
@@ -412,6 +427,8 @@ async fn run() -> anyhow::Result<()> {
                 denied_providers: a.denied_providers,
                 max_fallbacks: a.fallbacks,
                 explain: a.explain,
+                provider,
+                requirements: a.tools.then(|| pb::Requirements { tools: true, ..Default::default() }),
                 ..Default::default()
             };
             pointsman::cli::route(cfg, request, a.json).await?;

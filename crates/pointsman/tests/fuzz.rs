@@ -117,11 +117,46 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
     let cost_weight = mostly(Just(None), prop::option::of(number()));
     let max_cost = mostly(prop_oneof![Just(None), (0.0001..10.0f64).prop_map(Some)], prop::option::of(number()));
     let fallbacks = mostly(prop_oneof![Just(None), (0u32..9).prop_map(Some)], prop::option::of(any::<u32>()));
+    let word =
+        |good: &'static [&'static str]| mostly(proptest::sample::select(good.to_vec()).prop_map(String::from), short_text(Vec::new()));
+    let percentiles = prop::option::of((opt_number(), opt_number(), opt_number(), opt_number()))
+        .prop_map(|p| p.map(|(p50, p75, p90, p99)| pb::Percentiles { p50, p75, p90, p99 }));
+    let provider = prop::option::of((
+        (list(&k.providers), list(&k.providers), list(&k.providers), prop::option::of(any::<bool>())),
+        (word(&["", "price", "throughput", "latency"]), word(&["", "model", "none"]), word(&["", "allow", "deny"])),
+        (prop::collection::vec(word(&["fp8", "bf16", "int4", "unknown"]), 0..3), any::<(bool, bool)>()),
+        (prop::option::of((opt_number(), opt_number())), percentiles.clone(), percentiles),
+    ))
+    .prop_map(|p| {
+        p.map(
+            |(
+                (order, only, ignore, allow_fallbacks),
+                (sort, partition, data_collection),
+                (quantizations, (zdr, require_parameters)),
+                (max_price, preferred_max_latency, preferred_min_throughput),
+            )| pb::ProviderPreferences {
+                order,
+                only,
+                ignore,
+                allow_fallbacks,
+                sort,
+                partition,
+                max_price: max_price.map(|(prompt, completion)| pb::MaxPrice { prompt, completion }),
+                quantizations,
+                data_collection,
+                zdr,
+                require_parameters,
+                preferred_max_latency,
+                preferred_min_throughput,
+            },
+        )
+    });
     (
         (id(), conversation, profile),
         (cost_weight, max_cost, opt_number()),
         (list(&k.models), list(&k.models), list(&k.providers), list(&k.providers)),
-        (fallbacks, any::<bool>(), prop::option::of(any::<(bool, bool, bool, bool)>())),
+        (fallbacks, any::<bool>(), prop::option::of((any::<(bool, bool, bool, bool, bool)>(), word(&["", "low", "high"]), opt_u32()))),
+        provider,
     )
         .prop_map(
             |(
@@ -129,6 +164,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                 (cost_weight, max_cost_usd, min_quality),
                 (allowed_models, denied_models, allowed_providers, denied_providers),
                 (max_fallbacks, explain, needs),
+                provider,
             )| {
                 Shown(pb::RouteRequest {
                     request_id,
@@ -144,10 +180,17 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                     denied_providers,
                     max_fallbacks,
                     explain,
-                    requirements: needs.map(|(tools, images, audio, files)| pb::Requirements { tools, images, audio, files }),
+                    requirements: needs.map(|((tools, images, audio, files, json_schema), reasoning_effort, max_output_tokens)| {
+                        pb::Requirements { tools, images, audio, files, json_schema, reasoning_effort, max_output_tokens }
+                    }),
+                    provider,
                 })
             },
         )
+}
+
+fn opt_u32() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![Just(None), (0u32..100_000).prop_map(Some), any::<u32>().prop_map(Some)]
 }
 
 fn feedback_request(k: &Known) -> impl Strategy<Value = Shown<pb::FeedbackRequest>> {

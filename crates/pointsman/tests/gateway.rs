@@ -122,6 +122,9 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     assert_eq!(math.headers["x-pointsman-model"], math.model);
     assert_eq!(math.headers["x-pointsman-upstream"], "openai");
     assert!(!math.headers["x-pointsman-fallbacks"].is_empty());
+    // The whole attempt order: the chosen model on its endpoint first, then the fallbacks.
+    let attempts = &math.headers["x-pointsman-attempts"];
+    assert_eq!(attempts, &format!("{}@openai,{}", math.model, math.headers["x-pointsman-fallbacks"]));
     let math_id = math.headers["x-pointsman-request-id"].clone();
     assert_eq!(math_id, math.headers["x-request-id"], "the decision id is Envoy's request id");
     let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[]).await;
@@ -144,6 +147,21 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     let r = post(gw.addr, &chat("pointsman/auto", MATH_PROMPT, false), &[("x-pointsman-max-cost-usd", "0.0000001")]).await;
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("max_cost_usd"), "{}", r.body);
+    // OpenRouter's `provider` object in the body: `only` keeps the request on together's
+    // endpoints; a bad `sort` is refused naming the field.
+    let with_provider = |provider: serde_json::Value| {
+        let mut body: serde_json::Value = serde_json::from_str(&chat("pointsman/auto", MATH_PROMPT, false)).unwrap();
+        body["provider"] = provider;
+        body.to_string()
+    };
+    let r = post(gw.addr, &with_provider(serde_json::json!({"only": ["together"]})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, only) = last();
+    assert_eq!(only.headers["x-pointsman-upstream"], "together");
+    assert!(only.headers["x-pointsman-attempts"].split(',').all(|a| a.ends_with("@together")), "{:?}", only.headers);
+    let r = post(gw.addr, &with_provider(serde_json::json!({"sort": "fastest"})), &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("provider.sort") && r.body.contains("fastest"), "{}", r.body);
 
     // 3. An explicit model passes through untouched, to its provider's upstream.
     let before = openai.seen().len();
@@ -157,7 +175,7 @@ async fn envoy_routes_through_pointsman_reports_feedback_and_fails_open() {
     // The metrics page counts what the processor did so far.
     let page = http_get(admin_addr, "/metrics").await;
     let action = |a: &str| metric(&page, &format!("pointsman_ext_proc_requests_total{{action=\"{a}\"}}")).unwrap();
-    assert_eq!((action("routed"), action("passed"), action("refused")), (3.0, 1.0, 2.0), "{page}");
+    assert_eq!((action("routed"), action("passed"), action("refused")), (4.0, 1.0, 3.0), "{page}");
 
     // 4. A streamed answer streams through (the first events arrive while the upstream holds
     //    back the last), and its usage, in the last event, reaches the log.

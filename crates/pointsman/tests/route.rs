@@ -387,3 +387,89 @@ async fn models_never_observed_near_a_prompt_are_out_of_domain() {
     assert!(status.message().contains("max_cost_usd") && !status.message().contains("domain"), "{}", status.message());
     s.shutdown().await;
 }
+
+/// The shipped catalog's Llama 3.1 70B: served by together, deepinfra and hyperbolic.
+const LLAMA_70B: &str = "Meta-Llama-3.1-70B-Instruct";
+
+fn providers(c: &pb::Candidate) -> Vec<&str> {
+    c.endpoints.iter().map(|e| e.provider.as_str()).collect()
+}
+
+#[tokio::test]
+async fn endpoints_come_back_in_failover_order_and_provider_preferences_filter_them() {
+    // The shipped catalog, except that together says it has no tools for Llama 3.1 70B.
+    let mut cfg = common::shipped_config();
+    let llama = cfg.models.iter_mut().find(|m| m.id == LLAMA_70B).expect("Llama 3.1 70B is in the shipped catalog");
+    assert_eq!(llama.endpoints.len(), 3, "{llama:?}");
+    llama.endpoints.iter_mut().find(|e| e.provider == "together").unwrap().capabilities.tools = Some(false);
+    let mut s = TestServer::start_with(cfg).await;
+    let only_llama = || RouteRequest { allowed_models: vec![LLAMA_70B.into()], explain: true, ..prompt(MATH_PROMPT) };
+
+    // Default: cheapest endpoint first (deepinfra $0.13/$0.40, hyperbolic $0.40/$0.40, together
+    // $0.88/$0.88); the candidate's provider and cost are its first endpoint's.
+    let r = s.client.route(only_llama()).await.unwrap().into_inner();
+    let c = &r.candidates[0];
+    assert_eq!(providers(c), ["deepinfra", "hyperbolic", "together"]);
+    assert_eq!((c.provider.as_str(), c.predicted_cost_usd), ("deepinfra", c.endpoints[0].predicted_cost_usd));
+    assert!(c.endpoints.windows(2).all(|w| w[0].predicted_cost_usd <= w[1].predicted_cost_usd));
+    let attempts: Vec<String> = r.attempts.iter().map(|a| format!("{}@{}", a.model, a.provider)).collect();
+    assert_eq!(attempts, [format!("{LLAMA_70B}@deepinfra"), format!("{LLAMA_70B}@hyperbolic"), format!("{LLAMA_70B}@together")]);
+
+    // provider.ignore leaves deepinfra out, and the explanation says which endpoint failed what.
+    let ignore = pb::ProviderPreferences { ignore: vec!["deepinfra".into()], ..Default::default() };
+    let r = s.client.route(RouteRequest { provider: Some(ignore), ..only_llama() }).await.unwrap().into_inner();
+    assert_eq!(providers(&r.candidates[0]), ["hyperbolic", "together"]);
+    let e = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == LLAMA_70B).unwrap();
+    let deepinfra = e.endpoints.iter().find(|x| x.endpoint.as_ref().unwrap().provider == "deepinfra").unwrap();
+    assert_eq!(deepinfra.reason, ExclusionReason::ProviderPreferences as i32);
+    assert!(deepinfra.detail.contains("provider.ignore"), "{}", deepinfra.detail);
+    assert_eq!(deepinfra.rank, 0);
+
+    // sort = throughput with order: order first, then the rest.
+    let order = pb::ProviderPreferences { order: vec!["together".into()], ..Default::default() };
+    let r = s.client.route(RouteRequest { provider: Some(order), ..only_llama() }).await.unwrap().into_inner();
+    assert_eq!(providers(&r.candidates[0]), ["together", "deepinfra", "hyperbolic"]);
+
+    // A tool-calling request never lands on together's endpoint, here or on any model.
+    let tools = || pb::Requirements { tools: true, ..Default::default() };
+    let r = s.client.route(RouteRequest { requirements: Some(tools()), ..only_llama() }).await.unwrap().into_inner();
+    assert_eq!(providers(&r.candidates[0]), ["deepinfra", "hyperbolic"]);
+    let e = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == LLAMA_70B).unwrap();
+    let together = e.endpoints.iter().find(|x| x.endpoint.as_ref().unwrap().provider == "together").unwrap();
+    assert_eq!(together.reason, ExclusionReason::Capability as i32);
+    assert!(together.detail.contains("needs tools"), "{}", together.detail);
+    // Only together allowed: refused, naming the capability rule.
+    let only_together = pb::ProviderPreferences { only: vec!["together".into()], ..Default::default() };
+    let err =
+        s.client.route(RouteRequest { requirements: Some(tools()), provider: Some(only_together), ..only_llama() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("capabilities") && err.message().contains("tools"), "{}", err.message());
+    // require_parameters: only endpoints that declare tools (deepinfra's, in the shipped catalog).
+    let strict = pb::ProviderPreferences { require_parameters: true, ..Default::default() };
+    let r = s
+        .client
+        .route(RouteRequest { requirements: Some(tools()), provider: Some(strict), ..prompt(MATH_PROMPT) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.candidates.is_empty());
+    assert!(r.attempts.iter().all(|a| a.provider == "deepinfra"), "{:?}", r.attempts);
+
+    // Bad values name the field, the limit and the value.
+    for (p, words) in [
+        (pb::ProviderPreferences { sort: "fastest".into(), ..Default::default() }, ["provider.sort", "\"fastest\""]),
+        (pb::ProviderPreferences { quantizations: vec!["fp7".into()], ..Default::default() }, ["provider.quantizations[0]", "\"fp7\""]),
+        (
+            pb::ProviderPreferences {
+                preferred_max_latency: Some(pb::Percentiles { p90: Some(-1.0), ..Default::default() }),
+                ..Default::default()
+            },
+            ["provider.preferred_max_latency.p90", "-1"],
+        ),
+    ] {
+        let err = s.client.route(RouteRequest { provider: Some(p), ..prompt(MATH_PROMPT) }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(words.iter().all(|w| err.message().contains(w)), "{}", err.message());
+    }
+    s.shutdown().await;
+}

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import grpc
 
-from pointsman.openai import MAX_MESSAGES, MAX_REQUEST_BYTES, map_chat
+from pointsman.openai import MAX_MESSAGES, MAX_REQUEST_BYTES, map_chat, needs, provider_preferences
 from pointsman.v1 import router_pb2 as pb
 from pointsman.v1 import router_pb2_grpc as pb_grpc
 
@@ -89,6 +89,8 @@ class Decision:
     profile: str
     input_tokens: int
     raw: Any = field(repr=False, compare=False, default=None)
+    # The whole failover order as (model, provider): each candidate on its endpoints.
+    attempts: Sequence[tuple] = ()
 
     @property
     def model(self) -> str:
@@ -120,10 +122,19 @@ def route_request(
     functions: Any = None,
     max_messages: int = MAX_MESSAGES,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    provider: Any = None,
+    response_format: Any = None,
+    reasoning_effort: Optional[str] = None,
+    reasoning: Any = None,
+    max_tokens: Optional[int] = None,
+    max_completion_tokens: Optional[int] = None,
 ) -> "pb.RouteRequest":
     """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`):
-    `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them.
-    Raises `NothingToRoute` when no message (or the prompt) has text."""
+    `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them;
+    `provider` is OpenRouter's provider-preferences object (a dict, as OpenRouter takes it);
+    `response_format`, `reasoning_effort` / `reasoning` and `max_tokens` /
+    `max_completion_tokens` as in the OpenAI body add to the requirements endpoints are matched
+    against. Raises `NothingToRoute` when no message (or the prompt) has text."""
     req = pb.RouteRequest(
         request_id=request_id or str(uuid.uuid4()),
         prompt=prompt or "",
@@ -161,6 +172,16 @@ def route_request(
         raise NothingToRoute("nothing to route on: no messages and an empty prompt; not sent to Pointsman")
     elif tools is not None or functions is not None:
         req.requirements.CopyFrom(map_chat((), tools=tools, functions=functions).requirements)
+    needs(
+        req.requirements,
+        response_format=response_format,
+        reasoning_effort=reasoning_effort,
+        reasoning=reasoning,
+        max_tokens=max_tokens,
+        max_completion_tokens=max_completion_tokens,
+    )
+    if provider is not None:
+        req.provider.CopyFrom(provider_preferences(provider))
     return req
 
 
@@ -211,6 +232,7 @@ def _decision(r: "pb.RouteResponse") -> Decision:
         profile=r.profile,
         input_tokens=r.input_tokens,
         raw=r,
+        attempts=[(a.model, a.provider) for a in r.attempts],
     )
 
 

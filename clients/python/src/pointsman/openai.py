@@ -115,6 +115,78 @@ def _cut_utf8(text: str, max_bytes: int) -> str:
     return data[: max(max_bytes, 0)].decode("utf-8", "ignore")
 
 
+def needs(
+    req: "pb.Requirements",
+    *,
+    response_format: Any = None,
+    reasoning_effort: Optional[str] = None,
+    reasoning: Any = None,
+    max_tokens: Optional[int] = None,
+    max_completion_tokens: Optional[int] = None,
+) -> "pb.Requirements":
+    """Adds to `req` what an OpenAI body's other fields ask of an endpoint, as ext_proc does:
+    `response_format.type == "json_schema"`, `reasoning_effort` (or OpenRouter's
+    `reasoning.effort`), `max_completion_tokens` (else `max_tokens`). Returns `req`."""
+    rf = _plain(response_format)
+    if isinstance(rf, Mapping) and rf.get("type") == "json_schema":
+        req.json_schema = True
+    r = _plain(reasoning)
+    effort = reasoning_effort or (r.get("effort") if isinstance(r, Mapping) else None)
+    if isinstance(effort, str) and effort:
+        req.reasoning_effort = effort
+    n = max_completion_tokens if max_completion_tokens is not None else max_tokens
+    if isinstance(n, int) and n > 0:
+        req.max_output_tokens = min(n, 2**32 - 1)
+    return req
+
+
+def _percentiles(name: str, v: Any) -> "pb.Percentiles":
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return pb.Percentiles(p50=float(v))
+    if isinstance(v, Mapping):
+        unknown = [k for k in v if k not in ("p50", "p75", "p90", "p99")]
+        if unknown:
+            raise ValueError(f"provider.{name}.{unknown[0]} is not a percentile (p50, p75, p90, p99). Given: {v[unknown[0]]!r}")
+        return pb.Percentiles(**{k: float(x) for k, x in v.items() if x is not None})
+    raise ValueError(f"provider.{name} must be a number (p50) or an object of percentiles. Given: {v!r}")
+
+
+def provider_preferences(provider: Any) -> "pb.ProviderPreferences":
+    """OpenRouter's `provider` object (a dict, as an OpenRouter request carries it) as
+    `pb.ProviderPreferences`, field for field; the server checks the values (sort keys,
+    quantizations, ranges) and names the field of a bad one."""
+    p = _plain(provider)
+    if not isinstance(p, Mapping):
+        raise ValueError(f"provider must be an object (OpenRouter's provider preferences). Given: {provider!r}")
+    out = pb.ProviderPreferences(
+        order=list(p.get("order") or ()),
+        only=list(p.get("only") or ()),
+        ignore=list(p.get("ignore") or ()),
+        quantizations=list(p.get("quantizations") or ()),
+        data_collection=p.get("data_collection") or "",
+        zdr=bool(p.get("zdr")),
+        require_parameters=bool(p.get("require_parameters")),
+    )
+    if p.get("allow_fallbacks") is not None:
+        out.allow_fallbacks = bool(p["allow_fallbacks"])
+    sort = p.get("sort")
+    if isinstance(sort, Mapping):
+        out.sort = sort.get("by") or ""
+        out.partition = sort.get("partition") or ""
+    elif sort:
+        out.sort = sort
+    mp = p.get("max_price")
+    if mp:
+        if mp.get("prompt") is not None:
+            out.max_price.prompt = float(mp["prompt"])
+        if mp.get("completion") is not None:
+            out.max_price.completion = float(mp["completion"])
+    for name in ("preferred_max_latency", "preferred_min_throughput"):
+        if p.get(name) is not None:
+            getattr(out, name).CopyFrom(_percentiles(name, p[name]))
+    return out
+
+
 def map_chat(
     messages: Iterable[Any],
     *,

@@ -175,7 +175,7 @@ pub fn routing_text(messages: &[ChatMessage]) -> Option<String> {
 
 /// What a request needs of the model beyond text (RouteRequest.requirements), recorded with the
 /// decision so that it can be matched against model capabilities.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Requirements {
     /// Tools offered, tool calls or tool results in the conversation.
     pub tools: bool,
@@ -185,6 +185,15 @@ pub struct Requirements {
     pub audio: bool,
     /// A file part.
     pub files: bool,
+    /// Structured output to a JSON schema (`response_format.type = "json_schema"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub json_schema: bool,
+    /// The reasoning effort asked for (`reasoning_effort`, or OpenRouter's `reasoning.effort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// The most output tokens asked for (`max_completion_tokens`, else `max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
 }
 
 impl Requirements {

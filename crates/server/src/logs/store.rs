@@ -138,8 +138,35 @@ pub(crate) fn constraints_json(d: &DecisionRecord) -> String {
         "denied_providers": c.denied_providers,
         "max_fallbacks": c.max_fallbacks,
         "requirements": c.requirements,
+        "provider": provider_json(&c.provider),
     })
     .to_string()
+}
+
+/// The request's provider preferences for the log, `null` when it gave none (the defaults).
+fn provider_json(p: &crate::policy::ProviderPreferences) -> serde_json::Value {
+    use crate::policy::{Partition, ProviderPreferences, SortBy};
+    if *p == ProviderPreferences::default() {
+        return serde_json::Value::Null;
+    }
+    let percentiles = |q: &crate::policy::Percentiles| {
+        (!q.is_empty()).then(|| serde_json::json!({"p50": q.p50, "p75": q.p75, "p90": q.p90, "p99": q.p99}))
+    };
+    serde_json::json!({
+        "order": p.order,
+        "only": p.only,
+        "ignore": p.ignore,
+        "allow_fallbacks": p.allow_fallbacks,
+        "sort": p.sort.map(|s| match s { SortBy::Price => "price", SortBy::Throughput => "throughput", SortBy::Latency => "latency" }),
+        "partition": match p.partition { Partition::Model => "model", Partition::None => "none" },
+        "max_price": {"prompt": p.max_prompt_price, "completion": p.max_completion_price},
+        "quantizations": p.quantizations,
+        "data_collection": if p.deny_data_collection { "deny" } else { "allow" },
+        "zdr": p.zdr,
+        "require_parameters": p.require_parameters,
+        "preferred_max_latency": percentiles(&p.preferred_max_latency),
+        "preferred_min_throughput": percentiles(&p.preferred_min_throughput),
+    })
 }
 
 /// Writes one batch in one transaction.

@@ -14,7 +14,7 @@ use crate::{
     health::{Outcome, Snapshot, State},
     logs::{now_ms, FeedbackRecord},
     pb,
-    policy::{Constraints, Exclusion, Scored},
+    policy::{Constraints, Exclusion, Partition, Percentiles, ProviderPreferences, Scored, SortBy},
 };
 
 /// Longest accepted model id in `Feedback`, bytes.
@@ -26,6 +26,14 @@ pub const MAX_COST_USD: f64 = 10_000.0;
 
 /// Longest accepted `request_id`, bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Longest accepted `requirements.reasoning_effort`, bytes.
+pub const MAX_REASONING_EFFORT_BYTES: usize = 32;
+/// Largest accepted `provider.preferred_max_latency` cutoff, seconds (one hour).
+pub const MAX_PREFERRED_LATENCY_S: f64 = 3600.0;
+/// Largest accepted `provider.preferred_min_throughput` cutoff, tokens per second.
+pub const MAX_PREFERRED_THROUGHPUT: f64 = 100_000.0;
+/// Largest accepted `provider.max_price` figure, USD per million tokens.
+pub const MAX_PRICE_USD_PER_MTOK: f64 = 100_000.0;
 
 /// The gRPC status of a routing error: the code its kind calls for and a message for the caller.
 pub fn status(e: RouteError) -> Status {
@@ -181,6 +189,93 @@ fn check_list(field: &str, list: &[String], limit: usize) -> Result<Vec<String>,
     Ok(list.to_vec())
 }
 
+fn percentiles(field: &str, p: Option<pb::Percentiles>, max: f64) -> Result<Percentiles, RouteError> {
+    let Some(p) = p else { return Ok(Percentiles::default()) };
+    for (name, v) in [("p50", p.p50), ("p75", p.p75), ("p90", p.p90), ("p99", p.p99)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0 && *v <= max)) {
+            return Err(invalid(format!("{field}.{name}"), format!("must be in (0, {max}]. Given: {v}")));
+        }
+    }
+    Ok(Percentiles { p50: p.p50, p75: p.p75, p90: p.p90, p99: p.p99 })
+}
+
+/// The wire provider preferences as the policy's, naming the field, limit and value on error.
+pub fn provider_preferences(p: Option<pb::ProviderPreferences>, server: &ServerConfig) -> Result<ProviderPreferences, RouteError> {
+    let Some(p) = p else { return Ok(ProviderPreferences::default()) };
+    let lim = server.max_list_entries;
+    let sort = match p.sort.as_str() {
+        "" => None,
+        "price" => Some(SortBy::Price),
+        "throughput" => Some(SortBy::Throughput),
+        "latency" => Some(SortBy::Latency),
+        other => return Err(invalid("provider.sort", format!("must be one of price, throughput, latency. Given: {:?}", truncated(other)))),
+    };
+    let partition = match p.partition.as_str() {
+        "" | "model" => Partition::Model,
+        "none" => Partition::None,
+        other => return Err(invalid("provider.partition", format!("must be one of model, none. Given: {:?}", truncated(other)))),
+    };
+    let deny_data_collection = match p.data_collection.as_str() {
+        "" | "allow" => false,
+        "deny" => true,
+        other => return Err(invalid("provider.data_collection", format!("must be one of allow, deny. Given: {:?}", truncated(other)))),
+    };
+    let quantizations = check_list("provider.quantizations", &p.quantizations, lim)?;
+    if let Some((i, q)) = quantizations.iter().enumerate().find(|(_, q)| !crate::catalog::QUANTIZATIONS.contains(&q.as_str())) {
+        return Err(invalid(
+            format!("provider.quantizations[{i}]"),
+            format!("must be one of {}. Given: {:?}", crate::catalog::QUANTIZATIONS.join(", "), truncated(q)),
+        ));
+    }
+    let max_price = p.max_price.unwrap_or_default();
+    for (field, v) in [("provider.max_price.prompt", max_price.prompt), ("provider.max_price.completion", max_price.completion)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=MAX_PRICE_USD_PER_MTOK).contains(v))) {
+            return Err(invalid(field, format!("must be in [0, {MAX_PRICE_USD_PER_MTOK}] USD per million tokens. Given: {v}")));
+        }
+    }
+    Ok(ProviderPreferences {
+        order: check_list("provider.order", &p.order, lim)?,
+        only: check_list("provider.only", &p.only, lim)?,
+        ignore: check_list("provider.ignore", &p.ignore, lim)?,
+        allow_fallbacks: p.allow_fallbacks.unwrap_or(true),
+        sort,
+        partition,
+        max_prompt_price: max_price.prompt,
+        max_completion_price: max_price.completion,
+        quantizations,
+        deny_data_collection,
+        zdr: p.zdr,
+        require_parameters: p.require_parameters,
+        preferred_max_latency: percentiles("provider.preferred_max_latency", p.preferred_max_latency, MAX_PREFERRED_LATENCY_S)?,
+        preferred_min_throughput: percentiles("provider.preferred_min_throughput", p.preferred_min_throughput, MAX_PREFERRED_THROUGHPUT)?,
+    })
+}
+
+fn requirements(r: Option<pb::Requirements>) -> Result<Requirements, RouteError> {
+    let Some(r) = r else { return Ok(Requirements::default()) };
+    if r.reasoning_effort.len() > MAX_REASONING_EFFORT_BYTES || r.reasoning_effort.chars().any(char::is_control) {
+        return Err(invalid(
+            "requirements.reasoning_effort",
+            format!(
+                "must be at most {MAX_REASONING_EFFORT_BYTES} bytes without control characters. Given: {:?}",
+                truncated(&r.reasoning_effort)
+            ),
+        ));
+    }
+    if r.max_output_tokens == Some(0) {
+        return Err(invalid("requirements.max_output_tokens", "must be > 0 when set. Given: 0"));
+    }
+    Ok(Requirements {
+        tools: r.tools,
+        images: r.images,
+        audio: r.audio,
+        files: r.files,
+        json_schema: r.json_schema,
+        reasoning_effort: (!r.reasoning_effort.is_empty()).then_some(r.reasoning_effort),
+        max_output_tokens: r.max_output_tokens,
+    })
+}
+
 /// Turns a wire request into a core query, checking everything that needs no catalog.
 pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
     check_request_id(&req.request_id)?;
@@ -275,26 +370,47 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         denied_providers: check_list("denied_providers", &req.denied_providers, lim)?,
         max_fallbacks: max_fallbacks as usize,
         out_of_domain_p: 0.0,
-        requirements: req
-            .requirements
-            .map(|r| Requirements { tools: r.tools, images: r.images, audio: r.audio, files: r.files })
-            .unwrap_or_default(),
+        requirements: requirements(req.requirements)?,
+        provider: provider_preferences(req.provider, server)?,
     };
     Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None })
+}
+
+fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb::Endpoint {
+    pb::Endpoint {
+        provider: e.provider.clone(),
+        input_usd_per_mtok: e.input_usd_per_mtok,
+        output_usd_per_mtok: e.output_usd_per_mtok,
+        cached_input_usd_per_mtok: e.cached_input_usd_per_mtok,
+        context_tokens: e.context_tokens,
+        max_output_tokens: e.max_output_tokens,
+        quantization: e.quantization().to_string(),
+        predicted_cost_usd: cost_usd,
+        predicted_latency_ms: latency_ms,
+    }
 }
 
 fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
     let m = &engine.catalog().models()[s.model];
     let p = s.prediction;
+    let endpoints = s
+        .order
+        .iter()
+        .map(|&j| {
+            let es = &s.endpoints[j];
+            endpoint(&m.endpoints[j], es.cost_usd, es.latency_ms)
+        })
+        .collect();
     pb::Candidate {
         model: m.id.clone(),
-        provider: m.provider.clone(),
+        provider: m.endpoints[s.first_endpoint()].provider.clone(),
         predicted_quality: p.map_or(0.0, |p| p.quality),
         predicted_output_tokens: p.map_or(0, |p| p.output_tokens.round().clamp(0.0, f64::from(u32::MAX)) as u32),
         predicted_cost_usd: s.cost_usd,
         utility: if s.utility.is_finite() { s.utility } else { 0.0 },
         predicted_latency_ms: s.latency_ms,
         health: health_state(&s.health.state) as i32,
+        endpoints,
     }
 }
 
@@ -310,7 +426,18 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
         Some(Exclusion::MinQuality { .. }) => R::MinQuality,
         Some(Exclusion::Budget { .. }) => R::Budget,
         Some(Exclusion::Unhealthy(_)) => R::Unhealthy,
-        Some(Exclusion::BelowCutoff) => R::BelowCutoff,
+        Some(Exclusion::BelowCutoff | Exclusion::NoEndpointFallbacks) => R::BelowCutoff,
+        Some(Exclusion::Capability(_)) => R::Capability,
+        Some(
+            Exclusion::NotInOnly
+            | Exclusion::Ignored
+            | Exclusion::Quantization(_)
+            | Exclusion::DataCollection(_)
+            | Exclusion::Zdr(_)
+            | Exclusion::Undeclared(_)
+            | Exclusion::MaxPrice { .. }
+            | Exclusion::NotInOrder,
+        ) => R::ProviderPreferences,
     }
 }
 
@@ -318,6 +445,9 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
 /// model it kept (outside the head's domain, unhealthy) because nothing else was left.
 fn explanation_detail(s: &Scored) -> String {
     if let Some(e) = &s.exclusion {
+        if e.is_provider_preference() || matches!(e, Exclusion::Capability(_)) {
+            return format!("no endpoint passes `{}`; the closest: {}", e.constraint(), e.detail());
+        }
         return e.detail();
     }
     let mut doubts = Vec::new();
@@ -355,6 +485,15 @@ impl From<StageTimings> for pb::Timings {
 pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
     let r = &d.ranking;
     let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
+    let models = engine.catalog().models();
+    let attempts = r
+        .attempts
+        .iter()
+        .map(|a| {
+            let m = &models[r.scored[a.scored].model];
+            pb::Attempt { model: m.id.clone(), provider: m.endpoints[a.endpoint].provider.clone() }
+        })
+        .collect();
     let explanations = if explain {
         r.scored
             .iter()
@@ -364,6 +503,22 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
                 reason: reason(&s.exclusion) as i32,
                 detail: explanation_detail(s),
                 kept_despite: reason(&s.kept_despite) as i32,
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|es| pb::EndpointExplanation {
+                        endpoint: Some(endpoint(&models[s.model].endpoints[es.endpoint], es.cost_usd, es.latency_ms)),
+                        rank: es.rank as u32,
+                        reason: reason(&es.exclusion) as i32,
+                        detail: match &es.exclusion {
+                            Some(e) => format!("`{}`: {}", e.constraint(), e.detail()),
+                            None if es.misses_preference => {
+                                "usable, but after the endpoints that meet provider.preferred_max_latency/preferred_min_throughput".into()
+                            }
+                            None => "usable".into(),
+                        },
+                    })
+                    .collect(),
             })
             .collect()
     } else {
@@ -378,6 +533,7 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
         cost_weight: d.cost_weight,
         input_tokens: d.input_tokens,
         profile: d.profile.unwrap_or_default(),
+        attempts,
     }
 }
 
@@ -392,12 +548,13 @@ pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsRespon
             .enumerate()
             .map(|(i, m)| pb::ModelInfo {
                 model: m.id.clone(),
-                provider: m.provider.clone(),
-                input_usd_per_mtok: m.input_usd_per_mtok,
-                output_usd_per_mtok: m.output_usd_per_mtok,
-                context_tokens: m.context_tokens,
+                provider: m.provider().to_string(),
+                input_usd_per_mtok: m.primary().input_usd_per_mtok,
+                output_usd_per_mtok: m.primary().output_usd_per_mtok,
+                context_tokens: m.primary().context_tokens,
                 covered_by_head: engine.covers(i),
                 health: health.get(i).map(model_health),
+                endpoints: m.endpoints.iter().map(|e| endpoint(e, 0.0, 0.0)).collect(),
             })
             .collect(),
         router_version: engine.version().to_string(),

@@ -78,12 +78,19 @@ pub mod headers {
     pub const MODEL: &str = "x-pointsman-model";
     /// Out: the chosen model's provider, which the Envoy config maps to a cluster.
     pub const UPSTREAM: &str = "x-pointsman-upstream";
-    /// Out: the fallbacks in order, `model@provider`, comma-separated.
+    /// Out: the fallbacks in order, `model@provider`, comma-separated: the attempts after the
+    /// first (the same model on its other endpoints first, by default).
     pub const FALLBACKS: &str = "x-pointsman-fallbacks";
+    /// Out: the full attempt order, `model@provider`, comma-separated, the chosen one first
+    /// (`RouteResponse.attempts`).
+    pub const ATTEMPTS: &str = "x-pointsman-attempts";
+    /// In: OpenRouter's `provider` object as JSON, for clients that cannot add it to the body;
+    /// the body's `provider` wins when both are given.
+    pub const PROVIDER: &str = "x-pointsman-provider";
     /// Out: how the request was passed through unrouted, when it was (`not_json`, `no_text`, ...).
     pub const PASSED: &str = "x-pointsman-passed";
     /// The headers only Pointsman sets: a client's copies are removed before routing.
-    pub const OWN: [&str; 4] = [MODEL, UPSTREAM, FALLBACKS, PASSED];
+    pub const OWN: [&str; 5] = [MODEL, UPSTREAM, FALLBACKS, ATTEMPTS, PASSED];
 }
 
 /// What a routed request needs for its feedback.
@@ -362,7 +369,7 @@ impl Exchange {
             return Step::Explicit(match engine.catalog().get(&model) {
                 Some(m) => CommonResponse {
                     header_mutation: Some(HeaderMutation {
-                        set_headers: vec![set(headers::MODEL, &m.id), set(headers::UPSTREAM, &m.provider)],
+                        set_headers: vec![set(headers::MODEL, &m.id), set(headers::UPSTREAM, m.provider())],
                         ..Default::default()
                     }),
                     clear_route_cache: true,
@@ -376,7 +383,7 @@ impl Exchange {
             Err(why) => return Step::Pass(why.label()),
         };
         let call = service.route_call();
-        let query = self.query(conversation).and_then(|req| convert::route_query(req, &config.server));
+        let query = self.query(conversation, &json).and_then(|req| convert::route_query(req, &config.server));
         let mut query = match query {
             Ok(q) => q,
             Err(e) => {
@@ -393,7 +400,8 @@ impl Exchange {
             return Step::Fail(Status::internal("the router named no model"));
         };
         json["model"] = serde_json::Value::String(primary.model.clone());
-        let fallbacks: Vec<String> = decision.candidates[1..].iter().map(|c| format!("{}@{}", c.model, c.provider)).collect();
+        let attempts: Vec<String> = decision.attempts.iter().map(|a| format!("{}@{}", a.model, a.provider)).collect();
+        let fallbacks = attempts.get(1..).unwrap_or_default();
         self.routed = Some(Routed { request_id: decision.request_id.clone(), model: primary.model.clone(), at: Instant::now() });
         let body = serde_json::to_vec(&json).expect("a JSON value serialises. This is a bug.");
         Step::Routed(CommonResponse {
@@ -402,6 +410,7 @@ impl Exchange {
                     set(headers::MODEL, &primary.model),
                     set(headers::UPSTREAM, &primary.provider),
                     set(headers::FALLBACKS, &fallbacks.join(",")),
+                    set(headers::ATTEMPTS, &attempts.join(",")),
                     set(headers::REQUEST_ID, &decision.request_id),
                     set("content-length", &body.len().to_string()),
                 ],
@@ -413,9 +422,24 @@ impl Exchange {
         })
     }
 
-    /// The `RouteRequest` a chat request's conversation and its headers ask for.
-    fn query(&self, c: openai::Conversation) -> Result<pb::RouteRequest, RouteError> {
+    /// The `RouteRequest` a chat request's conversation, its `provider` object and its headers ask for.
+    fn query(&self, c: openai::Conversation, body: &serde_json::Value) -> Result<pb::RouteRequest, RouteError> {
         let h = &self.headers;
+        let from_body = openai::provider(body).map_err(|e| RouteError::invalid(format!("provider.{}", e.field), e.to_string()))?;
+        let provider = match (from_body, h.get(headers::PROVIDER)) {
+            (Some(p), _) => Some(p),
+            (None, Some(text)) => {
+                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                    RouteError::invalid(
+                        headers::PROVIDER,
+                        format!("must be OpenRouter's provider object as JSON ({e}). Given: {:?}", crate::engine::truncated(text)),
+                    )
+                })?;
+                openai::provider(&serde_json::json!({ "provider": v }))
+                    .map_err(|e| RouteError::invalid(headers::PROVIDER, e.to_string()))?
+            }
+            (None, None) => None,
+        };
         let request_id = h.get(headers::REQUEST_ID).or_else(|| h.get(headers::ENVOY_REQUEST_ID)).cloned().unwrap_or_default();
         Ok(pb::RouteRequest {
             request_id,
@@ -426,6 +450,7 @@ impl Exchange {
             max_cost_usd: knob(h, headers::MAX_COST_USD, "a number of USD")?,
             min_quality: knob(h, headers::MIN_QUALITY, "a number in [0, 1]")?,
             max_fallbacks: knob(h, headers::MAX_FALLBACKS, "a whole number")?,
+            provider,
             ..Default::default()
         })
     }
@@ -573,8 +598,8 @@ mod tests {
             {"role": "developer", "content": "be brief"}, {"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}, {"role": "function", "content": "42"}]});
         let c = openai::conversation(&body, 1024, 1 << 20).unwrap();
-        let req = x.query(c).unwrap();
-        assert!(req.requirements.unwrap().tools);
+        let req = x.query(c, &body).unwrap();
+        assert!(req.requirements.as_ref().unwrap().tools);
         let q = convert::route_query(req, &crate::config::ServerConfig::default()).unwrap();
         assert!(q.constraints.requirements.tools);
         assert_eq!(crate::encoder::text::routing_text(&q.messages).unwrap(), "Weather?\n\n42");

@@ -9,7 +9,9 @@
 //!    parts joined with "\n"; `null` (an assistant turn that only calls tools) or anything else
 //!    gives "".
 //! 3. Requirements: tools offered (`tools`, `functions`), tool calls or tool turns; image, audio
-//!    and file parts.
+//!    and file parts; `response_format.type = "json_schema"`; `reasoning_effort` (or OpenRouter's
+//!    `reasoning.effort`); `max_completion_tokens`, else `max_tokens`.
+//! 6. Provider preferences: OpenRouter's `provider` object, field for field (see [`provider`]).
 //! 4. Size: the conversation's tail is kept: at most `max_messages` messages, and within
 //!    `max_bytes` (the oldest messages go first; a single message too large keeps its start).
 //! 5. No message with text: nothing to route on; the caller passes the request through.
@@ -101,7 +103,114 @@ pub fn requirements(body: &Value) -> pb::Requirements {
             }
         }
     }
+    r.json_schema = body.pointer("/response_format/type").and_then(Value::as_str) == Some("json_schema");
+    r.reasoning_effort = body
+        .get("reasoning_effort")
+        .or_else(|| body.pointer("/reasoning/effort"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_default();
+    r.max_output_tokens = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .filter(|&n| n > 0)
+        .map(|n| n.min(u64::from(u32::MAX)) as u32);
     r
+}
+
+/// A `provider` field that is not what OpenRouter takes, named as `provider.<field>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`provider.{field}` must be {what}. Given: {given}")]
+pub struct BadProvider {
+    /// The field under `provider`.
+    pub field: String,
+    /// What it takes.
+    pub what: &'static str,
+    /// The value given (cut).
+    pub given: String,
+}
+
+fn given(v: &Value) -> String {
+    crate::engine::truncated(&v.to_string()).into_owned()
+}
+
+/// OpenRouter's `provider` object of a chat request as `ProviderPreferences`; `None` without one.
+/// Shapes are checked here (a list of strings, a boolean, a number or percentile object); values
+/// (sort keys, quantizations, ranges) by `convert::route_query` like any gRPC request's.
+pub fn provider(body: &Value) -> Result<Option<pb::ProviderPreferences>, BadProvider> {
+    let Some(p) = body.get("provider").filter(|p| !p.is_null()) else { return Ok(None) };
+    let bad = |field: &str, what, v: &Value| BadProvider { field: field.into(), what, given: given(v) };
+    let Some(obj) = p.as_object() else { return Err(bad("", "an object", p)) };
+    let strings = |field: &str| -> Result<Vec<String>, BadProvider> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => {
+                a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(field, "a list of strings", v))).collect()
+            }
+            Some(v) => Err(bad(field, "a list of strings", v)),
+        }
+    };
+    let boolean = |field: &str| -> Result<Option<bool>, BadProvider> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(bad(field, "true or false", v)),
+        }
+    };
+    let string = |field: &str, v: Option<&Value>| -> Result<String, BadProvider> {
+        match v {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(bad(field, "a string", v)),
+        }
+    };
+    let number = |field: &str, v: Option<&Value>| -> Result<Option<f64>, BadProvider> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(field, "a number", v)),
+        }
+    };
+    let percentiles = |field: &str| -> Result<Option<pb::Percentiles>, BadProvider> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(o)) => {
+                if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "p50" | "p75" | "p90" | "p99")) {
+                    return Err(bad(&format!("{field}.{k}"), "absent: the percentiles are p50, p75, p90, p99", &o[k]));
+                }
+                let n = |k: &str| number(&format!("{field}.{k}"), o.get(k));
+                Ok(Some(pb::Percentiles { p50: n("p50")?, p75: n("p75")?, p90: n("p90")?, p99: n("p99")? }))
+            }
+            Some(v) => Ok(Some(pb::Percentiles { p50: number(field, Some(v))?, ..Default::default() })),
+        }
+    };
+    let (sort, partition) = match obj.get("sort") {
+        Some(Value::Object(o)) => (string("sort.by", o.get("by"))?, string("sort.partition", o.get("partition"))?),
+        v => (string("sort", v)?, String::new()),
+    };
+    let max_price = match obj.get("max_price") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(pb::MaxPrice {
+            prompt: number("max_price.prompt", o.get("prompt"))?,
+            completion: number("max_price.completion", o.get("completion"))?,
+        }),
+        Some(v) => return Err(bad("max_price", "an object with prompt and completion prices", v)),
+    };
+    Ok(Some(pb::ProviderPreferences {
+        order: strings("order")?,
+        only: strings("only")?,
+        ignore: strings("ignore")?,
+        allow_fallbacks: boolean("allow_fallbacks")?,
+        sort,
+        partition,
+        max_price,
+        quantizations: strings("quantizations")?,
+        data_collection: string("data_collection", obj.get("data_collection"))?,
+        zdr: boolean("zdr")?.unwrap_or(false),
+        require_parameters: boolean("require_parameters")?.unwrap_or(false),
+        preferred_max_latency: percentiles("preferred_max_latency")?,
+        preferred_min_throughput: percentiles("preferred_min_throughput")?,
+    }))
 }
 
 /// The conversation of an OpenAI chat request, its tail cut to `max_messages` messages and
@@ -179,7 +288,7 @@ mod tests {
             {"type": "input_text", "text": "these?"}, {"type": "refusal", "text": "not this"}]}]});
         let c = conversation(&body, 1024, 1 << 20).unwrap();
         assert_eq!(c.messages[0].content, "What is in\nthese?");
-        assert_eq!(c.requirements, pb::Requirements { tools: false, images: true, audio: true, files: true });
+        assert_eq!(c.requirements, pb::Requirements { tools: false, images: true, audio: true, files: true, ..Default::default() });
     }
 
     #[test]
@@ -209,5 +318,33 @@ mod tests {
         assert_eq!((c.messages.len(), c.dropped), (1, 1));
         let kept = &c.messages[0].content;
         assert!(kept.len() <= 100_000 && kept.len() > 99_900 && kept.chars().all(|ch| ch == 'é'), "{}", kept.len());
+    }
+
+    #[test]
+    fn openrouter_provider_objects_map_field_for_field() {
+        let body = json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+            "reasoning": {"effort": "high"}, "max_tokens": 900,
+            "provider": {"order": ["deepinfra", "together"], "only": ["deepinfra", "together", "hyperbolic"], "ignore": ["azure"],
+                "allow_fallbacks": false, "sort": {"by": "throughput", "partition": "none"}, "max_price": {"prompt": 1, "completion": 2},
+                "quantizations": ["fp8"], "data_collection": "deny", "zdr": true, "require_parameters": true,
+                "preferred_max_latency": {"p90": 1.5}, "preferred_min_throughput": 40}});
+        let r = requirements(&body);
+        assert!(r.json_schema && r.reasoning_effort == "high" && r.max_output_tokens == Some(900), "{r:?}");
+        let p = provider(&body).unwrap().unwrap();
+        assert_eq!(p.order, ["deepinfra", "together"]);
+        assert_eq!((p.allow_fallbacks, p.sort.as_str(), p.partition.as_str()), (Some(false), "throughput", "none"));
+        assert_eq!(p.max_price, Some(pb::MaxPrice { prompt: Some(1.0), completion: Some(2.0) }));
+        assert_eq!((p.data_collection.as_str(), p.zdr, p.require_parameters), ("deny", true, true));
+        assert_eq!(p.preferred_max_latency.unwrap().p90, Some(1.5));
+        assert_eq!(p.preferred_min_throughput.unwrap().p50, Some(40.0));
+        // A plain string sort; no provider object.
+        assert_eq!(provider(&json!({"provider": {"sort": "price"}})).unwrap().unwrap().sort, "price");
+        assert_eq!(provider(&json!({})).unwrap(), None);
+        // Wrong shapes name the field and the value.
+        let e = provider(&json!({"provider": {"only": "together"}})).unwrap_err().to_string();
+        assert!(e.contains("provider.only") && e.contains("\"together\""), "{e}");
+        let e = provider(&json!({"provider": {"preferred_max_latency": {"p95": 1}}})).unwrap_err().to_string();
+        assert!(e.contains("provider.preferred_max_latency.p95"), "{e}");
     }
 }

@@ -27,6 +27,8 @@ class ExclusionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCLUSION_REASON_BELOW_CUTOFF: _ClassVar[ExclusionReason]
     EXCLUSION_REASON_OUT_OF_DOMAIN: _ClassVar[ExclusionReason]
     EXCLUSION_REASON_UNHEALTHY: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_PROVIDER_PREFERENCES: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_CAPABILITY: _ClassVar[ExclusionReason]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +53,8 @@ EXCLUSION_REASON_NOT_COVERED: ExclusionReason
 EXCLUSION_REASON_BELOW_CUTOFF: ExclusionReason
 EXCLUSION_REASON_OUT_OF_DOMAIN: ExclusionReason
 EXCLUSION_REASON_UNHEALTHY: ExclusionReason
+EXCLUSION_REASON_PROVIDER_PREFERENCES: ExclusionReason
+EXCLUSION_REASON_CAPABILITY: ExclusionReason
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCESS: Outcome
 OUTCOME_TIMEOUT: Outcome
@@ -67,19 +71,75 @@ class Message(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Requirements(_message.Message):
-    __slots__ = ("tools", "images", "audio", "files")
+    __slots__ = ("tools", "images", "audio", "files", "json_schema", "reasoning_effort", "max_output_tokens")
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REASONING_EFFORT_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tools: bool
     images: bool
     audio: bool
     files: bool
-    def __init__(self, tools: _Optional[bool] = ..., images: _Optional[bool] = ..., audio: _Optional[bool] = ..., files: _Optional[bool] = ...) -> None: ...
+    json_schema: bool
+    reasoning_effort: str
+    max_output_tokens: int
+    def __init__(self, tools: _Optional[bool] = ..., images: _Optional[bool] = ..., audio: _Optional[bool] = ..., files: _Optional[bool] = ..., json_schema: _Optional[bool] = ..., reasoning_effort: _Optional[str] = ..., max_output_tokens: _Optional[int] = ...) -> None: ...
+
+class Percentiles(_message.Message):
+    __slots__ = ("p50", "p75", "p90", "p99")
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P75_FIELD_NUMBER: _ClassVar[int]
+    P90_FIELD_NUMBER: _ClassVar[int]
+    P99_FIELD_NUMBER: _ClassVar[int]
+    p50: float
+    p75: float
+    p90: float
+    p99: float
+    def __init__(self, p50: _Optional[float] = ..., p75: _Optional[float] = ..., p90: _Optional[float] = ..., p99: _Optional[float] = ...) -> None: ...
+
+class MaxPrice(_message.Message):
+    __slots__ = ("prompt", "completion")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    prompt: float
+    completion: float
+    def __init__(self, prompt: _Optional[float] = ..., completion: _Optional[float] = ...) -> None: ...
+
+class ProviderPreferences(_message.Message):
+    __slots__ = ("order", "only", "ignore", "allow_fallbacks", "sort", "partition", "max_price", "quantizations", "data_collection", "zdr", "require_parameters", "preferred_max_latency", "preferred_min_throughput")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    ONLY_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    DATA_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ZDR_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_MAX_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_MIN_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    order: _containers.RepeatedScalarFieldContainer[str]
+    only: _containers.RepeatedScalarFieldContainer[str]
+    ignore: _containers.RepeatedScalarFieldContainer[str]
+    allow_fallbacks: bool
+    sort: str
+    partition: str
+    max_price: MaxPrice
+    quantizations: _containers.RepeatedScalarFieldContainer[str]
+    data_collection: str
+    zdr: bool
+    require_parameters: bool
+    preferred_max_latency: Percentiles
+    preferred_min_throughput: Percentiles
+    def __init__(self, order: _Optional[_Iterable[str]] = ..., only: _Optional[_Iterable[str]] = ..., ignore: _Optional[_Iterable[str]] = ..., allow_fallbacks: _Optional[bool] = ..., sort: _Optional[str] = ..., partition: _Optional[str] = ..., max_price: _Optional[_Union[MaxPrice, _Mapping]] = ..., quantizations: _Optional[_Iterable[str]] = ..., data_collection: _Optional[str] = ..., zdr: _Optional[bool] = ..., require_parameters: _Optional[bool] = ..., preferred_max_latency: _Optional[_Union[Percentiles, _Mapping]] = ..., preferred_min_throughput: _Optional[_Union[Percentiles, _Mapping]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements")
+    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements", "provider")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +154,7 @@ class RouteRequest(_message.Message):
     MAX_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     prompt: str
@@ -108,10 +169,53 @@ class RouteRequest(_message.Message):
     max_fallbacks: int
     explain: bool
     requirements: Requirements
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ...) -> None: ...
+    provider: ProviderPreferences
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., provider: _Optional[_Union[ProviderPreferences, _Mapping]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("provider", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "context_tokens", "max_output_tokens", "quantization", "predicted_cost_usd", "predicted_latency_ms")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    cached_input_usd_per_mtok: float
+    context_tokens: int
+    max_output_tokens: int
+    quantization: str
+    predicted_cost_usd: float
+    predicted_latency_ms: float
+    def __init__(self, provider: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., cached_input_usd_per_mtok: _Optional[float] = ..., context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., quantization: _Optional[str] = ..., predicted_cost_usd: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("model", "provider")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    provider: str
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
+
+class EndpointExplanation(_message.Message):
+    __slots__ = ("endpoint", "rank", "reason", "detail")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    endpoint: Endpoint
+    rank: int
+    reason: ExclusionReason
+    detail: str
+    def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., rank: _Optional[int] = ..., reason: _Optional[_Union[ExclusionReason, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("model", "provider", "predicted_quality", "predicted_output_tokens", "predicted_cost_usd", "utility", "predicted_latency_ms", "health")
+    __slots__ = ("model", "provider", "predicted_quality", "predicted_output_tokens", "predicted_cost_usd", "utility", "predicted_latency_ms", "health", "endpoints")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +224,7 @@ class Candidate(_message.Message):
     UTILITY_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     provider: str
     predicted_quality: float
@@ -128,21 +233,24 @@ class Candidate(_message.Message):
     utility: float
     predicted_latency_ms: float
     health: HealthState
-    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_output_tokens: _Optional[int] = ..., predicted_cost_usd: _Optional[float] = ..., utility: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_output_tokens: _Optional[int] = ..., predicted_cost_usd: _Optional[float] = ..., utility: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("candidate", "rank", "reason", "detail", "kept_despite")
+    __slots__ = ("candidate", "rank", "reason", "detail", "kept_despite", "endpoints")
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     KEPT_DESPITE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     candidate: Candidate
     rank: int
     reason: ExclusionReason
     detail: str
     kept_despite: ExclusionReason
-    def __init__(self, candidate: _Optional[_Union[Candidate, _Mapping]] = ..., rank: _Optional[int] = ..., reason: _Optional[_Union[ExclusionReason, str]] = ..., detail: _Optional[str] = ..., kept_despite: _Optional[_Union[ExclusionReason, str]] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointExplanation]
+    def __init__(self, candidate: _Optional[_Union[Candidate, _Mapping]] = ..., rank: _Optional[int] = ..., reason: _Optional[_Union[ExclusionReason, str]] = ..., detail: _Optional[str] = ..., kept_despite: _Optional[_Union[ExclusionReason, str]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointExplanation, _Mapping]]] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("prepare_us", "encode_us", "predict_us", "rank_us", "total_us", "cache_hit")
@@ -161,7 +269,7 @@ class Timings(_message.Message):
     def __init__(self, prepare_us: _Optional[int] = ..., encode_us: _Optional[int] = ..., predict_us: _Optional[int] = ..., rank_us: _Optional[int] = ..., total_us: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile")
+    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +278,7 @@ class RouteResponse(_message.Message):
     COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     router_version: str
@@ -178,14 +287,15 @@ class RouteResponse(_message.Message):
     cost_weight: float
     input_tokens: int
     profile: str
-    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ...) -> None: ...
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "provider", "input_usd_per_mtok", "output_usd_per_mtok", "context_tokens", "covered_by_head", "health")
+    __slots__ = ("model", "provider", "input_usd_per_mtok", "output_usd_per_mtok", "context_tokens", "covered_by_head", "health", "endpoints")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +303,7 @@ class ModelInfo(_message.Message):
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COVERED_BY_HEAD_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     provider: str
     input_usd_per_mtok: float
@@ -200,7 +311,8 @@ class ModelInfo(_message.Message):
     context_tokens: int
     covered_by_head: bool
     health: ModelHealth
-    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., context_tokens: _Optional[int] = ..., covered_by_head: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., context_tokens: _Optional[int] = ..., covered_by_head: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class ModelHealth(_message.Message):
     __slots__ = ("state", "window_requests", "error_rate", "p50_latency_ms", "consecutive_failures", "cool_down_remaining_s")
