@@ -150,6 +150,8 @@ async fn three_replicas_share_one_postgres_log_and_one_redis_health() {
     let line = lines.iter().find(|l| l["prompt"] == prompt).expect("the joined report is a training line");
     assert_eq!((line["model"].as_str().unwrap(), line["score"].as_f64().unwrap()), (chosen.as_str(), 0.875));
     // `train --data postgres://…` reads the same join.
+    // The binary registers the server's decision-log reader with the trainer at start; so does this test.
+    pointsman::ServerDecisionLogs::register();
     let url = std::path::PathBuf::from(pg.url());
     let logs = off_runtime(|| pointsman::learning::read_logs(&[url], true)).unwrap();
     assert_eq!(logs.observations.len(), lines.len(), "the trainer's reader sees every exported line");

@@ -150,6 +150,8 @@ async fn one_report_per_offered_model_moves_health_and_only_verified_reports_are
     assert_eq!(rows, want);
     // Training takes the verified report only, through the trainer's own reader; every report
     // only when asked for.
+    // The binary registers the server's decision-log reader with the trainer at start; so does this test.
+    pointsman::ServerDecisionLogs::register();
     let logs = pointsman::learning::read_logs(std::slice::from_ref(&db), true).unwrap();
     assert_eq!(logs.observations.len(), 1);
     assert_eq!(logs.models, std::slice::from_ref(&victim));
