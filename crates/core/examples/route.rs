@@ -15,28 +15,15 @@ use pointsman_core::{
     engine::{Engine, EngineConfig, RouteQuery},
 };
 
-/// A catalog model at list price (USD per million tokens).
-fn model(id: &str, provider: &str, input: f64, output: f64, context_tokens: u32) -> CatalogModel {
-    CatalogModel {
-        id: id.into(),
-        provider: provider.into(),
-        input_usd_per_mtok: input,
-        output_usd_per_mtok: output,
-        context_tokens,
-        ttft_ms: None,
-        output_tokens_per_second: None,
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let prompt = if prompt.is_empty() { "Prove that there are infinitely many primes.".to_string() } else { prompt };
     let config = EngineConfig {
         models: vec![
-            model("claude-3-5-sonnet-20241022", "anthropic", 3.0, 15.0, 200_000),
-            model("claude-3-5-haiku-20241022", "anthropic", 0.8, 4.0, 200_000),
-            model("gpt-4o-mini-2024-07-18", "openai", 0.15, 0.6, 128_000),
+            CatalogModel::single("claude-3-5-sonnet-20241022", "anthropic", 3.0, 15.0, 200_000),
+            CatalogModel::single("claude-3-5-haiku-20241022", "anthropic", 0.8, 4.0, 200_000),
+            CatalogModel::single("gpt-4o-mini-2024-07-18", "openai", 0.15, 0.6, 128_000),
         ],
         ..EngineConfig::default()
     };

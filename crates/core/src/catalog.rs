@@ -83,17 +83,9 @@ impl Endpoint {
     /// Cost in USD of `input_tokens` in and `output_tokens` out at list price.
     ///
     /// ```
-    /// let m = pointsman_core::catalog::CatalogModel {
-    ///     id: "claude-3-5-haiku-20241022".into(),
-    ///     provider: "anthropic".into(),
-    ///     input_usd_per_mtok: 0.8,
-    ///     output_usd_per_mtok: 4.0,
-    ///     context_tokens: 200_000,
-    ///     ttft_ms: None,
-    ///     output_tokens_per_second: None,
-    /// };
+    /// let m = pointsman_core::catalog::CatalogModel::single("claude-3-5-haiku-20241022", "anthropic", 0.8, 4.0, 200_000);
     /// // 1,000 tokens in and 500 out: $0.0008 + $0.002.
-    /// assert!((m.cost_usd(1_000, 500.0) - 0.0028).abs() < 1e-12);
+    /// assert!((m.endpoints[0].cost_usd(1_000, 500.0) - 0.0028).abs() < 1e-12);
     /// ```
     pub fn cost_usd(&self, input_tokens: u32, output_tokens: f64) -> f64 {
         (f64::from(input_tokens) * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok) / 1e6

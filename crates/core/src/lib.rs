@@ -24,15 +24,9 @@
 //! };
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let model = |id: &str, provider: &str, input: f64, output: f64| CatalogModel {
-//!     id: id.into(),
-//!     provider: provider.into(),
-//!     input_usd_per_mtok: input,
-//!     output_usd_per_mtok: output,
-//!     context_tokens: 128_000,
-//!     ttft_ms: None,
-//!     output_tokens_per_second: None,
-//! };
+//! // Models at list price (USD per million tokens in and out) and their context window;
+//! // `CatalogModel::endpoints` lists several providers of one model.
+//! let model = |id: &str, provider: &str, input: f64, output: f64| CatalogModel::single(id, provider, input, output, 200_000);
 //! // The shipped encoder and head under `models/`, two of the models the head predicts.
 //! let config = EngineConfig {
 //!     models: vec![model("claude-3-5-sonnet-20241022", "anthropic", 3.0, 15.0), model("claude-3-5-haiku-20241022", "anthropic", 0.8, 4.0)],

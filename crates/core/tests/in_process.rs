@@ -19,18 +19,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn engine() -> Arc<Engine> {
-    let models = MODELS
-        .iter()
-        .map(|&(id, provider, input, output)| CatalogModel {
-            id: id.into(),
-            provider: provider.into(),
-            input_usd_per_mtok: input,
-            output_usd_per_mtok: output,
-            context_tokens: 128_000,
-            ttft_ms: None,
-            output_tokens_per_second: None,
-        })
-        .collect();
+    let models = MODELS.iter().map(|&(id, provider, input, output)| CatalogModel::single(id, provider, input, output, 128_000)).collect();
     let config = EngineConfig {
         encoder: EncoderConfig { dir: repo("models/encoder"), ..EncoderConfig::default() },
         head_dir: repo("models/router"),
