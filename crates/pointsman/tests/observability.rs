@@ -66,7 +66,7 @@ async fn core_log_lines_carry_the_request_id() {
     let primary = c.route(r).await.unwrap().into_inner().candidates[0].model.clone();
     let encoded = eventually(|| Some(lines_with(&["encoded", "request_id=obs-route-7f3a"])).filter(|l| !l.is_empty())).await;
     assert!(
-        encoded.iter().all(|l| l.contains("pointsman-encoder-") && l.contains("route{") && l.contains("pointsman::engine")),
+        encoded.iter().all(|l| l.contains("pointsman-encoder-") && l.contains("route{") && l.contains("pointsman_core::engine")),
         "logged on an encoder thread by the engine, inside the route span: {encoded:?}"
     );
     assert_eq!(lines_with(&["routed", "request_id=obs-route-7f3a"]).len(), 1);
@@ -88,7 +88,7 @@ async fn core_log_lines_carry_the_request_id() {
     let opened = lines_with(&["circuit opened", &format!("model={primary}")]);
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert!(
-        opened[0].contains("feedback{request_id=obs-feedback-5") && opened[0].contains("pointsman::health"),
+        opened[0].contains("feedback{request_id=obs-feedback-5") && opened[0].contains("pointsman_server::health"),
         "logged by the health tracker inside the feedback span: {}",
         opened[0]
     );
