@@ -125,7 +125,7 @@ pub trait DecisionLogs: Send + Sync {
     fn name(&self, path: &Path) -> String;
     /// The log's training lines: verified reports on offered models only (see the server's
     /// `logs export`). The string says what was left out and why, for the log.
-    fn training_lines(&self, path: &Path) -> Result<(Vec<LogRecord>, String), String>;
+    fn training_lines(&self, path: &Path) -> Result<(Vec<LogRecord>, String), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 static DECISION_LOGS: std::sync::OnceLock<Box<dyn DecisionLogs>> = std::sync::OnceLock::new();
@@ -255,8 +255,9 @@ impl Builder {
     /// reports only (`logs export --unverified-feedback` writes the others to a file to train on).
     fn read_decision_log(&mut self, reader: &dyn DecisionLogs, path: &Path) -> Result<(), LearningError> {
         let name = reader.name(path);
-        let (lines, skips) =
-            reader.training_lines(path).map_err(|e| LearningError::Io { path: name.clone().into(), source: std::io::Error::other(e) })?;
+        let (lines, skips) = reader
+            .training_lines(path)
+            .map_err(|e| LearningError::Io { path: name.clone().into(), source: std::io::Error::other(e.to_string()) })?;
         tracing::info!(source = %name, lines = lines.len(), left_out = %skips, "read the decision log's labelled feedback");
         for line in lines {
             if let Err(LineFault::Malformed(reason) | LineFault::Inconsistent(reason)) = self.add_record(line) {

@@ -28,8 +28,8 @@ impl DecisionLogs for ServerDecisionLogs {
 
     /// Verified reports on offered models only (`logs export --unverified-feedback` writes the
     /// others to a file to train on).
-    fn training_lines(&self, path: &Path) -> Result<(Vec<LogRecord>, String), String> {
-        let (lines, s) = logs::read_training_lines(path, FeedbackScope::Verified).map_err(|e| e.to_string())?;
+    fn training_lines(&self, path: &Path) -> Result<(Vec<LogRecord>, String), Box<dyn std::error::Error + Send + Sync>> {
+        let (lines, s) = logs::read_training_lines(path, FeedbackScope::Verified)?;
         let skips = format!(
             "no decision {}, not offered {}, unverified {}, no quality {}, no output tokens {}",
             s.no_decision, s.not_offered, s.unverified, s.no_quality, s.no_output_tokens

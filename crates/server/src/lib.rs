@@ -3,7 +3,7 @@
 //! Pointsman served: the gRPC `Router` and `Admin` services, Envoy's external processor, live
 //! model health from feedback, and the decision log, over [`pointsman_core`]'s engine.
 //!
-//! Modules, bottom up: [`config_error`], [`outcome`] and the generated [`pb`] are leaves;
+//! Modules, bottom up: [`config_error`], [`outcome`], [`redact`] and the generated [`pb`] are leaves;
 //! [`auth`] and [`tls`] read their config sections; [`config`] is the whole file; [`health`]
 //! (breakers, shared through Redis) and [`logs`] (SQLite or PostgreSQL, with spill and
 //! retention) are fed by [`service`], the core every transport calls; [`telemetry`] is its
@@ -17,6 +17,7 @@ pub mod config_error;
 pub mod health;
 pub mod logs;
 pub mod outcome;
+pub mod redact;
 pub mod service;
 pub mod telemetry;
 pub mod tls;

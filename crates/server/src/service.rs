@@ -159,6 +159,22 @@ pub struct ReloadReport {
 /// The prompt a new engine must route before it is swapped in.
 pub const RELOAD_TEST_PROMPT: &str = "Write a short haiku about routing requests between language models.";
 
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The decision log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The shared health (`health.shared`, Redis) could not be set up.
+    #[error("health.shared ({url}): {message}")]
+    SharedHealth {
+        /// The Redis URL, without its password.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+}
+
 /// The service core.
 pub struct Service {
     engine: RwLock<Option<Arc<Engine>>>,
@@ -177,7 +193,7 @@ pub struct Service {
 
 impl Service {
     /// Opens the decision log (if enabled) and sets up health; the engine comes later ([`Service::install`]).
-    pub fn new(config: Config) -> Result<Self, LogError> {
+    pub fn new(config: Config) -> Result<Self, StartError> {
         let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
         let health = Arc::new(HealthTracker::new(config.health.clone()));
         let offers = Arc::new(Offers::new(config.health.recent_requests));
@@ -190,10 +206,7 @@ impl Service {
                     Arc::clone(&health),
                     Arc::clone(&offers),
                 )
-                .map_err(|e| LogError::Schema {
-                    path: crate::logs::postgres::redact(url).into(),
-                    message: format!("health.shared: {e}"),
-                })?,
+                .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?,
             ),
             None => None,
         };

@@ -125,7 +125,7 @@ impl HealthConfig {
             return bad("recent_requests", "in 1000..=10000000", self.recent_requests.to_string());
         }
         if let Some(url) = &self.shared {
-            let shown = crate::logs::postgres::redact(url);
+            let shown = crate::redact::redact(url);
             if !shared::is_url(url) {
                 return bad("shared", "a redis:// or rediss:// (TLS) URL", format!("{shown:?}"));
             }
@@ -137,7 +137,7 @@ impl HealthConfig {
         // file waits unused; with a plaintext URL it is a mistake.
         if let Some(ca) = &self.shared_ca_file {
             if let Some(url) = self.shared.as_deref().filter(|u| !u.starts_with("rediss://")) {
-                let shown = crate::logs::postgres::redact(url);
+                let shown = crate::redact::redact(url);
                 return bad("shared_ca_file", "set only with a rediss:// (TLS) health.shared URL", format!("health.shared = {shown:?}"));
             }
             if let Err(e) = std::fs::metadata(ca) {

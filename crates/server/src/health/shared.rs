@@ -44,7 +44,7 @@ use super::{
     stream::{self, Offer, Report, Seen},
     HealthTracker, Outcome,
 };
-use crate::logs::now_ms;
+use crate::{logs::now_ms, redact::redact};
 
 /// Report stream entries kept (approximately; older ones are trimmed by XADD).
 const MAX_STREAM: usize = 100_000;
@@ -208,11 +208,6 @@ struct Streams {
     reports: String,
     offered: String,
     replica: String,
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    crate::logs::postgres::redact(url)
 }
 
 async fn connect(client: &redis::Client, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {

@@ -25,7 +25,6 @@ use tracing::Instrument as _;
 use crate::{
     config::Config,
     engine::{Engine, RouteError, RouteQuery},
-    logs::LogError,
     pb::{
         self,
         admin_server::{Admin, AdminServer},
@@ -68,9 +67,9 @@ pub enum TransportError {
     /// The engine could not be loaded.
     #[error("loading models: {0}")]
     Load(#[from] RouteError),
-    /// The decision log could not be opened.
+    /// The decision log or the shared health could not be set up.
     #[error(transparent)]
-    Log(#[from] LogError),
+    Start(#[from] crate::service::StartError),
 }
 
 /// The `Router` service implementation.
