@@ -2,6 +2,12 @@
 //! protobuf. One `route` call: build the routing text, look the text up in the cache, on a miss
 //! tokenize + embed + predict on a thread of the worker pool (`workers`: one thread per encoder
 //! session, a bounded queue in front, bounded by the request's deadline), then apply the policy.
+//!
+//! Tiers: the engine runs one encoder and its head (MiniLM, or the static tier), or with
+//! `encoder.variant = "cascade"` two: the static tier decides when the best two utilities of its
+//! ranking are at least `encoder.cascade_margin` apart, and MiniLM decides the rest. Each tier's
+//! predictions are cached under its own key, so a cached text whose static margin is narrow for
+//! one request's cost weight and wide for another's reaches MiniLM only when it must.
 mod config;
 pub mod workers;
 
@@ -9,7 +15,10 @@ pub use config::{CacheConfig, EngineConfig, RoutingConfig};
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -19,7 +28,7 @@ use crate::{
     catalog::Catalog,
     encoder::{
         text::{routing_text, ChatMessage, TOKENS_PER_MESSAGE},
-        Encoder, EncoderError,
+        Encoder, EncoderError, EncoderVariant,
     },
     policy::{self, Constraints, NoEligibleModel, Prediction, Ranking, Scoring},
     predictor::{Head, HeadError},
@@ -91,6 +100,24 @@ impl RouteError {
     /// An invalid-argument error.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         RouteError::InvalidArgument { field: field.into(), message: message.into() }
+    }
+}
+
+/// The lead of the best utility over the second best among the eligible models; infinite when
+/// fewer than two are eligible (nothing to choose between).
+pub fn top_two_margin(r: &Ranking) -> f64 {
+    let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for s in r.scored.iter().filter(|s| s.utility.is_finite()) {
+        if s.utility > a {
+            (a, b) = (s.utility, a);
+        } else if s.utility > b {
+            b = s.utility;
+        }
+    }
+    if b.is_finite() {
+        a - b
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -198,6 +225,10 @@ pub struct Decision {
     pub constraints: Constraints,
     /// How the request chose its trade-off.
     pub tradeoff: Tradeoff,
+    /// The encoder whose embedding decided (with the cascade, the static tier's or MiniLM's).
+    pub encoder: Arc<str>,
+    /// With the cascade: the static tier's margin was narrow and MiniLM decided.
+    pub escalated: bool,
 }
 
 /// What the cache keeps per routing text: the head's outputs in head order.
@@ -254,14 +285,70 @@ impl PredictionCache {
     }
 }
 
-/// The loaded engine: encoder, head, catalog, cache and settings.
-pub struct Engine {
-    config: EngineConfig,
-    catalog: Catalog,
+/// An encoder and the head trained on its embeddings.
+struct Tier {
     encoder: Encoder,
     head: Head,
     /// For each catalog model, its output index in the head.
     head_index: Vec<Option<usize>>,
+    /// The encoder's id, shared with the decisions.
+    id: Arc<str>,
+}
+
+impl Tier {
+    fn load(env: &ort::environment::Environment, config: &EngineConfig, catalog: &Catalog, variant: EncoderVariant) -> Result<Self, RouteError> {
+        let encoder = Encoder::load_variant(env, &config.encoder, variant)?;
+        let head_dir = match variant {
+            EncoderVariant::Static => &config.static_head_dir,
+            _ => &config.head_dir,
+        };
+        let head = Head::load(env, head_dir)?;
+        let m = head.manifest();
+        if m.encoder.dimension != encoder.dimension() {
+            return Err(RouteError::Catalog(format!(
+                "the head in {} expects {}-dimensional embeddings from `{}`, the encoder `{}` gives {}",
+                head_dir.display(),
+                m.encoder.dimension,
+                m.encoder.id,
+                encoder.id(),
+                encoder.dimension()
+            )));
+        }
+        if m.encoder.id != encoder.id() {
+            tracing::warn!(head = %m.encoder.id, encoder = %encoder.id(), "the head was trained on another encoder variant; predictions may be less accurate");
+        }
+        let head_index: Vec<Option<usize>> = catalog.models().iter().map(|c| head.models().iter().position(|h| *h == c.id)).collect();
+        if head_index.iter().all(Option::is_none) {
+            return Err(RouteError::Catalog(format!("the head in {} covers none of the catalog's models", head_dir.display())));
+        }
+        for (c, idx) in catalog.models().iter().zip(&head_index) {
+            if idx.is_none() {
+                tracing::warn!(model = %c.id, head = %head_dir.display(), "catalog model not covered by the head; it will never be routed to");
+            }
+        }
+        let id = Arc::from(encoder.id());
+        Ok(Self { encoder, head, head_index, id })
+    }
+}
+
+/// How often the cascade's static tier decided alone and how often it asked MiniLM.
+#[derive(Debug, Default)]
+pub struct CascadeStats {
+    /// Decided by the static tier.
+    pub static_decided: AtomicU64,
+    /// Decided by MiniLM (the static margin was narrow).
+    pub escalated: AtomicU64,
+}
+
+/// The loaded engine: encoder, head, catalog, cache and settings.
+pub struct Engine {
+    config: EngineConfig,
+    catalog: Catalog,
+    /// The tier that routes every request (with the cascade: the static one).
+    tier: Tier,
+    /// The cascade's second tier (MiniLM), asked when the first's margin is narrow.
+    escalation: Option<Tier>,
+    cascade: CascadeStats,
     cache: Option<PredictionCache>,
     version: String,
     pool: workers::WorkerPool,
@@ -281,34 +368,26 @@ impl Engine {
     pub fn load_after(config: EngineConfig, previous: Option<&Engine>) -> Result<Self, RouteError> {
         let env = runtime::environment(config.onnxruntime.as_deref())?;
         let catalog = Catalog::new(config.models.clone()).map_err(|e| RouteError::Catalog(e.to_string()))?;
-        let encoder = Encoder::load(env, &config.encoder)?;
-        let head = Head::load(env, &config.head_dir)?;
-        let m = head.manifest();
-        if m.encoder.dimension != encoder.dimension() {
-            return Err(RouteError::Catalog(format!(
-                "the head expects {}-dimensional embeddings from `{}`, the encoder `{}` gives {}",
-                m.encoder.dimension,
-                m.encoder.id,
-                encoder.id(),
-                encoder.dimension()
-            )));
-        }
-        if m.encoder.id != encoder.id() {
-            tracing::warn!(head = %m.encoder.id, encoder = %encoder.id(), "the head was trained on another encoder variant; predictions may be less accurate");
-        }
-        let head_index: Vec<Option<usize>> = catalog.models().iter().map(|c| head.models().iter().position(|h| *h == c.id)).collect();
-        if head_index.iter().all(Option::is_none) {
-            return Err(RouteError::Catalog("the head covers none of the catalog's models".into()));
-        }
-        for (c, idx) in catalog.models().iter().zip(&head_index) {
-            if idx.is_none() {
-                tracing::warn!(model = %c.id, "catalog model not covered by the head; it will never be routed to");
+        let (tier, escalation) = match config.encoder.variant {
+            EncoderVariant::Cascade => {
+                let margin = config.encoder.cascade_margin;
+                if !(margin.is_finite() && margin >= 0.0) {
+                    return Err(RouteError::invalid("encoder.cascade_margin", format!("must be a finite number >= 0. Given: {margin}")));
+                }
+                let first = Tier::load(env, &config, &catalog, EncoderVariant::Static)?;
+                (first, Some(Tier::load(env, &config, &catalog, EncoderVariant::Int8)?))
             }
-        }
-        let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
-        let pool = workers::WorkerPool::start("pointsman-encoder", encoder.parallelism(), config.max_queued_requests)?;
+            v => (Tier::load(env, &config, &catalog, v)?, None),
+        };
+        let m = tier.head.manifest();
+        let version = match &escalation {
+            Some(e) => format!("{}+{}+{}", env!("CARGO_PKG_VERSION"), m.head_id, e.head.manifest().head_id),
+            None => format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id),
+        };
+        let threads = tier.encoder.parallelism().max(escalation.as_ref().map_or(0, |e| e.encoder.parallelism()));
+        let pool = workers::WorkerPool::start("pointsman-encoder", threads, config.max_queued_requests)?;
         let (keep_text, keep_embeddings) = (config.keep_routing_text, config.keep_embeddings);
-        let cache_key = format!("{}|{}|{keep_embeddings}|{:?}", encoder.id(), m.head_id, config.cache);
+        let cache_key = format!("{}|{}|{keep_embeddings}|{:?}|{}", tier.encoder.id(), version, config.cache, config.encoder.cascade_margin);
         let cache = match previous.and_then(|p| p.cache.as_ref()) {
             Some(c) if c.key == cache_key => {
                 tracing::info!(entries = c.inner.entry_count(), "the prediction cache carries over: same encoder, head and cache settings");
@@ -316,7 +395,7 @@ impl Engine {
             }
             _ => PredictionCache::new(&config.cache, cache_key),
         };
-        Ok(Self { config, catalog, encoder, head, head_index, cache, version, pool, keep_embeddings, keep_text })
+        Ok(Self { config, catalog, tier, escalation, cascade: CascadeStats::default(), cache, version, pool, keep_embeddings, keep_text })
     }
 
     /// The config the engine runs with.
@@ -329,14 +408,24 @@ impl Engine {
         &self.catalog
     }
 
-    /// The encoder.
+    /// The encoder (with the cascade: the static tier's).
     pub fn encoder(&self) -> &Encoder {
-        &self.encoder
+        &self.tier.encoder
     }
 
-    /// The head.
+    /// The head (with the cascade: the static tier's).
     pub fn head(&self) -> &Head {
-        &self.head
+        &self.tier.head
+    }
+
+    /// With the cascade: MiniLM's encoder and head.
+    pub fn escalation(&self) -> Option<(&Encoder, &Head)> {
+        self.escalation.as_ref().map(|t| (&t.encoder, &t.head))
+    }
+
+    /// With the cascade: how many decisions each tier made.
+    pub fn cascade_stats(&self) -> Option<&CascadeStats> {
+        self.escalation.as_ref().map(|_| &self.cascade)
     }
 
     /// "<package version>+<head id>".
@@ -346,7 +435,7 @@ impl Engine {
 
     /// True when the head predicts catalog model `i`.
     pub fn covers(&self, i: usize) -> bool {
-        self.head_index.get(i).is_some_and(Option::is_some)
+        self.tier.head_index.get(i).is_some_and(Option::is_some)
     }
 
     /// Named profiles.
@@ -451,69 +540,130 @@ impl Engine {
         let single = q.messages.len() == 1 && text.len() == q.messages[0].content.trim().len();
         let mut timings = StageTimings::default();
         let key = PredictionCache::hash(&text);
-        let cached = self.cache.as_ref().and_then(|c| c.inner.get(&key));
-        let (pred, conversation_tokens) = match cached {
-            Some(hit) => {
-                timings.cache_hit = true;
-                let tokens = if single && hit.text_tokens > 0 {
-                    hit.text_tokens + TOKENS_PER_MESSAGE
-                } else {
-                    // Counting a conversation's tokens is tokenizer work but no encoder work: it
-                    // runs on tokio's blocking pool, so cache hits never queue for the encoder.
-                    let this = Arc::clone(self);
-                    let msgs = q.messages.clone();
-                    tokio::task::spawn_blocking(move || this.count_conversation(&msgs))
-                        .await
-                        .map_err(|e| RouteError::Worker(e.to_string()))??
-                };
-                timings.prepare = t0.elapsed();
-                (hit, tokens)
-            }
-            None => {
-                let this = Arc::clone(self);
-                let msgs = q.messages.clone();
-                let (pred, tokens, stage) = self
-                    .pool
-                    .run(q.deadline, move || -> Result<_, RouteError> {
-                        let t = Instant::now();
-                        let tokens = this.encoder.tokenize(&text)?;
-                        let conv = if single { tokens.full_count + TOKENS_PER_MESSAGE } else { this.count_conversation(&msgs)? };
-                        let prepare = t.elapsed();
-                        let t = Instant::now();
-                        let emb = this.encoder.embed(&tokens)?;
-                        let encode = t.elapsed();
-                        let t = Instant::now();
-                        let x = ArrayView2::from_shape((1, emb.len()), &emb).expect("1xD. This is a bug.");
-                        let out = this.head.predict(x)?;
-                        let predict = t.elapsed();
-                        tracing::debug!(
-                            tokens = tokens.full_count,
-                            encode_us = encode.as_micros() as u64,
-                            predict_us = predict.as_micros() as u64,
-                            "encoded"
-                        );
-                        let cached = Arc::new(Cached {
-                            quality: out.quality,
-                            output_tokens: out.output_tokens,
-                            support: out.support,
-                            family_support: out.family_support,
-                            text_tokens: tokens.full_count,
-                            embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
-                        });
-                        if let Some(c) = &this.cache {
-                            c.inner.insert(key, Arc::clone(&cached));
-                        }
-                        Ok((cached, conv, (prepare, encode, predict)))
-                    })
-                    .await??;
-                (timings.prepare, timings.encode, timings.predict) = stage;
-                (pred, tokens)
-            }
-        };
-
+        let (pred, conversation_tokens) = self.predict(&self.tier, key, &text, (&q.messages, q.deadline), single, &mut timings).await?;
+        let constraints = Constraints { out_of_domain_p: self.config.routing.out_of_domain_p, ..q.constraints };
         let t = Instant::now();
-        let chance = self.head.domain_chance(pred.support.as_deref(), pred.family_support.as_deref());
-        let predictions: Vec<Option<Prediction>> = self
+        let mut ranking = self.rank_with(&self.tier, &pred, health, conversation_tokens, cost_weight, &constraints)?;
+        let (mut decided_by, mut embedding, mut escalated) = (&self.tier, pred.embedding.clone(), false);
+        if let Some(minilm) = &self.escalation {
+            if top_two_margin(&ranking) < self.config.encoder.cascade_margin {
+                timings.rank += t.elapsed();
+                // MiniLM's entry lives under its own key (the text's hash plus one).
+                let (p2, _) = self.predict(minilm, key.wrapping_add(1), &text, (&q.messages, q.deadline), single, &mut timings).await?;
+                let t = Instant::now();
+                ranking = self.rank_with(minilm, &p2, health, conversation_tokens, cost_weight, &constraints)?;
+                timings.rank += t.elapsed();
+                (decided_by, embedding, escalated) = (minilm, p2.embedding.clone(), true);
+                self.cascade.escalated.fetch_add(1, Ordering::Relaxed);
+            } else {
+                timings.rank += t.elapsed();
+                self.cascade.static_decided.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            timings.rank = t.elapsed();
+        }
+        timings.total = t0.elapsed();
+        Ok(Decision {
+            request_id: q.request_id,
+            ranking,
+            cost_weight,
+            profile,
+            input_tokens: conversation_tokens,
+            timings,
+            routing_text: logged_text,
+            embedding,
+            constraints,
+            tradeoff: q.tradeoff,
+            encoder: Arc::clone(&decided_by.id),
+            escalated,
+        })
+    }
+
+    /// The head's outputs for `text` from `tier`: from the cache under `key`, else tokenize +
+    /// embed + predict on the worker pool (and cache them). Adds to `timings`.
+    async fn predict(
+        self: &Arc<Self>,
+        tier: &Tier,
+        key: u128,
+        text: &str,
+        (messages, deadline): (&[ChatMessage], Option<Instant>),
+        single: bool,
+        timings: &mut StageTimings,
+    ) -> Result<(Arc<Cached>, u32), RouteError> {
+        let t0 = Instant::now();
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.inner.get(&key)) {
+            timings.cache_hit = true;
+            let tokens = if single && hit.text_tokens > 0 {
+                hit.text_tokens + TOKENS_PER_MESSAGE
+            } else {
+                // Counting a conversation's tokens is tokenizer work but no encoder work: it
+                // runs on tokio's blocking pool, so cache hits never queue for the encoder.
+                let this = Arc::clone(self);
+                let msgs = messages.to_vec();
+                tokio::task::spawn_blocking(move || this.count_conversation(&msgs)).await.map_err(|e| RouteError::Worker(e.to_string()))??
+            };
+            timings.prepare += t0.elapsed();
+            return Ok((hit, tokens));
+        }
+        timings.cache_hit = false;
+        let this = Arc::clone(self);
+        let msgs = messages.to_vec();
+        let text = text.to_string();
+        let second = !std::ptr::eq(tier, &self.tier);
+        let (pred, tokens, stage) = self
+            .pool
+            .run(deadline, move || -> Result<_, RouteError> {
+                let tier = if second { this.escalation.as_ref().expect("a second tier exists. This is a bug.") } else { &this.tier };
+                let t = Instant::now();
+                let tokens = tier.encoder.tokenize(&text)?;
+                let conv = if single { tokens.full_count + TOKENS_PER_MESSAGE } else { this.count_conversation(&msgs)? };
+                let prepare = t.elapsed();
+                let t = Instant::now();
+                let emb = tier.encoder.embed(&tokens)?;
+                let encode = t.elapsed();
+                let t = Instant::now();
+                let x = ArrayView2::from_shape((1, emb.len()), &emb).expect("1xD. This is a bug.");
+                let out = tier.head.predict(x)?;
+                let predict = t.elapsed();
+                tracing::debug!(
+                    tokens = tokens.full_count,
+                    encoder = %tier.id,
+                    encode_us = encode.as_micros() as u64,
+                    predict_us = predict.as_micros() as u64,
+                    "encoded"
+                );
+                let cached = Arc::new(Cached {
+                    quality: out.quality,
+                    output_tokens: out.output_tokens,
+                    support: out.support,
+                    family_support: out.family_support,
+                    text_tokens: tokens.full_count,
+                    embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
+                });
+                if let Some(c) = &this.cache {
+                    c.inner.insert(key, Arc::clone(&cached));
+                }
+                Ok((cached, conv, (prepare, encode, predict)))
+            })
+            .await??;
+        timings.prepare += stage.0;
+        timings.encode += stage.1;
+        timings.predict += stage.2;
+        Ok((pred, tokens))
+    }
+
+    /// Ranks the catalog on `tier`'s predictions.
+    fn rank_with(
+        &self,
+        tier: &Tier,
+        pred: &Cached,
+        health: &[crate::health::Snapshot],
+        conversation_tokens: u32,
+        cost_weight: f64,
+        constraints: &Constraints,
+    ) -> Result<Ranking, RouteError> {
+        let chance = tier.head.domain_chance(pred.support.as_deref(), pred.family_support.as_deref());
+        let predictions: Vec<Option<Prediction>> = tier
             .head_index
             .iter()
             .map(|idx| {
@@ -530,28 +680,13 @@ impl Engine {
             output_tokens_per_second: r.default_output_tokens_per_second,
             cost_scale_usd: r.cost_scale_usd,
         };
-        let constraints = Constraints { out_of_domain_p: r.out_of_domain_p, ..q.constraints };
-        let ranking = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring)?;
-        timings.rank = t.elapsed();
-        timings.total = t0.elapsed();
-        Ok(Decision {
-            request_id: q.request_id,
-            ranking,
-            cost_weight,
-            profile,
-            input_tokens: conversation_tokens,
-            timings,
-            routing_text: logged_text,
-            embedding: pred.embedding.clone(),
-            constraints,
-            tradeoff: q.tradeoff,
-        })
+        Ok(policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, constraints, scoring)?)
     }
 
     fn count_conversation(&self, msgs: &[ChatMessage]) -> Result<u32, RouteError> {
         let mut n = 0u32;
         for m in msgs {
-            n = n.saturating_add(self.encoder.count_tokens(&m.content)?).saturating_add(TOKENS_PER_MESSAGE);
+            n = n.saturating_add(self.tier.encoder.count_tokens(&m.content)?).saturating_add(TOKENS_PER_MESSAGE);
         }
         Ok(n)
     }

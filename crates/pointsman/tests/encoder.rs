@@ -16,6 +16,7 @@ fn encoder(variant: EncoderVariant, sessions: usize) -> Encoder {
         sessions,
         intra_threads: 1,
         max_tokens: 256,
+        ..EncoderConfig::default()
     };
     Encoder::load(env, &cfg).expect("encoder loads")
 }

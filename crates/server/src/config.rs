@@ -107,13 +107,15 @@ impl Default for ExtProcConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadConfig {
-    /// Folder with `head.onnx` and `manifest.json`.
+    /// Folder with `head.onnx` and `manifest.json` (the head trained on MiniLM).
     pub dir: PathBuf,
+    /// The head trained on the static encoder (`encoder.variant` `static` or `cascade`).
+    pub static_dir: PathBuf,
 }
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { dir: "models/router".into() }
+        Self { dir: "models/router".into(), static_dir: "models/router-static".into() }
     }
 }
 
@@ -278,7 +280,9 @@ impl Config {
             }
         };
         fix(&mut self.encoder.dir);
+        fix(&mut self.encoder.static_dir);
         fix(&mut self.head.dir);
+        fix(&mut self.head.static_dir);
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             fix(p);
         }
@@ -347,6 +351,12 @@ impl Config {
         if e.max_tokens < 8 || e.max_tokens > 512 {
             return Err(invalid("encoder.max_tokens", "in 8..=512", e.max_tokens));
         }
+        if e.static_max_tokens == 0 || e.static_max_tokens > 65_536 {
+            return Err(invalid("encoder.static_max_tokens", "in 1..=65536", e.static_max_tokens));
+        }
+        if !(e.cascade_margin.is_finite() && e.cascade_margin >= 0.0) {
+            return Err(invalid("encoder.cascade_margin", "a finite number >= 0", e.cascade_margin));
+        }
         let r = &self.routing;
         for (name, w) in &r.profiles {
             if !(0.0..=1.0).contains(w) {
@@ -389,6 +399,7 @@ impl Config {
             onnxruntime: self.runtime.onnxruntime.clone(),
             encoder: self.encoder.clone(),
             head_dir: self.head.dir.clone(),
+            static_head_dir: self.head.static_dir.clone(),
             cache: self.cache.clone(),
             routing: self.routing.clone(),
             models: self.models.clone(),

@@ -479,7 +479,7 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         ts_ms: now_ms(),
         routing_text: d.routing_text.take(),
         embedding: d.embedding.take(),
-        encoder: engine.encoder().id().to_string(),
+        encoder: d.encoder.to_string(),
         router_version: engine.version().to_string(),
         cost_weight: d.cost_weight,
         profile: d.profile.clone(),

@@ -10,10 +10,15 @@
 //! - The graph pools and normalises inside ONNX, so Rust only tokenizes and copies.
 //! - The tokenizer's baked-in truncation and padding are replaced: one untruncated encoding
 //!   gives both the token count and, cut to `max_tokens`, the model input.
+//! - The static tier ([`EncoderVariant::Static`], [`static_table`]) has the same surface: its
+//!   `tokenize` counts the tokens and keeps the text, its `embed` averages the rows of the
+//!   text's first `static_max_tokens` tokens, in Rust, with no session.
 mod config;
+pub mod static_table;
 pub mod text;
 
 pub use config::{EncoderConfig, EncoderVariant};
+pub use static_table::{StaticEncoder, StaticManifest};
 
 use std::{
     path::{Path, PathBuf},
@@ -109,22 +114,29 @@ pub struct EncoderManifest {
 /// A tokenized text: the model input (cut to `max_tokens`) and the untruncated count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {
-    /// Input ids with [CLS] and [SEP], at most `max_tokens` long.
+    /// MiniLM's input ids with [CLS] and [SEP], at most `max_tokens` long (empty for the
+    /// static encoder, which tokenizes with its own WordPiece as it averages).
     pub ids: Vec<i64>,
     /// Tokens in the whole text, special tokens excluded.
     pub full_count: u32,
+    /// The text itself, for the static encoder.
+    pub text: Option<String>,
 }
 
-/// The loaded encoder (tokenizer plus session pool).
+/// The loaded encoder: a tokenizer and what turns its ids into an embedding.
 pub struct Encoder {
     id: String,
     dimension: usize,
     max_tokens: usize,
-    output: String,
-    sep_id: i64,
-    tokenizer: Tokenizer,
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
+    kind: Kind,
+}
+
+/// What embeds the ids.
+enum Kind {
+    /// MiniLM: a pool of ONNX sessions (batch of one each).
+    Onnx { tokenizer: Tokenizer, output: String, sep_id: i64, sessions: Vec<Mutex<Session>>, next: AtomicUsize },
+    /// The static table, averaged in Rust; `threads` is the useful parallelism.
+    Static { table: StaticEncoder, threads: usize },
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> EncoderError {
@@ -150,17 +162,52 @@ pub fn session_from_bytes(env: &Environment, bytes: &[u8], intra_threads: usize)
     b.commit_from_memory(bytes)
 }
 
+fn load_tokenizer(path: &Path) -> Result<Tokenizer, EncoderError> {
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| file_err(path, e))?;
+    tokenizer.with_truncation(None).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
 impl Encoder {
-    /// Loads the manifest, tokenizer and `cfg.sessions` sessions of the chosen variant.
+    /// Loads the encoder `cfg.variant` names: MiniLM's manifest, tokenizer and `cfg.sessions`
+    /// sessions, or the static table. `cascade` runs two encoders: load each with
+    /// [`Encoder::load_variant`].
     pub fn load(env: &Environment, cfg: &EncoderConfig) -> Result<Self, EncoderError> {
+        Self::load_variant(env, cfg, cfg.variant)
+    }
+
+    /// Loads one encoder (`int8`, `fp32` or `static`) with the settings of `cfg`.
+    pub fn load_variant(env: &Environment, cfg: &EncoderConfig, variant: EncoderVariant) -> Result<Self, EncoderError> {
+        match variant {
+            EncoderVariant::Static => Self::load_static(cfg),
+            EncoderVariant::Int8 | EncoderVariant::Fp32 => Self::load_onnx(env, cfg, variant),
+            EncoderVariant::Cascade => Err(EncoderError::Manifest {
+                path: cfg.dir.clone(),
+                message: "`encoder.variant = \"cascade\"` runs two encoders; this command needs one: `int8`, `fp32` or `static`".into(),
+            }),
+        }
+    }
+
+    /// The static encoder of `cfg.static_dir`, capped at `cfg.static_max_tokens` tokens.
+    fn load_static(cfg: &EncoderConfig) -> Result<Self, EncoderError> {
+        let (table, manifest) = StaticEncoder::load(&cfg.static_dir)?;
+        let enc = Self {
+            id: manifest.id,
+            dimension: manifest.dimension,
+            max_tokens: cfg.static_max_tokens,
+            kind: Kind::Static { table, threads: cfg.sessions.max(1) },
+        };
+        enc.embed_text("pointsman self-check")?;
+        Ok(enc)
+    }
+
+    fn load_onnx(env: &Environment, cfg: &EncoderConfig, variant: EncoderVariant) -> Result<Self, EncoderError> {
         let manifest_path = cfg.dir.join("manifest.json");
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| file_err(&manifest_path, e))?;
         let manifest: EncoderManifest =
             serde_json::from_str(&text).map_err(|e| EncoderError::Manifest { path: manifest_path.clone(), message: e.to_string() })?;
-        let variant = match cfg.variant {
-            EncoderVariant::Int8 => "int8",
-            EncoderVariant::Fp32 => "fp32",
-        };
+        let variant = variant.as_str();
         let file = manifest
             .files
             .get(variant)
@@ -168,9 +215,7 @@ impl Encoder {
         let max_tokens = cfg.max_tokens.min(manifest.max_tokens);
 
         let tok_path = cfg.dir.join(&manifest.tokenizer.path);
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| file_err(&tok_path, e))?;
-        tokenizer.with_truncation(None).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
-        tokenizer.with_padding(None);
+        let tokenizer = load_tokenizer(&tok_path)?;
         let sep_id = tokenizer
             .token_to_id("[SEP]")
             .ok_or_else(|| EncoderError::Manifest { path: tok_path.clone(), message: "tokenizer has no [SEP] token".into() })?
@@ -184,18 +229,15 @@ impl Encoder {
             id: format!("{}/{variant}", manifest.id),
             dimension: manifest.dimension,
             max_tokens,
-            output: manifest.output,
-            sep_id,
-            tokenizer,
-            sessions,
-            next: AtomicUsize::new(0),
+            kind: Kind::Onnx { tokenizer, output: manifest.output, sep_id, sessions, next: AtomicUsize::new(0) },
         };
         // Fail at load, not on the first request, if the graph and manifest disagree.
         enc.embed_text("pointsman self-check")?;
         Ok(enc)
     }
 
-    /// "<model id>/<variant>", e.g. "all-MiniLM-L6-v2/int8".
+    /// "<model id>/<variant>", e.g. "all-MiniLM-L6-v2/int8", or the static model's id
+    /// ("all-MiniLM-L6-v2-static256").
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -212,49 +254,74 @@ impl Encoder {
 
     /// Number of sessions (the useful parallelism).
     pub fn parallelism(&self) -> usize {
-        self.sessions.len()
+        match &self.kind {
+            Kind::Onnx { sessions, .. } => sessions.len(),
+            Kind::Static { threads, .. } => *threads,
+        }
+    }
+
+    /// True for the static tier (no ONNX session).
+    pub fn is_static(&self) -> bool {
+        matches!(self.kind, Kind::Static { .. })
     }
 
     /// Tokenizes `text` once: the capped model input and the full count.
     pub fn tokenize(&self, text: &str) -> Result<Tokens, EncoderError> {
-        let enc = self.tokenizer.encode_fast(text, true).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
+        let (tokenizer, sep_id) = match &self.kind {
+            Kind::Onnx { tokenizer, sep_id, .. } => (tokenizer, *sep_id),
+            Kind::Static { table, .. } => {
+                return Ok(Tokens { ids: Vec::new(), full_count: table.count(text)?, text: Some(text.to_string()) });
+            }
+        };
+        let enc = tokenizer.encode_fast(text, true).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
         let all = enc.get_ids();
         let full_count = all.len().saturating_sub(2) as u32;
         let mut ids: Vec<i64> = all.iter().take(self.max_tokens).map(|&i| i64::from(i)).collect();
         if all.len() > self.max_tokens {
-            *ids.last_mut().expect("max_tokens >= 8. This is a bug.") = self.sep_id;
+            *ids.last_mut().expect("max_tokens >= 8. This is a bug.") = sep_id;
         }
-        Ok(Tokens { ids, full_count })
+        Ok(Tokens { ids, full_count, text: None })
     }
 
     /// Counts the tokens of `text` (special tokens excluded).
     pub fn count_tokens(&self, text: &str) -> Result<u32, EncoderError> {
-        let enc = self.tokenizer.encode_fast(text, false).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
+        let tokenizer = match &self.kind {
+            Kind::Onnx { tokenizer, .. } => tokenizer,
+            Kind::Static { table, .. } => return table.count(text),
+        };
+        let enc = tokenizer.encode_fast(text, false).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
         Ok(enc.len() as u32)
     }
 
     /// Embeds tokenized input (batch of one). Blocks: call from a blocking thread.
     pub fn embed(&self, tokens: &Tokens) -> Result<Vec<f32>, EncoderError> {
+        let (output, sessions, next) = match &self.kind {
+            Kind::Onnx { output, sessions, next, .. } => (output, sessions, next),
+            Kind::Static { table, .. } => {
+                let text = tokens.text.as_deref().ok_or_else(|| EncoderError::Tokenize("the static encoder needs the text; tokenize it with this encoder".into()))?;
+                return Ok(table.embed(text, self.max_tokens));
+            }
+        };
         let n = tokens.ids.len();
         let ids = Array2::from_shape_vec((1, n), tokens.ids.clone()).expect("shape matches length. This is a bug.");
         let mask = Array2::<i64>::ones((1, n));
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let k = self.sessions.len();
+        let start = next.fetch_add(1, Ordering::Relaxed);
+        let k = sessions.len();
         // Take the first free session; if all are busy, wait on one. A session poisoned by a
         // panic on its thread (caught by the engine's worker pool) is as good as before: a run
         // keeps no state.
         let mut guard = (0..k)
-            .find_map(|j| match self.sessions[(start + j) % k].try_lock() {
+            .find_map(|j| match sessions[(start + j) % k].try_lock() {
                 Ok(g) => Some(g),
                 Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
                 Err(TryLockError::WouldBlock) => None,
             })
-            .unwrap_or_else(|| self.sessions[start % k].lock().unwrap_or_else(|e| e.into_inner()));
+            .unwrap_or_else(|| sessions[start % k].lock().unwrap_or_else(|e| e.into_inner()));
         let outputs = guard.run(ort::inputs![
             "input_ids" => TensorRef::from_array_view(&ids)?,
             "attention_mask" => TensorRef::from_array_view(&mask)?,
         ])?;
-        let out = outputs[self.output.as_str()].try_extract_array::<f32>()?;
+        let out = outputs[output.as_str()].try_extract_array::<f32>()?;
         if out.shape() != [1, self.dimension] {
             return Err(EncoderError::OutputShape { got: out.shape().to_vec(), dimension: self.dimension });
         }

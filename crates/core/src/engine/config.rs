@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub encoder: EncoderConfig,
     /// Folder of the head: `manifest.json` and the ONNX graph it names.
     pub head_dir: PathBuf,
+    /// Folder of the static tier's head (`encoder.variant` `static` or `cascade`).
+    pub static_head_dir: PathBuf,
     /// The prediction cache.
     pub cache: CacheConfig,
     /// Profiles, latency defaults and the cost scale.
@@ -94,6 +96,7 @@ impl Default for EngineConfig {
             onnxruntime: None,
             encoder: EncoderConfig::default(),
             head_dir: "models/router".into(),
+            static_head_dir: "models/router-static".into(),
             cache: CacheConfig::default(),
             routing: RoutingConfig::default(),
             models: Vec::new(),

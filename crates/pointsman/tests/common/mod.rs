@@ -43,6 +43,8 @@ pub fn write_config(path: &Path, head_dir: &Path, db: &Path, set: &[(&str, &str)
             format!("dir = {:?}", encoder.display().to_string())
         } else if line.starts_with("dir = \"../models/router\"") {
             format!("dir = {:?}", head_dir.display().to_string())
+        } else if let Some(rest) = line.strip_prefix("static_dir = \"../") {
+            format!("static_dir = {:?}", repo().join(rest.trim_end_matches('"')).display().to_string())
         } else if line.starts_with("path = \"../var/decisions.db\"") {
             format!("path = {:?}", db.display().to_string())
         } else if let Some((_, v)) = set.iter().find(|(k, _)| !t.starts_with('#') && *k == key) {

@@ -223,6 +223,12 @@ pub fn render(service: &Service) -> String {
             &[("version", engine.version()), ("encoder", engine.encoder().id())],
             1.0,
         );
+        if let Some(c) = engine.cascade_stats() {
+            const CASCADE: &str = "Route decisions of the cascade (encoder.variant = \"cascade\") by the tier that decided: `static` (its best two utilities were at least encoder.cascade_margin apart) or `minilm` (asked because they were not); the share reaching MiniLM is minilm / (static + minilm). Counted since the engine was loaded.";
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            page.counter("pointsman_cascade_decisions_total", CASCADE, &[("tier", "static")], load(&c.static_decided));
+            page.counter("pointsman_cascade_decisions_total", CASCADE, &[("tier", "minilm")], load(&c.escalated));
+        }
         page.gauge("pointsman_cache_entries", "Routing texts in the prediction cache.", &[], engine.cache_entries() as f64);
         page.gauge(
             "pointsman_cache_bytes",

@@ -30,7 +30,7 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
     if let Some(src) = &config.source {
         add_file(&mut out, src);
     }
-    for dir in [&config.encoder.dir, &config.head.dir] {
+    for dir in [&config.encoder.dir, &config.head.dir, &config.encoder.static_dir, &config.head.static_dir] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 add_file(&mut out, &e.path());
