@@ -156,6 +156,8 @@ async fn child(tier: EncoderVariant) {
     let short: Vec<String> = all.iter().filter(|p| (8..=32).contains(&count(p))).take(400).cloned().collect();
     let t256 = joined(&all, 240, 270, 100, &count);
     let t4096 = joined(&all, 4000, 4300, 30, &count);
+    let mean = |set: &[String]| set.iter().map(|p| count(p)).sum::<usize>() as f64 / set.len() as f64;
+    let sets = [("short", mean(&short), short), ("256-token", mean(&t256), t256), ("4096-token", mean(&t4096), t4096)];
     drop(counter);
 
     let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -172,8 +174,7 @@ async fn child(tier: EncoderVariant) {
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (name, set) in [("short", &short), ("256-token", &t256), ("4096-token", &t4096)] {
-        let mean = set.iter().map(|p| count(p)).sum::<usize>() as f64 / set.len() as f64;
+    for (name, mean, set) in &sets {
         for c in [1, 4, 16] {
             let before = metric(admin_addr, "pointsman_cascade_decisions_total").await;
             let (lat, wall) = run_load(&client, set, c).await;
