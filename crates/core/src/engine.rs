@@ -296,7 +296,12 @@ struct Tier {
 }
 
 impl Tier {
-    fn load(env: &ort::environment::Environment, config: &EngineConfig, catalog: &Catalog, variant: EncoderVariant) -> Result<Self, RouteError> {
+    fn load(
+        env: &ort::environment::Environment,
+        config: &EngineConfig,
+        catalog: &Catalog,
+        variant: EncoderVariant,
+    ) -> Result<Self, RouteError> {
         let encoder = Encoder::load_variant(env, &config.encoder, variant)?;
         let head_dir = match variant {
             EncoderVariant::Static => &config.static_head_dir,
@@ -600,7 +605,9 @@ impl Engine {
                 // runs on tokio's blocking pool, so cache hits never queue for the encoder.
                 let this = Arc::clone(self);
                 let msgs = messages.to_vec();
-                tokio::task::spawn_blocking(move || this.count_conversation(&msgs)).await.map_err(|e| RouteError::Worker(e.to_string()))??
+                tokio::task::spawn_blocking(move || this.count_conversation(&msgs))
+                    .await
+                    .map_err(|e| RouteError::Worker(e.to_string()))??
             };
             timings.prepare += t0.elapsed();
             return Ok((hit, tokens));

@@ -227,7 +227,9 @@ async fn main() {
         "# Encoder tiers: Route with the prediction cache off\n{} CPUs; every Route runs the encoder and the head\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    println!("| tier | prompts | concurrency | p50 ms | p99 ms | routes/s | reached MiniLM | requests |\n|---|---|---|---|---|---|---|---|");
+    println!(
+        "| tier | prompts | concurrency | p50 ms | p99 ms | routes/s | reached MiniLM | requests |\n|---|---|---|---|---|---|---|---|"
+    );
     for r in &rows {
         println!("| {} |", r.join(" | "));
     }

@@ -21,8 +21,7 @@ fn load(static_dir: PathBuf, static_max_tokens: usize) -> Result<Encoder, points
 
 #[test]
 fn the_rust_static_encoder_reproduces_the_scripts_vectors() {
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo("models/static/fixture.json")).unwrap()).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo("models/static/fixture.json")).unwrap()).unwrap();
     let cap = fixture["max_tokens"].as_u64().unwrap() as usize;
     let enc = load(repo("models/static"), cap).expect("static encoder loads");
     assert_eq!((enc.id(), enc.dimension(), enc.max_tokens()), ("all-MiniLM-L6-v2-static256", 256, 8192));
@@ -59,7 +58,8 @@ fn the_rust_static_encoder_reproduces_the_scripts_vectors() {
 #[test]
 fn a_lower_cap_averages_fewer_tokens() {
     let enc = load(repo("models/static"), 16).unwrap();
-    let long = "Explain the difference between a mutex and a semaphore, with examples in Rust and in C, and when each is the better choice.";
+    let long =
+        "Explain the difference between a mutex and a semaphore, with examples in Rust and in C, and when each is the better choice.";
     let t = enc.tokenize(long).unwrap();
     assert!(t.full_count > 16, "{} tokens", t.full_count);
     let full = load(repo("models/static"), 8192).unwrap();

@@ -298,7 +298,10 @@ impl Encoder {
         let (output, sessions, next) = match &self.kind {
             Kind::Onnx { output, sessions, next, .. } => (output, sessions, next),
             Kind::Static { table, .. } => {
-                let text = tokens.text.as_deref().ok_or_else(|| EncoderError::Tokenize("the static encoder needs the text; tokenize it with this encoder".into()))?;
+                let text = tokens
+                    .text
+                    .as_deref()
+                    .ok_or_else(|| EncoderError::Tokenize("the static encoder needs the text; tokenize it with this encoder".into()))?;
                 return Ok(table.embed(text, self.max_tokens));
             }
         };

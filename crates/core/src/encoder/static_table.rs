@@ -80,7 +80,10 @@ impl StaticEncoder {
         let model = model2vec_rs::model::StaticModel::from_bytes(&tokenizer, &table, &config, Some(true))
             .map_err(|e| super::file_err(&dir.join("model.safetensors"), format!("{e:#}")))?;
         if model.dim() != m.dimension {
-            return Err(manifest_err(&mpath, format!("the table has {} columns, the manifest says `dimension` {}", model.dim(), m.dimension)));
+            return Err(manifest_err(
+                &mpath,
+                format!("the table has {} columns, the manifest says `dimension` {}", model.dim(), m.dimension),
+            ));
         }
         let mut counter = Tokenizer::from_bytes(&tokenizer).map_err(|e| super::file_err(&dir.join("tokenizer.json"), e))?;
         counter.with_truncation(None).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
