@@ -1,10 +1,13 @@
 //! The core as a library: the shipped encoder and head through the real ONNX Runtime, a catalog
 //! built in code, and `Engine::route` called in-process (no server, no config file).
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+};
 
 use pointsman_core::{
     catalog::CatalogModel,
-    encoder::{text::ChatMessage, EncoderConfig},
+    encoder::{text::ChatMessage, EncoderConfig, EncoderVariant},
     engine::{Engine, EngineConfig, RouteError, RouteQuery, Tradeoff},
 };
 
@@ -71,4 +74,64 @@ async fn routes_in_process_with_the_shipped_models() {
         Err(RouteError::InvalidArgument { field, .. }) => assert_eq!(field, "allowed_models"),
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
+}
+
+fn tier_engine(variant: EncoderVariant, cascade_margin: f64) -> Arc<Engine> {
+    let models = MODELS.iter().map(|&(id, provider, input, output)| CatalogModel::single(id, provider, input, output, 128_000)).collect();
+    let config = EngineConfig {
+        encoder: EncoderConfig {
+            dir: repo("models/encoder"),
+            static_dir: repo("models/static"),
+            variant,
+            cascade_margin,
+            ..EncoderConfig::default()
+        },
+        head_dir: repo("models/router"),
+        static_head_dir: repo("models/router-static"),
+        models,
+        ..EngineConfig::default()
+    };
+    Arc::new(Engine::load(config).expect("the shipped models load"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_static_tier_routes_with_its_own_head_on_every_token() {
+    let engine = tier_engine(EncoderVariant::Static, 0.05);
+    assert_eq!((engine.encoder().id(), engine.encoder().dimension()), ("all-MiniLM-L6-v2-static256", 256));
+    assert_eq!(engine.head().manifest().encoder.id, "all-MiniLM-L6-v2-static256");
+    assert!(engine.cascade_stats().is_none());
+    let d = engine.route(query("Prove that there are infinitely many primes.", Tradeoff::Default)).await.unwrap();
+    assert_eq!(&*d.encoder, "all-MiniLM-L6-v2-static256");
+    assert!(!d.escalated && d.ranking.chosen.len() == 3);
+    // Past MiniLM's 256 tokens the static tier still reads the text: a different tail changes
+    // the prediction (its tokens are counted too).
+    let head = "Summarise the following notes for a manager. ".repeat(60);
+    let a = engine.route(query(&format!("{head} The budget is fine."), Tradeoff::Weight(0.0))).await.unwrap();
+    let b = engine
+        .route(query(&format!("{head} Write a formal proof in Lean of the fundamental theorem of calculus."), Tradeoff::Weight(0.0)))
+        .await
+        .unwrap();
+    assert!(a.input_tokens > 300, "{}", a.input_tokens);
+    let q = |d: &pointsman_core::engine::Decision| d.ranking.scored.iter().map(|s| s.prediction.unwrap().quality).collect::<Vec<_>>();
+    assert_ne!(q(&a), q(&b), "the text past 256 tokens changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cascade_asks_minilm_only_when_the_static_margin_is_narrow() {
+    // A margin no ranking reaches: every request goes to MiniLM and is decided by it.
+    let always = tier_engine(EncoderVariant::Cascade, 1e9);
+    let d = always.route(query("Translate 'good morning' into French.", Tradeoff::Default)).await.unwrap();
+    assert!(d.escalated);
+    assert_eq!(&*d.encoder, "all-MiniLM-L6-v2/int8");
+    let s = always.cascade_stats().unwrap();
+    assert_eq!((s.static_decided.load(Ordering::Relaxed), s.escalated.load(Ordering::Relaxed)), (0, 1));
+    // Margin 0: the static tier always decides.
+    let never = tier_engine(EncoderVariant::Cascade, 0.0);
+    for p in ["Translate 'good morning' into French.", "Prove that there are infinitely many primes."] {
+        let d = never.route(query(p, Tradeoff::Default)).await.unwrap();
+        assert!(!d.escalated);
+        assert_eq!(&*d.encoder, "all-MiniLM-L6-v2-static256");
+    }
+    let s = never.cascade_stats().unwrap();
+    assert_eq!((s.static_decided.load(Ordering::Relaxed), s.escalated.load(Ordering::Relaxed)), (2, 0));
 }
