@@ -21,7 +21,9 @@ struct Cli {
     /// `ORT_DYLIB_PATH`, then the copy `scripts/bootstrap.sh` installs under `.runtime/`.
     #[arg(long, env = "POINTSMAN_ONNXRUNTIME", global = true)]
     onnxruntime: Option<PathBuf>,
-    /// Encoder graph: `int8` (default, about 2x faster, cosine ~0.99 to fp32) or `fp32` (exact).
+    /// Encoder: `int8` (MiniLM, default, about 2x faster, cosine ~0.99 to fp32), `fp32` (MiniLM,
+    /// exact), `static` (the static tier, with `head.static_dir`; `train` and `eval` embed with
+    /// it) or `cascade` (static, then MiniLM on narrow margins; `serve` and `route` only).
     #[arg(long, env = "POINTSMAN_ENCODER_VARIANT", global = true)]
     encoder_variant: Option<EncoderVariant>,
     /// Decision log on PostgreSQL (`postgres://user:password@host:5432/db`; TLS with
