@@ -50,7 +50,9 @@ pub fn evaluate_all(
     };
     let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
     let encoder = Encoder::load(env, &config.encoder)?;
-    let head = crate::predictor::Head::load(env, &config.head.dir)?;
+    // The static encoder's embeddings go to the head trained on them.
+    let head_dir = if encoder.is_static() { &config.head.static_dir } else { &config.head.dir };
+    let head = crate::predictor::Head::load(env, head_dir)?;
     let catalog = config.catalog()?;
     let memory = if options.knn_memory.is_empty() || !options.baselines {
         None
