@@ -69,7 +69,10 @@ impl StaticEncoder {
             let path = dir.join(&file.path);
             let bytes = std::fs::read(&path).map_err(|e| super::file_err(&path, e))?;
             if let Some(want) = &file.sha256 {
-                let got = crate::predictor::sha256_hex(&bytes);
+                let got: String = {
+                    use sha2::Digest;
+                    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+                };
                 if &got != want {
                     return Err(manifest_err(&mpath, format!("{} has sha256 {got}, the manifest says {want}", path.display())));
                 }
