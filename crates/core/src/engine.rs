@@ -17,12 +17,13 @@ use ndarray::ArrayView2;
 
 use crate::{
     catalog::Catalog,
+    exploration::{self, Choice, Explorer},
     encoder::{
         text::{routing_text, ChatMessage, TOKENS_PER_MESSAGE},
         Encoder, EncoderError,
     },
     policy::{self, Constraints, NoEligibleModel, Prediction, Ranking, Scoring},
-    predictor::{Head, HeadError},
+    predictor::{Head, HeadError, HeadOutput},
     runtime::{self, RuntimeError},
 };
 
@@ -133,6 +134,8 @@ pub struct RouteQuery {
     /// When the caller stops waiting (from `grpc-timeout`): waiting for the encoder ends
     /// there with `DeadlineExceeded`, and work not started by then is never computed.
     pub deadline: Option<Instant>,
+    /// The request's say on exploration.
+    pub explore: exploration::Opt,
 }
 
 impl RouteQuery {
@@ -154,6 +157,7 @@ impl RouteQuery {
             constraints: Constraints { max_fallbacks, ..Constraints::default() },
             explain: false,
             deadline: None,
+            explore: exploration::Opt::Default,
         }
     }
 }
@@ -198,15 +202,77 @@ pub struct Decision {
     pub constraints: Constraints,
     /// How the request chose its trade-off.
     pub tradeoff: Tradeoff,
+    /// How the primary was chosen: its propensity, whether it was explored.
+    pub choice: Choice,
+    /// What the shadow head would have chosen, when one is configured.
+    pub shadow: Option<ShadowDecision>,
+}
+
+/// The choice of the shadow head for one request: scored on the same embedding, under the same
+/// constraints and health, never served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowDecision {
+    /// The shadow head's id.
+    pub head_id: String,
+    /// The model it would have made the primary (`None` when its predictions left no model).
+    pub model: Option<String>,
+    /// Its predicted quality and cost of that model.
+    pub quality: f64,
+    /// Predicted cost, USD.
+    pub cost_usd: f64,
+    /// It agrees with the served primary (before exploration).
+    pub agrees: bool,
+}
+
+/// A second head scored beside the serving one (shadow mode).
+struct Shadow {
+    head: Head,
+    /// For each catalog model, its output index in the shadow head.
+    index: Vec<Option<usize>>,
+}
+
+/// The head's outputs for one routing text, in head order.
+#[derive(Debug)]
+struct Outputs {
+    quality: Vec<f32>,
+    output_tokens: Vec<f32>,
+    support: Option<Vec<f32>>,
+    family_support: Option<Vec<f32>>,
+}
+
+impl Outputs {
+    fn from(out: HeadOutput) -> Self {
+        Self { quality: out.quality, output_tokens: out.output_tokens, support: out.support, family_support: out.family_support }
+    }
+
+    fn floats(&self) -> usize {
+        self.quality.len()
+            + self.output_tokens.len()
+            + self.support.as_ref().map_or(0, Vec::len)
+            + self.family_support.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Per catalog model (through `index`), the prediction of `head`.
+    fn predictions(&self, head: &Head, index: &[Option<usize>]) -> Vec<Option<Prediction>> {
+        let chance = head.domain_chance(self.support.as_deref(), self.family_support.as_deref());
+        index
+            .iter()
+            .map(|idx| {
+                idx.map(|j| Prediction {
+                    quality: f64::from(self.quality[j]).clamp(0.0, 1.0),
+                    output_tokens: f64::from(self.output_tokens[j]).max(1.0),
+                    domain_chance: chance[j],
+                })
+            })
+            .collect()
+    }
 }
 
 /// What the cache keeps per routing text: the head's outputs in head order.
 #[derive(Debug)]
 pub struct Cached {
-    quality: Vec<f32>,
-    output_tokens: Vec<f32>,
-    support: Option<Vec<f32>>,
-    family_support: Option<Vec<f32>>,
+    head: Outputs,
+    shadow: Option<Outputs>,
     text_tokens: u32,
     embedding: Option<Arc<[f32]>>,
 }
@@ -215,11 +281,8 @@ impl Cached {
     /// Bytes this entry holds (with its key and moka's bookkeeping, roughly), for the cache's
     /// byte budget.
     fn bytes(&self) -> u32 {
-        let floats = self.quality.len()
-            + self.output_tokens.len()
-            + self.support.as_ref().map_or(0, Vec::len)
-            + self.family_support.as_ref().map_or(0, Vec::len)
-            + self.embedding.as_ref().map_or(0, |e| e.len());
+        let floats =
+            self.head.floats() + self.shadow.as_ref().map_or(0, Outputs::floats) + self.embedding.as_ref().map_or(0, |e| e.len());
         u32::try_from(floats * 4 + std::mem::size_of::<Self>() + CACHE_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 }
@@ -267,6 +330,8 @@ pub struct Engine {
     pool: workers::WorkerPool,
     keep_embeddings: bool,
     keep_text: bool,
+    explorer: Arc<Explorer>,
+    shadow: Option<Shadow>,
 }
 
 impl Engine {
@@ -305,10 +370,37 @@ impl Engine {
                 tracing::warn!(model = %c.id, "catalog model not covered by the head; it will never be routed to");
             }
         }
+        let shadow = match &config.shadow_head_dir {
+            Some(dir) => {
+                let head = Head::load(env, dir)?;
+                let sm = head.manifest();
+                if sm.encoder.dimension != encoder.dimension() {
+                    return Err(RouteError::Catalog(format!(
+                        "the shadow head at {} expects {}-dimensional embeddings, the encoder `{}` gives {}",
+                        dir.display(),
+                        sm.encoder.dimension,
+                        encoder.id(),
+                        encoder.dimension()
+                    )));
+                }
+                let index: Vec<Option<usize>> = catalog.models().iter().map(|c| head.models().iter().position(|h| *h == c.id)).collect();
+                if index.iter().all(Option::is_none) {
+                    return Err(RouteError::Catalog(format!("the shadow head at {} covers none of the catalog's models", dir.display())));
+                }
+                Some(Shadow { head, index })
+            }
+            None => None,
+        };
+        let explorer = match previous {
+            // The day's exploration budget carries over a reload that keeps the setting.
+            Some(p) if p.explorer.config() == &config.exploration => Arc::clone(&p.explorer),
+            _ => Arc::new(Explorer::new(config.exploration.clone())),
+        };
         let version = format!("{}+{}", env!("CARGO_PKG_VERSION"), m.head_id);
         let pool = workers::WorkerPool::start("pointsman-encoder", encoder.parallelism(), config.max_queued_requests)?;
         let (keep_text, keep_embeddings) = (config.keep_routing_text, config.keep_embeddings);
-        let cache_key = format!("{}|{}|{keep_embeddings}|{:?}", encoder.id(), m.head_id, config.cache);
+        let shadow_id = shadow.as_ref().map(|s| s.head.manifest().head_id.clone());
+        let cache_key = format!("{}|{}|{shadow_id:?}|{keep_embeddings}|{:?}", encoder.id(), m.head_id, config.cache);
         let cache = match previous.and_then(|p| p.cache.as_ref()) {
             Some(c) if c.key == cache_key => {
                 tracing::info!(entries = c.inner.entry_count(), "the prediction cache carries over: same encoder, head and cache settings");
@@ -316,7 +408,7 @@ impl Engine {
             }
             _ => PredictionCache::new(&config.cache, cache_key),
         };
-        Ok(Self { config, catalog, encoder, head, head_index, cache, version, pool, keep_embeddings, keep_text })
+        Ok(Self { config, catalog, encoder, head, head_index, cache, version, pool, keep_embeddings, keep_text, explorer, shadow })
     }
 
     /// The config the engine runs with.
@@ -352,6 +444,16 @@ impl Engine {
     /// Named profiles.
     pub fn profiles(&self) -> &BTreeMap<String, f64> {
         &self.config.routing.profiles
+    }
+
+    /// The exploration policy and its counters.
+    pub fn explorer(&self) -> &Explorer {
+        &self.explorer
+    }
+
+    /// The shadow head's id, when one is configured.
+    pub fn shadow_head_id(&self) -> Option<&str> {
+        self.shadow.as_ref().map(|s| s.head.manifest().head_id.as_str())
     }
 
     /// Counters of the encoder worker pool (queue depth, jobs run and skipped, panics).
@@ -485,6 +587,11 @@ impl Engine {
                         let t = Instant::now();
                         let x = ArrayView2::from_shape((1, emb.len()), &emb).expect("1xD. This is a bug.");
                         let out = this.head.predict(x)?;
+                        // The shadow head reads the same embedding: no second encoder run.
+                        let shadow = match &this.shadow {
+                            Some(s) => Some(Outputs::from(s.head.predict(x)?)),
+                            None => None,
+                        };
                         let predict = t.elapsed();
                         tracing::debug!(
                             tokens = tokens.full_count,
@@ -493,10 +600,8 @@ impl Engine {
                             "encoded"
                         );
                         let cached = Arc::new(Cached {
-                            quality: out.quality,
-                            output_tokens: out.output_tokens,
-                            support: out.support,
-                            family_support: out.family_support,
+                            head: Outputs::from(out),
+                            shadow,
                             text_tokens: tokens.full_count,
                             embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
                         });
@@ -512,18 +617,7 @@ impl Engine {
         };
 
         let t = Instant::now();
-        let chance = self.head.domain_chance(pred.support.as_deref(), pred.family_support.as_deref());
-        let predictions: Vec<Option<Prediction>> = self
-            .head_index
-            .iter()
-            .map(|idx| {
-                idx.map(|j| Prediction {
-                    quality: f64::from(pred.quality[j]).clamp(0.0, 1.0),
-                    output_tokens: f64::from(pred.output_tokens[j]).max(1.0),
-                    domain_chance: chance[j],
-                })
-            })
-            .collect();
+        let predictions = pred.head.predictions(&self.head, &self.head_index);
         let r = &self.config.routing;
         let scoring = Scoring {
             ttft_ms: r.default_ttft_ms,
@@ -531,7 +625,24 @@ impl Engine {
             cost_scale_usd: r.cost_scale_usd,
         };
         let constraints = Constraints { out_of_domain_p: r.out_of_domain_p, ..q.constraints };
-        let ranking = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring)?;
+        let mut ranking = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring)?;
+        let best = ranking.chosen[0];
+        let shadow = match (&self.shadow, &pred.shadow) {
+            (Some(s), Some(out)) => {
+                let predictions = out.predictions(&s.head, &s.index);
+                let r = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring).ok();
+                let top = r.as_ref().map(|r| &r.scored[r.chosen[0]]);
+                Some(ShadowDecision {
+                    head_id: s.head.manifest().head_id.clone(),
+                    model: top.map(|t| self.catalog.models()[t.model].id.clone()),
+                    quality: top.and_then(|t| t.prediction).map_or(0.0, |p| p.quality),
+                    cost_usd: top.map_or(0.0, |t| t.cost_usd),
+                    agrees: top.is_some_and(|t| t.model == ranking.scored[best].model),
+                })
+            }
+            _ => None,
+        };
+        let choice = self.explorer.choose(&q.request_id, q.explore, &mut ranking);
         timings.rank = t.elapsed();
         timings.total = t0.elapsed();
         Ok(Decision {
@@ -545,6 +656,8 @@ impl Engine {
             embedding: pred.embedding.clone(),
             constraints,
             tradeoff: q.tradeoff,
+            choice,
+            shadow,
         })
     }
 

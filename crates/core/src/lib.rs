@@ -12,7 +12,8 @@
 //! - [`predictor`]: the ONNX head (quality and output tokens per model), its manifest and graph.
 //! - [`catalog`] and [`policy`]: the candidates, hard constraints, the quality-cost utility and
 //!   the fallback order; [`health`] is the live circuit state the policy reads.
-//! - [`engine`]: ties them together with a worker pool (bounded queue, deadlines) and a cache.
+//! - [`engine`]: ties them together with a worker pool (bounded queue, deadlines) and a cache;
+//!   [`exploration`] samples the primary on an opt-in share of traffic and records its propensity.
 //! - [`record`]: the training-line format the decision log writes and the trainer reads.
 //!
 //! ```no_run
@@ -47,6 +48,7 @@
 pub mod catalog;
 pub mod encoder;
 pub mod engine;
+pub mod exploration;
 pub mod health;
 pub mod policy;
 pub mod predictor;

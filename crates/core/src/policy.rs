@@ -543,6 +543,34 @@ pub struct Ranking {
     pub attempts: Vec<Attempt>,
 }
 
+impl Ranking {
+    /// Makes `scored` (an eligible model, possibly below the cutoff) the primary: it moves to the
+    /// front of `chosen` (a model from below the cutoff takes the last candidate's place, which
+    /// goes below the cutoff) and its endpoints to the front of `attempts`; the rest keep their
+    /// order. Used by exploration.
+    pub fn promote(&mut self, scored: usize) {
+        if self.chosen.first() == Some(&scored) {
+            return;
+        }
+        match self.chosen.iter().position(|&i| i == scored) {
+            Some(pos) => {
+                self.chosen.remove(pos);
+            }
+            None => {
+                if let Some(dropped) = self.chosen.pop() {
+                    self.scored[dropped].exclusion = Some(Exclusion::BelowCutoff);
+                    self.attempts.retain(|a| a.scored != dropped);
+                }
+                self.scored[scored].exclusion = None;
+            }
+        }
+        self.chosen.insert(0, scored);
+        let own: Vec<Attempt> = self.scored[scored].order.iter().map(|&j| Attempt { scored, endpoint: j }).collect();
+        self.attempts.retain(|a| a.scored != scored);
+        self.attempts.splice(0..0, own);
+    }
+}
+
 /// Utility of a model with quality `q` and cost `cost_usd` at cost weight `w`.
 pub fn utility(q: f64, cost_usd: f64, w: f64, cost_scale_usd: f64) -> f64 {
     (1.0 - w) * q - w * cost_usd / cost_scale_usd

@@ -29,4 +29,8 @@ pub struct LogRecord {
     /// Encoder id of `embedding`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<String>,
+    /// Probability in (0, 1] with which the policy that logged this outcome chose `model` for
+    /// this prompt (1 for a deterministic router; below 1 under exploration). Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
 }

@@ -14,6 +14,6 @@ pub mod cli;
 mod decision_logs;
 
 pub use decision_logs::ServerDecisionLogs;
-pub use pointsman_core::{catalog, encoder, engine, policy, predictor, record, runtime};
+pub use pointsman_core::{catalog, encoder, engine, exploration, policy, predictor, record, runtime};
 pub use pointsman_learning as learning;
 pub use pointsman_server::{auth, config, config_error, health, logs, outcome, pb, service, telemetry, tls, transport};

@@ -156,7 +156,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
         (cost_weight, max_cost, opt_number()),
         (list(&k.models), list(&k.models), list(&k.providers), list(&k.providers)),
         (fallbacks, any::<bool>(), prop::option::of((any::<(bool, bool, bool, bool, bool)>(), word(&["", "low", "high"]), opt_u32()))),
-        provider,
+        (provider, prop::option::of(any::<bool>())),
     )
         .prop_map(
             |(
@@ -164,7 +164,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                 (cost_weight, max_cost_usd, min_quality),
                 (allowed_models, denied_models, allowed_providers, denied_providers),
                 (max_fallbacks, explain, needs),
-                provider,
+                (provider, explore),
             )| {
                 Shown(pb::RouteRequest {
                     request_id,
@@ -184,6 +184,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                         pb::Requirements { tools, images, audio, files, json_schema, reasoning_effort, max_output_tokens }
                     }),
                     provider,
+                    explore,
                 })
             },
         )

@@ -117,6 +117,15 @@ impl Default for HeadConfig {
     }
 }
 
+/// `[shadow]`: a second head scored beside the serving one on every request, never served
+/// (its choice is logged and counted; promoting it is a config change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// Folder of the shadow head (`manifest.json` and its graph); unset (the default) runs none.
+    pub head_dir: Option<PathBuf>,
+}
+
 /// `[runtime]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -174,6 +183,10 @@ pub struct Config {
     pub encoder: EncoderConfig,
     /// The prediction head.
     pub head: HeadConfig,
+    /// A shadow head.
+    pub shadow: ShadowConfig,
+    /// Exploration.
+    pub exploration: pointsman_core::exploration::ExplorationConfig,
     /// The prediction cache.
     pub cache: CacheConfig,
     /// Profiles and latency defaults.
@@ -279,6 +292,9 @@ impl Config {
         };
         fix(&mut self.encoder.dir);
         fix(&mut self.head.dir);
+        if let Some(p) = self.shadow.head_dir.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             fix(p);
         }
@@ -369,6 +385,9 @@ impl Config {
         if !(r.default_output_tokens_per_second.is_finite() && r.default_output_tokens_per_second > 0.0) {
             return Err(invalid("routing.default_output_tokens_per_second", "> 0", r.default_output_tokens_per_second));
         }
+        if let Err((key, limit, value)) = self.exploration.validate() {
+            return Err(invalid(key, limit, value));
+        }
         self.decision_log.validate()?;
         self.health.validate()?;
         self.auth.validate()?;
@@ -396,6 +415,8 @@ impl Config {
             max_fallbacks: self.server.max_fallbacks,
             keep_routing_text: log.enabled && log.store_prompts,
             keep_embeddings: log.enabled && !log.store_prompts,
+            exploration: self.exploration.clone(),
+            shadow_head_dir: self.shadow.head_dir.clone(),
         }
     }
 

@@ -24,7 +24,7 @@ pub mod tls;
 pub mod transport;
 
 // The engine parts the server is built on, by their names in the core.
-use pointsman_core::{catalog, encoder, engine, policy};
+use pointsman_core::{catalog, encoder, engine, exploration, policy};
 
 /// Generated protobuf and gRPC types of `pointsman.v1`.
 #[allow(missing_docs)]

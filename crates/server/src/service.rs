@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
     health::{offers::Offers, shared::SharedHealth, HealthTracker, Outcome, Snapshot},
-    logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
+    logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
     policy::Constraints,
     telemetry::Telemetry,
 };
@@ -37,6 +37,10 @@ pub struct ServiceStats {
     pub routes_cancelled: AtomicU64,
     /// Route calls answered from the prediction cache.
     pub cache_hits: AtomicU64,
+    /// Decisions where the shadow head's primary was the serving head's best model.
+    pub shadow_agreed: AtomicU64,
+    /// Decisions where it was another model (or none).
+    pub shadow_disagreed: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
     pub feedback: [AtomicU64; 5],
     /// Feedback reports for catalog models left out of health because no replica offered that
@@ -290,6 +294,10 @@ impl Service {
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
+                if let Some(s) = &d.shadow {
+                    let n = if s.agrees { &self.stats.shadow_agreed } else { &self.stats.shadow_disagreed };
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
                 self.remember_offered(engine, d);
                 if let Some(log) = &self.log {
                     log.log_decision(decision_record(engine, d));
@@ -437,6 +445,8 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
         constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
         explain: false,
         deadline: None,
+        // A check, not traffic: never explores nor spends the exploration budget.
+        explore: pointsman_core::exploration::Opt::Out,
     };
     let d = engine.route(q).await.map_err(|e| match e {
         // Constraints of a test prompt emptying the list is a catalog problem, not a crash.
@@ -492,6 +502,22 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         },
         input_tokens: d.input_tokens,
         candidates,
+        policy: decision_policy(engine, d),
+    }
+}
+
+/// The policy record of a decision: propensity, exploration setting, shadow choice.
+fn decision_policy(engine: &Engine, d: &Decision) -> DecisionPolicy {
+    let c = &d.choice;
+    DecisionPolicy {
+        propensity: c.propensity,
+        explored: c.explored,
+        head_id: engine.head().manifest().head_id.clone(),
+        exploration: (c.share > 0.0).then(|| format!("{} applied_share={}", engine.explorer().config().describe(), c.share)),
+        explore_candidates: c.candidates,
+        shadow_head: d.shadow.as_ref().map(|s| s.head_id.clone()),
+        shadow_model: d.shadow.as_ref().and_then(|s| s.model.clone()),
+        shadow_agrees: d.shadow.as_ref().map(|s| s.agrees),
     }
 }
 

@@ -268,6 +268,51 @@ pub struct DecisionRecord {
     pub input_tokens: u32,
     /// Primary first, then fallbacks.
     pub candidates: Vec<LoggedCandidate>,
+    /// The policy that chose the primary and the propensity of its choice.
+    pub policy: DecisionPolicy,
+}
+
+/// The policy behind one decision: which head and setting chose the primary, with what
+/// probability, and what a shadow head would have chosen. Stored as the decision's `propensity`
+/// column and its `policy` JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionPolicy {
+    /// Probability with which the primary was chosen: 1 for a deterministic choice, below 1 when
+    /// exploration could have chosen another model.
+    pub propensity: f64,
+    /// The primary was drawn by exploration (it may still be the best model).
+    pub explored: bool,
+    /// The serving head's id.
+    pub head_id: String,
+    /// The exploration setting that applied (None when the request could not explore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exploration: Option<String>,
+    /// The near-best models the draw was among.
+    pub explore_candidates: usize,
+    /// The shadow head's id, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_head: Option<String>,
+    /// The model the shadow head would have made the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_model: Option<String>,
+    /// The shadow head agreed with the serving head's best model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_agrees: Option<bool>,
+}
+
+impl Default for DecisionPolicy {
+    fn default() -> Self {
+        Self {
+            propensity: 1.0,
+            explored: false,
+            head_id: String::new(),
+            exploration: None,
+            explore_candidates: 1,
+            shadow_head: None,
+            shadow_model: None,
+            shadow_agrees: None,
+        }
+    }
 }
 
 /// One `Feedback` report.
@@ -331,6 +376,7 @@ impl DecisionRecord {
             .chain(self.profile.as_mut())
             .chain(lists.into_iter().flatten())
             .chain(self.candidates.iter_mut().map(|c| &mut c.model))
+            .chain(self.policy.shadow_model.as_mut())
         {
             make_storable(s);
         }
@@ -792,6 +838,7 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 7,
             candidates: vec![],
+            policy: DecisionPolicy::default(),
         }
     }
 

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../../../migrations/postgres/0001_decision_log.sql")),
     (2, "feedback trust", include_str!("../../../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
+    (4, "decision policy", include_str!("../../../../migrations/postgres/0004_decision_policy.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -272,6 +273,15 @@ pub(crate) struct DecisionRow {
     constraints: String,
     input_tokens: i32,
     candidates: String,
+    // Absent from batches spilled by a build before the policy columns: deterministic.
+    #[serde(default = "deterministic")]
+    propensity: f64,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+fn deterministic() -> f64 {
+    1.0
 }
 
 /// A feedback report as stored.
@@ -321,6 +331,8 @@ impl Rows {
                     constraints: store::constraints_json(d),
                     input_tokens: i32::try_from(d.input_tokens).unwrap_or(i32::MAX),
                     candidates: serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into()),
+                    propensity: d.policy.propensity,
+                    policy: serde_json::to_string(&d.policy).ok(),
                 })
                 .collect(),
             feedback: feedback
@@ -414,10 +426,10 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
-INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
-SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[])
-    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
+INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy)
+SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, propensity, policy::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::float8[], $14::text[])
+    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy)
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
@@ -446,6 +458,8 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &d.iter().map(|r| r.constraints.as_str()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.input_tokens).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.candidates.as_str()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.propensity).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.policy.as_deref()).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -766,10 +780,10 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
         SLOW,
         client.query(
             "SELECT f.model, f.outcome, f.output_tokens::bigint, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL,
-                    f.verified, f.offered
+                    f.verified, f.offered, CASE WHEN d.candidates->0->>'model' = f.model THEN d.propensity END
              FROM feedback f
              LEFT JOIN LATERAL (
-                 SELECT id, routing_text, embedding, encoder FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
+                 SELECT id, routing_text, embedding, encoder, candidates, propensity FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
              ) d ON true
              ORDER BY f.id",
             &[],
@@ -788,6 +802,7 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
             joined: r.get(7),
             verified: r.get(8),
             offered: r.get(9),
+            propensity: r.get(10),
         };
         out.extend(store::training_line(joined, scope, &mut skips));
     }
@@ -829,6 +844,7 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 3,
             candidates: vec![],
+            policy: Default::default(),
         }
     }
 

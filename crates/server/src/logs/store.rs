@@ -13,8 +13,9 @@ use serde::Serialize;
 use super::{DecisionRecord, FeedbackRecord, LogError};
 use pointsman_core::record::LogRecord;
 
-/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`;
+/// 3 added `decisions.propensity` and `decisions.policy`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -29,7 +30,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     profile TEXT,
     constraints TEXT NOT NULL,
     input_tokens INTEGER NOT NULL,
-    candidates TEXT NOT NULL
+    candidates TEXT NOT NULL,
+    propensity REAL NOT NULL DEFAULT 1,
+    policy TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_request ON decisions(request_id);
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_ms);
@@ -83,6 +86,16 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
         )
         .map_err(&e)?;
     }
+    // Version 2 files: the policy columns, their decisions deterministic.
+    if !has_column(&conn, "decisions", "propensity").map_err(&e)? {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE decisions ADD COLUMN propensity REAL NOT NULL DEFAULT 1;
+             ALTER TABLE decisions ADD COLUMN policy TEXT;
+             COMMIT;",
+        )
+        .map_err(&e)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
 }
@@ -91,6 +104,12 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
 fn has_trust_columns(conn: &Connection) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info('feedback') WHERE name IN ('verified', 'offered')")?;
     Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 2)
+}
+
+/// True when `table` has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2")?;
+    Ok(stmt.query_row(params![table, column], |r| r.get::<_, i64>(0))? == 1)
 }
 
 fn check_version(conn: &Connection, path: &Path) -> Result<(), LogError> {
@@ -174,8 +193,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
     let tx = conn.transaction()?;
     {
         let mut ins = tx.prepare_cached(
-            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         for d in decisions {
             let candidates = serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into());
@@ -191,6 +210,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 constraints_json(d),
                 d.input_tokens,
                 candidates,
+                d.policy.propensity,
+                serde_json::to_string(&d.policy).ok(),
             ])?;
         }
         let mut ins = tx.prepare_cached(
@@ -322,9 +343,15 @@ pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecor
     let e = db_err(path);
     // A version 1 file no server has opened since: every report unverified.
     let trust = if has_trust_columns(&conn).map_err(&e)? { "f.verified, f.offered" } else { "0, 0" };
+    // The propensity belongs to the decision's primary: a report on a fallback has none.
+    let propensity = if has_column(&conn, "decisions", "propensity").map_err(&e)? {
+        "CASE WHEN json_extract(d.candidates, '$[0].model') = f.model THEN d.propensity END"
+    } else {
+        "CASE WHEN json_extract(d.candidates, '$[0].model') = f.model THEN 1.0 END"
+    };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}
+            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}, {propensity}
              FROM feedback f
              LEFT JOIN decisions d ON d.id = (SELECT max(id) FROM decisions WHERE request_id = f.request_id)
              ORDER BY f.id"
@@ -344,6 +371,7 @@ pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecor
             joined: r.get(7).map_err(&e)?,
             verified: r.get(8).map_err(&e)?,
             offered: r.get(9).map_err(&e)?,
+            propensity: r.get(10).map_err(&e)?,
         };
         out.extend(training_line(joined, scope, &mut skips));
     }
@@ -365,6 +393,9 @@ pub(crate) struct Joined {
     pub verified: bool,
     /// Its model was offered for its request id.
     pub offered: bool,
+    /// The probability with which its model was chosen as the decision's primary (None for a
+    /// report on a fallback).
+    pub propensity: Option<f64>,
 }
 
 /// The training line of one joined report, or the reason it has none (counted in `skips`).
@@ -405,7 +436,17 @@ pub(crate) fn training_line(j: Joined, scope: FeedbackScope, skips: &mut ExportS
             return None;
         }
     };
-    Some(LogRecord { prompt_id, prompt, model: j.model, score, output_tokens, task: Some("feedback".into()), embedding, encoder })
+    Some(LogRecord {
+        prompt_id,
+        prompt,
+        model: j.model,
+        score,
+        output_tokens,
+        task: Some("feedback".into()),
+        embedding,
+        encoder,
+        propensity: j.propensity,
+    })
 }
 
 /// Row counts, for `logs export` summaries and tests.

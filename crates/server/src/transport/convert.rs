@@ -11,6 +11,7 @@ use crate::{
     config::ServerConfig,
     encoder::text::{without_control_chars, ChatMessage, Requirements, Role},
     engine::{truncated, Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
+    exploration::Opt,
     health::{Outcome, Snapshot, State},
     logs::{now_ms, FeedbackRecord},
     pb,
@@ -373,7 +374,12 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         requirements: requirements(req.requirements)?,
         provider: provider_preferences(req.provider, server)?,
     };
-    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None })
+    let explore = match req.explore {
+        None => Opt::Default,
+        Some(true) => Opt::In,
+        Some(false) => Opt::Out,
+    };
+    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None, explore })
 }
 
 fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb::Endpoint {
@@ -534,6 +540,15 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
         input_tokens: d.input_tokens,
         profile: d.profile.unwrap_or_default(),
         attempts,
+        propensity: d.choice.propensity,
+        explored: d.choice.explored,
+        shadow: d.shadow.map(|s| pb::ShadowDecision {
+            head_id: s.head_id,
+            model: s.model.unwrap_or_default(),
+            predicted_quality: s.quality,
+            predicted_cost_usd: s.cost_usd,
+            agrees: s.agrees,
+        }),
     }
 }
 

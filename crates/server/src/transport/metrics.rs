@@ -64,6 +64,24 @@ pub fn render(service: &Service) -> String {
     }
     page.counter("pointsman_route_requests_total", ROUTES, &[("result", "cancelled")], load(&st.routes_cancelled));
     page.counter("pointsman_route_cache_hits_total", "Route calls answered from the prediction cache.", &[], load(&st.cache_hits));
+    if let Some(engine) = service.engine() {
+        let x = engine.explorer().stats();
+        const EXPLORE: &str = "Route decisions by exploration result: explored (the primary was drawn), switched (the draw was not the best model), capped (the day's max_extra_cost_usd_per_day was spent).";
+        page.counter("pointsman_exploration_decisions_total", EXPLORE, &[("result", "explored")], load(&x.explored));
+        page.counter("pointsman_exploration_decisions_total", EXPLORE, &[("result", "switched")], load(&x.switched));
+        page.counter("pointsman_exploration_decisions_total", EXPLORE, &[("result", "capped")], load(&x.capped));
+        page.gauge(
+            "pointsman_exploration_extra_cost_usd_today",
+            "Extra predicted cost of today's explored decisions on this replica, USD (UTC day).",
+            &[],
+            load(&x.extra_cost_micro_usd_today) as f64 / 1e6,
+        );
+        if let Some(head) = engine.shadow_head_id() {
+            const SHADOW: &str = "Route decisions scored by the shadow head, by whether its primary agreed with the serving head's best model.";
+            page.counter("pointsman_shadow_decisions_total", SHADOW, &[("head", head), ("agrees", "true")], load(&st.shadow_agreed));
+            page.counter("pointsman_shadow_decisions_total", SHADOW, &[("head", head), ("agrees", "false")], load(&st.shadow_disagreed));
+        }
+    }
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
         page.counter("pointsman_feedback_total", "Feedback reports accepted, by outcome.", &[("outcome", o.as_str())], load(n));
     }
