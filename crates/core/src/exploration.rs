@@ -374,7 +374,7 @@ mod tests {
             .unwrap();
         let preds: Vec<_> = [0.80, 0.80].iter().map(|&q| Some(Prediction { quality: q, output_tokens: 1000.0, domain_chance: 1.0 })).collect();
         let c = Constraints { max_fallbacks: 1, ..Constraints::default() };
-        let x = Explorer::new(ExplorationConfig { share: 1.0, margin: 1.0, temperature: 10.0, floor: 1.0, max_extra_cost_usd_per_day: 0.2, ..ExplorationConfig::default() });
+        let x = Explorer::new(ExplorationConfig { share: 1.0, margin: 1e3, temperature: 10.0, floor: 1.0, max_extra_cost_usd_per_day: 0.2, ..ExplorationConfig::default() });
         let mut dear = 0;
         for i in 0..200 {
             let mut r = rank(&cat, &preds, &[], 1000, 0.5, &c, SCORING).unwrap();
