@@ -128,6 +128,7 @@ def route_request(
     reasoning: Any = None,
     max_tokens: Optional[int] = None,
     max_completion_tokens: Optional[int] = None,
+    explore: Optional[bool] = None,
 ) -> "pb.RouteRequest":
     """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`):
     `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them;
@@ -152,6 +153,9 @@ def route_request(
         req.min_quality = min_quality
     if max_fallbacks is not None:
         req.max_fallbacks = max_fallbacks
+    if explore is not None:
+        # None: the server's [exploration] share; True opts in, False opts out.
+        req.explore = explore
     if messages is not None:
         mapped = map_chat(
             messages,
