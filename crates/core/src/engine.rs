@@ -17,11 +17,11 @@ use ndarray::ArrayView2;
 
 use crate::{
     catalog::Catalog,
-    exploration::{self, Choice, Explorer},
     encoder::{
         text::{routing_text, ChatMessage, TOKENS_PER_MESSAGE},
         Encoder, EncoderError,
     },
+    exploration::{self, Choice, Explorer},
     policy::{self, Constraints, NoEligibleModel, Prediction, Ranking, Scoring},
     predictor::{Head, HeadError, HeadOutput},
     runtime::{self, RuntimeError},
@@ -281,8 +281,7 @@ impl Cached {
     /// Bytes this entry holds (with its key and moka's bookkeeping, roughly), for the cache's
     /// byte budget.
     fn bytes(&self) -> u32 {
-        let floats =
-            self.head.floats() + self.shadow.as_ref().map_or(0, Outputs::floats) + self.embedding.as_ref().map_or(0, |e| e.len());
+        let floats = self.head.floats() + self.shadow.as_ref().map_or(0, Outputs::floats) + self.embedding.as_ref().map_or(0, |e| e.len());
         u32::try_from(floats * 4 + std::mem::size_of::<Self>() + CACHE_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 }

@@ -370,11 +370,22 @@ mod tests {
 
     #[test]
     fn the_daily_cap_stops_exploration_that_costs_more() {
-        let cat = Catalog::new(vec![CatalogModel::single("cheap", "p", 0.1, 0.1, 100_000), CatalogModel::single("dear", "p", 50.0, 50.0, 100_000)])
-            .unwrap();
-        let preds: Vec<_> = [0.80, 0.80].iter().map(|&q| Some(Prediction { quality: q, output_tokens: 1000.0, domain_chance: 1.0 })).collect();
+        let cat = Catalog::new(vec![
+            CatalogModel::single("cheap", "p", 0.1, 0.1, 100_000),
+            CatalogModel::single("dear", "p", 50.0, 50.0, 100_000),
+        ])
+        .unwrap();
+        let preds: Vec<_> =
+            [0.80, 0.80].iter().map(|&q| Some(Prediction { quality: q, output_tokens: 1000.0, domain_chance: 1.0 })).collect();
         let c = Constraints { max_fallbacks: 1, ..Constraints::default() };
-        let x = Explorer::new(ExplorationConfig { share: 1.0, margin: 1e3, temperature: 10.0, floor: 1.0, max_extra_cost_usd_per_day: 0.2, ..ExplorationConfig::default() });
+        let x = Explorer::new(ExplorationConfig {
+            share: 1.0,
+            margin: 1e3,
+            temperature: 10.0,
+            floor: 1.0,
+            max_extra_cost_usd_per_day: 0.2,
+            ..ExplorationConfig::default()
+        });
         let mut dear = 0;
         for i in 0..200 {
             let mut r = rank(&cat, &preds, &[], 1000, 0.5, &c, SCORING).unwrap();

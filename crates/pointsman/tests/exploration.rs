@@ -111,10 +111,9 @@ async fn exploration_draws_near_best_models_with_logged_propensities_and_a_shado
     assert!(explored >= f64::from(n) + 3.0, "{explored}");
 
     // The decision log keeps the propensity and the policy; the export carries the propensity.
-    let lines = eventually(|| {
-        pointsman::logs::read_training_lines(&db, FeedbackScope::Verified).ok().map(|(l, _)| l).filter(|l| !l.is_empty())
-    })
-    .await;
+    let lines =
+        eventually(|| pointsman::logs::read_training_lines(&db, FeedbackScope::Verified).ok().map(|(l, _)| l).filter(|l| !l.is_empty()))
+            .await;
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].propensity, Some(drawn.propensity));
     let conn = rusqlite::Connection::open(&db).unwrap();

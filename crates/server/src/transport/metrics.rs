@@ -77,7 +77,8 @@ pub fn render(service: &Service) -> String {
             load(&x.extra_cost_micro_usd_today) as f64 / 1e6,
         );
         if let Some(head) = engine.shadow_head_id() {
-            const SHADOW: &str = "Route decisions scored by the shadow head, by whether its primary agreed with the serving head's best model.";
+            const SHADOW: &str =
+                "Route decisions scored by the shadow head, by whether its primary agreed with the serving head's best model.";
             page.counter("pointsman_shadow_decisions_total", SHADOW, &[("head", head), ("agrees", "true")], load(&st.shadow_agreed));
             page.counter("pointsman_shadow_decisions_total", SHADOW, &[("head", head), ("agrees", "false")], load(&st.shadow_disagreed));
         }
