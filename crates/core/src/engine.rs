@@ -133,6 +133,9 @@ pub struct RouteQuery {
     /// When the caller stops waiting (from `grpc-timeout`): waiting for the encoder ends
     /// there with `DeadlineExceeded`, and work not started by then is never computed.
     pub deadline: Option<Instant>,
+    /// The session the request belongs to, if it names one. The engine does not read it: the
+    /// server applies the session to the decision (`session::apply`).
+    pub session: Option<crate::session::SessionRequest>,
 }
 
 impl RouteQuery {
@@ -154,6 +157,7 @@ impl RouteQuery {
             constraints: Constraints { max_fallbacks, ..Constraints::default() },
             explain: false,
             deadline: None,
+            session: None,
         }
     }
 }
@@ -198,6 +202,8 @@ pub struct Decision {
     pub constraints: Constraints,
     /// How the request chose its trade-off.
     pub tradeoff: Tradeoff,
+    /// What the request's session did to the ranking (set by the server, see `session`).
+    pub session: Option<crate::session::SessionOutcome>,
 }
 
 /// What the cache keeps per routing text: the head's outputs in head order.
@@ -545,6 +551,7 @@ impl Engine {
             embedding: pred.embedding.clone(),
             constraints,
             tradeoff: q.tradeoff,
+            session: None,
         })
     }
 

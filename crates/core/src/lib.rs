@@ -14,6 +14,8 @@
 //!   the fallback order; [`health`] is the live circuit state the policy reads.
 //! - [`engine`]: ties them together with a worker pool (bounded queue, deadlines) and a cache.
 //! - [`record`]: the training-line format the decision log writes and the trainer reads.
+//! - [`session`]: keeping a conversation on the model and endpoint of its last turn while that
+//!   is worth the cached-input saving (the server keeps the sessions).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -52,3 +54,4 @@ pub mod policy;
 pub mod predictor;
 pub mod record;
 pub mod runtime;
+pub mod session;

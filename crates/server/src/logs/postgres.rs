@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../../../migrations/postgres/0001_decision_log.sql")),
     (2, "feedback trust", include_str!("../../../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
+    (4, "sessions", include_str!("../../../../migrations/postgres/0004_sessions.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -272,6 +273,13 @@ pub(crate) struct DecisionRow {
     constraints: String,
     input_tokens: i32,
     candidates: String,
+    /// The session's hash, verdict and reason (absent from spill files of older builds).
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    session_verdict: Option<String>,
+    #[serde(default)]
+    session_reason: Option<String>,
 }
 
 /// A feedback report as stored.
@@ -321,6 +329,9 @@ impl Rows {
                     constraints: store::constraints_json(d),
                     input_tokens: i32::try_from(d.input_tokens).unwrap_or(i32::MAX),
                     candidates: serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into()),
+                    session_id: d.session.as_ref().map(|s| s.id.clone()),
+                    session_verdict: d.session.as_ref().map(|s| s.verdict.to_string()),
+                    session_reason: d.session.as_ref().map(|s| s.reason.to_string()),
                 })
                 .collect(),
             feedback: feedback
@@ -414,10 +425,10 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
-INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
-SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[])
-    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
+INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, session_id, session_verdict, session_reason)
+SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, session_id, session_verdict, session_reason
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::text[], $14::text[], $15::text[])
+    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, session_id, session_verdict, session_reason)
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
@@ -446,6 +457,9 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &d.iter().map(|r| r.constraints.as_str()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.input_tokens).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.candidates.as_str()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_id.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_verdict.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_reason.as_deref()).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -829,6 +843,7 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 3,
             candidates: vec![],
+            session: Some(crate::logs::LoggedSession { id: "0123456789abcdef0123456789abcdef".into(), verdict: "kept", reason: "cache_saving" }),
         }
     }
 
