@@ -219,8 +219,7 @@ pub fn apply(
     let Some(prev) = previous else { return out };
     let models = catalog.models();
     let best = ranking.chosen[0];
-    let first_of = |r: &Ranking, i: usize| (models[r.scored[i].model].id.as_str(), models[r.scored[i].model].endpoints[r.scored[i].first_endpoint()].provider.as_str());
-    let same_as_before = first_of(ranking, best) == (prev.model.as_str(), prev.provider.as_str());
+    let same_as_before = first_of(catalog, ranking, best) == (prev.model.as_str(), prev.provider.as_str());
     let finish = |out: &mut SessionOutcome, verdict: Verdict, reason: Reason, detail: String| {
         out.verdict = verdict;
         out.reason = reason;
@@ -294,7 +293,7 @@ pub fn apply(
         return out;
     };
     out.gain = ranking.scored[t].utility - keep_utility;
-    let (tm, tp) = first_of(ranking, t);
+    let (tm, tp) = first_of(catalog, ranking, t);
     let numbers = format!(
         "{tm}@{tp} gains {:.6} in utility over {at}; staying saves ${:.6} of cached input on {prefix} prefix tokens ({:.6} in utility)",
         out.gain, out.saving_usd, out.saving_utility
@@ -311,6 +310,13 @@ pub fn apply(
         }
     }
     out
+}
+
+/// Scored model `i`'s id and the provider of its first endpoint.
+fn first_of<'c>(catalog: &'c Catalog, r: &Ranking, i: usize) -> (&'c str, &'c str) {
+    let s = &r.scored[i];
+    let m = &catalog.models()[s.model];
+    (m.id.as_str(), m.endpoints[s.first_endpoint()].provider.as_str())
 }
 
 /// Where a decision sends the session next: its first candidate on its first endpoint, with the
