@@ -14,7 +14,7 @@
 //! the head's predicted quality of each turn's first candidate.
 //!
 //!     cargo run --release --example session_replay -- [conversations] [profile ...]
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use pointsman::{
     config::Config,
@@ -152,11 +152,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.cache.capacity = 1 << 20;
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::load(cfg.engine_config())).await??);
     println!("profile | cost without sessions | cost with sessions | saved | cached input billed (without / with) | turns on the previous endpoint (without / with) | model switches (without / with) | kept / moved | mean predicted quality (without / with)");
-    let mut rows = HashMap::new();
     for profile in &profiles {
         let without = replay(&engine, &conversations, profile, None).await?;
         let sessions = Sessions::new(&SessionsConfig::default());
-        let with = replay(&engine, &conversations, profile, Some(&sessions)).await?;
+        let with = replay(&engine, &conversations, profile, Some(&*sessions)).await?;
         let saved = without.cost_usd - with.cost_usd;
         println!(
             "{profile} | ${:.4} | ${:.4} | ${:.4} ({:.1}%) | ${:.4} / ${:.4} | {} / {} of {} | {} / {} | {} / {} | {:.4} / {:.4} ({:+.4})",
@@ -177,7 +176,6 @@ async fn main() -> anyhow::Result<()> {
             with.quality / with.turns as f64,
             (with.quality - without.quality) / with.turns as f64,
         );
-        rows.insert(profile.clone(), (without, with));
     }
     Ok(())
 }
