@@ -232,7 +232,7 @@ async fn a_session_ends_after_its_idle_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_session_values_are_refused_naming_the_field_the_limit_and_the_value() {
     let server = TestServer::start_with(config(600)).await;
-    let mut client = server.client.clone();
+    let client = server.client.clone();
     let refused = |s: pb::Session| {
         let mut client = client.clone();
         async move {
