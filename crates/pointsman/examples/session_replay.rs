@@ -13,8 +13,11 @@
 //! sessions also pays cached prices whenever it happens to stay on the same endpoint. Quality is
 //! the head's predicted quality of each turn's first candidate.
 //!
-//!     cargo run --release --example session_replay -- [conversations] [profile ...]
-use std::sync::Arc;
+//! `--cached-fraction F` also gives every endpoint without a cached-input price one at `F` times
+//! its input price (what if every provider cached prompts, as OpenAI does at 0.5).
+//!
+//!     cargo run --release --example session_replay -- [conversations] [--cached-fraction F] [profile ...]
+use std::{collections::BTreeMap, sync::Arc};
 
 use pointsman::{
     config::Config,
@@ -38,6 +41,8 @@ struct Totals {
     model_switches: usize,
     kept: usize,
     moved: usize,
+    /// Session decisions by reason.
+    reasons: BTreeMap<&'static str, usize>,
 }
 
 /// Where the previous turn of a conversation went: (model, provider, input + answer tokens).
@@ -98,10 +103,13 @@ async fn replay(engine: &Arc<Engine>, conversations: &[Vec<String>], profile: &s
             let mut d = engine.route(q).await?;
             if let Some(s) = sessions {
                 s.decide(engine, &mut d, SessionRequest { key, escalate_only: false });
-                match d.session.as_ref().map(|o| o.verdict) {
-                    Some(pointsman::session::Verdict::Kept) => t.kept += 1,
-                    Some(pointsman::session::Verdict::Moved) => t.moved += 1,
-                    _ => {}
+                if let Some(o) = &d.session {
+                    match o.verdict {
+                        pointsman::session::Verdict::Kept => t.kept += 1,
+                        pointsman::session::Verdict::Moved => t.moved += 1,
+                        pointsman::session::Verdict::New => {}
+                    }
+                    *t.reasons.entry(o.reason.as_str()).or_default() += 1;
                 }
             }
             last = bill(engine, &d, &last, &mut t);
@@ -114,10 +122,22 @@ async fn replay(engine: &Arc<Engine>, conversations: &[Vec<String>], profile: &s
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200);
-    let mut profiles: Vec<String> = args.collect();
-    let config = Config::load(&pointsman::config::locate_default())?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = if args.first().is_some_and(|a| a.parse::<usize>().is_ok()) { args.remove(0).parse()? } else { 200 };
+    let mut fraction = None;
+    if let Some(i) = args.iter().position(|a| a == "--cached-fraction") {
+        anyhow::ensure!(i + 1 < args.len(), "--cached-fraction takes a number in [0, 1]");
+        fraction = Some(args[i + 1].parse::<f64>()?);
+        args.drain(i..i + 2);
+    }
+    let mut profiles = args;
+    let mut config = Config::load(&pointsman::config::locate_default())?;
+    if let Some(f) = fraction {
+        for e in config.models.iter_mut().flat_map(|m| m.endpoints.iter_mut()) {
+            e.cached_input_usd_per_mtok.get_or_insert(f * e.input_usd_per_mtok);
+        }
+        println!("every endpoint without a cached-input price gets one at {f} x its input price");
+    }
     if profiles.is_empty() {
         profiles = config.routing.profiles.keys().cloned().collect();
     }
@@ -176,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             with.quality / with.turns as f64,
             (with.quality - without.quality) / with.turns as f64,
         );
+        println!("  {profile}: session decisions by reason: {:?}", with.reasons);
     }
     Ok(())
 }
