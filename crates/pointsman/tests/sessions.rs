@@ -320,3 +320,33 @@ async fn until(server: &TestServer, result: &str, n: f64) {
     }
     panic!("{series} did not reach {n}");
 }
+
+/// On PostgreSQL (the fleet's decision log) the migration adds the session columns and each
+/// decision carries its session's hash, verdict and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_log_records_sessions() {
+    let pg = servers::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(600);
+    cfg.decision_log.url = Some(pg.url());
+    cfg.decision_log.spill_path = dir.path().join("spill.db");
+    let server = TestServer::start_with(cfg).await;
+    let mut client = server.client.clone();
+    let runner_up = ranked(&route(&mut client, conversation(2), None, &[]).await)[1].0.clone();
+    route(&mut client, conversation(1), session("pg-1"), &[&runner_up]).await;
+    let t2 = route(&mut client, conversation(2), session("pg-1"), &[]).await;
+    let hash = t2.session.as_ref().unwrap().session_hash.clone();
+    let count = |verdict: &str, reason: &str| {
+        let sql = format!("SELECT count(*) FROM decisions WHERE session_id = '{hash}' AND session_verdict = '{verdict}' AND session_reason = '{reason}'");
+        pg.query_i64(&sql)
+    };
+    let mut n = 0;
+    while count("kept", "cache_saving") != 1 {
+        n += 1;
+        assert!(n < 500, "the kept turn never reached PostgreSQL");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count("new", "first_turn"), 1);
+    assert_eq!(pg.query_i64("SELECT count(*) FROM decisions WHERE session_id IS NULL"), 1, "the plain route");
+    assert_eq!(pg.query_i64("SELECT count(*) FROM pointsman_migrations WHERE name = 'sessions'"), 1);
+}
