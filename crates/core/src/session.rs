@@ -258,12 +258,18 @@ pub fn apply(
     }
     let m = &models[s.model];
     let Some(j) = m.endpoints.iter().position(|e| e.provider == prev.provider) else {
-        finish(&mut out, Verdict::Moved, Reason::EndpointIneligible, format!("{} has no endpoint on {} any more", prev.model, prev.provider));
+        finish(
+            &mut out,
+            Verdict::Moved,
+            Reason::EndpointIneligible,
+            format!("{} has no endpoint on {} any more", prev.model, prev.provider),
+        );
         out.previous = Some(prev);
         return out;
     };
     if !s.order.contains(&j) {
-        let why = s.endpoints[j].exclusion.as_ref().map_or_else(|| "not usable".to_string(), |e| format!("`{}`: {}", e.constraint(), e.detail()));
+        let why =
+            s.endpoints[j].exclusion.as_ref().map_or_else(|| "not usable".to_string(), |e| format!("`{}`: {}", e.constraint(), e.detail()));
         finish(&mut out, Verdict::Moved, Reason::EndpointIneligible, format!("{at} is left out for this request by {why}"));
         out.previous = Some(prev);
         return out;
@@ -288,7 +294,12 @@ pub fn apply(
         Some(best)
     };
     let Some(t) = target else {
-        finish(&mut out, Verdict::Kept, Reason::EscalateOnly, format!("escalate_only: no eligible model has a higher predicted quality than {at} ({q:.3})"));
+        finish(
+            &mut out,
+            Verdict::Kept,
+            Reason::EscalateOnly,
+            format!("escalate_only: no eligible model has a higher predicted quality than {at} ({q:.3})"),
+        );
         promote(ranking, i, j, keep_utility, constraints);
         return out;
     };
@@ -452,7 +463,10 @@ mod tests {
         assert!((o.gain - 0.045).abs() < 1e-9, "{o:?}");
         assert_eq!(first(&r), "b@p3");
         assert_eq!(r.chosen, [1, 0, 2]);
-        assert_eq!(r.attempts[..3], [Attempt { scored: 1, endpoint: 0 }, Attempt { scored: 0, endpoint: 1 }, Attempt { scored: 0, endpoint: 0 }]);
+        assert_eq!(
+            r.attempts[..3],
+            [Attempt { scored: 1, endpoint: 0 }, Attempt { scored: 0, endpoint: 1 }, Attempt { scored: 0, endpoint: 0 }]
+        );
         assert_eq!((r.scored[1].rank, r.scored[0].rank, r.scored[2].rank), (1, 2, 3));
         // On an endpoint that is not its model's first: a@p1 stays before the cheaper a@p2.
         let (r, o) = run([0.8, 0.5, 0.5], &[], Some(sticky("a", "p1", 10_000)), false, &c());
@@ -494,7 +508,8 @@ mod tests {
         assert_eq!((o.verdict, o.reason), (Verdict::Moved, Reason::ModelIneligible));
         assert!(o.detail.contains("allowed_models/denied_models"), "{}", o.detail);
         // The endpoint alone: the model stays eligible on p2.
-        let ignore = Constraints { provider: crate::policy::ProviderPreferences { ignore: vec!["p1".into()], ..Default::default() }, ..c() };
+        let ignore =
+            Constraints { provider: crate::policy::ProviderPreferences { ignore: vec!["p1".into()], ..Default::default() }, ..c() };
         let (r, o) = run([0.8, 0.5, 0.5], &[], Some(sticky("a", "p1", 10_000)), false, &ignore);
         assert_eq!((o.verdict, o.reason), (Verdict::Moved, Reason::EndpointIneligible));
         assert!(o.detail.contains("provider.ignore"), "{}", o.detail);

@@ -452,7 +452,8 @@ async fn a_session_stays_on_its_upstream_through_envoy_until_its_breaker_opens()
     .await;
     let ports = gateway_ports(free_port(), pm.ext_port, &[&fallback, &openai, &together, &anthropic, &deepseek]);
     let gw = Envoy::start(&ports, true, &[("message_timeout: 1s", "message_timeout: 10s")]).await;
-    let policy: String = (1..=40).map(|i| format!("Clause {i}: refunds for category {i} are answered within {} days. ", i % 7 + 1)).collect();
+    let policy: String =
+        (1..=40).map(|i| format!("Clause {i}: refunds for category {i} are answered within {} days. ", i % 7 + 1)).collect();
     let body = |turns: usize| {
         let mut m = vec![serde_json::json!({"role": "system", "content": format!("You are a support agent.\n{policy}")})];
         for t in 0..turns {

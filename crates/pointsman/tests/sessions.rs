@@ -44,7 +44,9 @@ fn config(ttl_seconds: u64) -> Config {
 fn conversation(turns: usize) -> Vec<pb::Message> {
     let msg = |role: &str, content: String| pb::Message { role: role.into(), content };
     let policy: String = (1..=60)
-        .map(|i| format!("Clause {i}: a refund request for order category {i} must be answered within {} days, citing the clause. ", i % 7 + 1))
+        .map(|i| {
+            format!("Clause {i}: a refund request for order category {i} must be answered within {} days, citing the clause. ", i % 7 + 1)
+        })
         .collect();
     let mut m = vec![msg("system", format!("You are a support agent. Follow the policy exactly.\n{policy}"))];
     let questions = [
@@ -55,7 +57,10 @@ fn conversation(turns: usize) -> Vec<pb::Message> {
     ];
     for (i, q) in questions.iter().enumerate().take(turns) {
         if i > 0 {
-            m.push(msg("assistant", format!("Here is my answer to question {i}, citing the relevant clause of the policy in full detail.")));
+            m.push(msg(
+                "assistant",
+                format!("Here is my answer to question {i}, citing the relevant clause of the policy in full detail."),
+            ));
         }
         m.push(msg("user", q.to_string()));
     }
@@ -150,9 +155,19 @@ async fn a_session_keeps_its_endpoint_until_its_breaker_opens() {
     // breaker: the next turn moves, and says why.
     for i in 0..5 {
         let id = format!("offered-{i}");
-        let req = pb::RouteRequest { prompt: "Hello there".into(), request_id: id.clone(), allowed_models: vec![runner_up.clone()], ..Default::default() };
+        let req = pb::RouteRequest {
+            prompt: "Hello there".into(),
+            request_id: id.clone(),
+            allowed_models: vec![runner_up.clone()],
+            ..Default::default()
+        };
         client.route(req).await.unwrap();
-        let report = pb::FeedbackRequest { request_id: id, model: runner_up.clone(), outcome: pb::Outcome::ServerError as i32, ..Default::default() };
+        let report = pb::FeedbackRequest {
+            request_id: id,
+            model: runner_up.clone(),
+            outcome: pb::Outcome::ServerError as i32,
+            ..Default::default()
+        };
         assert!(client.feedback(report).await.unwrap().into_inner().counted);
     }
     let t4 = route(&mut client, conversation(4), session("support-42"), &[]).await;
@@ -244,7 +259,11 @@ async fn bad_session_values_are_refused_naming_the_field_the_limit_and_the_value
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("session.id") && e.message().contains("256") && e.message().contains("257"), "{}", e.message());
     let e = refused(pb::Session { id: "a\u{7}b".into(), ..Default::default() }).await;
-    assert!(e.message().contains("session.id") && e.message().contains("control characters") && e.message().contains("a\\u{7}b"), "{}", e.message());
+    assert!(
+        e.message().contains("session.id") && e.message().contains("control characters") && e.message().contains("a\\u{7}b"),
+        "{}",
+        e.message()
+    );
     let e = refused(pb::Session { id: "   ".into(), ..Default::default() }).await;
     assert!(e.message().contains("session.id") && e.message().contains("blank"), "{}", e.message());
     let e = refused(pb::Session { user: "u-1".into(), ..Default::default() }).await;
@@ -256,7 +275,9 @@ async fn bad_session_values_are_refused_naming_the_field_the_limit_and_the_value
     // A user and conversation name a session; an empty message names none.
     let ok = |s: pb::Session| {
         let mut client = client.clone();
-        async move { client.route(pb::RouteRequest { prompt: "Hello".into(), session: Some(s), ..Default::default() }).await.unwrap().into_inner() }
+        async move {
+            client.route(pb::RouteRequest { prompt: "Hello".into(), session: Some(s), ..Default::default() }).await.unwrap().into_inner()
+        }
     };
     let r = ok(pb::Session { user: "u".into(), conversation: "c".into(), ..Default::default() }).await;
     assert_eq!(verdict(&r).0, pb::SessionVerdict::New);
@@ -337,7 +358,9 @@ async fn the_postgres_log_records_sessions() {
     let t2 = route(&mut client, conversation(2), session("pg-1"), &[]).await;
     let hash = t2.session.as_ref().unwrap().session_hash.clone();
     let count = |verdict: &str, reason: &str| {
-        let sql = format!("SELECT count(*) FROM decisions WHERE session_id = '{hash}' AND session_verdict = '{verdict}' AND session_reason = '{reason}'");
+        let sql = format!(
+            "SELECT count(*) FROM decisions WHERE session_id = '{hash}' AND session_verdict = '{verdict}' AND session_reason = '{reason}'"
+        );
         pg.query_i64(&sql)
     };
     let mut n = 0;

@@ -214,8 +214,10 @@ impl Service {
             None => None,
         };
         let sessions = match (&config.health.shared, config.sessions.shared && config.sessions.enabled) {
-            (Some(url), true) => Sessions::shared(&config.sessions, url, config.health.shared_ca_file.as_deref(), &config.health.shared_key)
-                .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?,
+            (Some(url), true) => {
+                Sessions::shared(&config.sessions, url, config.health.shared_ca_file.as_deref(), &config.health.shared_key)
+                    .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?
+            }
             _ => Sessions::new(&config.sessions),
         };
         Ok(Self {

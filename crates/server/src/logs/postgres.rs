@@ -843,7 +843,11 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 3,
             candidates: vec![],
-            session: Some(crate::logs::LoggedSession { id: "0123456789abcdef0123456789abcdef".into(), verdict: "kept", reason: "cache_saving" }),
+            session: Some(crate::logs::LoggedSession {
+                id: "0123456789abcdef0123456789abcdef".into(),
+                verdict: "kept",
+                reason: "cache_saving",
+            }),
         }
     }
 

@@ -98,14 +98,16 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
         )
         .map_err(&e)?;
     }
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;").map_err(&e)?;
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;")
+        .map_err(&e)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
 }
 
 /// True when the decisions table has the session columns.
 fn has_session_columns(conn: &Connection) -> rusqlite::Result<bool> {
-    let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info('decisions') WHERE name IN ('session_id', 'session_verdict', 'session_reason')")?;
+    let mut stmt = conn
+        .prepare("SELECT count(*) FROM pragma_table_info('decisions') WHERE name IN ('session_id', 'session_verdict', 'session_reason')")?;
     Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 3)
 }
 

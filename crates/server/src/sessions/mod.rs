@@ -82,12 +82,7 @@ pub struct Sessions {
 impl Sessions {
     /// An empty store under `config` (not shared yet: see [`Sessions::share`]).
     pub fn new(config: &SessionsConfig) -> Arc<Self> {
-        Arc::new(Self {
-            config: config.clone(),
-            cache: Self::cache(config),
-            stats: Arc::new(SessionStats::default()),
-            shared: None,
-        })
+        Arc::new(Self { config: config.clone(), cache: Self::cache(config), stats: Arc::new(SessionStats::default()), shared: None })
     }
 
     fn cache(config: &SessionsConfig) -> moka::sync::Cache<u128, Arc<Sticky>> {

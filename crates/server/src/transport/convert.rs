@@ -309,14 +309,20 @@ pub fn session_request(s: Option<pb::Session>) -> Result<Option<SessionRequest>,
             ));
         }
         if s.user.is_empty() {
-            return Err(invalid("session.user", format!("must be set with session.conversation. Given: conversation {:?} and no user", truncated(&s.conversation))));
+            return Err(invalid(
+                "session.user",
+                format!("must be set with session.conversation. Given: conversation {:?} and no user", truncated(&s.conversation)),
+            ));
         }
         session_value("session.user", &s.user)?;
         session_value("session.conversation", &s.conversation)?;
         SessionKey::of_user(&s.user, &s.conversation)
     } else {
         if s.escalate_only {
-            return Err(invalid("session.escalate_only", "needs a session: set session.id, or session.user and session.conversation. Given: true with neither"));
+            return Err(invalid(
+                "session.escalate_only",
+                "needs a session: set session.id, or session.user and session.conversation. Given: true with neither",
+            ));
         }
         return Ok(None);
     };

@@ -430,10 +430,7 @@ impl Exchange {
             set_headers.push(set(headers::SESSION, &format!("{verdict}; reason={}", s.reason)));
         }
         Step::Routed(CommonResponse {
-            header_mutation: Some(HeaderMutation {
-                set_headers,
-                ..Default::default()
-            }),
+            header_mutation: Some(HeaderMutation { set_headers, ..Default::default() }),
             body_mutation: Some(BodyMutation { mutation: Some(Mutation::Body(body)) }),
             clear_route_cache: true,
             ..Default::default()
@@ -484,14 +481,18 @@ impl Exchange {
             match body.get(field) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(RouteError::invalid(field, format!("must be a string. Given: {}", crate::engine::truncated(&other.to_string())))),
+                Some(other) => {
+                    Err(RouteError::invalid(field, format!("must be a string. Given: {}", crate::engine::truncated(&other.to_string()))))
+                }
             }
         };
         let escalate_only = knob::<bool>(h, headers::ESCALATE_ONLY, "true or false")?.unwrap_or(false);
         let id = text("session_id")?.or_else(|| h.get(headers::SESSION_ID).cloned()).filter(|s| !s.is_empty());
         let session = match (id, text("user")?.filter(|u| !u.is_empty()), h.get(headers::CONVERSATION).filter(|c| !c.is_empty())) {
             (Some(id), _, _) => pb::Session { id, escalate_only, ..Default::default() },
-            (None, Some(user), Some(conversation)) => pb::Session { user, conversation: conversation.clone(), escalate_only, ..Default::default() },
+            (None, Some(user), Some(conversation)) => {
+                pb::Session { user, conversation: conversation.clone(), escalate_only, ..Default::default() }
+            }
             // A `user` alone names a user, not a conversation: no session.
             _ if !escalate_only => return Ok(None),
             _ => pb::Session { escalate_only, ..Default::default() },
