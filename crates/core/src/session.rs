@@ -194,6 +194,7 @@ pub fn cached_saving_usd(e: &Endpoint, prefix_tokens: u32) -> f64 {
 
 /// Applies the session's last turn `previous` to `ranking` (see the module docs), reordering it
 /// when the session stays or escalates. `cost_weight` and `cost_scale_usd` are the ranking's.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     catalog: &Catalog,
     ranking: &mut Ranking,

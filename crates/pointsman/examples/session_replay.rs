@@ -42,7 +42,7 @@ struct Totals {
     kept: usize,
     moved: usize,
     /// Session decisions by reason.
-    reasons: BTreeMap<&'static str, usize>,
+    reasons: BTreeMap<String, usize>,
 }
 
 /// Where the previous turn of a conversation went: (model, provider, input + answer tokens).
@@ -109,7 +109,10 @@ async fn replay(engine: &Arc<Engine>, conversations: &[Vec<String>], profile: &s
                         pointsman::session::Verdict::Moved => t.moved += 1,
                         pointsman::session::Verdict::New => {}
                     }
-                    *t.reasons.entry(o.reason.as_str()).or_default() += 1;
+                    // A rule that left the session's model out is named in the detail, in backticks.
+                    let rule = o.detail.split('`').nth(1).filter(|_| o.reason == pointsman::session::Reason::ModelIneligible);
+                    let key = rule.map_or_else(|| o.reason.as_str().to_string(), |r| format!("{} ({r})", o.reason.as_str()));
+                    *t.reasons.entry(key).or_default() += 1;
                 }
             }
             last = bill(engine, &d, &last, &mut t);
