@@ -136,6 +136,9 @@ pub struct RouteQuery {
     pub deadline: Option<Instant>,
     /// The request's say on exploration.
     pub explore: exploration::Opt,
+    /// The session the request belongs to, if it names one. The engine does not read it: the
+    /// server applies the session to the decision (`session::apply`).
+    pub session: Option<crate::session::SessionRequest>,
 }
 
 impl RouteQuery {
@@ -158,6 +161,7 @@ impl RouteQuery {
             explain: false,
             deadline: None,
             explore: exploration::Opt::Default,
+            session: None,
         }
     }
 }
@@ -202,6 +206,8 @@ pub struct Decision {
     pub constraints: Constraints,
     /// How the request chose its trade-off.
     pub tradeoff: Tradeoff,
+    /// What the request's session did to the ranking (set by the server, see `session`).
+    pub session: Option<crate::session::SessionOutcome>,
     /// How the primary was chosen: its propensity, whether it was explored.
     pub choice: Choice,
     /// What the shadow head would have chosen, when one is configured.
@@ -657,6 +663,7 @@ impl Engine {
             tradeoff: q.tradeoff,
             choice,
             shadow,
+            session: None,
         })
     }
 

@@ -15,6 +15,8 @@
 //! - [`engine`]: ties them together with a worker pool (bounded queue, deadlines) and a cache;
 //!   [`exploration`] samples the primary on an opt-in share of traffic and records its propensity.
 //! - [`record`]: the training-line format the decision log writes and the trainer reads.
+//! - [`session`]: keeping a conversation on the model and endpoint of its last turn while that
+//!   is worth the cached-input saving (the server keeps the sessions).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -54,3 +56,4 @@ pub mod policy;
 pub mod predictor;
 pub mod record;
 pub mod runtime;
+pub mod session;

@@ -116,6 +116,7 @@ fn decision(i: usize) -> DecisionRecord {
         input_tokens: 42,
         candidates: vec![],
         policy: Default::default(),
+        session: None,
     }
 }
 

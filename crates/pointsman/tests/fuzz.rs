@@ -151,12 +151,15 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
             },
         )
     });
+    // Sessions: mostly a plausible id, or a user with a conversation; sometimes anything.
+    let session = prop::option::of((id(), id(), id(), any::<bool>()))
+        .prop_map(|s| s.map(|(id, user, conversation, escalate_only)| pb::Session { id, user, conversation, escalate_only }));
     (
         (id(), conversation, profile),
         (cost_weight, max_cost, opt_number()),
         (list(&k.models), list(&k.models), list(&k.providers), list(&k.providers)),
         (fallbacks, any::<bool>(), prop::option::of((any::<(bool, bool, bool, bool, bool)>(), word(&["", "low", "high"]), opt_u32()))),
-        (provider, prop::option::of(any::<bool>())),
+        (provider, session, prop::option::of(any::<bool>())),
     )
         .prop_map(
             |(
@@ -164,7 +167,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                 (cost_weight, max_cost_usd, min_quality),
                 (allowed_models, denied_models, allowed_providers, denied_providers),
                 (max_fallbacks, explain, needs),
-                (provider, explore),
+                (provider, session, explore),
             )| {
                 Shown(pb::RouteRequest {
                     request_id,
@@ -185,6 +188,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                     }),
                     provider,
                     explore,
+                    session,
                 })
             },
         )

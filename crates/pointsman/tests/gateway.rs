@@ -38,10 +38,16 @@ struct Pointsman {
 impl Pointsman {
     /// Starts the shipped config with the keys in `set` replaced (as `write_config` does).
     async fn start(set: &[(&str, &str)]) -> Self {
+        Self::start_edited(set, |_| {}).await
+    }
+
+    /// [`Pointsman::start`], with `edit` applied to the loaded config.
+    async fn start_edited(set: &[(&str, &str)], edit: impl FnOnce(&mut pointsman::config::Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("decisions.db");
         let cfg_path = write_config(&dir.path().join("pointsman.toml"), &repo().join("models/router"), &db, set);
-        let config = pointsman::config::Config::load(&cfg_path).unwrap();
+        let mut config = pointsman::config::Config::load(&cfg_path).unwrap();
+        edit(&mut config);
         let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ext = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -423,4 +429,81 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
     let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[("x-pointsman-upstream", "anthropic")]).await;
     assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
     assert_eq!(anthropic.seen().len(), before, "the client-named cluster was not reached");
+}
+
+/// A conversation that names a session (`x-session-id`) stays on the model and upstream of its
+/// last turn while that is worth its cached input, and moves when that upstream fails until the
+/// model's breaker opens. The catalog: four models at equal list prices with free cached input,
+/// so staying is always worth more than a better model (what the gRPC tests check in detail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_its_upstream_through_envoy_until_its_breaker_opens() {
+    let _serial = SERIAL.lock().await;
+    let all = Arc::default();
+    let fallback = Upstream::start("default", &all).await;
+    let (openai, together) = (Upstream::start("openai", &all).await, Upstream::start("together", &all).await);
+    let (anthropic, deepseek) = (Upstream::start("anthropic", &all).await, Upstream::start("deepseek", &all).await);
+    let keep = ["claude-3-haiku-20240307", "gpt-4o-mini-2024-07-18", "deepseek-v2.5-0908", "Meta-Llama-3.1-8B-Instruct"];
+    let mut pm = Pointsman::start_edited(&[("message_timeout_ms", "10000"), ("cool_down_seconds", "600.0")], |c| {
+        c.models.retain(|m| keep.contains(&m.id.as_str()));
+        for e in c.models.iter_mut().flat_map(|m| m.endpoints.iter_mut()) {
+            (e.input_usd_per_mtok, e.output_usd_per_mtok, e.cached_input_usd_per_mtok) = (5.0, 5.0, Some(0.0));
+        }
+    })
+    .await;
+    let ports = gateway_ports(free_port(), pm.ext_port, &[&fallback, &openai, &together, &anthropic, &deepseek]);
+    let gw = Envoy::start(&ports, true, &[("message_timeout: 1s", "message_timeout: 10s")]).await;
+    let policy: String =
+        (1..=40).map(|i| format!("Clause {i}: refunds for category {i} are answered within {} days. ", i % 7 + 1)).collect();
+    let body = |turns: usize| {
+        let mut m = vec![serde_json::json!({"role": "system", "content": format!("You are a support agent.\n{policy}")})];
+        for t in 0..turns {
+            if t > 0 {
+                m.push(serde_json::json!({"role": "assistant", "content": format!("Answer {t}, citing the clause in full.")}));
+            }
+            m.push(serde_json::json!({"role": "user", "content": format!("Question {t}: what do I tell a customer whose category {} order is {} days old?", t + 3, t + 5)}));
+        }
+        serde_json::json!({"model": "pointsman/auto", "messages": m}).to_string()
+    };
+
+    // Turn 1, limited to anthropic by the request's provider preferences.
+    let r = post(gw.addr, &body(1), &[("x-session-id", "gw-1"), ("x-pointsman-provider", r#"{"only": ["anthropic"]}"#)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (name, seen) = arrival(&all);
+    assert_eq!((name, seen.model.as_str()), ("anthropic", "claude-3-haiku-20240307"));
+    assert_eq!(seen.headers["x-pointsman-session"], "new; reason=first_turn");
+    // Turns 2 and 3, no preference: the session stays on its upstream.
+    for turns in [2, 3] {
+        let r = post(gw.addr, &body(turns), &[("x-session-id", "gw-1")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (name, seen) = arrival(&all);
+        assert_eq!((name, seen.model.as_str()), ("anthropic", "claude-3-haiku-20240307"), "turn {turns}");
+        assert!(seen.headers["x-pointsman-session"].starts_with("kept; reason="), "{:?}", seen.headers);
+    }
+    // A request without a session goes where the ranking says (recorded for the report).
+    let r = post(gw.addr, &body(3), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (plain, seen) = arrival(&all);
+    assert!(!seen.headers.contains_key("x-pointsman-session"));
+    println!("without a session, turn 3 goes to {plain} ({})", seen.model);
+
+    // The anthropic upstream fails: the session's turns fail there until the model's breaker
+    // opens (5 failures in a row, reported by ext_proc itself), then move and succeed.
+    anthropic.failing.store(true, Ordering::SeqCst);
+    let mut failures = 0;
+    let moved = loop {
+        let r = post(gw.addr, &body(4), &[("x-session-id", "gw-1")]).await;
+        if r.status == 200 {
+            break arrival(&all);
+        }
+        assert_eq!(r.status, 500, "{}", r.body);
+        failures += 1;
+        assert!(failures <= 10, "the session never moved off the failing upstream");
+        let id = anthropic.seen().last().unwrap().headers["x-pointsman-request-id"].clone();
+        eventually(|| Some(()).filter(|_| !feedback_rows(&pm.db, &id).is_empty())).await;
+    };
+    assert_eq!(failures, 5, "the breaker opens after open_after_consecutive_failures = 5");
+    let (name, seen) = moved;
+    assert_ne!(name, "anthropic");
+    assert_eq!(seen.headers["x-pointsman-session"], "moved; reason=unhealthy");
+    pm.stop().await;
 }

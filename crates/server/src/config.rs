@@ -195,6 +195,8 @@ pub struct Config {
     pub decision_log: crate::logs::LogConfig,
     /// Live model health (circuit breakers).
     pub health: crate::health::HealthConfig,
+    /// Sessions: a conversation kept on its endpoint while that is worth its cached input.
+    pub sessions: crate::sessions::SessionsConfig,
     /// Hot reload.
     pub reload: ReloadConfig,
     /// The catalog.
@@ -390,6 +392,7 @@ impl Config {
         }
         self.decision_log.validate()?;
         self.health.validate()?;
+        self.sessions.validate()?;
         self.auth.validate()?;
         self.tls.validate()?;
         let w = self.reload.watch_interval_seconds;

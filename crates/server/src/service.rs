@@ -17,6 +17,7 @@ use crate::{
     health::{offers::Offers, shared::SharedHealth, HealthTracker, Outcome, Snapshot},
     logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
     policy::Constraints,
+    sessions::Sessions,
     telemetry::Telemetry,
 };
 
@@ -190,6 +191,8 @@ pub struct Service {
     /// Recent request ids (this replica's and, with `health.shared`, the fleet's), the models
     /// offered for each, and the reports already taken on them.
     offers: Arc<Offers>,
+    /// Where each session's last turn went (shared with the fleet with `health.shared`).
+    sessions: Arc<Sessions>,
     reload_lock: tokio::sync::Mutex<()>,
     stats: ServiceStats,
     telemetry: Telemetry,
@@ -214,8 +217,16 @@ impl Service {
             ),
             None => None,
         };
+        let sessions = match (&config.health.shared, config.sessions.shared && config.sessions.enabled) {
+            (Some(url), true) => {
+                Sessions::shared(&config.sessions, url, config.health.shared_ca_file.as_deref(), &config.health.shared_key)
+                    .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?
+            }
+            _ => Sessions::new(&config.sessions),
+        };
         Ok(Self {
             engine: RwLock::new(None),
+            sessions,
             health,
             shared,
             config: RwLock::new(Arc::new(config)),
@@ -255,6 +266,11 @@ impl Service {
         self.shared.as_ref()
     }
 
+    /// The sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// The decision log, if enabled.
     pub fn log(&self) -> Option<&DecisionLog> {
         self.log.as_ref()
@@ -288,9 +304,13 @@ impl Service {
     pub async fn route(&self, call: RouteCall<'_>, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         // Lock-free; empty while no model has a report (the policy reads that as all healthy).
         let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now());
+        let session = q.session;
         let mut result = engine.route_with_health(q, &health).await;
         match &mut result {
             Ok(d) => {
+                if let Some(s) = session {
+                    self.sessions.decide(engine, d, s);
+                }
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
@@ -433,6 +453,10 @@ fn keep_restart_only_settings(new: &mut Config, running: &Config) {
         tracing::warn!("[health] changed: it takes effect at the next restart");
         new.health = running.health.clone();
     }
+    if new.sessions != running.sessions {
+        tracing::warn!("[sessions] changed: it takes effect at the next restart");
+        new.sessions = running.sessions.clone();
+    }
 }
 
 /// Checks a freshly loaded engine by routing a test prompt under the default profile: the head
@@ -447,6 +471,7 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
         deadline: None,
         // A check, not traffic: never explores nor spends the exploration budget.
         explore: pointsman_core::exploration::Opt::Out,
+        session: None,
     };
     let d = engine.route(q).await.map_err(|e| match e {
         // Constraints of a test prompt emptying the list is a catalog problem, not a crash.
@@ -502,6 +527,11 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         },
         input_tokens: d.input_tokens,
         candidates,
+        session: d.session.as_ref().map(|s| crate::logs::LoggedSession {
+            id: s.key.hex(),
+            verdict: s.verdict.as_str(),
+            reason: s.reason.as_str(),
+        }),
         policy: decision_policy(engine, d),
     }
 }

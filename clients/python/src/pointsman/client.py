@@ -79,6 +79,22 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class SessionInfo:
+    """What the request's session did: `verdict` is "new", "kept" or "moved"; `reason` says why
+    (first_turn, best, cache_saving, escalate_only, gain, model_ineligible, unhealthy,
+    endpoint_ineligible, provider_order, not_in_catalog), `detail` in words."""
+
+    verdict: str
+    reason: str
+    detail: str
+    previous_model: str
+    previous_provider: str
+    cached_saving_usd: float
+    utility_gain: float
+    turn: int
+
+
+@dataclass(frozen=True)
 class Decision:
     """The router's answer: the primary model first, then the fallbacks in order."""
 
@@ -91,6 +107,8 @@ class Decision:
     raw: Any = field(repr=False, compare=False, default=None)
     # The whole failover order as (model, provider): each candidate on its endpoints.
     attempts: Sequence[tuple] = ()
+    # What the request's session did, when it named one.
+    session: Optional[SessionInfo] = None
 
     @property
     def model(self) -> str:
@@ -129,13 +147,20 @@ def route_request(
     max_tokens: Optional[int] = None,
     max_completion_tokens: Optional[int] = None,
     explore: Optional[bool] = None,
+    session_id: Optional[str] = None,
+    user: Optional[str] = None,
+    conversation: Optional[str] = None,
+    escalate_only: bool = False,
 ) -> "pb.RouteRequest":
     """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`):
     `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them;
     `provider` is OpenRouter's provider-preferences object (a dict, as OpenRouter takes it);
     `response_format`, `reasoning_effort` / `reasoning` and `max_tokens` /
     `max_completion_tokens` as in the OpenAI body add to the requirements endpoints are matched
-    against. Raises `NothingToRoute` when no message (or the prompt) has text."""
+    against. The session is `session_id` (OpenRouter's), or else OpenAI's `user` with a
+    `conversation` key (a `user` alone names no session, as through Envoy); `escalate_only` moves it
+    only to a model of higher predicted quality. Raises `NothingToRoute` when no message (or the
+    prompt) has text."""
     req = pb.RouteRequest(
         request_id=request_id or str(uuid.uuid4()),
         prompt=prompt or "",
@@ -186,7 +211,33 @@ def route_request(
     )
     if provider is not None:
         req.provider.CopyFrom(provider_preferences(provider))
+    if session_id:
+        req.session.CopyFrom(pb.Session(id=session_id, escalate_only=escalate_only))
+    elif user and conversation:
+        req.session.CopyFrom(pb.Session(user=user, conversation=conversation, escalate_only=escalate_only))
+    elif escalate_only:
+        # The server names the missing session in its INVALID_ARGUMENT.
+        req.session.CopyFrom(pb.Session(escalate_only=True))
     return req
+
+
+_VERDICTS = {pb.SESSION_VERDICT_NEW: "new", pb.SESSION_VERDICT_KEPT: "kept", pb.SESSION_VERDICT_MOVED: "moved"}
+
+
+def _session(r: "pb.RouteResponse") -> Optional[SessionInfo]:
+    if not r.HasField("session"):
+        return None
+    s = r.session
+    return SessionInfo(
+        verdict=_VERDICTS.get(s.verdict, "new"),
+        reason=s.reason,
+        detail=s.detail,
+        previous_model=s.previous_model,
+        previous_provider=s.previous_provider,
+        cached_saving_usd=s.cached_saving_usd,
+        utility_gain=s.utility_gain,
+        turn=s.turn,
+    )
 
 
 def feedback_request(
@@ -237,6 +288,7 @@ def _decision(r: "pb.RouteResponse") -> Decision:
         input_tokens=r.input_tokens,
         raw=r,
         attempts=[(a.model, a.provider) for a in r.attempts],
+        session=_session(r),
     )
 
 

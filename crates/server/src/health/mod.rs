@@ -22,7 +22,7 @@ pub use pointsman_core::health::{Snapshot, State};
 
 pub mod offers;
 pub mod shared;
-mod stream;
+pub(crate) mod stream;
 
 use std::{
     collections::{HashMap, VecDeque},

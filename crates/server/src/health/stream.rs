@@ -70,7 +70,7 @@ pub(super) fn parse_offers(fields: &[(String, String)]) -> Option<(String, Vec<O
 }
 
 /// The milliseconds part of a stream id.
-pub(super) fn stream_ms(id: &str) -> i64 {
+pub(crate) fn stream_ms(id: &str) -> i64 {
     id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
 }
 
@@ -83,10 +83,10 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// One stream entry: (stream, id, field/value pairs).
-pub(super) type Entry = (String, String, Vec<(String, String)>);
+pub(crate) type Entry = (String, String, Vec<(String, String)>);
 
 /// The entries of an XREAD reply, stream by stream. Nil (a timeout) is none.
-pub(super) fn entries(reply: &Value) -> Vec<Entry> {
+pub(crate) fn entries(reply: &Value) -> Vec<Entry> {
     let streams: Vec<(Option<String>, &Value)> = match reply {
         Value::Array(a) => {
             a.iter().filter_map(|s| if let Value::Array(kv) = s { Some((kv.first().and_then(text), kv.get(1)?)) } else { None }).collect()

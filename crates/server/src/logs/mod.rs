@@ -241,6 +241,17 @@ pub struct LoggedCandidate {
     pub health: &'static str,
 }
 
+/// A decision's session, as logged (columns `session_id`, `session_verdict`, `session_reason`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedSession {
+    /// The session's hash (32 hex digits, `session::SessionKey::hex`), never the id as given.
+    pub id: String,
+    /// "new", "kept" or "moved".
+    pub verdict: &'static str,
+    /// Why (`session::Reason::as_str`).
+    pub reason: &'static str,
+}
+
 /// One `Route` decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecisionRecord {
@@ -268,6 +279,8 @@ pub struct DecisionRecord {
     pub input_tokens: u32,
     /// Primary first, then fallbacks.
     pub candidates: Vec<LoggedCandidate>,
+    /// The request's session, when it named one.
+    pub session: Option<LoggedSession>,
     /// The policy that chose the primary and the propensity of its choice.
     pub policy: DecisionPolicy,
 }
@@ -839,6 +852,7 @@ mod tests {
             input_tokens: 7,
             candidates: vec![],
             policy: DecisionPolicy::default(),
+            session: None,
         }
     }
 

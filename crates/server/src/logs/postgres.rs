@@ -50,7 +50,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../../../migrations/postgres/0001_decision_log.sql")),
     (2, "feedback trust", include_str!("../../../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
-    (4, "decision policy", include_str!("../../../../migrations/postgres/0004_decision_policy.sql")),
+    (4, "sessions", include_str!("../../../../migrations/postgres/0004_sessions.sql")),
+    (5, "decision policy", include_str!("../../../../migrations/postgres/0005_decision_policy.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -273,6 +274,13 @@ pub(crate) struct DecisionRow {
     constraints: String,
     input_tokens: i32,
     candidates: String,
+    /// The session's hash, verdict and reason (absent from spill files of older builds).
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    session_verdict: Option<String>,
+    #[serde(default)]
+    session_reason: Option<String>,
     // Absent from batches spilled by a build before the policy columns: deterministic.
     #[serde(default = "deterministic")]
     propensity: f64,
@@ -333,6 +341,9 @@ impl Rows {
                     candidates: serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into()),
                     propensity: d.policy.propensity,
                     policy: serde_json::to_string(&d.policy).ok(),
+                    session_id: d.session.as_ref().map(|s| s.id.clone()),
+                    session_verdict: d.session.as_ref().map(|s| s.verdict.to_string()),
+                    session_reason: d.session.as_ref().map(|s| s.reason.to_string()),
                 })
                 .collect(),
             feedback: feedback
@@ -426,10 +437,10 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
-INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy)
-SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, propensity, policy::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::float8[], $14::text[])
-    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy)
+INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason)
+SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, propensity, policy::jsonb, session_id, session_verdict, session_reason
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::float8[], $14::text[], $15::text[], $16::text[], $17::text[])
+    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason)
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
@@ -460,6 +471,9 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &d.iter().map(|r| r.candidates.as_str()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.propensity).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.policy.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_id.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_verdict.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_reason.as_deref()).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -845,6 +859,11 @@ mod tests {
             input_tokens: 3,
             candidates: vec![],
             policy: Default::default(),
+            session: Some(crate::logs::LoggedSession {
+                id: "0123456789abcdef0123456789abcdef".into(),
+                verdict: "kept",
+                reason: "cache_saving",
+            }),
         }
     }
 

@@ -32,7 +32,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     input_tokens INTEGER NOT NULL,
     candidates TEXT NOT NULL,
     propensity REAL NOT NULL DEFAULT 1,
-    policy TEXT
+    policy TEXT,
+    session_id TEXT,
+    session_verdict TEXT,
+    session_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_request ON decisions(request_id);
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_ms);
@@ -96,8 +99,29 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
         )
         .map_err(&e)?;
     }
+    // Files from before sessions: the session columns (NULL for the decisions already logged).
+    // By column, not by version, so this step and other helpers' steps apply in any order.
+    if !has_session_columns(&conn).map_err(&e)? {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE decisions ADD COLUMN session_id TEXT;
+             ALTER TABLE decisions ADD COLUMN session_verdict TEXT;
+             ALTER TABLE decisions ADD COLUMN session_reason TEXT;
+             COMMIT;",
+        )
+        .map_err(&e)?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;")
+        .map_err(&e)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
+}
+
+/// True when the decisions table has the session columns.
+fn has_session_columns(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut stmt = conn
+        .prepare("SELECT count(*) FROM pragma_table_info('decisions') WHERE name IN ('session_id', 'session_verdict', 'session_reason')")?;
+    Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 3)
 }
 
 /// True when the feedback table has `verified` and `offered` (schema version 2).
@@ -193,8 +217,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
     let tx = conn.transaction()?;
     {
         let mut ins = tx.prepare_cached(
-            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         for d in decisions {
             let candidates = serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into());
@@ -212,6 +236,9 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 candidates,
                 d.policy.propensity,
                 serde_json::to_string(&d.policy).ok(),
+                d.session.as_ref().map(|s| s.id.as_str()),
+                d.session.as_ref().map(|s| s.verdict),
+                d.session.as_ref().map(|s| s.reason),
             ])?;
         }
         let mut ins = tx.prepare_cached(

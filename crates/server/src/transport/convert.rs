@@ -16,6 +16,7 @@ use crate::{
     logs::{now_ms, FeedbackRecord},
     pb,
     policy::{Constraints, Exclusion, Partition, Percentiles, ProviderPreferences, Scored, SortBy},
+    session::{SessionKey, SessionOutcome, SessionRequest, Verdict, MAX_SESSION_KEY_CHARS},
 };
 
 /// Longest accepted model id in `Feedback`, bytes.
@@ -277,6 +278,58 @@ fn requirements(r: Option<pb::Requirements>) -> Result<Requirements, RouteError>
     })
 }
 
+fn session_value(field: &str, v: &str) -> Result<(), RouteError> {
+    let n = v.chars().count();
+    if n > MAX_SESSION_KEY_CHARS {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_SESSION_KEY_CHARS} characters. Given: {n} characters ({:?})", truncated(v)),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, format!("must not contain control characters. Given: {:?}", truncated(v))));
+    }
+    if v.trim().is_empty() {
+        return Err(invalid(field, format!("must not be blank when set. Given: {v:?}")));
+    }
+    Ok(())
+}
+
+/// The request's session, naming the field, limit and value on error: an `id`, or a `user` with
+/// its `conversation`.
+pub fn session_request(s: Option<pb::Session>) -> Result<Option<SessionRequest>, RouteError> {
+    let Some(s) = s else { return Ok(None) };
+    let key = if !s.id.is_empty() {
+        session_value("session.id", &s.id)?;
+        SessionKey::of_id(&s.id)
+    } else if !s.user.is_empty() || !s.conversation.is_empty() {
+        if s.conversation.is_empty() {
+            return Err(invalid(
+                "session.conversation",
+                format!("must be set with session.user (each of a user's conversations is a session of its own). Given: user {:?} and no conversation", truncated(&s.user)),
+            ));
+        }
+        if s.user.is_empty() {
+            return Err(invalid(
+                "session.user",
+                format!("must be set with session.conversation. Given: conversation {:?} and no user", truncated(&s.conversation)),
+            ));
+        }
+        session_value("session.user", &s.user)?;
+        session_value("session.conversation", &s.conversation)?;
+        SessionKey::of_user(&s.user, &s.conversation)
+    } else {
+        if s.escalate_only {
+            return Err(invalid(
+                "session.escalate_only",
+                "needs a session: set session.id, or session.user and session.conversation. Given: true with neither",
+            ));
+        }
+        return Ok(None);
+    };
+    Ok(Some(SessionRequest { key, escalate_only: s.escalate_only }))
+}
+
 /// Turns a wire request into a core query, checking everything that needs no catalog.
 pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
     check_request_id(&req.request_id)?;
@@ -379,7 +432,8 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         Some(true) => Opt::In,
         Some(false) => Opt::Out,
     };
-    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None, explore })
+    let session = session_request(req.session)?;
+    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None, explore, session })
 }
 
 fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb::Endpoint {
@@ -487,6 +541,27 @@ impl From<StageTimings> for pb::Timings {
     }
 }
 
+/// The wire form of a session's part in a decision.
+pub fn session_decision(o: &SessionOutcome) -> pb::SessionDecision {
+    let verdict = match o.verdict {
+        Verdict::New => pb::SessionVerdict::New,
+        Verdict::Kept => pb::SessionVerdict::Kept,
+        Verdict::Moved => pb::SessionVerdict::Moved,
+    };
+    pb::SessionDecision {
+        verdict: verdict as i32,
+        reason: o.reason.as_str().to_string(),
+        detail: o.detail.clone(),
+        previous_model: o.previous.as_ref().map(|p| p.model.clone()).unwrap_or_default(),
+        previous_provider: o.previous.as_ref().map(|p| p.provider.clone()).unwrap_or_default(),
+        cached_saving_usd: o.saving_usd,
+        saving_utility: o.saving_utility,
+        utility_gain: o.gain,
+        turn: o.turn,
+        session_hash: o.key.hex(),
+    }
+}
+
 /// Builds the wire response for a decision.
 pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
     let r = &d.ranking;
@@ -549,6 +624,7 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
             predicted_cost_usd: s.cost_usd,
             agrees: s.agrees,
         }),
+        session: d.session.as_ref().map(session_decision),
     }
 }
 

@@ -89,8 +89,17 @@ pub mod headers {
     pub const PROVIDER: &str = "x-pointsman-provider";
     /// Out: how the request was passed through unrouted, when it was (`not_json`, `no_text`, ...).
     pub const PASSED: &str = "x-pointsman-passed";
+    /// In: the session id (OpenRouter's header; the body's `session_id` wins when both are given).
+    pub const SESSION_ID: &str = "x-session-id";
+    /// In: the conversation key that, with the body's OpenAI `user`, names the session when no
+    /// session id is given.
+    pub const CONVERSATION: &str = "x-pointsman-conversation";
+    /// In: `true` to switch the session only to a model of higher predicted quality.
+    pub const ESCALATE_ONLY: &str = "x-pointsman-escalate-only";
+    /// Out: what the session did (`new`, `kept`, `moved`), when the request named one.
+    pub const SESSION: &str = "x-pointsman-session";
     /// The headers only Pointsman sets: a client's copies are removed before routing.
-    pub const OWN: [&str; 5] = [MODEL, UPSTREAM, FALLBACKS, ATTEMPTS, PASSED];
+    pub const OWN: [&str; 6] = [MODEL, UPSTREAM, FALLBACKS, ATTEMPTS, PASSED, SESSION];
 }
 
 /// What a routed request needs for its feedback.
@@ -404,18 +413,24 @@ impl Exchange {
         let fallbacks = attempts.get(1..).unwrap_or_default();
         self.routed = Some(Routed { request_id: decision.request_id.clone(), model: primary.model.clone(), at: Instant::now() });
         let body = serde_json::to_vec(&json).expect("a JSON value serialises. This is a bug.");
+        let mut set_headers = vec![
+            set(headers::MODEL, &primary.model),
+            set(headers::UPSTREAM, &primary.provider),
+            set(headers::FALLBACKS, &fallbacks.join(",")),
+            set(headers::ATTEMPTS, &attempts.join(",")),
+            set(headers::REQUEST_ID, &decision.request_id),
+            set("content-length", &body.len().to_string()),
+        ];
+        if let Some(s) = &decision.session {
+            let verdict = match pb::SessionVerdict::try_from(s.verdict) {
+                Ok(pb::SessionVerdict::Kept) => "kept",
+                Ok(pb::SessionVerdict::Moved) => "moved",
+                _ => "new",
+            };
+            set_headers.push(set(headers::SESSION, &format!("{verdict}; reason={}", s.reason)));
+        }
         Step::Routed(CommonResponse {
-            header_mutation: Some(HeaderMutation {
-                set_headers: vec![
-                    set(headers::MODEL, &primary.model),
-                    set(headers::UPSTREAM, &primary.provider),
-                    set(headers::FALLBACKS, &fallbacks.join(",")),
-                    set(headers::ATTEMPTS, &attempts.join(",")),
-                    set(headers::REQUEST_ID, &decision.request_id),
-                    set("content-length", &body.len().to_string()),
-                ],
-                ..Default::default()
-            }),
+            header_mutation: Some(HeaderMutation { set_headers, ..Default::default() }),
             body_mutation: Some(BodyMutation { mutation: Some(Mutation::Body(body)) }),
             clear_route_cache: true,
             ..Default::default()
@@ -441,6 +456,7 @@ impl Exchange {
             (None, None) => None,
         };
         let request_id = h.get(headers::REQUEST_ID).or_else(|| h.get(headers::ENVOY_REQUEST_ID)).cloned().unwrap_or_default();
+        let session = self.session(body)?;
         Ok(pb::RouteRequest {
             request_id,
             messages: c.messages,
@@ -451,8 +467,37 @@ impl Exchange {
             min_quality: knob(h, headers::MIN_QUALITY, "a number in [0, 1]")?,
             max_fallbacks: knob(h, headers::MAX_FALLBACKS, "a whole number")?,
             provider,
+            session,
             ..Default::default()
         })
+    }
+
+    /// The request's session: the body's `session_id` (OpenRouter's), else the `x-session-id`
+    /// header, else the body's OpenAI `user` with the `x-pointsman-conversation` header. The
+    /// values are checked by `convert::session_request` like a `Route` call's.
+    fn session(&self, body: &serde_json::Value) -> Result<Option<pb::Session>, RouteError> {
+        let h = &self.headers;
+        let text = |field: &str| -> Result<Option<String>, RouteError> {
+            match body.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => {
+                    Err(RouteError::invalid(field, format!("must be a string. Given: {}", crate::engine::truncated(&other.to_string()))))
+                }
+            }
+        };
+        let escalate_only = knob::<bool>(h, headers::ESCALATE_ONLY, "true or false")?.unwrap_or(false);
+        let id = text("session_id")?.or_else(|| h.get(headers::SESSION_ID).cloned()).filter(|s| !s.is_empty());
+        let session = match (id, text("user")?.filter(|u| !u.is_empty()), h.get(headers::CONVERSATION).filter(|c| !c.is_empty())) {
+            (Some(id), _, _) => pb::Session { id, escalate_only, ..Default::default() },
+            (None, Some(user), Some(conversation)) => {
+                pb::Session { user, conversation: conversation.clone(), escalate_only, ..Default::default() }
+            }
+            // A `user` alone names a user, not a conversation: no session.
+            _ if !escalate_only => return Ok(None),
+            _ => pb::Session { escalate_only, ..Default::default() },
+        };
+        Ok(Some(session))
     }
 
     fn response_chunk(&mut self, service: &Arc<Service>, b: &HttpBody) {

@@ -207,6 +207,22 @@ pub fn render(service: &Service) -> String {
             );
         }
     }
+    {
+        let sessions = service.sessions();
+        let s = sessions.stats();
+        const DECISIONS: &str = "Decisions of requests that named a session, by what the session did: new (first turn, or after the idle TTL), kept (the last turn's model and endpoint), moved.";
+        for (verdict, v) in [("new", &s.new), ("kept", &s.kept), ("moved", &s.moved)] {
+            page.counter("pointsman_session_decisions_total", DECISIONS, &[("verdict", verdict)], load(v));
+        }
+        page.gauge("pointsman_sessions", "Sessions this replica keeps (approximate).", &[], sessions.len() as f64);
+        if let Some(up) = sessions.shared_connected() {
+            page.gauge("pointsman_sessions_shared_connected", "1 while sessions are shared through Redis.", &[], f64::from(u8::from(up)));
+            const SHARED: &str = "Session turns shared through Redis: published (this replica's), applied (the others'), unshared (queue or backlog full, or older than the TTL).";
+            page.counter("pointsman_sessions_shared_total", SHARED, &[("result", "published")], load(&s.published));
+            page.counter("pointsman_sessions_shared_total", SHARED, &[("result", "applied")], load(&s.applied));
+            page.counter("pointsman_sessions_shared_total", SHARED, &[("result", "unshared")], load(&s.unshared));
+        }
+    }
     if let Some(shared) = service.shared_health() {
         let s = shared.stats();
         page.gauge(

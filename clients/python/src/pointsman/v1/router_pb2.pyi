@@ -30,6 +30,13 @@ class ExclusionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCLUSION_REASON_PROVIDER_PREFERENCES: _ClassVar[ExclusionReason]
     EXCLUSION_REASON_CAPABILITY: _ClassVar[ExclusionReason]
 
+class SessionVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_VERDICT_UNSPECIFIED: _ClassVar[SessionVerdict]
+    SESSION_VERDICT_NEW: _ClassVar[SessionVerdict]
+    SESSION_VERDICT_KEPT: _ClassVar[SessionVerdict]
+    SESSION_VERDICT_MOVED: _ClassVar[SessionVerdict]
+
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
@@ -55,6 +62,10 @@ EXCLUSION_REASON_OUT_OF_DOMAIN: ExclusionReason
 EXCLUSION_REASON_UNHEALTHY: ExclusionReason
 EXCLUSION_REASON_PROVIDER_PREFERENCES: ExclusionReason
 EXCLUSION_REASON_CAPABILITY: ExclusionReason
+SESSION_VERDICT_UNSPECIFIED: SessionVerdict
+SESSION_VERDICT_NEW: SessionVerdict
+SESSION_VERDICT_KEPT: SessionVerdict
+SESSION_VERDICT_MOVED: SessionVerdict
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCESS: Outcome
 OUTCOME_TIMEOUT: Outcome
@@ -139,7 +150,7 @@ class ProviderPreferences(_message.Message):
     def __init__(self, order: _Optional[_Iterable[str]] = ..., only: _Optional[_Iterable[str]] = ..., ignore: _Optional[_Iterable[str]] = ..., allow_fallbacks: _Optional[bool] = ..., sort: _Optional[str] = ..., partition: _Optional[str] = ..., max_price: _Optional[_Union[MaxPrice, _Mapping]] = ..., quantizations: _Optional[_Iterable[str]] = ..., data_collection: _Optional[str] = ..., zdr: _Optional[bool] = ..., require_parameters: _Optional[bool] = ..., preferred_max_latency: _Optional[_Union[Percentiles, _Mapping]] = ..., preferred_min_throughput: _Optional[_Union[Percentiles, _Mapping]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements", "provider", "explore")
+    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements", "provider", "explore", "session")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +167,7 @@ class RouteRequest(_message.Message):
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     EXPLORE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     prompt: str
@@ -172,7 +184,20 @@ class RouteRequest(_message.Message):
     requirements: Requirements
     provider: ProviderPreferences
     explore: bool
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., provider: _Optional[_Union[ProviderPreferences, _Mapping]] = ..., explore: _Optional[bool] = ...) -> None: ...
+    session: Session
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., provider: _Optional[_Union[ProviderPreferences, _Mapping]] = ..., explore: _Optional[bool] = ..., session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("id", "user", "conversation", "escalate_only")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    ESCALATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user: str
+    conversation: str
+    escalate_only: bool
+    def __init__(self, id: _Optional[str] = ..., user: _Optional[str] = ..., conversation: _Optional[str] = ..., escalate_only: _Optional[bool] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("provider", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "context_tokens", "max_output_tokens", "quantization", "predicted_cost_usd", "predicted_latency_ms")
@@ -271,7 +296,7 @@ class Timings(_message.Message):
     def __init__(self, prepare_us: _Optional[int] = ..., encode_us: _Optional[int] = ..., predict_us: _Optional[int] = ..., rank_us: _Optional[int] = ..., total_us: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts", "propensity", "explored", "shadow")
+    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts", "session", "propensity", "explored", "shadow")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +306,7 @@ class RouteResponse(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     EXPLORED_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
@@ -293,10 +319,11 @@ class RouteResponse(_message.Message):
     input_tokens: int
     profile: str
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    session: SessionDecision
     propensity: float
     explored: bool
     shadow: ShadowDecision
-    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., session: _Optional[_Union[SessionDecision, _Mapping]] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
     __slots__ = ("head_id", "model", "predicted_quality", "predicted_cost_usd", "agrees")
@@ -311,6 +338,30 @@ class ShadowDecision(_message.Message):
     predicted_cost_usd: float
     agrees: bool
     def __init__(self, head_id: _Optional[str] = ..., model: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_cost_usd: _Optional[float] = ..., agrees: _Optional[bool] = ...) -> None: ...
+
+class SessionDecision(_message.Message):
+    __slots__ = ("verdict", "reason", "detail", "previous_model", "previous_provider", "cached_saving_usd", "saving_utility", "utility_gain", "turn", "session_hash")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CACHED_SAVING_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVING_UTILITY_FIELD_NUMBER: _ClassVar[int]
+    UTILITY_GAIN_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_HASH_FIELD_NUMBER: _ClassVar[int]
+    verdict: SessionVerdict
+    reason: str
+    detail: str
+    previous_model: str
+    previous_provider: str
+    cached_saving_usd: float
+    saving_utility: float
+    utility_gain: float
+    turn: int
+    session_hash: str
+    def __init__(self, verdict: _Optional[_Union[SessionVerdict, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., previous_model: _Optional[str] = ..., previous_provider: _Optional[str] = ..., cached_saving_usd: _Optional[float] = ..., saving_utility: _Optional[float] = ..., utility_gain: _Optional[float] = ..., turn: _Optional[int] = ..., session_hash: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
