@@ -115,6 +115,7 @@ fn decision(i: usize) -> DecisionRecord {
         tradeoff: "default".into(),
         input_tokens: 42,
         candidates: vec![],
+        baseline: None,
     }
 }
 

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../../../migrations/postgres/0001_decision_log.sql")),
     (2, "feedback trust", include_str!("../../../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
+    (4, "savings baseline", include_str!("../../../../migrations/postgres/0004_savings_baseline.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -197,6 +198,16 @@ impl Db {
         block(rt, url, SLOW, async { Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0)) })
     }
 
+    /// The rows of `sql` with `params` (reads such as `report`'s), within the long read limit.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, LogError> {
+        let Db { rt, client, url } = self;
+        block(rt, url, SLOW, client.query(sql, params))
+    }
+
     /// The first column of the first row of `sql`, as a boolean.
     pub fn query_bool(&mut self, sql: &str) -> Result<bool, LogError> {
         let Db { rt, client, url } = self;
@@ -272,6 +283,15 @@ pub(crate) struct DecisionRow {
     constraints: String,
     input_tokens: i32,
     candidates: String,
+    // Absent from batches spilled by a build before the savings columns.
+    #[serde(default)]
+    baseline_model: Option<String>,
+    #[serde(default)]
+    baseline_cost_usd: Option<f64>,
+    #[serde(default)]
+    baseline_quality: Option<f64>,
+    #[serde(default)]
+    baseline_saving_usd: Option<f64>,
 }
 
 /// A feedback report as stored.
@@ -292,6 +312,12 @@ pub(crate) struct FeedbackRow {
     verified: bool,
     #[serde(default)]
     offered: bool,
+    #[serde(default)]
+    baseline_model: Option<String>,
+    #[serde(default)]
+    baseline_cost_usd: Option<f64>,
+    #[serde(default)]
+    baseline_realised_cost_usd: Option<f64>,
 }
 
 /// One write batch.
@@ -321,6 +347,10 @@ impl Rows {
                     constraints: store::constraints_json(d),
                     input_tokens: i32::try_from(d.input_tokens).unwrap_or(i32::MAX),
                     candidates: serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into()),
+                    baseline_model: d.baseline.as_ref().map(|b| b.baseline_model.clone()),
+                    baseline_cost_usd: d.baseline.as_ref().map(|b| b.baseline_cost_usd),
+                    baseline_quality: d.baseline.as_ref().and_then(|b| b.baseline_quality),
+                    baseline_saving_usd: d.baseline.as_ref().map(|b| b.saving_usd),
                 })
                 .collect(),
             feedback: feedback
@@ -338,6 +368,9 @@ impl Rows {
                     quality: f.quality,
                     verified: f.verified,
                     offered: f.offered,
+                    baseline_model: f.baseline.as_ref().map(|b| b.baseline_model.clone()),
+                    baseline_cost_usd: f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
+                    baseline_realised_cost_usd: f.baseline.as_ref().and_then(|b| b.cost_usd),
                 })
                 .collect(),
         }
@@ -414,15 +447,21 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
-INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
-SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[])
-    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
+INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates,
+                       baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
+SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb,
+       baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[],
+            $13::text[], $14::float8[], $15::float8[], $16::float8[])
+    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates,
+         baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
-INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[])
+INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
+                      baseline_model, baseline_cost_usd, baseline_realised_cost_usd)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[],
+                     $13::text[], $14::float8[], $15::float8[])
 ON CONFLICT (id) DO NOTHING";
 
 async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres::Error> {
@@ -446,6 +485,10 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &d.iter().map(|r| r.constraints.as_str()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.input_tokens).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.candidates.as_str()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_quality).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_saving_usd).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -468,6 +511,9 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &f.iter().map(|r| r.quality).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.verified).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.offered).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_realised_cost_usd).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -766,7 +812,7 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
         SLOW,
         client.query(
             "SELECT f.model, f.outcome, f.output_tokens::bigint, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL,
-                    f.verified, f.offered
+                    f.verified, f.offered, f.baseline_realised_cost_usd, f.baseline_model, f.baseline_cost_usd
              FROM feedback f
              LEFT JOIN LATERAL (
                  SELECT id, routing_text, embedding, encoder FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
@@ -788,10 +834,20 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
             joined: r.get(7),
             verified: r.get(8),
             offered: r.get(9),
+            cost_usd: r.get(10),
+            baseline_model: r.get(11),
+            baseline_cost_usd: r.get(12),
         };
         out.extend(store::training_line(joined, scope, &mut skips));
     }
     Ok((out, skips))
+}
+
+/// A connection for reading the log, its schema migrated to this build's.
+pub fn reader(url: &str) -> Result<Db, LogError> {
+    let mut db = Db::connect(url, CONNECT_TIMEOUT)?;
+    db.migrate()?;
+    Ok(db)
 }
 
 /// Row counts (decisions, feedback).
@@ -829,6 +885,7 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 3,
             candidates: vec![],
+            baseline: None,
         }
     }
 
@@ -847,6 +904,7 @@ mod tests {
             quality: Some(0.5),
             verified: true,
             offered: true,
+            baseline: None,
         };
         let rows = Rows::new(&decisions, std::slice::from_ref(&fb));
         assert_ne!(rows.decisions[0].id, rows.decisions[1].id, "every record gets its own id");

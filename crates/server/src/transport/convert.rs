@@ -152,6 +152,7 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
         // Decided by `Service::feedback`.
         verified: false,
         offered: false,
+        baseline: None,
     })
 }
 
@@ -482,7 +483,7 @@ impl From<StageTimings> for pb::Timings {
 }
 
 /// Builds the wire response for a decision.
-pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
+pub fn route_response(engine: &Engine, d: Decision, explain: bool, savings: Option<crate::savings::Estimate>) -> pb::RouteResponse {
     let r = &d.ranking;
     let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
     let models = engine.catalog().models();
@@ -534,6 +535,13 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
         input_tokens: d.input_tokens,
         profile: d.profile.unwrap_or_default(),
         attempts,
+        savings: savings.map(|s| pb::Savings {
+            baseline_model: s.baseline_model,
+            baseline_cost_usd: s.baseline_cost_usd,
+            baseline_quality: s.baseline_quality,
+            predicted_cost_usd: s.predicted_cost_usd,
+            saving_usd: s.saving_usd,
+        }),
     }
 }
 
