@@ -790,7 +790,13 @@ fn prompt_clusters(src: &mut Source, window: Window, opts: &Options) -> Clusters
 
 /// `x` USD with six decimals (the text report and the page write money the same way).
 pub fn usd(x: f64) -> String {
-    format!("{x:.6}")
+    let s = format!("{x:.6}");
+    // A tiny negative sum reads as zero, not as "-0.000000".
+    if s == "-0.000000" {
+        "0.000000".into()
+    } else {
+        s
+    }
 }
 
 fn opt(x: Option<f64>, digits: usize) -> String {
