@@ -123,7 +123,7 @@ fn fill(path: &std::path::Path, n: usize, since_ms: i64) {
                     cost_usd: Some(primary.cost_usd),
                 }),
             };
-            let label = (r >> 32) % 2 == 0;
+            let label = (r >> 32).is_multiple_of(2);
             if j % 10 == 9 {
                 fs.push(report(&primary.model, Outcome::Timeout, ts + 30_000, None));
                 fs.push(report(&candidates[1].model, Outcome::Success, ts + 31_000, label.then_some(0.7)));

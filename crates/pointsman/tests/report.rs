@@ -239,7 +239,7 @@ async fn a_replayed_day_reads_the_same_in_json_in_the_browser_and_in_the_termina
         reports += 1;
     }
     let listed = client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
-    let live = listed.models.iter().find(|m| m.model == down).unwrap().health.clone().unwrap();
+    let live = listed.models.iter().find(|m| m.model == down).unwrap().health.unwrap();
     assert_eq!(live.state, pb::HealthState::CoolingDown as i32, "the server opened {down}'s circuit");
     let decisions = REQUESTS + 5;
     eventually(|| (pointsman::logs::read_counts(&db).ok()? == (decisions as i64, reports as i64)).then_some(())).await;
