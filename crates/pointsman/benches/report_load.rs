@@ -195,7 +195,9 @@ fn main() {
         assert_eq!(r.totals.decisions as usize, n);
         format!("{} KB", serde_json::to_string(&r).unwrap().len() / 1024)
     });
-    timed("report page (build + render)", runs, || format!("{} KB", report::html::page(&report::build(&path, window, &opts).unwrap()).len() / 1024));
+    timed("report page (build + render)", runs, || {
+        format!("{} KB", report::html::page(&report::build(&path, window, &opts).unwrap()).len() / 1024)
+    });
 
     if sample > 0 {
         let env = pointsman::runtime::environment(config.runtime.onnxruntime.as_deref()).unwrap();
@@ -204,7 +206,12 @@ fn main() {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             encoder.embed_many(&refs, &|_| {}).map_err(|e| e.to_string())
         };
-        let opts = Options { embed: Some(&embed as report::Embedder<'_>), encoder_id: Some(encoder.id().to_string()), cluster_sample: sample, ..opts };
+        let opts = Options {
+            embed: Some(&embed as report::Embedder<'_>),
+            encoder_id: Some(encoder.id().to_string()),
+            cluster_sample: sample,
+            ..opts
+        };
         timed("report page with prompt clusters", runs, || {
             let r = report::build(&path, window, &opts).unwrap();
             let _page = report::html::page(&r);
