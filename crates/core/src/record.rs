@@ -33,4 +33,14 @@ pub struct LogRecord {
     /// this prompt (1 for a deterministic router; below 1 under exploration). Absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propensity: Option<f64>,
+    /// What the answer cost, USD (decision-log exports: the reported cost, else the model's list
+    /// price at the reported tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// The model savings were measured against when it was logged (decision-log exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_model: Option<String>,
+    /// What the baseline would have cost at the same tokens, USD (decision-log exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_cost_usd: Option<f64>,
 }

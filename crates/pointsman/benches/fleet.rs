@@ -117,6 +117,7 @@ fn decision(i: usize) -> DecisionRecord {
         candidates: vec![],
         policy: Default::default(),
         session: None,
+        baseline: None,
     }
 }
 

@@ -302,6 +302,54 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// How `report` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReportOptions {
+    /// JSON instead of text.
+    pub json: bool,
+    /// Decisions sampled for the prompt clusters (0 skips them).
+    pub cluster_sample: usize,
+}
+
+/// Prints the report of `window` from the decision log at `db` (a SQLite file or a
+/// `postgres://` URL), with the config's catalog, encoder and `[health]` settings. Blocking (the
+/// PostgreSQL reader drives a runtime of its own: call it off the async runtime).
+pub fn report(config: &Config, db: &std::path::Path, window: crate::report::Window, options: &ReportOptions) -> anyhow::Result<()> {
+    let catalog = config.catalog()?;
+    // The encoder only for the clusters; without it they are skipped with a note.
+    let encoder = (options.cluster_sample > 0)
+        .then(|| runtime::environment(config.runtime.onnxruntime.as_deref()).map_err(|e| e.to_string()))
+        .map(|env| env.and_then(|env| Encoder::load(env, &config.encoder).map_err(|e| e.to_string())));
+    let encoder = match encoder {
+        Some(Ok(e)) => Some(e),
+        Some(Err(e)) => {
+            eprintln!("report: no encoder for the prompt clusters ({e}); they are skipped");
+            None
+        }
+        None => None,
+    };
+    let embed = |texts: &[String]| -> Result<Vec<Vec<f32>>, String> {
+        let e = encoder.as_ref().ok_or("no encoder")?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        e.embed_many(&refs, &|_| {}).map_err(|e| e.to_string())
+    };
+    let opts = crate::report::Options {
+        catalog: Some(&catalog),
+        health: config.health.clone(),
+        embed: encoder.as_ref().map(|_| &embed as crate::report::Embedder<'_>),
+        encoder_id: encoder.as_ref().map(|e| e.id().to_string()),
+        cluster_sample: options.cluster_sample,
+        ..crate::report::Options::default()
+    };
+    let r = crate::report::build(db, window, &opts)?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", crate::report::text(&r));
+    }
+    Ok(())
+}
+
 /// Writes the decision log's labelled feedback in `scope` (verified reports only, unless
 /// `--unverified-feedback`) as routing-log lines (`-` = standard output; gzip when `out` ends in
 /// `.gz`) and prints a summary on standard error.
@@ -345,7 +393,7 @@ pub async fn route(config: Config, request: pb::RouteRequest, as_json: bool) -> 
     let explain = request.explain;
     let query = convert::route_query(request, &server).map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
     let decision = engine.route(query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let resp = convert::route_response(&engine, decision, explain);
+    let resp = convert::route_response(&engine, decision, explain, None);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&response_json(&resp))?);
     } else {

@@ -6,8 +6,8 @@
 //! - [`pointsman_core`]: the decision engine ([`catalog`], [`encoder`], [`predictor`],
 //!   [`policy`], [`session`], [`engine`], [`runtime`], [`record`]);
 //! - [`pointsman_learning`] as [`learning`]: train, eval, tune, extend;
-//! - [`pointsman_server`]: [`config`], [`service`], [`health`], [`sessions`], [`logs`], [`transport`] and the
-//!   rest of the server.
+//! - [`pointsman_server`]: [`config`], [`service`], [`health`], [`sessions`], [`logs`], [`report`],
+//!   [`transport`] and the rest of the server.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -16,4 +16,6 @@ mod decision_logs;
 pub use decision_logs::ServerDecisionLogs;
 pub use pointsman_core::{catalog, encoder, engine, exploration, policy, predictor, record, runtime, session};
 pub use pointsman_learning as learning;
-pub use pointsman_server::{auth, config, config_error, health, logs, outcome, pb, service, sessions, telemetry, tls, transport};
+pub use pointsman_server::{
+    auth, config, config_error, health, logs, outcome, pb, report, savings, service, sessions, telemetry, tls, transport,
+};

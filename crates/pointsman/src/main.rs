@@ -55,6 +55,31 @@ enum Command {
     /// Work with the decision log (the SQLite file or PostgreSQL database of decisions and feedback).
     #[command(subcommand)]
     Logs(LogsCommand),
+    /// What routing earned over a window, from the decision log: spend and savings against the
+    /// baseline per model, provider and profile, calibration, fallbacks, breaker openings,
+    /// latency percentiles and prompt clusters (text, or JSON with --json).
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Start of the window: an RFC 3339 time (2026-12-07T09:00:00Z), a duration before now
+    /// (24h, 7d), `now`, or ms since the Unix epoch. Default: one day before --until.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the window (same forms). Default: now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Print JSON (the admin listener's /report.json) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The decision log: a SQLite file or a `postgres://` URL. Default: config
+    /// `decision_log.url`, else `decision_log.path`.
+    #[arg(long, env = "POINTSMAN_LOG_DB")]
+    db: Option<PathBuf>,
+    /// Decisions sampled and embedded by the encoder for the prompt clusters (0 skips them).
+    #[arg(long, default_value_t = 400)]
+    clusters: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -400,6 +425,14 @@ async fn run() -> anyhow::Result<()> {
             let db = a.db.unwrap_or_else(|| cfg.decision_log.url.clone().map_or_else(|| cfg.decision_log.path.clone(), PathBuf::from));
             let scope = if a.unverified_feedback { FeedbackScope::All } else { FeedbackScope::Verified };
             tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out, scope)).await??;
+        }
+        Command::Report(a) => {
+            let db = a.db.unwrap_or_else(|| cfg.decision_log.url.clone().map_or_else(|| cfg.decision_log.path.clone(), PathBuf::from));
+            let window = pointsman::report::Window::parse(a.since.as_deref(), a.until.as_deref(), pointsman::report::now_ms())
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
+            let options = pointsman::cli::ReportOptions { json: a.json, cluster_sample: a.clusters };
+            std::thread::scope(|s| s.spawn(|| pointsman::cli::report(&cfg, &db, window, &options)).join())
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         }
         Command::Serve(_) => {
             let listeners = pointsman::transport::Listeners::bind(&cfg).await?;

@@ -199,6 +199,8 @@ pub struct Config {
     pub sessions: crate::sessions::SessionsConfig,
     /// Hot reload.
     pub reload: ReloadConfig,
+    /// The baseline savings are measured against.
+    pub savings: crate::savings::SavingsConfig,
     /// The catalog.
     pub models: Vec<CatalogModel>,
     /// The file this config was read from, for reloads.
@@ -399,7 +401,8 @@ impl Config {
         if !(w.is_finite() && (0.0..=86_400.0).contains(&w)) {
             return Err(invalid("reload.watch_interval_seconds", "in [0, 86400]", w));
         }
-        Catalog::new(self.models.clone())?;
+        let catalog = Catalog::new(self.models.clone())?;
+        self.savings.validate(&catalog)?;
         Ok(())
     }
 

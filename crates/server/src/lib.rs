@@ -7,7 +7,9 @@
 //! [`auth`] and [`tls`] read their config sections; [`config`] is the whole file; [`health`]
 //! (breakers, shared through Redis), [`sessions`] (where each session's last turn went, shared
 //! through the same Redis) and [`logs`] (SQLite or PostgreSQL, with spill and retention) are fed
-//! by [`service`], the core every transport calls; [`telemetry`] is its
+//! by [`service`], the core every transport calls, which measures each decision against a
+//! baseline ([`savings`]); [`report`] reads the log back into figures (the `report` command and
+//! the admin page); [`telemetry`] is its
 //! recorder; [`transport`] holds the listeners (gRPC data plane, admin with `/metrics`,
 //! ext_proc). Only `transport` (and `auth`, for service names) knows protobuf.
 #![warn(missing_docs)]
@@ -19,6 +21,8 @@ pub mod health;
 pub mod logs;
 pub mod outcome;
 pub mod redact;
+pub mod report;
+pub mod savings;
 pub mod service;
 pub mod sessions;
 pub mod telemetry;

@@ -18,6 +18,7 @@ use crate::{
     logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
     policy::Constraints,
     sessions::Sessions,
+    savings::{Baseline, Estimate},
     telemetry::Telemetry,
 };
 
@@ -196,6 +197,8 @@ pub struct Service {
     reload_lock: tokio::sync::Mutex<()>,
     stats: ServiceStats,
     telemetry: Telemetry,
+    /// The savings baseline of the engine serving now (`savings`), set after each (re)load.
+    baseline: RwLock<Option<Arc<Baseline>>>,
 }
 
 impl Service {
@@ -235,6 +238,7 @@ impl Service {
             reload_lock: tokio::sync::Mutex::new(()),
             stats: ServiceStats::default(),
             telemetry: Telemetry::new(),
+            baseline: RwLock::new(None),
         })
     }
 
@@ -249,6 +253,33 @@ impl Service {
             shared.set_models(engine.catalog().models().iter().map(|m| m.id.as_str()));
         }
         self.engine.write().unwrap_or_else(|e| e.into_inner()).replace(engine)
+    }
+
+    /// Chooses the savings baseline of `engine` (`savings::resolve`) and keeps it for the
+    /// decisions of that engine. A failure is logged and leaves decisions without a baseline.
+    pub async fn set_baseline_for(&self, engine: &Arc<Engine>, cfg: &crate::savings::SavingsConfig) {
+        let baseline = match crate::savings::resolve(engine, cfg).await {
+            Ok(b) => {
+                tracing::info!(baseline = %b.id, chosen_by = b.chosen_by, mean_quality = ?b.mean_quality, "savings baseline");
+                Some(Arc::new(b))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "savings: no baseline; decisions are logged without savings");
+                None
+            }
+        };
+        *self.baseline.write().unwrap_or_else(|e| e.into_inner()) = baseline;
+    }
+
+    /// The savings baseline of `engine`, when one was chosen for it.
+    pub fn baseline(&self, engine: &Engine) -> Option<Arc<Baseline>> {
+        let b = self.baseline.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        (b.router_version == engine.version()).then_some(b)
+    }
+
+    /// The predicted saving of a decision of `engine` against its baseline.
+    pub fn savings(&self, engine: &Engine, d: &Decision) -> Option<Estimate> {
+        self.baseline(engine)?.estimate(engine.catalog(), d)
     }
 
     /// The config of the last successful (re)load.
@@ -320,7 +351,8 @@ impl Service {
                 }
                 self.remember_offered(engine, d);
                 if let Some(log) = &self.log {
-                    log.log_decision(decision_record(engine, d));
+                    let baseline = self.savings(engine, d);
+                    log.log_decision(decision_record(engine, d, baseline));
                 }
                 call.ok(d.timings.cache_hit);
             }
@@ -349,7 +381,11 @@ impl Service {
     /// an offered model) and offered. When the log refuses it (a full queue, a shutdown) the
     /// error says so, health has seen the report, and its retry counts no second time.
     pub async fn feedback(&self, mut rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
-        let in_catalog = self.engine().is_some_and(|e| e.catalog().get(&rec.model).is_some());
+        let engine = self.engine();
+        let in_catalog = engine.as_ref().is_some_and(|e| e.catalog().get(&rec.model).is_some());
+        if let Some((e, b)) = engine.as_ref().and_then(|e| Some((e, self.baseline(e)?))) {
+            rec.baseline = Some(b.realised(e.catalog(), &rec.model, rec.input_tokens, rec.output_tokens, rec.cost_usd));
+        }
         let claim = self.offers.claim(&rec.request_id, &rec.model, in_catalog, self.health.config().count_unknown_requests);
         let health = in_catalog.then(|| {
             if claim.counts {
@@ -395,6 +431,7 @@ impl Service {
             Ok((engine, config)) => {
                 let version = engine.version().to_string();
                 let models = engine.catalog().models().len();
+                self.set_baseline_for(&engine, &config.savings).await;
                 let old = self.install(engine);
                 let previous = old.map(|e| e.version().to_string()).unwrap_or_default();
                 *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
@@ -491,7 +528,7 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
 
 /// The log record of a decision; the text or embedding the engine kept for it is moved out
 /// (the response does not need them).
-fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
+fn decision_record(engine: &Engine, d: &mut Decision, baseline: Option<Estimate>) -> DecisionRecord {
     let models = engine.catalog().models();
     let candidates = d
         .ranking
@@ -527,6 +564,7 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         },
         input_tokens: d.input_tokens,
         candidates,
+        baseline,
         session: d.session.as_ref().map(|s| crate::logs::LoggedSession {
             id: s.key.hex(),
             verdict: s.verdict.as_str(),
@@ -574,6 +612,7 @@ mod tests {
             quality: None,
             verified: false,
             offered: false,
+            baseline: None,
         };
         let ack = service.feedback(rec.clone()).await.unwrap();
         assert!(!ack.known_request && !ack.counted && !ack.verified && ack.health.is_none());

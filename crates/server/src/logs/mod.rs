@@ -279,6 +279,9 @@ pub struct DecisionRecord {
     pub input_tokens: u32,
     /// Primary first, then fallbacks.
     pub candidates: Vec<LoggedCandidate>,
+    /// The predicted saving against the baseline (`savings`; the `baseline_*` columns), when
+    /// the engine has a baseline.
+    pub baseline: Option<crate::savings::Estimate>,
     /// The request's session, when it named one.
     pub session: Option<LoggedSession>,
     /// The policy that chose the primary and the propensity of its choice.
@@ -354,6 +357,9 @@ pub struct FeedbackRecord {
     pub verified: bool,
     /// `model` was among the models offered for `request_id`, as far as this replica knew.
     pub offered: bool,
+    /// The realised cost and the baseline's at the same tokens (`savings`; the `baseline_*`
+    /// columns), set by `Service::feedback` (none as received).
+    pub baseline: Option<crate::savings::Realised>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -411,6 +417,7 @@ impl DecisionRecord {
             + self.tradeoff.len()
             + self.routing_text.as_ref().map_or(0, String::len)
             + self.profile.as_ref().map_or(0, String::len)
+            + self.baseline.as_ref().map_or(0, |b| b.baseline_model.len())
             + self.embedding.as_ref().map_or(0, |e| e.len() * 4)) as u64
     }
 }
@@ -424,7 +431,10 @@ impl FeedbackRecord {
 
     /// About how many bytes it holds.
     pub fn approx_bytes(&self) -> u64 {
-        (std::mem::size_of::<Self>() + self.request_id.len() + self.model.len()) as u64
+        (std::mem::size_of::<Self>()
+            + self.request_id.len()
+            + self.model.len()
+            + self.baseline.as_ref().map_or(0, |b| b.baseline_model.len())) as u64
     }
 }
 
@@ -853,6 +863,7 @@ mod tests {
             candidates: vec![],
             policy: DecisionPolicy::default(),
             session: None,
+            baseline: None,
         }
     }
 
@@ -869,6 +880,7 @@ mod tests {
             quality,
             verified: true,
             offered: true,
+            baseline: None,
         }
     }
 

@@ -52,6 +52,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
     (4, "sessions", include_str!("../../../../migrations/postgres/0004_sessions.sql")),
     (5, "decision policy", include_str!("../../../../migrations/postgres/0005_decision_policy.sql")),
+    (6, "savings baseline", include_str!("../../../../migrations/postgres/0006_savings_baseline.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -199,6 +200,16 @@ impl Db {
         block(rt, url, SLOW, async { Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0)) })
     }
 
+    /// The rows of `sql` with `params` (reads such as `report`'s), within the long read limit.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, LogError> {
+        let Db { rt, client, url } = self;
+        block(rt, url, SLOW, client.query(sql, params))
+    }
+
     /// The first column of the first row of `sql`, as a boolean.
     pub fn query_bool(&mut self, sql: &str) -> Result<bool, LogError> {
         let Db { rt, client, url } = self;
@@ -274,6 +285,15 @@ pub(crate) struct DecisionRow {
     constraints: String,
     input_tokens: i32,
     candidates: String,
+    // Absent from batches spilled by a build before the savings columns.
+    #[serde(default)]
+    baseline_model: Option<String>,
+    #[serde(default)]
+    baseline_cost_usd: Option<f64>,
+    #[serde(default)]
+    baseline_quality: Option<f64>,
+    #[serde(default)]
+    baseline_saving_usd: Option<f64>,
     /// The session's hash, verdict and reason (absent from spill files of older builds).
     #[serde(default)]
     session_id: Option<String>,
@@ -310,6 +330,12 @@ pub(crate) struct FeedbackRow {
     verified: bool,
     #[serde(default)]
     offered: bool,
+    #[serde(default)]
+    baseline_model: Option<String>,
+    #[serde(default)]
+    baseline_cost_usd: Option<f64>,
+    #[serde(default)]
+    baseline_realised_cost_usd: Option<f64>,
 }
 
 /// One write batch.
@@ -344,6 +370,10 @@ impl Rows {
                     session_id: d.session.as_ref().map(|s| s.id.clone()),
                     session_verdict: d.session.as_ref().map(|s| s.verdict.to_string()),
                     session_reason: d.session.as_ref().map(|s| s.reason.to_string()),
+                    baseline_model: d.baseline.as_ref().map(|b| b.baseline_model.clone()),
+                    baseline_cost_usd: d.baseline.as_ref().map(|b| b.baseline_cost_usd),
+                    baseline_quality: d.baseline.as_ref().and_then(|b| b.baseline_quality),
+                    baseline_saving_usd: d.baseline.as_ref().map(|b| b.saving_usd),
                 })
                 .collect(),
             feedback: feedback
@@ -361,6 +391,9 @@ impl Rows {
                     quality: f.quality,
                     verified: f.verified,
                     offered: f.offered,
+                    baseline_model: f.baseline.as_ref().map(|b| b.baseline_model.clone()),
+                    baseline_cost_usd: f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
+                    baseline_realised_cost_usd: f.baseline.as_ref().and_then(|b| b.cost_usd),
                 })
                 .collect(),
         }
@@ -437,15 +470,18 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
-INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason)
-SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, propensity, policy::jsonb, session_id, session_verdict, session_reason
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::float8[], $14::text[], $15::text[], $16::text[], $17::text[])
-    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason)
+INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
+SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, propensity, policy::jsonb, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[],
+            $13::float8[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::float8[], $20::float8[], $21::float8[])
+    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
-INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[])
+INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
+                      baseline_model, baseline_cost_usd, baseline_realised_cost_usd)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[],
+                     $13::text[], $14::float8[], $15::float8[])
 ON CONFLICT (id) DO NOTHING";
 
 async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres::Error> {
@@ -474,6 +510,10 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &d.iter().map(|r| r.session_id.as_deref()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.session_verdict.as_deref()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.session_reason.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_quality).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_saving_usd).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -496,6 +536,9 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &f.iter().map(|r| r.quality).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.verified).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.offered).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_realised_cost_usd).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -794,7 +837,8 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
         SLOW,
         client.query(
             "SELECT f.model, f.outcome, f.output_tokens::bigint, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL,
-                    f.verified, f.offered, CASE WHEN d.candidates->0->>'model' = f.model THEN d.propensity END
+                    f.verified, f.offered, CASE WHEN d.candidates->0->>'model' = f.model THEN d.propensity END,
+                    f.baseline_realised_cost_usd, f.baseline_model, f.baseline_cost_usd
              FROM feedback f
              LEFT JOIN LATERAL (
                  SELECT id, routing_text, embedding, encoder, candidates, propensity FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
@@ -817,10 +861,20 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
             verified: r.get(8),
             offered: r.get(9),
             propensity: r.get(10),
+            cost_usd: r.get(11),
+            baseline_model: r.get(12),
+            baseline_cost_usd: r.get(13),
         };
         out.extend(store::training_line(joined, scope, &mut skips));
     }
     Ok((out, skips))
+}
+
+/// A connection for reading the log, its schema migrated to this build's.
+pub fn reader(url: &str) -> Result<Db, LogError> {
+    let mut db = Db::connect(url, CONNECT_TIMEOUT)?;
+    db.migrate()?;
+    Ok(db)
 }
 
 /// Row counts (decisions, feedback).
@@ -864,6 +918,7 @@ mod tests {
                 verdict: "kept",
                 reason: "cache_saving",
             }),
+            baseline: None,
         }
     }
 
@@ -882,6 +937,7 @@ mod tests {
             quality: Some(0.5),
             verified: true,
             offered: true,
+            baseline: None,
         };
         let rows = Rows::new(&decisions, std::slice::from_ref(&fb));
         assert_ne!(rows.decisions[0].id, rows.decisions[1].id, "every record gets its own id");

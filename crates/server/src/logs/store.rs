@@ -14,8 +14,22 @@ use super::{DecisionRecord, FeedbackRecord, LogError};
 use pointsman_core::record::LogRecord;
 
 /// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`;
-/// 3 added `decisions.propensity` and `decisions.policy`.
+/// 3 added `decisions.propensity` and `decisions.policy`, the session columns and the savings
+/// columns ([`BASELINE_COLUMNS`]); each step checks its columns, so they apply in any order.
 pub const SCHEMA_VERSION: i64 = 3;
+
+/// The savings step (schema version 3): what each decision would have cost on the baseline
+/// (`savings`) at the same predicted tokens, the baseline's predicted quality and the predicted
+/// saving; and for each report, the realised cost and the baseline's at the reported tokens.
+pub const BASELINE_COLUMNS: &[(&str, &str, &str)] = &[
+    ("decisions", "baseline_model", "TEXT"),
+    ("decisions", "baseline_cost_usd", "REAL"),
+    ("decisions", "baseline_quality", "REAL"),
+    ("decisions", "baseline_saving_usd", "REAL"),
+    ("feedback", "baseline_model", "TEXT"),
+    ("feedback", "baseline_cost_usd", "REAL"),
+    ("feedback", "baseline_realised_cost_usd", "REAL"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -57,7 +71,7 @@ CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts_ms);
 ";
 
-pub(super) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> LogError + Copy + '_ {
+pub(crate) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> LogError + Copy + '_ {
     move |source| LogError::Db { path: path.to_path_buf(), source }
 }
 
@@ -113,6 +127,7 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;")
         .map_err(&e)?;
+    add_baseline_columns(&conn).map_err(&e)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
 }
@@ -130,10 +145,24 @@ fn has_trust_columns(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 2)
 }
 
+/// The savings step: adds the [`BASELINE_COLUMNS`] a file lacks (older rows keep NULL: no
+/// baseline was known when they were logged), in one transaction.
+fn add_baseline_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut missing = Vec::new();
+    for (table, column, kind) in BASELINE_COLUMNS {
+        if !has_column(conn, table, column)? {
+            missing.push(format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"));
+        }
+    }
+    if !missing.is_empty() {
+        conn.execute_batch(&format!("BEGIN; {} COMMIT;", missing.join(" ")))?;
+    }
+    Ok(())
+}
+
 /// True when `table` has `column`.
-fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
-    let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2")?;
-    Ok(stmt.query_row(params![table, column], |r| r.get::<_, i64>(0))? == 1)
+pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get::<_, i64>(0)).map(|n| n > 0)
 }
 
 fn check_version(conn: &Connection, path: &Path) -> Result<(), LogError> {
@@ -217,8 +246,9 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
     let tx = conn.transaction()?;
     {
         let mut ins = tx.prepare_cached(
-            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates,
+                 propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         for d in decisions {
             let candidates = serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into());
@@ -239,11 +269,16 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 d.session.as_ref().map(|s| s.id.as_str()),
                 d.session.as_ref().map(|s| s.verdict),
                 d.session.as_ref().map(|s| s.reason),
+                d.baseline.as_ref().map(|b| b.baseline_model.as_str()),
+                d.baseline.as_ref().map(|b| b.baseline_cost_usd),
+                d.baseline.as_ref().and_then(|b| b.baseline_quality),
+                d.baseline.as_ref().map(|b| b.saving_usd),
             ])?;
         }
         let mut ins = tx.prepare_cached(
-            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
+                 baseline_model, baseline_cost_usd, baseline_realised_cost_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         for f in feedback {
             ins.execute(params![
@@ -257,7 +292,10 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 f.cost_usd,
                 f.quality,
                 f.verified,
-                f.offered
+                f.offered,
+                f.baseline.as_ref().map(|b| b.baseline_model.as_str()),
+                f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
+                f.baseline.as_ref().and_then(|b| b.cost_usd),
             ])?;
         }
     }
@@ -376,9 +414,15 @@ pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecor
     } else {
         "CASE WHEN json_extract(d.candidates, '$[0].model') = f.model THEN 1.0 END"
     };
+    // A file no server of schema 3 has opened yet has no savings columns.
+    let savings = if has_column(&conn, "feedback", "baseline_model").map_err(&e)? {
+        "f.baseline_realised_cost_usd, f.baseline_model, f.baseline_cost_usd"
+    } else {
+        "f.cost_usd, NULL, NULL"
+    };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}, {propensity}
+            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}, {propensity}, {savings}
              FROM feedback f
              LEFT JOIN decisions d ON d.id = (SELECT max(id) FROM decisions WHERE request_id = f.request_id)
              ORDER BY f.id"
@@ -399,6 +443,9 @@ pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecor
             verified: r.get(8).map_err(&e)?,
             offered: r.get(9).map_err(&e)?,
             propensity: r.get(10).map_err(&e)?,
+            cost_usd: r.get(11).map_err(&e)?,
+            baseline_model: r.get(12).map_err(&e)?,
+            baseline_cost_usd: r.get(13).map_err(&e)?,
         };
         out.extend(training_line(joined, scope, &mut skips));
     }
@@ -423,6 +470,12 @@ pub(crate) struct Joined {
     /// The probability with which its model was chosen as the decision's primary (None for a
     /// report on a fallback).
     pub propensity: Option<f64>,
+    /// The realised cost (`baseline_realised_cost_usd`).
+    pub cost_usd: Option<f64>,
+    /// The baseline model when it was logged.
+    pub baseline_model: Option<String>,
+    /// The baseline's cost at the reported tokens.
+    pub baseline_cost_usd: Option<f64>,
 }
 
 /// The training line of one joined report, or the reason it has none (counted in `skips`).
@@ -473,6 +526,9 @@ pub(crate) fn training_line(j: Joined, scope: FeedbackScope, skips: &mut ExportS
         embedding,
         encoder,
         propensity: j.propensity,
+        cost_usd: j.cost_usd,
+        baseline_model: j.baseline_model,
+        baseline_cost_usd: j.baseline_cost_usd,
     })
 }
 

@@ -154,6 +154,7 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
         // Decided by `Service::feedback`.
         verified: false,
         offered: false,
+        baseline: None,
     })
 }
 
@@ -563,7 +564,7 @@ pub fn session_decision(o: &SessionOutcome) -> pb::SessionDecision {
 }
 
 /// Builds the wire response for a decision.
-pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
+pub fn route_response(engine: &Engine, d: Decision, explain: bool, savings: Option<crate::savings::Estimate>) -> pb::RouteResponse {
     let r = &d.ranking;
     let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
     let models = engine.catalog().models();
@@ -625,6 +626,13 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
             agrees: s.agrees,
         }),
         session: d.session.as_ref().map(session_decision),
+        savings: savings.map(|s| pb::Savings {
+            baseline_model: s.baseline_model,
+            baseline_cost_usd: s.baseline_cost_usd,
+            baseline_quality: s.baseline_quality,
+            predicted_cost_usd: s.predicted_cost_usd,
+            saving_usd: s.saving_usd,
+        }),
     }
 }
 

@@ -402,7 +402,7 @@ impl Exchange {
         };
         query.deadline = Some(Instant::now() + Duration::from_millis(config.ext_proc.message_timeout_ms));
         let decision = match service.route(call, &engine, query).await {
-            Ok(d) => convert::route_response(&engine, d, false),
+            Ok(d) => convert::route_response(&engine, d, false, None),
             Err(e) => return route_error_reply(e),
         };
         let Some(primary) = decision.candidates.first() else {

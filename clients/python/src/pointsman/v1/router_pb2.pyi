@@ -296,7 +296,7 @@ class Timings(_message.Message):
     def __init__(self, prepare_us: _Optional[int] = ..., encode_us: _Optional[int] = ..., predict_us: _Optional[int] = ..., rank_us: _Optional[int] = ..., total_us: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts", "session", "propensity", "explored", "shadow")
+    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts", "savings", "session", "propensity", "explored", "shadow")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +306,7 @@ class RouteResponse(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    SAVINGS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     EXPLORED_FIELD_NUMBER: _ClassVar[int]
@@ -319,11 +320,12 @@ class RouteResponse(_message.Message):
     input_tokens: int
     profile: str
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    savings: Savings
     session: SessionDecision
     propensity: float
     explored: bool
     shadow: ShadowDecision
-    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., session: _Optional[_Union[SessionDecision, _Mapping]] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., savings: _Optional[_Union[Savings, _Mapping]] = ..., session: _Optional[_Union[SessionDecision, _Mapping]] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
     __slots__ = ("head_id", "model", "predicted_quality", "predicted_cost_usd", "agrees")
@@ -362,6 +364,20 @@ class SessionDecision(_message.Message):
     turn: int
     session_hash: str
     def __init__(self, verdict: _Optional[_Union[SessionVerdict, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., previous_model: _Optional[str] = ..., previous_provider: _Optional[str] = ..., cached_saving_usd: _Optional[float] = ..., saving_utility: _Optional[float] = ..., utility_gain: _Optional[float] = ..., turn: _Optional[int] = ..., session_hash: _Optional[str] = ...) -> None: ...
+
+class Savings(_message.Message):
+    __slots__ = ("baseline_model", "baseline_cost_usd", "baseline_quality", "predicted_cost_usd", "saving_usd")
+    BASELINE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVING_USD_FIELD_NUMBER: _ClassVar[int]
+    baseline_model: str
+    baseline_cost_usd: float
+    baseline_quality: float
+    predicted_cost_usd: float
+    saving_usd: float
+    def __init__(self, baseline_model: _Optional[str] = ..., baseline_cost_usd: _Optional[float] = ..., baseline_quality: _Optional[float] = ..., predicted_cost_usd: _Optional[float] = ..., saving_usd: _Optional[float] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
