@@ -405,7 +405,17 @@ pub(crate) fn training_line(j: Joined, scope: FeedbackScope, skips: &mut ExportS
             return None;
         }
     };
-    Some(LogRecord { prompt_id, prompt, model: j.model, score, output_tokens, task: Some("feedback".into()), embedding, encoder })
+    Some(LogRecord {
+        prompt_id,
+        prompt,
+        model: j.model,
+        score,
+        output_tokens,
+        task: Some("feedback".into()),
+        embedding,
+        encoder,
+        propensity: None,
+    })
 }
 
 /// Row counts, for `logs export` summaries and tests.
