@@ -75,6 +75,10 @@ pub struct TrainJob {
     pub mlp_candidate: bool,
     /// Training prompts a head stores per model family (its memory for the kNN and the domain rule).
     pub memory_cap: usize,
+    /// On sparse families, each model's kNN averages its own nearest observations (per-model
+    /// memory blocks) instead of the nearest prompts (`--knn-own-neighbours`; measured worse on
+    /// issue 23's mmlu_pro logs, so off by default).
+    pub own_neighbours: bool,
     /// The prompts (by id) to hold out instead of a random `val_fraction` of them: one fold of a
     /// cross-validation (`pointsman train --cv`).
     pub holdout: Option<std::collections::HashSet<String>>,

@@ -13,8 +13,8 @@
 //! Two guards against a weight that misses its target live (review finding 9):
 //! - **the set Route uses**: live routing takes the argmax over every catalog model the head
 //!   predicts, not only the models a file scores; a weight at which live routing would send more
-//!   than [`MAX_OUTSIDE_SHARE`] of the file's prompts to a model the file does not score is not
-//!   a candidate (its cost and quality are unknown here), and when that rules out every weight
+//!   than [`MAX_OUTSIDE_SHARE`] (`--max-outside-share`) of the file's prompts to a model the file
+//!   does not score is not a candidate (its cost and quality are unknown here), and when that rules out every weight
 //!   that would meet the target the error names those models;
 //! - **a margin**: the budget must hold with `margin` to spare (cost at most `(1 - margin)` of
 //!   the budget, quality at least the floor plus `margin` of the gap to 100% of the best single
@@ -35,9 +35,13 @@ pub struct Target {
     /// Share of the budget (and of the quality floor's distance to the best single model) kept
     /// in reserve; 0 for none.
     pub margin: f64,
+    /// Largest share of prompts live routing may send to models the data does not score at a
+    /// chosen weight ([`MAX_OUTSIDE_SHARE`] by default; 1 accepts any, knowingly).
+    pub max_outside_share: f64,
 }
 
-/// Largest share of prompts live routing may send outside the scored models at a chosen weight.
+/// The default largest share of prompts live routing may send outside the scored models at a
+/// chosen weight.
 pub const MAX_OUTSIDE_SHARE: f64 = 0.01;
 /// The default margin.
 pub const DEFAULT_MARGIN: f64 = 0.1;
@@ -98,15 +102,16 @@ pub fn choose(reports: &[DatasetReport], target: Target) -> Result<Choice, Unrea
             && target.min_quality_share.is_none_or(|y| c.quality >= (y + m * (1.0 - y).max(0.0)) * best_q)
             && target.max_top_share.is_none_or(|z| c.top_share <= z)
     };
-    let covered = |c: &&Choice| c.outside_share <= MAX_OUTSIDE_SHARE;
+    let limit = if target.max_outside_share > 0.0 { target.max_outside_share } else { MAX_OUTSIDE_SHARE };
+    let covered = |c: &&Choice| c.outside_share <= limit;
     let feasible: Vec<&Choice> = candidates.iter().filter(meets).filter(covered).collect();
     if feasible.is_empty() && candidates.iter().filter(meets).next().is_some() {
         let mut outside: Vec<&str> = reports.iter().flat_map(|r| r.outside_models.iter().map(String::as_str)).collect();
         outside.sort_unstable();
         outside.dedup();
         return Err(Unreachable(format!(
-            "every weight that meets it would send more than {:.0}% of the prompts to catalog models the head predicts but the data does not score ({}); Route uses every catalog model the head covers, so tune on data that covers them (or remove them from the catalog)",
-            MAX_OUTSIDE_SHARE * 100.0,
+            "every weight that meets it would send more than {:.0}% of the prompts to catalog models the head predicts but the data does not score ({}); Route uses every catalog model the head covers, so tune on data that covers them, remove them from the catalog, or accept a larger unscored share with --max-outside-share",
+            limit * 100.0,
             outside.join(", ")
         )));
     }

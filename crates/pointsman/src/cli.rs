@@ -316,7 +316,7 @@ pub fn tune(
     println!(
         "  scored over the set Route uses: {:.1}% of these prompts would go to catalog models the data does not score (at most {:.0}% allowed); margin {:.0}% kept",
         c.outside_share * 100.0,
-        crate::learning::tune::MAX_OUTSIDE_SHARE * 100.0,
+        target.max_outside_share * 100.0,
         target.margin * 100.0
     );
     if write {

@@ -190,6 +190,10 @@ struct TuneArgs {
     /// in reserve against the noise of the chosen point.
     #[arg(long, default_value_t = pointsman::learning::tune::DEFAULT_MARGIN)]
     margin: f64,
+    /// Largest share of the prompts live routing may send, at the chosen weight, to catalog
+    /// models the data does not score (their cost and quality are then unknown to the choice).
+    #[arg(long, default_value_t = pointsman::learning::tune::MAX_OUTSIDE_SHARE)]
+    max_outside_share: f64,
     /// Use every prompt of the files instead of the head's held-out prompts (logs the head never
     /// saw; a file it was trained on is refused, as in `eval`).
     #[arg(long)]
@@ -278,6 +282,10 @@ struct TrainArgs {
     /// its prompts (docs/training.md, "Memory").
     #[arg(long, env = "POINTSMAN_TRAIN_MEMORY_CAP", default_value_t = pointsman::learning::job::DEFAULT_MEMORY_CAP)]
     memory_cap: usize,
+    /// On sparse logs (under half of a family's (prompt, model) pairs observed), each model's
+    /// kNN averages its own nearest observations instead of the nearest prompts.
+    #[arg(long)]
+    knn_own_neighbours: bool,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "POINTSMAN_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -520,12 +528,18 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
             anyhow::ensure!((0.0..0.9).contains(&a.margin), "--margin must be in [0, 0.9). Given: {}", a.margin);
+            anyhow::ensure!(
+                a.max_outside_share > 0.0 && a.max_outside_share <= 1.0,
+                "--max-outside-share must be in (0, 1]. Given: {}",
+                a.max_outside_share
+            );
             let path = cli_config_path(&cli_config);
             let target = pointsman::learning::tune::Target {
                 max_avg_cost: a.max_avg_cost,
                 min_quality_share: a.min_quality_share,
                 max_top_share: a.max_top_share,
                 margin: a.margin,
+                max_outside_share: a.max_outside_share,
             };
             let options = pointsman::cli::EvalOptions {
                 knn_k: 25,
@@ -550,6 +564,7 @@ async fn run() -> anyhow::Result<()> {
                 cost_scale_usd: cfg.routing.cost_scale_usd,
                 mlp_candidate: a.mlp_candidate,
                 memory_cap: a.memory_cap,
+                own_neighbours: a.knn_own_neighbours,
                 ensemble: a.ensemble,
                 method: a.method,
                 holdout: None,

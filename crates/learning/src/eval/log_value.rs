@@ -92,8 +92,11 @@ pub fn evaluate_log(
     }
     let col_of: HashMap<&str, usize> = cols.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
     let log_col: Vec<Option<usize>> = logs.models.iter().map(|m| col_of.get(m.as_str()).copied().filter(|&c| c < logged_cols)).collect();
-    let rows: Vec<usize> =
-        (0..logs.prompts.len()).filter(|&p| logs.observations.iter().any(|o| o.prompt == p && log_col[o.model].is_some())).collect();
+    let mut has = vec![false; logs.prompts.len()];
+    for o in logs.observations.iter().filter(|o| log_col[o.model].is_some()) {
+        has[o.prompt] = true;
+    }
+    let rows: Vec<usize> = (0..logs.prompts.len()).filter(|&p| has[p]).collect();
     if rows.len() < super::MIN_EVAL_PROMPTS || logged_cols == 0 {
         return Err(data_err(format!(
             "{} prompts have an outcome of a catalog model ({} priced models in the log); eval --log needs >= {}",

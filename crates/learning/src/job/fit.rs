@@ -141,6 +141,7 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let (mut k, mut kappa) = (vec![0usize; n_models], vec![1f32; n_models]);
     let mut memory: Vec<usize> = Vec::new();
     let mut blocks = Vec::new();
+    let mut support_blocks: Vec<MemoryBlock> = Vec::new();
     let mut token_models: Vec<usize> = Vec::new();
     // The cap is over all families; above it each keeps its share, in proportion to its prompts.
     let family_rows: Vec<Vec<usize>> = families.iter().map(|f| super::select::family_rows(cx, f)).collect();
@@ -188,12 +189,29 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
                 kappa[j] = p.b;
             }
         }
-        // The family's memory block: its training prompts, capped.
+        // The family's memory block: its training prompts, capped. On sparse logs, one block per
+        // model of the prompts it was observed on (each model's kNN averages its own nearest
+        // observations), with the family's whole span as the support index's block.
         {
             let kept: Vec<usize> =
                 crate::memory_rows(rows.len(), share(rows.len()), job.train.seed.wrapping_add(3)).into_iter().map(|i| rows[i]).collect();
-            blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() });
-            memory.extend(kept);
+            if job.own_neighbours && super::select::is_sparse(&fd) {
+                let start = memory.len();
+                for &j in &f.models {
+                    let own: Vec<usize> = kept.iter().copied().filter(|&r| all.mask[[r, j]] > 0.0).collect();
+                    if own.is_empty() {
+                        continue;
+                    }
+                    blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + own.len(), models: vec![j] });
+                    memory.extend(own);
+                }
+                support_blocks.push(MemoryBlock { start, end: memory.len(), models: f.models.clone() });
+            } else {
+                let b = MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() };
+                blocks.push(b.clone());
+                support_blocks.push(b);
+                memory.extend(kept);
+            }
         }
         fitted.push(FittedFamily { kind });
     }
@@ -225,10 +243,22 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let unobserved_prior = if unobserved_prior.is_finite() { unobserved_prior } else { 0.0 };
     let parts: Vec<(&[usize], &Mlp, f32)> = heads.iter().map(|(m, cols)| (*cols, m, 1.0)).collect();
     let mlp = stack(&parts, dim, n_models)?;
-    let mem = all.select(&memory);
+    let mut mem = all.select(&memory);
+    // A key of a model's own block counts for that model only (a prompt observed by two models
+    // is a key in each of their blocks).
+    for b in blocks.iter().filter(|b| b.models.len() == 1) {
+        let j = b.models[0];
+        for i in b.start..b.end {
+            for (c, v) in mem.mask.row_mut(i).iter_mut().enumerate() {
+                if c != j {
+                    *v = 0.0;
+                }
+            }
+        }
+    }
     // Each model's evidence is counted in its own family's block of keys, and each family's
     // nearness in the whole memory (`Support::blocked`).
-    let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, blocks.clone());
+    let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, support_blocks);
     let train = all.select(cx.train_idx);
     let mut priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
     for (j, p) in eb_prior.iter().enumerate() {

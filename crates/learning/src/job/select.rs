@@ -396,6 +396,12 @@ pub(super) fn family_rows(cx: &Context, family: &Family) -> Vec<usize> {
     cx.train_idx.iter().copied().filter(|&i| files.iter().any(|f| f.prompt_ids.contains(&cx.logs.prompts[i].id))).collect()
 }
 
+/// Whether a family's rows are sparse: fewer than half of its (prompt, model) pairs observed
+/// (production and exploration logs), so each model's kNN searches its own observations.
+pub(super) fn is_sparse(fd: &Dataset) -> bool {
+    fd.mask.mean().unwrap_or(0.0) < 0.5
+}
+
 /// Chooses `family`'s predictor by inner cross-validation of its training prompts.
 pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> {
     let job = cx.job;
@@ -429,8 +435,15 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
         .collect();
     let fw = cx.ipw.select(Axis(0), &rows).select(Axis(1), &family.models);
     let x = knn::normalised(fd.x.view());
+    // On sparse logs (under half of the family's pairs observed) each model averages its own
+    // nearest observations, as the graph's per-model memory blocks serve it (`fit`).
+    let sparse = job.own_neighbours && is_sparse(&fd);
     let guarded = |ks: &[usize], bs: &[f32]| {
-        knn::cross_validated_grid_guarded(x.view(), fd.quality.view(), fd.mask.view(), fw.view(), &fold, INNER_FOLDS, ks, bs)
+        if sparse {
+            knn::cross_validated_grid_per_model(x.view(), fd.quality.view(), fd.mask.view(), fw.view(), &fold, INNER_FOLDS, ks, bs)
+        } else {
+            knn::cross_validated_grid_guarded(x.view(), fd.quality.view(), fd.mask.view(), fw.view(), &fold, INNER_FOLDS, ks, bs)
+        }
     };
     // Each model's out-of-fold mean tokens.
     let mut mean_t = Array2::zeros(fd.quality.dim());
