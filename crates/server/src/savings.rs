@@ -126,6 +126,9 @@ pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseli
             constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
             explain: false,
             deadline: None,
+            // Probes, not traffic: never explore nor spend the exploration budget.
+            explore: pointsman_core::exploration::Opt::Out,
+            session: None,
         };
         let d = engine.route(q).await?;
         for s in &d.ranking.scored {
