@@ -436,6 +436,18 @@ impl Engine {
 
     /// Routes one query; `health[i]` is the live health of catalog model `i` (empty: all healthy).
     pub async fn route_with_health(self: &Arc<Self>, q: RouteQuery, health: &[crate::health::Snapshot]) -> Result<Decision, RouteError> {
+        self.route_live(q, health, &[]).await
+    }
+
+    /// Routes one query with what is known live: `health[i]` is catalog model `i`'s health (empty:
+    /// all healthy) and `endpoints[i][j]` endpoint `j` of model `i`'s breaker and measurements
+    /// (empty: every endpoint unmeasured, judged on the catalog's priors).
+    pub async fn route_live(
+        self: &Arc<Self>,
+        q: RouteQuery,
+        health: &[crate::health::Snapshot],
+        endpoints: &[Vec<crate::health::EndpointLive>],
+    ) -> Result<Decision, RouteError> {
         let t0 = Instant::now();
         self.validate(&q)?;
         let (cost_weight, profile) = self.resolve_tradeoff(&q.tradeoff);
@@ -531,7 +543,8 @@ impl Engine {
             cost_scale_usd: r.cost_scale_usd,
         };
         let constraints = Constraints { out_of_domain_p: r.out_of_domain_p, ..q.constraints };
-        let ranking = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring)?;
+        let live = policy::Live { models: health, endpoints, spread: xxhash_rust::xxh3::xxh3_64(q.request_id.as_bytes()) };
+        let ranking = policy::rank_live(&self.catalog, &predictions, live, conversation_tokens, cost_weight, &constraints, scoring)?;
         timings.rank = t.elapsed();
         timings.total = t0.elapsed();
         Ok(Decision {

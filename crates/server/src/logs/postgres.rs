@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../../../migrations/postgres/0001_decision_log.sql")),
     (2, "feedback trust", include_str!("../../../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
+    (4, "endpoint feedback", include_str!("../../../../migrations/postgres/0004_endpoint_feedback.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -292,6 +293,13 @@ pub(crate) struct FeedbackRow {
     verified: bool,
     #[serde(default)]
     offered: bool,
+    // Absent from batches spilled by a build before the endpoint columns: none.
+    #[serde(default)]
+    endpoint_provider: Option<String>,
+    #[serde(default)]
+    endpoint_ttft_ms: Option<f64>,
+    #[serde(default)]
+    endpoint_generation_ms: Option<f64>,
 }
 
 /// One write batch.
@@ -338,6 +346,9 @@ impl Rows {
                     quality: f.quality,
                     verified: f.verified,
                     offered: f.offered,
+                    endpoint_provider: f.provider.clone(),
+                    endpoint_ttft_ms: f.ttft_ms,
+                    endpoint_generation_ms: f.generation_ms,
                 })
                 .collect(),
         }
@@ -421,8 +432,8 @@ FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::t
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
-INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[])
+INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered, endpoint_provider, endpoint_ttft_ms, endpoint_generation_ms)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[], $13::text[], $14::float8[], $15::float8[])
 ON CONFLICT (id) DO NOTHING";
 
 async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres::Error> {
@@ -468,6 +479,9 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &f.iter().map(|r| r.quality).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.verified).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.offered).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_provider.as_deref()).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_ttft_ms).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_generation_ms).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -845,6 +859,9 @@ mod tests {
             output_tokens: Some(3),
             cost_usd: None,
             quality: Some(0.5),
+            provider: Some("p".into()),
+            ttft_ms: Some(1.5),
+            generation_ms: None,
             verified: true,
             offered: true,
         };

@@ -13,8 +13,9 @@ use serde::Serialize;
 use super::{DecisionRecord, FeedbackRecord, LogError};
 use pointsman_core::record::LogRecord;
 
-/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`;
+/// 3 the endpoint columns `feedback.endpoint_provider`, `endpoint_ttft_ms`, `endpoint_generation_ms`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -45,7 +46,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     cost_usd REAL,
     quality REAL,
     verified INTEGER NOT NULL DEFAULT 0,
-    offered INTEGER NOT NULL DEFAULT 0
+    offered INTEGER NOT NULL DEFAULT 0,
+    endpoint_provider TEXT,
+    endpoint_ttft_ms REAL,
+    endpoint_generation_ms REAL
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts_ms);
@@ -83,8 +87,25 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
         )
         .map_err(&e)?;
     }
+    // Version 2 files: the endpoint columns, empty for the reports logged before.
+    if !has_column(&conn, "endpoint_provider").map_err(&e)? {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE feedback ADD COLUMN endpoint_provider TEXT;
+             ALTER TABLE feedback ADD COLUMN endpoint_ttft_ms REAL;
+             ALTER TABLE feedback ADD COLUMN endpoint_generation_ms REAL;
+             COMMIT;",
+        )
+        .map_err(&e)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
+}
+
+/// True when the feedback table has column `name`.
+fn has_column(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info('feedback') WHERE name = ?1")?;
+    Ok(stmt.query_row([name], |r| r.get::<_, i64>(0))? == 1)
 }
 
 /// True when the feedback table has `verified` and `offered` (schema version 2).
@@ -139,6 +160,7 @@ pub(crate) fn constraints_json(d: &DecisionRecord) -> String {
         "max_fallbacks": c.max_fallbacks,
         "requirements": c.requirements,
         "provider": provider_json(&c.provider),
+        "max_latency": c.max_latency.map(|l| serde_json::json!({"ms": l.ms, "percentile": l.percentile.as_str()})),
     })
     .to_string()
 }
@@ -194,8 +216,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
             ])?;
         }
         let mut ins = tx.prepare_cached(
-            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered, endpoint_provider, endpoint_ttft_ms, endpoint_generation_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         for f in feedback {
             ins.execute(params![
@@ -209,7 +231,10 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 f.cost_usd,
                 f.quality,
                 f.verified,
-                f.offered
+                f.offered,
+                f.provider,
+                f.ttft_ms,
+                f.generation_ms
             ])?;
         }
     }
