@@ -46,9 +46,14 @@
 //! `require_parameters`, `max_price`, and `allow_fallbacks = false` with an `order`) and the
 //! request's needs (tools, images, JSON schema output, a reasoning effort, output tokens: an
 //! endpoint that declares it cannot is never used) exclude endpoints; soft ones reorder them and
-//! never refuse: `order` first, then the endpoints that meet `preferred_max_latency` /
-//! `preferred_min_throughput` (judged on the catalog's priors for now), then by `sort` (price by
-//! default, as OpenRouter's default load balancing prioritises price), then catalog order.
+//! never refuse: `order` first, then the endpoint's own breaker (one cooling down is left out while
+//! another endpoint of the model is usable; degraded ones go after healthy ones), then the
+//! endpoints that meet `preferred_max_latency` / `preferred_min_throughput` (judged on the
+//! endpoint's measured quantiles, see [`Live`], or the catalog's priors while unmeasured), then by
+//! `sort`, then catalog order. Without `sort` and `order` the order is OpenRouter's default load
+//! balancing on live figures: by price, near ties ([`NEAR_TIE`]) broken by measured speed, and
+//! the load spread among equally good endpoints (and those not measured yet). `max_latency` is a
+//! hard endpoint rule on the measured latency quantiles; unmeasured endpoints pass it.
 //! `allow_fallbacks = false` keeps only a model's first endpoint. A candidate's cost, latency and
 //! utility are those of its first endpoint. The response's attempt order (`Ranking::attempts`)
 //! is `partition = model` (default): each candidate's endpoints, then the next candidate's; or
@@ -702,9 +707,11 @@ fn by_key(a: Key, b: Key) -> std::cmp::Ordering {
 
 /// OpenRouter's default among a model's endpoints, once sorted by price: endpoints within
 /// [`NEAR_TIE`] of the cheapest of their run (same breaker tier and soft-target miss) go by
-/// predicted latency (measured where known), and the first run's endpoints that are also within
-/// [`NEAR_TIE`] of its fastest share the load: the one that goes first is drawn by `spread`
-/// with weights the inverse square of their cost, as OpenRouter's price-weighted balancing does.
+/// measured speed (the predicted latency of this request), the measured ones first. The first
+/// run's endpoints that are equally good share the load: the measured ones within [`NEAR_TIE`]
+/// of its fastest, and those not measured yet (their speed cannot break the tie, and sharing is
+/// how they get measured). Which of them goes first is drawn by `spread` with weights the
+/// inverse square of their cost, as OpenRouter's price-weighted balancing does.
 fn near_ties(order: &mut [usize], es: &[EndpointScore], spread: u64) {
     let mut start = 0;
     while start < order.len() {
@@ -716,17 +723,19 @@ fn near_ties(order: &mut [usize], es: &[EndpointScore], spread: u64) {
                 .take_while(|&&j| es[j].tier == a.tier && es[j].misses_preference == a.misses_preference && es[j].cost_usd <= bound)
                 .count();
         if end - start > 1 {
-            order[start..end].sort_by(|&x, &y| es[x].latency_ms.total_cmp(&es[y].latency_ms).then(x.cmp(&y)));
+            order[start..end]
+                .sort_by(|&x, &y| es[y].measured.cmp(&es[x].measured).then(es[x].latency_ms.total_cmp(&es[y].latency_ms)).then(x.cmp(&y)));
             if start == 0 {
                 let fastest = es[order[0]].latency_ms;
-                let run = order[..end].iter().take_while(|&&j| es[j].latency_ms <= fastest * (1.0 + NEAR_TIE)).count();
-                if run > 1 {
+                let shares = |j: usize| !es[j].measured || !es[order[0]].measured || es[j].latency_ms <= fastest * (1.0 + NEAR_TIE);
+                let run: Vec<usize> = (0..end).filter(|&k| shares(order[k])).collect();
+                if run.len() > 1 {
                     let weight = |j: usize| 1.0 / es[j].cost_usd.max(1e-12).powi(2);
-                    let total: f64 = order[..run].iter().map(|&j| weight(j)).sum();
+                    let total: f64 = run.iter().map(|&k| weight(order[k])).sum();
                     let mut draw = (spread >> 11) as f64 / (1u64 << 53) as f64 * total;
-                    let mut pick = run - 1;
-                    for (k, &j) in order[..run].iter().enumerate() {
-                        draw -= weight(j);
+                    let mut pick = run[run.len() - 1];
+                    for &k in &run {
+                        draw -= weight(order[k]);
                         if draw < 0.0 {
                             pick = k;
                             break;

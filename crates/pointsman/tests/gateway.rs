@@ -501,6 +501,7 @@ async fn envoy_orders_one_models_endpoints_by_live_measurements() {
         let (status, name, order, seen) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} ({i})"), false)).await;
         assert_eq!(status, 200);
         assert_eq!(seen.model, LLAMA);
+        eprintln!("request {i}: reached {name}, order {order:?}");
         *reached.entry(name).or_default() += 1;
         slow_reports += usize::from(name == "anthropic");
         if order == ["together", "deepseek", "anthropic"] {
