@@ -1564,8 +1564,13 @@ mod tests {
         // A degraded endpoint goes behind the healthy ones of its model.
         let mut degraded = fast;
         degraded.health.state = State::Degraded;
-        let r = live_route(&cat, &[vec![measured((800.0, 900.0), 100.0), degraded, measured((900.0, 950.0), 100.0)]], 0, &with(Default::default()))
-            .unwrap();
+        let r = live_route(
+            &cat,
+            &[vec![measured((800.0, 900.0), 100.0), degraded, measured((900.0, 950.0), 100.0)]],
+            0,
+            &with(Default::default()),
+        )
+        .unwrap();
         assert_eq!(llama_order(&r), ["a", "c", "b"]);
     }
 }

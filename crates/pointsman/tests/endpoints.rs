@@ -51,13 +51,7 @@ fn report(n: &mut u32, provider: &str, outcome: Outcome, latency: f64, ttft: f64
 }
 
 fn route(provider: Option<pb::ProviderPreferences>) -> pb::RouteRequest {
-    pb::RouteRequest {
-        prompt: CHAT_PROMPT.into(),
-        allowed_models: vec![LLAMA.into()],
-        provider,
-        explain: true,
-        ..Default::default()
-    }
+    pb::RouteRequest { prompt: CHAT_PROMPT.into(), allowed_models: vec![LLAMA.into()], provider, explain: true, ..Default::default() }
 }
 
 /// LLAMA's endpoints in the response's attempt order.
@@ -133,9 +127,8 @@ async fn measured_endpoints_order_filter_and_explain_routes() {
 
     // A p90 latency preference (first token under 0.5 s at p90) reorders: together's spikes miss
     // it, so bedrock goes first; at p50 together still leads.
-    let within = |p50: Option<f64>, p90: Option<f64>| {
-        prefs(|p| p.preferred_max_latency = Some(pb::Percentiles { p50, p90, ..Default::default() }))
-    };
+    let within =
+        |p50: Option<f64>, p90: Option<f64>| prefs(|p| p.preferred_max_latency = Some(pb::Percentiles { p50, p90, ..Default::default() }));
     assert_eq!(order(&c.route(route(within(None, Some(0.5)))).await.unwrap().into_inner())[0], "bedrock");
     assert_eq!(order(&c.route(route(within(Some(0.5), None))).await.unwrap().into_inner())[0], "together");
 
@@ -151,11 +144,7 @@ async fn measured_endpoints_order_filter_and_explain_routes() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("max_latency_ms") && err.message().contains(&format!("{LLAMA}@together")), "{}", err.message());
     // An unmeasured model passes and says so.
-    let r = c
-        .route(pb::RouteRequest { allowed_models: vec![QWEN.into()], ..limited(50.0, "p50") })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.route(pb::RouteRequest { allowed_models: vec![QWEN.into()], ..limited(50.0, "p50") }).await.unwrap().into_inner();
     let qwen = r.explanations.iter().find(|e| e.candidate.as_ref().unwrap().model == QWEN).unwrap();
     assert!(qwen.endpoints.iter().all(|e| e.detail.contains("not measured yet")), "{:?}", qwen.endpoints);
     // A bad limit names the field.

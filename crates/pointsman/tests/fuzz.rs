@@ -201,22 +201,34 @@ fn feedback_request(k: &Known) -> impl Strategy<Value = Shown<pb::FeedbackReques
     let latency = mostly(prop_oneof![Just(None), (0.0..60_000.0f64).prop_map(Some)], prop::option::of(number()));
     let cost = mostly(prop_oneof![Just(None), (0.0..1.0f64).prop_map(Some)], prop::option::of(number()));
     let endpoint = (text(Vec::new()), prop::option::of(number()), prop::option::of(number()));
-    ((request_id, model, outcome), (latency, prop::option::of(any::<u32>()), prop::option::of(any::<u32>())), (cost, opt_number()), endpoint)
-        .prop_map(|((request_id, model, outcome), (latency_ms, input_tokens, output_tokens), (cost_usd, quality), (provider, ttft_ms, generation_ms))| {
-            Shown(pb::FeedbackRequest {
-                request_id,
-                model,
-                outcome,
-                latency_ms,
-                input_tokens,
-                output_tokens,
-                cost_usd,
-                quality,
-                provider,
-                ttft_ms,
-                generation_ms,
-            })
-        })
+    (
+        (request_id, model, outcome),
+        (latency, prop::option::of(any::<u32>()), prop::option::of(any::<u32>())),
+        (cost, opt_number()),
+        endpoint,
+    )
+        .prop_map(
+            |(
+                (request_id, model, outcome),
+                (latency_ms, input_tokens, output_tokens),
+                (cost_usd, quality),
+                (provider, ttft_ms, generation_ms),
+            )| {
+                Shown(pb::FeedbackRequest {
+                    request_id,
+                    model,
+                    outcome,
+                    latency_ms,
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    quality,
+                    provider,
+                    ttft_ms,
+                    generation_ms,
+                })
+            },
+        )
 }
 
 /// "Ok", or the status code and the start of the message (the field named), for the summary.

@@ -514,7 +514,9 @@ async fn envoy_orders_one_models_endpoints_by_live_measurements() {
         }
     }
     let settled = settled_after.expect("the order never settled on fastest first");
-    println!("measured order settled after {settled} requests ({reached:?}); the slow provider had {slow_reports} reports when it fell behind");
+    println!(
+        "measured order settled after {settled} requests ({reached:?}); the slow provider had {slow_reports} reports when it fell behind"
+    );
     assert!(reached.len() >= 2, "unmeasured endpoints share the load: {reached:?}");
     assert!(slow_reports >= 1, "the slow provider was measured before it fell behind");
 

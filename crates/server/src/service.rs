@@ -353,8 +353,7 @@ impl Service {
         let in_catalog = model.is_some();
         // A report naming one of the model's endpoints moves that endpoint's breaker (and feeds
         // its measurements) instead of the model's.
-        let provider: Option<String> =
-            rec.provider.clone().filter(|p| model.is_some_and(|m| m.endpoints.iter().any(|e| e.provider == *p)));
+        let provider: Option<String> = rec.provider.clone().filter(|p| model.is_some_and(|m| m.endpoints.iter().any(|e| e.provider == *p)));
         let provider = provider.as_deref();
         let measurement = Measurement {
             latency_ms: rec.latency_ms,

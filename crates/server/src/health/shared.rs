@@ -406,7 +406,12 @@ fn apply(batch: Batch, trackers: &Trackers, offers: &Offers) -> Applied {
         let at = now.checked_sub(age).unwrap_or(now);
         match &r.provider {
             Some(p) => {
-                let m = Measurement { latency_ms: r.latency_ms, ttft_ms: r.ttft_ms, generation_ms: r.generation_ms, output_tokens: r.output_tokens };
+                let m = Measurement {
+                    latency_ms: r.latency_ms,
+                    ttft_ms: r.ttft_ms,
+                    generation_ms: r.generation_ms,
+                    output_tokens: r.output_tokens,
+                };
                 trackers.endpoints.record(&r.model, p, r.outcome, &m, at);
             }
             None => {

@@ -210,9 +210,8 @@ fn latency_limit(l: Option<pb::LatencyLimit>) -> Result<Option<LatencyLimit>, Ro
     }
     let percentile = match l.percentile.as_str() {
         "" => Percentile::P50,
-        p => Percentile::parse(p).ok_or_else(|| {
-            invalid("max_latency.percentile", format!("must be one of p50, p75, p90, p99. Given: {:?}", truncated(p)))
-        })?,
+        p => Percentile::parse(p)
+            .ok_or_else(|| invalid("max_latency.percentile", format!("must be one of p50, p75, p90, p99. Given: {:?}", truncated(p))))?,
     };
     Ok(Some(LatencyLimit { ms: l.ms, percentile }))
 }

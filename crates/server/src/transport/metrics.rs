@@ -302,7 +302,12 @@ fn endpoint_metrics(page: &Page, service: &Service, engine: &crate::engine::Engi
                 &labels,
                 f64::from(l.health.window_requests),
             );
-            page.gauge("pointsman_endpoint_error_rate", "Failed share of each endpoint's attempts in the health window.", &labels, l.health.error_rate);
+            page.gauge(
+                "pointsman_endpoint_error_rate",
+                "Failed share of each endpoint's attempts in the health window.",
+                &labels,
+                l.health.error_rate,
+            );
             page.gauge(
                 "pointsman_endpoint_rate_limited_rate",
                 "Share of each endpoint's attempts in the health window refused for rate or quota (HTTP 429).",
