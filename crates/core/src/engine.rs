@@ -543,6 +543,18 @@ impl Engine {
 
     /// Routes one query; `health[i]` is the live health of catalog model `i` (empty: all healthy).
     pub async fn route_with_health(self: &Arc<Self>, q: RouteQuery, health: &[crate::health::Snapshot]) -> Result<Decision, RouteError> {
+        self.route_live(q, health, &[]).await
+    }
+
+    /// Routes one query with what is known live: `health[i]` is catalog model `i`'s health (empty:
+    /// all healthy) and `endpoints[i][j]` endpoint `j` of model `i`'s breaker and measurements
+    /// (empty: every endpoint unmeasured, judged on the catalog's priors).
+    pub async fn route_live(
+        self: &Arc<Self>,
+        q: RouteQuery,
+        health: &[crate::health::Snapshot],
+        endpoints: &[Vec<crate::health::EndpointLive>],
+    ) -> Result<Decision, RouteError> {
         let t0 = Instant::now();
         self.validate(&q)?;
         let (cost_weight, profile) = self.resolve_tradeoff(&q.tradeoff);
@@ -630,12 +642,13 @@ impl Engine {
             cost_scale_usd: r.cost_scale_usd,
         };
         let constraints = Constraints { out_of_domain_p: r.out_of_domain_p, ..q.constraints };
-        let mut ranking = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring)?;
+        let live = policy::Live { models: health, endpoints, spread: xxhash_rust::xxh3::xxh3_64(q.request_id.as_bytes()) };
+        let mut ranking = policy::rank_live(&self.catalog, &predictions, live, conversation_tokens, cost_weight, &constraints, scoring)?;
         let best = ranking.chosen[0];
         let shadow = match (&self.shadow, &pred.shadow) {
             (Some(s), Some(out)) => {
                 let predictions = out.predictions(&s.head, &s.index);
-                let r = policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, &constraints, scoring).ok();
+                let r = policy::rank_live(&self.catalog, &predictions, live, conversation_tokens, cost_weight, &constraints, scoring).ok();
                 let top = r.as_ref().map(|r| &r.scored[r.chosen[0]]);
                 Some(ShadowDecision {
                     head_id: s.head.manifest().head_id.clone(),

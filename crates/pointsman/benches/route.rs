@@ -20,7 +20,11 @@
 //! (its first and two more providers at other prices and speeds), in alternating rounds of
 //! BENCH_REQUESTS each (BENCH_ROUNDS, default 6), with the cache off (the encoder runs) and on
 //! (every text cached); it prints the p50 of each, the in-server rank stage (`timings.rank_us`)
-//! and the added cost of three endpoints.
+//! and the added cost of three endpoints. Before the rounds, every endpoint of both servers gets
+//! BENCH_MEASURED (default 20) Feedback reports naming its provider, with latency, time to first
+//! token, generation time and output tokens, so Route reads live endpoint measurements (quantiles
+//! from the sketches, per-endpoint breakers) as it would in production; 0 leaves every endpoint
+//! unmeasured.
 //!
 //! `BENCH_MODE=shadow` runs the same side-by-side rounds against a server without and with a
 //! shadow head (`[shadow] head_dir`, a copy of the shipped head) and prints the added cost.
@@ -308,8 +312,39 @@ async fn side_by_side(a: (&str, Config), b: (&str, Config), what: &str, short: &
             a.cache.capacity = 0;
             b.cache.capacity = 0;
         }
-        let (ca, stop_a, _) = start(a).await;
-        let (cb, stop_b, _) = start(b).await;
+        let measured = env_usize("BENCH_MEASURED", 20);
+        for c in [&mut a, &mut b] {
+            c.health.count_unknown_requests = true;
+            c.health.window_seconds = 3600;
+        }
+        let (ca, stop_a, _) = start(a.clone()).await;
+        let (cb, stop_b, _) = start(b.clone()).await;
+        for (client, config) in [(&ca, &a), (&cb, &b)] {
+            let mut n = 0u64;
+            for m in &config.models {
+                for (j, e) in m.endpoints.iter().enumerate() {
+                    for k in 0..measured {
+                        n += 1;
+                        let latency = 400.0 + 300.0 * j as f64 + (k % 7) as f64 * 40.0;
+                        let report = FeedbackRequest {
+                            request_id: format!("measure-{n}"),
+                            model: m.id.clone(),
+                            outcome: Outcome::Success as i32,
+                            latency_ms: Some(latency),
+                            output_tokens: Some(200),
+                            provider: e.provider.clone(),
+                            ttft_ms: Some(latency / 4.0),
+                            generation_ms: Some(latency * 0.75),
+                            ..Default::default()
+                        };
+                        client.clone().feedback(report).await.unwrap();
+                    }
+                }
+            }
+        }
+        if measured > 0 {
+            println!("cache {cache}: every endpoint measured ({measured} reports each)");
+        }
         if cache == "hit" {
             for p in short {
                 for c in [&ca, &cb] {

@@ -506,4 +506,173 @@ async fn a_session_stays_on_its_upstream_through_envoy_until_its_breaker_opens()
     assert_ne!(name, "anthropic");
     assert_eq!(seen.headers["x-pointsman-session"], "moved; reason=unhealthy");
     pm.stop().await;
+/// One model served by three fake providers of different speeds (together fast, deepseek at
+/// 150 ms, anthropic at 600 ms; one price), and a dearer model on openai, through the real Envoy:
+/// the endpoints share the load while unmeasured, then go fastest first; a provider slowed down
+/// loses its place within a window of reports (the count is printed); an outage (503) on one
+/// provider moves traffic to the same model on the next provider before another model; a
+/// tool-calling request never reaches the endpoint that declares no tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_orders_one_models_endpoints_by_live_measurements() {
+    const LLAMA: &str = "Meta-Llama-3.1-8B-Instruct";
+    const OTHER: &str = "Mistral-Nemo-Instruct-2407";
+    let _serial = SERIAL.lock().await;
+    let all = Arc::default();
+    let fallback = Upstream::start("default", &all).await;
+    let (fast, mid, slow, other) = (
+        Upstream::start("together", &all).await,
+        Upstream::start("deepseek", &all).await,
+        Upstream::start("anthropic", &all).await,
+        Upstream::start("openai", &all).await,
+    );
+    mid.delay_ms.store(150, Ordering::SeqCst);
+    slow.delay_ms.store(600, Ordering::SeqCst);
+    let set = [
+        ("open_after_consecutive_failures", "3"),
+        ("cool_down_seconds", "600.0"),
+        ("window_seconds", "600"),
+        ("min_measured_requests", "3"),
+    ];
+    let pm = Pointsman::start_edited(&set, |c| {
+        let endpoint = |provider: &str, tools: Option<bool>| {
+            let mut e = pointsman::catalog::CatalogModel::single(LLAMA, provider, 0.2, 0.2, 131_072).endpoints.remove(0);
+            // Optimistic priors: an endpoint not measured yet looks fast, so it is tried.
+            (e.ttft_ms, e.output_tokens_per_second) = (Some(1.0), Some(1e6));
+            e.capabilities.tools = tools;
+            e
+        };
+        let llama = pointsman::catalog::CatalogModel {
+            id: LLAMA.into(),
+            endpoints: vec![endpoint("together", None), endpoint("deepseek", Some(true)), endpoint("anthropic", Some(false))],
+        };
+        c.models = vec![llama, pointsman::catalog::CatalogModel::single(OTHER, "openai", 3.0, 9.0, 131_072)];
+        c.routing.out_of_domain_p = 0.0;
+    })
+    .await;
+    let gw = Envoy::start(&gateway_ports(free_port(), pm.ext_port, &[&fallback, &fast, &mid, &slow, &other]), true, &[]).await;
+    // Cheapest first: LLAMA, with OTHER as the fallback model.
+    let cheap = [("x-pointsman-cost-weight", "1")];
+    let llama_order = |attempts: &str| -> Vec<String> {
+        attempts.split(',').filter_map(|a| a.strip_prefix(&format!("{LLAMA}@"))).map(str::to_string).collect()
+    };
+    // Posts one request, waits for its feedback to be counted, returns (upstream, attempt order).
+    let counted = || async { pm.feedback_counted().await };
+    let send = |body: String| {
+        let (all, gw) = (Arc::clone(&all), gw.addr);
+        async move {
+            let before = counted().await;
+            let r = post(gw, &body, &cheap).await;
+            let (name, seen) = all.lock().unwrap().last().cloned().unwrap();
+            eventually_async(|| async { counted().await > before }).await;
+            (r.status, name, llama_order(&seen.headers["x-pointsman-attempts"]), seen)
+        }
+    };
+
+    // 1. Unmeasured and equal: the load is spread; as each is measured, the order goes by speed.
+    let mut reached = std::collections::BTreeMap::<&str, usize>::new();
+    let mut slow_reports = 0;
+    let mut settled_after = None;
+    for i in 0..40 {
+        let (status, name, order, seen) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} ({i})"), false)).await;
+        assert_eq!(status, 200);
+        assert_eq!(seen.model, LLAMA);
+        eprintln!("request {i}: reached {name}, order {order:?}");
+        *reached.entry(name).or_default() += 1;
+        slow_reports += usize::from(name == "anthropic");
+        if order == ["together", "deepseek", "anthropic"] {
+            settled_after.get_or_insert(i);
+            if i >= settled_after.unwrap() + 5 {
+                break;
+            }
+        } else {
+            settled_after = None;
+        }
+    }
+    let settled = settled_after.expect("the order never settled on fastest first");
+    println!(
+        "measured order settled after {settled} requests ({reached:?}); the slow provider had {slow_reports} reports when it fell behind"
+    );
+    assert!(reached.len() >= 2, "unmeasured endpoints share the load: {reached:?}");
+    assert!(slow_reports >= 1, "the slow provider was measured before it fell behind");
+
+    // 2. The fast provider slows down (1.2 s): how many of its reports until it loses first place.
+    let fast_before = fast.seen().len();
+    fast.delay_ms.store(1200, Ordering::SeqCst);
+    let mut lost_after = None;
+    for i in 0..40 {
+        let (status, name, order, _) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} (slowed {i})"), false)).await;
+        assert_eq!(status, 200);
+        if order[0] != "together" {
+            lost_after = Some(fast.seen().len() - fast_before);
+            assert_eq!(order[0], "deepseek", "{order:?}");
+            break;
+        }
+        assert_eq!(name, "together");
+    }
+    let lost = lost_after.expect("the slowed provider kept first place");
+    println!("a slowed endpoint lost first place after {lost} reports at its new speed ({settled} requests measured it fast before)");
+
+    // 3. An outage on the first provider (503): its breaker opens after 3 failures and traffic
+    //    moves to the same model on the next provider, not to another model.
+    mid.fail_status.store(503, Ordering::SeqCst);
+    let mut failures = 0;
+    let moved = loop {
+        let (status, name, order, seen) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} (outage {failures})"), false)).await;
+        if status == 503 {
+            assert_eq!(name, "deepseek");
+            failures += 1;
+            assert!(failures <= 3, "the breaker did not open after 3 failures");
+            continue;
+        }
+        assert_eq!(status, 200);
+        break (name, order, seen);
+    };
+    println!("the 503 provider failed {failures} requests, then traffic moved to {LLAMA}@{}", moved.0);
+    assert_eq!(failures, 3);
+    assert_eq!(moved.2.model, LLAMA, "the same model on another provider");
+    assert_ne!(moved.0, "deepseek");
+    assert!(!moved.1.contains(&"deepseek".to_string()), "the cooling endpoint is out of the order: {:?}", moved.1);
+    assert_eq!(other.seen().len(), 0, "no request went to another model");
+    let page = http_get(pm.admin, "/metrics").await;
+    let state = format!("pointsman_endpoint_health_state{{model=\"{LLAMA}\",provider=\"deepseek\",state=\"cooling_down\"}}");
+    assert_eq!(metric(&page, &state), Some(1.0), "{page}");
+    let p50 = format!("pointsman_endpoint_latency_seconds{{model=\"{LLAMA}\",provider=\"anthropic\",quantile=\"0.5\"}}");
+    assert!(metric(&page, &p50).is_some_and(|s| s >= 0.6), "the slow provider's measured median: {page}");
+    mid.fail_status.store(0, Ordering::SeqCst);
+
+    // 4. A tool-calling request never reaches the endpoint that declares no tools (anthropic),
+    //    though it is now the fastest healthy one.
+    let tools = serde_json::json!({"model": "pointsman/auto", "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "messages": [{"role": "user", "content": CHAT_PROMPT}]});
+    let slow_before = slow.seen().len();
+    for _ in 0..3 {
+        let (status, name, order, _) = send(tools.to_string()).await;
+        assert_eq!(status, 200);
+        assert_ne!(name, "anthropic");
+        assert!(!order.contains(&"anthropic".to_string()), "{order:?}");
+    }
+    assert_eq!(slow.seen().len(), slow_before);
+    // The same request without tools goes there.
+    let (_, name, _, _) = send(chat("pointsman/auto", CHAT_PROMPT, false)).await;
+    assert_eq!(name, "anthropic");
+}
+
+impl Pointsman {
+    /// Feedback reports accepted so far (every outcome), from the metrics page.
+    async fn feedback_counted(&self) -> f64 {
+        let page = http_get(self.admin, "/metrics").await;
+        ["success", "timeout", "rate_limited", "server_error", "refused"]
+            .iter()
+            .map(|o| metric(&page, &format!("pointsman_feedback_total{{outcome=\"{o}\"}}")).unwrap_or(0.0))
+            .sum()
+    }
+}
+
+/// Polls the async `f` every 20 ms for up to 10 s until it is true.
+async fn eventually_async<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

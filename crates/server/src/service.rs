@@ -14,7 +14,12 @@ use std::{
 use crate::{
     config::Config,
     engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
-    health::{offers::Offers, shared::SharedHealth, HealthTracker, Outcome, Snapshot},
+    health::{
+        endpoints::{EndpointTracker, Measurement},
+        offers::Offers,
+        shared::SharedHealth,
+        EndpointLive, HealthTracker, Outcome, Snapshot,
+    },
     logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
     policy::Constraints,
     sessions::Sessions,
@@ -147,6 +152,9 @@ pub struct FeedbackAck {
     /// The report is logged as verified: the model was offered for that request id and this is
     /// the first report on it (training exports take only these by default).
     pub verified: bool,
+    /// The endpoint's breaker and measurements after the report, when it names an endpoint of
+    /// the model.
+    pub endpoint: Option<EndpointLive>,
 }
 
 /// The outcome of a successful reload.
@@ -186,6 +194,8 @@ pub struct Service {
     engine: RwLock<Option<Arc<Engine>>>,
     config: RwLock<Arc<Config>>,
     health: Arc<HealthTracker>,
+    /// Each endpoint's breaker and measurements (reports that name the provider).
+    endpoints: Arc<EndpointTracker>,
     /// The fleet's shared health, with `health.shared`.
     shared: Option<SharedHealth>,
     log: Option<DecisionLog>,
@@ -206,6 +216,7 @@ impl Service {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
         let health = Arc::new(HealthTracker::new(config.health.clone()));
+        let endpoints = Arc::new(EndpointTracker::new(config.health.clone()));
         let offers = Arc::new(Offers::new(config.health.recent_requests));
         let shared = match &config.health.shared {
             Some(url) => Some(
@@ -214,6 +225,7 @@ impl Service {
                     config.health.shared_ca_file.as_deref(),
                     &config.health.shared_key,
                     Arc::clone(&health),
+                    Arc::clone(&endpoints),
                     Arc::clone(&offers),
                 )
                 .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?,
@@ -231,6 +243,7 @@ impl Service {
             engine: RwLock::new(None),
             sessions,
             health,
+            endpoints,
             shared,
             config: RwLock::new(Arc::new(config)),
             log,
@@ -292,6 +305,17 @@ impl Service {
         &self.health
     }
 
+    /// Each endpoint's breaker and measurements.
+    pub fn endpoints(&self) -> &EndpointTracker {
+        &self.endpoints
+    }
+
+    /// Every catalog endpoint of `engine`'s live state, `[model][endpoint]` (empty when none has
+    /// a report), for display (ListModels, explanations, metrics).
+    pub fn endpoint_live(&self, engine: &Engine) -> Vec<Vec<EndpointLive>> {
+        self.endpoints.routing(engine.catalog(), Instant::now())
+    }
+
     /// The fleet's shared health, with `health.shared`.
     pub fn shared_health(&self) -> Option<&SharedHealth> {
         self.shared.as_ref()
@@ -334,9 +358,12 @@ impl Service {
     /// on `call` (from [`Service::route_call`]).
     pub async fn route(&self, call: RouteCall<'_>, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         // Lock-free; empty while no model has a report (the policy reads that as all healthy).
-        let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now());
+        let now = Instant::now();
+        let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), now);
+        // Lock-free too; empty while no endpoint has a report (all healthy, judged on priors).
+        let endpoints = self.endpoints.routing(engine.catalog(), now);
         let session = q.session;
-        let mut result = engine.route_with_health(q, &health).await;
+        let mut result = engine.route_live(q, &health, &endpoints).await;
         match &mut result {
             Ok(d) => {
                 if let Some(s) = session {
@@ -382,17 +409,35 @@ impl Service {
     /// error says so, health has seen the report, and its retry counts no second time.
     pub async fn feedback(&self, mut rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
         let engine = self.engine();
-        let in_catalog = engine.as_ref().is_some_and(|e| e.catalog().get(&rec.model).is_some());
+        let model = engine.as_ref().and_then(|e| e.catalog().get(&rec.model));
+        let in_catalog = model.is_some();
         if let Some((e, b)) = engine.as_ref().and_then(|e| Some((e, self.baseline(e)?))) {
             rec.baseline = Some(b.realised(e.catalog(), &rec.model, rec.input_tokens, rec.output_tokens, rec.cost_usd));
         }
+        // A report naming one of the model's endpoints moves that endpoint's breaker (and feeds
+        // its measurements) instead of the model's.
+        let provider: Option<String> = rec.provider.clone().filter(|p| model.is_some_and(|m| m.endpoints.iter().any(|e| e.provider == *p)));
+        let provider = provider.as_deref();
+        let measurement = Measurement {
+            latency_ms: rec.latency_ms,
+            ttft_ms: rec.ttft_ms,
+            generation_ms: rec.generation_ms,
+            output_tokens: rec.output_tokens,
+        };
         let claim = self.offers.claim(&rec.request_id, &rec.model, in_catalog, self.health.config().count_unknown_requests);
+        let mut endpoint = None;
         let health = in_catalog.then(|| {
             if claim.counts {
                 if let Some(shared) = &self.shared {
-                    shared.share(&rec.request_id, &rec.model, rec.outcome, rec.latency_ms);
+                    shared.share(&rec.request_id, &rec.model, provider, rec.outcome, &measurement);
                 }
-                self.health.record(&rec.model, rec.outcome, rec.latency_ms, Instant::now())
+                match provider {
+                    Some(p) => {
+                        endpoint = Some(self.endpoints.record(&rec.model, p, rec.outcome, &measurement, Instant::now()));
+                        self.health.snapshot(&rec.model, Instant::now())
+                    }
+                    None => self.health.record(&rec.model, rec.outcome, rec.latency_ms, Instant::now()),
+                }
             } else {
                 if claim.duplicate {
                     self.stats.feedback_duplicates.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +449,9 @@ impl Service {
                 self.health.snapshot(&rec.model, Instant::now())
             }
         });
+        if let (None, Some(p)) = (&endpoint, provider) {
+            endpoint = Some(self.endpoints.get(&rec.model, p, Instant::now()));
+        }
         (rec.verified, rec.offered) = (claim.verified, claim.offered);
         let outcome = rec.outcome;
         if let Some(log) = &self.log {
@@ -418,7 +466,7 @@ impl Service {
         }
         let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.stats.feedback[idx].fetch_add(1, Ordering::Relaxed);
-        Ok(FeedbackAck { known_request: claim.known_request, health, counted: claim.counts, verified: claim.verified })
+        Ok(FeedbackAck { known_request: claim.known_request, health, counted: claim.counts, verified: claim.verified, endpoint })
     }
 
     /// Re-reads the config, loads and validates a new engine, and swaps it in. One reload at a
@@ -555,8 +603,12 @@ fn decision_record(engine: &Engine, d: &mut Decision, baseline: Option<Estimate>
         router_version: engine.version().to_string(),
         cost_weight: d.cost_weight,
         profile: d.profile.clone(),
-        // Taken, not cloned: the response does not need them.
-        constraints: std::mem::take(&mut d.constraints),
+        // Taken, not cloned: the response needs only the latency limit (for its explanations).
+        constraints: {
+            let c = std::mem::take(&mut d.constraints);
+            d.constraints.max_latency = c.max_latency;
+            c
+        },
         tradeoff: match &d.tradeoff {
             Tradeoff::Default => "default".into(),
             Tradeoff::Profile(p) => format!("profile:{p}"),
@@ -610,6 +662,9 @@ mod tests {
             output_tokens: None,
             cost_usd: None,
             quality: None,
+            provider: None,
+            ttft_ms: None,
+            generation_ms: None,
             verified: false,
             offered: false,
             baseline: None,

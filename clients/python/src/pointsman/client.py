@@ -151,16 +151,20 @@ def route_request(
     user: Optional[str] = None,
     conversation: Optional[str] = None,
     escalate_only: bool = False,
+    max_latency_ms: Optional[float] = None,
+    max_latency_percentile: str = "",
 ) -> "pb.RouteRequest":
     """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`):
     `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them;
     `provider` is OpenRouter's provider-preferences object (a dict, as OpenRouter takes it);
     `response_format`, `reasoning_effort` / `reasoning` and `max_tokens` /
     `max_completion_tokens` as in the OpenAI body add to the requirements endpoints are matched
-    against. The session is `session_id` (OpenRouter's), or else OpenAI's `user` with a
-    `conversation` key (a `user` alone names no session, as through Envoy); `escalate_only` moves it
-    only to a model of higher predicted quality. Raises `NothingToRoute` when no message (or the
-    prompt) has text."""
+    against; `max_latency_ms` (at `max_latency_percentile`, p50 by default) is the hard limit on
+    an endpoint's measured latency. The session is `session_id` (OpenRouter's), or else OpenAI's
+    `user` with a `conversation` key (a `user` alone names no session, as through Envoy);
+    `escalate_only` moves it only to a model of higher predicted quality; `explore` opts in to
+    (True) or out of (False) exploration. Raises `NothingToRoute` when no message (or the prompt)
+    has text."""
     req = pb.RouteRequest(
         request_id=request_id or str(uuid.uuid4()),
         prompt=prompt or "",
@@ -181,6 +185,8 @@ def route_request(
     if explore is not None:
         # None: the server's [exploration] share; True opts in, False opts out.
         req.explore = explore
+    if max_latency_ms is not None:
+        req.max_latency.CopyFrom(pb.LatencyLimit(ms=max_latency_ms, percentile=max_latency_percentile))
     if messages is not None:
         mapped = map_chat(
             messages,
@@ -249,9 +255,13 @@ def feedback_request(
     output_tokens: Optional[int] = None,
     cost_usd: Optional[float] = None,
     quality: Optional[float] = None,
+    provider: Optional[str] = None,
+    ttft_ms: Optional[float] = None,
+    generation_ms: Optional[float] = None,
 ) -> "pb.FeedbackRequest":
     """The `FeedbackRequest` for one attempt; `outcome` is one of success, timeout, rate_limited,
-    server_error, refused."""
+    server_error, refused; `provider` names the endpoint the attempt went to (its breaker and
+    measurements take the report), with its `ttft_ms` and `generation_ms`."""
     if outcome not in _OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(_OUTCOMES)}. Given: {outcome!r}")
     req = pb.FeedbackRequest(request_id=request_id, model=model, outcome=_OUTCOMES[outcome])
@@ -261,6 +271,9 @@ def feedback_request(
         ("output_tokens", output_tokens),
         ("cost_usd", cost_usd),
         ("quality", quality),
+        ("provider", provider),
+        ("ttft_ms", ttft_ms),
+        ("generation_ms", generation_ms),
     ):
         if value is not None:
             setattr(req, name, value)

@@ -18,8 +18,9 @@
 //! `shared` names a Redis, through which a fleet's replicas feed each other's breakers
 //! ([`shared`]).
 pub use crate::outcome::Outcome;
-pub use pointsman_core::health::{Snapshot, State};
+pub use pointsman_core::health::{EndpointLive, Percentile, Quantiles, Snapshot, State};
 
+pub mod endpoints;
 pub mod offers;
 pub mod shared;
 pub(crate) mod stream;
@@ -68,6 +69,10 @@ pub struct HealthConfig {
     pub shared_ca_file: Option<std::path::PathBuf>,
     /// Prefix of the Redis keys, so that several fleets can share one Redis.
     pub shared_key: String,
+    /// Successful attempts with a reported latency an endpoint needs in the window before its
+    /// measured quantiles are used (ordering, `max_latency_ms`, the predicted latency); fewer:
+    /// the catalog's priors.
+    pub min_measured_requests: u32,
 }
 
 impl Default for HealthConfig {
@@ -85,6 +90,7 @@ impl Default for HealthConfig {
             shared: None,
             shared_ca_file: None,
             shared_key: "pointsman".into(),
+            min_measured_requests: 5,
         }
     }
 }
@@ -120,6 +126,9 @@ impl HealthConfig {
                 &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds),
                 self.max_cool_down_seconds.to_string(),
             );
+        }
+        if !(1..=100_000).contains(&self.min_measured_requests) {
+            return bad("min_measured_requests", "in 1..=100000", self.min_measured_requests.to_string());
         }
         if !(1_000..=10_000_000).contains(&self.recent_requests) {
             return bad("recent_requests", "in 1000..=10000000", self.recent_requests.to_string());
@@ -244,6 +253,58 @@ impl ModelHealth {
         View { marks, consecutive_failures: self.consecutive_failures, open: self.open }
     }
 
+    /// Records one attempt (of the breaker named `name` in the log) and returns the view to
+    /// publish and the health after it, with the latency median.
+    fn record(&mut self, cfg: &HealthConfig, name: &str, outcome: Outcome, latency_ms: Option<f64>, now: Instant) -> (View, Snapshot) {
+        // NOTE: reports racing for the lock may arrive a few microseconds out of order; the
+        // later time is kept so the window stays sorted (Route counts it by binary search).
+        let now = self.events.back().map_or(now, |e| e.at.max(now));
+        self.prune(now, Duration::from_secs(cfg.window_seconds));
+        let failed = outcome.is_failure();
+        let was_probing = self.probing(now);
+        if failed {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        } else {
+            self.consecutive_failures = 0;
+        }
+        if was_probing && !failed {
+            // The probe worked: close the circuit and forget the failures that opened it.
+            self.open = None;
+            self.last_cool_down = None;
+            self.events.clear();
+        }
+        self.events.push_back(Event { at: now, failed, latency_ms });
+        if self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+        let still_open = self.open.is_some_and(|(at, d)| now.saturating_duration_since(at) < d);
+        let mut view = self.view();
+        if failed && !still_open {
+            let snap = view.snapshot(cfg, now);
+            let by_rate = snap.window_requests >= cfg.min_requests && snap.error_rate >= cfg.open_error_rate;
+            let by_streak = cfg.open_after_consecutive_failures > 0 && self.consecutive_failures >= cfg.open_after_consecutive_failures;
+            if was_probing || by_rate || by_streak {
+                let base = Duration::from_secs_f64(cfg.cool_down_seconds);
+                let d = match (was_probing, self.last_cool_down) {
+                    (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
+                    _ => base,
+                };
+                self.open = Some((now, d));
+                self.last_cool_down = Some(d);
+                tracing::warn!(
+                    model = name,
+                    cool_down_s = d.as_secs_f64(),
+                    error_rate = snap.error_rate,
+                    consecutive_failures = self.consecutive_failures,
+                    "circuit opened: left out of routing"
+                );
+            }
+        }
+        view.open = self.open;
+        let snap = Snapshot { p50_latency_ms: self.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
+        (view, snap)
+    }
+
     /// Median latency of the window's successes at `now`, ms (0 when none).
     fn p50_latency_ms(&self, cfg: &HealthConfig, now: Instant) -> f64 {
         let window = Duration::from_secs(cfg.window_seconds);
@@ -291,52 +352,7 @@ impl HealthTracker {
         let cfg = &self.cfg;
         let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
         let h = models.entry(model.to_string()).or_default();
-        // NOTE: reports racing for the lock may arrive a few microseconds out of order; the
-        // later time is kept so the window stays sorted (Route counts it by binary search).
-        let now = h.events.back().map_or(now, |e| e.at.max(now));
-        h.prune(now, Duration::from_secs(cfg.window_seconds));
-        let failed = outcome.is_failure();
-        let was_probing = h.probing(now);
-        if failed {
-            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
-        } else {
-            h.consecutive_failures = 0;
-        }
-        if was_probing && !failed {
-            // The probe worked: close the circuit and forget the failures that opened it.
-            h.open = None;
-            h.last_cool_down = None;
-            h.events.clear();
-        }
-        h.events.push_back(Event { at: now, failed, latency_ms });
-        if h.events.len() > MAX_EVENTS {
-            h.events.pop_front();
-        }
-        let still_open = h.open.is_some_and(|(at, d)| now.saturating_duration_since(at) < d);
-        let mut view = h.view();
-        if failed && !still_open {
-            let snap = view.snapshot(cfg, now);
-            let by_rate = snap.window_requests >= cfg.min_requests && snap.error_rate >= cfg.open_error_rate;
-            let by_streak = cfg.open_after_consecutive_failures > 0 && h.consecutive_failures >= cfg.open_after_consecutive_failures;
-            if was_probing || by_rate || by_streak {
-                let base = Duration::from_secs_f64(cfg.cool_down_seconds);
-                let d = match (was_probing, h.last_cool_down) {
-                    (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
-                    _ => base,
-                };
-                h.open = Some((now, d));
-                h.last_cool_down = Some(d);
-                tracing::warn!(
-                    model,
-                    cool_down_s = d.as_secs_f64(),
-                    error_rate = snap.error_rate,
-                    consecutive_failures = h.consecutive_failures,
-                    "circuit opened: model left out of routing"
-                );
-            }
-        }
-        view.open = h.open;
-        let snap = Snapshot { p50_latency_ms: h.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
+        let (view, snap) = h.record(cfg, model, outcome, latency_ms, now);
         // Writers are serialised by the lock above, so this copy-and-swap loses no update.
         let mut published = Published::clone(&self.published.load());
         published.insert(Arc::from(model), Arc::new(view));

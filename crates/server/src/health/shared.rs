@@ -40,6 +40,7 @@ use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
+    endpoints::{EndpointTracker, Measurement},
     offers::Offers,
     stream::{self, Offer, Report, Seen},
     HealthTracker, Outcome,
@@ -150,6 +151,7 @@ impl SharedHealth {
         ca_file: Option<&std::path::Path>,
         key: &str,
         tracker: Arc<HealthTracker>,
+        endpoints: Arc<EndpointTracker>,
         offers: Arc<Offers>,
     ) -> Result<Self, String> {
         let client = client(url, ca_file)?;
@@ -162,7 +164,8 @@ impl SharedHealth {
         let window = Duration::from_secs(tracker.config().window_seconds);
         let shown = redact(url);
         let publisher = tokio::spawn(publish(client.clone(), streams.clone(), rx, offers_rx, window, Arc::clone(&stats), shown.clone()));
-        let reader = tokio::spawn(read(client, streams, tracker, offers, Arc::clone(&models), Arc::clone(&stats), shown));
+        let trackers = Trackers { models: tracker, endpoints };
+        let reader = tokio::spawn(read(client, streams, trackers, offers, Arc::clone(&models), Arc::clone(&stats), shown));
         Ok(Self { tx, offers_tx, stats, models, tasks: vec![publisher, reader] })
     }
 
@@ -172,9 +175,20 @@ impl SharedHealth {
         self.models.store(Arc::new(ids.into_iter().map(str::to_string).collect()));
     }
 
-    /// Shares one report this replica applied to its own breakers. Never waits.
-    pub fn share(&self, request_id: &str, model: &str, outcome: Outcome, latency_ms: Option<f64>) {
-        let report = Report { request_id: Some(request_id.to_string()), model: model.to_string(), outcome, latency_ms, ts_ms: now_ms() };
+    /// Shares one report this replica applied to its own breakers (the endpoint's, when
+    /// `provider` names one of the model's endpoints, with what it measured). Never waits.
+    pub fn share(&self, request_id: &str, model: &str, provider: Option<&str>, outcome: Outcome, m: &Measurement) {
+        let report = Report {
+            request_id: Some(request_id.to_string()),
+            model: model.to_string(),
+            outcome,
+            latency_ms: m.latency_ms,
+            ts_ms: now_ms(),
+            provider: provider.map(str::to_string),
+            ttft_ms: m.ttft_ms,
+            generation_ms: m.generation_ms,
+            output_tokens: m.output_tokens,
+        };
         if self.tx.try_send(report).is_err() {
             self.stats.unshared.fetch_add(1, Ordering::Relaxed);
         }
@@ -366,9 +380,16 @@ struct Applied {
     duplicates: u64,
 }
 
-/// Adds the offered sets to `offers`, then applies the reports to `tracker` (each (request id,
+/// The breakers other replicas' reports go to: the model's, or the endpoint's when a report names it.
+#[derive(Clone)]
+struct Trackers {
+    models: Arc<HealthTracker>,
+    endpoints: Arc<EndpointTracker>,
+}
+
+/// Adds the offered sets to `offers`, then applies the reports to the trackers (each (request id,
 /// model) once, whichever replica it came from).
-fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
+fn apply(batch: Batch, trackers: &Trackers, offers: &Offers) -> Applied {
     let mut done = Applied { offers: 0, reports: 0, duplicates: 0 };
     for Offer(request_id, models) in &batch.offers {
         offers.offer(request_id, models.iter().map(String::as_str));
@@ -382,7 +403,21 @@ fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
                 continue;
             }
         }
-        tracker.record(&r.model, r.outcome, r.latency_ms, now.checked_sub(age).unwrap_or(now));
+        let at = now.checked_sub(age).unwrap_or(now);
+        match &r.provider {
+            Some(p) => {
+                let m = Measurement {
+                    latency_ms: r.latency_ms,
+                    ttft_ms: r.ttft_ms,
+                    generation_ms: r.generation_ms,
+                    output_tokens: r.output_tokens,
+                };
+                trackers.endpoints.record(&r.model, p, r.outcome, &m, at);
+            }
+            None => {
+                trackers.models.record(&r.model, r.outcome, r.latency_ms, at);
+            }
+        }
         done.reports += 1;
     }
     done
@@ -393,13 +428,13 @@ fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
 async fn read(
     client: redis::Client,
     streams: Streams,
-    tracker: Arc<HealthTracker>,
+    trackers: Trackers,
     offers: Arc<Offers>,
     models: Arc<ArcSwap<HashSet<String>>>,
     stats: Arc<SharedStats>,
     url: String,
 ) {
-    let window_ms = tracker.config().window_seconds as i64 * 1000;
+    let window_ms = trackers.models.config().window_seconds as i64 * 1000;
     // Nothing is read before the catalog is known: entries on models not known yet would be
     // skipped, and the cursor would move past them (a late joiner must see the window).
     while models.load().is_empty() {
@@ -465,9 +500,9 @@ async fn read(
             if batch.offers.is_empty() && batch.reports.is_empty() {
                 continue;
             }
-            let (tracker, offers) = (Arc::clone(&tracker), Arc::clone(&offers));
+            let (trackers, offers) = (trackers.clone(), Arc::clone(&offers));
             // Up to a thousand breaker updates: on a blocking thread, not an async worker.
-            match tokio::task::spawn_blocking(move || apply(batch, &tracker, &offers)).await {
+            match tokio::task::spawn_blocking(move || apply(batch, &trackers, &offers)).await {
                 Ok(done) => {
                     stats.offers_applied.fetch_add(done.offers, Ordering::Relaxed);
                     stats.applied.fetch_add(done.reports, Ordering::Relaxed);
@@ -547,6 +582,10 @@ mod tests {
             outcome: Outcome::ServerError,
             latency_ms: None,
             ts_ms: now_ms(),
+            provider: None,
+            ttft_ms: None,
+            generation_ms: None,
+            output_tokens: None,
         };
         stream::report_fields(replica, seq, &r).into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
     }
@@ -558,7 +597,7 @@ mod tests {
         seen: Seen,
         last: String,
         last_offer: String,
-        tracker: HealthTracker,
+        trackers: Trackers,
         offers: Offers,
         stats: SharedStats,
     }
@@ -567,8 +606,48 @@ mod tests {
         fn read(&mut self, entries: &[(&str, Vec<String>)], stream: &str) -> Applied {
             let cursors = (&mut self.last, &mut self.last_offer);
             let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, cursors, 60_000, &self.stats);
-            apply(batch, &self.tracker, &self.offers)
+            apply(batch, &self.trackers, &self.offers)
         }
+    }
+
+    fn reader() -> Reader {
+        Reader {
+            streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
+            known: ["m".to_string()].into(),
+            seen: Seen::default(),
+            last: String::new(),
+            last_offer: String::new(),
+            trackers: Trackers {
+                models: Arc::new(HealthTracker::new(super::super::HealthConfig::default())),
+                endpoints: Arc::new(EndpointTracker::new(super::super::HealthConfig { min_measured_requests: 1, ..Default::default() })),
+            },
+            offers: Offers::new(1000),
+            stats: SharedStats::default(),
+        }
+    }
+
+    #[test]
+    fn a_report_naming_an_endpoint_feeds_its_breaker_and_measurements_not_the_models() {
+        let mut r = reader();
+        let report = Report {
+            request_id: Some("r1".into()),
+            model: "m".into(),
+            outcome: Outcome::Success,
+            latency_ms: Some(900.0),
+            ts_ms: now_ms(),
+            provider: Some("p".into()),
+            ttft_ms: Some(100.0),
+            generation_ms: Some(800.0),
+            output_tokens: Some(80),
+        };
+        let fields = stream::report_fields("B", 1, &report).into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect();
+        assert_eq!(r.read(&[("1-0", fields)], "k:reports").reports, 1);
+        let now = Instant::now();
+        let e = r.trackers.endpoints.get("m", "p", now);
+        assert_eq!(e.health.window_requests, 1);
+        let (lat, tps) = (e.latency_ms.unwrap().p50, e.tokens_per_second.unwrap().p50);
+        assert!((lat - 900.0).abs() < 18.0 && (tps - 100.0).abs() < 2.0, "{e:?}");
+        assert_eq!(r.trackers.models.snapshot("m", now).window_requests, 0);
     }
 
     #[test]
@@ -579,7 +658,10 @@ mod tests {
             seen: Seen::default(),
             last: String::new(),
             last_offer: String::new(),
-            tracker: HealthTracker::new(super::super::HealthConfig::default()),
+            trackers: Trackers {
+                models: Arc::new(HealthTracker::new(super::super::HealthConfig::default())),
+                endpoints: Arc::new(EndpointTracker::new(super::super::HealthConfig::default())),
+            },
             offers: Offers::new(1000),
             stats: SharedStats::default(),
         };
@@ -598,7 +680,7 @@ mod tests {
         let done = r.read(&again, "k:reports");
         assert_eq!((done.reports, done.duplicates), (1, 0));
         assert_eq!(r.stats.duplicates.load(Ordering::Relaxed), 3, "the re-sent three were skipped by sequence number");
-        assert_eq!(r.tracker.snapshot("m", Instant::now()).consecutive_failures, 3);
+        assert_eq!(r.trackers.models.snapshot("m", Instant::now()).consecutive_failures, 3);
         // A report this replica counted itself, then C's copy of it: applied once.
         r.offers.offer("r5", ["m"]);
         assert!(r.offers.claim("r5", "m", true, false).counts);

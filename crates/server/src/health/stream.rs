@@ -5,8 +5,10 @@
 //! - `:reports`: one entry per report a replica applied to its breakers. Fields `r` (replica:
 //!   a random id per process), `s` (that replica's sequence number of the report), `q` (the
 //!   request id), `m` (model), `o` (outcome), `l` (latency, ms, or empty), `t` (time, ms since
-//!   the epoch). Entries of older builds lack `s` and `q` and are applied without
-//!   de-duplication.
+//!   the epoch), and when the report names the endpoint: `p` (provider), `f` (time to first
+//!   token, ms), `g` (generation time, ms), `k` (output tokens), each empty when not reported.
+//!   Entries of older builds lack `s` and `q` and are applied without de-duplication; those
+//!   without `p` feed the model's breaker.
 //! - `:offered`: the models each decision offered, so that a report landing on another replica
 //!   is verified there. One entry per batch: `r` (replica) and `b`, a JSON array of
 //!   `[request_id, [model, ...]]`.
@@ -25,6 +27,11 @@ pub(super) struct Report {
     pub outcome: Outcome,
     pub latency_ms: Option<f64>,
     pub ts_ms: i64,
+    /// The endpoint's provider, when the report names one.
+    pub provider: Option<String>,
+    pub ttft_ms: Option<f64>,
+    pub generation_ms: Option<f64>,
+    pub output_tokens: Option<u32>,
 }
 
 /// The models offered for one request id.
@@ -32,7 +39,8 @@ pub(super) struct Report {
 pub(super) struct Offer(pub String, pub Vec<String>);
 
 /// The field/value pairs of a report entry.
-pub(super) fn report_fields(replica: &str, seq: u64, r: &Report) -> [(&'static str, String); 7] {
+pub(super) fn report_fields(replica: &str, seq: u64, r: &Report) -> [(&'static str, String); 11] {
+    let num = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
     [
         ("r", replica.to_string()),
         ("s", seq.to_string()),
@@ -41,6 +49,10 @@ pub(super) fn report_fields(replica: &str, seq: u64, r: &Report) -> [(&'static s
         ("o", r.outcome.as_str().to_string()),
         ("l", r.latency_ms.map_or(String::new(), |l| l.to_string())),
         ("t", r.ts_ms.to_string()),
+        ("p", r.provider.clone().unwrap_or_default()),
+        ("f", num(r.ttft_ms)),
+        ("g", num(r.generation_ms)),
+        ("k", r.output_tokens.map_or(String::new(), |k| k.to_string())),
     ]
 }
 
@@ -48,12 +60,17 @@ pub(super) fn report_fields(replica: &str, seq: u64, r: &Report) -> [(&'static s
 /// build cannot read.
 pub(super) fn parse_report(fields: &[(String, String)]) -> Option<(String, Option<u64>, Report)> {
     let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+    let ms = |k: &str| get(k).and_then(|l| l.parse().ok()).filter(|l: &f64| l.is_finite() && *l >= 0.0);
     let report = Report {
         request_id: get("q").filter(|q| !q.is_empty()).map(str::to_string),
         model: get("m")?.to_string(),
         outcome: Outcome::parse(get("o")?)?,
-        latency_ms: get("l").and_then(|l| l.parse().ok()).filter(|l: &f64| l.is_finite() && *l >= 0.0),
+        latency_ms: ms("l"),
         ts_ms: get("t")?.parse().ok()?,
+        provider: get("p").filter(|p| !p.is_empty()).map(str::to_string),
+        ttft_ms: ms("f"),
+        generation_ms: ms("g"),
+        output_tokens: get("k").and_then(|k| k.parse().ok()),
     };
     Some((get("r")?.to_string(), get("s").and_then(|s| s.parse().ok()), report))
 }
@@ -188,7 +205,17 @@ mod tests {
             ]
         );
         let first = parse_report(&got[0].2).unwrap();
-        let want = Report { request_id: None, model: "x/m".into(), outcome: Outcome::Timeout, latency_ms: None, ts_ms: 1_700_000_000_000 };
+        let want = Report {
+            request_id: None,
+            model: "x/m".into(),
+            outcome: Outcome::Timeout,
+            latency_ms: None,
+            ts_ms: 1_700_000_000_000,
+            provider: None,
+            ttft_ms: None,
+            generation_ms: None,
+            output_tokens: None,
+        };
         assert_eq!(first, ("A".into(), None, want), "an entry of an older build: no sequence number, no request id");
         assert!(parse_report(&got[1].2).is_none(), "an unknown outcome is skipped, not misread");
         let (from, seq, r) = parse_report(&got[2].2).unwrap();
@@ -205,8 +232,17 @@ mod tests {
 
     #[test]
     fn written_entries_read_back() {
-        let r =
-            Report { request_id: Some("q\t1".into()), model: "m".into(), outcome: Outcome::RateLimited, latency_ms: Some(3.5), ts_ms: 9 };
+        let r = Report {
+            request_id: Some("q\t1".into()),
+            model: "m".into(),
+            outcome: Outcome::RateLimited,
+            latency_ms: Some(3.5),
+            ts_ms: 9,
+            provider: Some("together".into()),
+            ttft_ms: Some(1.25),
+            generation_ms: None,
+            output_tokens: Some(40),
+        };
         let fields: Vec<(String, String)> = report_fields("R", 41, &r).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(parse_report(&fields), Some(("R".into(), Some(41), r)));
         let offers = vec![Offer("id \"quoted\"\n".into(), vec!["a/b".into()]), Offer("x".into(), vec![])];

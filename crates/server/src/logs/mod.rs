@@ -352,6 +352,12 @@ pub struct FeedbackRecord {
     pub cost_usd: Option<f64>,
     /// Quality in [0,1].
     pub quality: Option<f64>,
+    /// The endpoint's provider the attempt went to, when the report names it.
+    pub provider: Option<String>,
+    /// Time to first token, ms.
+    pub ttft_ms: Option<f64>,
+    /// Generation time, ms (first token to last).
+    pub generation_ms: Option<f64>,
     /// A replica of the fleet offered `model` for `request_id`, and this is the first report on
     /// that pair logged as verified (set by `Service::feedback`; false as received).
     pub verified: bool,
@@ -427,6 +433,9 @@ impl FeedbackRecord {
     pub fn make_storable(&mut self) {
         make_storable(&mut self.request_id);
         make_storable(&mut self.model);
+        if let Some(p) = &mut self.provider {
+            make_storable(p);
+        }
     }
 
     /// About how many bytes it holds.
@@ -434,6 +443,7 @@ impl FeedbackRecord {
         (std::mem::size_of::<Self>()
             + self.request_id.len()
             + self.model.len()
+            + self.provider.as_ref().map_or(0, String::len)
             + self.baseline.as_ref().map_or(0, |b| b.baseline_model.len())) as u64
     }
 }
@@ -878,6 +888,9 @@ mod tests {
             output_tokens: Some(20),
             cost_usd: Some(0.001),
             quality,
+            provider: (i == 0).then(|| "p".into()),
+            ttft_ms: (i == 0).then_some(3.0),
+            generation_ms: (i == 0).then_some(5.0),
             verified: true,
             offered: true,
             baseline: None,

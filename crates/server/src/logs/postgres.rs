@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "sessions", include_str!("../../../../migrations/postgres/0004_sessions.sql")),
     (5, "decision policy", include_str!("../../../../migrations/postgres/0005_decision_policy.sql")),
     (6, "savings baseline", include_str!("../../../../migrations/postgres/0006_savings_baseline.sql")),
+    (7, "endpoint feedback", include_str!("../../../../migrations/postgres/0007_endpoint_feedback.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -336,6 +337,13 @@ pub(crate) struct FeedbackRow {
     baseline_cost_usd: Option<f64>,
     #[serde(default)]
     baseline_realised_cost_usd: Option<f64>,
+    // Absent from batches spilled by a build before the endpoint columns: none.
+    #[serde(default)]
+    endpoint_provider: Option<String>,
+    #[serde(default)]
+    endpoint_ttft_ms: Option<f64>,
+    #[serde(default)]
+    endpoint_generation_ms: Option<f64>,
 }
 
 /// One write batch.
@@ -394,6 +402,9 @@ impl Rows {
                     baseline_model: f.baseline.as_ref().map(|b| b.baseline_model.clone()),
                     baseline_cost_usd: f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
                     baseline_realised_cost_usd: f.baseline.as_ref().and_then(|b| b.cost_usd),
+                    endpoint_provider: f.provider.clone(),
+                    endpoint_ttft_ms: f.ttft_ms,
+                    endpoint_generation_ms: f.generation_ms,
                 })
                 .collect(),
         }
@@ -479,9 +490,9 @@ ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
 INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
-                      baseline_model, baseline_cost_usd, baseline_realised_cost_usd)
+                      baseline_model, baseline_cost_usd, baseline_realised_cost_usd, endpoint_provider, endpoint_ttft_ms, endpoint_generation_ms)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[],
-                     $13::text[], $14::float8[], $15::float8[])
+                     $13::text[], $14::float8[], $15::float8[], $16::text[], $17::float8[], $18::float8[])
 ON CONFLICT (id) DO NOTHING";
 
 async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres::Error> {
@@ -539,6 +550,9 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &f.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.baseline_realised_cost_usd).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_provider.as_deref()).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_ttft_ms).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_generation_ms).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -935,6 +949,9 @@ mod tests {
             output_tokens: Some(3),
             cost_usd: None,
             quality: Some(0.5),
+            provider: Some("p".into()),
+            ttft_ms: Some(1.5),
+            generation_ms: None,
             verified: true,
             offered: true,
             baseline: None,

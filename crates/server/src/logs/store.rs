@@ -14,8 +14,10 @@ use super::{DecisionRecord, FeedbackRecord, LogError};
 use pointsman_core::record::LogRecord;
 
 /// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`;
-/// 3 added `decisions.propensity` and `decisions.policy`, the session columns and the savings
-/// columns ([`BASELINE_COLUMNS`]); each step checks its columns, so they apply in any order.
+/// 3 added `decisions.propensity` and `decisions.policy`, the session columns, the savings
+/// columns ([`BASELINE_COLUMNS`]) and the endpoint columns (`feedback.endpoint_provider`,
+/// `endpoint_ttft_ms`, `endpoint_generation_ms`); each step checks its columns, so they apply
+/// in any order.
 pub const SCHEMA_VERSION: i64 = 3;
 
 /// The savings step (schema version 3): what each decision would have cost on the baseline
@@ -65,7 +67,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     cost_usd REAL,
     quality REAL,
     verified INTEGER NOT NULL DEFAULT 0,
-    offered INTEGER NOT NULL DEFAULT 0
+    offered INTEGER NOT NULL DEFAULT 0,
+    endpoint_provider TEXT,
+    endpoint_ttft_ms REAL,
+    endpoint_generation_ms REAL
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts_ms);
@@ -109,6 +114,17 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
             "BEGIN;
              ALTER TABLE decisions ADD COLUMN propensity REAL NOT NULL DEFAULT 1;
              ALTER TABLE decisions ADD COLUMN policy TEXT;
+             COMMIT;",
+        )
+        .map_err(&e)?;
+    }
+    // Version 2 files: the endpoint columns, empty for the reports logged before.
+    if !has_column(&conn, "feedback", "endpoint_provider").map_err(&e)? {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE feedback ADD COLUMN endpoint_provider TEXT;
+             ALTER TABLE feedback ADD COLUMN endpoint_ttft_ms REAL;
+             ALTER TABLE feedback ADD COLUMN endpoint_generation_ms REAL;
              COMMIT;",
         )
         .map_err(&e)?;
@@ -211,6 +227,7 @@ pub(crate) fn constraints_json(d: &DecisionRecord) -> String {
         "max_fallbacks": c.max_fallbacks,
         "requirements": c.requirements,
         "provider": provider_json(&c.provider),
+        "max_latency": c.max_latency.map(|l| serde_json::json!({"ms": l.ms, "percentile": l.percentile.as_str()})),
     })
     .to_string()
 }
@@ -277,8 +294,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
         }
         let mut ins = tx.prepare_cached(
             "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
-                 baseline_model, baseline_cost_usd, baseline_realised_cost_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 baseline_model, baseline_cost_usd, baseline_realised_cost_usd, endpoint_provider, endpoint_ttft_ms, endpoint_generation_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         for f in feedback {
             ins.execute(params![
@@ -296,6 +313,9 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 f.baseline.as_ref().map(|b| b.baseline_model.as_str()),
                 f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
                 f.baseline.as_ref().and_then(|b| b.cost_usd),
+                f.provider,,
+                f.ttft_ms,,
+                f.generation_ms,
             ])?;
         }
     }

@@ -12,10 +12,10 @@ use crate::{
     encoder::text::{without_control_chars, ChatMessage, Requirements, Role},
     engine::{truncated, Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
     exploration::Opt,
-    health::{Outcome, Snapshot, State},
+    health::{EndpointLive, Outcome, Percentile, Quantiles, Snapshot, State},
     logs::{now_ms, FeedbackRecord},
     pb,
-    policy::{Constraints, Exclusion, Partition, Percentiles, ProviderPreferences, Scored, SortBy},
+    policy::{Constraints, Exclusion, LatencyLimit, Partition, Percentiles, ProviderPreferences, Scored, SortBy},
     session::{SessionKey, SessionOutcome, SessionRequest, Verdict, MAX_SESSION_KEY_CHARS},
 };
 
@@ -36,6 +36,8 @@ pub const MAX_PREFERRED_LATENCY_S: f64 = 3600.0;
 pub const MAX_PREFERRED_THROUGHPUT: f64 = 100_000.0;
 /// Largest accepted `provider.max_price` figure, USD per million tokens.
 pub const MAX_PRICE_USD_PER_MTOK: f64 = 100_000.0;
+/// Longest accepted Feedback `provider`, bytes.
+pub const MAX_PROVIDER_BYTES: usize = 128;
 
 /// The gRPC status of a routing error: the code its kind calls for and a message for the caller.
 pub fn status(e: RouteError) -> Status {
@@ -126,10 +128,20 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
             ))
         }
     };
-    if let Some(l) = req.latency_ms {
-        if !(l.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&l)) {
-            return Err(invalid("latency_ms", format!("must be in [0, {MAX_LATENCY_MS}]. Given: {l}")));
+    for (field, v) in [("latency_ms", req.latency_ms), ("ttft_ms", req.ttft_ms), ("generation_ms", req.generation_ms)] {
+        if let Some(l) = v.filter(|l| !(l.is_finite() && (0.0..=MAX_LATENCY_MS).contains(l))) {
+            return Err(invalid(field, format!("must be in [0, {MAX_LATENCY_MS}]. Given: {l}")));
         }
+    }
+    if req.provider.len() > MAX_PROVIDER_BYTES || req.provider.chars().any(char::is_control) {
+        return Err(invalid(
+            "provider",
+            format!(
+                "must be at most {MAX_PROVIDER_BYTES} bytes without control characters. Given: {} bytes: {:?}",
+                req.provider.len(),
+                truncated(&req.provider)
+            ),
+        ));
     }
     if let Some(c) = req.cost_usd {
         if !(c.is_finite() && (0.0..=MAX_COST_USD).contains(&c)) {
@@ -151,6 +163,9 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
         output_tokens: req.output_tokens,
         cost_usd: req.cost_usd,
         quality: req.quality,
+        provider: (!req.provider.trim().is_empty()).then_some(req.provider),
+        ttft_ms: req.ttft_ms,
+        generation_ms: req.generation_ms,
         // Decided by `Service::feedback`.
         verified: false,
         offered: false,
@@ -165,6 +180,43 @@ fn health_state(s: &State) -> pb::HealthState {
         State::CoolingDown { .. } => pb::HealthState::CoolingDown,
         State::Probing => pb::HealthState::Probing,
     }
+}
+
+fn percentiles_pb(q: Option<Quantiles>) -> Option<pb::Percentiles> {
+    q.map(|q| pb::Percentiles { p50: Some(q.p50), p75: Some(q.p75), p90: Some(q.p90), p99: Some(q.p99) })
+}
+
+/// The wire form of an endpoint's breaker and measurements.
+pub fn endpoint_measurements(l: &EndpointLive) -> pb::EndpointMeasurements {
+    let h = model_health(&l.health);
+    pb::EndpointMeasurements {
+        state: h.state,
+        window_requests: h.window_requests,
+        error_rate: h.error_rate,
+        rate_limited_rate: l.rate_limited_rate,
+        measured_requests: l.measured_requests,
+        latency_ms: percentiles_pb(l.latency_ms),
+        ttft_ms: percentiles_pb(l.ttft_ms),
+        tokens_per_second: percentiles_pb(l.tokens_per_second),
+        consecutive_failures: h.consecutive_failures,
+        cool_down_remaining_s: h.cool_down_remaining_s,
+    }
+}
+
+/// Largest accepted `max_latency.ms` (one day).
+pub const MAX_LATENCY_LIMIT_MS: f64 = 86_400_000.0;
+
+fn latency_limit(l: Option<pb::LatencyLimit>) -> Result<Option<LatencyLimit>, RouteError> {
+    let Some(l) = l else { return Ok(None) };
+    if !(l.ms.is_finite() && l.ms > 0.0 && l.ms <= MAX_LATENCY_LIMIT_MS) {
+        return Err(invalid("max_latency.ms", format!("must be in (0, {MAX_LATENCY_LIMIT_MS}] milliseconds. Given: {}", l.ms)));
+    }
+    let percentile = match l.percentile.as_str() {
+        "" => Percentile::P50,
+        p => Percentile::parse(p)
+            .ok_or_else(|| invalid("max_latency.percentile", format!("must be one of p50, p75, p90, p99. Given: {:?}", truncated(p))))?,
+    };
+    Ok(Some(LatencyLimit { ms: l.ms, percentile }))
 }
 
 /// The wire form of a model's health.
@@ -427,6 +479,7 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         out_of_domain_p: 0.0,
         requirements: requirements(req.requirements)?,
         provider: provider_preferences(req.provider, server)?,
+        max_latency: latency_limit(req.max_latency)?,
     };
     let explore = match req.explore {
         None => Opt::Default,
@@ -437,7 +490,7 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
     Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None, explore, session })
 }
 
-fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb::Endpoint {
+fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64, measured: bool) -> pb::Endpoint {
     pb::Endpoint {
         provider: e.provider.clone(),
         input_usd_per_mtok: e.input_usd_per_mtok,
@@ -448,6 +501,8 @@ fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb:
         quantization: e.quantization().to_string(),
         predicted_cost_usd: cost_usd,
         predicted_latency_ms: latency_ms,
+        measured: None,
+        latency_measured: measured,
     }
 }
 
@@ -459,7 +514,7 @@ fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
         .iter()
         .map(|&j| {
             let es = &s.endpoints[j];
-            endpoint(&m.endpoints[j], es.cost_usd, es.latency_ms)
+            endpoint(&m.endpoints[j], es.cost_usd, es.latency_ms, es.measured)
         })
         .collect();
     pb::Candidate {
@@ -472,6 +527,7 @@ fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
         predicted_latency_ms: s.latency_ms,
         health: health_state(&s.health.state) as i32,
         endpoints,
+        latency_measured: s.endpoints.get(s.first_endpoint()).is_some_and(|e| e.measured),
     }
 }
 
@@ -486,7 +542,8 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
         Some(Exclusion::ContextWindow { .. }) => R::ContextWindow,
         Some(Exclusion::MinQuality { .. }) => R::MinQuality,
         Some(Exclusion::Budget { .. }) => R::Budget,
-        Some(Exclusion::Unhealthy(_)) => R::Unhealthy,
+        Some(Exclusion::Unhealthy(_) | Exclusion::EndpointUnhealthy(_)) => R::Unhealthy,
+        Some(Exclusion::MaxLatency { .. }) => R::MaxLatency,
         Some(Exclusion::BelowCutoff | Exclusion::NoEndpointFallbacks) => R::BelowCutoff,
         Some(Exclusion::Capability(_)) => R::Capability,
         Some(
@@ -506,7 +563,7 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
 /// model it kept (outside the head's domain, unhealthy) because nothing else was left.
 fn explanation_detail(s: &Scored) -> String {
     if let Some(e) = &s.exclusion {
-        if e.is_provider_preference() || matches!(e, Exclusion::Capability(_)) {
+        if e.is_provider_preference() || matches!(e, Exclusion::Capability(_) | Exclusion::MaxLatency { .. }) {
             return format!("no endpoint passes `{}`; the closest: {}", e.constraint(), e.detail());
         }
         return e.detail();
@@ -563,8 +620,21 @@ pub fn session_decision(o: &SessionOutcome) -> pb::SessionDecision {
     }
 }
 
-/// Builds the wire response for a decision.
+/// Builds the wire response for a decision; with `explain`, `live` (the endpoints' state as
+/// routed, `[model][endpoint]`, possibly empty) fills each explained endpoint's measurements.
 pub fn route_response(engine: &Engine, d: Decision, explain: bool, savings: Option<crate::savings::Estimate>) -> pb::RouteResponse {
+    route_response_live(engine, d, explain, &[], savings)
+}
+
+/// [`route_response`] with the endpoints' live state for the explanations.
+pub fn route_response_live(
+    engine: &Engine,
+    d: Decision,
+    explain: bool,
+    live: &[Vec<EndpointLive>],
+    savings: Option<crate::savings::Estimate>,
+) -> pb::RouteResponse {
+    let limit = d.constraints.max_latency;
     let r = &d.ranking;
     let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
     let models = engine.catalog().models();
@@ -588,17 +658,27 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool, savings: Opti
                 endpoints: s
                     .endpoints
                     .iter()
-                    .map(|es| pb::EndpointExplanation {
-                        endpoint: Some(endpoint(&models[s.model].endpoints[es.endpoint], es.cost_usd, es.latency_ms)),
-                        rank: es.rank as u32,
-                        reason: reason(&es.exclusion) as i32,
-                        detail: match &es.exclusion {
+                    .map(|es| {
+                        let l = live.get(s.model).and_then(|v| v.get(es.endpoint));
+                        let mut wire = endpoint(&models[s.model].endpoints[es.endpoint], es.cost_usd, es.latency_ms, es.measured);
+                        wire.measured = l.map(endpoint_measurements);
+                        let mut detail = match &es.exclusion {
                             Some(e) => format!("`{}`: {}", e.constraint(), e.detail()),
                             None if es.misses_preference => {
                                 "usable, but after the endpoints that meet provider.preferred_max_latency/preferred_min_throughput".into()
                             }
                             None => "usable".into(),
-                        },
+                        };
+                        if let (Some(limit), None) = (limit, &es.exclusion) {
+                            if l.and_then(|l| l.latency_ms).is_none() {
+                                detail.push_str(&format!(
+                                    "; not measured yet (fewer than health.min_measured_requests successful reports in the window), so max_latency_ms {} ms at {} does not apply to it",
+                                    limit.ms,
+                                    limit.percentile.as_str()
+                                ));
+                            }
+                        }
+                        pb::EndpointExplanation { endpoint: Some(wire), rank: es.rank as u32, reason: reason(&es.exclusion) as i32, detail }
                     })
                     .collect(),
             })
@@ -636,8 +716,8 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool, savings: Opti
     }
 }
 
-/// Builds the catalog listing.
-pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsResponse {
+/// Builds the catalog listing; `endpoints[i][j]` is endpoint `j` of model `i` (empty: none measured).
+pub fn list_models(engine: &Engine, health: &[Snapshot], endpoints: &[Vec<EndpointLive>]) -> pb::ListModelsResponse {
     let cfg = engine.config();
     pb::ListModelsResponse {
         models: engine
@@ -653,7 +733,15 @@ pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsRespon
                 context_tokens: m.primary().context_tokens,
                 covered_by_head: engine.covers(i),
                 health: health.get(i).map(model_health),
-                endpoints: m.endpoints.iter().map(|e| endpoint(e, 0.0, 0.0)).collect(),
+                endpoints: m
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| pb::Endpoint {
+                        measured: endpoints.get(i).and_then(|v| v.get(j)).map(endpoint_measurements),
+                        ..endpoint(e, 0.0, 0.0, false)
+                    })
+                    .collect(),
             })
             .collect(),
         router_version: engine.version().to_string(),

@@ -32,7 +32,11 @@
 //!    report nothing); the body is passed on chunk by chunk (so streams stay streams) while its
 //!    tail is kept to read `usage` (the JSON body's last `usage` object, or the last `data:`
 //!    event of a stream); at its end `Feedback` is recorded with the latency from the decision, so
-//!    the loop closes by itself.
+//!    the loop closes by itself. The report names the endpoint (the provider it was sent to), so
+//!    it moves that endpoint's breaker and measurements; for a streamed answer
+//!    (`text/event-stream`) it also carries the time to first token (the decision to the first
+//!    body chunk) and the generation time (the first chunk to the last), from which, with the
+//!    usage's output tokens, the endpoint's throughput is measured.
 //!
 //! If Pointsman is down or slow, what happens is Envoy's choice: with `failure_mode_allow: true`
 //! (shipped) the request goes on unrouted to the default upstream; with `false` it fails with 500.
@@ -70,6 +74,10 @@ pub mod headers {
     pub const MIN_QUALITY: &str = "x-pointsman-min-quality";
     /// In: how many fallbacks to name (as `RouteRequest.max_fallbacks`).
     pub const MAX_FALLBACKS: &str = "x-pointsman-max-fallbacks";
+    /// In: the most measured latency of an endpoint, ms (as `RouteRequest.max_latency.ms`).
+    pub const MAX_LATENCY_MS: &str = "x-pointsman-max-latency-ms";
+    /// In: the percentile `MAX_LATENCY_MS` applies to: p50 (default), p75, p90, p99.
+    pub const MAX_LATENCY_PERCENTILE: &str = "x-pointsman-max-latency-percentile";
     /// In: the request id (else Envoy's `x-request-id`, else a new UUID). Out: the decision id.
     pub const REQUEST_ID: &str = "x-pointsman-request-id";
     /// In (Envoy's own): the request id Envoy generates or forwards.
@@ -107,7 +115,11 @@ pub mod headers {
 struct Routed {
     request_id: String,
     model: String,
+    /// The endpoint's provider it was sent to.
+    provider: String,
     at: Instant,
+    /// When the first response body chunk arrived.
+    first_chunk: Option<Instant>,
 }
 
 /// Most bytes of a response body kept to read its `usage` (the end of it: a stream's usage is in
@@ -123,6 +135,8 @@ struct Exchange {
     too_large: bool,
     routed: Option<Routed>,
     status: Option<u16>,
+    /// The response is a server-sent-event stream (its first chunk is the first token).
+    streamed: bool,
     tail: Vec<u8>,
     reported: bool,
 }
@@ -325,6 +339,7 @@ impl Exchange {
                 let end = h.end_of_stream;
                 let h = read_headers(&h);
                 self.status = h.get(":status").and_then(|s| s.parse().ok());
+                self.streamed = h.get("content-type").is_some_and(|t| t.contains("text/event-stream"));
                 if end {
                     // A response without a body ends here.
                     self.report(service);
@@ -411,7 +426,13 @@ impl Exchange {
         json["model"] = serde_json::Value::String(primary.model.clone());
         let attempts: Vec<String> = decision.attempts.iter().map(|a| format!("{}@{}", a.model, a.provider)).collect();
         let fallbacks = attempts.get(1..).unwrap_or_default();
-        self.routed = Some(Routed { request_id: decision.request_id.clone(), model: primary.model.clone(), at: Instant::now() });
+        self.routed = Some(Routed {
+            request_id: decision.request_id.clone(),
+            model: primary.model.clone(),
+            provider: primary.provider.clone(),
+            at: Instant::now(),
+            first_chunk: None,
+        });
         let body = serde_json::to_vec(&json).expect("a JSON value serialises. This is a bug.");
         let mut set_headers = vec![
             set(headers::MODEL, &primary.model),
@@ -466,6 +487,8 @@ impl Exchange {
             max_cost_usd: knob(h, headers::MAX_COST_USD, "a number of USD")?,
             min_quality: knob(h, headers::MIN_QUALITY, "a number in [0, 1]")?,
             max_fallbacks: knob(h, headers::MAX_FALLBACKS, "a whole number")?,
+            max_latency: knob(h, headers::MAX_LATENCY_MS, "a number of milliseconds")?
+                .map(|ms| pb::LatencyLimit { ms, percentile: h.get(headers::MAX_LATENCY_PERCENTILE).cloned().unwrap_or_default() }),
             provider,
             session,
             ..Default::default()
@@ -501,6 +524,9 @@ impl Exchange {
     }
 
     fn response_chunk(&mut self, service: &Arc<Service>, b: &HttpBody) {
+        if let Some(r) = self.routed.as_mut().filter(|r| r.first_chunk.is_none() && !b.body.is_empty()) {
+            r.first_chunk = Some(Instant::now());
+        }
         if self.routed.is_some() {
             self.tail.extend_from_slice(&b.body);
             if self.tail.len() > RESPONSE_TAIL_BYTES {
@@ -525,13 +551,19 @@ impl Exchange {
             _ => return,
         };
         let (input_tokens, output_tokens) = usage(&self.tail);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // A stream's first chunk is its first token; a whole JSON body has no such moment.
+        let first = r.first_chunk.filter(|_| self.streamed && outcome == pb::Outcome::Success);
         let req = pb::FeedbackRequest {
             request_id: r.request_id.clone(),
             model: r.model.clone(),
             outcome: outcome as i32,
-            latency_ms: Some(r.at.elapsed().as_secs_f64() * 1000.0),
+            latency_ms: Some(ms(r.at.elapsed())),
             input_tokens,
             output_tokens,
+            provider: r.provider.clone(),
+            ttft_ms: first.map(|f| ms(f.duration_since(r.at))),
+            generation_ms: first.map(|f| ms(f.elapsed())),
             ..Default::default()
         };
         let service = Arc::clone(service);

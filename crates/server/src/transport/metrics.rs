@@ -308,8 +308,74 @@ pub fn render(service: &Service) -> String {
                 );
             }
         }
+        endpoint_metrics(&page, service, &engine);
     }
     let mut out = page.render();
     out.push_str(&service.telemetry().render());
     out
+}
+
+/// Per endpoint (model, provider) with a report: its breaker and what its traffic measured over
+/// the health window (quantiles only once measured, see `health.min_measured_requests`).
+fn endpoint_metrics(page: &Page, service: &Service, engine: &crate::engine::Engine) {
+    let live = service.endpoint_live(engine);
+    for (m, row) in engine.catalog().models().iter().zip(&live) {
+        for (e, l) in m.endpoints.iter().zip(row) {
+            if l.health.window_requests == 0 && l.measured_requests == 0 && l.health.state.as_str() == "healthy" {
+                continue;
+            }
+            let labels = [("model", m.id.as_str()), ("provider", e.provider.as_str())];
+            page.gauge(
+                "pointsman_endpoint_health_state",
+                "1 for each endpoint's current circuit state (endpoints with a report that named the provider).",
+                &[labels[0], labels[1], ("state", l.health.state.as_str())],
+                1.0,
+            );
+            page.gauge(
+                "pointsman_endpoint_window_requests",
+                "Attempts reported for each endpoint in the health window.",
+                &labels,
+                f64::from(l.health.window_requests),
+            );
+            page.gauge(
+                "pointsman_endpoint_error_rate",
+                "Failed share of each endpoint's attempts in the health window.",
+                &labels,
+                l.health.error_rate,
+            );
+            page.gauge(
+                "pointsman_endpoint_rate_limited_rate",
+                "Share of each endpoint's attempts in the health window refused for rate or quota (HTTP 429).",
+                &labels,
+                l.rate_limited_rate,
+            );
+            let figures: [(&'static str, &'static str, Option<crate::health::Quantiles>, f64); 3] = [
+                (
+                    "pointsman_endpoint_latency_seconds",
+                    "Measured end-to-end latency of each endpoint's successful attempts in the health window, by quantile.",
+                    l.latency_ms,
+                    1e-3,
+                ),
+                (
+                    "pointsman_endpoint_ttft_seconds",
+                    "Measured time to first token of each endpoint's streamed answers in the health window, by quantile.",
+                    l.ttft_ms,
+                    1e-3,
+                ),
+                (
+                    "pointsman_endpoint_throughput_tokens_per_second",
+                    "Measured output tokens per second of generation of each endpoint in the health window, by quantile.",
+                    l.tokens_per_second,
+                    1.0,
+                ),
+            ];
+            for (name, help, q, scale) in figures {
+                let Some(q) = q else { continue };
+                for p in crate::health::Percentile::ALL {
+                    let quantile = p.quantile().to_string();
+                    page.gauge(name, help, &[labels[0], labels[1], ("quantile", quantile.as_str())], q.at(p) * scale);
+                }
+            }
+        }
+    }
 }

@@ -129,7 +129,8 @@ impl Router for RouterService {
                         "routed"
                     );
                     let savings = self.service.savings(&engine, &d);
-                    Ok(Response::new(convert::route_response(&engine, d, explain, savings)))
+                    let live = if explain { self.service.endpoint_live(&engine) } else { Vec::new() };
+                    Ok(Response::new(convert::route_response_live(&engine, d, explain, &live, savings)))
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, label = e.label(), "route rejected");
@@ -144,7 +145,8 @@ impl Router for RouterService {
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
         let engine = loaded(&self.service)?;
         let health = self.service.catalog_health(&engine);
-        Ok(Response::new(convert::list_models(&engine, &health)))
+        let endpoints = self.service.endpoint_live(&engine);
+        Ok(Response::new(convert::list_models(&engine, &health, &endpoints)))
     }
 
     async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
@@ -157,6 +159,7 @@ impl Router for RouterService {
                     health: ack.health.map(|h| convert::model_health(&h)),
                     counted: ack.counted,
                     verified: ack.verified,
+                    endpoint: ack.endpoint.as_ref().map(convert::endpoint_measurements),
                 })),
                 Err(e @ FeedbackError::QueueFull(_)) => Err(Status::resource_exhausted(e.to_string())),
                 Err(e @ FeedbackError::LogClosed) => Err(Status::unavailable(e.to_string())),
