@@ -97,6 +97,8 @@ fn fill(path: &std::path::Path, n: usize, since_ms: i64) {
                 tradeoff: "default".into(),
                 input_tokens: 120,
                 candidates: candidates.clone(),
+                policy: Default::default(),
+                session: None,
                 baseline: Some(Estimate {
                     baseline_model: MODELS[1].into(),
                     baseline_cost_usd: 0.0030,
@@ -117,6 +119,9 @@ fn fill(path: &std::path::Path, n: usize, since_ms: i64) {
                 quality,
                 verified: true,
                 offered: true,
+                provider: None,
+                ttft_ms: None,
+                generation_ms: None,
                 baseline: Some(Realised {
                     baseline_model: MODELS[1].into(),
                     baseline_cost_usd: Some(0.0031),

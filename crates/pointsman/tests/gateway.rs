@@ -506,6 +506,8 @@ async fn a_session_stays_on_its_upstream_through_envoy_until_its_breaker_opens()
     assert_ne!(name, "anthropic");
     assert_eq!(seen.headers["x-pointsman-session"], "moved; reason=unhealthy");
     pm.stop().await;
+}
+
 /// One model served by three fake providers of different speeds (together fast, deepseek at
 /// 150 ms, anthropic at 600 ms; one price), and a dearer model on openai, through the real Envoy:
 /// the endpoints share the load while unmeasured, then go fastest first; a provider slowed down

@@ -388,6 +388,8 @@ async fn the_postgresql_log_reads_the_same_as_sqlite() {
                     health: "healthy",
                 })
                 .collect(),
+            policy: Default::default(),
+            session: None,
             baseline: Some(Estimate {
                 baseline_model: "dear".into(),
                 baseline_cost_usd: 0.004,
@@ -410,6 +412,9 @@ async fn the_postgresql_log_reads_the_same_as_sqlite() {
             quality: (i % 2 == 0).then_some(0.75),
             verified: true,
             offered: true,
+            provider: None,
+            ttft_ms: None,
+            generation_ms: None,
             baseline: Some(Realised { baseline_model: "dear".into(), baseline_cost_usd: Some(0.003), cost_usd: Some(0.001) }),
         })
         .collect();

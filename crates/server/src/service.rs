@@ -22,8 +22,8 @@ use crate::{
     },
     logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
     policy::Constraints,
-    sessions::Sessions,
     savings::{Baseline, Estimate},
+    sessions::Sessions,
     telemetry::Telemetry,
 };
 

@@ -313,8 +313,8 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 f.baseline.as_ref().map(|b| b.baseline_model.as_str()),
                 f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
                 f.baseline.as_ref().and_then(|b| b.cost_usd),
-                f.provider,,
-                f.ttft_ms,,
+                f.provider,
+                f.ttft_ms,
                 f.generation_ms,
             ])?;
         }
