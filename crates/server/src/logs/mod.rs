@@ -449,10 +449,10 @@ impl FeedbackRecord {
 }
 
 enum Msg {
-    // Boxed: a decision is several times larger than the other messages, and the queue holds
+    // Boxed: records are many times larger than a flush, and the queue holds
     // up to `queue_capacity` of them. Each record carries the bytes it was counted for.
     Decision(Box<DecisionRecord>, u64),
-    Feedback(FeedbackRecord, u64),
+    Feedback(Box<FeedbackRecord>, u64),
     Flush(flume::Sender<()>),
 }
 
@@ -625,7 +625,7 @@ impl DecisionLog {
         let bytes = rec.approx_bytes();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let sent = tokio::time::timeout(wait, tx.send_async(Msg::Feedback(rec, bytes))).await;
+        let sent = tokio::time::timeout(wait, tx.send_async(Msg::Feedback(Box::new(rec), bytes))).await;
         if matches!(sent, Ok(Ok(()))) {
             return Ok(());
         }
@@ -782,7 +782,7 @@ fn writer_loop(sink: &mut Sink, rx: &flume::Receiver<Msg>, cfg: &LogConfig, stat
                     bytes += b;
                 }
                 Msg::Feedback(f, b) => {
-                    feedback.push(f);
+                    feedback.push(*f);
                     bytes += b;
                 }
                 Msg::Flush(ack) => acks.push(ack),
