@@ -61,7 +61,7 @@ pub const PROBE_PROMPTS: &[&str] = &[
     "Summarise the causes of the First World War in one paragraph.",
     "What is the capital of Australia, and why was it chosen?",
     "Give me three tips for a first job interview.",
-    "hey! what's a fun thing to do with friends on a rainy saturday afternoon?",
+    "hi there! any ideas for a cosy evening at home with a couple of friends?",
     "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than the ball. How much does the ball cost?",
     "Translate into French: 'The meeting has been moved to Thursday afternoon.'",
     "Write a SQL query that returns the ten customers with the highest total order value.",
