@@ -164,6 +164,13 @@ impl RouteQuery {
             session: None,
         }
     }
+
+    /// A query the server makes of its own engine (a reload check, a probe), not traffic: one
+    /// user prompt under the default profile, no fallbacks, never exploring (so it spends none
+    /// of the exploration budget) and in no session.
+    pub fn internal(request_id: impl Into<String>, prompt: &str) -> Self {
+        Self { explore: exploration::Opt::Out, ..Self::new(request_id, vec![ChatMessage::user(prompt.to_string())], 0) }
+    }
 }
 
 /// Time per stage.

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     catalog::Catalog,
-    engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
-    policy::{Constraints, Exclusion},
+    engine::{Decision, Engine, RouteError, RouteQuery},
+    policy::Exclusion,
 };
 
 /// `[savings]`
@@ -119,18 +119,7 @@ pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseli
     let catalog = engine.catalog();
     let (mut sums, mut counts) = (vec![0.0f64; catalog.models().len()], vec![0usize; catalog.models().len()]);
     for (i, prompt) in PROBE_PROMPTS.iter().enumerate() {
-        let q = RouteQuery {
-            request_id: format!("savings-probe-{i}"),
-            messages: vec![crate::encoder::text::ChatMessage::user(prompt.to_string())],
-            tradeoff: Tradeoff::Default,
-            constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
-            explain: false,
-            deadline: None,
-            // Probes, not traffic: never explore nor spend the exploration budget.
-            explore: pointsman_core::exploration::Opt::Out,
-            session: None,
-        };
-        let d = engine.route(q).await?;
+        let d = engine.route(RouteQuery::internal(format!("savings-probe-{i}"), prompt)).await?;
         for s in &d.ranking.scored {
             let out_of_domain = matches!(s.exclusion.as_ref().or(s.kept_despite.as_ref()), Some(Exclusion::OutOfDomain { .. }));
             if let (Some(p), false) = (s.prediction, out_of_domain) {

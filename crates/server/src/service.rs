@@ -21,7 +21,6 @@ use crate::{
         EndpointLive, HealthTracker, Outcome, Snapshot,
     },
     logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
-    policy::Constraints,
     savings::{Baseline, Estimate},
     sessions::Sessions,
     telemetry::Telemetry,
@@ -547,18 +546,7 @@ fn keep_restart_only_settings(new: &mut Config, running: &Config) {
 /// Checks a freshly loaded engine by routing a test prompt under the default profile: the head
 /// must produce finite predictions in range for the catalog.
 pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
-    let q = RouteQuery {
-        request_id: "reload-check".into(),
-        messages: vec![crate::encoder::text::ChatMessage::user(RELOAD_TEST_PROMPT.to_string())],
-        tradeoff: Tradeoff::Default,
-        constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
-        explain: false,
-        deadline: None,
-        // A check, not traffic: never explores nor spends the exploration budget.
-        explore: pointsman_core::exploration::Opt::Out,
-        session: None,
-    };
-    let d = engine.route(q).await.map_err(|e| match e {
+    let d = engine.route(RouteQuery::internal("reload-check", RELOAD_TEST_PROMPT)).await.map_err(|e| match e {
         // Constraints of a test prompt emptying the list is a catalog problem, not a crash.
         RouteError::NoEligibleModel(n) => RouteError::Catalog(format!("the test prompt found no eligible model: {n}")),
         other => other,
