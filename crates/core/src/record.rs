@@ -29,11 +29,11 @@ pub struct LogRecord {
     /// Encoder id of `embedding`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<String>,
-    /// Probability in (0, 1] with which the policy that logged this outcome chose `model` for
-    /// this prompt (1 for a deterministic router; below 1 under exploration). Absent when unknown.
+    /// Probability in (0, 1] with which the logging policy chose this model for this prompt
+    /// (1 for a deterministic choice); absent when unknown. The trainer weights outcomes by its
+    /// inverse (clipped, self-normalised) and `eval --log` uses it for off-policy estimates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propensity: Option<f64>,
-    /// What the answer cost, USD (decision-log exports: the reported cost, else the model's list
     /// price at the reported tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,

@@ -119,6 +119,97 @@ pub fn cross_validated_grid(
     ks: &[usize],
     bs: &[f32],
 ) -> Vec<(KnnParams, Array2<f32>)> {
+    let pick = |a: ArrayView2<f32>, rows: &[usize]| a.select(ndarray::Axis(0), rows);
+    grid_with_priors(x, values, mask, fold, n_folds, ks, bs, |rows| {
+        (column_means(pick(values, rows).view(), pick(mask, rows).view()), vec![true; values.ncols()])
+    })
+}
+
+/// [`cross_validated_grid`] with each fold's priors from `crate::evidence::priors` over its fit
+/// rows (inverse-propensity `weights` [rows, M], or the mask): models shrunk towards the pooled
+/// mean by their evidence, and a model below the evidence guard at its prior alone (no local
+/// estimate), as the trained graph serves them.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_validated_grid_guarded(
+    x: ArrayView2<f32>,
+    values: ArrayView2<f32>,
+    mask: ArrayView2<f32>,
+    weights: ArrayView2<f32>,
+    fold: &[usize],
+    n_folds: usize,
+    ks: &[usize],
+    bs: &[f32],
+) -> Vec<(KnnParams, Array2<f32>)> {
+    let pick = |a: ArrayView2<f32>, rows: &[usize]| a.select(ndarray::Axis(0), rows);
+    grid_with_priors(x, values, mask, fold, n_folds, ks, bs, |rows| {
+        let p = crate::evidence::priors(pick(values, rows).view(), pick(mask, rows).view(), pick(weights, rows).view());
+        (p.prior(), p.local())
+    })
+}
+
+/// [`cross_validated_grid_guarded`] for sparse logs: each model averages its own `k` nearest
+/// *observations* (its own block of the memory), not the `k` nearest prompts, of which on a
+/// one-model-per-prompt log it would see about `k` times its share (review finding 6).
+#[allow(clippy::too_many_arguments)]
+pub fn cross_validated_grid_per_model(
+    x: ArrayView2<f32>,
+    values: ArrayView2<f32>,
+    mask: ArrayView2<f32>,
+    weights: ArrayView2<f32>,
+    fold: &[usize],
+    n_folds: usize,
+    ks: &[usize],
+    bs: &[f32],
+) -> Vec<(KnnParams, Array2<f32>)> {
+    let (n, m) = (x.nrows(), values.ncols());
+    let kmax = ks.iter().copied().max().unwrap_or(1);
+    let mut out: Vec<(KnnParams, Array2<f32>)> =
+        ks.iter().flat_map(|&k| bs.iter().map(move |&b| (KnnParams { k, b }, Array2::zeros((n, m))))).collect();
+    let pick = |a: ArrayView2<f32>, rows: &[usize]| a.select(ndarray::Axis(0), rows);
+    for f in 0..n_folds {
+        let (held, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&r| fold[r] == f);
+        if held.is_empty() || fit.is_empty() {
+            continue;
+        }
+        let p = crate::evidence::priors(pick(values, &fit).view(), pick(mask, &fit).view(), pick(weights, &fit).view());
+        let held_x = pick(x, &held);
+        for j in 0..m {
+            let own: Vec<usize> = fit.iter().copied().filter(|&r| mask[[r, j]] > 0.0).collect();
+            let prior = p.models[j].prior;
+            if !p.models[j].local || own.is_empty() {
+                for (_, pred) in out.iter_mut() {
+                    for &r in &held {
+                        pred[[r, j]] = prior;
+                    }
+                }
+                continue;
+            }
+            let near = neighbours(held_x.view(), pick(x, &own).view(), kmax);
+            let vals = values.select(ndarray::Axis(0), &own).slice(ndarray::s![.., j..j + 1]).to_owned();
+            let ones = Array2::<f32>::ones((own.len(), 1));
+            let pr = ndarray::Array1::from_elem(1, prior);
+            for (i, (_, pred)) in predict_grid(&near, vals.view(), ones.view(), pr.view(), ks, bs).into_iter().enumerate() {
+                for (q, &r) in held.iter().enumerate() {
+                    out[i].1[[r, j]] = pred[[q, 0]];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The grid with each fold's priors and local-estimate flags from `priors(fit rows)`.
+#[allow(clippy::too_many_arguments)]
+fn grid_with_priors(
+    x: ArrayView2<f32>,
+    values: ArrayView2<f32>,
+    mask: ArrayView2<f32>,
+    fold: &[usize],
+    n_folds: usize,
+    ks: &[usize],
+    bs: &[f32],
+    priors: impl Fn(&[usize]) -> (ndarray::Array1<f32>, Vec<bool>),
+) -> Vec<(KnnParams, Array2<f32>)> {
     let (n, m) = (x.nrows(), values.ncols());
     let kmax = ks.iter().copied().max().unwrap_or(1);
     let mut out: Vec<(KnnParams, Array2<f32>)> =
@@ -129,8 +220,13 @@ pub fn cross_validated_grid(
             continue;
         }
         let pick = |a: ArrayView2<f32>, rows: &[usize]| a.select(ndarray::Axis(0), rows);
-        let (mv, mm) = (pick(values, &fit), pick(mask, &fit));
-        let prior = column_means(mv.view(), mm.view());
+        let (mv, mut mm) = (pick(values, &fit), pick(mask, &fit));
+        let (prior, local) = priors(&fit);
+        for (j, l) in local.iter().enumerate() {
+            if !l {
+                mm.column_mut(j).fill(0.0);
+            }
+        }
         let near = neighbours(pick(x, &held).view(), pick(x, &fit).view(), kmax);
         for (i, (_, pred)) in predict_grid(&near, mv.view(), mm.view(), prior.view(), ks, bs).into_iter().enumerate() {
             for (p, &r) in held.iter().enumerate() {
