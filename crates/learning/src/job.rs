@@ -325,7 +325,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let (raw_validation, baseline, validation) = if holdout_idx.is_empty() {
         // Fitted on every prompt: the figures are the winners' out-of-fold ones.
         let (v, b) = out_of_fold_metrics(&all, &choices, &families, tw, seed);
-        (v.clone(), b, v)
+        (v, b, v)
     } else {
         (
             evaluate(&fitted.mlp, &holdout, tw),

@@ -105,7 +105,7 @@ pub fn choose(reports: &[DatasetReport], target: Target) -> Result<Choice, Unrea
     let limit = if target.max_outside_share > 0.0 { target.max_outside_share } else { MAX_OUTSIDE_SHARE };
     let covered = |c: &&Choice| c.outside_share <= limit;
     let feasible: Vec<&Choice> = candidates.iter().filter(meets).filter(covered).collect();
-    if feasible.is_empty() && candidates.iter().filter(meets).next().is_some() {
+    if feasible.is_empty() && candidates.iter().any(|c| meets(&c)) {
         let mut outside: Vec<&str> = reports.iter().flat_map(|r| r.outside_models.iter().map(String::as_str)).collect();
         outside.sort_unstable();
         outside.dedup();

@@ -153,13 +153,26 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
             TokenSource::Head(h) => Some(h),
             TokenSource::Mean | TokenSource::Knn(_) => None,
         });
+        // A family served by its kNN and means alone still gets the graph units of a rank-2
+        // factor head where its logs allow one, at weight 0 (its predictions do not move): they
+        // are the prompt features `pointsman extend` fits a new model's column on.
+        let (h, features_only) = match head {
+            Some(h) => (h, false),
+            None => (HeadKind::Factor { rank: 2 }, true),
+        };
         let mut kind = FamilyKind::None;
-        if let Some(h) = head {
-            let (mlp, described, _) = fit_head_described(h, &fd, job, true)?.ok_or_else(|| JobError::Invalid {
-                field: "method",
-                limit: "a head that fits all the training prompts when it fitted every inner fold (a bug if not)",
-                value: format!("{h:?}"),
-            })?;
+        let fitted_head = match fit_head_described(h, &fd, job, true)? {
+            Some(f) => Some(f),
+            None if features_only => None,
+            None => {
+                return Err(JobError::Invalid {
+                    field: "method",
+                    limit: "a head that fits all the training prompts when it fitted every inner fold (a bug if not)",
+                    value: format!("{h:?}"),
+                })
+            }
+        };
+        if let Some((mlp, described, _)) = fitted_head {
             if h == HeadKind::Mlp {
                 early_stop_prompts += (fd.n_rows() as f64 * job.early_stop_fraction).round() as usize;
             }

@@ -485,7 +485,10 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     let fold_rows = (0..INNER_FOLDS).map(|k| (0..rows.len()).filter(|&r| fold[r] == k).collect()).collect();
     let scorer = Scorer { files: priced, fold_files, data: &fd, fold: &fold, cost_scale: job.cost_scale_usd, value, fold_rows };
 
-    // Heads: factor heads where the logs allow one, the MLP where asked or where they do not.
+    // Heads: factor heads where the logs allow one; the MLP where asked, or on dense logs too
+    // narrow for a factor head (two models rated on every prompt: its tokens are then the only
+    // per-prompt length prediction). Not on sparse logs, where its per-model biases are the raw
+    // means the evidence guard exists to avoid.
     let mut heads: Vec<(HeadKind, Array2<f32>, Array2<f32>)> = Vec::new();
     let want_factor = matches!(job.method, HeadMethod::Auto | HeadMethod::LowRank | HeadMethod::Knn);
     if want_factor {
@@ -507,7 +510,7 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
         });
     }
     if job.method == HeadMethod::Mlp
-        || (job.method == HeadMethod::Auto && job.mlp_candidate)
+        || (job.method == HeadMethod::Auto && (job.mlp_candidate || (!factor_ok && !is_sparse(&fd))))
         || (job.method == HeadMethod::Knn && !factor_ok)
     {
         if let Some((q, t)) = head_oof(HeadKind::Mlp, &fd, &fold, job)? {
