@@ -495,8 +495,12 @@ pub fn evidence_report(
     let guarded: Vec<&(String, Option<crate::evidence::ModelEvidence>)> =
         evidence.iter().filter(|(_, e)| e.as_ref().is_some_and(|e| !e.local)).collect();
     let unobserved = evidence.iter().filter(|(_, e)| e.as_ref().is_none_or(|e| e.observations == 0)).count();
+    let none = match unobserved {
+        0 => "0 none".to_string(),
+        n => format!("{n} none (predicted at {unobserved_prior:.3})"),
+    };
     let mut lines = vec![format!(
-        "usable: {used} of {observations} observations ({:.1}%) trained a local estimate or head; {} models had too little evidence (< {} effective observations: prior only), {unobserved} none (predicted at {unobserved_prior:.3}); {with_propensity} observations carried a propensity; {skipped_lines} malformed lines skipped",
+        "usable: {used} of {observations} observations ({:.1}%) trained a local estimate or head; {} models had too little evidence (< {} effective observations: prior only), {none}; {with_propensity} observations carried a propensity; {skipped_lines} malformed lines skipped",
         used as f64 / observations.max(1) as f64 * 100.0,
         guarded.len(),
         crate::evidence::MIN_EVIDENCE,
