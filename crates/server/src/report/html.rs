@@ -295,6 +295,7 @@ td:first-child,th:first-child{{text-align:left}} form{{margin:10px 0;font-size:1
         if baselines.is_empty() { "none logged".into() } else { baselines.join(", ") },
         r.build_ms
     );
+    let _ = write!(o, r#"<div class="meta">Savings are against <span id="baseline-choice">{}</span>.</div>"#, esc(&r.baseline_choice));
     let _ = write!(
         o,
         r#"<form method="get" action="report">since <input name="since" value="{}" size="22"> until <input name="until" value="{}" size="22"> <button>show</button> (RFC 3339, or a duration before now such as 24h) · <a href="report.json?since={}&amp;until={}">JSON</a></form>"#,
