@@ -305,8 +305,10 @@ fn read_sqlite(
     let e = store::db_err(path);
     let hasher = foldhash::quality::RandomState::default();
     let mut names = Names::default();
-    // Per request id (hashed with this process's random key): its latest decision in the window.
-    let mut kept: HashMap<u64, Kept> = HashMap::default();
+    // Per request id (hashed with this process's random key): its latest decision in the window,
+    // kept in time order (a report's decision is near the last one's) behind a small index.
+    let mut kept: Vec<Kept> = Vec::new();
+    let mut by_hash: HashMap<u64, u32> = HashMap::default();
     let mut keep = |names: &mut Names, id: i64, request_id: &str, d: &Dec| {
         let k = Kept {
             id,
@@ -314,9 +316,17 @@ fn read_sqlite(
             primary: d.primary.map(|p| (names.id(p.model), p.quality, p.cost_usd)),
             profile: d.profile.map(|p| names.id(p)),
         };
-        let slot = kept.entry(hasher.hash_one(request_id)).or_insert(k);
-        if slot.id < k.id {
-            *slot = k;
+        match by_hash.entry(hasher.hash_one(request_id)) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let slot = &mut kept[*o.get() as usize];
+                if slot.id < k.id {
+                    *slot = k;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(kept.len() as u32);
+                kept.push(k);
+            }
         }
     };
     let baseline = if savings { "baseline_model, baseline_cost_usd, baseline_quality" } else { "NULL, NULL, NULL" };
@@ -401,7 +411,7 @@ fn read_sqlite(
         let model = text(col(3)?).unwrap_or_default();
         let key = hasher.hash_one(request_id);
         // The first report of the window on its request; its decision, as kept or looked up.
-        let (first_of_request, k) = if let Some(k) = kept.get_mut(&key) {
+        let (first_of_request, k) = if let Some(k) = by_hash.get(&key).map(|&i| &mut kept[i as usize]) {
             let first = !k.reported;
             k.reported = true;
             (first, Some(*k))
@@ -422,7 +432,8 @@ fn read_sqlite(
             });
             match k {
                 Some(k) => {
-                    kept.insert(key, k);
+                    by_hash.insert(key, kept.len() as u32);
+                    kept.push(k);
                 }
                 None => {
                     unjoined.insert(key);
