@@ -9,7 +9,8 @@
 //! and the page with its prompt clusters (BENCH_CLUSTER_SAMPLE sampled decisions, default 200,
 //! embedded by the shipped encoder). Prints each run and the medians, in ms of wall time and of
 //! this process's CPU time (user + system: on a shared machine, wall time also counts the waits for
-//! a core), and the sizes. `BENCH_DB=<file>` reuses a log filled before (kept when a run is killed).
+//! a core), and the sizes. `BENCH_DB=<file>` fills the log there when the file does not exist yet and keeps it; a later
+//! run reuses it.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -177,8 +178,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = match std::env::var_os("BENCH_DB") {
         Some(p) if std::path::Path::new(&p).is_file() => std::path::PathBuf::from(p),
-        _ => {
-            let path = dir.path().join("decisions.db");
+        given => {
+            // A BENCH_DB that does not exist yet is filled there and kept for the next run.
+            let path = given.map_or_else(|| dir.path().join("decisions.db"), std::path::PathBuf::from);
             let t = Instant::now();
             fill(&path, n, report::now_ms() - 86_400_000);
             println!("filled {n} decisions and their reports in {:.1} s", t.elapsed().as_secs_f64());

@@ -443,6 +443,7 @@ pub fn report(config: &Config, db: &std::path::Path, window: crate::report::Wind
         embed: encoder.as_ref().map(|_| &embed as crate::report::Embedder<'_>),
         encoder_id: encoder.as_ref().map(|e| e.id().to_string()),
         cluster_sample: options.cluster_sample,
+        baseline_choice: Some(config.savings.describe()),
         ..crate::report::Options::default()
     };
     let r = crate::report::build(db, window, &opts)?;

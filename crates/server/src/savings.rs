@@ -1,11 +1,13 @@
 //! What routing saves against a baseline: one model every request could have gone to instead.
 //!
 //! **The baseline** is `[savings] baseline_model` when the operator names one; otherwise the
-//! *best single model*: the catalog model the head covers with the highest mean predicted
-//! quality over [`PROBE_PROMPTS`], a fixed set of varied prompts routed through the engine once
-//! per (re)load, among the models inside the head's domain on at least half of them (outside
-//! it the head's predictions are not trusted, as in routing). It is the model a team would send
-//! everything to without a router.
+//! *best single model*: the catalog model with the highest mean predicted quality over
+//! [`PROBE_PROMPTS`], a fixed set of varied prompts routed through the engine once per
+//! (re)load, among the models routable on every probe (covered by the head and left out by no
+//! rule but the head's domain) at a price above zero; ties go to the cheaper ([`Probes::best`]).
+//! It is the model a team would send everything to without a router: the one it would pick for
+//! quality. (Choosing it by utility instead would pick a cheap model the router already sends
+//! most requests to, and show next to no savings.)
 //!
 //! **Per decision** (the Route response and the decision log's `baseline_*` columns): the
 //! baseline's cost at *the same tokens* as the primary's prediction (the request's input tokens
@@ -32,7 +34,8 @@ use crate::{
 #[serde(deny_unknown_fields, default)]
 pub struct SavingsConfig {
     /// The model savings are measured against (a catalog id). Unset: the best single model, the
-    /// covered catalog model with the highest mean predicted quality over the probe prompts.
+    /// routable priced catalog model with the highest mean predicted quality over the probe
+    /// prompts (ties: the cheaper).
     pub baseline_model: Option<String>,
 }
 
@@ -80,8 +83,8 @@ pub struct Baseline {
     pub id: String,
     /// How it was chosen: `configured` or `best_single_model`.
     pub chosen_by: &'static str,
-    /// Its mean predicted quality over the probe prompts inside the head's domain (none when the
-    /// head does not cover it or it is outside the domain on most of them).
+    /// Its mean predicted quality over the probe prompts it was routable on (none when the head
+    /// does not cover it).
     pub mean_quality: Option<f64>,
     /// The router version it was chosen for.
     pub router_version: String,
@@ -113,22 +116,15 @@ pub struct Realised {
     pub cost_usd: Option<f64>,
 }
 
-/// Chooses the baseline of `engine`: the configured model, else the covered model with the
-/// highest mean predicted quality over [`PROBE_PROMPTS`] (ties: the first in catalog order).
+/// Chooses the baseline of `engine`: the configured model, else [`best_single_model`] over
+/// [`PROBE_PROMPTS`], each routed through the engine once.
 pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseline, RouteError> {
     let catalog = engine.catalog();
-    let (mut sums, mut counts) = (vec![0.0f64; catalog.models().len()], vec![0usize; catalog.models().len()]);
+    let mut probes = Probes::new(catalog.models().len());
     for (i, prompt) in PROBE_PROMPTS.iter().enumerate() {
         let d = engine.route(RouteQuery::internal(format!("savings-probe-{i}"), prompt)).await?;
-        for s in &d.ranking.scored {
-            let out_of_domain = matches!(s.exclusion.as_ref().or(s.kept_despite.as_ref()), Some(Exclusion::OutOfDomain { .. }));
-            if let (Some(p), false) = (s.prediction, out_of_domain) {
-                sums[s.model] += p.quality;
-                counts[s.model] += 1;
-            }
-        }
+        probes.add(&d.ranking.scored);
     }
-    let mean = |i: usize| (2 * counts[i] >= PROBE_PROMPTS.len()).then(|| sums[i] / counts[i] as f64);
     let router_version = engine.version().to_string();
     if let Some(id) = &cfg.baseline_model {
         let model = catalog
@@ -136,29 +132,97 @@ pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseli
             .iter()
             .position(|m| &m.id == id)
             .ok_or_else(|| RouteError::Catalog(format!("savings.baseline_model {id:?} is not in the catalog ([[models]])")))?;
-        return Ok(Baseline { model, id: id.clone(), chosen_by: "configured", mean_quality: mean(model), router_version });
+        return Ok(Baseline { model, id: id.clone(), chosen_by: "configured", mean_quality: probes.mean_quality(model), router_version });
     }
-    let best = (0..catalog.models().len())
-        .filter_map(|i| mean(i).map(|q| (i, q)))
-        .fold(None::<(usize, f64)>, |best, (i, q)| match best {
-            Some((_, bq)) if bq >= q => best,
-            _ => Some((i, q)),
-        })
-        .ok_or_else(|| {
-            RouteError::Catalog(
-                "savings: no catalog model is inside the head's domain on half the probe prompts; set savings.baseline_model".into(),
-            )
-        })?;
+    let best = probes.best().ok_or_else(|| {
+        RouteError::Catalog("savings: no catalog model is routable and priced on every probe prompt; set savings.baseline_model".into())
+    })?;
     Ok(Baseline {
-        model: best.0,
-        id: catalog.models()[best.0].id.clone(),
+        model: best,
+        id: catalog.models()[best].id.clone(),
         chosen_by: "best_single_model",
-        mean_quality: Some(best.1),
+        mean_quality: probes.mean_quality(best),
         router_version,
     })
 }
 
+/// What the probe prompts' rankings say of each catalog model.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    prompts: usize,
+    quality: Vec<f64>,
+    cost: Vec<f64>,
+    /// Probes on which the model was routable with a prediction.
+    routable: Vec<usize>,
+}
+
+impl Probes {
+    /// No probe yet, for a catalog of `models`.
+    pub fn new(models: usize) -> Self {
+        Self { prompts: 0, quality: vec![0.0; models], cost: vec![0.0; models], routable: vec![0; models] }
+    }
+
+    /// Adds one probe's ranking. A model counts on it when the head covers it and no rule left
+    /// it out other than the head's domain (a baseline is a model a team would call for
+    /// everything, whatever the router thinks of its evidence there).
+    pub fn add(&mut self, scored: &[crate::policy::Scored]) {
+        self.prompts += 1;
+        for s in scored {
+            let routable = matches!(s.exclusion, None | Some(Exclusion::OutOfDomain { .. }));
+            if let (Some(p), true, Some(q)) = (s.prediction, routable, self.quality.get_mut(s.model)) {
+                *q += p.quality;
+                self.cost[s.model] += s.cost_usd;
+                self.routable[s.model] += 1;
+            }
+        }
+    }
+
+    /// Mean predicted quality of model `i` over the probes it was routable on.
+    pub fn mean_quality(&self, i: usize) -> Option<f64> {
+        let n = *self.routable.get(i)?;
+        (n > 0).then(|| self.quality[i] / n as f64)
+    }
+
+    /// The best single model: among the models routable on every probe at a price above zero,
+    /// the highest mean predicted quality; ties go to the lower mean predicted cost, then to
+    /// the first in catalog order. It is the model a team would send everything to without a
+    /// router, so savings measure what routing saves against calling it for every request.
+    pub fn best(&self) -> Option<usize> {
+        let n = self.prompts.max(1) as f64;
+        (0..self.quality.len())
+            .filter(|&i| self.prompts > 0 && self.routable[i] == self.prompts && self.cost[i] > 0.0)
+            .map(|i| (i, self.quality[i] / n, self.cost[i] / n))
+            .fold(None::<(usize, f64, f64)>, |best, (i, q, c)| match best {
+                Some((_, bq, bc)) if bq > q || (bq == q && bc <= c) => best,
+                _ => Some((i, q, c)),
+            })
+            .map(|b| b.0)
+    }
+}
+
+/// How the default baseline is chosen, in words (the report's header says it).
+pub const BEST_SINGLE_MODEL_RULE: &str = "the best single model: the highest mean predicted quality over the 16 probe prompts among the models routable on all of them at a price (ties: the cheaper), the model a team would send everything to without a router";
+
+impl SavingsConfig {
+    /// Which baseline this config asks for and why, for a report read without the serving engine.
+    pub fn describe(&self) -> String {
+        match &self.baseline_model {
+            Some(id) => format!("{id}, named by [savings] baseline_model"),
+            None => format!("unset [savings] baseline_model, so {BEST_SINGLE_MODEL_RULE}"),
+        }
+    }
+}
+
 impl Baseline {
+    /// Which model and why, for the report's header.
+    pub fn describe(&self) -> String {
+        let q = self.mean_quality.map_or_else(String::new, |q| format!(", mean predicted quality {q:.3} on the probes"));
+        match self.chosen_by {
+            "configured" => format!("{}, named by [savings] baseline_model{q}", self.id),
+            _ => format!("{}{q}: {BEST_SINGLE_MODEL_RULE}", self.id),
+        }
+    }
+
     /// The predicted saving of `d` (a decision of the engine this baseline was chosen for).
     pub fn estimate(&self, catalog: &Catalog, d: &Decision) -> Option<Estimate> {
         let r = &d.ranking;
@@ -210,6 +274,22 @@ mod tests {
         assert!(ok.validate(&catalog()).is_ok());
         let e = SavingsConfig { baseline_model: Some("nope".into()) }.validate(&catalog()).unwrap_err().to_string();
         assert!(e.contains("savings.baseline_model") && e.contains("nope") && e.contains("catalog"), "{e}");
+    }
+
+    #[test]
+    fn the_best_single_model_is_the_highest_mean_quality_routable_on_every_probe_ties_to_the_cheaper() {
+        // Four models over two probes: 0 the best but unpriced, 1 and 2 tied on quality (2
+        // cheaper), 3 better than both but routable on one probe only.
+        let mut p = Probes::new(4);
+        p.prompts = 2;
+        p.quality = vec![1.8, 1.6, 1.6, 0.95];
+        p.cost = vec![0.0, 0.02, 0.01, 0.01];
+        p.routable = vec![2, 2, 2, 1];
+        assert_eq!(p.best(), Some(2));
+        p.cost[2] = 0.02;
+        assert_eq!(p.best(), Some(1), "a full tie goes to catalog order");
+        assert_eq!(p.mean_quality(3), Some(0.95));
+        assert_eq!(Probes::new(2).best(), None);
     }
 
     #[test]

@@ -259,6 +259,23 @@ impl ModelHealth {
         // NOTE: reports racing for the lock may arrive a few microseconds out of order; the
         // later time is kept so the window stays sorted (Route counts it by binary search).
         let now = self.events.back().map_or(now, |e| e.at.max(now));
+        if let Some(o) = self.step(cfg, outcome, latency_ms, now) {
+            tracing::warn!(
+                model = name,
+                cool_down_s = o.cool_down.as_secs_f64(),
+                error_rate = o.error_rate,
+                consecutive_failures = o.consecutive_failures,
+                "circuit opened: left out of routing"
+            );
+        }
+        let view = self.view();
+        let snap = Snapshot { p50_latency_ms: self.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
+        (view, snap)
+    }
+
+    /// The breaker's transition for one attempt at `now` (not before the last one's time): the
+    /// window, the failures in a row, the circuit; returns the opening when it opened.
+    fn step(&mut self, cfg: &HealthConfig, outcome: Outcome, latency_ms: Option<f64>, now: Instant) -> Option<Opened> {
         self.prune(now, Duration::from_secs(cfg.window_seconds));
         let failed = outcome.is_failure();
         let was_probing = self.probing(now);
@@ -278,31 +295,25 @@ impl ModelHealth {
             self.events.pop_front();
         }
         let still_open = self.open.is_some_and(|(at, d)| now.saturating_duration_since(at) < d);
-        let mut view = self.view();
-        if failed && !still_open {
-            let snap = view.snapshot(cfg, now);
-            let by_rate = snap.window_requests >= cfg.min_requests && snap.error_rate >= cfg.open_error_rate;
-            let by_streak = cfg.open_after_consecutive_failures > 0 && self.consecutive_failures >= cfg.open_after_consecutive_failures;
-            if was_probing || by_rate || by_streak {
-                let base = Duration::from_secs_f64(cfg.cool_down_seconds);
-                let d = match (was_probing, self.last_cool_down) {
-                    (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
-                    _ => base,
-                };
-                self.open = Some((now, d));
-                self.last_cool_down = Some(d);
-                tracing::warn!(
-                    model = name,
-                    cool_down_s = d.as_secs_f64(),
-                    error_rate = snap.error_rate,
-                    consecutive_failures = self.consecutive_failures,
-                    "circuit opened: left out of routing"
-                );
-            }
+        if !failed || still_open {
+            return None;
         }
-        view.open = self.open;
-        let snap = Snapshot { p50_latency_ms: self.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
-        (view, snap)
+        // Pruned at `now`, every event left is in the window.
+        let n = self.events.len() as u32;
+        let error_rate = f64::from(self.events.iter().filter(|e| e.failed).count() as u32) / f64::from(n.max(1));
+        let by_rate = n >= cfg.min_requests && error_rate >= cfg.open_error_rate;
+        let by_streak = cfg.open_after_consecutive_failures > 0 && self.consecutive_failures >= cfg.open_after_consecutive_failures;
+        if !(was_probing || by_rate || by_streak) {
+            return None;
+        }
+        let base = Duration::from_secs_f64(cfg.cool_down_seconds);
+        let d = match (was_probing, self.last_cool_down) {
+            (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
+            _ => base,
+        };
+        self.open = Some((now, d));
+        self.last_cool_down = Some(d);
+        Some(Opened { cool_down: d, error_rate, consecutive_failures: self.consecutive_failures })
     }
 
     /// Median latency of the window's successes at `now`, ms (0 when none).
@@ -316,6 +327,44 @@ impl ModelHealth {
             .collect();
         latencies.sort_by(f64::total_cmp);
         latencies.get(latencies.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// A circuit opening, as [`ModelHealth::step`] and [`Replay::record`] return it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Opened {
+    /// Its cool-down.
+    pub cool_down: Duration,
+    /// The window's error rate then.
+    pub error_rate: f64,
+    /// Failures in a row then.
+    pub consecutive_failures: u32,
+}
+
+/// The breakers of models numbered `0..`, fed attempts in time order by one thread: the same
+/// transitions as [`HealthTracker`] without what serving needs (published views, latency
+/// medians, a lock), for replaying a log (`report`).
+#[derive(Debug)]
+pub struct Replay {
+    cfg: HealthConfig,
+    models: Vec<ModelHealth>,
+}
+
+impl Replay {
+    /// Every model healthy.
+    pub fn new(cfg: HealthConfig) -> Self {
+        Self { cfg, models: Vec::new() }
+    }
+
+    /// Records one attempt of model number `model` at `now` (attempts come in time order);
+    /// returns the opening when its circuit opened.
+    pub fn record(&mut self, model: usize, outcome: Outcome, now: Instant) -> Option<Opened> {
+        if self.models.len() <= model {
+            self.models.resize_with(model + 1, ModelHealth::default);
+        }
+        let h = &mut self.models[model];
+        let now = h.events.back().map_or(now, |e| e.at.max(now));
+        h.step(&self.cfg, outcome, None, now)
     }
 }
 

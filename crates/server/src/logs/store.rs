@@ -18,7 +18,8 @@ use pointsman_core::record::LogRecord;
 /// columns ([`BASELINE_COLUMNS`]) and the endpoint columns (`feedback.endpoint_provider`,
 /// `endpoint_ttft_ms`, `endpoint_generation_ms`); each step checks its columns, so they apply
 /// in any order.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4 added the report columns ([`REPORT_COLUMNS`]) and indexes ([`REPORT_INDEXES`]).
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The savings step (schema version 3): what each decision would have cost on the baseline
 /// (`savings`) at the same predicted tokens, the baseline's predicted quality and the predicted
@@ -32,6 +33,19 @@ pub const BASELINE_COLUMNS: &[(&str, &str, &str)] = &[
     ("feedback", "baseline_cost_usd", "REAL"),
     ("feedback", "baseline_realised_cost_usd", "REAL"),
 ];
+
+/// The report step (schema version 4): each decision's primary (its first candidate) in columns
+/// of its own, so that `report` reads a window's decisions through [`REPORT_INDEXES`] without
+/// parsing the candidates list. Rows logged before keep NULL (the report reads their JSON).
+pub const REPORT_COLUMNS: &[(&str, &str, &str)] =
+    &[("decisions", "primary_model", "TEXT"), ("decisions", "primary_quality", "REAL"), ("decisions", "primary_cost_usd", "REAL")];
+
+/// The report's covering indexes: a window of decisions or of feedback reports, with every
+/// column the report reads, without touching the tables' wide rows.
+pub const REPORT_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS decisions_report ON decisions(ts_ms, request_id, profile, primary_model, primary_quality, primary_cost_usd, baseline_model, baseline_cost_usd, baseline_quality);
+CREATE INDEX IF NOT EXISTS feedback_report ON feedback(ts_ms, request_id, model, outcome, latency_ms, quality, verified, baseline_cost_usd, baseline_realised_cost_usd);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -143,7 +157,9 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;")
         .map_err(&e)?;
-    add_baseline_columns(&conn).map_err(&e)?;
+    add_columns(&conn, BASELINE_COLUMNS).map_err(&e)?;
+    add_columns(&conn, REPORT_COLUMNS).map_err(&e)?;
+    conn.execute_batch(REPORT_INDEXES).map_err(&e)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
 }
@@ -161,11 +177,11 @@ fn has_trust_columns(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 2)
 }
 
-/// The savings step: adds the [`BASELINE_COLUMNS`] a file lacks (older rows keep NULL: no
-/// baseline was known when they were logged), in one transaction.
-fn add_baseline_columns(conn: &Connection) -> rusqlite::Result<()> {
+/// A schema step by columns: adds those of `columns` (table, column, type) a file lacks (older
+/// rows keep NULL: nothing was known of them when they were logged), in one transaction.
+fn add_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> rusqlite::Result<()> {
     let mut missing = Vec::new();
-    for (table, column, kind) in BASELINE_COLUMNS {
+    for (table, column, kind) in columns {
         if !has_column(conn, table, column)? {
             missing.push(format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"));
         }
@@ -174,6 +190,21 @@ fn add_baseline_columns(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(&format!("BEGIN; {} COMMIT;", missing.join(" ")))?;
     }
     Ok(())
+}
+
+/// True when the file has the report step: its columns and its indexes.
+pub(crate) fn has_report_columns(conn: &Connection) -> rusqlite::Result<bool> {
+    for (table, column, _) in REPORT_COLUMNS {
+        if !has_column(conn, table, column)? {
+            return Ok(false);
+        }
+    }
+    let indexes: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('decisions_report', 'feedback_report')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(indexes == 2)
 }
 
 /// True when `table` has `column`.
@@ -264,8 +295,9 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
     {
         let mut ins = tx.prepare_cached(
             "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates,
-                 propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                 propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd,
+                 primary_model, primary_quality, primary_cost_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
         )?;
         for d in decisions {
             let candidates = serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into());
@@ -290,6 +322,9 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 d.baseline.as_ref().map(|b| b.baseline_cost_usd),
                 d.baseline.as_ref().and_then(|b| b.baseline_quality),
                 d.baseline.as_ref().map(|b| b.saving_usd),
+                d.candidates.first().map(|c| c.model.as_str()),
+                d.candidates.first().map(|c| c.quality),
+                d.candidates.first().map(|c| c.cost_usd),
             ])?;
         }
         let mut ins = tx.prepare_cached(

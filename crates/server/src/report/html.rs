@@ -280,7 +280,7 @@ h1{{font-size:22px;margin:0 0 4px}} h2{{font-size:17px;margin:28px 0 8px}} h3{{f
 .meta{{color:#4b5563;font-size:13px}} .cards{{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}}
 .card{{background:#fff;border:1px solid #d1d5db;border-radius:6px;padding:10px 14px;min-width:150px}}
 .card .v{{font-size:20px;font-weight:600}} .card .l{{font-size:12px;color:#4b5563}}
-.save .v{{color:#15803d}} .plots{{display:flex;flex-wrap:wrap;gap:16px}} .plot{{background:#fff;padding:8px;border:1px solid #e5e7eb;border-radius:6px}}
+.save .v{{color:#15803d}} .loss .v{{color:#b91c1c}} .plots{{display:flex;flex-wrap:wrap;gap:16px}} .plot{{background:#fff;padding:8px;border:1px solid #e5e7eb;border-radius:6px}}
 table{{border-collapse:collapse;font-size:12px;background:#fff}} td,th{{border:1px solid #e5e7eb;padding:3px 6px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}} form{{margin:10px 0;font-size:13px}} li{{font-size:13px;color:#374151}}
 </style></head><body><h1>What routing earned</h1>"#
@@ -295,6 +295,7 @@ td:first-child,th:first-child{{text-align:left}} form{{margin:10px 0;font-size:1
         if baselines.is_empty() { "none logged".into() } else { baselines.join(", ") },
         r.build_ms
     );
+    let _ = write!(o, r#"<div class="meta">Savings are against <span id="baseline-choice">{}</span>.</div>"#, esc(&r.baseline_choice));
     let _ = write!(
         o,
         r#"<form method="get" action="report">since <input name="since" value="{}" size="22"> until <input name="until" value="{}" size="22"> <button>show</button> (RFC 3339, or a duration before now such as 24h) · <a href="report.json?since={}&amp;until={}">JSON</a></form>"#,
@@ -310,10 +311,12 @@ td:first-child,th:first-child{{text-align:left}} form{{margin:10px 0;font-size:1
     card(&mut o, "decisions", "requests routed", t.decisions.to_string(), "");
     card(&mut o, "predicted-spend", "predicted spend, USD", usd(t.predicted_cost_usd), "");
     card(&mut o, "baseline-spend", "baseline at the same tokens, USD", usd(t.baseline_cost_usd), "");
-    card(&mut o, "predicted-saving", "predicted saving, USD", usd(t.predicted_saving_usd), "save");
+    // A negative saving (routing costs more than the baseline) reads in red, not in green.
+    let tone = |x: f64| if x < 0.0 { "loss" } else { "save" };
+    card(&mut o, "predicted-saving", "predicted saving, USD", usd(t.predicted_saving_usd), tone(t.predicted_saving_usd));
     card(&mut o, "reports", "feedback reports", t.reports.to_string(), "");
     card(&mut o, "realised-spend", "realised spend, USD", usd(t.realised_cost_usd), "");
-    card(&mut o, "realised-saving", "realised saving, USD", usd(t.realised_saving_usd), "save");
+    card(&mut o, "realised-saving", "realised saving, USD", usd(t.realised_saving_usd), tone(t.realised_saving_usd));
     card(&mut o, "realised-quality", "realised quality (labelled)", opt(t.realised_quality, 3), "");
     card(&mut o, "fallbacks-used", "fallbacks used", r.fallbacks.used.to_string(), "");
     card(&mut o, "breaker-openings", "breaker openings", r.breakers.openings.len().to_string(), "");

@@ -23,16 +23,16 @@ mod kmeans;
 pub mod read;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    hash::{Hash, Hasher},
+    collections::BTreeMap,
     path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
 use crate::{catalog::Catalog, health::HealthConfig, logs::LogError, outcome::Outcome};
-use read::{Cand, DecisionRow, FeedbackRow, Source};
+use read::{Dec, Fb, Source};
 
 /// The time window of a report: `[since_ms, until_ms)`, ms since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,6 +111,8 @@ pub struct Options<'a> {
     pub clusters: usize,
     /// Slices of the timeline.
     pub buckets: usize,
+    /// Which baseline the savings are measured against and why (the header says it).
+    pub baseline_choice: Option<String>,
 }
 
 impl Default for Options<'_> {
@@ -123,6 +125,7 @@ impl Default for Options<'_> {
             cluster_sample: 400,
             clusters: 6,
             buckets: 48,
+            baseline_choice: None,
         }
     }
 }
@@ -145,9 +148,19 @@ impl Percentiles {
         if v.is_empty() {
             return Percentiles::default();
         }
-        v.sort_unstable_by(f32::total_cmp);
-        let at = |q: f64| Some(f64::from(v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]));
-        Percentiles { n: v.len() as u64, p50: at(0.5), p90: at(0.9), p99: at(0.99) }
+        // Nearest rank, each found by selection (linear) rather than a full sort; the ranks rise,
+        // so each search runs above the last one's place.
+        let n = v.len();
+        let mut from = 0;
+        let mut at = |q: f64| {
+            let k = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+            let (_, x, _) = v[from..].select_nth_unstable_by(k - from, f32::total_cmp);
+            let x = f64::from(*x);
+            from = k;
+            Some(x)
+        };
+        let (p50, p90, p99) = (at(0.5), at(0.9), at(0.99));
+        Percentiles { n: n as u64, p50, p90, p99 }
     }
 }
 
@@ -201,10 +214,10 @@ struct Acc {
 }
 
 impl Acc {
-    fn decision(&mut self, primary: Option<&Cand>, d: &DecisionRow) {
+    fn decision(&mut self, d: &Dec) {
         let g = &mut self.g;
         g.decisions += 1;
-        if let Some(p) = primary {
+        if let Some(p) = d.primary {
             g.predicted_cost_usd += p.cost_usd;
             self.pq_sum += p.quality;
             self.pq_n += 1;
@@ -220,7 +233,7 @@ impl Acc {
         }
     }
 
-    fn report(&mut self, f: &FeedbackRow, failed: bool) {
+    fn report(&mut self, f: &Fb, failed: bool) {
         let g = &mut self.g;
         g.reports += 1;
         g.failures += u64::from(failed);
@@ -238,6 +251,28 @@ impl Acc {
         }
     }
 
+    /// Adds `o`'s sums and counts (a provider from its models).
+    fn merge(&mut self, o: &Acc) {
+        let (g, h) = (&mut self.g, &o.g);
+        g.decisions += h.decisions;
+        g.predicted_cost_usd += h.predicted_cost_usd;
+        g.with_baseline += h.with_baseline;
+        g.baseline_cost_usd += h.baseline_cost_usd;
+        g.predicted_saving_usd += h.predicted_saving_usd;
+        g.reports += h.reports;
+        g.failures += h.failures;
+        g.realised_cost_usd += h.realised_cost_usd;
+        g.realised_with_baseline += h.realised_with_baseline;
+        g.realised_baseline_cost_usd += h.realised_baseline_cost_usd;
+        g.realised_saving_usd += h.realised_saving_usd;
+        g.labelled += h.labelled;
+        self.pq_sum += o.pq_sum;
+        self.pq_n += o.pq_n;
+        self.bq_sum += o.bq_sum;
+        self.bq_n += o.bq_n;
+        self.q_sum += o.q_sum;
+    }
+
     fn finish(mut self, key: String, total: u64) -> Group {
         let mean = |s: f64, n: u64| (n > 0).then(|| s / n as f64);
         self.g.key = key;
@@ -246,6 +281,45 @@ impl Acc {
         self.g.baseline_quality = mean(self.bq_sum, self.bq_n);
         self.g.realised_quality = mean(self.q_sum, self.g.labelled);
         self.g
+    }
+}
+
+/// Accumulators by key (model ids, providers, profiles), found by the key's text without a
+/// copy, in the order first met.
+#[derive(Default)]
+struct Keyed {
+    index: HashMap<String, usize>,
+    accs: Vec<(String, Acc)>,
+    /// The last key asked for and its place (most rows repeat a handful of keys).
+    last: Option<usize>,
+}
+
+impl Keyed {
+    fn slot(&mut self, key: &str) -> usize {
+        if let Some(i) = self.last.filter(|&i| self.accs[i].0 == key) {
+            return i;
+        }
+        let i = match self.index.get(key) {
+            Some(&i) => i,
+            None => {
+                self.accs.push((key.to_string(), Acc::default()));
+                self.index.insert(key.to_string(), self.accs.len() - 1);
+                self.accs.len() - 1
+            }
+        };
+        self.last = Some(i);
+        i
+    }
+
+    fn get(&mut self, key: &str) -> &mut Acc {
+        let i = self.slot(key);
+        &mut self.accs[i].1
+    }
+
+    fn groups(self, total: u64) -> Vec<Group> {
+        let mut v: Vec<Group> = self.accs.into_iter().map(|(k, a)| a.finish(k, total)).collect();
+        v.sort_by(|a, b| b.decisions.cmp(&a.decisions).then(b.reports.cmp(&a.reports)).then(a.key.cmp(&b.key)));
+        v
     }
 }
 
@@ -439,6 +513,8 @@ pub struct Report {
     pub totals: Group,
     /// The baselines the window's decisions were measured against, with their decision counts.
     pub baselines: BTreeMap<String, u64>,
+    /// Which baseline the server measures against and why.
+    pub baseline_choice: String,
     /// Per primary model (decisions) and reported model (reports), most decisions first.
     pub by_model: Vec<Group>,
     /// Per provider (a model's first catalog endpoint).
@@ -463,12 +539,13 @@ pub struct Report {
 
 /// Builds the report of `window` from the log at `source` (a SQLite file or a `postgres://`
 /// URL). Blocking: run it off the async runtime.
+///
+/// One pass over the window's decisions and one over its reports (see `read`), each row
+/// folded into its groups as it is read; what depends on order (the breaker replay, the first
+/// fallback of a request) is taken in (time, row id) order, so both stores give the same.
 pub fn build(source: &Path, window: Window, opts: &Options) -> Result<Report, LogError> {
     let started = Instant::now();
     let mut src = Source::open(source)?;
-    let provider_of = |model: &str| -> String {
-        opts.catalog.and_then(|c| c.get(model)).map_or_else(|| "(not in catalog)".to_string(), |m| m.provider().to_string())
-    };
     let span = (window.until_ms - window.since_ms).max(1);
     let buckets = opts.buckets.max(1);
     let bucket_of = |ts: i64| (((ts - window.since_ms).max(0) as i128 * buckets as i128 / span as i128) as usize).min(buckets - 1);
@@ -476,110 +553,129 @@ pub fn build(source: &Path, window: Window, opts: &Options) -> Result<Report, Lo
         .map(|i| Bucket { start_ms: window.since_ms + (span as i128 * i as i128 / buckets as i128) as i64, ..Bucket::default() })
         .collect();
 
-    let (mut total, mut models, mut providers, mut profiles) =
-        (Acc::default(), HashMap::<String, Acc>::new(), HashMap::<String, Acc>::new(), HashMap::<String, Acc>::new());
+    let (mut total, mut models, mut profiles) = (Acc::default(), Keyed::default(), Keyed::default());
     let mut baselines = BTreeMap::<String, u64>::new();
-    src.decisions(window, &mut |d| {
-        let primary = d.candidates.first();
-        let key = primary.map_or("(no candidate)", |c| c.model.as_str());
-        total.decision(primary, &d);
-        models.entry(key.to_string()).or_default().decision(primary, &d);
-        providers.entry(provider_of(key)).or_default().decision(primary, &d);
-        profiles.entry(d.profile.clone().unwrap_or_else(|| "(none)".into())).or_default().decision(primary, &d);
-        if let Some(b) = &d.baseline_model {
-            *baselines.entry(b.clone()).or_default() += 1;
-        }
-        let b = &mut timeline[bucket_of(d.ts_ms)];
-        b.decisions += 1;
-        if let Some(p) = primary {
-            b.predicted_cost_usd += p.cost_usd;
-            if let Some(bc) = d.baseline_cost_usd {
-                b.baseline_cost_usd += bc;
-                b.predicted_saving_usd += bc - p.cost_usd;
-            }
-        }
-    })?;
-
     let mut cal: BTreeMap<String, (u64, f64, f64, u64, f64, f64)> = BTreeMap::new();
     let mut bins = [(0u64, 0f64, 0f64); 5];
-    let mut latencies: HashMap<String, Vec<f32>> = HashMap::new();
+    // Latencies by the model's place in `models`.
+    let mut latencies: Vec<Vec<f32>> = Vec::new();
     let (mut all_lat, mut ok_lat) = (Vec::new(), Vec::new());
-    let mut requests = HashSet::<u64>::new();
-    // Per request: the primary's first failure, and the first fallback report (model, success).
-    let mut primary_failed: HashMap<String, String> = HashMap::new();
-    let mut fallback_reports: Vec<(String, String, bool)> = Vec::new();
-    let mut seen_fallback = HashSet::<u64>::new();
-    let mut events: Vec<(i64, String, Outcome, Option<f64>)> = Vec::new();
-    let hash = |s: &str| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        s.hash(&mut h);
-        h.finish()
-    };
-    src.feedback(window, &mut |f| {
-        let outcome = Outcome::parse(&f.outcome);
-        let failed = outcome.is_some_and(Outcome::is_failure);
-        total.report(&f, failed);
-        models.entry(f.model.clone()).or_default().report(&f, failed);
-        providers.entry(provider_of(&f.model)).or_default().report(&f, failed);
-        if !f.decision.is_empty() {
-            profiles.entry(f.profile.clone().unwrap_or_else(|| "(none)".into())).or_default().report(&f, failed);
-        }
-        let b = &mut timeline[bucket_of(f.ts_ms)];
-        b.reports += 1;
-        if let Some(c) = f.realised_cost_usd {
-            b.realised_cost_usd += c;
-            if let Some(bc) = f.baseline_cost_usd {
-                b.realised_saving_usd += bc - c;
-            }
-        }
-        if let Some(l) = f.latency_ms {
-            all_lat.push(l as f32);
-            if outcome == Some(Outcome::Success) {
-                ok_lat.push(l as f32);
-            }
-            latencies.entry(f.model.clone()).or_default().push(l as f32);
-        }
-        if let Some(c) = f.decision.iter().find(|c| c.model == f.model) {
-            let e = cal.entry(f.model.clone()).or_default();
-            if let Some(q) = f.quality {
-                e.0 += 1;
-                e.1 += c.quality;
-                e.2 += q;
-                let bin = &mut bins[((c.quality * 5.0) as usize).min(4)];
-                bin.0 += 1;
-                bin.1 += c.quality;
-                bin.2 += q;
-            }
-            if let Some(rc) = f.realised_cost_usd {
-                e.3 += 1;
-                e.4 += c.cost_usd;
-                e.5 += rc;
-            }
-        }
-        requests.insert(hash(&f.request_id));
-        if let Some(primary) = f.decision.first() {
-            if primary.model == f.model {
-                if failed {
-                    primary_failed.entry(f.request_id.clone()).or_insert_with(|| f.outcome.clone());
+    let mut requests_reported = 0u64;
+    // Per request (by hashed id): the primary's first failure, and the first report on another
+    // model (its model, success), each with its (time, row id).
+    let mut primary_failed: HashMap<u64, ((i64, i64), String)> = HashMap::new();
+    let mut fallback_reports: HashMap<u64, ((i64, i64), String, bool)> = HashMap::new();
+    // Verified reports for the breaker replay: (time, row id, model's place, outcome).
+    let mut events: Vec<(i64, i64, u32, Outcome)> = Vec::new();
+    src.read(window, &mut |row| match row {
+        read::Row::Decision(d) => {
+            let key = d.primary.map_or("(no candidate)", |c| c.model);
+            total.decision(d);
+            models.get(key).decision(d);
+            profiles.get(d.profile.unwrap_or("(none)")).decision(d);
+            if let Some(b) = d.baseline_model {
+                match baselines.get_mut(b) {
+                    Some(n) => *n += 1,
+                    None => {
+                        baselines.insert(b.to_string(), 1);
+                    }
                 }
-            } else if seen_fallback.insert(hash(&f.request_id)) {
-                fallback_reports.push((f.request_id.clone(), f.model.clone(), outcome == Some(Outcome::Success)));
+            }
+            let b = &mut timeline[bucket_of(d.ts_ms)];
+            b.decisions += 1;
+            if let Some(p) = d.primary {
+                b.predicted_cost_usd += p.cost_usd;
+                if let Some(bc) = d.baseline_cost_usd {
+                    b.baseline_cost_usd += bc;
+                    b.predicted_saving_usd += bc - p.cost_usd;
+                }
             }
         }
-        if f.verified {
-            if let Some(o) = outcome {
-                events.push((f.ts_ms, f.model.clone(), o, f.latency_ms));
+        read::Row::Feedback(f) => {
+            let outcome = Outcome::parse(f.outcome);
+            let failed = outcome.is_some_and(Outcome::is_failure);
+            total.report(f, failed);
+            let m = models.slot(f.model);
+            models.accs[m].1.report(f, failed);
+            if let Some(d) = &f.decision {
+                profiles.get(d.profile.unwrap_or("(none)")).report(f, failed);
+            }
+            let b = &mut timeline[bucket_of(f.ts_ms)];
+            b.reports += 1;
+            if let Some(c) = f.realised_cost_usd {
+                b.realised_cost_usd += c;
+                if let Some(bc) = f.baseline_cost_usd {
+                    b.realised_saving_usd += bc - c;
+                }
+            }
+            if let Some(l) = f.latency_ms {
+                all_lat.push(l as f32);
+                if outcome == Some(Outcome::Success) {
+                    ok_lat.push(l as f32);
+                }
+                if latencies.len() <= m {
+                    latencies.resize_with(m + 1, Vec::new);
+                }
+                latencies[m].push(l as f32);
+            }
+            if let Some((pq, pc)) = f.decision.and_then(|d| d.reported) {
+                let e = match cal.get_mut(f.model) {
+                    Some(e) => e,
+                    None => cal.entry(f.model.to_string()).or_default(),
+                };
+                if let Some(q) = f.quality {
+                    e.0 += 1;
+                    e.1 += pq;
+                    e.2 += q;
+                    let bin = &mut bins[((pq * 5.0) as usize).min(4)];
+                    bin.0 += 1;
+                    bin.1 += pq;
+                    bin.2 += q;
+                }
+                if let Some(rc) = f.realised_cost_usd {
+                    e.3 += 1;
+                    e.4 += pc;
+                    e.5 += rc;
+                }
+            }
+            let request = f.request;
+            requests_reported += u64::from(f.first_of_request);
+            let at = (f.ts_ms, f.id);
+            if let Some(d) = &f.decision {
+                if d.primary == f.model {
+                    if failed {
+                        let e = primary_failed.entry(request).or_insert_with(|| (at, f.outcome.to_string()));
+                        if at < e.0 {
+                            *e = (at, f.outcome.to_string());
+                        }
+                    }
+                } else {
+                    let ok = outcome == Some(Outcome::Success);
+                    let e = fallback_reports.entry(request).or_insert_with(|| (at, f.model.to_string(), ok));
+                    if at < e.0 {
+                        *e = (at, f.model.to_string(), ok);
+                    }
+                }
+            }
+            if f.verified {
+                if let Some(o) = outcome {
+                    events.push((f.ts_ms, f.id, m as u32, o));
+                }
             }
         }
     })?;
 
     let n = total.g.decisions;
-    let mut by_model: Vec<Group> = models.into_iter().map(|(k, a)| a.finish(k, n)).collect();
-    let mut by_provider: Vec<Group> = providers.into_iter().map(|(k, a)| a.finish(k, n)).collect();
-    let mut by_profile: Vec<Group> = profiles.into_iter().map(|(k, a)| a.finish(k, n)).collect();
-    for v in [&mut by_model, &mut by_provider, &mut by_profile] {
-        v.sort_by(|a, b| b.decisions.cmp(&a.decisions).then(b.reports.cmp(&a.reports)).then(a.key.cmp(&b.key)));
+    let model_names: Vec<String> = models.accs.iter().map(|(k, _)| k.clone()).collect();
+    // Providers: each model's first catalog endpoint, summed over the models' groups.
+    let mut providers = Keyed::default();
+    for (model, acc) in &models.accs {
+        let provider = opts.catalog.and_then(|c| c.get(model)).map_or_else(|| "(not in catalog)".to_string(), |m| m.provider().to_string());
+        providers.get(&provider).merge(acc);
     }
+    let by_model = models.groups(n);
+    let by_provider = providers.groups(n);
+    let by_profile = profiles.groups(n);
     let mean = |s: f64, n: u64| (n > 0).then(|| s / n as f64);
     let calibration = Calibration {
         models: cal
@@ -607,23 +703,28 @@ pub fn build(source: &Path, window: Window, opts: &Options) -> Result<Report, Lo
             })
             .collect(),
     };
-    let mut fallbacks = Fallbacks { requests_reported: requests.len() as u64, used: fallback_reports.len() as u64, ..Fallbacks::default() };
+    let mut fallbacks = Fallbacks { requests_reported, used: fallback_reports.len() as u64, ..Fallbacks::default() };
     fallbacks.share = if fallbacks.requests_reported > 0 { fallbacks.used as f64 / fallbacks.requests_reported as f64 } else { 0.0 };
-    for (request, model, ok) in &fallback_reports {
+    for (request, (_, model, ok)) in &fallback_reports {
         fallbacks.succeeded += u64::from(*ok);
         *fallbacks.by_model.entry(model.clone()).or_default() += 1;
-        let why = primary_failed.get(request).map_or("not reported", String::as_str);
+        let why = primary_failed.get(request).map_or("not reported", |(_, o)| o.as_str());
         *fallbacks.by_reason.entry(why.to_string()).or_default() += 1;
     }
-    let breakers = replay_breakers(events, &opts.health);
+    let breakers = replay_breakers(events, &model_names, &opts.health);
     let latency = Latency {
         overall: Percentiles::of(all_lat),
         successes: Percentiles::of(ok_lat),
-        by_model: latencies.into_iter().map(|(k, v)| (k, Percentiles::of(v))).collect(),
+        by_model: latencies
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, v)| (model_names[i].clone(), Percentiles::of(v)))
+            .collect(),
     };
     let clusters = prompt_clusters(&mut src, window, opts);
     let notes = vec![
-        "Savings are measured against the baseline model of each decision (`[savings] baseline_model`, else the best single model: the covered catalog model with the highest mean predicted quality over fixed probe prompts), priced at the same tokens: the primary's predicted tokens for a decision, the reported tokens for a report.".into(),
+        format!("Savings are measured against the baseline model of each decision (`[savings] baseline_model`, else {}), priced at the same tokens: the primary's predicted tokens for a decision, the reported tokens for a report.", crate::savings::BEST_SINGLE_MODEL_RULE),
         "Predicted figures count decisions; realised figures count feedback reports with usage (the reported cost, else the model's list price at the reported tokens). Decisions logged before the savings columns have no baseline.".into(),
         "Providers are each model's first catalog endpoint; the endpoint a request actually used is not in this log yet.".into(),
         format!("Breaker openings are replayed from the verified reports with the [health] settings (the log keeps no health transitions): {} reports replayed.", breakers.replayed_reports),
@@ -639,6 +740,7 @@ pub fn build(source: &Path, window: Window, opts: &Options) -> Result<Report, Lo
         build_ms: started.elapsed().as_secs_f64() * 1e3,
         totals,
         baselines,
+        baseline_choice: opts.baseline_choice.clone().unwrap_or_else(|| crate::savings::SavingsConfig::default().describe()),
         by_model,
         by_provider,
         by_profile,
@@ -652,12 +754,12 @@ pub fn build(source: &Path, window: Window, opts: &Options) -> Result<Report, Lo
     })
 }
 
-/// Replays verified reports, in time order, through a circuit breaker per model with `cfg`,
-/// and notes each opening.
-fn replay_breakers(mut events: Vec<(i64, String, Outcome, Option<f64>)>, cfg: &HealthConfig) -> Breakers {
-    use crate::health::{HealthTracker, State};
-    events.sort_by_key(|e| e.0);
-    let tracker = HealthTracker::new(HealthConfig { shared: None, ..cfg.clone() });
+/// Replays verified reports `(time, row id, model's place in names, outcome)`, in (time, row
+/// id) order, through a circuit breaker per model with `cfg` (the serving breaker's
+/// transitions, `health::Replay`), and notes each opening.
+fn replay_breakers(mut events: Vec<(i64, i64, u32, Outcome)>, names: &[String], cfg: &HealthConfig) -> Breakers {
+    events.sort_unstable_by_key(|e| (e.0, e.1));
+    let mut replay = crate::health::Replay::new(HealthConfig { shared: None, ..cfg.clone() });
     let t0 = Instant::now();
     let first = events.first().map_or(0, |e| e.0);
     let mut out = Breakers {
@@ -666,25 +768,21 @@ fn replay_breakers(mut events: Vec<(i64, String, Outcome, Option<f64>)>, cfg: &H
         replayed_reports: events.len() as u64,
         ..Breakers::default()
     };
-    // The breaker warns on each opening; a replay must not fill the server's log with them.
-    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-        for (ts, model, outcome, latency) in &events {
-            let now = t0 + Duration::from_millis((ts - first).max(0) as u64);
-            let was_open = matches!(tracker.snapshot(model, now).state, State::CoolingDown { .. });
-            let s = tracker.record(model, *outcome, *latency, now);
-            if let (false, State::CoolingDown { remaining }) = (was_open, s.state) {
-                *out.by_model.entry(model.clone()).or_default() += 1;
-                out.openings.push(Opening {
-                    model: model.clone(),
-                    ts_ms: *ts,
-                    at: rfc3339(*ts),
-                    cool_down_s: remaining.as_secs_f64(),
-                    consecutive_failures: s.consecutive_failures,
-                    error_rate: s.error_rate,
-                });
-            }
+    for &(ts, _, model, outcome) in &events {
+        let now = t0 + Duration::from_millis((ts - first).max(0) as u64);
+        if let Some(o) = replay.record(model as usize, outcome, now) {
+            let name = &names[model as usize];
+            *out.by_model.entry(name.clone()).or_default() += 1;
+            out.openings.push(Opening {
+                model: name.clone(),
+                ts_ms: ts,
+                at: rfc3339(ts),
+                cool_down_s: o.cool_down.as_secs_f64(),
+                consecutive_failures: o.consecutive_failures,
+                error_rate: o.error_rate,
+            });
         }
-    });
+    }
     let keep = out.openings.len().saturating_sub(500);
     out.openings.drain(..keep);
     out
@@ -811,6 +909,7 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(o, "Pointsman report: {} to {} ({})", r.since, r.until, r.source);
     let baselines: Vec<String> = r.baselines.iter().map(|(m, n)| format!("{m} ({n})")).collect();
     let _ = writeln!(o, "baseline: {}", if baselines.is_empty() { "none logged".into() } else { baselines.join(", ") });
+    let _ = writeln!(o, "  (decisions logged; the server's baseline: {})", r.baseline_choice);
     let _ = writeln!(o, "\nrequests {}  reports {}  labelled {}", t.decisions, t.reports, t.labelled);
     let _ = writeln!(
         o,
@@ -962,6 +1061,10 @@ pub async fn for_service(
     }
     let source = config.decision_log.url.clone().map_or_else(|| config.decision_log.path.clone(), std::path::PathBuf::from);
     let engine = service.engine();
+    let baseline_choice = match engine.as_ref().and_then(|e| service.baseline(e)) {
+        Some(b) => b.describe(),
+        None => config.savings.describe(),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("pointsman-report".into())
@@ -972,6 +1075,7 @@ pub async fn for_service(
                 e.encoder().embed_many(&refs, &|_| {}).map_err(|e| e.to_string())
             };
             let opts = Options {
+                baseline_choice: Some(baseline_choice),
                 catalog: engine.as_ref().map(|e| e.catalog()),
                 health: config.health.clone(),
                 embed: engine.as_ref().map(|_| &embed as Embedder<'_>),
