@@ -34,6 +34,21 @@ pub const BASELINE_COLUMNS: &[(&str, &str, &str)] = &[
     ("feedback", "baseline_realised_cost_usd", "REAL"),
 ];
 
+/// Version 1 files: the trust columns, their reports unverified (nothing was checked then).
+const TRUST_COLUMNS: &[(&str, &str, &str)] =
+    &[("feedback", "verified", "INTEGER NOT NULL DEFAULT 0"), ("feedback", "offered", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Version 2 files: the policy columns, their decisions deterministic.
+const POLICY_COLUMNS: &[(&str, &str, &str)] = &[("decisions", "propensity", "REAL NOT NULL DEFAULT 1"), ("decisions", "policy", "TEXT")];
+
+/// Version 2 files: the endpoint columns, empty for the reports logged before.
+const ENDPOINT_COLUMNS: &[(&str, &str, &str)] =
+    &[("feedback", "endpoint_provider", "TEXT"), ("feedback", "endpoint_ttft_ms", "REAL"), ("feedback", "endpoint_generation_ms", "REAL")];
+
+/// Files from before sessions: the session columns (NULL for the decisions already logged).
+const SESSION_COLUMNS: &[(&str, &str, &str)] =
+    &[("decisions", "session_id", "TEXT"), ("decisions", "session_verdict", "TEXT"), ("decisions", "session_reason", "TEXT")];
+
 /// The report step (schema version 4): each decision's primary (its first candidate) in columns
 /// of its own, so that `report` reads a window's decisions through [`REPORT_INDEXES`] without
 /// parsing the candidates list. Rows logged before keep NULL (the report reads their JSON).
@@ -112,63 +127,16 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
     conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" }).map_err(&e)?;
     check_version(&conn, path)?;
     conn.execute_batch(SCHEMA).map_err(&e)?;
-    // Version 1 files: the trust columns, their reports unverified (nothing was checked then).
-    if !has_trust_columns(&conn).map_err(&e)? {
-        conn.execute_batch(
-            "BEGIN;
-             ALTER TABLE feedback ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE feedback ADD COLUMN offered INTEGER NOT NULL DEFAULT 0;
-             COMMIT;",
-        )
-        .map_err(&e)?;
-    }
-    // Version 2 files: the policy columns, their decisions deterministic.
-    if !has_column(&conn, "decisions", "propensity").map_err(&e)? {
-        conn.execute_batch(
-            "BEGIN;
-             ALTER TABLE decisions ADD COLUMN propensity REAL NOT NULL DEFAULT 1;
-             ALTER TABLE decisions ADD COLUMN policy TEXT;
-             COMMIT;",
-        )
-        .map_err(&e)?;
-    }
-    // Version 2 files: the endpoint columns, empty for the reports logged before.
-    if !has_column(&conn, "feedback", "endpoint_provider").map_err(&e)? {
-        conn.execute_batch(
-            "BEGIN;
-             ALTER TABLE feedback ADD COLUMN endpoint_provider TEXT;
-             ALTER TABLE feedback ADD COLUMN endpoint_ttft_ms REAL;
-             ALTER TABLE feedback ADD COLUMN endpoint_generation_ms REAL;
-             COMMIT;",
-        )
-        .map_err(&e)?;
-    }
-    // Files from before sessions: the session columns (NULL for the decisions already logged).
-    // By column, not by version, so this step and other helpers' steps apply in any order.
-    if !has_session_columns(&conn).map_err(&e)? {
-        conn.execute_batch(
-            "BEGIN;
-             ALTER TABLE decisions ADD COLUMN session_id TEXT;
-             ALTER TABLE decisions ADD COLUMN session_verdict TEXT;
-             ALTER TABLE decisions ADD COLUMN session_reason TEXT;
-             COMMIT;",
-        )
-        .map_err(&e)?;
+    // Older files gain each step's columns they lack, by column, not by version number, so the
+    // steps apply in any order and a file that has some of a step's columns gets the rest.
+    for step in [TRUST_COLUMNS, POLICY_COLUMNS, ENDPOINT_COLUMNS, SESSION_COLUMNS, BASELINE_COLUMNS, REPORT_COLUMNS] {
+        add_columns(&conn, step).map_err(&e)?;
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;")
         .map_err(&e)?;
-    add_columns(&conn, BASELINE_COLUMNS).map_err(&e)?;
-    add_columns(&conn, REPORT_COLUMNS).map_err(&e)?;
     conn.execute_batch(REPORT_INDEXES).map_err(&e)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
-}
-
-/// True when the decisions table has the session columns.
-fn has_session_columns(conn: &Connection) -> rusqlite::Result<bool> {
-    let mut stmt = conn
-        .prepare("SELECT count(*) FROM pragma_table_info('decisions') WHERE name IN ('session_id', 'session_verdict', 'session_reason')")?;
-    Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 3)
 }
 
 /// True when the feedback table has `verified` and `offered` (schema version 2).
