@@ -652,19 +652,8 @@ mod tests {
 
     #[test]
     fn a_re_sent_pipeline_and_a_report_counted_here_are_applied_once() {
-        let mut r = Reader {
-            streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
-            known: ["m".to_string()].into(),
-            seen: Seen::default(),
-            last: String::new(),
-            last_offer: String::new(),
-            trackers: Trackers {
-                models: Arc::new(HealthTracker::new(super::super::HealthConfig::default())),
-                endpoints: Arc::new(EndpointTracker::new(super::super::HealthConfig::default())),
-            },
-            offers: Offers::new(1000),
-            stats: SharedStats::default(),
-        };
+        let mut r = reader();
+        r.trackers.endpoints = Arc::new(EndpointTracker::new(super::super::HealthConfig::default()));
         // B's pipeline of three reports is applied, then sent again in full with a fourth after a
         // lost answer: only the fourth is new. One of B's reports is on a model outside the catalog.
         let first: Vec<(&str, Vec<String>)> = vec![
