@@ -279,15 +279,19 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 /// The baseline the server should pick by default, worked out from its own explanations of the
-/// probe prompts: the highest mean predicted quality among the models routable (left out by
-/// nothing but the head's domain) on every probe at a price, ties to the cheaper.
-async fn expected_baseline(client: &mut pb::router_client::RouterClient<tonic::transport::Channel>) -> (String, f64) {
+/// probe prompts at cost weight 0: on each probe the eligible (left out by nothing, not even the
+/// head's domain) priced model of highest predicted quality wins (ties: the cheaper, then the
+/// first listed); the baseline wins the most probes (ties: the higher mean predicted quality
+/// over the probes it was routable on, the head's domain aside). Returns it and its wins.
+async fn expected_baseline(client: &mut pb::router_client::RouterClient<tonic::transport::Channel>) -> (String, usize) {
     use pb::ExclusionReason as R;
-    let mut per: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    // model -> (wins, summed quality where routable, probes routable); listing order as seen.
+    let mut per: BTreeMap<String, (usize, f64, usize)> = BTreeMap::new();
     let mut order = Vec::new();
     for prompt in pointsman::savings::PROBE_PROMPTS {
-        let r =
-            client.route(pb::RouteRequest { prompt: (*prompt).into(), explain: true, ..Default::default() }).await.unwrap().into_inner();
+        let request = pb::RouteRequest { prompt: (*prompt).into(), explain: true, cost_weight: Some(0.0), ..Default::default() };
+        let r = client.route(request).await.unwrap().into_inner();
+        let mut winner: Option<(String, f64, f64)> = None;
         for e in &r.explanations {
             let c = e.candidate.as_ref().unwrap();
             if !order.contains(&c.model) {
@@ -295,23 +299,27 @@ async fn expected_baseline(client: &mut pb::router_client::RouterClient<tonic::t
             }
             if [R::Unspecified as i32, R::OutOfDomain as i32].contains(&e.reason) {
                 let v = per.entry(c.model.clone()).or_default();
-                (v.0, v.1, v.2) = (v.0 + c.predicted_quality, v.1 + c.predicted_cost_usd, v.2 + 1);
+                (v.1, v.2) = (v.1 + c.predicted_quality, v.2 + 1);
+            }
+            let eligible = e.reason == R::Unspecified as i32 && e.kept_despite == R::Unspecified as i32;
+            let (q, cost) = (c.predicted_quality, c.predicted_cost_usd);
+            if eligible && cost > 0.0 && winner.as_ref().is_none_or(|w| q > w.1 || (q == w.1 && cost < w.2)) {
+                winner = Some((c.model.clone(), q, cost));
             }
         }
+        if let Some((m, ..)) = winner {
+            per.entry(m).or_default().0 += 1;
+        }
     }
-    let n = pointsman::savings::PROBE_PROMPTS.len();
-    let mut best: Option<(String, f64, f64)> = None;
+    let mut best: Option<(String, usize, f64)> = None;
     for m in order {
-        let Some(&(q, c, k)) = per.get(&m) else { continue };
-        if k < n || c <= 0.0 {
-            continue;
-        }
-        let (q, c) = (q / n as f64, c / n as f64);
-        if best.as_ref().is_none_or(|b| q > b.1 || (q == b.1 && c < b.2)) {
-            best = Some((m, q, c));
+        let Some(&(wins, q, k)) = per.get(&m) else { continue };
+        let q = q / k.max(1) as f64;
+        if wins > 0 && best.as_ref().is_none_or(|b| wins > b.1 || (wins == b.1 && q > b.2)) {
+            best = Some((m, wins, q));
         }
     }
-    let best = best.expect("a routable priced model");
+    let best = best.expect("a probe with an eligible priced model");
     (best.0, best.1)
 }
 
@@ -324,9 +332,9 @@ async fn a_replayed_day_reads_the_same_in_json_in_the_browser_and_in_the_termina
     let server = TestServer::start_with(config).await;
     let mut client = server.client.clone();
 
-    // The default baseline is the model a team would call for everything: the best predicted
-    // quality on the probe prompts, as the server's own explanations of them show.
-    let (expected, expected_quality) = expected_baseline(&mut client).await;
+    // The default baseline is the model a team would call for everything: the one the router
+    // chooses most often for quality alone on the probe prompts, as its explanations show.
+    let (expected, expected_wins) = expected_baseline(&mut client).await;
     let probes = pointsman::savings::PROBE_PROMPTS.len();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let started_ms = pointsman::report::now_ms();
@@ -408,7 +416,7 @@ async fn a_replayed_day_reads_the_same_in_json_in_the_browser_and_in_the_termina
     let (decisions, reports) = (sent.decisions, sent.reports);
     assert_eq!(sent.baselines.len(), 1, "one baseline all day: {:?}", sent.baselines);
     let baseline = sent.baselines.keys().next().unwrap().clone();
-    assert_eq!(baseline, expected, "the default baseline is the best mean predicted quality on the probes ({expected_quality:.3})");
+    assert_eq!(baseline, expected, "the default baseline is the router's choice for quality on the most probes ({expected_wins})");
     eventually(|| (pointsman::logs::read_counts(&db).ok()? == ((probes + decisions) as i64, reports as i64)).then_some(())).await;
 
     // What the server counted over the day.

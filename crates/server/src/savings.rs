@@ -1,13 +1,22 @@
 //! What routing saves against a baseline: one model every request could have gone to instead.
 //!
 //! **The baseline** is `[savings] baseline_model` when the operator names one; otherwise the
-//! *best single model*: the catalog model with the highest mean predicted quality over
-//! [`PROBE_PROMPTS`], a fixed set of varied prompts routed through the engine once per
-//! (re)load, among the models routable on every probe (covered by the head and left out by no
-//! rule but the head's domain) at a price above zero; ties go to the cheaper ([`Probes::best`]).
-//! It is the model a team would send everything to without a router: the one it would pick for
-//! quality. (Choosing it by utility instead would pick a cheap model the router already sends
-//! most requests to, and show next to no savings.)
+//! *best single model*: the model the router itself would choose most often for quality alone.
+//! [`PROBE_PROMPTS`], a fixed set of varied prompts, are routed through the engine once per
+//! (re)load at cost weight 0; on each, the eligible priced model with the highest predicted
+//! quality wins the probe (eligible: left out by no rule, the head's domain included). The
+//! baseline is the model that wins the most probes; ties go to the higher mean predicted
+//! quality over the probes, then to catalog order ([`Probes::best`]). It is the model a team
+//! would send everything to without a router: the one it would pick for quality. (Choosing it
+//! by utility instead would pick a cheap model the router already sends most requests to, and
+//! show next to no savings.)
+//!
+//! Why wins and not the mean predicted quality over every probe: a head's predictions for a
+//! model far from its training prompts (out of its domain) are an extrapolation, and a head
+//! trained on several benchmarks scores their models on different scales. A model the router
+//! never serves on a prompt (because the head has no evidence for it there) cannot be the model
+//! a team would have called instead. A probe on which no model is in the head's domain casts
+//! no vote.
 //!
 //! **Per decision** (the Route response and the decision log's `baseline_*` columns): the
 //! baseline's cost at *the same tokens* as the primary's prediction (the request's input tokens
@@ -25,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     catalog::Catalog,
-    engine::{Decision, Engine, RouteError, RouteQuery},
+    engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
     policy::Exclusion,
 };
 
@@ -34,8 +43,8 @@ use crate::{
 #[serde(deny_unknown_fields, default)]
 pub struct SavingsConfig {
     /// The model savings are measured against (a catalog id). Unset: the best single model, the
-    /// routable priced catalog model with the highest mean predicted quality over the probe
-    /// prompts (ties: the cheaper).
+    /// priced catalog model the router chooses most often for quality alone over the probe
+    /// prompts (ties: the higher mean predicted quality).
     pub baseline_model: Option<String>,
 }
 
@@ -54,7 +63,7 @@ impl SavingsConfig {
 }
 
 /// Varied prompts (code, maths, writing, facts, advice, chit-chat, reasoning, translation) the
-/// default baseline's mean predicted quality is taken over.
+/// default baseline is chosen over.
 pub const PROBE_PROMPTS: &[&str] = &[
     "Write a Python function that merges two sorted lists into one sorted list.",
     "Explain the difference between a process and a thread in an operating system.",
@@ -86,6 +95,9 @@ pub struct Baseline {
     /// Its mean predicted quality over the probe prompts it was routable on (none when the head
     /// does not cover it).
     pub mean_quality: Option<f64>,
+    /// On how many probe prompts it was the router's choice for quality alone, of how many
+    /// probes cast a vote.
+    pub probe_wins: (usize, usize),
     /// The router version it was chosen for.
     pub router_version: String,
 }
@@ -116,15 +128,18 @@ pub struct Realised {
     pub cost_usd: Option<f64>,
 }
 
-/// Chooses the baseline of `engine`: the configured model, else [`best_single_model`] over
-/// [`PROBE_PROMPTS`], each routed through the engine once.
+/// Chooses the baseline of `engine`: the configured model, else the best single model
+/// ([`Probes::best`]) over [`PROBE_PROMPTS`], each routed through the engine once at cost
+/// weight 0.
 pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseline, RouteError> {
     let catalog = engine.catalog();
     let mut probes = Probes::new(catalog.models().len());
     for (i, prompt) in PROBE_PROMPTS.iter().enumerate() {
-        let d = engine.route(RouteQuery::internal(format!("savings-probe-{i}"), prompt)).await?;
+        let query = RouteQuery { tradeoff: Tradeoff::Weight(0.0), ..RouteQuery::internal(format!("savings-probe-{i}"), prompt) };
+        let d = engine.route(query).await?;
         probes.add(&d.ranking.scored);
     }
+    let wins = |i: usize| (probes.wins.get(i).copied().unwrap_or(0), probes.votes);
     let router_version = engine.version().to_string();
     if let Some(id) = &cfg.baseline_model {
         let model = catalog
@@ -132,16 +147,26 @@ pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseli
             .iter()
             .position(|m| &m.id == id)
             .ok_or_else(|| RouteError::Catalog(format!("savings.baseline_model {id:?} is not in the catalog ([[models]])")))?;
-        return Ok(Baseline { model, id: id.clone(), chosen_by: "configured", mean_quality: probes.mean_quality(model), router_version });
+        return Ok(Baseline {
+            model,
+            id: id.clone(),
+            chosen_by: "configured",
+            mean_quality: probes.mean_quality(model),
+            probe_wins: wins(model),
+            router_version,
+        });
     }
     let best = probes.best().ok_or_else(|| {
-        RouteError::Catalog("savings: no catalog model is routable and priced on every probe prompt; set savings.baseline_model".into())
+        RouteError::Catalog(
+            "savings: no priced catalog model is in the head's domain on any probe prompt; set savings.baseline_model".into(),
+        )
     })?;
     Ok(Baseline {
         model: best,
         id: catalog.models()[best].id.clone(),
         chosen_by: "best_single_model",
         mean_quality: probes.mean_quality(best),
+        probe_wins: wins(best),
         router_version,
     })
 }
@@ -154,19 +179,39 @@ pub struct Probes {
     cost: Vec<f64>,
     /// Probes on which the model was routable with a prediction.
     routable: Vec<usize>,
+    /// Probes on which the model was the eligible priced model of highest predicted quality.
+    wins: Vec<usize>,
+    /// Probes with a winner (some priced model in the head's domain and left out by no rule).
+    votes: usize,
 }
 
 impl Probes {
     /// No probe yet, for a catalog of `models`.
     pub fn new(models: usize) -> Self {
-        Self { prompts: 0, quality: vec![0.0; models], cost: vec![0.0; models], routable: vec![0; models] }
+        Self { prompts: 0, quality: vec![0.0; models], cost: vec![0.0; models], routable: vec![0; models], wins: vec![0; models], votes: 0 }
     }
 
     /// Adds one probe's ranking. A model counts on it when the head covers it and no rule left
     /// it out other than the head's domain (a baseline is a model a team would call for
     /// everything, whatever the router thinks of its evidence there).
+    ///
+    /// The probe's vote goes to the model of highest predicted quality among those left out by
+    /// no rule, in the head's domain and priced above zero (ties: the cheaper, then catalog
+    /// order); none when no model is.
     pub fn add(&mut self, scored: &[crate::policy::Scored]) {
         self.prompts += 1;
+        let winner = scored
+            .iter()
+            .filter(|s| s.exclusion.is_none() && s.kept_despite.is_none() && s.cost_usd > 0.0)
+            .filter_map(|s| Some((s.model, s.prediction?.quality, s.cost_usd)))
+            .fold(None::<(usize, f64, f64)>, |best, (i, q, c)| match best {
+                Some((bi, bq, bc)) if bq > q || (bq == q && (bc < c || (bc == c && bi < i))) => best,
+                _ => Some((i, q, c)),
+            });
+        if let Some(w) = winner.and_then(|(i, ..)| self.wins.get_mut(i)) {
+            *w += 1;
+            self.votes += 1;
+        }
         for s in scored {
             let routable = matches!(s.exclusion, None | Some(Exclusion::OutOfDomain { .. }));
             if let (Some(p), true, Some(q)) = (s.prediction, routable, self.quality.get_mut(s.model)) {
@@ -183,25 +228,25 @@ impl Probes {
         (n > 0).then(|| self.quality[i] / n as f64)
     }
 
-    /// The best single model: among the models routable on every probe at a price above zero,
-    /// the highest mean predicted quality; ties go to the lower mean predicted cost, then to
-    /// the first in catalog order. It is the model a team would send everything to without a
-    /// router, so savings measure what routing saves against calling it for every request.
+    /// The best single model: the model that won the most probes; ties go to the higher mean
+    /// predicted quality over the probes it was routable on, then to the first in catalog
+    /// order. None when no probe had a winner. It is the model a team would send everything to
+    /// without a router, so savings measure what routing saves against calling it for every
+    /// request.
     pub fn best(&self) -> Option<usize> {
-        let n = self.prompts.max(1) as f64;
-        (0..self.quality.len())
-            .filter(|&i| self.prompts > 0 && self.routable[i] == self.prompts && self.cost[i] > 0.0)
-            .map(|i| (i, self.quality[i] / n, self.cost[i] / n))
-            .fold(None::<(usize, f64, f64)>, |best, (i, q, c)| match best {
-                Some((_, bq, bc)) if bq > q || (bq == q && bc <= c) => best,
-                _ => Some((i, q, c)),
+        (0..self.wins.len())
+            .filter(|&i| self.wins[i] > 0)
+            .map(|i| (i, self.wins[i], self.mean_quality(i).unwrap_or(f64::NEG_INFINITY)))
+            .fold(None::<(usize, usize, f64)>, |best, (i, w, q)| match best {
+                Some((_, bw, bq)) if bw > w || (bw == w && bq >= q) => best,
+                _ => Some((i, w, q)),
             })
             .map(|b| b.0)
     }
 }
 
 /// How the default baseline is chosen, in words (the report's header says it).
-pub const BEST_SINGLE_MODEL_RULE: &str = "the best single model: the highest mean predicted quality over the 16 probe prompts among the models routable on all of them at a price (ties: the cheaper), the model a team would send everything to without a router";
+pub const BEST_SINGLE_MODEL_RULE: &str = "the best single model: the priced model the router chooses most often for quality alone (cost weight 0, the head's domain respected) over the 16 probe prompts (ties: the higher mean predicted quality), the model a team would send everything to without a router";
 
 impl SavingsConfig {
     /// Which baseline this config asks for and why, for a report read without the serving engine.
@@ -216,7 +261,9 @@ impl SavingsConfig {
 impl Baseline {
     /// Which model and why, for the report's header.
     pub fn describe(&self) -> String {
+        let (won, votes) = self.probe_wins;
         let q = self.mean_quality.map_or_else(String::new, |q| format!(", mean predicted quality {q:.3} on the probes"));
+        let q = format!(", first for quality on {won} of {votes} probes{q}");
         match self.chosen_by {
             "configured" => format!("{}, named by [savings] baseline_model{q}", self.id),
             _ => format!("{}{q}: {BEST_SINGLE_MODEL_RULE}", self.id),
@@ -276,25 +323,67 @@ mod tests {
         assert!(e.contains("savings.baseline_model") && e.contains("nope") && e.contains("catalog"), "{e}");
     }
 
+    fn scored(model: usize, quality: f64, cost_usd: f64, exclusion: Option<Exclusion>) -> crate::policy::Scored {
+        crate::policy::Scored {
+            model,
+            prediction: Some(crate::policy::Prediction { quality, output_tokens: 100.0, domain_chance: 1.0 }),
+            cost_usd,
+            latency_ms: 100.0,
+            utility: quality,
+            rank: 0,
+            exclusion,
+            kept_despite: None,
+            health: crate::health::Snapshot::HEALTHY,
+            endpoints: Vec::new(),
+            order: Vec::new(),
+            priced_endpoint: 0,
+        }
+    }
+
     #[test]
-    fn the_best_single_model_is_the_highest_mean_quality_routable_on_every_probe_ties_to_the_cheaper() {
-        // Four models over two probes: 0 the best but unpriced, 1 and 2 tied on quality (2
-        // cheaper), 3 better than both but routable on one probe only.
+    fn the_best_single_model_wins_the_most_probes_for_quality_out_of_domain_models_never_win() {
+        let ood = || Some(Exclusion::OutOfDomain { chance: 0.001, threshold: 0.01 });
         let mut p = Probes::new(4);
-        p.prompts = 2;
-        p.quality = vec![1.8, 1.6, 1.6, 0.95];
-        p.cost = vec![0.0, 0.02, 0.01, 0.01];
-        p.routable = vec![2, 2, 2, 1];
+        // Model 3 is predicted best everywhere but out of the head's domain: it never wins,
+        // though its mean predicted quality counts (a named baseline reports it).
+        // Model 0 is free: never a baseline.
+        p.add(&[scored(0, 0.99, 0.0, None), scored(1, 0.8, 0.02, None), scored(2, 0.7, 0.01, None), scored(3, 0.95, 0.01, ood())]);
+        p.add(&[scored(1, 0.6, 0.02, None), scored(2, 0.7, 0.01, None), scored(3, 0.95, 0.01, ood())]);
+        p.add(&[scored(1, 0.9, 0.02, None), scored(2, 0.5, 0.01, None), scored(3, 0.95, 0.01, ood())]);
+        assert_eq!((p.wins.clone(), p.votes), (vec![0, 2, 1, 0], 3));
+        assert_eq!(p.best(), Some(1));
+        assert!((p.mean_quality(3).unwrap() - 0.95).abs() < 1e-12);
+
+        // A probe where every model is only kept despite the domain casts no vote.
+        let mut kept = scored(2, 0.99, 0.01, None);
+        kept.kept_despite = ood();
+        p.add(&[kept]);
+        assert_eq!(p.votes, 3);
+
+        // A tie on wins goes to the higher mean predicted quality (model 2 wins twice more, then
+        // has the same wins as model 1 and a lower mean).
+        p.add(&[scored(2, 0.9, 0.01, None)]);
+        assert_eq!(p.best(), Some(1), "two wins each: model 1's mean quality is higher");
+        p.add(&[scored(2, 0.9, 0.01, None)]);
         assert_eq!(p.best(), Some(2));
-        p.cost[2] = 0.02;
-        assert_eq!(p.best(), Some(1), "a full tie goes to catalog order");
-        assert_eq!(p.mean_quality(3), Some(0.95));
+
+        // A quality tie on a probe goes to the cheaper model.
+        let mut q = Probes::new(2);
+        q.add(&[scored(0, 0.8, 0.02, None), scored(1, 0.8, 0.01, None)]);
+        assert_eq!(q.best(), Some(1));
         assert_eq!(Probes::new(2).best(), None);
     }
 
     #[test]
     fn realised_costs_price_the_reported_tokens_at_both_models() {
-        let b = Baseline { model: 1, id: "dear".into(), chosen_by: "configured", mean_quality: None, router_version: "v".into() };
+        let b = Baseline {
+            model: 1,
+            id: "dear".into(),
+            chosen_by: "configured",
+            mean_quality: None,
+            probe_wins: (0, 0),
+            router_version: "v".into(),
+        };
         let r = b.realised(&catalog(), "cheap", Some(1_000_000), Some(500_000), None);
         assert_eq!(r.baseline_cost_usd, Some(10.0 + 15.0));
         assert_eq!(r.cost_usd, Some(1.0 + 1.0), "the list price when no cost is reported");

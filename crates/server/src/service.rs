@@ -272,7 +272,7 @@ impl Service {
     pub async fn set_baseline_for(&self, engine: &Arc<Engine>, cfg: &crate::savings::SavingsConfig) {
         let baseline = match crate::savings::resolve(engine, cfg).await {
             Ok(b) => {
-                tracing::info!(baseline = %b.id, chosen_by = b.chosen_by, mean_quality = ?b.mean_quality, "savings baseline");
+                tracing::info!(baseline = %b.id, chosen_by = b.chosen_by, probe_wins = ?b.probe_wins, mean_quality = ?b.mean_quality, "savings baseline");
                 Some(Arc::new(b))
             }
             Err(e) => {
