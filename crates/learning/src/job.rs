@@ -452,7 +452,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             seconds: train_seconds,
             selection: Selection {
                 rule: format!(
-                    "per model family: the first candidate (kNN from the smoothest, factor heads from the lowest rank, blends from the most kNN, then the MLP) that the best inner cross-validated score beats by no more than the standard error of their paired per-fold difference (at least {})",
+                    "per model family: the first candidate (kNN from the smoothest, factor heads from the lowest rank, blends from the most kNN, then the MLP) that the best inner cross-validated score beats by no more than {} (on logs without a full matrix: or the standard error of their paired per-fold difference, if larger)",
                     select::GAP_TOLERANCE
                 ),
                 folds: select::INNER_FOLDS,

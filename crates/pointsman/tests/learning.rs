@@ -556,14 +556,16 @@ fn extend_adds_a_model_without_moving_the_others() {
     let (old, grown) = (Head::load(env, &head).unwrap(), Head::load(env, &extended).unwrap());
     assert_eq!(grown.models().len(), old.models().len() + 1);
     assert_eq!(grown.models().last().unwrap(), new_model);
-    // The models the head already had predict exactly as before.
+    // The models the head already had predict as before, to float rounding: the grown graph's
+    // wider matrix products may sum in another order (a few units in the last place seen).
     let enc = shipped_encoder();
     let probe = enc.embed_text("What is 17 * 23? Show your work.").unwrap();
     let x = ndarray::ArrayView2::from_shape((1, probe.len()), &probe).unwrap();
     let (a, b) = (old.predict(x).unwrap(), grown.predict(x).unwrap());
     let m = old.models().len();
-    assert_eq!(&a.quality[..], &b.quality[..m]);
-    assert_eq!(&a.output_tokens[..], &b.output_tokens[..m]);
+    let same = |u: &[f32], v: &[f32]| u.len() == v.len() && u.iter().zip(v).all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0));
+    assert!(same(&a.quality[..], &b.quality[..m]), "{:?} vs {:?}", a.quality, &b.quality[..m]);
+    assert!(same(&a.output_tokens[..], &b.output_tokens[..m]), "{:?} vs {:?}", a.output_tokens, &b.output_tokens[..m]);
     // The new model's prompts are a family of their own: near math prompts like the ones it was
     // labelled on it is in the head's domain, near chit-chat it is not.
     let families = &grown.manifest().support.families;
