@@ -36,7 +36,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Value};
+use redis::{aio::MultiplexedConnection, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
@@ -224,12 +224,6 @@ struct Streams {
     replica: String,
 }
 
-async fn connect(client: &redis::Client, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
-    let config =
-        AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(1))).set_response_timeout(Some(response_timeout));
-    client.get_multiplexed_async_connection_with_config(&config).await
-}
-
 /// Reports (or offered-set batches) sent in one pipeline: what a pipeline acknowledged leaves
 /// the backlog, so a failure re-sends at most one chunk.
 const CHUNK: usize = 512;
@@ -277,7 +271,7 @@ async fn publish(
         }
         if conn.is_none() && Instant::now() >= next_try {
             next_try = Instant::now() + RETRY;
-            match connect(&client, Duration::from_secs(2)).await {
+            match stream::connect(&client, Duration::from_secs(2)).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => tracing::debug!(error = %e, "shared health: cannot reach Redis to publish"),
             }
@@ -440,14 +434,15 @@ async fn read(
     while models.load().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Start with the window's reports, so a new replica joins with the fleet's breakers.
-    let (mut last, mut last_offer) = (format!("{}-0", now_ms() - window_ms), format!("{}-0", now_ms() - OFFER_HISTORY_MS));
+    // Start with the window's reports, so a new replica joins with the fleet's breakers; after an
+    // outage, reports older than the window no longer count.
+    let mut tail = stream::Tail::new(&[(&streams.reports, window_ms), (&streams.offered, OFFER_HISTORY_MS)], now_ms());
     let mut seen = Seen::default();
     // Losing a connection is said by `SharedStats::set`; never having had one is said here, once,
     // with the reason (a wrong address, a certificate that does not verify...).
     let (mut ever_connected, mut said) = (false, false);
     loop {
-        let mut conn = match connect(&client, Duration::from_millis(BLOCK_MS + 2000)).await {
+        let mut conn = match stream::connect(&client, Duration::from_millis(BLOCK_MS + 2000)).await {
             Ok(c) => {
                 ever_connected = true;
                 c
@@ -465,28 +460,7 @@ async fn read(
             }
         };
         loop {
-            // After an outage, reports older than the window no longer count.
-            let floor = now_ms() - window_ms;
-            if stream::stream_ms(&last) < floor {
-                last = format!("{floor}-0");
-            }
-            let floor = now_ms() - OFFER_HISTORY_MS;
-            if stream::stream_ms(&last_offer) < floor {
-                last_offer = format!("{floor}-0");
-            }
-            let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&streams.reports)
-                .arg(&streams.offered)
-                .arg(&last)
-                .arg(&last_offer)
-                .query_async(&mut conn)
-                .await;
-            let reply = match reply {
+            let reply = match tail.read(&mut conn, BLOCK_MS, now_ms()).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::debug!(error = %e, "shared health: reading the stream failed");
@@ -496,7 +470,7 @@ async fn read(
                 }
             };
             stats.set(&stats.reader_up, true, &url);
-            let batch = collect(&reply, &streams, &models.load(), &mut seen, (&mut last, &mut last_offer), window_ms, &stats);
+            let batch = collect(&reply, &streams, &models.load(), &mut seen, &mut tail, window_ms, &stats);
             if batch.offers.is_empty() && batch.reports.is_empty() {
                 continue;
             }
@@ -522,15 +496,15 @@ fn collect(
     streams: &Streams,
     known: &HashSet<String>,
     seen: &mut Seen,
-    (last, last_offer): (&mut String, &mut String),
+    tail: &mut stream::Tail,
     window_ms: i64,
     stats: &SharedStats,
 ) -> Batch {
     let now = now_ms();
     let mut batch = Batch::default();
     for (name, id, fields) in stream::entries(reply) {
+        tail.advance(&name, id);
         if name == streams.offered {
-            *last_offer = id;
             // This replica's own batches are skipped unparsed.
             let own = fields.iter().any(|(k, v)| k == "r" && *v == streams.replica);
             if let Some((_, offers)) = stream::parse_offers(&fields).filter(|_| !own) {
@@ -538,7 +512,6 @@ fn collect(
             }
             continue;
         }
-        *last = id;
         let Some((from, seq, report)) = stream::parse_report(&fields) else { continue };
         if from == streams.replica {
             continue;
@@ -595,8 +568,7 @@ mod tests {
         streams: Streams,
         known: HashSet<String>,
         seen: Seen,
-        last: String,
-        last_offer: String,
+        tail: stream::Tail,
         trackers: Trackers,
         offers: Offers,
         stats: SharedStats,
@@ -604,8 +576,7 @@ mod tests {
 
     impl Reader {
         fn read(&mut self, entries: &[(&str, Vec<String>)], stream: &str) -> Applied {
-            let cursors = (&mut self.last, &mut self.last_offer);
-            let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, cursors, 60_000, &self.stats);
+            let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, &mut self.tail, 60_000, &self.stats);
             apply(batch, &self.trackers, &self.offers)
         }
     }
@@ -615,8 +586,7 @@ mod tests {
             streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
             known: ["m".to_string()].into(),
             seen: Seen::default(),
-            last: String::new(),
-            last_offer: String::new(),
+            tail: stream::Tail::new(&[("k:reports", 60_000), ("k:offered", 60_000)], 0),
             trackers: Trackers {
                 models: Arc::new(HealthTracker::new(super::super::HealthConfig::default())),
                 endpoints: Arc::new(EndpointTracker::new(super::super::HealthConfig { min_measured_requests: 1, ..Default::default() })),
@@ -675,14 +645,14 @@ mod tests {
         assert!(r.offers.claim("r5", "m", true, false).counts);
         let done = r.read(&[("3-0", report("C", 1, "r5", "m"))], "k:reports");
         assert_eq!((done.reports, done.duplicates), (0, 1));
-        assert_eq!(r.last, "3-0");
+        assert_eq!(r.tail.cursor(0), "3-0");
         // Offered sets: the other replicas' are added, this one's skipped.
         let batch = |replica: &str, id: &str| {
             vec!["r".to_string(), replica.to_string(), "b".into(), stream::offers_json(&[Offer(id.into(), vec!["m".into()])])]
         };
         let done = r.read(&[("4-0", batch("B", "r6")), ("4-1", batch("me", "r7"))], "k:offered");
         assert_eq!(done.offers, 1);
-        assert_eq!(r.last_offer, "4-1");
+        assert_eq!(r.tail.cursor(1), "4-1");
         assert!(r.offers.claim("r6", "m", true, false).verified);
         assert!(!r.offers.claim("r7", "m", true, false).known_request);
     }

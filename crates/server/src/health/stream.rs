@@ -86,6 +86,78 @@ pub(super) fn parse_offers(fields: &[(String, String)]) -> Option<(String, Vec<O
     Some((get("r")?.to_string(), serde_json::from_str(get("b")?).ok()?))
 }
 
+/// A connection for the shared streams: a 1 s connection timeout, and `response_timeout` for
+/// each command (a reader's must outlast its `XREAD BLOCK`).
+pub(crate) async fn connect(
+    client: &redis::Client,
+    response_timeout: std::time::Duration,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+        .set_response_timeout(Some(response_timeout));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// Streams tailed together with one `XREAD BLOCK`, each from its own cursor (the id of the last
+/// entry read), never further back than its history: a reader that starts, or comes back after
+/// an outage, reads what is still relevant and no more.
+#[derive(Debug, Clone)]
+pub(crate) struct Tail {
+    keys: Vec<String>,
+    cursors: Vec<String>,
+    history_ms: Vec<i64>,
+}
+
+impl Tail {
+    /// Tails each `(stream key, history in ms)` from `now_ms - history`.
+    pub fn new(streams: &[(&str, i64)], now_ms: i64) -> Self {
+        Self {
+            keys: streams.iter().map(|(k, _)| k.to_string()).collect(),
+            cursors: streams.iter().map(|(_, h)| format!("{}-0", now_ms - h)).collect(),
+            history_ms: streams.iter().map(|(_, h)| *h).collect(),
+        }
+    }
+
+    /// Moves stream `key`'s cursor to entry `id` (an entry read, or skipped).
+    pub fn advance(&mut self, key: &str, id: String) {
+        if let Some(i) = self.keys.iter().position(|k| k == key) {
+            self.cursors[i] = id;
+        }
+    }
+
+    /// Moves every cursor older than its history at `now_ms` up to it.
+    fn floor(&mut self, now_ms: i64) {
+        for (cursor, history) in self.cursors.iter_mut().zip(&self.history_ms) {
+            let floor = now_ms - history;
+            if stream_ms(cursor) < floor {
+                *cursor = format!("{floor}-0");
+            }
+        }
+    }
+
+    /// The cursor of stream `i` (in the order given to [`Tail::new`]).
+    #[cfg(test)]
+    pub fn cursor(&self, i: usize) -> &str {
+        &self.cursors[i]
+    }
+
+    /// Up to 1,000 entries after each cursor, waiting up to `block_ms` for one; cursors older
+    /// than their history at `now_ms` first move up to it.
+    pub async fn read(&mut self, conn: &mut redis::aio::MultiplexedConnection, block_ms: u64, now_ms: i64) -> redis::RedisResult<Value> {
+        self.floor(now_ms);
+        redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&self.keys)
+            .arg(&self.cursors)
+            .query_async(conn)
+            .await
+    }
+}
+
 /// The milliseconds part of a stream id.
 pub(crate) fn stream_ms(id: &str) -> i64 {
     id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
@@ -228,6 +300,18 @@ mod tests {
         // RESP3 answers with a map of stream name to entries.
         let map = Value::Map(vec![(b("k:offered"), Value::Array(vec![entry("9-0", &["r", "C", "b", "[]"])]))]);
         assert_eq!(entries(&map)[0].0, "k:offered");
+    }
+
+    #[test]
+    fn a_tail_starts_its_history_back_advances_by_stream_and_never_falls_behind_its_history() {
+        let mut t = Tail::new(&[("a", 1_000), ("b", 10_000)], 50_000);
+        assert_eq!((t.cursor(0), t.cursor(1)), ("49000-0", "40000-0"));
+        t.advance("a", "49500-3".into());
+        t.advance("nope", "1-0".into());
+        t.floor(50_200);
+        assert_eq!((t.cursor(0), t.cursor(1)), ("49500-3", "40200-0"), "a within its history, b moved up to it");
+        t.floor(60_000);
+        assert_eq!((t.cursor(0), t.cursor(1)), ("59000-0", "50000-0"), "after an outage: moved up to the history");
     }
 
     #[test]

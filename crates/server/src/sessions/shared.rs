@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Value};
+use redis::aio::MultiplexedConnection;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::SessionStats;
@@ -104,12 +104,6 @@ struct Link {
     url: String,
 }
 
-async fn connect(client: &redis::Client, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
-    let config =
-        AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(1))).set_response_timeout(Some(response_timeout));
-    client.get_multiplexed_async_connection_with_config(&config).await
-}
-
 /// The fields of one turn's entry.
 fn fields(replica: &str, key: SessionKey, s: &Sticky) -> [(&'static str, String); 7] {
     [
@@ -163,7 +157,7 @@ async fn publish(link: Link, mut rx: mpsc::Receiver<(SessionKey, Sticky)>) {
         }
         if conn.is_none() && Instant::now() >= next_try {
             next_try = Instant::now() + RETRY;
-            match connect(&link.client, Duration::from_secs(2)).await {
+            match stream::connect(&link.client, Duration::from_secs(2)).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => tracing::debug!(error = %e, "shared sessions: cannot reach Redis to publish"),
             }
@@ -224,9 +218,9 @@ fn apply(cache: &moka::sync::Cache<u128, Arc<Sticky>>, key: SessionKey, s: Stick
 }
 
 async fn read(link: Link, cache: moka::sync::Cache<u128, Arc<Sticky>>) {
-    let mut last = format!("{}-0", now_ms() - link.ttl_ms);
+    let mut tail = stream::Tail::new(&[(&link.stream_key, link.ttl_ms)], now_ms());
     loop {
-        let mut conn = match connect(&link.client, Duration::from_millis(BLOCK_MS + 2000)).await {
+        let mut conn = match stream::connect(&link.client, Duration::from_millis(BLOCK_MS + 2000)).await {
             Ok(c) => c,
             Err(e) => {
                 set_up(&link, 1, false);
@@ -236,21 +230,7 @@ async fn read(link: Link, cache: moka::sync::Cache<u128, Arc<Sticky>>) {
             }
         };
         loop {
-            let floor = now_ms() - link.ttl_ms;
-            if stream::stream_ms(&last) < floor {
-                last = format!("{floor}-0");
-            }
-            let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&link.stream_key)
-                .arg(&last)
-                .query_async(&mut conn)
-                .await;
-            let reply = match reply {
+            let reply = match tail.read(&mut conn, BLOCK_MS, now_ms()).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::debug!(error = %e, "shared sessions: reading the stream failed");
@@ -261,8 +241,8 @@ async fn read(link: Link, cache: moka::sync::Cache<u128, Arc<Sticky>>) {
             };
             set_up(&link, 1, true);
             let mut applied = 0;
-            for (_, id, f) in stream::entries(&reply) {
-                last = id;
+            for (name, id, f) in stream::entries(&reply) {
+                tail.advance(&name, id);
                 let Some((from, key, s)) = parse(&f) else { continue };
                 if from != link.replica && apply(&cache, key, s) {
                     applied += 1;
