@@ -143,9 +143,8 @@ pub fn evaluate_log(
     let fold = crate::folds(n, 5, 0x0FF);
     let xn = crate::knn::normalised(x.view());
     let ones = mask.clone();
-    let ref_q = crate::knn::cross_validated_grid_guarded(xn.view(), quality.view(), mask.view(), ones.view(), &fold, 5, &[100], &[50.0])
-        .remove(0)
-        .1;
+    let cv = crate::knn::CrossValidation { x: xn.view(), values: quality.view(), mask: mask.view(), fold: &fold, n_folds: 5 };
+    let ref_q = cv.grid_guarded(ones.view(), &[100], &[50.0]).remove(0).1;
     let mut ref_t = Array2::<f32>::zeros((n, k));
     for f in 0..5 {
         let fit: Vec<usize> = (0..n).filter(|&r| fold[r] != f).collect();

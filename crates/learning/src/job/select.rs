@@ -458,11 +458,12 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     // On sparse logs (under half of the family's pairs observed) each model averages its own
     // nearest observations, as the graph's per-model memory blocks serve it (`fit`).
     let sparse = job.own_neighbours && is_sparse(&fd);
+    let cv = knn::CrossValidation { x: x.view(), values: fd.quality.view(), mask: fd.mask.view(), fold: &fold, n_folds: INNER_FOLDS };
     let guarded = |ks: &[usize], bs: &[f32]| {
         if sparse {
-            knn::cross_validated_grid_per_model(x.view(), fd.quality.view(), fd.mask.view(), fw.view(), &fold, INNER_FOLDS, ks, bs)
+            cv.grid_per_model(fw.view(), ks, bs)
         } else {
-            knn::cross_validated_grid_guarded(x.view(), fd.quality.view(), fd.mask.view(), fw.view(), &fold, INNER_FOLDS, ks, bs)
+            cv.grid_guarded(fw.view(), ks, bs)
         }
     };
     // Each model's out-of-fold mean tokens.
@@ -643,7 +644,8 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
             TokenSource::Head(h) => head_preds(h).1,
             _ => &mean_t,
         };
-        let knn_t = knn::cross_validated_grid(x.view(), fd.tokens().view(), fd.mask.view(), &fold, INNER_FOLDS, &[p.k], &[p.b]).remove(0).1;
+        let observed_tokens = fd.tokens();
+        let knn_t = knn::CrossValidation { values: observed_tokens.view(), ..cv }.grid(&[p.k], &[p.b]).remove(0).1;
         let (own, near) = (scorer.score(q, own_t), scorer.score(q, &knn_t));
         let se = paired_standard_error(&near.folds, &own.folds);
         token_scores.push(CandidateScore { name: knn_name(p), score: log_token_error(&knn_t, &fd), standard_error: 0.0 });
