@@ -292,11 +292,7 @@ impl Scorer<'_> {
     /// sparse log) it is also the standard error of their paired per-fold difference, the
     /// one-standard-error rule.
     fn margin(&self, best: &Score, s: &Score) -> f64 {
-        if self.files.is_empty() {
-            self.tolerance().max(paired_standard_error(&best.folds, &s.folds))
-        } else {
-            self.tolerance()
-        }
+        margin(!self.files.is_empty(), self.tolerance(), best, s)
     }
 
     fn score(&self, quality: &Array2<f32>, tokens: &Array2<f32>) -> Score {
@@ -340,6 +336,21 @@ impl Scorer<'_> {
         }
         sum / n.max(1.0)
     }
+}
+
+/// [`Scorer::margin`]: `full_matrix` says whether the scores are the metric itself.
+fn margin(full_matrix: bool, tolerance: f64, best: &Score, s: &Score) -> f64 {
+    if full_matrix {
+        tolerance
+    } else {
+        tolerance.max(paired_standard_error(&best.folds, &s.folds))
+    }
+}
+
+/// The first of `scores` (simplest first) that the best does not beat by more than `margin`.
+fn first_within(scores: &[&Score], margin: impl Fn(&Score, &Score) -> f64) -> Option<usize> {
+    let best = scores.iter().max_by(|a, b| a.pooled.total_cmp(&b.pooled))?;
+    scores.iter().position(|s| best.pooled - s.pooled <= margin(best, s))
 }
 
 /// Standard error of the mean of `a - b` over folds.
@@ -610,11 +621,9 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
         limit: "a method with a candidate for these logs",
         value: format!("{:?}", job.method),
     })?;
-    let (quality, _) = tried
-        .iter()
-        .find(|(_, s)| best.pooled - s.pooled <= scorer.margin(&best, s))
-        .expect("the best is within its own margin. This is a bug.");
-    let quality = *quality;
+    let scores: Vec<&Score> = tried.iter().map(|(_, s)| s).collect();
+    let winner = first_within(&scores, |best, s| scorer.margin(best, s)).expect("the best is within its own margin. This is a bug.");
+    let quality = tried[winner].0;
     // Tokens must come from a head the graph has: the quality head's, or the mean.
     let mut tokens = match (tokens.0, quality.head()) {
         (TokenSource::Head(h), Some(q)) if h != q => {
@@ -681,4 +690,30 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
         token_routing,
     };
     Ok(Choice { quality, tokens, report, oof: (winner_q, winner_t), rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(pooled: f64, folds: &[f64]) -> Score {
+        Score { pooled, folds: folds.to_vec() }
+    }
+
+    #[test]
+    fn on_a_full_matrix_a_clearly_better_candidate_wins_however_the_folds_spread() {
+        // The simpler candidate scores 8%, the other 9%; their per-fold difference swings from
+        // -4 to +6 points, a standard error of about 1.8 points.
+        let simple = score(0.08, &[0.10, 0.05, 0.12, 0.04, 0.09]);
+        let complex = score(0.09, &[0.06, 0.11, 0.08, 0.10, 0.10]);
+        let se = paired_standard_error(&complex.folds, &simple.folds);
+        assert!(se > 0.01, "{se}");
+        let pick = |full_matrix: bool| first_within(&[&simple, &complex], |b, s| margin(full_matrix, GAP_TOLERANCE, b, s));
+        assert_eq!(pick(true), Some(1), "full matrix: 1 point is beyond the 0.3-point tolerance");
+        assert_eq!(pick(false), Some(0), "an estimate: within one standard error, the simpler one");
+        // Within the tolerance, the simpler one either way.
+        let close = score(0.082, &[0.08; 5]);
+        assert_eq!(first_within(&[&close, &complex], |b, s| margin(true, 0.01, b, s)), Some(0));
+        assert_eq!(first_within(&[], |b, s| margin(true, 0.01, b, s)), None);
+    }
 }
