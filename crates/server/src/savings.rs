@@ -174,9 +174,8 @@ pub async fn resolve(engine: &Arc<Engine>, cfg: &SavingsConfig) -> Result<Baseli
 /// What the probe prompts' rankings say of each catalog model.
 #[derive(Debug, Clone)]
 pub struct Probes {
-    prompts: usize,
+    /// Summed predicted quality over the probes the model was routable on.
     quality: Vec<f64>,
-    cost: Vec<f64>,
     /// Probes on which the model was routable with a prediction.
     routable: Vec<usize>,
     /// Probes on which the model was the eligible priced model of highest predicted quality.
@@ -188,7 +187,7 @@ pub struct Probes {
 impl Probes {
     /// No probe yet, for a catalog of `models`.
     pub fn new(models: usize) -> Self {
-        Self { prompts: 0, quality: vec![0.0; models], cost: vec![0.0; models], routable: vec![0; models], wins: vec![0; models], votes: 0 }
+        Self { quality: vec![0.0; models], routable: vec![0; models], wins: vec![0; models], votes: 0 }
     }
 
     /// Adds one probe's ranking. A model counts on it when the head covers it and no rule left
@@ -199,7 +198,6 @@ impl Probes {
     /// no rule, in the head's domain and priced above zero (ties: the cheaper, then catalog
     /// order); none when no model is.
     pub fn add(&mut self, scored: &[crate::policy::Scored]) {
-        self.prompts += 1;
         let winner = scored
             .iter()
             .filter(|s| s.exclusion.is_none() && s.kept_despite.is_none() && s.cost_usd > 0.0)
@@ -216,7 +214,6 @@ impl Probes {
             let routable = matches!(s.exclusion, None | Some(Exclusion::OutOfDomain { .. }));
             if let (Some(p), true, Some(q)) = (s.prediction, routable, self.quality.get_mut(s.model)) {
                 *q += p.quality;
-                self.cost[s.model] += s.cost_usd;
                 self.routable[s.model] += 1;
             }
         }

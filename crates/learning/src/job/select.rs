@@ -347,10 +347,13 @@ fn margin(full_matrix: bool, tolerance: f64, best: &Score, s: &Score) -> f64 {
     }
 }
 
-/// The first of `scores` (simplest first) that the best does not beat by more than `margin`.
-fn first_within(scores: &[&Score], margin: impl Fn(&Score, &Score) -> f64) -> Option<usize> {
-    let best = scores.iter().max_by(|a, b| a.pooled.total_cmp(&b.pooled))?;
-    scores.iter().position(|s| best.pooled - s.pooled <= margin(best, s))
+/// The best of `scores` and the first of them (simplest first) that it does not beat by more than
+/// `margin`, as indices; none when there is no score.
+fn first_within(scores: &[&Score], margin: impl Fn(&Score, &Score) -> f64) -> Option<(usize, usize)> {
+    let (b, best) = scores.iter().enumerate().max_by(|a, b| a.1.pooled.total_cmp(&b.1.pooled))?;
+    let winner =
+        scores.iter().position(|s| best.pooled - s.pooled <= margin(best, s)).expect("the best is within its own margin. This is a bug.");
+    Some((b, winner))
 }
 
 /// Standard error of the mean of `a - b` over folds.
@@ -616,13 +619,13 @@ pub(super) fn choose(cx: &Context, family: &Family) -> Result<Choice, JobError> 
     }
     // The first candidate, simplest first, that the best does not beat by more than the margin
     // (`Scorer::margin`).
-    let best = tried.iter().max_by(|a, b| a.1.pooled.total_cmp(&b.1.pooled)).map(|(_, s)| s.clone()).ok_or_else(|| JobError::Invalid {
+    let scores: Vec<&Score> = tried.iter().map(|(_, s)| s).collect();
+    let (best, winner) = first_within(&scores, |best, s| scorer.margin(best, s)).ok_or_else(|| JobError::Invalid {
         field: "method",
         limit: "a method with a candidate for these logs",
         value: format!("{:?}", job.method),
     })?;
-    let scores: Vec<&Score> = tried.iter().map(|(_, s)| s).collect();
-    let winner = first_within(&scores, |best, s| scorer.margin(best, s)).expect("the best is within its own margin. This is a bug.");
+    let best = tried[best].1.clone();
     let quality = tried[winner].0;
     // Tokens must come from a head the graph has: the quality head's, or the mean.
     let mut tokens = match (tokens.0, quality.head()) {
@@ -709,11 +712,11 @@ mod tests {
         let se = paired_standard_error(&complex.folds, &simple.folds);
         assert!(se > 0.01, "{se}");
         let pick = |full_matrix: bool| first_within(&[&simple, &complex], |b, s| margin(full_matrix, GAP_TOLERANCE, b, s));
-        assert_eq!(pick(true), Some(1), "full matrix: 1 point is beyond the 0.3-point tolerance");
-        assert_eq!(pick(false), Some(0), "an estimate: within one standard error, the simpler one");
+        assert_eq!(pick(true), Some((1, 1)), "full matrix: 1 point is beyond the 0.3-point tolerance");
+        assert_eq!(pick(false), Some((1, 0)), "an estimate: within one standard error, the simpler one");
         // Within the tolerance, the simpler one either way.
         let close = score(0.082, &[0.08; 5]);
-        assert_eq!(first_within(&[&close, &complex], |b, s| margin(true, 0.01, b, s)), Some(0));
+        assert_eq!(first_within(&[&close, &complex], |b, s| margin(true, 0.01, b, s)), Some((1, 0)));
         assert_eq!(first_within(&[], |b, s| margin(true, 0.01, b, s)), None);
     }
 }
