@@ -10,7 +10,10 @@
 #   scripts/bootstrap.sh                    install ONNX Runtime into .runtime/ at the repo root
 # - with --fleet, PostgreSQL and Redis servers from Debian's packages (apt-get, when missing),
 #   for the fleet tests (crates/pointsman/tests/fleet.rs), which start throwaway instances of their own.
-#   scripts/bootstrap.sh --envoy --python --fleet   and the rest (scripts/test.sh does this)
+# - with --browser, Chromium and ChromeDriver from Debian's packages (apt-get, when missing), for
+#   the report page's test in a real browser (crates/pointsman/tests/report.rs: headless Chromium
+#   renders the admin listener's /report, dumps its DOM and takes a screenshot).
+#   scripts/bootstrap.sh --envoy --python --fleet --browser   and the rest (scripts/test.sh does this)
 #   ORT_DYLIB_PATH=/path/lib.so     skip ONNX Runtime and use another 1.24..1.31
 #   POINTSMAN_ENVOY=/path/envoy     skip Envoy and use another binary (1.3x or newer)
 set -euo pipefail
@@ -53,15 +56,31 @@ else
   echo "bootstrap: installed $ort_lib"
 fi
 
-want_envoy=false want_python=false want_fleet=false
+want_envoy=false want_python=false want_fleet=false want_browser=false
 for a in "$@"; do
   case "$a" in
     --envoy) want_envoy=true ;;
     --python) want_python=true ;;
     --fleet) want_fleet=true ;;
-    *) echo "bootstrap: unknown argument $a (expected --envoy, --python, --fleet)" >&2; exit 2 ;;
+    --browser) want_browser=true ;;
+    *) echo "bootstrap: unknown argument $a (expected --envoy, --python, --fleet, --browser)" >&2; exit 2 ;;
   esac
 done
+
+# Installs Debian packages that are missing (as root, or through sudo).
+apt_install() {
+  if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+    echo "bootstrap: $* missing and not root to install them; install Debian's $* packages" >&2
+    exit 1
+  fi
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "bootstrap: installing $* from Debian's packages"
+  $sudo apt-get update -qq
+  # The packages' own services are not needed (the tests start their own instances), and in a
+  # container there is no init to start them: policy-rc.d refuses, which apt accepts.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 envoy_dest="$root/.runtime/envoy-$ENVOY_VERSION"
 envoy_bin="$envoy_dest/envoy"
@@ -99,18 +118,14 @@ if $want_fleet; then
   missing=()
   compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || command -v postgres >/dev/null || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
-  if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
-      echo "bootstrap: ${missing[*]} missing and not root to install them; install Debian's ${missing[*]} packages" >&2
-      exit 1
-    fi
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    echo "bootstrap: installing ${missing[*]} from Debian's packages"
-    $sudo apt-get update -qq
-    # The packages' own services are not needed (the tests start their own instances), and in a
-    # container there is no init to start them: policy-rc.d refuses, which apt accepts.
-    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   echo "bootstrap: PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1) and Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') available"
+fi
+
+if $want_browser; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  echo "bootstrap: $(chromium --version 2>/dev/null || echo 'chromium: not found') available"
 fi

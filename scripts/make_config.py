@@ -131,6 +131,20 @@ max_cool_down_seconds = 600.0
 # replica other than the one that routed.
 count_unknown_requests = false
 
+[sessions]
+# A request may name a session (RouteRequest.session, Envoy's x-session-id header, OpenAI's `user`
+# with a conversation key): within it Pointsman keeps the model and endpoint of the last turn while
+# they stay healthy and eligible and switching is worth less than the cached-input saving it would
+# lose (the endpoints' cached_input_usd_per_mtok; see docs/routing.md, "Sessions").
+enabled = true
+# Seconds a session lives after its last turn (OpenRouter's sticky sessions: 10 minutes).
+ttl_seconds = 600
+# Most sessions kept by a replica; beyond it the least used are forgotten first.
+max_sessions = 100000
+# With [health] shared, sessions are shared through the same Redis (stream <shared_key>:sessions),
+# so a conversation whose turns land on different replicas keeps its endpoint.
+shared = true
+
 [reload]
 # Seconds between checks of this file and the encoder and head folders; a change that stays
 # put for one interval is validated and swapped in. 0 = off (SIGHUP and Admin.Reload always work).
@@ -161,6 +175,12 @@ def main():
     covered = set(json.load(open(manifest_path))["models"])
     out = [HEADER.format(prices=prices_path.split("/")[-1], head="models/router")]
     endpoints_path = os.path.join(os.path.dirname(prices_path), "endpoints.csv")
+    # Cached-input list prices (prompt caching), by (model, provider): sessions weigh them.
+    cached_path = os.path.join(os.path.dirname(prices_path), "cached_prices.csv")
+    cached = {}
+    if os.path.exists(cached_path):
+        for row in csv.DictReader(open(cached_path)):
+            cached[(row["model"], row["provider"])] = row
     endpoints = {}
     if os.path.exists(endpoints_path):
         for row in csv.DictReader(open(endpoints_path)):
@@ -179,6 +199,9 @@ def main():
                     f'output_usd_per_mtok = {float(e["output_usd_per_mtok"])}\n'
                     f'context_tokens = {int(e["context_tokens"])}\n'
                 )
+                c = cached.get((row["model"], e["provider"]))
+                if c:
+                    text += f'# {c["source"]}\ncached_input_usd_per_mtok = {float(c["cached_input_usd_per_mtok"])}\n'
                 if e["quantization"]:
                     text += f'quantization = "{e["quantization"]}"\n'
                 caps = [f"{k} = {e[k]}" for k in ("tools", "json_schema") if e[k]]
@@ -186,13 +209,15 @@ def main():
                     text += "capabilities = { " + ", ".join(caps) + " }\n"
             out.append(text)
             continue
+        c = cached.get((row["model"], row["provider"]))
         out.append(
             "[[models]]\n"
             f'id = "{row["model"]}"\n'
             f'provider = "{row["provider"]}"\n'
             f'input_usd_per_mtok = {float(row["input_usd_per_mtok"])}\n'
             f'output_usd_per_mtok = {float(row["output_usd_per_mtok"])}\n'
-            f'context_tokens = {int(row["context_tokens"])}\n'
+            + (f'# {c["source"]}\ncached_input_usd_per_mtok = {float(c["cached_input_usd_per_mtok"])}\n' if c else "")
+            + f'context_tokens = {int(row["context_tokens"])}\n'
         )
     sys.stdout.write("\n".join(out))
 

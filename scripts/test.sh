@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up what is missing (ONNX Runtime, Envoy, the Python client's env, PostgreSQL and Redis for the fleet tests), then builds once in release and runs the whole test
+# Sets up what is missing (ONNX Runtime, Envoy, the Python client's env, PostgreSQL and Redis for the fleet tests, Chromium for the report page), then builds once in release and runs the whole test
 # suite: unit tests, the real encoder and head through ONNX Runtime, training on the shared data,
 # and the real gRPC server on 127.0.0.1:0. The routing data is the repo's own data/ (set
 # POINTSMAN_DATA to use another folder of the same layout).
@@ -11,7 +11,7 @@ if [ ! -f "$data/zeroeval/train.jsonl.gz" ] || [ ! -f "$data/alpaca_eval2/train.
     echo "test: restore data/ (git checkout -- data) or set POINTSMAN_DATA to a folder of that layout" >&2
     exit 2
 fi
-scripts/bootstrap.sh --envoy --python --fleet
+scripts/bootstrap.sh --envoy --python --fleet --browser
 cargo test --release --locked --workspace "$@"
 # The Python client and its LiteLLM integration, against the binary cargo just built.
 LITELLM_LOCAL_MODEL_COST_MAP=True POINTSMAN_BIN="$PWD/target/release/pointsman" \

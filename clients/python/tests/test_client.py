@@ -210,6 +210,17 @@ def test_openrouter_provider_preferences_and_needs_map_onto_the_request():
         route_request(user("hi"), provider={"preferred_max_latency": {"p95": 1}})
 
 
+def test_latency_limit_and_endpoint_feedback_map_onto_the_requests():
+    from pointsman.client import feedback_request, route_request
+
+    req = route_request(user("hi"), max_latency_ms=1500, max_latency_percentile="p90")
+    assert (req.max_latency.ms, req.max_latency.percentile) == (1500.0, "p90")
+    assert not route_request(user("hi")).HasField("max_latency")
+    f = feedback_request("r", "m", "success", latency_ms=900, output_tokens=100, provider="deepinfra", ttft_ms=200, generation_ms=700)
+    assert (f.provider, f.ttft_ms, f.generation_ms) == ("deepinfra", 200.0, 700.0)
+    assert not feedback_request("r", "m", "timeout").HasField("ttft_ms")
+
+
 def test_endpoints_come_back_with_the_attempt_order(server):
     with Client(server.target, timeout=5.0) as c:
         d = c.route(user(MATH_PROMPT), allowed_models=["Meta-Llama-3.1-70B-Instruct"], provider={"ignore": ["deepinfra"]})

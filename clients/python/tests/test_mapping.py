@@ -182,3 +182,13 @@ def test_the_clients_retry_by_the_policy(stub):
     before = stub.calls["Feedback"]
     asyncio.run(main())
     assert stub.calls["Feedback"] - before == 3
+
+
+def test_route_request_names_the_session_as_ext_proc_does():
+    r = route_request(prompt="hi", session_id="s-1")
+    assert (r.session.id, r.session.user, r.session.escalate_only) == ("s-1", "", False)
+    r = route_request(prompt="hi", user="u", conversation="c", escalate_only=True)
+    assert (r.session.id, r.session.user, r.session.conversation, r.session.escalate_only) == ("", "u", "c", True)
+    # A user alone names no session (each of a user's conversations is one).
+    assert not route_request(prompt="hi", user="u").HasField("session")
+    assert not route_request(prompt="hi").HasField("session")

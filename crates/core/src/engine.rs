@@ -30,8 +30,9 @@ use crate::{
         text::{routing_text, ChatMessage, TOKENS_PER_MESSAGE},
         Encoder, EncoderError, EncoderVariant,
     },
+    exploration::{self, Choice, Explorer},
     policy::{self, Constraints, NoEligibleModel, Prediction, Ranking, Scoring},
-    predictor::{Head, HeadError},
+    predictor::{Head, HeadError, HeadOutput},
     runtime::{self, RuntimeError},
 };
 
@@ -160,6 +161,11 @@ pub struct RouteQuery {
     /// When the caller stops waiting (from `grpc-timeout`): waiting for the encoder ends
     /// there with `DeadlineExceeded`, and work not started by then is never computed.
     pub deadline: Option<Instant>,
+    /// The request's say on exploration.
+    pub explore: exploration::Opt,
+    /// The session the request belongs to, if it names one. The engine does not read it: the
+    /// server applies the session to the decision (`session::apply`).
+    pub session: Option<crate::session::SessionRequest>,
 }
 
 impl RouteQuery {
@@ -181,7 +187,16 @@ impl RouteQuery {
             constraints: Constraints { max_fallbacks, ..Constraints::default() },
             explain: false,
             deadline: None,
+            explore: exploration::Opt::Default,
+            session: None,
         }
+    }
+
+    /// A query the server makes of its own engine (a reload check, a probe), not traffic: one
+    /// user prompt under the default profile, no fallbacks, never exploring (so it spends none
+    /// of the exploration budget) and in no session.
+    pub fn internal(request_id: impl Into<String>, prompt: &str) -> Self {
+        Self { explore: exploration::Opt::Out, ..Self::new(request_id, vec![ChatMessage::user(prompt.to_string())], 0) }
     }
 }
 
@@ -229,15 +244,79 @@ pub struct Decision {
     pub encoder: Arc<str>,
     /// With the cascade: the static tier's margin was narrow and MiniLM decided.
     pub escalated: bool,
+    /// What the request's session did to the ranking (set by the server, see `session`).
+    pub session: Option<crate::session::SessionOutcome>,
+    /// How the primary was chosen: its propensity, whether it was explored.
+    pub choice: Choice,
+    /// What the shadow head would have chosen, when one is configured.
+    pub shadow: Option<ShadowDecision>,
+}
+
+/// The choice of the shadow head for one request: scored on the same embedding, under the same
+/// constraints and health, never served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowDecision {
+    /// The shadow head's id.
+    pub head_id: String,
+    /// The model it would have made the primary (`None` when its predictions left no model).
+    pub model: Option<String>,
+    /// Its predicted quality and cost of that model.
+    pub quality: f64,
+    /// Predicted cost, USD.
+    pub cost_usd: f64,
+    /// It agrees with the served primary (before exploration).
+    pub agrees: bool,
+}
+
+/// A second head scored beside the serving one (shadow mode).
+struct Shadow {
+    head: Head,
+    /// For each catalog model, its output index in the shadow head.
+    index: Vec<Option<usize>>,
+}
+
+/// The head's outputs for one routing text, in head order.
+#[derive(Debug)]
+struct Outputs {
+    quality: Vec<f32>,
+    output_tokens: Vec<f32>,
+    support: Option<Vec<f32>>,
+    family_support: Option<Vec<f32>>,
+}
+
+impl Outputs {
+    fn from(out: HeadOutput) -> Self {
+        Self { quality: out.quality, output_tokens: out.output_tokens, support: out.support, family_support: out.family_support }
+    }
+
+    fn floats(&self) -> usize {
+        self.quality.len()
+            + self.output_tokens.len()
+            + self.support.as_ref().map_or(0, Vec::len)
+            + self.family_support.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Per catalog model (through `index`), the prediction of `head`.
+    fn predictions(&self, head: &Head, index: &[Option<usize>]) -> Vec<Option<Prediction>> {
+        let chance = head.domain_chance(self.support.as_deref(), self.family_support.as_deref());
+        index
+            .iter()
+            .map(|idx| {
+                idx.map(|j| Prediction {
+                    quality: f64::from(self.quality[j]).clamp(0.0, 1.0),
+                    output_tokens: f64::from(self.output_tokens[j]).max(1.0),
+                    domain_chance: chance[j],
+                })
+            })
+            .collect()
+    }
 }
 
 /// What the cache keeps per routing text: the head's outputs in head order.
 #[derive(Debug)]
 pub struct Cached {
-    quality: Vec<f32>,
-    output_tokens: Vec<f32>,
-    support: Option<Vec<f32>>,
-    family_support: Option<Vec<f32>>,
+    head: Outputs,
+    shadow: Option<Outputs>,
     text_tokens: u32,
     embedding: Option<Arc<[f32]>>,
 }
@@ -246,11 +325,7 @@ impl Cached {
     /// Bytes this entry holds (with its key and moka's bookkeeping, roughly), for the cache's
     /// byte budget.
     fn bytes(&self) -> u32 {
-        let floats = self.quality.len()
-            + self.output_tokens.len()
-            + self.support.as_ref().map_or(0, Vec::len)
-            + self.family_support.as_ref().map_or(0, Vec::len)
-            + self.embedding.as_ref().map_or(0, |e| e.len());
+        let floats = self.head.floats() + self.shadow.as_ref().map_or(0, Outputs::floats) + self.embedding.as_ref().map_or(0, |e| e.len());
         u32::try_from(floats * 4 + std::mem::size_of::<Self>() + CACHE_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 }
@@ -359,6 +434,8 @@ pub struct Engine {
     pool: workers::WorkerPool,
     keep_embeddings: bool,
     keep_text: bool,
+    explorer: Arc<Explorer>,
+    shadow: Option<Shadow>,
 }
 
 impl Engine {
@@ -384,6 +461,33 @@ impl Engine {
             }
             v => (Tier::load(env, &config, &catalog, v)?, None),
         };
+        // The shadow head reads the first tier's embedding (with the cascade: the static one's).
+        let shadow = match &config.shadow_head_dir {
+            Some(dir) => {
+                let head = Head::load(env, dir)?;
+                let sm = head.manifest();
+                if sm.encoder.dimension != tier.encoder.dimension() {
+                    return Err(RouteError::Catalog(format!(
+                        "the shadow head at {} expects {}-dimensional embeddings, the encoder `{}` gives {}",
+                        dir.display(),
+                        sm.encoder.dimension,
+                        tier.encoder.id(),
+                        tier.encoder.dimension()
+                    )));
+                }
+                let index: Vec<Option<usize>> = catalog.models().iter().map(|c| head.models().iter().position(|h| *h == c.id)).collect();
+                if index.iter().all(Option::is_none) {
+                    return Err(RouteError::Catalog(format!("the shadow head at {} covers none of the catalog's models", dir.display())));
+                }
+                Some(Shadow { head, index })
+            }
+            None => None,
+        };
+        let explorer = match previous {
+            // The day's exploration budget carries over a reload that keeps the setting.
+            Some(p) if p.explorer.config() == &config.exploration => Arc::clone(&p.explorer),
+            _ => Arc::new(Explorer::new(config.exploration.clone())),
+        };
         let m = tier.head.manifest();
         let version = match &escalation {
             Some(e) => format!("{}+{}+{}", env!("CARGO_PKG_VERSION"), m.head_id, e.head.manifest().head_id),
@@ -392,7 +496,14 @@ impl Engine {
         let threads = tier.encoder.parallelism().max(escalation.as_ref().map_or(0, |e| e.encoder.parallelism()));
         let pool = workers::WorkerPool::start("pointsman-encoder", threads, config.max_queued_requests)?;
         let (keep_text, keep_embeddings) = (config.keep_routing_text, config.keep_embeddings);
-        let cache_key = format!("{}|{}|{keep_embeddings}|{:?}|{}", tier.encoder.id(), version, config.cache, config.encoder.cascade_margin);
+        let shadow_id = shadow.as_ref().map(|s| s.head.manifest().head_id.clone());
+        let cache_key = format!(
+            "{}|{}|{shadow_id:?}|{keep_embeddings}|{:?}|{}",
+            tier.encoder.id(),
+            version,
+            config.cache,
+            config.encoder.cascade_margin
+        );
         let cache = match previous.and_then(|p| p.cache.as_ref()) {
             Some(c) if c.key == cache_key => {
                 tracing::info!(entries = c.inner.entry_count(), "the prediction cache carries over: same encoder, head and cache settings");
@@ -400,7 +511,20 @@ impl Engine {
             }
             _ => PredictionCache::new(&config.cache, cache_key),
         };
-        Ok(Self { config, catalog, tier, escalation, cascade: CascadeStats::default(), cache, version, pool, keep_embeddings, keep_text })
+        Ok(Self {
+            config,
+            catalog,
+            tier,
+            escalation,
+            cascade: CascadeStats::default(),
+            cache,
+            version,
+            pool,
+            keep_embeddings,
+            keep_text,
+            explorer,
+            shadow,
+        })
     }
 
     /// The config the engine runs with.
@@ -446,6 +570,16 @@ impl Engine {
     /// Named profiles.
     pub fn profiles(&self) -> &BTreeMap<String, f64> {
         &self.config.routing.profiles
+    }
+
+    /// The exploration policy and its counters.
+    pub fn explorer(&self) -> &Explorer {
+        &self.explorer
+    }
+
+    /// The shadow head's id, when one is configured.
+    pub fn shadow_head_id(&self) -> Option<&str> {
+        self.shadow.as_ref().map(|s| s.head.manifest().head_id.as_str())
     }
 
     /// Counters of the encoder worker pool (queue depth, jobs run and skipped, panics).
@@ -530,6 +664,18 @@ impl Engine {
 
     /// Routes one query; `health[i]` is the live health of catalog model `i` (empty: all healthy).
     pub async fn route_with_health(self: &Arc<Self>, q: RouteQuery, health: &[crate::health::Snapshot]) -> Result<Decision, RouteError> {
+        self.route_live(q, health, &[]).await
+    }
+
+    /// Routes one query with what is known live: `health[i]` is catalog model `i`'s health (empty:
+    /// all healthy) and `endpoints[i][j]` endpoint `j` of model `i`'s breaker and measurements
+    /// (empty: every endpoint unmeasured, judged on the catalog's priors).
+    pub async fn route_live(
+        self: &Arc<Self>,
+        q: RouteQuery,
+        health: &[crate::health::Snapshot],
+        endpoints: &[Vec<crate::health::EndpointLive>],
+    ) -> Result<Decision, RouteError> {
         let t0 = Instant::now();
         self.validate(&q)?;
         let (cost_weight, profile) = self.resolve_tradeoff(&q.tradeoff);
@@ -547,26 +693,41 @@ impl Engine {
         let key = PredictionCache::hash(&text);
         let (pred, conversation_tokens) = self.predict(&self.tier, key, &text, (&q.messages, q.deadline), single, &mut timings).await?;
         let constraints = Constraints { out_of_domain_p: self.config.routing.out_of_domain_p, ..q.constraints };
-        let t = Instant::now();
-        let mut ranking = self.rank_with(&self.tier, &pred, health, conversation_tokens, cost_weight, &constraints)?;
+        let live = policy::Live { models: health, endpoints, spread: xxhash_rust::xxh3::xxh3_64(q.request_id.as_bytes()) };
+        let mut t = Instant::now();
+        let mut ranking = self.rank_with(&self.tier, &pred.head, live, conversation_tokens, cost_weight, &constraints)?;
         let (mut decided_by, mut embedding, mut escalated) = (&self.tier, pred.embedding.clone(), false);
         if let Some(minilm) = &self.escalation {
             if top_two_margin(&ranking) < self.config.encoder.cascade_margin {
                 timings.rank += t.elapsed();
                 // MiniLM's entry lives under its own key (the text's hash plus one).
                 let (p2, _) = self.predict(minilm, key.wrapping_add(1), &text, (&q.messages, q.deadline), single, &mut timings).await?;
-                let t = Instant::now();
-                ranking = self.rank_with(minilm, &p2, health, conversation_tokens, cost_weight, &constraints)?;
-                timings.rank += t.elapsed();
+                t = Instant::now();
+                ranking = self.rank_with(minilm, &p2.head, live, conversation_tokens, cost_weight, &constraints)?;
                 (decided_by, embedding, escalated) = (minilm, p2.embedding.clone(), true);
                 self.cascade.escalated.fetch_add(1, Ordering::Relaxed);
             } else {
-                timings.rank += t.elapsed();
                 self.cascade.static_decided.fetch_add(1, Ordering::Relaxed);
             }
-        } else {
-            timings.rank = t.elapsed();
         }
+        let best = ranking.chosen[0];
+        let shadow = match (&self.shadow, &pred.shadow) {
+            (Some(s), Some(out)) => {
+                let predictions = out.predictions(&s.head, &s.index);
+                let r = self.score(&predictions, live, conversation_tokens, cost_weight, &constraints).ok();
+                let top = r.as_ref().map(|r| &r.scored[r.chosen[0]]);
+                Some(ShadowDecision {
+                    head_id: s.head.manifest().head_id.clone(),
+                    model: top.map(|t| self.catalog.models()[t.model].id.clone()),
+                    quality: top.and_then(|t| t.prediction).map_or(0.0, |p| p.quality),
+                    cost_usd: top.map_or(0.0, |t| t.cost_usd),
+                    agrees: top.is_some_and(|t| t.model == ranking.scored[best].model),
+                })
+            }
+            _ => None,
+        };
+        let choice = self.explorer.choose(&q.request_id, q.explore, &mut ranking);
+        timings.rank += t.elapsed();
         timings.total = t0.elapsed();
         Ok(Decision {
             request_id: q.request_id,
@@ -581,11 +742,15 @@ impl Engine {
             tradeoff: q.tradeoff,
             encoder: Arc::clone(&decided_by.id),
             escalated,
+            choice,
+            shadow,
+            session: None,
         })
     }
 
     /// The head's outputs for `text` from `tier`: from the cache under `key`, else tokenize +
-    /// embed + predict on the worker pool (and cache them). Adds to `timings`.
+    /// embed + predict on the worker pool (and cache them). The first tier's entry also holds the
+    /// shadow head's outputs, on the same embedding. Adds to `timings`.
     async fn predict(
         self: &Arc<Self>,
         tier: &Tier,
@@ -631,6 +796,11 @@ impl Engine {
                 let t = Instant::now();
                 let x = ArrayView2::from_shape((1, emb.len()), &emb).expect("1xD. This is a bug.");
                 let out = tier.head.predict(x)?;
+                // The shadow head reads the same embedding: no second encoder run.
+                let shadow = match (&this.shadow, second) {
+                    (Some(s), false) => Some(Outputs::from(s.head.predict(x)?)),
+                    _ => None,
+                };
                 let predict = t.elapsed();
                 tracing::debug!(
                     tokens = tokens.full_count,
@@ -640,10 +810,8 @@ impl Engine {
                     "encoded"
                 );
                 let cached = Arc::new(Cached {
-                    quality: out.quality,
-                    output_tokens: out.output_tokens,
-                    support: out.support,
-                    family_support: out.family_support,
+                    head: Outputs::from(out),
+                    shadow,
                     text_tokens: tokens.full_count,
                     embedding: this.keep_embeddings.then(|| Arc::from(emb.as_slice())),
                 });
@@ -663,31 +831,32 @@ impl Engine {
     fn rank_with(
         &self,
         tier: &Tier,
-        pred: &Cached,
-        health: &[crate::health::Snapshot],
+        out: &Outputs,
+        live: policy::Live<'_>,
         conversation_tokens: u32,
         cost_weight: f64,
         constraints: &Constraints,
     ) -> Result<Ranking, RouteError> {
-        let chance = tier.head.domain_chance(pred.support.as_deref(), pred.family_support.as_deref());
-        let predictions: Vec<Option<Prediction>> = tier
-            .head_index
-            .iter()
-            .map(|idx| {
-                idx.map(|j| Prediction {
-                    quality: f64::from(pred.quality[j]).clamp(0.0, 1.0),
-                    output_tokens: f64::from(pred.output_tokens[j]).max(1.0),
-                    domain_chance: chance[j],
-                })
-            })
-            .collect();
+        let predictions = out.predictions(&tier.head, &tier.head_index);
+        self.score(&predictions, live, conversation_tokens, cost_weight, constraints)
+    }
+
+    /// Ranks the catalog on per-model predictions under the routing settings.
+    fn score(
+        &self,
+        predictions: &[Option<Prediction>],
+        live: policy::Live<'_>,
+        conversation_tokens: u32,
+        cost_weight: f64,
+        constraints: &Constraints,
+    ) -> Result<Ranking, RouteError> {
         let r = &self.config.routing;
         let scoring = Scoring {
             ttft_ms: r.default_ttft_ms,
             output_tokens_per_second: r.default_output_tokens_per_second,
             cost_scale_usd: r.cost_scale_usd,
         };
-        Ok(policy::rank(&self.catalog, &predictions, health, conversation_tokens, cost_weight, constraints, scoring)?)
+        Ok(policy::rank_live(&self.catalog, predictions, live, conversation_tokens, cost_weight, constraints, scoring)?)
     }
 
     fn count_conversation(&self, msgs: &[ChatMessage]) -> Result<u32, RouteError> {

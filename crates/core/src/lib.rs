@@ -12,8 +12,11 @@
 //! - [`predictor`]: the ONNX head (quality and output tokens per model), its manifest and graph.
 //! - [`catalog`] and [`policy`]: the candidates, hard constraints, the quality-cost utility and
 //!   the fallback order; [`health`] is the live circuit state the policy reads.
-//! - [`engine`]: ties them together with a worker pool (bounded queue, deadlines) and a cache.
+//! - [`engine`]: ties them together with a worker pool (bounded queue, deadlines) and a cache;
+//!   [`exploration`] samples the primary on an opt-in share of traffic and records its propensity.
 //! - [`record`]: the training-line format the decision log writes and the trainer reads.
+//! - [`session`]: keeping a conversation on the model and endpoint of its last turn while that
+//!   is worth the cached-input saving (the server keeps the sessions).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -47,8 +50,10 @@
 pub mod catalog;
 pub mod encoder;
 pub mod engine;
+pub mod exploration;
 pub mod health;
 pub mod policy;
 pub mod predictor;
 pub mod record;
 pub mod runtime;
+pub mod session;

@@ -46,9 +46,14 @@
 //! `require_parameters`, `max_price`, and `allow_fallbacks = false` with an `order`) and the
 //! request's needs (tools, images, JSON schema output, a reasoning effort, output tokens: an
 //! endpoint that declares it cannot is never used) exclude endpoints; soft ones reorder them and
-//! never refuse: `order` first, then the endpoints that meet `preferred_max_latency` /
-//! `preferred_min_throughput` (judged on the catalog's priors for now), then by `sort` (price by
-//! default, as OpenRouter's default load balancing prioritises price), then catalog order.
+//! never refuse: `order` first, then the endpoint's own breaker (one cooling down is left out while
+//! another endpoint of the model is usable; degraded ones go after healthy ones), then the
+//! endpoints that meet `preferred_max_latency` / `preferred_min_throughput` (judged on the
+//! endpoint's measured quantiles, see [`Live`], or the catalog's priors while unmeasured), then by
+//! `sort`, then catalog order. Without `sort` and `order` the order is OpenRouter's default load
+//! balancing on live figures: by price, near ties ([`NEAR_TIE`]) broken by measured speed, and
+//! the load spread among equally good endpoints (and those not measured yet). `max_latency` is a
+//! hard endpoint rule on the measured latency quantiles; unmeasured endpoints pass it.
 //! `allow_fallbacks = false` keeps only a model's first endpoint. A candidate's cost, latency and
 //! utility are those of its first endpoint. The response's attempt order (`Ranking::attempts`)
 //! is `partition = model` (default): each candidate's endpoints, then the next candidate's; or
@@ -56,7 +61,7 @@
 use crate::{
     catalog::{Catalog, CatalogModel, Endpoint},
     encoder::text::Requirements,
-    health::{Snapshot, State},
+    health::{EndpointLive, Percentile, Snapshot, State},
 };
 
 /// Default price of one unit of quality, USD per request (see the module docs).
@@ -116,8 +121,41 @@ impl Percentiles {
         *self == Self::default()
     }
 
-    fn all(&self) -> impl Iterator<Item = f64> {
-        [self.p50, self.p75, self.p90, self.p99].into_iter().flatten()
+    /// The cutoffs given, with their percentile.
+    fn cutoffs(&self) -> impl Iterator<Item = (Percentile, f64)> {
+        Percentile::ALL.into_iter().zip([self.p50, self.p75, self.p90, self.p99]).filter_map(|(p, v)| Some((p, v?)))
+    }
+}
+
+/// A hard limit on an endpoint's measured end-to-end latency at a percentile (`max_latency_ms`).
+/// Endpoints without measurements yet pass it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyLimit {
+    /// The most milliseconds.
+    pub ms: f64,
+    /// The percentile the limit applies to.
+    pub percentile: Percentile,
+}
+
+/// Near ties: endpoints whose predicted cost is within this share of the cheapest one's are
+/// ordered by measured speed, and those also within this share of the fastest share the load.
+pub const NEAR_TIE: f64 = 0.10;
+
+/// What the router knows live when it ranks: each model's breaker and each endpoint's breaker
+/// and measurements, in catalog order, and a number that spreads load among equal endpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Live<'a> {
+    /// `models[i]` is catalog model `i`'s health; empty: every model healthy.
+    pub models: &'a [Snapshot],
+    /// `endpoints[i][j]` is endpoint `j` of catalog model `i`; empty (or short): unmeasured.
+    pub endpoints: &'a [Vec<EndpointLive>],
+    /// A hash of the request id: which of several equally good endpoints goes first.
+    pub spread: u64,
+}
+
+impl Live<'_> {
+    fn endpoint(&self, i: usize, j: usize) -> Option<&EndpointLive> {
+        self.endpoints.get(i).and_then(|v| v.get(j))
     }
 }
 
@@ -199,6 +237,8 @@ pub struct Constraints {
     pub requirements: Requirements,
     /// OpenRouter-style provider preferences.
     pub provider: ProviderPreferences,
+    /// Most measured latency of an endpoint at a percentile (hard; unmeasured endpoints pass).
+    pub max_latency: Option<LatencyLimit>,
 }
 
 /// Server-wide scoring settings.
@@ -336,8 +376,22 @@ pub enum Exclusion {
         /// The limit.
         limit: f64,
     },
+    /// The endpoint's measured latency at the request's percentile is over `max_latency_ms`.
+    MaxLatency {
+        /// The endpoint, `model@provider`.
+        endpoint: String,
+        /// The percentile.
+        percentile: Percentile,
+        /// Its measured latency there, ms.
+        measured_ms: f64,
+        /// The limit, ms.
+        limit_ms: f64,
+    },
     /// Cooling down after repeated failures reported by `Feedback` (circuit open).
     Unhealthy(Snapshot),
+    /// This endpoint is cooling down after repeated failures (its own breaker) while another
+    /// endpoint of the model is not.
+    EndpointUnhealthy(Snapshot),
     /// Eligible but ranked after the last fallback.
     BelowCutoff,
     /// An eligible endpoint after the first, with `provider.allow_fallbacks = false`.
@@ -364,7 +418,9 @@ impl Exclusion {
             Exclusion::NotInOrder => "provider.order/allow_fallbacks",
             Exclusion::MinQuality { .. } => "min_quality",
             Exclusion::Budget { .. } => "max_cost_usd",
+            Exclusion::MaxLatency { .. } => "max_latency_ms",
             Exclusion::Unhealthy(_) => "model health",
+            Exclusion::EndpointUnhealthy(_) => "endpoint health",
             Exclusion::BelowCutoff => "max_fallbacks",
             Exclusion::NoEndpointFallbacks => "provider.allow_fallbacks",
         }
@@ -419,7 +475,12 @@ impl Exclusion {
             Exclusion::Budget { predicted, limit } => {
                 format!("predicted cost ${predicted:.6} is above max_cost_usd ${limit}")
             }
+            Exclusion::MaxLatency { endpoint, percentile, measured_ms, limit_ms } => format!(
+                "{endpoint}: measured {} latency {measured_ms:.0} ms is above max_latency_ms {limit_ms} ms",
+                percentile.as_str()
+            ),
             Exclusion::Unhealthy(h) => h.detail(),
+            Exclusion::EndpointUnhealthy(h) => format!("the endpoint is {}; another endpoint of the model is not", h.detail()),
             Exclusion::BelowCutoff => "eligible, but ranked after the last fallback".into(),
             Exclusion::NoEndpointFallbacks => "eligible, but provider.allow_fallbacks is false: only the first endpoint is used".into(),
         }
@@ -441,6 +502,13 @@ impl Exclusion {
             (Exclusion::MaxPrice { which, price: a, limit }, Exclusion::MaxPrice { which: w, price: b, .. }) if which == *w => {
                 Exclusion::MaxPrice { which, price: a.min(*b), limit }
             }
+            (a @ Exclusion::MaxLatency { measured_ms: x, .. }, b @ Exclusion::MaxLatency { measured_ms: y, .. }) => {
+                if *y < x {
+                    b.clone()
+                } else {
+                    a
+                }
+            }
             (prev, _) => prev,
         }
     }
@@ -453,8 +521,18 @@ pub struct EndpointScore {
     pub endpoint: usize,
     /// Predicted cost in USD at this endpoint's prices.
     pub cost_usd: f64,
-    /// Predicted latency in ms from this endpoint's priors.
+    /// Predicted latency in ms: the endpoint's measurements once it has them (median time to
+    /// first token plus the predicted output at its median throughput, or its median end-to-end
+    /// latency), the catalog's priors before.
     pub latency_ms: f64,
+    /// Time to first token it is judged on, ms: measured median (or median latency), else prior.
+    pub ttft_ms: f64,
+    /// Output tokens per second it is judged on: measured median, else prior.
+    pub tokens_per_second: f64,
+    /// Its latency comes from measurements (not the catalog's priors).
+    pub measured: bool,
+    /// Its own breaker: 0 healthy or probing, 1 degraded, 2 cooling down.
+    pub tier: u8,
     /// 1-based place in the model's failover order, 0 when excluded.
     pub rank: usize,
     /// Why it is not used, if it is not.
@@ -543,6 +621,34 @@ pub struct Ranking {
     pub attempts: Vec<Attempt>,
 }
 
+impl Ranking {
+    /// Makes `scored` (an eligible model, possibly below the cutoff) the primary: it moves to the
+    /// front of `chosen` (a model from below the cutoff takes the last candidate's place, which
+    /// goes below the cutoff) and its endpoints to the front of `attempts`; the rest keep their
+    /// order. Used by exploration.
+    pub fn promote(&mut self, scored: usize) {
+        if self.chosen.first() == Some(&scored) {
+            return;
+        }
+        match self.chosen.iter().position(|&i| i == scored) {
+            Some(pos) => {
+                self.chosen.remove(pos);
+            }
+            None => {
+                if let Some(dropped) = self.chosen.pop() {
+                    self.scored[dropped].exclusion = Some(Exclusion::BelowCutoff);
+                    self.attempts.retain(|a| a.scored != dropped);
+                }
+                self.scored[scored].exclusion = None;
+            }
+        }
+        self.chosen.insert(0, scored);
+        let own: Vec<Attempt> = self.scored[scored].order.iter().map(|&j| Attempt { scored, endpoint: j }).collect();
+        self.attempts.retain(|a| a.scored != scored);
+        self.attempts.splice(0..0, own);
+    }
+}
+
 /// Utility of a model with quality `q` and cost `cost_usd` at cost weight `w`.
 pub fn utility(q: f64, cost_usd: f64, w: f64, cost_scale_usd: f64) -> f64 {
     (1.0 - w) * q - w * cost_usd / cost_scale_usd
@@ -560,12 +666,47 @@ fn latency_ms(e: &Endpoint, output_tokens: f64, d: Scoring) -> f64 {
     ttft_ms(e, d) + output_tokens / tokens_per_second(e, d) * 1000.0
 }
 
+/// The figures one endpoint is judged on for one request: (predicted latency, time to first
+/// token, tokens per second, measured). Measured medians where the window has them, else the
+/// catalog's priors; time to first token falls back on the measured end-to-end latency (an upper
+/// bound of it) when only non-streamed answers were reported.
+fn figures(e: &Endpoint, live: Option<&EndpointLive>, output_tokens: f64, d: Scoring) -> (f64, f64, f64, bool) {
+    let (prior_ttft, prior_tps) = (ttft_ms(e, d), tokens_per_second(e, d));
+    let Some(l) = live else { return (latency_ms(e, output_tokens, d), prior_ttft, prior_tps, false) };
+    let ttft = l.ttft_ms.or(l.latency_ms).map_or(prior_ttft, |q| q.p50);
+    let tps = l.tokens_per_second.map_or(prior_tps, |q| q.p50);
+    let latency = match (l.ttft_ms, l.tokens_per_second, l.latency_ms) {
+        (Some(t), Some(r), _) if r.p50 > 0.0 => t.p50 + output_tokens / r.p50 * 1000.0,
+        (_, _, Some(q)) => q.p50,
+        _ => return (latency_ms(e, output_tokens, d), ttft, tps, false),
+    };
+    (latency, ttft, tps, true)
+}
+
+/// True when the endpoint misses a soft target: `preferred_max_latency` on its time to first
+/// token and `preferred_min_throughput` on its tokens per second, each at the percentile named,
+/// measured where the window has it, else the catalog's prior (one figure for every percentile).
+fn misses_preference(p: &ProviderPreferences, e: &Endpoint, live: Option<&EndpointLive>, d: Scoring) -> bool {
+    let ttft = live.and_then(|l| l.ttft_ms.or(l.latency_ms));
+    let tps = live.and_then(|l| l.tokens_per_second);
+    p.preferred_max_latency.cutoffs().any(|(at, s)| ttft.map_or(ttft_ms(e, d), |q| q.at(at)) > s * 1000.0)
+        || p.preferred_min_throughput.cutoffs().any(|(at, t)| tps.map_or(tokens_per_second(e, d), |q| q.at(at)) < t)
+}
+
+fn tier(state: &State) -> u8 {
+    match state {
+        State::Healthy | State::Probing => 0,
+        State::Degraded => 1,
+        State::CoolingDown { .. } => 2,
+    }
+}
+
 fn listed(list: &[String], id: &str) -> bool {
     list.iter().any(|x| x == id)
 }
 
-/// An endpoint rule: the reason it fails, if it does.
-type EndpointRule<'a> = Box<dyn Fn(&Endpoint, &EndpointScore) -> Option<Exclusion> + 'a>;
+/// An endpoint rule: the reason endpoint (model index, endpoint) fails, if it does.
+type EndpointRule<'a> = Box<dyn Fn(usize, &Endpoint, &EndpointScore) -> Option<Exclusion> + 'a>;
 /// A model rule: the reason it fails, if it does.
 type ModelRule<'a> = Box<dyn Fn(&CatalogModel, &Scored) -> Option<Exclusion> + 'a>;
 
@@ -574,23 +715,71 @@ enum Rule<'a> {
     Endpoint(EndpointRule<'a>),
 }
 
-/// The sort key of an endpoint: `order` position, soft-target miss, then the `sort` figure.
-fn endpoint_key(p: &ProviderPreferences, e: &Endpoint, s: &EndpointScore, d: Scoring) -> (usize, bool, f64) {
+type Key = (usize, u8, bool, f64);
+
+/// The sort key of an endpoint: `order` position, its breaker's tier, soft-target miss, then the
+/// `sort` figure (price by default).
+fn endpoint_key(p: &ProviderPreferences, e: &Endpoint, s: &EndpointScore) -> Key {
     let pos = p.order.iter().position(|x| *x == e.provider).unwrap_or(usize::MAX);
     let figure = match p.sort {
         None | Some(SortBy::Price) => s.cost_usd,
-        Some(SortBy::Throughput) => -tokens_per_second(e, d),
-        Some(SortBy::Latency) => ttft_ms(e, d),
+        Some(SortBy::Throughput) => -s.tokens_per_second,
+        Some(SortBy::Latency) => s.ttft_ms,
     };
-    (pos, s.misses_preference, figure)
+    (pos, s.tier, s.misses_preference, figure)
 }
 
-fn by_key(a: (usize, bool, f64), b: (usize, bool, f64)) -> std::cmp::Ordering {
-    a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2))
+fn by_key(a: Key, b: Key) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.total_cmp(&b.3))
+}
+
+/// OpenRouter's default among a model's endpoints, once sorted by price: endpoints within
+/// [`NEAR_TIE`] of the cheapest of their run (same breaker tier and soft-target miss) go by
+/// measured speed (the predicted latency of this request), the measured ones first. The first
+/// run's endpoints that are equally good share the load: the measured ones within [`NEAR_TIE`]
+/// of its fastest, and those not measured yet (their speed cannot break the tie, and sharing is
+/// how they get measured). Which of them goes first is drawn by `spread` with weights the
+/// inverse square of their cost, as OpenRouter's price-weighted balancing does.
+fn near_ties(order: &mut [usize], es: &[EndpointScore], spread: u64) {
+    let mut start = 0;
+    while start < order.len() {
+        let a = &es[order[start]];
+        let bound = a.cost_usd * (1.0 + NEAR_TIE);
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|&&j| es[j].tier == a.tier && es[j].misses_preference == a.misses_preference && es[j].cost_usd <= bound)
+                .count();
+        if end - start > 1 {
+            order[start..end]
+                .sort_by(|&x, &y| es[y].measured.cmp(&es[x].measured).then(es[x].latency_ms.total_cmp(&es[y].latency_ms)).then(x.cmp(&y)));
+            if start == 0 {
+                let fastest = es[order[0]].latency_ms;
+                let shares = |j: usize| !es[j].measured || !es[order[0]].measured || es[j].latency_ms <= fastest * (1.0 + NEAR_TIE);
+                let run: Vec<usize> = (0..end).filter(|&k| shares(order[k])).collect();
+                if run.len() > 1 {
+                    let weight = |j: usize| 1.0 / es[j].cost_usd.max(1e-12).powi(2);
+                    let total: f64 = run.iter().map(|&k| weight(order[k])).sum();
+                    let mut draw = (spread >> 11) as f64 / (1u64 << 53) as f64 * total;
+                    let mut pick = run[run.len() - 1];
+                    for &k in &run {
+                        draw -= weight(order[k]);
+                        if draw < 0.0 {
+                            pick = k;
+                            break;
+                        }
+                    }
+                    order[..=pick].rotate_right(1);
+                }
+            }
+        }
+        start = end;
+    }
 }
 
 /// Ranks `catalog` for one request. `predictions[i]` and `health[i]` belong to
-/// `catalog.models()[i]`; an empty `health` means every model is healthy.
+/// `catalog.models()[i]`; an empty `health` means every model is healthy. Every endpoint is
+/// unmeasured (see [`rank_live`]).
 #[allow(clippy::too_many_arguments)]
 pub fn rank(
     catalog: &Catalog,
@@ -601,6 +790,22 @@ pub fn rank(
     c: &Constraints,
     scoring: Scoring,
 ) -> Result<Ranking, NoEligibleModel> {
+    rank_live(catalog, predictions, Live { models: health, ..Live::default() }, input_tokens, cost_weight, c, scoring)
+}
+
+/// Ranks `catalog` for one request with what is known live: each model's health, and each
+/// endpoint's breaker and measurements (`live`).
+#[allow(clippy::too_many_arguments)]
+pub fn rank_live(
+    catalog: &Catalog,
+    predictions: &[Option<Prediction>],
+    live: Live<'_>,
+    input_tokens: u32,
+    cost_weight: f64,
+    c: &Constraints,
+    scoring: Scoring,
+) -> Result<Ranking, NoEligibleModel> {
+    let health = live.models;
     let models = catalog.models();
     debug_assert_eq!(models.len(), predictions.len());
     let p = &c.provider;
@@ -615,14 +820,23 @@ pub fn rank(
                 .iter()
                 .enumerate()
                 .map(|(j, e)| {
+                    let l = live.endpoint(i, j);
                     let out = pred.map_or(0.0, |p| p.output_tokens);
-                    let (cost_usd, latency_ms) =
-                        if pred.is_some() { (e.cost_usd(input_tokens, out), latency_ms(e, out, scoring)) } else { (0.0, 0.0) };
-                    // Soft targets, judged on the catalog's priors (one figure for every percentile).
-                    let misses_preference = soft_latency
-                        && (p.preferred_max_latency.all().any(|s| ttft_ms(e, scoring) > s * 1000.0)
-                            || p.preferred_min_throughput.all().any(|t| tokens_per_second(e, scoring) < t));
-                    EndpointScore { endpoint: j, cost_usd, latency_ms, rank: 0, exclusion: None, misses_preference }
+                    let (latency, ttft_ms, tokens_per_second, measured) = figures(e, l, out, scoring);
+                    let (cost_usd, latency_ms) = if pred.is_some() { (e.cost_usd(input_tokens, out), latency) } else { (0.0, 0.0) };
+                    let misses_preference = soft_latency && misses_preference(p, e, l, scoring);
+                    EndpointScore {
+                        endpoint: j,
+                        cost_usd,
+                        latency_ms,
+                        ttft_ms,
+                        tokens_per_second,
+                        measured,
+                        tier: l.map_or(0, |l| tier(&l.health.state)),
+                        rank: 0,
+                        exclusion: None,
+                        misses_preference,
+                    }
                 })
                 .collect();
             let health = health.get(i).copied().unwrap_or(Snapshot::HEALTHY);
@@ -652,32 +866,32 @@ pub fn rank(
             let denied = listed(&c.denied_models, &m.id) || (!c.allowed_models.is_empty() && !listed(&c.allowed_models, &m.id));
             denied.then_some(Exclusion::ModelNotAllowed)
         })),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| {
             let denied =
                 listed(&c.denied_providers, &e.provider) || (!c.allowed_providers.is_empty() && !listed(&c.allowed_providers, &e.provider));
             denied.then_some(Exclusion::ProviderNotAllowed)
         })),
-        Rule::Endpoint(Box::new(|e, _| (!p.only.is_empty() && !listed(&p.only, &e.provider)).then_some(Exclusion::NotInOnly))),
-        Rule::Endpoint(Box::new(|e, _| listed(&p.ignore, &e.provider).then_some(Exclusion::Ignored))),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| (!p.only.is_empty() && !listed(&p.only, &e.provider)).then_some(Exclusion::NotInOnly))),
+        Rule::Endpoint(Box::new(|_, e, _| listed(&p.ignore, &e.provider).then_some(Exclusion::Ignored))),
+        Rule::Endpoint(Box::new(|_, e, _| {
             (input_tokens >= e.context_tokens).then_some(Exclusion::ContextWindow { input_tokens, context_tokens: e.context_tokens })
         })),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| {
             let q = e.quantization();
             (!p.quantizations.is_empty() && !listed(&p.quantizations, q)).then(|| Exclusion::Quantization(q.to_string()))
         })),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| {
             (p.deny_data_collection && e.trains_on_prompts != Some(false)).then_some(Exclusion::DataCollection(e.trains_on_prompts))
         })),
-        Rule::Endpoint(Box::new(|e, _| (p.zdr && e.retains_prompts != Some(false)).then_some(Exclusion::Zdr(e.retains_prompts)))),
-        Rule::Endpoint(Box::new(|e, _| needs.iter().find(|n| offers(e, n) == Some(false)).map(|n| Exclusion::Capability(n.clone())))),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| (p.zdr && e.retains_prompts != Some(false)).then_some(Exclusion::Zdr(e.retains_prompts)))),
+        Rule::Endpoint(Box::new(|_, e, _| needs.iter().find(|n| offers(e, n) == Some(false)).map(|n| Exclusion::Capability(n.clone())))),
+        Rule::Endpoint(Box::new(|_, e, _| {
             if !p.require_parameters {
                 return None;
             }
             needs.iter().find(|n| offers(e, n).is_none()).map(|n| Exclusion::Undeclared(n.clone()))
         })),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| {
             let over = |which, price: f64, limit: Option<f64>| {
                 let limit = limit?;
                 (price > limit).then_some(Exclusion::MaxPrice { which, price, limit })
@@ -685,14 +899,24 @@ pub fn rank(
             over("prompt", e.input_usd_per_mtok, p.max_prompt_price)
                 .or_else(|| over("completion", e.output_usd_per_mtok, p.max_completion_price))
         })),
-        Rule::Endpoint(Box::new(|e, _| {
+        Rule::Endpoint(Box::new(|_, e, _| {
             (!p.allow_fallbacks && !p.order.is_empty() && !listed(&p.order, &e.provider)).then_some(Exclusion::NotInOrder)
+        })),
+        Rule::Endpoint(Box::new(|i, e, es| {
+            let limit = c.max_latency?;
+            let measured = live.endpoint(i, es.endpoint)?.latency_ms?.at(limit.percentile);
+            (measured > limit.ms).then(|| Exclusion::MaxLatency {
+                endpoint: format!("{}@{}", models[i].id, e.provider),
+                percentile: limit.percentile,
+                measured_ms: measured,
+                limit_ms: limit.ms,
+            })
         })),
         Rule::Model(Box::new(|_, s| {
             let (floor, q) = (c.min_quality?, s.prediction?.quality);
             (q < floor).then_some(Exclusion::MinQuality { predicted: q, floor })
         })),
-        Rule::Endpoint(Box::new(|_, s| {
+        Rule::Endpoint(Box::new(|_, _, s| {
             let limit = c.max_cost_usd?;
             (s.cost_usd > limit).then_some(Exclusion::Budget { predicted: s.cost_usd, limit })
         })),
@@ -712,6 +936,7 @@ pub fn rank(
         p.require_parameters && !needs.is_empty(),
         p.max_prompt_price.is_some() || p.max_completion_price.is_some(),
         !p.allow_fallbacks && !p.order.is_empty(),
+        c.max_latency.is_some() && !live.endpoints.is_empty(),
         c.min_quality.is_some(),
         c.max_cost_usd.is_some(),
     ];
@@ -726,8 +951,9 @@ pub fn rank(
                 Rule::Endpoint(f) => {
                     let mut model_closest: Option<Exclusion> = None;
                     let mut passed = false;
+                    let i = s.model;
                     for es in s.endpoints.iter_mut().filter(|es| es.exclusion.is_none()) {
-                        match f(&m.endpoints[es.endpoint], es) {
+                        match f(i, &m.endpoints[es.endpoint], es) {
                             Some(e) => {
                                 model_closest = Some(match model_closest.take() {
                                     Some(prev) => prev.closest(&e),
@@ -760,7 +986,7 @@ pub fn rank(
                 Exclusion::MinQuality { .. } => format!("the best remaining model: {}", closest.detail()),
                 Exclusion::ContextWindow { .. } => format!("the largest remaining window: {}", closest.detail()),
                 Exclusion::MaxPrice { .. } => format!("the cheapest remaining endpoint: {}", closest.detail()),
-                other if other.is_provider_preference() || matches!(other, Exclusion::Capability(_)) => {
+                other if other.is_provider_preference() || matches!(other, Exclusion::Capability(_) | Exclusion::MaxLatency { .. }) => {
                     format!("no endpoint of the {before} remaining model(s) passes it; for one: {}", other.detail())
                 }
                 other => format!("{before} remaining model(s) {}", other.detail().trim_start_matches("the ")),
@@ -774,7 +1000,7 @@ pub fn rank(
     for s in scored.iter_mut() {
         let Some(pred) = s.prediction else { continue };
         let m = &models[s.model];
-        let key = |j: usize| endpoint_key(p, &m.endpoints[j], &s.endpoints[j], scoring);
+        let key = |j: usize| endpoint_key(p, &m.endpoints[j], &s.endpoints[j]);
         let first = if s.exclusion.is_some() {
             // Left out: priced at its best endpoint of all, with no order to keep (no allocation).
             (0..s.endpoints.len()).min_by(|&a, &b| by_key(key(a), key(b)).then(a.cmp(&b))).expect("a model has an endpoint")
@@ -782,6 +1008,29 @@ pub fn rank(
             let mut order: Vec<usize> = (0..s.endpoints.len()).filter(|&j| s.endpoints[j].exclusion.is_none()).collect();
             if order.len() > 1 {
                 order.sort_by(|&a, &b| by_key(key(a), key(b)).then(a.cmp(&b)));
+                if p.sort.is_none() && p.order.is_empty() {
+                    near_ties(&mut order, &s.endpoints, live.spread);
+                }
+                // An endpoint cooling down (its own breaker open) is left out while another
+                // endpoint of the model is not: the same model on another provider first.
+                if s.endpoints[order[0]].tier < 2 {
+                    let i = s.model;
+                    order.retain(|&j| {
+                        let cooling = s.endpoints[j].tier == 2;
+                        if cooling {
+                            let h = live.endpoint(i, j).map_or(Snapshot::HEALTHY, |l| l.health);
+                            s.endpoints[j].exclusion = Some(Exclusion::EndpointUnhealthy(h));
+                        }
+                        !cooling
+                    });
+                }
+            }
+            // The model is as healthy as its best usable endpoint: every endpoint cooling down
+            // leaves the model out as a cooling-down model would be.
+            if let Some(l) = live.endpoint(s.model, order[0]) {
+                if tier(&l.health.state) > s.health_tier() {
+                    s.health = l.health;
+                }
             }
             if !p.allow_fallbacks && p.order.is_empty() {
                 for &j in &order[1..] {
@@ -856,7 +1105,7 @@ pub fn rank(
         attempts.sort_by(|a, b| {
             let key = |t: &Attempt| {
                 let s = &scored[t.scored];
-                endpoint_key(p, &models[s.model].endpoints[t.endpoint], &s.endpoints[t.endpoint], scoring)
+                endpoint_key(p, &models[s.model].endpoints[t.endpoint], &s.endpoints[t.endpoint])
             };
             by_key(key(a), key(b))
         });
@@ -1228,5 +1477,128 @@ mod tests {
         let r = route(&c).unwrap();
         assert_eq!(r.scored[0].exclusion, Some(Exclusion::ProviderNotAllowed));
         assert_eq!(ids(&endpoints_catalog(), &r), ["other"]);
+    }
+
+    // Live endpoint measurements.
+
+    use crate::health::Quantiles;
+
+    /// "llama" on a, b, c at one price (near ties), and "other" on d, dearer.
+    fn tied_catalog() -> Catalog {
+        let llama = CatalogModel { id: "llama".into(), endpoints: ["a", "b", "c"].map(|p| ep(p, 0.5, 0.5, 400.0, 50.0)).to_vec() };
+        Catalog::new(vec![llama, model("other", "d", 1.0, 128_000)]).unwrap()
+    }
+
+    fn q(p50: f64, p90: f64) -> Option<Quantiles> {
+        Some(Quantiles { p50, p75: (p50 + p90) / 2.0, p90, p99: p90 * 1.5 })
+    }
+
+    /// An endpoint measured at `latency` (p50, p90) ms end to end, a quarter of it to the first token.
+    fn measured(latency: (f64, f64), tps: f64) -> EndpointLive {
+        EndpointLive {
+            measured_requests: 20,
+            latency_ms: q(latency.0, latency.1),
+            ttft_ms: q(latency.0 / 4.0, latency.1 / 4.0),
+            tokens_per_second: q(tps, tps),
+            ..EndpointLive::UNMEASURED
+        }
+    }
+
+    fn live_route(cat: &Catalog, endpoints: &[Vec<EndpointLive>], spread: u64, c: &Constraints) -> Result<Ranking, NoEligibleModel> {
+        rank_live(cat, &endpoint_preds(), Live { models: &[], endpoints, spread }, 100, 0.0, c, LAT)
+    }
+
+    #[test]
+    fn near_ties_share_the_load_until_measurements_order_them_by_speed() {
+        let cat = tied_catalog();
+        let c = with(ProviderPreferences::default());
+        // Unmeasured and equal: each endpoint goes first for some requests.
+        let firsts: std::collections::BTreeSet<&str> =
+            (0..64u64).map(|k| llama_order(&live_route(&cat, &[], k.wrapping_mul(0x9e37_79b9_7f4a_7c15), &c).unwrap())[0]).collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        // Measured: c slow, b fastest. Order by speed, whatever the spread, and the predicted
+        // latency is the measured one (TTFT median + 200 tokens at the median throughput).
+        let live = vec![vec![measured((800.0, 900.0), 50.0), measured((300.0, 350.0), 100.0), measured((5000.0, 9000.0), 20.0)]];
+        for k in [0, u64::MAX / 3, u64::MAX] {
+            let r = live_route(&cat, &live, k, &c).unwrap();
+            assert_eq!(llama_order(&r), ["b", "a", "c"], "spread {k}");
+            assert!(r.scored[0].endpoints[1].measured && (r.scored[0].latency_ms - (75.0 + 2000.0)).abs() < 1e-9, "{:?}", r.scored[0]);
+        }
+        // A cheaper endpoint (beyond the near tie) still goes first: price leads, speed breaks ties.
+        let mut models = cat.models().to_vec();
+        models[0].endpoints[2].input_usd_per_mtok = 0.1;
+        models[0].endpoints[2].output_usd_per_mtok = 0.1;
+        let cheap = Catalog::new(models).unwrap();
+        assert_eq!(llama_order(&live_route(&cheap, &live, 0, &c).unwrap()), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn sort_and_soft_targets_use_measured_percentiles() {
+        let cat = tied_catalog();
+        let live = vec![vec![measured((800.0, 4000.0), 30.0), measured((1000.0, 1200.0), 90.0), measured((400.0, 6000.0), 60.0)]];
+        let by = |p: ProviderPreferences| llama_order(&live_route(&cat, &live, 0, &with(p)).unwrap());
+        assert_eq!(by(ProviderPreferences { sort: Some(SortBy::Latency), ..Default::default() }), ["c", "a", "b"]);
+        assert_eq!(by(ProviderPreferences { sort: Some(SortBy::Throughput), ..Default::default() }), ["b", "c", "a"]);
+        // p90 time to first token under 0.5 s: only b (300 ms at p90) meets it and goes first;
+        // by p50 c and a would lead.
+        let p90 = Percentiles { p90: Some(0.5), ..Default::default() };
+        let r = live_route(&cat, &live, 0, &with(ProviderPreferences { preferred_max_latency: p90, ..Default::default() })).unwrap();
+        assert_eq!(llama_order(&r)[0], "b");
+        assert!(r.scored[0].endpoints[0].misses_preference && !r.scored[0].endpoints[1].misses_preference);
+        // `order` goes before measured speed; `only` filters.
+        assert_eq!(by(ProviderPreferences { order: vec!["a".into()], sort: Some(SortBy::Latency), ..Default::default() }), ["a", "c", "b"]);
+        assert_eq!(by(ProviderPreferences { only: vec!["a".into(), "b".into()], ..Default::default() }), ["b", "a"]);
+    }
+
+    #[test]
+    fn max_latency_excludes_measured_endpoints_over_it_and_passes_unmeasured_ones() {
+        let cat = tied_catalog();
+        let live = vec![vec![measured((800.0, 4000.0), 30.0), measured((1000.0, 1200.0), 90.0), EndpointLive::UNMEASURED]];
+        let limit = |ms, percentile| Constraints { max_latency: Some(LatencyLimit { ms, percentile }), ..with(Default::default()) };
+        let r = live_route(&cat, &live, 0, &limit(2000.0, Percentile::P90)).unwrap();
+        // a's p90 (4000 ms) is over; b's (1200 ms) is not; c is unmeasured and passes.
+        assert_eq!(llama_order(&r), ["b", "c"]);
+        let e = r.scored[0].endpoints[0].exclusion.clone().unwrap();
+        assert_eq!(e.constraint(), "max_latency_ms");
+        assert!(e.detail().contains("llama@a") && e.detail().contains("4000 ms") && e.detail().contains("2000"), "{}", e.detail());
+        // At p50 a passes (800 ms).
+        assert_eq!(llama_order(&live_route(&cat, &live, 0, &limit(2000.0, Percentile::P50)).unwrap()).len(), 3);
+        // Every endpoint measured and over: refused, naming the closest endpoint and the figures.
+        let only = Constraints { allowed_models: vec!["llama".into()], ..limit(100.0, Percentile::P50) };
+        let all = vec![vec![measured((800.0, 900.0), 30.0), measured((300.0, 900.0), 90.0), measured((5000.0, 9000.0), 9.0)]];
+        let err = live_route(&cat, &all, 0, &only).unwrap_err();
+        assert_eq!(err.constraint, "max_latency_ms");
+        assert!(err.detail.contains("llama@b") && err.detail.contains("300 ms") && err.detail.contains("100 ms"), "{}", err.detail);
+    }
+
+    #[test]
+    fn an_endpoint_outage_moves_to_the_same_model_elsewhere_before_another_model() {
+        let cat = tied_catalog();
+        let cooling = |mut l: EndpointLive| {
+            l.health.state = State::CoolingDown { remaining: std::time::Duration::from_secs(30) };
+            l
+        };
+        let fast = measured((300.0, 350.0), 100.0);
+        let live = vec![vec![measured((800.0, 900.0), 100.0), cooling(fast), measured((900.0, 950.0), 100.0)]];
+        let r = live_route(&cat, &live, 0, &with(Default::default())).unwrap();
+        assert_eq!(llama_order(&r), ["a", "c"], "the fastest is cooling down: left out, the model stays first");
+        assert_eq!(r.scored[0].endpoints[1].exclusion.as_ref().map(Exclusion::constraint), Some("endpoint health"));
+        assert_eq!(ids(&cat, &r)[0], "llama");
+        // Every endpoint cooling: the model is, and another model goes first.
+        let down = vec![vec![cooling(fast), cooling(fast), cooling(fast)]];
+        let r = live_route(&cat, &down, 0, &with(Default::default())).unwrap();
+        assert_eq!(ids(&cat, &r), ["other"]);
+        assert!(matches!(r.scored[0].exclusion, Some(Exclusion::Unhealthy(_))));
+        // A degraded endpoint goes behind the healthy ones of its model.
+        let mut degraded = fast;
+        degraded.health.state = State::Degraded;
+        let r = live_route(
+            &cat,
+            &[vec![measured((800.0, 900.0), 100.0), degraded, measured((900.0, 950.0), 100.0)]],
+            0,
+            &with(Default::default()),
+        )
+        .unwrap();
+        assert_eq!(llama_order(&r), ["a", "c", "b"]);
     }
 }

@@ -29,4 +29,18 @@ pub struct LogRecord {
     /// Encoder id of `embedding`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<String>,
+    /// Probability in (0, 1] with which the logging policy chose this model for this prompt
+    /// (1 for a deterministic choice); absent when unknown. The trainer weights outcomes by its
+    /// inverse (clipped, self-normalised) and `eval --log` uses it for off-policy estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
+    /// price at the reported tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// The model savings were measured against when it was logged (decision-log exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_model: Option<String>,
+    /// What the baseline would have cost at the same tokens, USD (decision-log exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_cost_usd: Option<f64>,
 }

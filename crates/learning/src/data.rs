@@ -53,6 +53,10 @@ pub struct Observation {
     pub score: f32,
     /// Tokens in the visible answer (mean over duplicate lines, rounded).
     pub output_tokens: u32,
+    /// Probability the logging policy chose this model for this prompt, when every line of the
+    /// pair carried one (the harmonic mean over duplicate lines, so that its inverse is the mean
+    /// inverse propensity); `None` when unknown.
+    pub propensity: Option<f32>,
 }
 
 /// Everything read from a set of routing log files.
@@ -186,6 +190,9 @@ struct Cell {
     score_sum: f64,
     tokens_sum: u64,
     count: u32,
+    /// Sum of `1 / propensity` over the lines that carried one, and how many did.
+    inverse_propensity_sum: f64,
+    with_propensity: u32,
 }
 
 /// A reason a line was rejected.
@@ -293,6 +300,11 @@ impl Builder {
         if !(0.0..=1.0).contains(&line.score) {
             return Err(LineFault::Malformed(format!("`score` must be in [0, 1]. Given: {}", line.score)));
         }
+        if let Some(p) = line.propensity {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(LineFault::Malformed(format!("`propensity` must be in (0, 1]. Given: {p}")));
+            }
+        }
         let tokens = u32::try_from(line.output_tokens)
             .map_err(|_| LineFault::Malformed(format!("`output_tokens` must be in [0, {}]. Given: {}", u32::MAX, line.output_tokens)))?;
 
@@ -323,13 +335,23 @@ impl Builder {
                 i
             }
         };
-        let cell = self.cells.entry((prompt, model)).or_insert(Cell { score_sum: 0.0, tokens_sum: 0, count: 0 });
+        let cell = self.cells.entry((prompt, model)).or_insert(Cell {
+            score_sum: 0.0,
+            tokens_sum: 0,
+            count: 0,
+            inverse_propensity_sum: 0.0,
+            with_propensity: 0,
+        });
         if cell.count > 0 {
             self.merged_duplicates += 1;
         }
         cell.score_sum += line.score;
         cell.tokens_sum += u64::from(tokens);
         cell.count += 1;
+        if let Some(p) = line.propensity {
+            cell.inverse_propensity_sum += 1.0 / p;
+            cell.with_propensity += 1;
+        }
         Ok(())
     }
 
@@ -353,6 +375,7 @@ impl Builder {
                     model: new_index[model],
                     score: (c.score_sum / n) as f32,
                     output_tokens: (c.tokens_sum as f64 / n).round() as u32,
+                    propensity: (c.with_propensity == c.count).then(|| (n / c.inverse_propensity_sum) as f32),
                 }
             })
             .collect();

@@ -188,7 +188,7 @@ mod tests {
         let logs = RoutingLogs {
             prompts: vec![prompt("a"), prompt("b")],
             models: vec!["m0".into(), "m1".into()],
-            observations: vec![Observation { prompt: 1, model: 0, score: 0.25, output_tokens: 9 }],
+            observations: vec![Observation { prompt: 1, model: 0, score: 0.25, output_tokens: 9, propensity: None }],
             ..RoutingLogs::default()
         };
         let x = Array2::from_elem((2, 3), 0.5f32);

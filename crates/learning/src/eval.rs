@@ -32,6 +32,7 @@ use super::{
     read_logs, LearningError, RoutingLogs,
 };
 pub mod baseline;
+pub mod log_value;
 mod plot;
 mod report;
 mod select;
@@ -281,6 +282,14 @@ pub struct FileOutcomes {
     pub knn_k: usize,
     /// What the full-matrix rule dropped.
     pub coverage: Coverage,
+    /// At each weight of [`weight_grid`], how many evaluated prompts live routing (the argmax
+    /// over every catalog model the head predicts, under its domain rule, as Route takes it)
+    /// sends to a model outside `models` (not scored here), of `prompts_routed`.
+    pub outside: Vec<usize>,
+    /// Prompts behind `outside`.
+    pub prompts_routed: usize,
+    /// The models outside `models` that live routing chose at some weight.
+    pub outside_models: Vec<String>,
 }
 
 /// The matrices [`report`] needs for one log file on the prompts in `heldout` (the file's other
@@ -393,6 +402,38 @@ pub fn collect_logs(
             allowed.row_mut(r).fill(true);
         }
     }
+    // Live routing's candidates: every catalog model the head predicts.
+    let live: Vec<(usize, usize)> =
+        head.models().iter().enumerate().filter_map(|(h, id)| cat.iter().position(|m| &m.id == id).map(|c| (h, c))).collect();
+    let scored: HashSet<usize> = models.iter().map(|&(_, h, _)| h).collect();
+    let weights = weight_grid();
+    let mut outside = vec![0usize; weights.len()];
+    let mut outside_models: Vec<String> = Vec::new();
+    for r in 0..n {
+        let chance = head.domain_chance(
+            out.support.as_deref().map(|s| &s[r * hm..(r + 1) * hm]),
+            out.family_support.as_deref().map(|s| &s[r * hm..(r + 1) * hm]),
+        );
+        let ok: Vec<&(usize, usize)> = live.iter().filter(|(h, _)| chance[*h] >= out_of_domain_p).collect();
+        let pool: Vec<&(usize, usize)> = if ok.is_empty() { live.iter().collect() } else { ok };
+        for (i, &w) in weights.iter().enumerate() {
+            let mut best = (f64::NEG_INFINITY, 0usize);
+            for &&(h, c) in &pool {
+                let q = f64::from(out.quality[r * hm + h]).clamp(0.0, 1.0);
+                let u = utility(q, cat[c].cost_usd(input_tokens[r], f64::from(out.output_tokens[r * hm + h]).max(1.0)), w, cost_scale);
+                if u > best.0 {
+                    best = (u, h);
+                }
+            }
+            if !scored.contains(&best.1) && best.0.is_finite() {
+                outside[i] += 1;
+                let id = &head.models()[best.1];
+                if !outside_models.contains(id) {
+                    outside_models.push(id.clone());
+                }
+            }
+        }
+    }
 
     // The kNN baselines on the memory.
     let price = |r: usize, j: usize, t: f64| cat[models[j].2].cost_usd(input_tokens[r], t);
@@ -423,6 +464,9 @@ pub fn collect_logs(
         knn,
         knn_k,
         coverage,
+        outside,
+        prompts_routed: n,
+        outside_models,
     })
 }
 
@@ -498,10 +542,28 @@ pub fn pool(parts: Vec<FileOutcomes>) -> Option<FileOutcomes> {
     let actual = Outcomes { score: stack(&|p| &p.actual.score), cost: stack(&|p| &p.actual.cost) };
     let head = Outcomes { score: stack(&|p| &p.head.score), cost: stack(&|p| &p.head.cost) };
     let col_lists: Vec<Vec<usize>> = parts.iter().map(&cols).collect();
+    let outside = (0..first.outside.len()).map(|i| parts.iter().map(|p| p.outside[i]).sum()).collect();
+    let prompts_routed = parts.iter().map(|p| p.prompts_routed).sum();
+    let mut outside_models: Vec<String> = parts.iter().flat_map(|p| p.outside_models.iter().cloned()).collect();
+    outside_models.sort();
+    outside_models.dedup();
     let (mut tuned, mut knn) = (Vec::new(), Vec::new());
     for (p, c) in parts.into_iter().zip(col_lists) {
         tuned.push((p.tuned_knn, c.clone()));
         knn.push((p.knn, c));
     }
-    Some(FileOutcomes { file, actual, head, allowed, tuned_knn: baseline::pool(tuned), knn: baseline::pool(knn), knn_k, coverage, models })
+    Some(FileOutcomes {
+        file,
+        actual,
+        head,
+        allowed,
+        tuned_knn: baseline::pool(tuned),
+        knn: baseline::pool(knn),
+        knn_k,
+        coverage,
+        models,
+        outside,
+        prompts_routed,
+        outside_models,
+    })
 }

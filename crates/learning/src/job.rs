@@ -1,20 +1,24 @@
 //! One `pointsman train` run, end to end:
 //!
 //! 1. read the logs and embed each prompt with the serving encoder (`embed`);
-//! 2. hold out a validation split by prompt (or a cross-validation fold);
+//! 2. hold out a cross-validation fold (`train --cv`) or, only when asked (`--val-fraction`), a
+//!    validation split by prompt;
 //! 3. group the files into model families (`families`);
 //! 4. per family, choose the predictor by an inner cross-validation of the training prompts:
 //!    kNN with shrinkage, factor heads, the MLP ensemble, blends (`select`);
-//! 5. fit the winners on all training prompts and build the graph's parts: stacked heads, the
-//!    capped memory of training prompts, per-model blend weights (`fit`);
+//! 5. fit the winners on every training prompt (an MLP's early-stopping rows included) and build
+//!    the graph's parts: stacked heads, the capped memory of training prompts, per-model blend
+//!    weights, each model's empirical-Bayes prior and the evidence guard (`fit`);
 //! 6. export one ONNX graph and write it with its typed manifest (`predictor::manifest`).
 //!
-//! The held-out split never influences any choice or fit, so the metrics written to the manifest
-//! are an honest estimate on unseen prompts.
+//! Without a held-out split (the default), the validation figures are the winner's out-of-fold
+//! figures from the inner cross-validation; a held-out split, when there is one, never influences
+//! any choice or fit.
 use std::{collections::HashSet, path::PathBuf, time::Instant};
 
 mod families;
 mod fit;
+mod routing_value;
 mod select;
 
 pub(crate) use crate::write_atomically;
@@ -44,7 +48,8 @@ pub struct TrainJob {
     pub data: Vec<PathBuf>,
     /// Output folder for `head.onnx` and `manifest.json`.
     pub out_dir: PathBuf,
-    /// Share of prompts held out for validation, by prompt.
+    /// Share of prompts held out for validation, by prompt (0, the default: none; the head is
+    /// fitted on every prompt and the validation figures come from the inner cross-validation).
     pub val_fraction: f64,
     /// Share of a family's training prompts an MLP head stops early on.
     pub early_stop_fraction: f64,
@@ -70,6 +75,10 @@ pub struct TrainJob {
     pub mlp_candidate: bool,
     /// Training prompts a head stores per model family (its memory for the kNN and the domain rule).
     pub memory_cap: usize,
+    /// On sparse families, each model's kNN averages its own nearest observations (per-model
+    /// memory blocks) instead of the nearest prompts (`--knn-own-neighbours`; measured worse on
+    /// issue 23's mmlu_pro logs, so off by default).
+    pub own_neighbours: bool,
     /// The prompts (by id) to hold out instead of a random `val_fraction` of them: one fold of a
     /// cross-validation (`pointsman train --cv`).
     pub holdout: Option<std::collections::HashSet<String>>,
@@ -79,8 +88,8 @@ pub struct TrainJob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeadMethod {
     /// Every candidate: kNN with shrinkage, factor heads where the logs are dense enough (at
-    /// least 3 models observed on 95% of a family's prompts), the MLP ensemble where they are
-    /// not (or with `--mlp-candidate`), and blends; chosen by inner cross-validation.
+    /// least 3 models observed on 95% of a family's prompts), the MLP ensemble with
+    /// `--mlp-candidate`, and blends; chosen by inner cross-validation.
     #[default]
     Auto,
     /// The kNN with shrinkage alone ((k, b) still chosen by inner cross-validation).
@@ -119,6 +128,15 @@ pub struct TrainSummary {
     pub train_seconds: f64,
     /// Lines skipped as malformed.
     pub skipped_lines: usize,
+    /// Per model: its id and what the trainer knew of it and did with it (`None`: observed on no
+    /// training prompt, served at the unobserved prior).
+    pub evidence: Vec<(String, Option<crate::evidence::ModelEvidence>)>,
+    /// What a model observed on no training prompt is predicted at.
+    pub unobserved_prior: f32,
+    /// Observations that carried a propensity.
+    pub with_propensity: usize,
+    /// Observations read.
+    pub observations: usize,
     /// First problems found in the logs.
     pub problems: Vec<String>,
 }
@@ -138,9 +156,14 @@ fn held_out(m: &Metrics) -> HeldOutMetrics {
 fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, support: &Support, data: &Dataset, token_weight: f32) -> Metrics {
     let (q, t) = mlp.predict(data.x.view());
     let (q, t) = shrink.apply(Some(support), data.x.view(), &q, &t);
+    metrics_of(&q, &t, data, token_weight)
+}
+
+/// Metrics of predicted quality and tokens ([rows, models]) over `data`'s observed pairs.
+fn metrics_of(q: &ndarray::Array2<f32>, t: &ndarray::Array2<f32>, data: &Dataset, token_weight: f32) -> Metrics {
     let (mut n, mut bce, mut mae, mut brier, mut lmae) = (0usize, 0f64, 0f64, 0f64, 0f64);
     let mut tok_err = Vec::new();
-    for ((((&m, &p), &y), &pt), &yl) in data.mask.iter().zip(&q).zip(&data.quality).zip(&t).zip(&data.log_tokens) {
+    for ((((&m, &p), &y), &pt), &yl) in data.mask.iter().zip(q).zip(&data.quality).zip(t).zip(&data.log_tokens) {
         if m == 0.0 {
             continue;
         }
@@ -158,7 +181,7 @@ fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, support: &Support, data: &Dataset,
     let sq: f64 = data
         .mask
         .iter()
-        .zip(&t)
+        .zip(t)
         .zip(&data.log_tokens)
         .filter(|((m, _), _)| **m > 0.0)
         .map(|((_, &pt), &yl)| (f64::from(pt.max(0.0)).ln_1p() - f64::from(yl)).powi(2))
@@ -173,12 +196,46 @@ fn shrunk_metrics(mlp: &Mlp, shrink: &Shrink, support: &Support, data: &Dataset,
     }
 }
 
+/// The winners' out-of-fold figures over the training prompts (each family's rows and models),
+/// and those of each model's out-of-fold mean: the validation figures of a head refitted on every
+/// prompt it was given.
+fn out_of_fold_metrics(all: &Dataset, choices: &[select::Choice], families: &[Family], token_weight: f32, seed: u64) -> (Metrics, Metrics) {
+    let (n, m) = (all.n_rows(), all.n_models());
+    let (mut q, mut t) = (ndarray::Array2::<f32>::zeros((n, m)), ndarray::Array2::<f32>::zeros((n, m)));
+    let (mut bq, mut bt) = (ndarray::Array2::<f32>::zeros((n, m)), ndarray::Array2::<f32>::zeros((n, m)));
+    let mut have = ndarray::Array2::<f32>::zeros((n, m));
+    for (c, f) in choices.iter().zip(families) {
+        let fold = crate::folds(c.rows.len(), select::INNER_FOLDS, seed.wrapping_add(2));
+        for k in 0..select::INNER_FOLDS {
+            let fit: Vec<usize> = (0..c.rows.len()).filter(|&i| fold[i] != k).map(|i| c.rows[i]).collect();
+            let sub = families::columns(all, &fit, &f.models);
+            let mq = crate::knn::column_means(sub.quality.view(), sub.mask.view());
+            let mt = crate::knn::column_means(sub.log_tokens.view(), sub.mask.view());
+            for (i, &r) in c.rows.iter().enumerate().filter(|(i, _)| fold[*i] == k) {
+                for (col, &j) in f.models.iter().enumerate() {
+                    q[[r, j]] = c.oof.0[[i, col]];
+                    t[[r, j]] = c.oof.1[[i, col]];
+                    bq[[r, j]] = mq[col];
+                    bt[[r, j]] = crate::decode_tokens(mt[col]);
+                    have[[r, j]] = 1.0;
+                }
+            }
+        }
+    }
+    let rows: Vec<usize> = (0..n).filter(|&r| have.row(r).iter().any(|&v| v > 0.0)).collect();
+    let mut d = all.select(&rows);
+    d.mask = &d.mask * &have.select(ndarray::Axis(0), &rows);
+    let pick = |a: &ndarray::Array2<f32>| a.select(ndarray::Axis(0), &rows);
+    (metrics_of(&pick(&q), &pick(&t), &d, token_weight), metrics_of(&pick(&bq), &pick(&bt), &d, token_weight))
+}
+
 /// Runs the whole job with `encoder`; `quiet` turns progress lines off.
 pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummary, JobError> {
-    for (field, v) in [("val_fraction", job.val_fraction), ("early_stop_fraction", job.early_stop_fraction)] {
-        if !(v > 0.0 && v < 0.9) {
-            return Err(JobError::Invalid { field, limit: "in (0, 0.9)", value: v.to_string() });
-        }
+    if !(job.val_fraction >= 0.0 && job.val_fraction < 0.9) {
+        return Err(JobError::Invalid { field: "val_fraction", limit: "in [0, 0.9)", value: job.val_fraction.to_string() });
+    }
+    if !(job.early_stop_fraction > 0.0 && job.early_stop_fraction < 0.9) {
+        return Err(JobError::Invalid { field: "early_stop_fraction", limit: "in (0, 0.9)", value: job.early_stop_fraction.to_string() });
     }
     if job.ensemble == 0 || job.ensemble > 32 {
         return Err(JobError::Invalid { field: "ensemble", limit: "in 1..=32", value: job.ensemble.to_string() });
@@ -219,8 +276,10 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             }
             (train, held)
         }
-        None => split_by_prompt(logs.prompts.len(), job.val_fraction, seed),
+        None if job.val_fraction > 0.0 => split_by_prompt(logs.prompts.len(), job.val_fraction, seed),
+        None => ((0..logs.prompts.len()).collect(), Vec::new()),
     };
+    let (ipw, with_propensity) = crate::evidence::inverse_propensities(&logs);
     let holdout = all.select(&holdout_idx);
 
     let t = Instant::now();
@@ -229,7 +288,16 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let training_ids: HashSet<&str> = train_idx.iter().map(|&i| logs.prompts[i].id.as_str()).collect();
     let files = log_files(&job.data, &logs, &training_ids)?;
     let families = model_families(&files);
-    let cx = select::Context { job, logs: &logs, files: &files, all: &all, train_idx: &train_idx, encoder };
+    let cx = select::Context {
+        job,
+        logs: &logs,
+        files: &files,
+        all: &all,
+        train_idx: &train_idx,
+        ipw: &ipw,
+        propensities: with_propensity > 0,
+        encoder,
+    };
     let mut choices = Vec::with_capacity(families.len());
     for f in &families {
         let c = select::choose(&cx, f)?;
@@ -253,14 +321,26 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
     let fitted = fit::fit(&cx, &families, &choices, job.memory_cap)?;
     let train_seconds = t.elapsed().as_secs_f64();
     let train_data = all.select(&train_idx);
-    let raw_validation = evaluate(&fitted.mlp, &holdout, job.train.token_loss_weight);
-    let baseline = baseline_metrics(&train_data, &holdout, job.train.token_loss_weight);
-    // The metrics of the head as exported (blends and kNN included).
-    let validation = shrunk_metrics(&fitted.mlp, &fitted.shrink, &fitted.support, &holdout, job.train.token_loss_weight);
+    let tw = job.train.token_loss_weight;
+    let (raw_validation, baseline, validation) = if holdout_idx.is_empty() {
+        // Fitted on every prompt: the figures are the winners' out-of-fold ones.
+        let (v, b) = out_of_fold_metrics(&all, &choices, &families, tw, seed);
+        (v, b, v)
+    } else {
+        (
+            evaluate(&fitted.mlp, &holdout, tw),
+            baseline_metrics(&train_data, &holdout, tw),
+            // The metrics of the head as exported (blends and kNN included).
+            shrunk_metrics(&fitted.mlp, &fitted.shrink, &fitted.support, &holdout, tw),
+        )
+    };
+    let evidence: Vec<(String, Option<crate::evidence::ModelEvidence>)> =
+        logs.models.iter().cloned().zip(fitted.evidence.iter().cloned()).collect();
     if !quiet {
+        let figures = if holdout_idx.is_empty() { "inner cross-validated (out-of-fold)" } else { "held-out" };
         eprintln!(
-            "trained in {train_seconds:.1}s; memory {} of {} training prompts; held-out quality MAE {:.4} (per-model mean {:.4}), Brier {:.4} (per-model mean {:.4})",
-            fitted.memory.prompts, fitted.memory.of, validation.quality_mae, baseline.quality_mae, validation.quality_brier, baseline.quality_brier
+            "trained in {train_seconds:.1}s on {} prompts; memory {} of {} training prompts; {figures} quality MAE {:.4} (per-model mean {:.4}), Brier {:.4} (per-model mean {:.4})",
+            train_idx.len(), fitted.memory.prompts, fitted.memory.of, validation.quality_mae, baseline.quality_mae, validation.quality_brier, baseline.quality_brier
         );
     }
     let producer = [("producer".to_string(), format!("pointsman {}", env!("CARGO_PKG_VERSION")))];
@@ -342,6 +422,8 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         validation: Validation {
             split: if job.holdout.is_some() {
                 "by prompt, given (a cross-validation fold); held-out prompts never used for any training choice".into()
+            } else if holdout_idx.is_empty() {
+                "none: the head is fitted on every prompt it was given; figures are the chosen predictor's out-of-fold ones from the inner cross-validation".into()
             } else {
                 "by prompt; held-out prompts never used for any training choice".into()
             },
@@ -370,7 +452,7 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
             seconds: train_seconds,
             selection: Selection {
                 rule: format!(
-                    "per model family: the first candidate (kNN from the smoothest, factor heads from the lowest rank, blends from the most kNN, then the MLP) that the best inner cross-validated score beats by no more than the standard error of their paired per-fold difference (at least {})",
+                    "per model family: the first candidate (kNN from the smoothest, factor heads from the lowest rank, blends from the most kNN, then the MLP) that the best inner cross-validated score beats by no more than {} (on logs without a full matrix: or the standard error of their paired per-fold difference, if larger)",
                     select::GAP_TOLERANCE
                 ),
                 folds: select::INNER_FOLDS,
@@ -393,5 +475,41 @@ pub fn run(job: &TrainJob, encoder: &Encoder, quiet: bool) -> Result<TrainSummar
         train_seconds,
         skipped_lines: logs.skipped_lines,
         problems: logs.problems.clone(),
+        evidence,
+        unobserved_prior: fitted.unobserved_prior,
+        with_propensity,
+        observations: logs.observations.len(),
     })
+}
+
+/// `train`'s report of the evidence: how much of the log was usable, and per model how many
+/// observations it had and what the trainer did with them.
+pub fn evidence_report(
+    evidence: &[(String, Option<crate::evidence::ModelEvidence>)],
+    unobserved_prior: f32,
+    observations: usize,
+    with_propensity: usize,
+    skipped_lines: usize,
+) -> Vec<String> {
+    let used: usize = evidence.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| e.local).map(|e| e.observations).sum();
+    let guarded: Vec<&(String, Option<crate::evidence::ModelEvidence>)> =
+        evidence.iter().filter(|(_, e)| e.as_ref().is_some_and(|e| !e.local)).collect();
+    let unobserved = evidence.iter().filter(|(_, e)| e.as_ref().is_none_or(|e| e.observations == 0)).count();
+    let none = match unobserved {
+        0 => "0 none".to_string(),
+        n => format!("{n} none (predicted at {unobserved_prior:.3})"),
+    };
+    let mut lines = vec![format!(
+        "usable: {used} of {observations} observations ({:.1}%) trained a local estimate or head; {} models had too little evidence (< {} effective observations: prior only), {none}; {with_propensity} observations carried a propensity; {skipped_lines} malformed lines skipped",
+        used as f64 / observations.max(1) as f64 * 100.0,
+        guarded.len(),
+        crate::evidence::MIN_EVIDENCE,
+    )];
+    for (model, e) in evidence {
+        lines.push(match e {
+            Some(e) => format!("  {model}: {}", e.describe()),
+            None => format!("  {model}: not observed on any training prompt: predicted at {unobserved_prior:.3}"),
+        });
+    }
+    lines
 }

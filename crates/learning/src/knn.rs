@@ -107,38 +107,122 @@ pub fn column_means(values: ArrayView2<f32>, mask: ArrayView2<f32>) -> ndarray::
     ndarray::Zip::from(&s).and(&n).map_collect(|&s, &n| if n > 0.0 { s / n } else { 0.0 })
 }
 
-/// Out-of-fold predictions over the grid for every row of a training set: each row's neighbours
-/// come from the other folds only, and the global means from them too. `fold[r]` in `0..n_folds`.
-/// The neighbours are L2-normalised `x` rows.
-pub fn cross_validated_grid(
-    x: ArrayView2<f32>,
-    values: ArrayView2<f32>,
-    mask: ArrayView2<f32>,
-    fold: &[usize],
-    n_folds: usize,
-    ks: &[usize],
-    bs: &[f32],
-) -> Vec<(KnnParams, Array2<f32>)> {
-    let (n, m) = (x.nrows(), values.ncols());
-    let kmax = ks.iter().copied().max().unwrap_or(1);
-    let mut out: Vec<(KnnParams, Array2<f32>)> =
-        ks.iter().flat_map(|&k| bs.iter().map(move |&b| (KnnParams { k, b }, Array2::zeros((n, m))))).collect();
-    for f in 0..n_folds {
-        let (held, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&r| fold[r] == f);
-        if held.is_empty() || fit.is_empty() {
-            continue;
-        }
-        let pick = |a: ArrayView2<f32>, rows: &[usize]| a.select(ndarray::Axis(0), rows);
-        let (mv, mm) = (pick(values, &fit), pick(mask, &fit));
-        let prior = column_means(mv.view(), mm.view());
-        let near = neighbours(pick(x, &held).view(), pick(x, &fit).view(), kmax);
-        for (i, (_, pred)) in predict_grid(&near, mv.view(), mm.view(), prior.view(), ks, bs).into_iter().enumerate() {
-            for (p, &r) in held.iter().enumerate() {
-                out[i].1.row_mut(r).assign(&pred.row(p));
+/// A training set to cross-validate the kNN on: L2-normalised rows `x`, their `values` [rows,
+/// models] and which are observed (`mask`), and each row's fold (`fold[r]` in `0..n_folds`).
+/// Each grid gives out-of-fold predictions for every row and every (k, b): a row's neighbours,
+/// and the priors it is shrunk towards, come from the other folds only.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossValidation<'a> {
+    /// L2-normalised rows.
+    pub x: ArrayView2<'a, f32>,
+    /// Values [rows, models].
+    pub values: ArrayView2<'a, f32>,
+    /// 1 where a value is observed.
+    pub mask: ArrayView2<'a, f32>,
+    /// Fold of each row.
+    pub fold: &'a [usize],
+    /// Number of folds.
+    pub n_folds: usize,
+}
+
+/// Out-of-fold predictions of each (k, b) of a grid, [rows, models] each.
+pub type Grid = Vec<(KnnParams, Array2<f32>)>;
+
+fn pick(a: ArrayView2<f32>, rows: &[usize]) -> Array2<f32> {
+    a.select(ndarray::Axis(0), rows)
+}
+
+impl CrossValidation<'_> {
+    /// The grid, each fold shrunk towards the raw per-model means of its fit rows.
+    pub fn grid(&self, ks: &[usize], bs: &[f32]) -> Grid {
+        self.grid_with_priors(ks, bs, |rows| {
+            (column_means(pick(self.values, rows).view(), pick(self.mask, rows).view()), vec![true; self.values.ncols()])
+        })
+    }
+
+    /// The grid with each fold's priors from `crate::evidence::priors` over its fit rows
+    /// (inverse-propensity `weights` [rows, M], or the mask): models shrunk towards the pooled
+    /// mean by their evidence, and a model below the evidence guard at its prior alone (no local
+    /// estimate), as the trained graph serves them.
+    pub fn grid_guarded(&self, weights: ArrayView2<f32>, ks: &[usize], bs: &[f32]) -> Grid {
+        self.grid_with_priors(ks, bs, |rows| {
+            let p = crate::evidence::priors(pick(self.values, rows).view(), pick(self.mask, rows).view(), pick(weights, rows).view());
+            (p.prior(), p.local())
+        })
+    }
+
+    /// [`CrossValidation::grid_guarded`] for sparse logs: each model averages its own `k` nearest
+    /// *observations* (its own block of the memory), not the `k` nearest prompts, of which on a
+    /// one-model-per-prompt log it would see about `k` times its share (review finding 6).
+    pub fn grid_per_model(&self, weights: ArrayView2<f32>, ks: &[usize], bs: &[f32]) -> Grid {
+        let (x, values, mask) = (self.x, self.values, self.mask);
+        let mut out = self.empty(ks, bs);
+        let kmax = ks.iter().copied().max().unwrap_or(1);
+        for (held, fit) in self.splits() {
+            let p = crate::evidence::priors(pick(values, &fit).view(), pick(mask, &fit).view(), pick(weights, &fit).view());
+            let held_x = pick(x, &held);
+            for j in 0..values.ncols() {
+                let own: Vec<usize> = fit.iter().copied().filter(|&r| mask[[r, j]] > 0.0).collect();
+                let prior = p.models[j].prior;
+                if !p.models[j].local || own.is_empty() {
+                    for (_, pred) in out.iter_mut() {
+                        for &r in &held {
+                            pred[[r, j]] = prior;
+                        }
+                    }
+                    continue;
+                }
+                let near = neighbours(held_x.view(), pick(x, &own).view(), kmax);
+                let vals = values.select(ndarray::Axis(0), &own).slice(ndarray::s![.., j..j + 1]).to_owned();
+                let ones = Array2::<f32>::ones((own.len(), 1));
+                let pr = ndarray::Array1::from_elem(1, prior);
+                for (i, (_, pred)) in predict_grid(&near, vals.view(), ones.view(), pr.view(), ks, bs).into_iter().enumerate() {
+                    for (q, &r) in held.iter().enumerate() {
+                        out[i].1[[r, j]] = pred[[q, 0]];
+                    }
+                }
             }
         }
+        out
     }
-    out
+
+    /// The grid with each fold's priors and local-estimate flags from `priors(fit rows)`.
+    fn grid_with_priors(&self, ks: &[usize], bs: &[f32], priors: impl Fn(&[usize]) -> (ndarray::Array1<f32>, Vec<bool>)) -> Grid {
+        let mut out = self.empty(ks, bs);
+        let kmax = ks.iter().copied().max().unwrap_or(1);
+        for (held, fit) in self.splits() {
+            let (mv, mut mm) = (pick(self.values, &fit), pick(self.mask, &fit));
+            let (prior, local) = priors(&fit);
+            for (j, l) in local.iter().enumerate() {
+                if !l {
+                    mm.column_mut(j).fill(0.0);
+                }
+            }
+            let near = neighbours(pick(self.x, &held).view(), pick(self.x, &fit).view(), kmax);
+            for (i, (_, pred)) in predict_grid(&near, mv.view(), mm.view(), prior.view(), ks, bs).into_iter().enumerate() {
+                for (p, &r) in held.iter().enumerate() {
+                    out[i].1.row_mut(r).assign(&pred.row(p));
+                }
+            }
+        }
+        out
+    }
+
+    /// Zero predictions for every (k, b).
+    fn empty(&self, ks: &[usize], bs: &[f32]) -> Grid {
+        let (n, m) = (self.x.nrows(), self.values.ncols());
+        ks.iter().flat_map(|&k| bs.iter().map(move |&b| (KnnParams { k, b }, Array2::zeros((n, m))))).collect()
+    }
+
+    /// (held-out rows, fit rows) of each fold with both.
+    fn splits(&self) -> Vec<(Vec<usize>, Vec<usize>)> {
+        (0..self.n_folds)
+            .filter_map(|f| {
+                let (held, fit): (Vec<usize>, Vec<usize>) = (0..self.x.nrows()).partition(|&r| self.fold[r] == f);
+                (!held.is_empty() && !fit.is_empty()).then_some((held, fit))
+            })
+            .collect()
+    }
 }
 
 /// Rows of `x` scaled to unit length (zero rows stay zero).
@@ -184,7 +268,8 @@ mod tests {
         let x = normalised(array![[1.0f32, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]].view());
         let values = array![[1.0f32], [0.8], [0.0], [0.2]];
         let mask = Array2::ones((4, 1));
-        let grid = cross_validated_grid(x.view(), values.view(), mask.view(), &[0, 1, 0, 1], 2, &[1], &[0.0]);
+        let cv = CrossValidation { x: x.view(), values: values.view(), mask: mask.view(), fold: &[0, 1, 0, 1], n_folds: 2 };
+        let grid = cv.grid(&[1], &[0.0]);
         assert_eq!(grid[0].1.column(0).to_vec(), vec![0.8, 1.0, 0.2, 0.0]);
     }
 }

@@ -9,6 +9,16 @@
 //! With a quality floor the cheapest weight that meets everything wins (lowest cost with quality
 //! at least Y); otherwise the highest-quality one (highest quality within the budget). Several
 //! log files are pooled, weighted by their prompt counts, as the traffic they stand for.
+//!
+//! Two guards against a weight that misses its target live (review finding 9):
+//! - **the set Route uses**: live routing takes the argmax over every catalog model the head
+//!   predicts, not only the models a file scores; a weight at which live routing would send more
+//!   than [`MAX_OUTSIDE_SHARE`] (`--max-outside-share`) of the file's prompts to a model the file
+//!   does not score is not a candidate (its cost and quality are unknown here), and when that rules out every weight
+//!   that would meet the target the error names those models;
+//! - **a margin**: the budget must hold with `margin` to spare (cost at most `(1 - margin)` of
+//!   the budget, quality at least the floor plus `margin` of the gap to 100% of the best single
+//!   model's), since the chosen point is the best of many noisy ones on a few hundred prompts.
 use serde::Serialize;
 
 use super::eval::DatasetReport;
@@ -22,7 +32,19 @@ pub struct Target {
     pub min_quality_share: Option<f64>,
     /// At most this share of requests to the most expensive model.
     pub max_top_share: Option<f64>,
+    /// Share of the budget (and of the quality floor's distance to the best single model) kept
+    /// in reserve; 0 for none.
+    pub margin: f64,
+    /// Largest share of prompts live routing may send to models the data does not score at a
+    /// chosen weight ([`MAX_OUTSIDE_SHARE`] by default; 1 accepts any, knowingly).
+    pub max_outside_share: f64,
 }
+
+/// The default largest share of prompts live routing may send outside the scored models at a
+/// chosen weight.
+pub const MAX_OUTSIDE_SHARE: f64 = 0.01;
+/// The default margin.
+pub const DEFAULT_MARGIN: f64 = 0.1;
 
 /// The chosen weight and what it is expected to deliver on the validation prompts.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -41,6 +63,8 @@ pub struct Choice {
     pub best_single_cost: f64,
     /// Prompts the figures are measured on.
     pub prompts: usize,
+    /// Share of those prompts live routing sends to models the files do not score at this weight.
+    pub outside_share: f64,
 }
 
 /// No weight meets the target.
@@ -69,14 +93,28 @@ pub fn choose(reports: &[DatasetReport], target: Target) -> Result<Choice, Unrea
             best_single_quality: best_q,
             best_single_cost: best_c,
             prompts: total,
+            outside_share: pooled(&|r, i| r.outside_share.get(i).copied().unwrap_or(0.0), i),
         })
         .collect();
-    let ok = |c: &&Choice| {
-        target.max_avg_cost.is_none_or(|x| c.cost <= x)
-            && target.min_quality_share.is_none_or(|y| c.quality >= y * best_q)
+    let m = target.margin.clamp(0.0, 0.9);
+    let meets = |c: &&Choice| {
+        target.max_avg_cost.is_none_or(|x| c.cost <= x * (1.0 - m))
+            && target.min_quality_share.is_none_or(|y| c.quality >= (y + m * (1.0 - y).max(0.0)) * best_q)
             && target.max_top_share.is_none_or(|z| c.top_share <= z)
     };
-    let feasible: Vec<&Choice> = candidates.iter().filter(ok).collect();
+    let limit = if target.max_outside_share > 0.0 { target.max_outside_share } else { MAX_OUTSIDE_SHARE };
+    let covered = |c: &&Choice| c.outside_share <= limit;
+    let feasible: Vec<&Choice> = candidates.iter().filter(meets).filter(covered).collect();
+    if feasible.is_empty() && candidates.iter().any(|c| meets(&c)) {
+        let mut outside: Vec<&str> = reports.iter().flat_map(|r| r.outside_models.iter().map(String::as_str)).collect();
+        outside.sort_unstable();
+        outside.dedup();
+        return Err(Unreachable(format!(
+            "every weight that meets it would send more than {:.0}% of the prompts to catalog models the head predicts but the data does not score ({}); Route uses every catalog model the head covers, so tune on data that covers them, remove them from the catalog, or accept a larger unscored share with --max-outside-share",
+            limit * 100.0,
+            outside.join(", ")
+        )));
+    }
     let pick = if target.min_quality_share.is_some() {
         feasible.into_iter().min_by(|a, b| a.cost.total_cmp(&b.cost).then(b.quality.total_cmp(&a.quality)))
     } else {

@@ -115,6 +115,9 @@ fn decision(i: usize) -> DecisionRecord {
         tradeoff: "default".into(),
         input_tokens: 42,
         candidates: vec![],
+        policy: Default::default(),
+        session: None,
+        baseline: None,
     }
 }
 

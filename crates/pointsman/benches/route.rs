@@ -20,7 +20,14 @@
 //! (its first and two more providers at other prices and speeds), in alternating rounds of
 //! BENCH_REQUESTS each (BENCH_ROUNDS, default 6), with the cache off (the encoder runs) and on
 //! (every text cached); it prints the p50 of each, the in-server rank stage (`timings.rank_us`)
-//! and the added cost of three endpoints.
+//! and the added cost of three endpoints. Before the rounds, every endpoint of both servers gets
+//! BENCH_MEASURED (default 20) Feedback reports naming its provider, with latency, time to first
+//! token, generation time and output tokens, so Route reads live endpoint measurements (quantiles
+//! from the sketches, per-endpoint breakers) as it would in production; 0 leaves every endpoint
+//! unmeasured.
+//!
+//! `BENCH_MODE=shadow` runs the same side-by-side rounds against a server without and with a
+//! shadow head (`[shadow] head_dir`, a copy of the shipped head) and prints the added cost.
 use std::{
     io::Read,
     path::Path,
@@ -255,7 +262,6 @@ async fn route_timed(client: &RouterClient<Channel>, prompts: &[String], request
 
 /// `BENCH_MODE=endpoints`: one endpoint per model against three, side by side in one process.
 async fn endpoints_mode(config: Config, short: &[String], requests: usize) {
-    let rounds = env_usize("BENCH_ROUNDS", 6);
     let mut one = config.clone();
     for m in &mut one.models {
         m.endpoints.truncate(1);
@@ -275,6 +281,29 @@ async fn endpoints_mode(config: Config, short: &[String], requests: usize) {
     }
     let endpoints = |c: &Config| c.models.iter().map(|m| m.endpoints.len()).sum::<usize>();
     println!("catalog: {} models; {} endpoints against {}", one.models.len(), endpoints(&one), endpoints(&three));
+    side_by_side(("1 endpoint/model", one), ("3 endpoints/model", three), "three endpoints", short, requests).await;
+}
+
+/// `BENCH_MODE=shadow`: the shipped head alone against the same head with a shadow head beside it
+/// (a copy of the shipped head: the same work a real candidate head does), side by side.
+async fn shadow_mode(config: Config, short: &[String], requests: usize) {
+    let dir = std::env::temp_dir().join(format!("pointsman-bench-shadow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["head.onnx", "manifest.json"] {
+        std::fs::copy(config.head.dir.join(f), dir.join(f)).unwrap();
+    }
+    let mut with = config.clone();
+    with.shadow.head_dir = Some(dir.clone());
+    side_by_side(("shadow off", config), ("shadow on", with), "the shadow head", short, requests).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two servers in this process, A and B, timed in alternating rounds of `requests` sequential
+/// short Routes (BENCH_ROUNDS, default 6), with the cache off (every request runs the encoder)
+/// and on (every text cached); prints the p50s, the in-server rank stage and B's added cost.
+async fn side_by_side(a: (&str, Config), b: (&str, Config), what: &str, short: &[String], requests: usize) {
+    let rounds = env_usize("BENCH_ROUNDS", 6);
+    let ((label_a, one), (label_b, three)) = (a, b);
     let mut rows = Vec::new();
     let caches = std::env::var("BENCH_CACHE").unwrap_or_else(|_| "miss,hit".into());
     for cache in caches.split(',') {
@@ -283,8 +312,39 @@ async fn endpoints_mode(config: Config, short: &[String], requests: usize) {
             a.cache.capacity = 0;
             b.cache.capacity = 0;
         }
-        let (ca, stop_a, _) = start(a).await;
-        let (cb, stop_b, _) = start(b).await;
+        let measured = env_usize("BENCH_MEASURED", 20);
+        for c in [&mut a, &mut b] {
+            c.health.count_unknown_requests = true;
+            c.health.window_seconds = 3600;
+        }
+        let (ca, stop_a, _) = start(a.clone()).await;
+        let (cb, stop_b, _) = start(b.clone()).await;
+        for (client, config) in [(&ca, &a), (&cb, &b)] {
+            let mut n = 0u64;
+            for m in &config.models {
+                for (j, e) in m.endpoints.iter().enumerate() {
+                    for k in 0..measured {
+                        n += 1;
+                        let latency = 400.0 + 300.0 * j as f64 + (k % 7) as f64 * 40.0;
+                        let report = FeedbackRequest {
+                            request_id: format!("measure-{n}"),
+                            model: m.id.clone(),
+                            outcome: Outcome::Success as i32,
+                            latency_ms: Some(latency),
+                            output_tokens: Some(200),
+                            provider: e.provider.clone(),
+                            ttft_ms: Some(latency / 4.0),
+                            generation_ms: Some(latency * 0.75),
+                            ..Default::default()
+                        };
+                        client.clone().feedback(report).await.unwrap();
+                    }
+                }
+            }
+        }
+        if measured > 0 {
+            println!("cache {cache}: every endpoint measured ({measured} reports each)");
+        }
         if cache == "hit" {
             for p in short {
                 for c in [&ca, &cb] {
@@ -309,9 +369,7 @@ async fn endpoints_mode(config: Config, short: &[String], requests: usize) {
             }
         }
         let _ = (stop_a.send(()), stop_b.send(()));
-        for (label, lat, rank, p50s) in
-            [("1 endpoint/model", &mut lat_a, &mut rank_a, &mut p50s_a), ("3 endpoints/model", &mut lat_b, &mut rank_b, &mut p50s_b)]
-        {
+        for (label, lat, rank, p50s) in [(label_a, &mut lat_a, &mut rank_a, &mut p50s_a), (label_b, &mut lat_b, &mut rank_b, &mut p50s_b)] {
             lat.sort();
             p50s.sort();
             let mut stage: Vec<u64> = rank.iter().map(|r| r.0).collect();
@@ -334,8 +392,8 @@ async fn endpoints_mode(config: Config, short: &[String], requests: usize) {
     }
     for pair in rows.chunks(2) {
         println!(
-            "{}: three endpoints add {:+.1}% to the p50 ({:+.1}% on the median of round p50s), rank stage {} us -> {} us, in-server {} us -> {} us",
-            pair[0].0.trim_end_matches(", 1 endpoint/model"),
+            "{}: {what} adds {:+.1}% to the p50 ({:+.1}% on the median of round p50s), rank stage {} us -> {} us, in-server {} us -> {} us",
+            pair[0].0.trim_end_matches(&format!(", {label_a}")),
             (pair[1].1.as_secs_f64() / pair[0].1.as_secs_f64() - 1.0) * 100.0,
             (pair[1].4.as_secs_f64() / pair[0].4.as_secs_f64() - 1.0) * 100.0,
             pair[0].3 .0,
@@ -397,6 +455,11 @@ async fn main() {
     if std::env::var("BENCH_MODE").is_ok_and(|m| m == "endpoints") {
         drop(encoder);
         endpoints_mode(config, &short, requests).await;
+        return;
+    }
+    if std::env::var("BENCH_MODE").is_ok_and(|m| m == "shadow") {
+        drop(encoder);
+        shadow_mode(config, &short, requests).await;
         return;
     }
     if std::env::var("BENCH_MODE").is_ok_and(|m| m == "feedback") {

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
                     let server = config.server.clone();
                     async move {
                         let q = convert::route_query(req, &server).map_err(|e| anyhow::anyhow!("{e}"))?;
-                        let r = convert::route_response(&engine, engine.route(q).await.map_err(|e| anyhow::anyhow!("{e}"))?, false);
+                        let r = convert::route_response(&engine, engine.route(q).await.map_err(|e| anyhow::anyhow!("{e}"))?, false, None);
                         let c = r.candidates.into_iter().next().ok_or_else(|| anyhow::anyhow!("no candidate"))?;
                         anyhow::Ok((c.model, c.provider))
                     }

@@ -83,17 +83,101 @@ pub fn evaluate_all(
     Ok(reports)
 }
 
-/// Evaluates and writes `report.json` and one SVG plot per file to `out`.
-pub fn eval(config: &Config, data: &[std::path::PathBuf], out: &std::path::Path, options: &EvalOptions) -> anyhow::Result<()> {
+/// Evaluates, prints, and with `out` writes `report.json` and one SVG plot per file there.
+pub fn eval(config: &Config, data: &[std::path::PathBuf], out: Option<&std::path::Path>, options: &EvalOptions) -> anyhow::Result<()> {
     write_reports(&evaluate_all(config, data, options)?, out)
 }
 
-/// Prints each report's figures and writes `report.json` and one SVG plot per file to `out`.
-fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
+/// `eval --log`: estimates the configured head (and each of `candidates`) on each logged file,
+/// off-policy, prints the estimates, and with `out` writes them to `report.json` there.
+pub fn eval_log(
+    config: &Config,
+    logs: &[std::path::PathBuf],
+    candidates: &[std::path::PathBuf],
+    cost_weight: Option<f64>,
+    out: Option<&std::path::Path>,
+    options: &EvalOptions,
+) -> anyhow::Result<Vec<crate::learning::eval::log_value::LogReport>> {
+    let env = runtime::environment(config.runtime.onnxruntime.as_deref())?;
+    let encoder = Encoder::load(env, &config.encoder)?;
+    let catalog = config.catalog()?;
+    let mut heads = vec![crate::predictor::Head::load(env, &config.head.dir)?];
+    for c in candidates {
+        heads.push(crate::predictor::Head::load(env, c)?);
+    }
+    let refs: Vec<&crate::predictor::Head> = heads.iter().collect();
+    let w =
+        match cost_weight {
+            Some(w) => w,
+            None => *config.routing.profiles.get(&config.routing.default_profile).ok_or_else(|| {
+                anyhow::anyhow!("routing.default_profile `{}` is not in routing.profiles", config.routing.default_profile)
+            })?,
+        };
+    let mut reports = Vec::new();
+    for f in logs {
+        let read = crate::learning::read_logs(std::slice::from_ref(f), false)?;
+        let r = crate::learning::eval::log_value::evaluate_log(
+            f,
+            &read,
+            &refs,
+            &encoder,
+            &catalog,
+            w,
+            config.routing.out_of_domain_p,
+            config.routing.cost_scale_usd,
+            options.embedding_cache.as_deref(),
+            options.quiet,
+        )?;
+        println!(
+            "{}: {} prompts, {} outcomes ({:.0}% with a logged propensity{}); cost weight {w}",
+            r.file,
+            r.prompts,
+            r.observations,
+            r.logged_propensity_share * 100.0,
+            if r.logged_propensity_share < 1.0 { "; the others weighted by their model's share of the log" } else { "" }
+        );
+        println!(
+            "  {:<28} {:>24} {:>24} {:>24} {:>26} {:>8} {:>8} {:>9}",
+            "policy", "quality IPS [95%]", "SNIPS [95%]", "DR [95%]", "cost $/req DR [95%]", "ESS", "matched", "unlogged"
+        );
+        let fig = |f: crate::learning::offpolicy::Figure, d: usize| {
+            let (lo, hi) = f.interval();
+            format!("{:.d$} [{:.d$}, {:.d$}]", f.value, lo, hi)
+        };
+        for v in std::iter::once(&r.logged).chain(&r.heads) {
+            println!(
+                "  {:<28} {:>24} {:>24} {:>24} {:>26} {:>8.0} {:>8} {:>8.1}%",
+                v.policy,
+                fig(v.quality.ips, 3),
+                fig(v.quality.snips, 3),
+                fig(v.quality.dr, 3),
+                fig(v.cost.dr, 6),
+                v.quality.effective_sample_size,
+                v.quality.matched,
+                v.unlogged_share * 100.0
+            );
+        }
+        reports.push(r);
+    }
+    if let Some(out) = out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&reports)?)?;
+        println!("wrote {}", out.join("report.json").display());
+    }
+    Ok(reports)
+}
+
+/// Prints each report's figures and, with `out`, writes `report.json` and one SVG plot per file there.
+fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        std::fs::create_dir_all(out)?;
+    }
     for r in reports {
-        let plot = out.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_")));
-        std::fs::write(&plot, crate::learning::eval::svg(r))?;
+        let plot =
+            out.map(|o| o.join(format!("{}.svg", r.file.trim_end_matches(".gz").trim_end_matches(".jsonl").replace(['/', '.'], "_"))));
+        if let Some(plot) = &plot {
+            std::fs::write(plot, crate::learning::eval::svg(r))?;
+        }
         print_table(r);
         let best = r.single_models.iter().find(|s| s.model == r.best_single).expect("best is a single model. This is a bug.");
         let below = r.router_below_single_frontier;
@@ -103,12 +187,14 @@ fn write_reports(reports: &[crate::learning::eval::DatasetReport], out: &std::pa
             r.router_cost_share_to_match_best_single.map_or("at no cost it sweeps".to_string(), |s| format!("at {:.0}% of its cost", s * 100.0)),
             below.share_of_cost_range * 100.0,
             if below.share_of_cost_range > 0.0 { format!(" (at most {:.3} quality, at ${:.6})", below.max_quality, below.at_cost) } else { String::new() },
-            r.mean_calibration_error, plot.display()
+            r.mean_calibration_error, plot.as_ref().map_or("not written (no --out)".to_string(), |p| p.display().to_string())
         );
         println!("  coverage: {}", r.coverage.describe());
     }
-    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(reports)?)?;
-    println!("wrote {}", out.join("report.json").display());
+    if let Some(out) = out {
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(reports)?)?;
+        println!("wrote {}", out.join("report.json").display());
+    }
     Ok(())
 }
 
@@ -200,7 +286,7 @@ pub fn cross_validate(config: &Config, job: &TrainJob, folds: usize, knn_k: usiz
         !reports.is_empty(),
         "no log file could be evaluated in every fold (a file needs a full matrix of >= 2 catalog models on >= 20 prompts per fold)"
     );
-    write_reports(&reports, &job.out_dir)
+    write_reports(&reports, Some(&job.out_dir))
 }
 
 /// Chooses a cost weight for `target`, prints what it delivers, and with `write` sets it as
@@ -229,6 +315,12 @@ pub fn tune(
         c.cost_weight, c.prompts, c.quality, c.quality / c.best_single_quality.max(1e-12) * 100.0, c.best_single_quality,
         c.cost, c.cost / c.best_single_cost.max(1e-12) * 100.0, c.best_single_cost, c.top_share * 100.0
     );
+    println!(
+        "  scored over the set Route uses: {:.1}% of these prompts would go to catalog models the data does not score (at most {:.0}% allowed); margin {:.0}% kept",
+        c.outside_share * 100.0,
+        target.max_outside_share * 100.0,
+        target.margin * 100.0
+    );
     if write {
         let text = std::fs::read_to_string(config_path)?;
         let updated = crate::learning::tune::set_profile(&text, name, c.cost_weight);
@@ -237,7 +329,12 @@ pub fn tune(
         // Refuse to leave a config that no longer loads.
         Config::load(&tmp).map_err(|e| anyhow::anyhow!("the updated config would not load ({e}); left unchanged"))?;
         std::fs::rename(&tmp, config_path)?;
-        println!("wrote profile `{name}` to {}", config_path.display());
+        println!(
+            "wrote profile `{name}` to {}; a running server applies it on reload (SIGHUP, Admin.Reload, or the file watcher when `[reload] watch_interval_seconds` > 0)",
+            config_path.display()
+        );
+    } else {
+        println!("not written (pass --write to set it in {}; a running server then applies it on reload)", config_path.display());
     }
     Ok(c)
 }
@@ -291,9 +388,16 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
     for p in s.problems.iter().take(5) {
         println!("  log problem: {p}");
     }
+    for line in job::evidence_report(&s.evidence, s.unobserved_prior, s.observations, s.with_propensity, s.skipped_lines) {
+        println!("{line}");
+    }
+    let figures = if m.validation.prompts == 0 {
+        format!("fitted on all {} prompts; inner cross-validated (out of fold)", m.trained_on.training_prompts)
+    } else {
+        format!("held-out ({} prompts)", m.validation.prompts)
+    };
     println!(
-        "held-out ({} prompts): quality MAE {:.4} vs {:.4} per-model mean; Brier {:.4} vs {:.4}; median token error {:.0} vs {:.0}",
-        m.validation.prompts,
+        "{figures}: quality MAE {:.4} vs {:.4} per-model mean; Brier {:.4} vs {:.4}; median token error {:.0} vs {:.0}",
         s.validation.quality_mae,
         s.baseline.quality_mae,
         s.validation.quality_brier,
@@ -301,6 +405,55 @@ pub fn train(config: &Config, job: &TrainJob, quiet: bool) -> anyhow::Result<()>
         s.validation.tokens_median_abs_error,
         s.baseline.tokens_median_abs_error
     );
+    Ok(())
+}
+
+/// How `report` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReportOptions {
+    /// JSON instead of text.
+    pub json: bool,
+    /// Decisions sampled for the prompt clusters (0 skips them).
+    pub cluster_sample: usize,
+}
+
+/// Prints the report of `window` from the decision log at `db` (a SQLite file or a
+/// `postgres://` URL), with the config's catalog, encoder and `[health]` settings. Blocking (the
+/// PostgreSQL reader drives a runtime of its own: call it off the async runtime).
+pub fn report(config: &Config, db: &std::path::Path, window: crate::report::Window, options: &ReportOptions) -> anyhow::Result<()> {
+    let catalog = config.catalog()?;
+    // The encoder only for the clusters; without it they are skipped with a note.
+    let encoder = (options.cluster_sample > 0)
+        .then(|| runtime::environment(config.runtime.onnxruntime.as_deref()).map_err(|e| e.to_string()))
+        .map(|env| env.and_then(|env| Encoder::load(env, &config.encoder).map_err(|e| e.to_string())));
+    let encoder = match encoder {
+        Some(Ok(e)) => Some(e),
+        Some(Err(e)) => {
+            eprintln!("report: no encoder for the prompt clusters ({e}); they are skipped");
+            None
+        }
+        None => None,
+    };
+    let embed = |texts: &[String]| -> Result<Vec<Vec<f32>>, String> {
+        let e = encoder.as_ref().ok_or("no encoder")?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        e.embed_many(&refs, &|_| {}).map_err(|e| e.to_string())
+    };
+    let opts = crate::report::Options {
+        catalog: Some(&catalog),
+        health: config.health.clone(),
+        embed: encoder.as_ref().map(|_| &embed as crate::report::Embedder<'_>),
+        encoder_id: encoder.as_ref().map(|e| e.id().to_string()),
+        cluster_sample: options.cluster_sample,
+        baseline_choice: Some(config.savings.describe()),
+        ..crate::report::Options::default()
+    };
+    let r = crate::report::build(db, window, &opts)?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", crate::report::text(&r));
+    }
     Ok(())
 }
 
@@ -347,7 +500,7 @@ pub async fn route(config: Config, request: pb::RouteRequest, as_json: bool) -> 
     let explain = request.explain;
     let query = convert::route_query(request, &server).map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
     let decision = engine.route(query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let resp = convert::route_response(&engine, decision, explain);
+    let resp = convert::route_response(&engine, decision, explain, None);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&response_json(&resp))?);
     } else {

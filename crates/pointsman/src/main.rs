@@ -57,6 +57,31 @@ enum Command {
     /// Work with the decision log (the SQLite file or PostgreSQL database of decisions and feedback).
     #[command(subcommand)]
     Logs(LogsCommand),
+    /// What routing earned over a window, from the decision log: spend and savings against the
+    /// baseline per model, provider and profile, calibration, fallbacks, breaker openings,
+    /// latency percentiles and prompt clusters (text, or JSON with --json).
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Start of the window: an RFC 3339 time (2026-12-07T09:00:00Z), a duration before now
+    /// (24h, 7d), `now`, or ms since the Unix epoch. Default: one day before --until.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the window (same forms). Default: now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Print JSON (the admin listener's /report.json) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The decision log: a SQLite file or a `postgres://` URL. Default: config
+    /// `decision_log.url`, else `decision_log.path`.
+    #[arg(long, env = "POINTSMAN_LOG_DB")]
+    db: Option<PathBuf>,
+    /// Decisions sampled and embedded by the encoder for the prompt clusters (0 skips them).
+    #[arg(long, default_value_t = 400)]
+    clusters: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,11 +133,27 @@ struct ExtendArgs {
 #[derive(Args, Debug)]
 struct EvalArgs {
     /// Full-matrix routing log files; each is evaluated on its own, on the head's held-out prompts.
-    #[arg(long = "data", env = "POINTSMAN_EVAL_DATA", value_delimiter = ',', required = true)]
+    #[arg(long = "data", env = "POINTSMAN_EVAL_DATA", value_delimiter = ',', required_unless_present = "log")]
     data: Vec<PathBuf>,
-    /// Folder for report.json and one <file>.svg plot per log file.
-    #[arg(long, env = "POINTSMAN_EVAL_OUT", default_value = "eval")]
-    out: PathBuf,
+    /// Folder for report.json and one <file>.svg plot per log file (none by default: the figures
+    /// are printed, nothing is written).
+    #[arg(long, env = "POINTSMAN_EVAL_OUT")]
+    out: Option<PathBuf>,
+    /// The head to evaluate (a folder with head.onnx and manifest.json) instead of the config's
+    /// `head.dir`: compare candidate heads without a config file each.
+    #[arg(long, env = "POINTSMAN_HEAD")]
+    head: Option<PathBuf>,
+    /// Logged traffic (a decision log, or routing-log lines with or without `propensity`) to
+    /// estimate the head on off-policy: quality and cost by IPS, SNIPS and doubly robust, with
+    /// 95% intervals and the effective sample size. No full matrix needed.
+    #[arg(long = "log", value_delimiter = ',', conflicts_with = "data")]
+    log: Vec<PathBuf>,
+    /// Another head to estimate beside it on --log (repeatable).
+    #[arg(long = "candidate", requires = "log")]
+    candidates: Vec<PathBuf>,
+    /// The cost weight heads route at on --log (default: the config's default profile).
+    #[arg(long, requires = "log")]
+    cost_weight: Option<f64>,
     /// Neighbours of the plain kNN-k baseline router (the tuned kNN chooses its own k and b).
     #[arg(long, env = "POINTSMAN_EVAL_KNN_K", default_value_t = 25)]
     knn_k: usize,
@@ -151,6 +192,9 @@ struct EmbedArgs {
 
 #[derive(Args, Debug)]
 struct TuneArgs {
+    /// The head to tune for instead of the config's `head.dir`.
+    #[arg(long, env = "POINTSMAN_HEAD")]
+    head: Option<PathBuf>,
     /// Full-matrix validation logs (pooled by prompt count); by default only the head's held-out prompts.
     #[arg(long = "data", env = "POINTSMAN_TUNE_DATA", value_delimiter = ',', required = true)]
     data: Vec<PathBuf>,
@@ -169,6 +213,14 @@ struct TuneArgs {
     /// Write the profile into the config file (comments and other keys are kept).
     #[arg(long)]
     write: bool,
+    /// Share of the budget (and of the quality floor's distance to the best single model) kept
+    /// in reserve against the noise of the chosen point.
+    #[arg(long, default_value_t = pointsman::learning::tune::DEFAULT_MARGIN)]
+    margin: f64,
+    /// Largest share of the prompts live routing may send, at the chosen weight, to catalog
+    /// models the data does not score (their cost and quality are then unknown to the choice).
+    #[arg(long, default_value_t = pointsman::learning::tune::MAX_OUTSIDE_SHARE)]
+    max_outside_share: f64,
     /// Use every prompt of the files instead of the head's held-out prompts (logs the head never
     /// saw; a file it was trained on is refused, as in `eval`).
     #[arg(long)]
@@ -201,8 +253,11 @@ struct TrainArgs {
     /// `--out models/router` (the config's `head.dir`) to replace it.
     #[arg(long, env = "POINTSMAN_TRAIN_OUT", required = true)]
     out: PathBuf,
-    /// Share of prompts held out (by prompt) for the validation metrics in the manifest.
-    #[arg(long, env = "POINTSMAN_TRAIN_VAL_FRACTION", default_value_t = 0.2)]
+    /// Share of prompts held out (by prompt) from the head, for the validation metrics in the
+    /// manifest and as `eval`'s default prompts. 0 (the default): the head is fitted on every
+    /// prompt after its predictor is chosen, and the validation figures are the inner
+    /// cross-validation's.
+    #[arg(long, env = "POINTSMAN_TRAIN_VAL_FRACTION", default_value_t = 0.0)]
     val_fraction: f64,
     /// Share of the remaining prompts used to pick the stopping epoch.
     #[arg(long, env = "POINTSMAN_TRAIN_EARLY_STOP_FRACTION", default_value_t = 0.15)]
@@ -254,6 +309,10 @@ struct TrainArgs {
     /// its prompts (docs/training.md, "Memory").
     #[arg(long, env = "POINTSMAN_TRAIN_MEMORY_CAP", default_value_t = pointsman::learning::job::DEFAULT_MEMORY_CAP)]
     memory_cap: usize,
+    /// On sparse logs (under half of a family's (prompt, model) pairs observed), each model's
+    /// kNN averages its own nearest observations instead of the nearest prompts.
+    #[arg(long)]
+    knn_own_neighbours: bool,
     /// Name prefix of the head id (the id ends with the graph's hash).
     #[arg(long, env = "POINTSMAN_TRAIN_NAME", default_value = "head")]
     name: String,
@@ -292,6 +351,9 @@ struct ServeArgs {
 
 #[derive(Args, Debug)]
 struct RouteArgs {
+    /// The head to route with instead of the config's `head.dir`.
+    #[arg(long, env = "POINTSMAN_HEAD")]
+    head: Option<PathBuf>,
     /// The prompt to route (one user message).
     prompt: String,
     /// Named profile from the config (e.g. quality, balanced, economy). Exclusive with --cost-weight.
@@ -395,13 +457,30 @@ async fn run() -> anyhow::Result<()> {
         anyhow::bail!("--log-format must be `text` or `json`. Given: `{}`", cli.log_format);
     }
     init_logging(&cli.log_format);
-    let cfg = load_config(&cli)?;
+    let mut cfg = load_config(&cli)?;
+    let head = match &cli.command {
+        Command::Eval(a) => a.head.clone(),
+        Command::Tune(a) => a.head.clone(),
+        Command::Route(a) => a.head.clone(),
+        _ => None,
+    };
+    if let Some(dir) = head {
+        cfg.head.dir = dir;
+    }
     let cli_config = cli.config.clone();
     match cli.command {
         Command::Logs(LogsCommand::Export(a)) => {
             let db = a.db.unwrap_or_else(|| cfg.decision_log.url.clone().map_or_else(|| cfg.decision_log.path.clone(), PathBuf::from));
             let scope = if a.unverified_feedback { FeedbackScope::All } else { FeedbackScope::Verified };
             tokio::task::spawn_blocking(move || pointsman::cli::export_logs(&db, &a.out, scope)).await??;
+        }
+        Command::Report(a) => {
+            let db = a.db.unwrap_or_else(|| cfg.decision_log.url.clone().map_or_else(|| cfg.decision_log.path.clone(), PathBuf::from));
+            let window = pointsman::report::Window::parse(a.since.as_deref(), a.until.as_deref(), pointsman::report::now_ms())
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
+            let options = pointsman::cli::ReportOptions { json: a.json, cluster_sample: a.clusters };
+            std::thread::scope(|s| s.spawn(|| pointsman::cli::report(&cfg, &db, window, &options)).join())
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         }
         Command::Serve(_) => {
             let listeners = pointsman::transport::Listeners::bind(&cfg).await?;
@@ -445,7 +524,17 @@ async fn run() -> anyhow::Result<()> {
                 embedding_cache: embedding_cache(a.embed.embedding_cache, a.embed.no_embedding_cache),
                 quiet: a.embed.quiet,
             };
-            tokio::task::spawn_blocking(move || pointsman::cli::eval(&cfg, &a.data, &a.out, &options)).await??;
+            if a.log.is_empty() {
+                tokio::task::spawn_blocking(move || pointsman::cli::eval(&cfg, &a.data, a.out.as_deref(), &options)).await??;
+            } else {
+                if let Some(w) = a.cost_weight {
+                    anyhow::ensure!((0.0..=1.0).contains(&w), "--cost-weight must be in [0, 1]. Given: {w}");
+                }
+                tokio::task::spawn_blocking(move || {
+                    pointsman::cli::eval_log(&cfg, &a.log, &a.candidates, a.cost_weight, a.out.as_deref(), &options)
+                })
+                .await??;
+            }
         }
         Command::Extend(a) => {
             anyhow::ensure!(a.val_fraction > 0.0 && a.val_fraction < 0.9, "--val-fraction must be in (0, 0.9). Given: {}", a.val_fraction);
@@ -473,11 +562,19 @@ async fn run() -> anyhow::Result<()> {
                     anyhow::ensure!(v.is_finite() && v > lo && v <= hi, "{flag} must be in ({lo}, {hi}]. Given: {v}");
                 }
             }
+            anyhow::ensure!((0.0..0.9).contains(&a.margin), "--margin must be in [0, 0.9). Given: {}", a.margin);
+            anyhow::ensure!(
+                a.max_outside_share > 0.0 && a.max_outside_share <= 1.0,
+                "--max-outside-share must be in (0, 1]. Given: {}",
+                a.max_outside_share
+            );
             let path = cli_config_path(&cli_config);
             let target = pointsman::learning::tune::Target {
                 max_avg_cost: a.max_avg_cost,
                 min_quality_share: a.min_quality_share,
                 max_top_share: a.max_top_share,
+                margin: a.margin,
+                max_outside_share: a.max_outside_share,
             };
             let options = pointsman::cli::EvalOptions {
                 knn_k: 25,
@@ -502,6 +599,7 @@ async fn run() -> anyhow::Result<()> {
                 cost_scale_usd: cfg.routing.cost_scale_usd,
                 mlp_candidate: a.mlp_candidate,
                 memory_cap: a.memory_cap,
+                own_neighbours: a.knn_own_neighbours,
                 ensemble: a.ensemble,
                 method: a.method,
                 holdout: None,

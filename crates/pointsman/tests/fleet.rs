@@ -480,7 +480,10 @@ async fn the_postgres_log_survives_bad_rows_foreign_spills_and_a_retention_backl
         root.path(),
         &url_b,
         None,
-        &[("spill_path", &spill_setting), ("retention_interval_seconds", "1"), ("batch_max", "16")],
+        // A write may take 3 s before it spills (not the replicas' 500 ms): a PostgreSQL slowed
+        // by a busy machine must not pass for a writer that waited for retention, which would
+        // wait for the whole backlog (44 statements).
+        &[("spill_path", &spill_setting), ("retention_interval_seconds", "1"), ("batch_max", "16"), ("write_timeout_ms", "3000")],
     )
     .await;
     // (d) While another replica holds the lock, this one leaves the backlog alone.

@@ -151,12 +151,15 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
             },
         )
     });
+    // Sessions: mostly a plausible id, or a user with a conversation; sometimes anything.
+    let session = prop::option::of((id(), id(), id(), any::<bool>()))
+        .prop_map(|s| s.map(|(id, user, conversation, escalate_only)| pb::Session { id, user, conversation, escalate_only }));
     (
         (id(), conversation, profile),
         (cost_weight, max_cost, opt_number()),
         (list(&k.models), list(&k.models), list(&k.providers), list(&k.providers)),
         (fallbacks, any::<bool>(), prop::option::of((any::<(bool, bool, bool, bool, bool)>(), word(&["", "low", "high"]), opt_u32()))),
-        provider,
+        (provider, session, prop::option::of(any::<bool>()), prop::option::of((number(), word(&["", "p50", "p90", "p99", "p95"])))),
     )
         .prop_map(
             |(
@@ -164,7 +167,7 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                 (cost_weight, max_cost_usd, min_quality),
                 (allowed_models, denied_models, allowed_providers, denied_providers),
                 (max_fallbacks, explain, needs),
-                provider,
+                (provider, session, explore, max_latency),
             )| {
                 Shown(pb::RouteRequest {
                     request_id,
@@ -184,6 +187,9 @@ fn route_request(k: &Known) -> impl Strategy<Value = Shown<pb::RouteRequest>> {
                         pb::Requirements { tools, images, audio, files, json_schema, reasoning_effort, max_output_tokens }
                     }),
                     provider,
+                    explore,
+                    session,
+                    max_latency: max_latency.map(|(ms, percentile)| pb::LatencyLimit { ms, percentile }),
                 })
             },
         )
@@ -199,10 +205,35 @@ fn feedback_request(k: &Known) -> impl Strategy<Value = Shown<pb::FeedbackReques
     let outcome = mostly(1i32..6, any::<i32>());
     let latency = mostly(prop_oneof![Just(None), (0.0..60_000.0f64).prop_map(Some)], prop::option::of(number()));
     let cost = mostly(prop_oneof![Just(None), (0.0..1.0f64).prop_map(Some)], prop::option::of(number()));
-    ((request_id, model, outcome), (latency, prop::option::of(any::<u32>()), prop::option::of(any::<u32>())), (cost, opt_number()))
-        .prop_map(|((request_id, model, outcome), (latency_ms, input_tokens, output_tokens), (cost_usd, quality))| {
-            Shown(pb::FeedbackRequest { request_id, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality })
-        })
+    let endpoint = (text(Vec::new()), prop::option::of(number()), prop::option::of(number()));
+    (
+        (request_id, model, outcome),
+        (latency, prop::option::of(any::<u32>()), prop::option::of(any::<u32>())),
+        (cost, opt_number()),
+        endpoint,
+    )
+        .prop_map(
+            |(
+                (request_id, model, outcome),
+                (latency_ms, input_tokens, output_tokens),
+                (cost_usd, quality),
+                (provider, ttft_ms, generation_ms),
+            )| {
+                Shown(pb::FeedbackRequest {
+                    request_id,
+                    model,
+                    outcome,
+                    latency_ms,
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    quality,
+                    provider,
+                    ttft_ms,
+                    generation_ms,
+                })
+            },
+        )
 }
 
 /// "Ok", or the status code and the start of the message (the field named), for the summary.

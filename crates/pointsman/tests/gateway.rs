@@ -38,10 +38,16 @@ struct Pointsman {
 impl Pointsman {
     /// Starts the shipped config with the keys in `set` replaced (as `write_config` does).
     async fn start(set: &[(&str, &str)]) -> Self {
+        Self::start_edited(set, |_| {}).await
+    }
+
+    /// [`Pointsman::start`], with `edit` applied to the loaded config.
+    async fn start_edited(set: &[(&str, &str)], edit: impl FnOnce(&mut pointsman::config::Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("decisions.db");
         let cfg_path = write_config(&dir.path().join("pointsman.toml"), &repo().join("models/router"), &db, set);
-        let config = pointsman::config::Config::load(&cfg_path).unwrap();
+        let mut config = pointsman::config::Config::load(&cfg_path).unwrap();
+        edit(&mut config);
         let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ext = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -423,4 +429,252 @@ async fn client_routing_headers_reach_no_cluster_and_agent_requests_are_routed()
     let r = post(gw.addr, &chat("pointsman/auto", CHAT_PROMPT, false), &[("x-pointsman-upstream", "anthropic")]).await;
     assert_eq!((r.status, r.body.contains("hello from default")), (200, true), "{}", r.body);
     assert_eq!(anthropic.seen().len(), before, "the client-named cluster was not reached");
+}
+
+/// A conversation that names a session (`x-session-id`) stays on the model and upstream of its
+/// last turn while that is worth its cached input, and moves when that upstream fails until the
+/// model's breaker opens. The catalog: four models at equal list prices with free cached input,
+/// so staying is always worth more than a better model (what the gRPC tests check in detail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_its_upstream_through_envoy_until_its_breaker_opens() {
+    let _serial = SERIAL.lock().await;
+    let all = Arc::default();
+    let fallback = Upstream::start("default", &all).await;
+    let (openai, together) = (Upstream::start("openai", &all).await, Upstream::start("together", &all).await);
+    let (anthropic, deepseek) = (Upstream::start("anthropic", &all).await, Upstream::start("deepseek", &all).await);
+    let keep = ["claude-3-haiku-20240307", "gpt-4o-mini-2024-07-18", "deepseek-v2.5-0908", "Meta-Llama-3.1-8B-Instruct"];
+    let mut pm = Pointsman::start_edited(&[("message_timeout_ms", "10000"), ("cool_down_seconds", "600.0")], |c| {
+        c.models.retain(|m| keep.contains(&m.id.as_str()));
+        for e in c.models.iter_mut().flat_map(|m| m.endpoints.iter_mut()) {
+            (e.input_usd_per_mtok, e.output_usd_per_mtok, e.cached_input_usd_per_mtok) = (5.0, 5.0, Some(0.0));
+        }
+    })
+    .await;
+    let ports = gateway_ports(free_port(), pm.ext_port, &[&fallback, &openai, &together, &anthropic, &deepseek]);
+    let gw = Envoy::start(&ports, true, &[("message_timeout: 1s", "message_timeout: 10s")]).await;
+    let policy: String =
+        (1..=40).map(|i| format!("Clause {i}: refunds for category {i} are answered within {} days. ", i % 7 + 1)).collect();
+    let body = |turns: usize| {
+        let mut m = vec![serde_json::json!({"role": "system", "content": format!("You are a support agent.\n{policy}")})];
+        for t in 0..turns {
+            if t > 0 {
+                m.push(serde_json::json!({"role": "assistant", "content": format!("Answer {t}, citing the clause in full.")}));
+            }
+            m.push(serde_json::json!({"role": "user", "content": format!("Question {t}: what do I tell a customer whose category {} order is {} days old?", t + 3, t + 5)}));
+        }
+        serde_json::json!({"model": "pointsman/auto", "messages": m}).to_string()
+    };
+
+    // Turn 1, limited to anthropic by the request's provider preferences.
+    let r = post(gw.addr, &body(1), &[("x-session-id", "gw-1"), ("x-pointsman-provider", r#"{"only": ["anthropic"]}"#)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (name, seen) = arrival(&all);
+    assert_eq!((name, seen.model.as_str()), ("anthropic", "claude-3-haiku-20240307"));
+    assert_eq!(seen.headers["x-pointsman-session"], "new; reason=first_turn");
+    // Turns 2 and 3, no preference: the session stays on its upstream.
+    for turns in [2, 3] {
+        let r = post(gw.addr, &body(turns), &[("x-session-id", "gw-1")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (name, seen) = arrival(&all);
+        assert_eq!((name, seen.model.as_str()), ("anthropic", "claude-3-haiku-20240307"), "turn {turns}");
+        assert!(seen.headers["x-pointsman-session"].starts_with("kept; reason="), "{:?}", seen.headers);
+    }
+    // A request without a session goes where the ranking says (recorded for the report).
+    let r = post(gw.addr, &body(3), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (plain, seen) = arrival(&all);
+    assert!(!seen.headers.contains_key("x-pointsman-session"));
+    println!("without a session, turn 3 goes to {plain} ({})", seen.model);
+
+    // The anthropic upstream fails: the session's turns fail there until the model's breaker
+    // opens (5 failures in a row, reported by ext_proc itself), then move and succeed.
+    anthropic.failing.store(true, Ordering::SeqCst);
+    let mut failures = 0;
+    let moved = loop {
+        let r = post(gw.addr, &body(4), &[("x-session-id", "gw-1")]).await;
+        if r.status == 200 {
+            break arrival(&all);
+        }
+        assert_eq!(r.status, 500, "{}", r.body);
+        failures += 1;
+        assert!(failures <= 10, "the session never moved off the failing upstream");
+        let id = anthropic.seen().last().unwrap().headers["x-pointsman-request-id"].clone();
+        eventually(|| Some(()).filter(|_| !feedback_rows(&pm.db, &id).is_empty())).await;
+    };
+    assert_eq!(failures, 5, "the breaker opens after open_after_consecutive_failures = 5");
+    let (name, seen) = moved;
+    assert_ne!(name, "anthropic");
+    assert_eq!(seen.headers["x-pointsman-session"], "moved; reason=unhealthy");
+    pm.stop().await;
+}
+
+/// One model served by three fake providers of different speeds (together fast, deepseek at
+/// 150 ms, anthropic at 600 ms; one price), and a dearer model on openai, through the real Envoy:
+/// the endpoints share the load while unmeasured, then go fastest first; a provider slowed down
+/// loses its place within a window of reports (the count is printed); an outage (503) on one
+/// provider moves traffic to the same model on the next provider before another model; a
+/// tool-calling request never reaches the endpoint that declares no tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_orders_one_models_endpoints_by_live_measurements() {
+    const LLAMA: &str = "Meta-Llama-3.1-8B-Instruct";
+    const OTHER: &str = "Mistral-Nemo-Instruct-2407";
+    let _serial = SERIAL.lock().await;
+    let all = Arc::default();
+    let fallback = Upstream::start("default", &all).await;
+    let (fast, mid, slow, other) = (
+        Upstream::start("together", &all).await,
+        Upstream::start("deepseek", &all).await,
+        Upstream::start("anthropic", &all).await,
+        Upstream::start("openai", &all).await,
+    );
+    mid.delay_ms.store(150, Ordering::SeqCst);
+    slow.delay_ms.store(600, Ordering::SeqCst);
+    let set = [
+        ("open_after_consecutive_failures", "3"),
+        ("cool_down_seconds", "600.0"),
+        ("window_seconds", "600"),
+        ("min_measured_requests", "3"),
+    ];
+    let pm = Pointsman::start_edited(&set, |c| {
+        let endpoint = |provider: &str, tools: Option<bool>| {
+            let mut e = pointsman::catalog::CatalogModel::single(LLAMA, provider, 0.2, 0.2, 131_072).endpoints.remove(0);
+            // Optimistic priors: an endpoint not measured yet looks fast, so it is tried.
+            (e.ttft_ms, e.output_tokens_per_second) = (Some(1.0), Some(1e6));
+            e.capabilities.tools = tools;
+            e
+        };
+        let llama = pointsman::catalog::CatalogModel {
+            id: LLAMA.into(),
+            endpoints: vec![endpoint("together", None), endpoint("deepseek", Some(true)), endpoint("anthropic", Some(false))],
+        };
+        c.models = vec![llama, pointsman::catalog::CatalogModel::single(OTHER, "openai", 3.0, 9.0, 131_072)];
+        c.routing.out_of_domain_p = 0.0;
+    })
+    .await;
+    let gw = Envoy::start(&gateway_ports(free_port(), pm.ext_port, &[&fallback, &fast, &mid, &slow, &other]), true, &[]).await;
+    // Cheapest first: LLAMA, with OTHER as the fallback model.
+    let cheap = [("x-pointsman-cost-weight", "1")];
+    let llama_order = |attempts: &str| -> Vec<String> {
+        attempts.split(',').filter_map(|a| a.strip_prefix(&format!("{LLAMA}@"))).map(str::to_string).collect()
+    };
+    // Posts one request, waits for its feedback to be counted, returns (upstream, attempt order).
+    let counted = || async { pm.feedback_counted().await };
+    let send = |body: String| {
+        let (all, gw) = (Arc::clone(&all), gw.addr);
+        async move {
+            let before = counted().await;
+            let r = post(gw, &body, &cheap).await;
+            let (name, seen) = all.lock().unwrap().last().cloned().unwrap();
+            eventually_async(|| async { counted().await > before }).await;
+            (r.status, name, llama_order(&seen.headers["x-pointsman-attempts"]), seen)
+        }
+    };
+
+    // 1. Unmeasured and equal: the load is spread; as each is measured, the order goes by speed.
+    let mut reached = std::collections::BTreeMap::<&str, usize>::new();
+    let mut slow_reports = 0;
+    let mut settled_after = None;
+    for i in 0..40 {
+        let (status, name, order, seen) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} ({i})"), false)).await;
+        assert_eq!(status, 200);
+        assert_eq!(seen.model, LLAMA);
+        eprintln!("request {i}: reached {name}, order {order:?}");
+        *reached.entry(name).or_default() += 1;
+        slow_reports += usize::from(name == "anthropic");
+        if order == ["together", "deepseek", "anthropic"] {
+            settled_after.get_or_insert(i);
+            if i >= settled_after.unwrap() + 5 {
+                break;
+            }
+        } else {
+            settled_after = None;
+        }
+    }
+    let settled = settled_after.expect("the order never settled on fastest first");
+    println!(
+        "measured order settled after {settled} requests ({reached:?}); the slow provider had {slow_reports} reports when it fell behind"
+    );
+    assert!(reached.len() >= 2, "unmeasured endpoints share the load: {reached:?}");
+    assert!(slow_reports >= 1, "the slow provider was measured before it fell behind");
+
+    // 2. The fast provider slows down (1.2 s): how many of its reports until it loses first place.
+    let fast_before = fast.seen().len();
+    fast.delay_ms.store(1200, Ordering::SeqCst);
+    let mut lost_after = None;
+    for i in 0..40 {
+        let (status, name, order, _) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} (slowed {i})"), false)).await;
+        assert_eq!(status, 200);
+        if order[0] != "together" {
+            lost_after = Some(fast.seen().len() - fast_before);
+            assert_eq!(order[0], "deepseek", "{order:?}");
+            break;
+        }
+        assert_eq!(name, "together");
+    }
+    let lost = lost_after.expect("the slowed provider kept first place");
+    println!("a slowed endpoint lost first place after {lost} reports at its new speed ({settled} requests measured it fast before)");
+
+    // 3. An outage on the first provider (503): its breaker opens after 3 failures and traffic
+    //    moves to the same model on the next provider, not to another model.
+    mid.fail_status.store(503, Ordering::SeqCst);
+    let mut failures = 0;
+    let moved = loop {
+        let (status, name, order, seen) = send(chat("pointsman/auto", &format!("{CHAT_PROMPT} (outage {failures})"), false)).await;
+        if status == 503 {
+            assert_eq!(name, "deepseek");
+            failures += 1;
+            assert!(failures <= 3, "the breaker did not open after 3 failures");
+            continue;
+        }
+        assert_eq!(status, 200);
+        break (name, order, seen);
+    };
+    println!("the 503 provider failed {failures} requests, then traffic moved to {LLAMA}@{}", moved.0);
+    assert_eq!(failures, 3);
+    assert_eq!(moved.2.model, LLAMA, "the same model on another provider");
+    assert_ne!(moved.0, "deepseek");
+    assert!(!moved.1.contains(&"deepseek".to_string()), "the cooling endpoint is out of the order: {:?}", moved.1);
+    assert_eq!(other.seen().len(), 0, "no request went to another model");
+    let page = http_get(pm.admin, "/metrics").await;
+    let state = format!("pointsman_endpoint_health_state{{model=\"{LLAMA}\",provider=\"deepseek\",state=\"cooling_down\"}}");
+    assert_eq!(metric(&page, &state), Some(1.0), "{page}");
+    let p50 = format!("pointsman_endpoint_latency_seconds{{model=\"{LLAMA}\",provider=\"anthropic\",quantile=\"0.5\"}}");
+    assert!(metric(&page, &p50).is_some_and(|s| s >= 0.6), "the slow provider's measured median: {page}");
+    mid.fail_status.store(0, Ordering::SeqCst);
+
+    // 4. A tool-calling request never reaches the endpoint that declares no tools (anthropic),
+    //    though it is now the fastest healthy one.
+    let tools = serde_json::json!({"model": "pointsman/auto", "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "messages": [{"role": "user", "content": CHAT_PROMPT}]});
+    let slow_before = slow.seen().len();
+    for _ in 0..3 {
+        let (status, name, order, _) = send(tools.to_string()).await;
+        assert_eq!(status, 200);
+        assert_ne!(name, "anthropic");
+        assert!(!order.contains(&"anthropic".to_string()), "{order:?}");
+    }
+    assert_eq!(slow.seen().len(), slow_before);
+    // The same request without tools goes there.
+    let (_, name, _, _) = send(chat("pointsman/auto", CHAT_PROMPT, false)).await;
+    assert_eq!(name, "anthropic");
+}
+
+impl Pointsman {
+    /// Feedback reports accepted so far (every outcome), from the metrics page.
+    async fn feedback_counted(&self) -> f64 {
+        let page = http_get(self.admin, "/metrics").await;
+        ["success", "timeout", "rate_limited", "server_error", "refused"]
+            .iter()
+            .map(|o| metric(&page, &format!("pointsman_feedback_total{{outcome=\"{o}\"}}")).unwrap_or(0.0))
+            .sum()
+    }
+}
+
+/// Polls the async `f` every 20 ms for up to 10 s until it is true.
+async fn eventually_async<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

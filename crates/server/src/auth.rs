@@ -34,7 +34,7 @@ pub enum Role {
     Route,
     /// `Feedback`.
     Feedback,
-    /// `Admin.Reload` and `GET /metrics` on the admin listener.
+    /// `Admin.Reload`, `GET /metrics` and the report (`/report`, `/report.json`) on the admin listener.
     Admin,
     /// Envoy's external processor on the ext_proc listener (it routes and reports feedback).
     Gateway,
@@ -282,7 +282,7 @@ pub fn role_for_path(plane: Plane, path: &str) -> Option<Role> {
     match (plane, service, method) {
         (Plane::Data, router_server::SERVICE_NAME, "Feedback") => Some(Role::Feedback),
         (Plane::Data, router_server::SERVICE_NAME, _) => Some(Role::Route),
-        (Plane::Admin, admin_server::SERVICE_NAME, _) | (Plane::Admin, "metrics", "") => Some(Role::Admin),
+        (Plane::Admin, admin_server::SERVICE_NAME, _) | (Plane::Admin, "metrics" | "report" | "report.json", "") => Some(Role::Admin),
         (Plane::ExtProc, EXT_PROC_SERVICE, _) => Some(Role::Gateway),
         _ => None,
     }
@@ -362,6 +362,9 @@ mod tests {
         assert_eq!(role_for_path(Data, "/pointsman.v1.Router/Feedback"), Some(Role::Feedback));
         assert_eq!(role_for_path(Admin, "/pointsman.v1.Admin/Reload"), Some(Role::Admin));
         assert_eq!(role_for_path(Admin, "/metrics"), Some(Role::Admin));
+        assert_eq!(role_for_path(Admin, "/report"), Some(Role::Admin));
+        assert_eq!(role_for_path(Admin, "/report.json"), Some(Role::Admin));
+        assert_eq!(role_for_path(Data, "/report"), None);
         // Not served there: answered UNIMPLEMENTED / 404 without asking for a token.
         assert_eq!(role_for_path(Data, "/pointsman.v1.Admin/Reload"), None);
         assert_eq!(role_for_path(Data, "/metrics"), None);

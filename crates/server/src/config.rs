@@ -119,6 +119,15 @@ impl Default for HeadConfig {
     }
 }
 
+/// `[shadow]`: a second head scored beside the serving one on every request, never served
+/// (its choice is logged and counted; promoting it is a config change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// Folder of the shadow head (`manifest.json` and its graph); unset (the default) runs none.
+    pub head_dir: Option<PathBuf>,
+}
+
 /// `[runtime]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,6 +185,10 @@ pub struct Config {
     pub encoder: EncoderConfig,
     /// The prediction head.
     pub head: HeadConfig,
+    /// A shadow head.
+    pub shadow: ShadowConfig,
+    /// Exploration.
+    pub exploration: pointsman_core::exploration::ExplorationConfig,
     /// The prediction cache.
     pub cache: CacheConfig,
     /// Profiles and latency defaults.
@@ -184,8 +197,12 @@ pub struct Config {
     pub decision_log: crate::logs::LogConfig,
     /// Live model health (circuit breakers).
     pub health: crate::health::HealthConfig,
+    /// Sessions: a conversation kept on its endpoint while that is worth its cached input.
+    pub sessions: crate::sessions::SessionsConfig,
     /// Hot reload.
     pub reload: ReloadConfig,
+    /// The baseline savings are measured against.
+    pub savings: crate::savings::SavingsConfig,
     /// The catalog.
     pub models: Vec<CatalogModel>,
     /// The file this config was read from, for reloads.
@@ -283,6 +300,9 @@ impl Config {
         fix(&mut self.encoder.static_dir);
         fix(&mut self.head.dir);
         fix(&mut self.head.static_dir);
+        if let Some(p) = self.shadow.head_dir.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             fix(p);
         }
@@ -379,15 +399,20 @@ impl Config {
         if !(r.default_output_tokens_per_second.is_finite() && r.default_output_tokens_per_second > 0.0) {
             return Err(invalid("routing.default_output_tokens_per_second", "> 0", r.default_output_tokens_per_second));
         }
+        if let Err((key, limit, value)) = self.exploration.validate() {
+            return Err(invalid(key, limit, value));
+        }
         self.decision_log.validate()?;
         self.health.validate()?;
+        self.sessions.validate()?;
         self.auth.validate()?;
         self.tls.validate()?;
         let w = self.reload.watch_interval_seconds;
         if !(w.is_finite() && (0.0..=86_400.0).contains(&w)) {
             return Err(invalid("reload.watch_interval_seconds", "in [0, 86400]", w));
         }
-        Catalog::new(self.models.clone())?;
+        let catalog = Catalog::new(self.models.clone())?;
+        self.savings.validate(&catalog)?;
         Ok(())
     }
 
@@ -407,6 +432,8 @@ impl Config {
             max_fallbacks: self.server.max_fallbacks,
             keep_routing_text: log.enabled && log.store_prompts,
             keep_embeddings: log.enabled && !log.store_prompts,
+            exploration: self.exploration.clone(),
+            shadow_head_dir: self.shadow.head_dir.clone(),
         }
     }
 

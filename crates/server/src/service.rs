@@ -14,9 +14,15 @@ use std::{
 use crate::{
     config::Config,
     engine::{Decision, Engine, RouteError, RouteQuery, Tradeoff},
-    health::{offers::Offers, shared::SharedHealth, HealthTracker, Outcome, Snapshot},
-    logs::{now_ms, DecisionLog, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
-    policy::Constraints,
+    health::{
+        endpoints::{EndpointTracker, Measurement},
+        offers::Offers,
+        shared::SharedHealth,
+        EndpointLive, HealthTracker, Outcome, Snapshot,
+    },
+    logs::{now_ms, DecisionLog, DecisionPolicy, DecisionRecord, FeedbackRecord, LogError, LoggedCandidate, NotQueued},
+    savings::{Baseline, Estimate},
+    sessions::Sessions,
     telemetry::Telemetry,
 };
 
@@ -37,6 +43,10 @@ pub struct ServiceStats {
     pub routes_cancelled: AtomicU64,
     /// Route calls answered from the prediction cache.
     pub cache_hits: AtomicU64,
+    /// Decisions where the shadow head's primary was the serving head's best model.
+    pub shadow_agreed: AtomicU64,
+    /// Decisions where it was another model (or none).
+    pub shadow_disagreed: AtomicU64,
     /// Feedback reports accepted, by outcome (index of `Outcome::ALL`).
     pub feedback: [AtomicU64; 5],
     /// Feedback reports for catalog models left out of health because no replica offered that
@@ -141,6 +151,9 @@ pub struct FeedbackAck {
     /// The report is logged as verified: the model was offered for that request id and this is
     /// the first report on it (training exports take only these by default).
     pub verified: bool,
+    /// The endpoint's breaker and measurements after the report, when it names an endpoint of
+    /// the model.
+    pub endpoint: Option<EndpointLive>,
 }
 
 /// The outcome of a successful reload.
@@ -180,15 +193,21 @@ pub struct Service {
     engine: RwLock<Option<Arc<Engine>>>,
     config: RwLock<Arc<Config>>,
     health: Arc<HealthTracker>,
+    /// Each endpoint's breaker and measurements (reports that name the provider).
+    endpoints: Arc<EndpointTracker>,
     /// The fleet's shared health, with `health.shared`.
     shared: Option<SharedHealth>,
     log: Option<DecisionLog>,
     /// Recent request ids (this replica's and, with `health.shared`, the fleet's), the models
     /// offered for each, and the reports already taken on them.
     offers: Arc<Offers>,
+    /// Where each session's last turn went (shared with the fleet with `health.shared`).
+    sessions: Arc<Sessions>,
     reload_lock: tokio::sync::Mutex<()>,
     stats: ServiceStats,
     telemetry: Telemetry,
+    /// The savings baseline of the engine serving now (`savings`), set after each (re)load.
+    baseline: RwLock<Option<Arc<Baseline>>>,
 }
 
 impl Service {
@@ -196,6 +215,7 @@ impl Service {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let log = if config.decision_log.enabled { Some(DecisionLog::open(config.decision_log.clone())?) } else { None };
         let health = Arc::new(HealthTracker::new(config.health.clone()));
+        let endpoints = Arc::new(EndpointTracker::new(config.health.clone()));
         let offers = Arc::new(Offers::new(config.health.recent_requests));
         let shared = match &config.health.shared {
             Some(url) => Some(
@@ -204,15 +224,25 @@ impl Service {
                     config.health.shared_ca_file.as_deref(),
                     &config.health.shared_key,
                     Arc::clone(&health),
+                    Arc::clone(&endpoints),
                     Arc::clone(&offers),
                 )
                 .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?,
             ),
             None => None,
         };
+        let sessions = match (&config.health.shared, config.sessions.shared && config.sessions.enabled) {
+            (Some(url), true) => {
+                Sessions::shared(&config.sessions, url, config.health.shared_ca_file.as_deref(), &config.health.shared_key)
+                    .map_err(|message| StartError::SharedHealth { url: crate::redact::redact(url), message })?
+            }
+            _ => Sessions::new(&config.sessions),
+        };
         Ok(Self {
             engine: RwLock::new(None),
+            sessions,
             health,
+            endpoints,
             shared,
             config: RwLock::new(Arc::new(config)),
             log,
@@ -220,6 +250,7 @@ impl Service {
             reload_lock: tokio::sync::Mutex::new(()),
             stats: ServiceStats::default(),
             telemetry: Telemetry::new(),
+            baseline: RwLock::new(None),
         })
     }
 
@@ -236,6 +267,33 @@ impl Service {
         self.engine.write().unwrap_or_else(|e| e.into_inner()).replace(engine)
     }
 
+    /// Chooses the savings baseline of `engine` (`savings::resolve`) and keeps it for the
+    /// decisions of that engine. A failure is logged and leaves decisions without a baseline.
+    pub async fn set_baseline_for(&self, engine: &Arc<Engine>, cfg: &crate::savings::SavingsConfig) {
+        let baseline = match crate::savings::resolve(engine, cfg).await {
+            Ok(b) => {
+                tracing::info!(baseline = %b.id, chosen_by = b.chosen_by, probe_wins = ?b.probe_wins, mean_quality = ?b.mean_quality, "savings baseline");
+                Some(Arc::new(b))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "savings: no baseline; decisions are logged without savings");
+                None
+            }
+        };
+        *self.baseline.write().unwrap_or_else(|e| e.into_inner()) = baseline;
+    }
+
+    /// The savings baseline of `engine`, when one was chosen for it.
+    pub fn baseline(&self, engine: &Engine) -> Option<Arc<Baseline>> {
+        let b = self.baseline.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        (b.router_version == engine.version()).then_some(b)
+    }
+
+    /// The predicted saving of a decision of `engine` against its baseline.
+    pub fn savings(&self, engine: &Engine, d: &Decision) -> Option<Estimate> {
+        self.baseline(engine)?.estimate(engine.catalog(), d)
+    }
+
     /// The config of the last successful (re)load.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -246,9 +304,25 @@ impl Service {
         &self.health
     }
 
+    /// Each endpoint's breaker and measurements.
+    pub fn endpoints(&self) -> &EndpointTracker {
+        &self.endpoints
+    }
+
+    /// Every catalog endpoint of `engine`'s live state, `[model][endpoint]` (empty when none has
+    /// a report), for display (ListModels, explanations, metrics).
+    pub fn endpoint_live(&self, engine: &Engine) -> Vec<Vec<EndpointLive>> {
+        self.endpoints.routing(engine.catalog(), Instant::now())
+    }
+
     /// The fleet's shared health, with `health.shared`.
     pub fn shared_health(&self) -> Option<&SharedHealth> {
         self.shared.as_ref()
+    }
+
+    /// The sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The decision log, if enabled.
@@ -283,16 +357,28 @@ impl Service {
     /// on `call` (from [`Service::route_call`]).
     pub async fn route(&self, call: RouteCall<'_>, engine: &Arc<Engine>, q: RouteQuery) -> Result<Decision, RouteError> {
         // Lock-free; empty while no model has a report (the policy reads that as all healthy).
-        let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), Instant::now());
-        let mut result = engine.route_with_health(q, &health).await;
+        let now = Instant::now();
+        let health = self.health.routing_snapshots(engine.catalog().models().iter().map(|m| m.id.as_str()), now);
+        // Lock-free too; empty while no endpoint has a report (all healthy, judged on priors).
+        let endpoints = self.endpoints.routing(engine.catalog(), now);
+        let session = q.session;
+        let mut result = engine.route_live(q, &health, &endpoints).await;
         match &mut result {
             Ok(d) => {
+                if let Some(s) = session {
+                    self.sessions.decide(engine, d, s);
+                }
                 if d.timings.cache_hit {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 }
+                if let Some(s) = &d.shadow {
+                    let n = if s.agrees { &self.stats.shadow_agreed } else { &self.stats.shadow_disagreed };
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
                 self.remember_offered(engine, d);
                 if let Some(log) = &self.log {
-                    log.log_decision(decision_record(engine, d));
+                    let baseline = self.savings(engine, d);
+                    log.log_decision(decision_record(engine, d, baseline));
                 }
                 call.ok(d.timings.cache_hit);
             }
@@ -321,14 +407,36 @@ impl Service {
     /// an offered model) and offered. When the log refuses it (a full queue, a shutdown) the
     /// error says so, health has seen the report, and its retry counts no second time.
     pub async fn feedback(&self, mut rec: FeedbackRecord) -> Result<FeedbackAck, FeedbackError> {
-        let in_catalog = self.engine().is_some_and(|e| e.catalog().get(&rec.model).is_some());
+        let engine = self.engine();
+        let model = engine.as_ref().and_then(|e| e.catalog().get(&rec.model));
+        let in_catalog = model.is_some();
+        if let Some((e, b)) = engine.as_ref().and_then(|e| Some((e, self.baseline(e)?))) {
+            rec.baseline = Some(b.realised(e.catalog(), &rec.model, rec.input_tokens, rec.output_tokens, rec.cost_usd));
+        }
+        // A report naming one of the model's endpoints moves that endpoint's breaker (and feeds
+        // its measurements) instead of the model's.
+        let provider: Option<String> = rec.provider.clone().filter(|p| model.is_some_and(|m| m.endpoints.iter().any(|e| e.provider == *p)));
+        let provider = provider.as_deref();
+        let measurement = Measurement {
+            latency_ms: rec.latency_ms,
+            ttft_ms: rec.ttft_ms,
+            generation_ms: rec.generation_ms,
+            output_tokens: rec.output_tokens,
+        };
         let claim = self.offers.claim(&rec.request_id, &rec.model, in_catalog, self.health.config().count_unknown_requests);
+        let mut endpoint = None;
         let health = in_catalog.then(|| {
             if claim.counts {
                 if let Some(shared) = &self.shared {
-                    shared.share(&rec.request_id, &rec.model, rec.outcome, rec.latency_ms);
+                    shared.share(&rec.request_id, &rec.model, provider, rec.outcome, &measurement);
                 }
-                self.health.record(&rec.model, rec.outcome, rec.latency_ms, Instant::now())
+                match provider {
+                    Some(p) => {
+                        endpoint = Some(self.endpoints.record(&rec.model, p, rec.outcome, &measurement, Instant::now()));
+                        self.health.snapshot(&rec.model, Instant::now())
+                    }
+                    None => self.health.record(&rec.model, rec.outcome, rec.latency_ms, Instant::now()),
+                }
             } else {
                 if claim.duplicate {
                     self.stats.feedback_duplicates.fetch_add(1, Ordering::Relaxed);
@@ -340,6 +448,9 @@ impl Service {
                 self.health.snapshot(&rec.model, Instant::now())
             }
         });
+        if let (None, Some(p)) = (&endpoint, provider) {
+            endpoint = Some(self.endpoints.get(&rec.model, p, Instant::now()));
+        }
         (rec.verified, rec.offered) = (claim.verified, claim.offered);
         let outcome = rec.outcome;
         if let Some(log) = &self.log {
@@ -354,7 +465,7 @@ impl Service {
         }
         let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.stats.feedback[idx].fetch_add(1, Ordering::Relaxed);
-        Ok(FeedbackAck { known_request: claim.known_request, health, counted: claim.counts, verified: claim.verified })
+        Ok(FeedbackAck { known_request: claim.known_request, health, counted: claim.counts, verified: claim.verified, endpoint })
     }
 
     /// Re-reads the config, loads and validates a new engine, and swaps it in. One reload at a
@@ -367,6 +478,7 @@ impl Service {
             Ok((engine, config)) => {
                 let version = engine.version().to_string();
                 let models = engine.catalog().models().len();
+                self.set_baseline_for(&engine, &config.savings).await;
                 let old = self.install(engine);
                 let previous = old.map(|e| e.version().to_string()).unwrap_or_default();
                 *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
@@ -425,20 +537,16 @@ fn keep_restart_only_settings(new: &mut Config, running: &Config) {
         tracing::warn!("[health] changed: it takes effect at the next restart");
         new.health = running.health.clone();
     }
+    if new.sessions != running.sessions {
+        tracing::warn!("[sessions] changed: it takes effect at the next restart");
+        new.sessions = running.sessions.clone();
+    }
 }
 
 /// Checks a freshly loaded engine by routing a test prompt under the default profile: the head
 /// must produce finite predictions in range for the catalog.
 pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
-    let q = RouteQuery {
-        request_id: "reload-check".into(),
-        messages: vec![crate::encoder::text::ChatMessage::user(RELOAD_TEST_PROMPT.to_string())],
-        tradeoff: Tradeoff::Default,
-        constraints: Constraints { max_fallbacks: 0, ..Constraints::default() },
-        explain: false,
-        deadline: None,
-    };
-    let d = engine.route(q).await.map_err(|e| match e {
+    let d = engine.route(RouteQuery::internal("reload-check", RELOAD_TEST_PROMPT)).await.map_err(|e| match e {
         // Constraints of a test prompt emptying the list is a catalog problem, not a crash.
         RouteError::NoEligibleModel(n) => RouteError::Catalog(format!("the test prompt found no eligible model: {n}")),
         other => other,
@@ -456,7 +564,7 @@ pub async fn validate_engine(engine: &Arc<Engine>) -> Result<(), RouteError> {
 
 /// The log record of a decision; the text or embedding the engine kept for it is moved out
 /// (the response does not need them).
-fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
+fn decision_record(engine: &Engine, d: &mut Decision, baseline: Option<Estimate>) -> DecisionRecord {
     let models = engine.catalog().models();
     let candidates = d
         .ranking
@@ -483,8 +591,12 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         router_version: engine.version().to_string(),
         cost_weight: d.cost_weight,
         profile: d.profile.clone(),
-        // Taken, not cloned: the response does not need them.
-        constraints: std::mem::take(&mut d.constraints),
+        // Taken, not cloned: the response needs only the latency limit (for its explanations).
+        constraints: {
+            let c = std::mem::take(&mut d.constraints);
+            d.constraints.max_latency = c.max_latency;
+            c
+        },
         tradeoff: match &d.tradeoff {
             Tradeoff::Default => "default".into(),
             Tradeoff::Profile(p) => format!("profile:{p}"),
@@ -492,6 +604,28 @@ fn decision_record(engine: &Engine, d: &mut Decision) -> DecisionRecord {
         },
         input_tokens: d.input_tokens,
         candidates,
+        baseline,
+        session: d.session.as_ref().map(|s| crate::logs::LoggedSession {
+            id: s.key.hex(),
+            verdict: s.verdict.as_str(),
+            reason: s.reason.as_str(),
+        }),
+        policy: decision_policy(engine, d),
+    }
+}
+
+/// The policy record of a decision: propensity, exploration setting, shadow choice.
+fn decision_policy(engine: &Engine, d: &Decision) -> DecisionPolicy {
+    let c = &d.choice;
+    DecisionPolicy {
+        propensity: c.propensity,
+        explored: c.explored,
+        head_id: engine.head().manifest().head_id.clone(),
+        exploration: (c.share > 0.0).then(|| format!("{} applied_share={}", engine.explorer().config().describe(), c.share)),
+        explore_candidates: c.candidates,
+        shadow_head: d.shadow.as_ref().map(|s| s.head_id.clone()),
+        shadow_model: d.shadow.as_ref().and_then(|s| s.model.clone()),
+        shadow_agrees: d.shadow.as_ref().map(|s| s.agrees),
     }
 }
 
@@ -516,8 +650,12 @@ mod tests {
             output_tokens: None,
             cost_usd: None,
             quality: None,
+            provider: None,
+            ttft_ms: None,
+            generation_ms: None,
             verified: false,
             offered: false,
+            baseline: None,
         };
         let ack = service.feedback(rec.clone()).await.unwrap();
         assert!(!ack.known_request && !ack.counted && !ack.verified && ack.health.is_none());

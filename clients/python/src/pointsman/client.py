@@ -79,6 +79,22 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class SessionInfo:
+    """What the request's session did: `verdict` is "new", "kept" or "moved"; `reason` says why
+    (first_turn, best, cache_saving, escalate_only, gain, model_ineligible, unhealthy,
+    endpoint_ineligible, provider_order, not_in_catalog), `detail` in words."""
+
+    verdict: str
+    reason: str
+    detail: str
+    previous_model: str
+    previous_provider: str
+    cached_saving_usd: float
+    utility_gain: float
+    turn: int
+
+
+@dataclass(frozen=True)
 class Decision:
     """The router's answer: the primary model first, then the fallbacks in order."""
 
@@ -91,6 +107,8 @@ class Decision:
     raw: Any = field(repr=False, compare=False, default=None)
     # The whole failover order as (model, provider): each candidate on its endpoints.
     attempts: Sequence[tuple] = ()
+    # What the request's session did, when it named one.
+    session: Optional[SessionInfo] = None
 
     @property
     def model(self) -> str:
@@ -128,13 +146,25 @@ def route_request(
     reasoning: Any = None,
     max_tokens: Optional[int] = None,
     max_completion_tokens: Optional[int] = None,
+    explore: Optional[bool] = None,
+    session_id: Optional[str] = None,
+    user: Optional[str] = None,
+    conversation: Optional[str] = None,
+    escalate_only: bool = False,
+    max_latency_ms: Optional[float] = None,
+    max_latency_percentile: str = "",
 ) -> "pb.RouteRequest":
     """The `RouteRequest` for these arguments (exactly one of `messages` and `prompt`):
     `messages` and the request's `tools` / `functions` as `pointsman.openai.map_chat` maps them;
     `provider` is OpenRouter's provider-preferences object (a dict, as OpenRouter takes it);
     `response_format`, `reasoning_effort` / `reasoning` and `max_tokens` /
     `max_completion_tokens` as in the OpenAI body add to the requirements endpoints are matched
-    against. Raises `NothingToRoute` when no message (or the prompt) has text."""
+    against; `max_latency_ms` (at `max_latency_percentile`, p50 by default) is the hard limit on
+    an endpoint's measured latency. The session is `session_id` (OpenRouter's), or else OpenAI's
+    `user` with a `conversation` key (a `user` alone names no session, as through Envoy);
+    `escalate_only` moves it only to a model of higher predicted quality; `explore` opts in to
+    (True) or out of (False) exploration. Raises `NothingToRoute` when no message (or the prompt)
+    has text."""
     req = pb.RouteRequest(
         request_id=request_id or str(uuid.uuid4()),
         prompt=prompt or "",
@@ -152,6 +182,11 @@ def route_request(
         req.min_quality = min_quality
     if max_fallbacks is not None:
         req.max_fallbacks = max_fallbacks
+    if explore is not None:
+        # None: the server's [exploration] share; True opts in, False opts out.
+        req.explore = explore
+    if max_latency_ms is not None:
+        req.max_latency.CopyFrom(pb.LatencyLimit(ms=max_latency_ms, percentile=max_latency_percentile))
     if messages is not None:
         mapped = map_chat(
             messages,
@@ -182,7 +217,33 @@ def route_request(
     )
     if provider is not None:
         req.provider.CopyFrom(provider_preferences(provider))
+    if session_id:
+        req.session.CopyFrom(pb.Session(id=session_id, escalate_only=escalate_only))
+    elif user and conversation:
+        req.session.CopyFrom(pb.Session(user=user, conversation=conversation, escalate_only=escalate_only))
+    elif escalate_only:
+        # The server names the missing session in its INVALID_ARGUMENT.
+        req.session.CopyFrom(pb.Session(escalate_only=True))
     return req
+
+
+_VERDICTS = {pb.SESSION_VERDICT_NEW: "new", pb.SESSION_VERDICT_KEPT: "kept", pb.SESSION_VERDICT_MOVED: "moved"}
+
+
+def _session(r: "pb.RouteResponse") -> Optional[SessionInfo]:
+    if not r.HasField("session"):
+        return None
+    s = r.session
+    return SessionInfo(
+        verdict=_VERDICTS.get(s.verdict, "new"),
+        reason=s.reason,
+        detail=s.detail,
+        previous_model=s.previous_model,
+        previous_provider=s.previous_provider,
+        cached_saving_usd=s.cached_saving_usd,
+        utility_gain=s.utility_gain,
+        turn=s.turn,
+    )
 
 
 def feedback_request(
@@ -194,9 +255,13 @@ def feedback_request(
     output_tokens: Optional[int] = None,
     cost_usd: Optional[float] = None,
     quality: Optional[float] = None,
+    provider: Optional[str] = None,
+    ttft_ms: Optional[float] = None,
+    generation_ms: Optional[float] = None,
 ) -> "pb.FeedbackRequest":
     """The `FeedbackRequest` for one attempt; `outcome` is one of success, timeout, rate_limited,
-    server_error, refused."""
+    server_error, refused; `provider` names the endpoint the attempt went to (its breaker and
+    measurements take the report), with its `ttft_ms` and `generation_ms`."""
     if outcome not in _OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(_OUTCOMES)}. Given: {outcome!r}")
     req = pb.FeedbackRequest(request_id=request_id, model=model, outcome=_OUTCOMES[outcome])
@@ -206,6 +271,9 @@ def feedback_request(
         ("output_tokens", output_tokens),
         ("cost_usd", cost_usd),
         ("quality", quality),
+        ("provider", provider),
+        ("ttft_ms", ttft_ms),
+        ("generation_ms", generation_ms),
     ):
         if value is not None:
             setattr(req, name, value)
@@ -233,6 +301,7 @@ def _decision(r: "pb.RouteResponse") -> Decision:
         input_tokens=r.input_tokens,
         raw=r,
         attempts=[(a.model, a.provider) for a in r.attempts],
+        session=_session(r),
     )
 
 

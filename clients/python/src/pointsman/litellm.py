@@ -196,8 +196,10 @@ class PointsmanRouter:
 
     @staticmethod
     def _route_args(pointsman: Optional[dict], kwargs: dict) -> dict:
-        """Route's options plus the call's tools / functions (requirements)."""
-        return {"tools": kwargs.get("tools"), "functions": kwargs.get("functions"), **(pointsman or {})}
+        """Route's options plus the call's tools / functions (requirements) and its session: the
+        call's OpenAI `user` (with `pointsman={"conversation": ...}`), or `pointsman={"session_id":
+        ...}`, keeps a conversation on the deployment of its last turn (see docs/routing.md)."""
+        return {"tools": kwargs.get("tools"), "functions": kwargs.get("functions"), "user": kwargs.get("user"), **(pointsman or {})}
 
     async def acompletion(self, model: str, messages: list, pointsman: Optional[dict] = None, **kwargs: Any) -> Any:
         """`Router.acompletion`, routed by Pointsman when `model` asks for it. `pointsman` holds

@@ -87,6 +87,10 @@ pub struct EngineConfig {
     pub keep_routing_text: bool,
     /// Decisions carry the prompt's embedding (for a decision log that stores no prompts).
     pub keep_embeddings: bool,
+    /// Exploration (off by default).
+    pub exploration: crate::exploration::ExplorationConfig,
+    /// Folder of a second head scored beside the serving one, never served (shadow mode).
+    pub shadow_head_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +108,8 @@ impl Default for EngineConfig {
             max_fallbacks: 8,
             keep_routing_text: false,
             keep_embeddings: false,
+            exploration: crate::exploration::ExplorationConfig::default(),
+            shadow_head_dir: None,
         }
     }
 }

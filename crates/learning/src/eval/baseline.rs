@@ -165,7 +165,9 @@ pub fn choose(mem: &Memory, price: Price, cost_scale: f64) -> TunedChoice {
     let fit = n - n.div_ceil(CV_FOLDS);
     let ks: Vec<usize> = K_GRID.iter().copied().filter(|&k| k <= fit).collect();
     let (values, mask) = mem.values();
-    let grid: Vec<GridScore> = knn::cross_validated_grid(mem.x.view(), values.view(), mask.view(), &fold, CV_FOLDS, &ks, &B_GRID)
+    let cv = knn::CrossValidation { x: mem.x.view(), values: values.view(), mask: mask.view(), fold: &fold, n_folds: CV_FOLDS };
+    let grid: Vec<GridScore> = cv
+        .grid(&ks, &B_GRID)
         .into_iter()
         .map(|(KnnParams { k, b }, pred)| {
             let p = outcomes(&pred, m, price);

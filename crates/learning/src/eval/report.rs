@@ -82,6 +82,12 @@ pub struct DatasetReport {
     pub mean_calibration_error: f64,
     /// AIQ cost range (cheapest and most expensive single model).
     pub cost_range: (f64, f64),
+    /// At each weight of the router's sweep, the share of prompts live routing (over every
+    /// catalog model the head predicts) sends to a model this file does not score: the sweep's
+    /// figures do not cover those (`tune` refuses a weight where it is above 1%).
+    pub outside_share: Vec<f64>,
+    /// The models live routing chose at some weight that this file does not score.
+    pub outside_models: Vec<String>,
 }
 
 /// The figures of one file's matrices.
@@ -163,6 +169,8 @@ pub fn report(o: &FileOutcomes, cost_scale: f64) -> DatasetReport {
         router,
         oracle,
         cost_range: (lo, hi),
+        outside_share: o.outside.iter().map(|&c| c as f64 / o.prompts_routed.max(1) as f64).collect(),
+        outside_models: o.outside_models.clone(),
     }
 }
 

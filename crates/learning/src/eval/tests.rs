@@ -44,6 +44,9 @@ fn a_router_is_never_counted_below_the_cheapest_single_model() {
         knn: Err("none".into()),
         knn_k: 25,
         coverage: Coverage::default(),
+        outside: vec![0; super::weight_grid().len()],
+        prompts_routed: n,
+        outside_models: Vec::new(),
     };
     let r = report(&o, 1.0);
     assert_eq!(r.router.cost.iter().copied().fold(f64::INFINITY, f64::min), 10.0, "every sweep point is the dear model's");

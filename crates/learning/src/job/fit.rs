@@ -16,14 +16,17 @@ use crate::{
 /// Fits `kind` on `d` (one family's rows and columns); `None` when the logs are too sparse for a
 /// factor head. The MLP ensemble stops early on a split of `d` and averages its members' logits.
 pub(super) fn fit_head(kind: HeadKind, d: &Dataset, job: &TrainJob) -> Result<Option<Mlp>, JobError> {
-    Ok(fit_head_described(kind, d, job)?.map(|(mlp, _, _)| mlp))
+    Ok(fit_head_described(kind, d, job, false)?.map(|(mlp, _, _)| mlp))
 }
 
 /// [`fit_head`], with what the manifest says of the head and the first MLP member's report.
+/// With `refit`, each MLP member is trained again on every row of `d` (its early-stopping rows
+/// included) for the epochs its early stopping chose.
 pub(super) fn fit_head_described(
     kind: HeadKind,
     d: &Dataset,
     job: &TrainJob,
+    refit: bool,
 ) -> Result<Option<(Mlp, FamilyKind, Option<TrainReport>)>, JobError> {
     match kind {
         HeadKind::Factor { rank } => {
@@ -51,6 +54,12 @@ pub(super) fn fit_head_described(
             for member in 0..n {
                 let cfg = crate::TrainConfig { seed: job.train.seed.wrapping_add(member as u64), ..job.train.clone() };
                 let (mlp, report) = train(&fd, &sd, &cfg)?;
+                let mlp = if refit {
+                    let cfg = crate::TrainConfig { epochs: report.best_epoch.max(1), ..cfg };
+                    train(d, &d.select(&[]), &cfg)?.0
+                } else {
+                    mlp
+                };
                 members.push(mlp);
                 first.get_or_insert(report);
             }
@@ -111,8 +120,12 @@ pub(super) struct Fitted {
     pub families: Vec<FittedFamily>,
     /// The memory.
     pub memory: MemorySpec,
-    /// Rows of the MLP heads' early stopping (0 without one).
+    /// Rows of the MLP heads' early stopping (0 without one); refitted on afterwards.
     pub early_stop_prompts: usize,
+    /// What each model's evidence was and what it got (`None` for a model in no family).
+    pub evidence: Vec<Option<crate::evidence::ModelEvidence>>,
+    /// The prior of a model observed on no training prompt.
+    pub unobserved_prior: f32,
 }
 
 /// Fits every family's chosen head on all of its training prompts and builds the graph's parts.
@@ -128,6 +141,7 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
     let (mut k, mut kappa) = (vec![0usize; n_models], vec![1f32; n_models]);
     let mut memory: Vec<usize> = Vec::new();
     let mut blocks = Vec::new();
+    let mut support_blocks: Vec<MemoryBlock> = Vec::new();
     let mut token_models: Vec<usize> = Vec::new();
     // The cap is over all families; above it each keeps its share, in proportion to its prompts.
     let family_rows: Vec<Vec<usize>> = families.iter().map(|f| super::select::family_rows(cx, f)).collect();
@@ -139,13 +153,26 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
             TokenSource::Head(h) => Some(h),
             TokenSource::Mean | TokenSource::Knn(_) => None,
         });
+        // A family served by its kNN and means alone still gets the graph units of a rank-2
+        // factor head where its logs allow one, at weight 0 (its predictions do not move): they
+        // are the prompt features `pointsman extend` fits a new model's column on.
+        let (h, features_only) = match head {
+            Some(h) => (h, false),
+            None => (HeadKind::Factor { rank: 2 }, true),
+        };
         let mut kind = FamilyKind::None;
-        if let Some(h) = head {
-            let (mlp, described, _) = fit_head_described(h, &fd, job)?.ok_or_else(|| JobError::Invalid {
-                field: "method",
-                limit: "a head that fits all the training prompts when it fitted every inner fold (a bug if not)",
-                value: format!("{h:?}"),
-            })?;
+        let fitted_head = match fit_head_described(h, &fd, job, true)? {
+            Some(f) => Some(f),
+            None if features_only => None,
+            None => {
+                return Err(JobError::Invalid {
+                    field: "method",
+                    limit: "a head that fits all the training prompts when it fitted every inner fold (a bug if not)",
+                    value: format!("{h:?}"),
+                })
+            }
+        };
+        if let Some((mlp, described, _)) = fitted_head {
             if h == HeadKind::Mlp {
                 early_stop_prompts += (fd.n_rows() as f64 * job.early_stop_fraction).round() as usize;
             }
@@ -175,23 +202,81 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
                 kappa[j] = p.b;
             }
         }
-        // The family's memory block: its training prompts, capped.
+        // The family's memory block: its training prompts, capped. On sparse logs, one block per
+        // model of the prompts it was observed on (each model's kNN averages its own nearest
+        // observations), with the family's whole span as the support index's block.
         {
             let kept: Vec<usize> =
                 crate::memory_rows(rows.len(), share(rows.len()), job.train.seed.wrapping_add(3)).into_iter().map(|i| rows[i]).collect();
-            blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() });
-            memory.extend(kept);
+            if job.own_neighbours && super::select::is_sparse(&fd) {
+                let start = memory.len();
+                for &j in &f.models {
+                    let own: Vec<usize> = kept.iter().copied().filter(|&r| all.mask[[r, j]] > 0.0).collect();
+                    if own.is_empty() {
+                        continue;
+                    }
+                    blocks.push(MemoryBlock { start: memory.len(), end: memory.len() + own.len(), models: vec![j] });
+                    memory.extend(own);
+                }
+                support_blocks.push(MemoryBlock { start, end: memory.len(), models: f.models.clone() });
+            } else {
+                let b = MemoryBlock { start: memory.len(), end: memory.len() + kept.len(), models: f.models.clone() };
+                blocks.push(b.clone());
+                support_blocks.push(b);
+                memory.extend(kept);
+            }
         }
         fitted.push(FittedFamily { kind });
     }
+    // Empirical-Bayes priors and the evidence guard, per family: a model with too little
+    // evidence serves its prior alone (no head, no neighbours), never above the pooled mean.
+    let mut evidence = vec![None; n_models];
+    let mut eb_prior = vec![None; n_models];
+    let mut floors = Vec::new();
+    for (f, rows) in families.iter().zip(&family_rows) {
+        let fd = columns(all, rows, &f.models);
+        let fw = cx.ipw.select(ndarray::Axis(0), rows).select(ndarray::Axis(1), &f.models);
+        let p = crate::evidence::priors(fd.quality.view(), fd.mask.view(), fw.view());
+        for (c, &j) in f.models.iter().enumerate() {
+            let e = &p.models[c];
+            eb_prior[j] = Some(e.prior);
+            if !e.local {
+                quality_weight[j] = 0.0;
+                k[j] = 0;
+            }
+            evidence[j] = Some(e.clone());
+        }
+        floors.push(p.floor);
+    }
+    for j in (0..n_models).filter(|&j| evidence[j].is_none()) {
+        quality_weight[j] = 0.0;
+        k[j] = 0;
+    }
+    let unobserved_prior = floors.iter().copied().fold(f32::INFINITY, f32::min);
+    let unobserved_prior = if unobserved_prior.is_finite() { unobserved_prior } else { 0.0 };
     let parts: Vec<(&[usize], &Mlp, f32)> = heads.iter().map(|(m, cols)| (*cols, m, 1.0)).collect();
     let mlp = stack(&parts, dim, n_models)?;
-    let mem = all.select(&memory);
+    let mut mem = all.select(&memory);
+    // A key of a model's own block counts for that model only (a prompt observed by two models
+    // is a key in each of their blocks).
+    for b in blocks.iter().filter(|b| b.models.len() == 1) {
+        let j = b.models[0];
+        for i in b.start..b.end {
+            for (c, v) in mem.mask.row_mut(i).iter_mut().enumerate() {
+                if c != j {
+                    *v = 0.0;
+                }
+            }
+        }
+    }
     // Each model's evidence is counted in its own family's block of keys, and each family's
     // nearness in the whole memory (`Support::blocked`).
-    let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, blocks.clone());
+    let support = Support::blocked(mem.x.view(), mem.mask.view(), DEFAULT_NEIGHBOURS, support_blocks);
     let train = all.select(cx.train_idx);
-    let priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
+    let mut priors = Shrink::priors(&train.quality, &train.log_tokens, &train.mask, 1.0);
+    for (j, p) in eb_prior.iter().enumerate() {
+        priors.prior_quality[j] = p.unwrap_or(unobserved_prior);
+    }
     let mean_tokens = crate::knn::column_means(train.tokens().view(), train.mask.view());
     let local = k
         .iter()
@@ -206,7 +291,7 @@ pub(super) fn fit(cx: &Context, families: &[Family], choices: &[Choice], memory_
             "every training prompt of every family up to {memory_cap} in all; above that each family keeps a seeded uniform sample (seed + 3) of its share, in proportion to its prompts"
         ),
     };
-    Ok(Fitted { mlp, support, shrink, families: fitted, memory: memory_spec, early_stop_prompts })
+    Ok(Fitted { mlp, support, shrink, families: fitted, memory: memory_spec, early_stop_prompts, evidence, unobserved_prior })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -44,6 +44,10 @@ pub struct Upstream {
     /// the first ones first.
     pub release: Arc<tokio::sync::Notify>,
     pub holding: Arc<AtomicBool>,
+    /// Milliseconds every answer waits before its first byte (a provider's speed).
+    pub delay_ms: Arc<AtomicU64>,
+    /// When not 0, every request is answered with this status (e.g. 503: an outage).
+    pub fail_status: Arc<AtomicU16>,
 }
 
 impl Upstream {
@@ -58,6 +62,8 @@ impl Upstream {
             stalling: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
             holding: Arc::default(),
+            delay_ms: Arc::default(),
+            fail_status: Arc::default(),
         };
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
@@ -87,6 +93,15 @@ pub async fn completions(
     u.seen.lock().unwrap().push(seen);
     if u.stalling.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
+    }
+    let delay = u.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = u.fail_status.load(Ordering::SeqCst);
+    if status != 0 {
+        let err = serde_json::json!({"error": {"message": format!("{} answers {status}", u.name), "type": "server_error"}});
+        return (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(err)).into_response();
     }
     if u.failing.load(Ordering::SeqCst) {
         let err = serde_json::json!({"error": {"message": format!("{} is down", u.name), "type": "server_error"}});

@@ -18,11 +18,12 @@
 //! `shared` names a Redis, through which a fleet's replicas feed each other's breakers
 //! ([`shared`]).
 pub use crate::outcome::Outcome;
-pub use pointsman_core::health::{Snapshot, State};
+pub use pointsman_core::health::{EndpointLive, Percentile, Quantiles, Snapshot, State};
 
+pub mod endpoints;
 pub mod offers;
 pub mod shared;
-mod stream;
+pub(crate) mod stream;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -68,6 +69,10 @@ pub struct HealthConfig {
     pub shared_ca_file: Option<std::path::PathBuf>,
     /// Prefix of the Redis keys, so that several fleets can share one Redis.
     pub shared_key: String,
+    /// Successful attempts with a reported latency an endpoint needs in the window before its
+    /// measured quantiles are used (ordering, `max_latency_ms`, the predicted latency); fewer:
+    /// the catalog's priors.
+    pub min_measured_requests: u32,
 }
 
 impl Default for HealthConfig {
@@ -85,6 +90,7 @@ impl Default for HealthConfig {
             shared: None,
             shared_ca_file: None,
             shared_key: "pointsman".into(),
+            min_measured_requests: 5,
         }
     }
 }
@@ -120,6 +126,9 @@ impl HealthConfig {
                 &format!(">= health.cool_down_seconds ({})", self.cool_down_seconds),
                 self.max_cool_down_seconds.to_string(),
             );
+        }
+        if !(1..=100_000).contains(&self.min_measured_requests) {
+            return bad("min_measured_requests", "in 1..=100000", self.min_measured_requests.to_string());
         }
         if !(1_000..=10_000_000).contains(&self.recent_requests) {
             return bad("recent_requests", "in 1000..=10000000", self.recent_requests.to_string());
@@ -244,6 +253,69 @@ impl ModelHealth {
         View { marks, consecutive_failures: self.consecutive_failures, open: self.open }
     }
 
+    /// Records one attempt (of the breaker named `name` in the log) and returns the view to
+    /// publish and the health after it, with the latency median.
+    fn record(&mut self, cfg: &HealthConfig, name: &str, outcome: Outcome, latency_ms: Option<f64>, now: Instant) -> (View, Snapshot) {
+        // NOTE: reports racing for the lock may arrive a few microseconds out of order; the
+        // later time is kept so the window stays sorted (Route counts it by binary search).
+        let now = self.events.back().map_or(now, |e| e.at.max(now));
+        if let Some(o) = self.step(cfg, outcome, latency_ms, now) {
+            tracing::warn!(
+                model = name,
+                cool_down_s = o.cool_down.as_secs_f64(),
+                error_rate = o.error_rate,
+                consecutive_failures = o.consecutive_failures,
+                "circuit opened: left out of routing"
+            );
+        }
+        let view = self.view();
+        let snap = Snapshot { p50_latency_ms: self.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
+        (view, snap)
+    }
+
+    /// The breaker's transition for one attempt at `now` (not before the last one's time): the
+    /// window, the failures in a row, the circuit; returns the opening when it opened.
+    fn step(&mut self, cfg: &HealthConfig, outcome: Outcome, latency_ms: Option<f64>, now: Instant) -> Option<Opened> {
+        self.prune(now, Duration::from_secs(cfg.window_seconds));
+        let failed = outcome.is_failure();
+        let was_probing = self.probing(now);
+        if failed {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        } else {
+            self.consecutive_failures = 0;
+        }
+        if was_probing && !failed {
+            // The probe worked: close the circuit and forget the failures that opened it.
+            self.open = None;
+            self.last_cool_down = None;
+            self.events.clear();
+        }
+        self.events.push_back(Event { at: now, failed, latency_ms });
+        if self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+        let still_open = self.open.is_some_and(|(at, d)| now.saturating_duration_since(at) < d);
+        if !failed || still_open {
+            return None;
+        }
+        // Pruned at `now`, every event left is in the window.
+        let n = self.events.len() as u32;
+        let error_rate = f64::from(self.events.iter().filter(|e| e.failed).count() as u32) / f64::from(n.max(1));
+        let by_rate = n >= cfg.min_requests && error_rate >= cfg.open_error_rate;
+        let by_streak = cfg.open_after_consecutive_failures > 0 && self.consecutive_failures >= cfg.open_after_consecutive_failures;
+        if !(was_probing || by_rate || by_streak) {
+            return None;
+        }
+        let base = Duration::from_secs_f64(cfg.cool_down_seconds);
+        let d = match (was_probing, self.last_cool_down) {
+            (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
+            _ => base,
+        };
+        self.open = Some((now, d));
+        self.last_cool_down = Some(d);
+        Some(Opened { cool_down: d, error_rate, consecutive_failures: self.consecutive_failures })
+    }
+
     /// Median latency of the window's successes at `now`, ms (0 when none).
     fn p50_latency_ms(&self, cfg: &HealthConfig, now: Instant) -> f64 {
         let window = Duration::from_secs(cfg.window_seconds);
@@ -255,6 +327,44 @@ impl ModelHealth {
             .collect();
         latencies.sort_by(f64::total_cmp);
         latencies.get(latencies.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// A circuit opening, as [`ModelHealth::step`] and [`Replay::record`] return it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Opened {
+    /// Its cool-down.
+    pub cool_down: Duration,
+    /// The window's error rate then.
+    pub error_rate: f64,
+    /// Failures in a row then.
+    pub consecutive_failures: u32,
+}
+
+/// The breakers of models numbered `0..`, fed attempts in time order by one thread: the same
+/// transitions as [`HealthTracker`] without what serving needs (published views, latency
+/// medians, a lock), for replaying a log (`report`).
+#[derive(Debug)]
+pub struct Replay {
+    cfg: HealthConfig,
+    models: Vec<ModelHealth>,
+}
+
+impl Replay {
+    /// Every model healthy.
+    pub fn new(cfg: HealthConfig) -> Self {
+        Self { cfg, models: Vec::new() }
+    }
+
+    /// Records one attempt of model number `model` at `now` (attempts come in time order);
+    /// returns the opening when its circuit opened.
+    pub fn record(&mut self, model: usize, outcome: Outcome, now: Instant) -> Option<Opened> {
+        if self.models.len() <= model {
+            self.models.resize_with(model + 1, ModelHealth::default);
+        }
+        let h = &mut self.models[model];
+        let now = h.events.back().map_or(now, |e| e.at.max(now));
+        h.step(&self.cfg, outcome, None, now)
     }
 }
 
@@ -291,52 +401,7 @@ impl HealthTracker {
         let cfg = &self.cfg;
         let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
         let h = models.entry(model.to_string()).or_default();
-        // NOTE: reports racing for the lock may arrive a few microseconds out of order; the
-        // later time is kept so the window stays sorted (Route counts it by binary search).
-        let now = h.events.back().map_or(now, |e| e.at.max(now));
-        h.prune(now, Duration::from_secs(cfg.window_seconds));
-        let failed = outcome.is_failure();
-        let was_probing = h.probing(now);
-        if failed {
-            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
-        } else {
-            h.consecutive_failures = 0;
-        }
-        if was_probing && !failed {
-            // The probe worked: close the circuit and forget the failures that opened it.
-            h.open = None;
-            h.last_cool_down = None;
-            h.events.clear();
-        }
-        h.events.push_back(Event { at: now, failed, latency_ms });
-        if h.events.len() > MAX_EVENTS {
-            h.events.pop_front();
-        }
-        let still_open = h.open.is_some_and(|(at, d)| now.saturating_duration_since(at) < d);
-        let mut view = h.view();
-        if failed && !still_open {
-            let snap = view.snapshot(cfg, now);
-            let by_rate = snap.window_requests >= cfg.min_requests && snap.error_rate >= cfg.open_error_rate;
-            let by_streak = cfg.open_after_consecutive_failures > 0 && h.consecutive_failures >= cfg.open_after_consecutive_failures;
-            if was_probing || by_rate || by_streak {
-                let base = Duration::from_secs_f64(cfg.cool_down_seconds);
-                let d = match (was_probing, h.last_cool_down) {
-                    (true, Some(last)) => (last * 2).min(Duration::from_secs_f64(cfg.max_cool_down_seconds)),
-                    _ => base,
-                };
-                h.open = Some((now, d));
-                h.last_cool_down = Some(d);
-                tracing::warn!(
-                    model,
-                    cool_down_s = d.as_secs_f64(),
-                    error_rate = snap.error_rate,
-                    consecutive_failures = h.consecutive_failures,
-                    "circuit opened: model left out of routing"
-                );
-            }
-        }
-        view.open = h.open;
-        let snap = Snapshot { p50_latency_ms: h.p50_latency_ms(cfg, now), ..view.snapshot(cfg, now) };
+        let (view, snap) = h.record(cfg, model, outcome, latency_ms, now);
         // Writers are serialised by the lock above, so this copy-and-swap loses no update.
         let mut published = Published::clone(&self.published.load());
         published.insert(Arc::from(model), Arc::new(view));

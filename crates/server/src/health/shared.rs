@@ -36,10 +36,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Value};
+use redis::{aio::MultiplexedConnection, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
+    endpoints::{EndpointTracker, Measurement},
     offers::Offers,
     stream::{self, Offer, Report, Seen},
     HealthTracker, Outcome,
@@ -150,6 +151,7 @@ impl SharedHealth {
         ca_file: Option<&std::path::Path>,
         key: &str,
         tracker: Arc<HealthTracker>,
+        endpoints: Arc<EndpointTracker>,
         offers: Arc<Offers>,
     ) -> Result<Self, String> {
         let client = client(url, ca_file)?;
@@ -162,7 +164,8 @@ impl SharedHealth {
         let window = Duration::from_secs(tracker.config().window_seconds);
         let shown = redact(url);
         let publisher = tokio::spawn(publish(client.clone(), streams.clone(), rx, offers_rx, window, Arc::clone(&stats), shown.clone()));
-        let reader = tokio::spawn(read(client, streams, tracker, offers, Arc::clone(&models), Arc::clone(&stats), shown));
+        let trackers = Trackers { models: tracker, endpoints };
+        let reader = tokio::spawn(read(client, streams, trackers, offers, Arc::clone(&models), Arc::clone(&stats), shown));
         Ok(Self { tx, offers_tx, stats, models, tasks: vec![publisher, reader] })
     }
 
@@ -172,9 +175,20 @@ impl SharedHealth {
         self.models.store(Arc::new(ids.into_iter().map(str::to_string).collect()));
     }
 
-    /// Shares one report this replica applied to its own breakers. Never waits.
-    pub fn share(&self, request_id: &str, model: &str, outcome: Outcome, latency_ms: Option<f64>) {
-        let report = Report { request_id: Some(request_id.to_string()), model: model.to_string(), outcome, latency_ms, ts_ms: now_ms() };
+    /// Shares one report this replica applied to its own breakers (the endpoint's, when
+    /// `provider` names one of the model's endpoints, with what it measured). Never waits.
+    pub fn share(&self, request_id: &str, model: &str, provider: Option<&str>, outcome: Outcome, m: &Measurement) {
+        let report = Report {
+            request_id: Some(request_id.to_string()),
+            model: model.to_string(),
+            outcome,
+            latency_ms: m.latency_ms,
+            ts_ms: now_ms(),
+            provider: provider.map(str::to_string),
+            ttft_ms: m.ttft_ms,
+            generation_ms: m.generation_ms,
+            output_tokens: m.output_tokens,
+        };
         if self.tx.try_send(report).is_err() {
             self.stats.unshared.fetch_add(1, Ordering::Relaxed);
         }
@@ -208,12 +222,6 @@ struct Streams {
     reports: String,
     offered: String,
     replica: String,
-}
-
-async fn connect(client: &redis::Client, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
-    let config =
-        AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(1))).set_response_timeout(Some(response_timeout));
-    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// Reports (or offered-set batches) sent in one pipeline: what a pipeline acknowledged leaves
@@ -263,7 +271,7 @@ async fn publish(
         }
         if conn.is_none() && Instant::now() >= next_try {
             next_try = Instant::now() + RETRY;
-            match connect(&client, Duration::from_secs(2)).await {
+            match stream::connect(&client, Duration::from_secs(2)).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => tracing::debug!(error = %e, "shared health: cannot reach Redis to publish"),
             }
@@ -366,9 +374,16 @@ struct Applied {
     duplicates: u64,
 }
 
-/// Adds the offered sets to `offers`, then applies the reports to `tracker` (each (request id,
+/// The breakers other replicas' reports go to: the model's, or the endpoint's when a report names it.
+#[derive(Clone)]
+struct Trackers {
+    models: Arc<HealthTracker>,
+    endpoints: Arc<EndpointTracker>,
+}
+
+/// Adds the offered sets to `offers`, then applies the reports to the trackers (each (request id,
 /// model) once, whichever replica it came from).
-fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
+fn apply(batch: Batch, trackers: &Trackers, offers: &Offers) -> Applied {
     let mut done = Applied { offers: 0, reports: 0, duplicates: 0 };
     for Offer(request_id, models) in &batch.offers {
         offers.offer(request_id, models.iter().map(String::as_str));
@@ -382,7 +397,21 @@ fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
                 continue;
             }
         }
-        tracker.record(&r.model, r.outcome, r.latency_ms, now.checked_sub(age).unwrap_or(now));
+        let at = now.checked_sub(age).unwrap_or(now);
+        match &r.provider {
+            Some(p) => {
+                let m = Measurement {
+                    latency_ms: r.latency_ms,
+                    ttft_ms: r.ttft_ms,
+                    generation_ms: r.generation_ms,
+                    output_tokens: r.output_tokens,
+                };
+                trackers.endpoints.record(&r.model, p, r.outcome, &m, at);
+            }
+            None => {
+                trackers.models.record(&r.model, r.outcome, r.latency_ms, at);
+            }
+        }
         done.reports += 1;
     }
     done
@@ -393,26 +422,27 @@ fn apply(batch: Batch, tracker: &HealthTracker, offers: &Offers) -> Applied {
 async fn read(
     client: redis::Client,
     streams: Streams,
-    tracker: Arc<HealthTracker>,
+    trackers: Trackers,
     offers: Arc<Offers>,
     models: Arc<ArcSwap<HashSet<String>>>,
     stats: Arc<SharedStats>,
     url: String,
 ) {
-    let window_ms = tracker.config().window_seconds as i64 * 1000;
+    let window_ms = trackers.models.config().window_seconds as i64 * 1000;
     // Nothing is read before the catalog is known: entries on models not known yet would be
     // skipped, and the cursor would move past them (a late joiner must see the window).
     while models.load().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Start with the window's reports, so a new replica joins with the fleet's breakers.
-    let (mut last, mut last_offer) = (format!("{}-0", now_ms() - window_ms), format!("{}-0", now_ms() - OFFER_HISTORY_MS));
+    // Start with the window's reports, so a new replica joins with the fleet's breakers; after an
+    // outage, reports older than the window no longer count.
+    let mut tail = stream::Tail::new(&[(&streams.reports, window_ms), (&streams.offered, OFFER_HISTORY_MS)], now_ms());
     let mut seen = Seen::default();
     // Losing a connection is said by `SharedStats::set`; never having had one is said here, once,
     // with the reason (a wrong address, a certificate that does not verify...).
     let (mut ever_connected, mut said) = (false, false);
     loop {
-        let mut conn = match connect(&client, Duration::from_millis(BLOCK_MS + 2000)).await {
+        let mut conn = match stream::connect(&client, Duration::from_millis(BLOCK_MS + 2000)).await {
             Ok(c) => {
                 ever_connected = true;
                 c
@@ -430,28 +460,7 @@ async fn read(
             }
         };
         loop {
-            // After an outage, reports older than the window no longer count.
-            let floor = now_ms() - window_ms;
-            if stream::stream_ms(&last) < floor {
-                last = format!("{floor}-0");
-            }
-            let floor = now_ms() - OFFER_HISTORY_MS;
-            if stream::stream_ms(&last_offer) < floor {
-                last_offer = format!("{floor}-0");
-            }
-            let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&streams.reports)
-                .arg(&streams.offered)
-                .arg(&last)
-                .arg(&last_offer)
-                .query_async(&mut conn)
-                .await;
-            let reply = match reply {
+            let reply = match tail.read(&mut conn, BLOCK_MS, now_ms()).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::debug!(error = %e, "shared health: reading the stream failed");
@@ -461,13 +470,13 @@ async fn read(
                 }
             };
             stats.set(&stats.reader_up, true, &url);
-            let batch = collect(&reply, &streams, &models.load(), &mut seen, (&mut last, &mut last_offer), window_ms, &stats);
+            let batch = collect(&reply, &streams, &models.load(), &mut seen, &mut tail, window_ms, &stats);
             if batch.offers.is_empty() && batch.reports.is_empty() {
                 continue;
             }
-            let (tracker, offers) = (Arc::clone(&tracker), Arc::clone(&offers));
+            let (trackers, offers) = (trackers.clone(), Arc::clone(&offers));
             // Up to a thousand breaker updates: on a blocking thread, not an async worker.
-            match tokio::task::spawn_blocking(move || apply(batch, &tracker, &offers)).await {
+            match tokio::task::spawn_blocking(move || apply(batch, &trackers, &offers)).await {
                 Ok(done) => {
                     stats.offers_applied.fetch_add(done.offers, Ordering::Relaxed);
                     stats.applied.fetch_add(done.reports, Ordering::Relaxed);
@@ -487,15 +496,15 @@ fn collect(
     streams: &Streams,
     known: &HashSet<String>,
     seen: &mut Seen,
-    (last, last_offer): (&mut String, &mut String),
+    tail: &mut stream::Tail,
     window_ms: i64,
     stats: &SharedStats,
 ) -> Batch {
     let now = now_ms();
     let mut batch = Batch::default();
     for (name, id, fields) in stream::entries(reply) {
+        tail.advance(&name, id);
         if name == streams.offered {
-            *last_offer = id;
             // This replica's own batches are skipped unparsed.
             let own = fields.iter().any(|(k, v)| k == "r" && *v == streams.replica);
             if let Some((_, offers)) = stream::parse_offers(&fields).filter(|_| !own) {
@@ -503,7 +512,6 @@ fn collect(
             }
             continue;
         }
-        *last = id;
         let Some((from, seq, report)) = stream::parse_report(&fields) else { continue };
         if from == streams.replica {
             continue;
@@ -547,6 +555,10 @@ mod tests {
             outcome: Outcome::ServerError,
             latency_ms: None,
             ts_ms: now_ms(),
+            provider: None,
+            ttft_ms: None,
+            generation_ms: None,
+            output_tokens: None,
         };
         stream::report_fields(replica, seq, &r).into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
     }
@@ -556,33 +568,62 @@ mod tests {
         streams: Streams,
         known: HashSet<String>,
         seen: Seen,
-        last: String,
-        last_offer: String,
-        tracker: HealthTracker,
+        tail: stream::Tail,
+        trackers: Trackers,
         offers: Offers,
         stats: SharedStats,
     }
 
     impl Reader {
         fn read(&mut self, entries: &[(&str, Vec<String>)], stream: &str) -> Applied {
-            let cursors = (&mut self.last, &mut self.last_offer);
-            let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, cursors, 60_000, &self.stats);
-            apply(batch, &self.tracker, &self.offers)
+            let batch = collect(&reply(stream, entries), &self.streams, &self.known, &mut self.seen, &mut self.tail, 60_000, &self.stats);
+            apply(batch, &self.trackers, &self.offers)
+        }
+    }
+
+    fn reader() -> Reader {
+        Reader {
+            streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
+            known: ["m".to_string()].into(),
+            seen: Seen::default(),
+            tail: stream::Tail::new(&[("k:reports", 60_000), ("k:offered", 60_000)], 0),
+            trackers: Trackers {
+                models: Arc::new(HealthTracker::new(super::super::HealthConfig::default())),
+                endpoints: Arc::new(EndpointTracker::new(super::super::HealthConfig { min_measured_requests: 1, ..Default::default() })),
+            },
+            offers: Offers::new(1000),
+            stats: SharedStats::default(),
         }
     }
 
     #[test]
-    fn a_re_sent_pipeline_and_a_report_counted_here_are_applied_once() {
-        let mut r = Reader {
-            streams: Streams { reports: "k:reports".into(), offered: "k:offered".into(), replica: "me".into() },
-            known: ["m".to_string()].into(),
-            seen: Seen::default(),
-            last: String::new(),
-            last_offer: String::new(),
-            tracker: HealthTracker::new(super::super::HealthConfig::default()),
-            offers: Offers::new(1000),
-            stats: SharedStats::default(),
+    fn a_report_naming_an_endpoint_feeds_its_breaker_and_measurements_not_the_models() {
+        let mut r = reader();
+        let report = Report {
+            request_id: Some("r1".into()),
+            model: "m".into(),
+            outcome: Outcome::Success,
+            latency_ms: Some(900.0),
+            ts_ms: now_ms(),
+            provider: Some("p".into()),
+            ttft_ms: Some(100.0),
+            generation_ms: Some(800.0),
+            output_tokens: Some(80),
         };
+        let fields = stream::report_fields("B", 1, &report).into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect();
+        assert_eq!(r.read(&[("1-0", fields)], "k:reports").reports, 1);
+        let now = Instant::now();
+        let e = r.trackers.endpoints.get("m", "p", now);
+        assert_eq!(e.health.window_requests, 1);
+        let (lat, tps) = (e.latency_ms.unwrap().p50, e.tokens_per_second.unwrap().p50);
+        assert!((lat - 900.0).abs() < 18.0 && (tps - 100.0).abs() < 2.0, "{e:?}");
+        assert_eq!(r.trackers.models.snapshot("m", now).window_requests, 0);
+    }
+
+    #[test]
+    fn a_re_sent_pipeline_and_a_report_counted_here_are_applied_once() {
+        let mut r = reader();
+        r.trackers.endpoints = Arc::new(EndpointTracker::new(super::super::HealthConfig::default()));
         // B's pipeline of three reports is applied, then sent again in full with a fourth after a
         // lost answer: only the fourth is new. One of B's reports is on a model outside the catalog.
         let first: Vec<(&str, Vec<String>)> = vec![
@@ -598,20 +639,20 @@ mod tests {
         let done = r.read(&again, "k:reports");
         assert_eq!((done.reports, done.duplicates), (1, 0));
         assert_eq!(r.stats.duplicates.load(Ordering::Relaxed), 3, "the re-sent three were skipped by sequence number");
-        assert_eq!(r.tracker.snapshot("m", Instant::now()).consecutive_failures, 3);
+        assert_eq!(r.trackers.models.snapshot("m", Instant::now()).consecutive_failures, 3);
         // A report this replica counted itself, then C's copy of it: applied once.
         r.offers.offer("r5", ["m"]);
         assert!(r.offers.claim("r5", "m", true, false).counts);
         let done = r.read(&[("3-0", report("C", 1, "r5", "m"))], "k:reports");
         assert_eq!((done.reports, done.duplicates), (0, 1));
-        assert_eq!(r.last, "3-0");
+        assert_eq!(r.tail.cursor(0), "3-0");
         // Offered sets: the other replicas' are added, this one's skipped.
         let batch = |replica: &str, id: &str| {
             vec!["r".to_string(), replica.to_string(), "b".into(), stream::offers_json(&[Offer(id.into(), vec!["m".into()])])]
         };
         let done = r.read(&[("4-0", batch("B", "r6")), ("4-1", batch("me", "r7"))], "k:offered");
         assert_eq!(done.offers, 1);
-        assert_eq!(r.last_offer, "4-1");
+        assert_eq!(r.tail.cursor(1), "4-1");
         assert!(r.offers.claim("r6", "m", true, false).verified);
         assert!(!r.offers.claim("r7", "m", true, false).known_request);
     }

@@ -241,6 +241,17 @@ pub struct LoggedCandidate {
     pub health: &'static str,
 }
 
+/// A decision's session, as logged (columns `session_id`, `session_verdict`, `session_reason`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedSession {
+    /// The session's hash (32 hex digits, `session::SessionKey::hex`), never the id as given.
+    pub id: String,
+    /// "new", "kept" or "moved".
+    pub verdict: &'static str,
+    /// Why (`session::Reason::as_str`).
+    pub reason: &'static str,
+}
+
 /// One `Route` decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecisionRecord {
@@ -268,6 +279,56 @@ pub struct DecisionRecord {
     pub input_tokens: u32,
     /// Primary first, then fallbacks.
     pub candidates: Vec<LoggedCandidate>,
+    /// The predicted saving against the baseline (`savings`; the `baseline_*` columns), when
+    /// the engine has a baseline.
+    pub baseline: Option<crate::savings::Estimate>,
+    /// The request's session, when it named one.
+    pub session: Option<LoggedSession>,
+    /// The policy that chose the primary and the propensity of its choice.
+    pub policy: DecisionPolicy,
+}
+
+/// The policy behind one decision: which head and setting chose the primary, with what
+/// probability, and what a shadow head would have chosen. Stored as the decision's `propensity`
+/// column and its `policy` JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionPolicy {
+    /// Probability with which the primary was chosen: 1 for a deterministic choice, below 1 when
+    /// exploration could have chosen another model.
+    pub propensity: f64,
+    /// The primary was drawn by exploration (it may still be the best model).
+    pub explored: bool,
+    /// The serving head's id.
+    pub head_id: String,
+    /// The exploration setting that applied (None when the request could not explore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exploration: Option<String>,
+    /// The near-best models the draw was among.
+    pub explore_candidates: usize,
+    /// The shadow head's id, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_head: Option<String>,
+    /// The model the shadow head would have made the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_model: Option<String>,
+    /// The shadow head agreed with the serving head's best model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_agrees: Option<bool>,
+}
+
+impl Default for DecisionPolicy {
+    fn default() -> Self {
+        Self {
+            propensity: 1.0,
+            explored: false,
+            head_id: String::new(),
+            exploration: None,
+            explore_candidates: 1,
+            shadow_head: None,
+            shadow_model: None,
+            shadow_agrees: None,
+        }
+    }
 }
 
 /// One `Feedback` report.
@@ -291,11 +352,20 @@ pub struct FeedbackRecord {
     pub cost_usd: Option<f64>,
     /// Quality in [0,1].
     pub quality: Option<f64>,
+    /// The endpoint's provider the attempt went to, when the report names it.
+    pub provider: Option<String>,
+    /// Time to first token, ms.
+    pub ttft_ms: Option<f64>,
+    /// Generation time, ms (first token to last).
+    pub generation_ms: Option<f64>,
     /// A replica of the fleet offered `model` for `request_id`, and this is the first report on
     /// that pair logged as verified (set by `Service::feedback`; false as received).
     pub verified: bool,
     /// `model` was among the models offered for `request_id`, as far as this replica knew.
     pub offered: bool,
+    /// The realised cost and the baseline's at the same tokens (`savings`; the `baseline_*`
+    /// columns), set by `Service::feedback` (none as received).
+    pub baseline: Option<crate::savings::Realised>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -331,6 +401,7 @@ impl DecisionRecord {
             .chain(self.profile.as_mut())
             .chain(lists.into_iter().flatten())
             .chain(self.candidates.iter_mut().map(|c| &mut c.model))
+            .chain(self.policy.shadow_model.as_mut())
         {
             make_storable(s);
         }
@@ -352,6 +423,7 @@ impl DecisionRecord {
             + self.tradeoff.len()
             + self.routing_text.as_ref().map_or(0, String::len)
             + self.profile.as_ref().map_or(0, String::len)
+            + self.baseline.as_ref().map_or(0, |b| b.baseline_model.len())
             + self.embedding.as_ref().map_or(0, |e| e.len() * 4)) as u64
     }
 }
@@ -361,19 +433,26 @@ impl FeedbackRecord {
     pub fn make_storable(&mut self) {
         make_storable(&mut self.request_id);
         make_storable(&mut self.model);
+        if let Some(p) = &mut self.provider {
+            make_storable(p);
+        }
     }
 
     /// About how many bytes it holds.
     pub fn approx_bytes(&self) -> u64 {
-        (std::mem::size_of::<Self>() + self.request_id.len() + self.model.len()) as u64
+        (std::mem::size_of::<Self>()
+            + self.request_id.len()
+            + self.model.len()
+            + self.provider.as_ref().map_or(0, String::len)
+            + self.baseline.as_ref().map_or(0, |b| b.baseline_model.len())) as u64
     }
 }
 
 enum Msg {
-    // Boxed: a decision is several times larger than the other messages, and the queue holds
+    // Boxed: records are many times larger than a flush, and the queue holds
     // up to `queue_capacity` of them. Each record carries the bytes it was counted for.
     Decision(Box<DecisionRecord>, u64),
-    Feedback(FeedbackRecord, u64),
+    Feedback(Box<FeedbackRecord>, u64),
     Flush(flume::Sender<()>),
 }
 
@@ -546,7 +625,7 @@ impl DecisionLog {
         let bytes = rec.approx_bytes();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let sent = tokio::time::timeout(wait, tx.send_async(Msg::Feedback(rec, bytes))).await;
+        let sent = tokio::time::timeout(wait, tx.send_async(Msg::Feedback(Box::new(rec), bytes))).await;
         if matches!(sent, Ok(Ok(()))) {
             return Ok(());
         }
@@ -703,7 +782,7 @@ fn writer_loop(sink: &mut Sink, rx: &flume::Receiver<Msg>, cfg: &LogConfig, stat
                     bytes += b;
                 }
                 Msg::Feedback(f, b) => {
-                    feedback.push(f);
+                    feedback.push(*f);
                     bytes += b;
                 }
                 Msg::Flush(ack) => acks.push(ack),
@@ -792,6 +871,9 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 7,
             candidates: vec![],
+            policy: DecisionPolicy::default(),
+            session: None,
+            baseline: None,
         }
     }
 
@@ -806,8 +888,12 @@ mod tests {
             output_tokens: Some(20),
             cost_usd: Some(0.001),
             quality,
+            provider: (i == 0).then(|| "p".into()),
+            ttft_ms: (i == 0).then_some(3.0),
+            generation_ms: (i == 0).then_some(5.0),
             verified: true,
             offered: true,
+            baseline: None,
         }
     }
 

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "decision log tables", include_str!("../../../../migrations/postgres/0001_decision_log.sql")),
     (2, "feedback trust", include_str!("../../../../migrations/postgres/0002_feedback_trust.sql")),
     (3, "dead letters", include_str!("../../../../migrations/postgres/0003_dead_letter.sql")),
+    (4, "sessions", include_str!("../../../../migrations/postgres/0004_sessions.sql")),
+    (5, "decision policy", include_str!("../../../../migrations/postgres/0005_decision_policy.sql")),
+    (6, "savings baseline", include_str!("../../../../migrations/postgres/0006_savings_baseline.sql")),
+    (7, "endpoint feedback", include_str!("../../../../migrations/postgres/0007_endpoint_feedback.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas ("pointsmn" in ASCII).
@@ -197,6 +201,16 @@ impl Db {
         block(rt, url, SLOW, async { Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0)) })
     }
 
+    /// The rows of `sql` with `params` (reads such as `report`'s), within the long read limit.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, LogError> {
+        let Db { rt, client, url } = self;
+        block(rt, url, SLOW, client.query(sql, params))
+    }
+
     /// The first column of the first row of `sql`, as a boolean.
     pub fn query_bool(&mut self, sql: &str) -> Result<bool, LogError> {
         let Db { rt, client, url } = self;
@@ -272,6 +286,31 @@ pub(crate) struct DecisionRow {
     constraints: String,
     input_tokens: i32,
     candidates: String,
+    // Absent from batches spilled by a build before the savings columns.
+    #[serde(default)]
+    baseline_model: Option<String>,
+    #[serde(default)]
+    baseline_cost_usd: Option<f64>,
+    #[serde(default)]
+    baseline_quality: Option<f64>,
+    #[serde(default)]
+    baseline_saving_usd: Option<f64>,
+    /// The session's hash, verdict and reason (absent from spill files of older builds).
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    session_verdict: Option<String>,
+    #[serde(default)]
+    session_reason: Option<String>,
+    // Absent from batches spilled by a build before the policy columns: deterministic.
+    #[serde(default = "deterministic")]
+    propensity: f64,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+fn deterministic() -> f64 {
+    1.0
 }
 
 /// A feedback report as stored.
@@ -292,6 +331,19 @@ pub(crate) struct FeedbackRow {
     verified: bool,
     #[serde(default)]
     offered: bool,
+    #[serde(default)]
+    baseline_model: Option<String>,
+    #[serde(default)]
+    baseline_cost_usd: Option<f64>,
+    #[serde(default)]
+    baseline_realised_cost_usd: Option<f64>,
+    // Absent from batches spilled by a build before the endpoint columns: none.
+    #[serde(default)]
+    endpoint_provider: Option<String>,
+    #[serde(default)]
+    endpoint_ttft_ms: Option<f64>,
+    #[serde(default)]
+    endpoint_generation_ms: Option<f64>,
 }
 
 /// One write batch.
@@ -321,6 +373,15 @@ impl Rows {
                     constraints: store::constraints_json(d),
                     input_tokens: i32::try_from(d.input_tokens).unwrap_or(i32::MAX),
                     candidates: serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into()),
+                    propensity: d.policy.propensity,
+                    policy: serde_json::to_string(&d.policy).ok(),
+                    session_id: d.session.as_ref().map(|s| s.id.clone()),
+                    session_verdict: d.session.as_ref().map(|s| s.verdict.to_string()),
+                    session_reason: d.session.as_ref().map(|s| s.reason.to_string()),
+                    baseline_model: d.baseline.as_ref().map(|b| b.baseline_model.clone()),
+                    baseline_cost_usd: d.baseline.as_ref().map(|b| b.baseline_cost_usd),
+                    baseline_quality: d.baseline.as_ref().and_then(|b| b.baseline_quality),
+                    baseline_saving_usd: d.baseline.as_ref().map(|b| b.saving_usd),
                 })
                 .collect(),
             feedback: feedback
@@ -338,6 +399,12 @@ impl Rows {
                     quality: f.quality,
                     verified: f.verified,
                     offered: f.offered,
+                    baseline_model: f.baseline.as_ref().map(|b| b.baseline_model.clone()),
+                    baseline_cost_usd: f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
+                    baseline_realised_cost_usd: f.baseline.as_ref().and_then(|b| b.cost_usd),
+                    endpoint_provider: f.provider.clone(),
+                    endpoint_ttft_ms: f.ttft_ms,
+                    endpoint_generation_ms: f.generation_ms,
                 })
                 .collect(),
         }
@@ -414,15 +481,18 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_DECISIONS: &str = "
-INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
-SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[])
-    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
+INSERT INTO decisions (id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
+SELECT id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints::jsonb, input_tokens, candidates::jsonb, propensity, policy::jsonb, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::int4[], $12::text[],
+            $13::float8[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::float8[], $20::float8[], $21::float8[])
+    AS t(id, request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates, propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd)
 ON CONFLICT (id) DO NOTHING";
 
 const INSERT_FEEDBACK: &str = "
-INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[])
+INSERT INTO feedback (id, request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
+                      baseline_model, baseline_cost_usd, baseline_realised_cost_usd, endpoint_provider, endpoint_ttft_ms, endpoint_generation_ms)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[], $7::int4[], $8::int4[], $9::float8[], $10::float8[], $11::bool[], $12::bool[],
+                     $13::text[], $14::float8[], $15::float8[], $16::text[], $17::float8[], $18::float8[])
 ON CONFLICT (id) DO NOTHING";
 
 async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres::Error> {
@@ -446,6 +516,15 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &d.iter().map(|r| r.constraints.as_str()).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.input_tokens).collect::<Vec<_>>(),
                     &d.iter().map(|r| r.candidates.as_str()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.propensity).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.policy.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_id.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_verdict.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.session_reason.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_quality).collect::<Vec<_>>(),
+                    &d.iter().map(|r| r.baseline_saving_usd).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -468,6 +547,12 @@ async fn insert(client: &mut Client, rows: &Rows) -> Result<u64, tokio_postgres:
                     &f.iter().map(|r| r.quality).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.verified).collect::<Vec<_>>(),
                     &f.iter().map(|r| r.offered).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_model.as_deref()).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_cost_usd).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.baseline_realised_cost_usd).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_provider.as_deref()).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_ttft_ms).collect::<Vec<_>>(),
+                    &f.iter().map(|r| r.endpoint_generation_ms).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -766,10 +851,11 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
         SLOW,
         client.query(
             "SELECT f.model, f.outcome, f.output_tokens::bigint, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL,
-                    f.verified, f.offered
+                    f.verified, f.offered, CASE WHEN d.candidates->0->>'model' = f.model THEN d.propensity END,
+                    f.baseline_realised_cost_usd, f.baseline_model, f.baseline_cost_usd
              FROM feedback f
              LEFT JOIN LATERAL (
-                 SELECT id, routing_text, embedding, encoder FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
+                 SELECT id, routing_text, embedding, encoder, candidates, propensity FROM decisions WHERE request_id = f.request_id ORDER BY id DESC LIMIT 1
              ) d ON true
              ORDER BY f.id",
             &[],
@@ -788,10 +874,21 @@ pub fn training_lines(url: &str, scope: FeedbackScope) -> Result<(Vec<LogRecord>
             joined: r.get(7),
             verified: r.get(8),
             offered: r.get(9),
+            propensity: r.get(10),
+            cost_usd: r.get(11),
+            baseline_model: r.get(12),
+            baseline_cost_usd: r.get(13),
         };
         out.extend(store::training_line(joined, scope, &mut skips));
     }
     Ok((out, skips))
+}
+
+/// A connection for reading the log, its schema migrated to this build's.
+pub fn reader(url: &str) -> Result<Db, LogError> {
+    let mut db = Db::connect(url, CONNECT_TIMEOUT)?;
+    db.migrate()?;
+    Ok(db)
 }
 
 /// Row counts (decisions, feedback).
@@ -829,6 +926,13 @@ mod tests {
             tradeoff: "default".into(),
             input_tokens: 3,
             candidates: vec![],
+            policy: Default::default(),
+            session: Some(crate::logs::LoggedSession {
+                id: "0123456789abcdef0123456789abcdef".into(),
+                verdict: "kept",
+                reason: "cache_saving",
+            }),
+            baseline: None,
         }
     }
 
@@ -845,8 +949,12 @@ mod tests {
             output_tokens: Some(3),
             cost_usd: None,
             quality: Some(0.5),
+            provider: Some("p".into()),
+            ttft_ms: Some(1.5),
+            generation_ms: None,
             verified: true,
             offered: true,
+            baseline: None,
         };
         let rows = Rows::new(&decisions, std::slice::from_ref(&fb));
         assert_ne!(rows.decisions[0].id, rows.decisions[1].id, "every record gets its own id");

@@ -13,8 +13,54 @@ use serde::Serialize;
 use super::{DecisionRecord, FeedbackRecord, LogError};
 use pointsman_core::record::LogRecord;
 
-/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Schema version in `PRAGMA user_version`. 2 added `feedback.verified` and `feedback.offered`;
+/// 3 added `decisions.propensity` and `decisions.policy`, the session columns, the savings
+/// columns ([`BASELINE_COLUMNS`]) and the endpoint columns (`feedback.endpoint_provider`,
+/// `endpoint_ttft_ms`, `endpoint_generation_ms`); each step checks its columns, so they apply
+/// in any order.
+/// 4 added the report columns ([`REPORT_COLUMNS`]) and indexes ([`REPORT_INDEXES`]).
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// The savings step (schema version 3): what each decision would have cost on the baseline
+/// (`savings`) at the same predicted tokens, the baseline's predicted quality and the predicted
+/// saving; and for each report, the realised cost and the baseline's at the reported tokens.
+pub const BASELINE_COLUMNS: &[(&str, &str, &str)] = &[
+    ("decisions", "baseline_model", "TEXT"),
+    ("decisions", "baseline_cost_usd", "REAL"),
+    ("decisions", "baseline_quality", "REAL"),
+    ("decisions", "baseline_saving_usd", "REAL"),
+    ("feedback", "baseline_model", "TEXT"),
+    ("feedback", "baseline_cost_usd", "REAL"),
+    ("feedback", "baseline_realised_cost_usd", "REAL"),
+];
+
+/// Version 1 files: the trust columns, their reports unverified (nothing was checked then).
+const TRUST_COLUMNS: &[(&str, &str, &str)] =
+    &[("feedback", "verified", "INTEGER NOT NULL DEFAULT 0"), ("feedback", "offered", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Version 2 files: the policy columns, their decisions deterministic.
+const POLICY_COLUMNS: &[(&str, &str, &str)] = &[("decisions", "propensity", "REAL NOT NULL DEFAULT 1"), ("decisions", "policy", "TEXT")];
+
+/// Version 2 files: the endpoint columns, empty for the reports logged before.
+const ENDPOINT_COLUMNS: &[(&str, &str, &str)] =
+    &[("feedback", "endpoint_provider", "TEXT"), ("feedback", "endpoint_ttft_ms", "REAL"), ("feedback", "endpoint_generation_ms", "REAL")];
+
+/// Files from before sessions: the session columns (NULL for the decisions already logged).
+const SESSION_COLUMNS: &[(&str, &str, &str)] =
+    &[("decisions", "session_id", "TEXT"), ("decisions", "session_verdict", "TEXT"), ("decisions", "session_reason", "TEXT")];
+
+/// The report step (schema version 4): each decision's primary (its first candidate) in columns
+/// of its own, so that `report` reads a window's decisions through [`REPORT_INDEXES`] without
+/// parsing the candidates list. Rows logged before keep NULL (the report reads their JSON).
+pub const REPORT_COLUMNS: &[(&str, &str, &str)] =
+    &[("decisions", "primary_model", "TEXT"), ("decisions", "primary_quality", "REAL"), ("decisions", "primary_cost_usd", "REAL")];
+
+/// The report's covering indexes: a window of decisions or of feedback reports, with every
+/// column the report reads, without touching the tables' wide rows.
+pub const REPORT_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS decisions_report ON decisions(ts_ms, request_id, profile, primary_model, primary_quality, primary_cost_usd, baseline_model, baseline_cost_usd, baseline_quality);
+CREATE INDEX IF NOT EXISTS feedback_report ON feedback(ts_ms, request_id, model, outcome, latency_ms, quality, verified, baseline_cost_usd, baseline_realised_cost_usd);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -29,7 +75,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     profile TEXT,
     constraints TEXT NOT NULL,
     input_tokens INTEGER NOT NULL,
-    candidates TEXT NOT NULL
+    candidates TEXT NOT NULL,
+    propensity REAL NOT NULL DEFAULT 1,
+    policy TEXT,
+    session_id TEXT,
+    session_verdict TEXT,
+    session_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_request ON decisions(request_id);
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions(ts_ms);
@@ -45,13 +96,16 @@ CREATE TABLE IF NOT EXISTS feedback (
     cost_usd REAL,
     quality REAL,
     verified INTEGER NOT NULL DEFAULT 0,
-    offered INTEGER NOT NULL DEFAULT 0
+    offered INTEGER NOT NULL DEFAULT 0,
+    endpoint_provider TEXT,
+    endpoint_ttft_ms REAL,
+    endpoint_generation_ms REAL
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts_ms);
 ";
 
-pub(super) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> LogError + Copy + '_ {
+pub(crate) fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> LogError + Copy + '_ {
     move |source| LogError::Db { path: path.to_path_buf(), source }
 }
 
@@ -73,16 +127,14 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
     conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" }).map_err(&e)?;
     check_version(&conn, path)?;
     conn.execute_batch(SCHEMA).map_err(&e)?;
-    // Version 1 files: the trust columns, their reports unverified (nothing was checked then).
-    if !has_trust_columns(&conn).map_err(&e)? {
-        conn.execute_batch(
-            "BEGIN;
-             ALTER TABLE feedback ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE feedback ADD COLUMN offered INTEGER NOT NULL DEFAULT 0;
-             COMMIT;",
-        )
-        .map_err(&e)?;
+    // Older files gain each step's columns they lack, by column, not by version number, so the
+    // steps apply in any order and a file that has some of a step's columns gets the rest.
+    for step in [TRUST_COLUMNS, POLICY_COLUMNS, ENDPOINT_COLUMNS, SESSION_COLUMNS, BASELINE_COLUMNS, REPORT_COLUMNS] {
+        add_columns(&conn, step).map_err(&e)?;
     }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS decisions_session ON decisions(session_id) WHERE session_id IS NOT NULL;")
+        .map_err(&e)?;
+    conn.execute_batch(REPORT_INDEXES).map_err(&e)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&e)?;
     Ok(conn)
 }
@@ -91,6 +143,41 @@ pub fn open_for_writing(path: &Path, synchronous_full: bool) -> Result<Connectio
 fn has_trust_columns(conn: &Connection) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare("SELECT count(*) FROM pragma_table_info('feedback') WHERE name IN ('verified', 'offered')")?;
     Ok(stmt.query_row([], |r| r.get::<_, i64>(0))? == 2)
+}
+
+/// A schema step by columns: adds those of `columns` (table, column, type) a file lacks (older
+/// rows keep NULL: nothing was known of them when they were logged), in one transaction.
+fn add_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> rusqlite::Result<()> {
+    let mut missing = Vec::new();
+    for (table, column, kind) in columns {
+        if !has_column(conn, table, column)? {
+            missing.push(format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"));
+        }
+    }
+    if !missing.is_empty() {
+        conn.execute_batch(&format!("BEGIN; {} COMMIT;", missing.join(" ")))?;
+    }
+    Ok(())
+}
+
+/// True when the file has the report step: its columns and its indexes.
+pub(crate) fn has_report_columns(conn: &Connection) -> rusqlite::Result<bool> {
+    for (table, column, _) in REPORT_COLUMNS {
+        if !has_column(conn, table, column)? {
+            return Ok(false);
+        }
+    }
+    let indexes: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('decisions_report', 'feedback_report')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(indexes == 2)
+}
+
+/// True when `table` has `column`.
+pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get::<_, i64>(0)).map(|n| n > 0)
 }
 
 fn check_version(conn: &Connection, path: &Path) -> Result<(), LogError> {
@@ -139,6 +226,7 @@ pub(crate) fn constraints_json(d: &DecisionRecord) -> String {
         "max_fallbacks": c.max_fallbacks,
         "requirements": c.requirements,
         "provider": provider_json(&c.provider),
+        "max_latency": c.max_latency.map(|l| serde_json::json!({"ms": l.ms, "percentile": l.percentile.as_str()})),
     })
     .to_string()
 }
@@ -174,8 +262,10 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
     let tx = conn.transaction()?;
     {
         let mut ins = tx.prepare_cached(
-            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO decisions (request_id, ts_ms, routing_text, embedding, encoder, router_version, cost_weight, profile, constraints, input_tokens, candidates,
+                 propensity, policy, session_id, session_verdict, session_reason, baseline_model, baseline_cost_usd, baseline_quality, baseline_saving_usd,
+                 primary_model, primary_quality, primary_cost_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
         )?;
         for d in decisions {
             let candidates = serde_json::to_string(&d.candidates).unwrap_or_else(|_| "[]".into());
@@ -191,11 +281,24 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 constraints_json(d),
                 d.input_tokens,
                 candidates,
+                d.policy.propensity,
+                serde_json::to_string(&d.policy).ok(),
+                d.session.as_ref().map(|s| s.id.as_str()),
+                d.session.as_ref().map(|s| s.verdict),
+                d.session.as_ref().map(|s| s.reason),
+                d.baseline.as_ref().map(|b| b.baseline_model.as_str()),
+                d.baseline.as_ref().map(|b| b.baseline_cost_usd),
+                d.baseline.as_ref().and_then(|b| b.baseline_quality),
+                d.baseline.as_ref().map(|b| b.saving_usd),
+                d.candidates.first().map(|c| c.model.as_str()),
+                d.candidates.first().map(|c| c.quality),
+                d.candidates.first().map(|c| c.cost_usd),
             ])?;
         }
         let mut ins = tx.prepare_cached(
-            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO feedback (request_id, ts_ms, model, outcome, latency_ms, input_tokens, output_tokens, cost_usd, quality, verified, offered,
+                 baseline_model, baseline_cost_usd, baseline_realised_cost_usd, endpoint_provider, endpoint_ttft_ms, endpoint_generation_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         for f in feedback {
             ins.execute(params![
@@ -209,7 +312,13 @@ pub fn write_batch(conn: &mut Connection, decisions: &[DecisionRecord], feedback
                 f.cost_usd,
                 f.quality,
                 f.verified,
-                f.offered
+                f.offered,
+                f.baseline.as_ref().map(|b| b.baseline_model.as_str()),
+                f.baseline.as_ref().and_then(|b| b.baseline_cost_usd),
+                f.baseline.as_ref().and_then(|b| b.cost_usd),
+                f.provider,
+                f.ttft_ms,
+                f.generation_ms,
             ])?;
         }
     }
@@ -322,9 +431,21 @@ pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecor
     let e = db_err(path);
     // A version 1 file no server has opened since: every report unverified.
     let trust = if has_trust_columns(&conn).map_err(&e)? { "f.verified, f.offered" } else { "0, 0" };
+    // The propensity belongs to the decision's primary: a report on a fallback has none.
+    let propensity = if has_column(&conn, "decisions", "propensity").map_err(&e)? {
+        "CASE WHEN json_extract(d.candidates, '$[0].model') = f.model THEN d.propensity END"
+    } else {
+        "CASE WHEN json_extract(d.candidates, '$[0].model') = f.model THEN 1.0 END"
+    };
+    // A file no server of schema 3 has opened yet has no savings columns.
+    let savings = if has_column(&conn, "feedback", "baseline_model").map_err(&e)? {
+        "f.baseline_realised_cost_usd, f.baseline_model, f.baseline_cost_usd"
+    } else {
+        "f.cost_usd, NULL, NULL"
+    };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}
+            "SELECT f.model, f.outcome, f.output_tokens, f.quality, d.routing_text, d.embedding, d.encoder, d.id IS NOT NULL, {trust}, {propensity}, {savings}
              FROM feedback f
              LEFT JOIN decisions d ON d.id = (SELECT max(id) FROM decisions WHERE request_id = f.request_id)
              ORDER BY f.id"
@@ -344,6 +465,10 @@ pub fn training_lines(path: &Path, scope: FeedbackScope) -> Result<(Vec<LogRecor
             joined: r.get(7).map_err(&e)?,
             verified: r.get(8).map_err(&e)?,
             offered: r.get(9).map_err(&e)?,
+            propensity: r.get(10).map_err(&e)?,
+            cost_usd: r.get(11).map_err(&e)?,
+            baseline_model: r.get(12).map_err(&e)?,
+            baseline_cost_usd: r.get(13).map_err(&e)?,
         };
         out.extend(training_line(joined, scope, &mut skips));
     }
@@ -365,6 +490,15 @@ pub(crate) struct Joined {
     pub verified: bool,
     /// Its model was offered for its request id.
     pub offered: bool,
+    /// The probability with which its model was chosen as the decision's primary (None for a
+    /// report on a fallback).
+    pub propensity: Option<f64>,
+    /// The realised cost (`baseline_realised_cost_usd`).
+    pub cost_usd: Option<f64>,
+    /// The baseline model when it was logged.
+    pub baseline_model: Option<String>,
+    /// The baseline's cost at the reported tokens.
+    pub baseline_cost_usd: Option<f64>,
 }
 
 /// The training line of one joined report, or the reason it has none (counted in `skips`).
@@ -405,7 +539,20 @@ pub(crate) fn training_line(j: Joined, scope: FeedbackScope, skips: &mut ExportS
             return None;
         }
     };
-    Some(LogRecord { prompt_id, prompt, model: j.model, score, output_tokens, task: Some("feedback".into()), embedding, encoder })
+    Some(LogRecord {
+        prompt_id,
+        prompt,
+        model: j.model,
+        score,
+        output_tokens,
+        task: Some("feedback".into()),
+        embedding,
+        encoder,
+        propensity: j.propensity,
+        cost_usd: j.cost_usd,
+        baseline_model: j.baseline_model,
+        baseline_cost_usd: j.baseline_cost_usd,
+    })
 }
 
 /// Row counts, for `logs export` summaries and tests.

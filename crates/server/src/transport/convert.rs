@@ -11,10 +11,12 @@ use crate::{
     config::ServerConfig,
     encoder::text::{without_control_chars, ChatMessage, Requirements, Role},
     engine::{truncated, Decision, Engine, RouteError, RouteQuery, StageTimings, Tradeoff},
-    health::{Outcome, Snapshot, State},
+    exploration::Opt,
+    health::{EndpointLive, Outcome, Percentile, Quantiles, Snapshot, State},
     logs::{now_ms, FeedbackRecord},
     pb,
-    policy::{Constraints, Exclusion, Partition, Percentiles, ProviderPreferences, Scored, SortBy},
+    policy::{Constraints, Exclusion, LatencyLimit, Partition, Percentiles, ProviderPreferences, Scored, SortBy},
+    session::{SessionKey, SessionOutcome, SessionRequest, Verdict, MAX_SESSION_KEY_CHARS},
 };
 
 /// Longest accepted model id in `Feedback`, bytes.
@@ -34,6 +36,8 @@ pub const MAX_PREFERRED_LATENCY_S: f64 = 3600.0;
 pub const MAX_PREFERRED_THROUGHPUT: f64 = 100_000.0;
 /// Largest accepted `provider.max_price` figure, USD per million tokens.
 pub const MAX_PRICE_USD_PER_MTOK: f64 = 100_000.0;
+/// Longest accepted Feedback `provider`, bytes.
+pub const MAX_PROVIDER_BYTES: usize = 128;
 
 /// The gRPC status of a routing error: the code its kind calls for and a message for the caller.
 pub fn status(e: RouteError) -> Status {
@@ -124,10 +128,20 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
             ))
         }
     };
-    if let Some(l) = req.latency_ms {
-        if !(l.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&l)) {
-            return Err(invalid("latency_ms", format!("must be in [0, {MAX_LATENCY_MS}]. Given: {l}")));
+    for (field, v) in [("latency_ms", req.latency_ms), ("ttft_ms", req.ttft_ms), ("generation_ms", req.generation_ms)] {
+        if let Some(l) = v.filter(|l| !(l.is_finite() && (0.0..=MAX_LATENCY_MS).contains(l))) {
+            return Err(invalid(field, format!("must be in [0, {MAX_LATENCY_MS}]. Given: {l}")));
         }
+    }
+    if req.provider.len() > MAX_PROVIDER_BYTES || req.provider.chars().any(char::is_control) {
+        return Err(invalid(
+            "provider",
+            format!(
+                "must be at most {MAX_PROVIDER_BYTES} bytes without control characters. Given: {} bytes: {:?}",
+                req.provider.len(),
+                truncated(&req.provider)
+            ),
+        ));
     }
     if let Some(c) = req.cost_usd {
         if !(c.is_finite() && (0.0..=MAX_COST_USD).contains(&c)) {
@@ -149,9 +163,13 @@ pub fn feedback_record(req: pb::FeedbackRequest) -> Result<FeedbackRecord, Route
         output_tokens: req.output_tokens,
         cost_usd: req.cost_usd,
         quality: req.quality,
+        provider: (!req.provider.trim().is_empty()).then_some(req.provider),
+        ttft_ms: req.ttft_ms,
+        generation_ms: req.generation_ms,
         // Decided by `Service::feedback`.
         verified: false,
         offered: false,
+        baseline: None,
     })
 }
 
@@ -162,6 +180,43 @@ fn health_state(s: &State) -> pb::HealthState {
         State::CoolingDown { .. } => pb::HealthState::CoolingDown,
         State::Probing => pb::HealthState::Probing,
     }
+}
+
+fn percentiles_pb(q: Option<Quantiles>) -> Option<pb::Percentiles> {
+    q.map(|q| pb::Percentiles { p50: Some(q.p50), p75: Some(q.p75), p90: Some(q.p90), p99: Some(q.p99) })
+}
+
+/// The wire form of an endpoint's breaker and measurements.
+pub fn endpoint_measurements(l: &EndpointLive) -> pb::EndpointMeasurements {
+    let h = model_health(&l.health);
+    pb::EndpointMeasurements {
+        state: h.state,
+        window_requests: h.window_requests,
+        error_rate: h.error_rate,
+        rate_limited_rate: l.rate_limited_rate,
+        measured_requests: l.measured_requests,
+        latency_ms: percentiles_pb(l.latency_ms),
+        ttft_ms: percentiles_pb(l.ttft_ms),
+        tokens_per_second: percentiles_pb(l.tokens_per_second),
+        consecutive_failures: h.consecutive_failures,
+        cool_down_remaining_s: h.cool_down_remaining_s,
+    }
+}
+
+/// Largest accepted `max_latency.ms` (one day).
+pub const MAX_LATENCY_LIMIT_MS: f64 = 86_400_000.0;
+
+fn latency_limit(l: Option<pb::LatencyLimit>) -> Result<Option<LatencyLimit>, RouteError> {
+    let Some(l) = l else { return Ok(None) };
+    if !(l.ms.is_finite() && l.ms > 0.0 && l.ms <= MAX_LATENCY_LIMIT_MS) {
+        return Err(invalid("max_latency.ms", format!("must be in (0, {MAX_LATENCY_LIMIT_MS}] milliseconds. Given: {}", l.ms)));
+    }
+    let percentile = match l.percentile.as_str() {
+        "" => Percentile::P50,
+        p => Percentile::parse(p)
+            .ok_or_else(|| invalid("max_latency.percentile", format!("must be one of p50, p75, p90, p99. Given: {:?}", truncated(p))))?,
+    };
+    Ok(Some(LatencyLimit { ms: l.ms, percentile }))
 }
 
 /// The wire form of a model's health.
@@ -276,6 +331,58 @@ fn requirements(r: Option<pb::Requirements>) -> Result<Requirements, RouteError>
     })
 }
 
+fn session_value(field: &str, v: &str) -> Result<(), RouteError> {
+    let n = v.chars().count();
+    if n > MAX_SESSION_KEY_CHARS {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_SESSION_KEY_CHARS} characters. Given: {n} characters ({:?})", truncated(v)),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, format!("must not contain control characters. Given: {:?}", truncated(v))));
+    }
+    if v.trim().is_empty() {
+        return Err(invalid(field, format!("must not be blank when set. Given: {v:?}")));
+    }
+    Ok(())
+}
+
+/// The request's session, naming the field, limit and value on error: an `id`, or a `user` with
+/// its `conversation`.
+pub fn session_request(s: Option<pb::Session>) -> Result<Option<SessionRequest>, RouteError> {
+    let Some(s) = s else { return Ok(None) };
+    let key = if !s.id.is_empty() {
+        session_value("session.id", &s.id)?;
+        SessionKey::of_id(&s.id)
+    } else if !s.user.is_empty() || !s.conversation.is_empty() {
+        if s.conversation.is_empty() {
+            return Err(invalid(
+                "session.conversation",
+                format!("must be set with session.user (each of a user's conversations is a session of its own). Given: user {:?} and no conversation", truncated(&s.user)),
+            ));
+        }
+        if s.user.is_empty() {
+            return Err(invalid(
+                "session.user",
+                format!("must be set with session.conversation. Given: conversation {:?} and no user", truncated(&s.conversation)),
+            ));
+        }
+        session_value("session.user", &s.user)?;
+        session_value("session.conversation", &s.conversation)?;
+        SessionKey::of_user(&s.user, &s.conversation)
+    } else {
+        if s.escalate_only {
+            return Err(invalid(
+                "session.escalate_only",
+                "needs a session: set session.id, or session.user and session.conversation. Given: true with neither",
+            ));
+        }
+        return Ok(None);
+    };
+    Ok(Some(SessionRequest { key, escalate_only: s.escalate_only }))
+}
+
 /// Turns a wire request into a core query, checking everything that needs no catalog.
 pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<RouteQuery, RouteError> {
     check_request_id(&req.request_id)?;
@@ -372,11 +479,18 @@ pub fn route_query(req: pb::RouteRequest, server: &ServerConfig) -> Result<Route
         out_of_domain_p: 0.0,
         requirements: requirements(req.requirements)?,
         provider: provider_preferences(req.provider, server)?,
+        max_latency: latency_limit(req.max_latency)?,
     };
-    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None })
+    let explore = match req.explore {
+        None => Opt::Default,
+        Some(true) => Opt::In,
+        Some(false) => Opt::Out,
+    };
+    let session = session_request(req.session)?;
+    Ok(RouteQuery { request_id, messages, tradeoff, constraints, explain: req.explain, deadline: None, explore, session })
 }
 
-fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb::Endpoint {
+fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64, measured: bool) -> pb::Endpoint {
     pb::Endpoint {
         provider: e.provider.clone(),
         input_usd_per_mtok: e.input_usd_per_mtok,
@@ -387,6 +501,8 @@ fn endpoint(e: &crate::catalog::Endpoint, cost_usd: f64, latency_ms: f64) -> pb:
         quantization: e.quantization().to_string(),
         predicted_cost_usd: cost_usd,
         predicted_latency_ms: latency_ms,
+        measured: None,
+        latency_measured: measured,
     }
 }
 
@@ -398,7 +514,7 @@ fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
         .iter()
         .map(|&j| {
             let es = &s.endpoints[j];
-            endpoint(&m.endpoints[j], es.cost_usd, es.latency_ms)
+            endpoint(&m.endpoints[j], es.cost_usd, es.latency_ms, es.measured)
         })
         .collect();
     pb::Candidate {
@@ -411,6 +527,7 @@ fn candidate(engine: &Engine, s: &Scored) -> pb::Candidate {
         predicted_latency_ms: s.latency_ms,
         health: health_state(&s.health.state) as i32,
         endpoints,
+        latency_measured: s.endpoints.get(s.first_endpoint()).is_some_and(|e| e.measured),
     }
 }
 
@@ -425,7 +542,8 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
         Some(Exclusion::ContextWindow { .. }) => R::ContextWindow,
         Some(Exclusion::MinQuality { .. }) => R::MinQuality,
         Some(Exclusion::Budget { .. }) => R::Budget,
-        Some(Exclusion::Unhealthy(_)) => R::Unhealthy,
+        Some(Exclusion::Unhealthy(_) | Exclusion::EndpointUnhealthy(_)) => R::Unhealthy,
+        Some(Exclusion::MaxLatency { .. }) => R::MaxLatency,
         Some(Exclusion::BelowCutoff | Exclusion::NoEndpointFallbacks) => R::BelowCutoff,
         Some(Exclusion::Capability(_)) => R::Capability,
         Some(
@@ -445,7 +563,7 @@ fn reason(e: &Option<Exclusion>) -> pb::ExclusionReason {
 /// model it kept (outside the head's domain, unhealthy) because nothing else was left.
 fn explanation_detail(s: &Scored) -> String {
     if let Some(e) = &s.exclusion {
-        if e.is_provider_preference() || matches!(e, Exclusion::Capability(_)) {
+        if e.is_provider_preference() || matches!(e, Exclusion::Capability(_) | Exclusion::MaxLatency { .. }) {
             return format!("no endpoint passes `{}`; the closest: {}", e.constraint(), e.detail());
         }
         return e.detail();
@@ -481,8 +599,42 @@ impl From<StageTimings> for pb::Timings {
     }
 }
 
-/// Builds the wire response for a decision.
-pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteResponse {
+/// The wire form of a session's part in a decision.
+pub fn session_decision(o: &SessionOutcome) -> pb::SessionDecision {
+    let verdict = match o.verdict {
+        Verdict::New => pb::SessionVerdict::New,
+        Verdict::Kept => pb::SessionVerdict::Kept,
+        Verdict::Moved => pb::SessionVerdict::Moved,
+    };
+    pb::SessionDecision {
+        verdict: verdict as i32,
+        reason: o.reason.as_str().to_string(),
+        detail: o.detail.clone(),
+        previous_model: o.previous.as_ref().map(|p| p.model.clone()).unwrap_or_default(),
+        previous_provider: o.previous.as_ref().map(|p| p.provider.clone()).unwrap_or_default(),
+        cached_saving_usd: o.saving_usd,
+        saving_utility: o.saving_utility,
+        utility_gain: o.gain,
+        turn: o.turn,
+        session_hash: o.key.hex(),
+    }
+}
+
+/// Builds the wire response for a decision; with `explain`, `live` (the endpoints' state as
+/// routed, `[model][endpoint]`, possibly empty) fills each explained endpoint's measurements.
+pub fn route_response(engine: &Engine, d: Decision, explain: bool, savings: Option<crate::savings::Estimate>) -> pb::RouteResponse {
+    route_response_live(engine, d, explain, &[], savings)
+}
+
+/// [`route_response`] with the endpoints' live state for the explanations.
+pub fn route_response_live(
+    engine: &Engine,
+    d: Decision,
+    explain: bool,
+    live: &[Vec<EndpointLive>],
+    savings: Option<crate::savings::Estimate>,
+) -> pb::RouteResponse {
+    let limit = d.constraints.max_latency;
     let r = &d.ranking;
     let candidates = r.chosen.iter().map(|&i| candidate(engine, &r.scored[i])).collect();
     let models = engine.catalog().models();
@@ -506,17 +658,27 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
                 endpoints: s
                     .endpoints
                     .iter()
-                    .map(|es| pb::EndpointExplanation {
-                        endpoint: Some(endpoint(&models[s.model].endpoints[es.endpoint], es.cost_usd, es.latency_ms)),
-                        rank: es.rank as u32,
-                        reason: reason(&es.exclusion) as i32,
-                        detail: match &es.exclusion {
+                    .map(|es| {
+                        let l = live.get(s.model).and_then(|v| v.get(es.endpoint));
+                        let mut wire = endpoint(&models[s.model].endpoints[es.endpoint], es.cost_usd, es.latency_ms, es.measured);
+                        wire.measured = l.map(endpoint_measurements);
+                        let mut detail = match &es.exclusion {
                             Some(e) => format!("`{}`: {}", e.constraint(), e.detail()),
                             None if es.misses_preference => {
                                 "usable, but after the endpoints that meet provider.preferred_max_latency/preferred_min_throughput".into()
                             }
                             None => "usable".into(),
-                        },
+                        };
+                        if let (Some(limit), None) = (limit, &es.exclusion) {
+                            if l.and_then(|l| l.latency_ms).is_none() {
+                                detail.push_str(&format!(
+                                    "; not measured yet (fewer than health.min_measured_requests successful reports in the window), so max_latency_ms {} ms at {} does not apply to it",
+                                    limit.ms,
+                                    limit.percentile.as_str()
+                                ));
+                            }
+                        }
+                        pb::EndpointExplanation { endpoint: Some(wire), rank: es.rank as u32, reason: reason(&es.exclusion) as i32, detail }
                     })
                     .collect(),
             })
@@ -534,11 +696,28 @@ pub fn route_response(engine: &Engine, d: Decision, explain: bool) -> pb::RouteR
         input_tokens: d.input_tokens,
         profile: d.profile.unwrap_or_default(),
         attempts,
+        propensity: d.choice.propensity,
+        explored: d.choice.explored,
+        shadow: d.shadow.map(|s| pb::ShadowDecision {
+            head_id: s.head_id,
+            model: s.model.unwrap_or_default(),
+            predicted_quality: s.quality,
+            predicted_cost_usd: s.cost_usd,
+            agrees: s.agrees,
+        }),
+        session: d.session.as_ref().map(session_decision),
+        savings: savings.map(|s| pb::Savings {
+            baseline_model: s.baseline_model,
+            baseline_cost_usd: s.baseline_cost_usd,
+            baseline_quality: s.baseline_quality,
+            predicted_cost_usd: s.predicted_cost_usd,
+            saving_usd: s.saving_usd,
+        }),
     }
 }
 
-/// Builds the catalog listing.
-pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsResponse {
+/// Builds the catalog listing; `endpoints[i][j]` is endpoint `j` of model `i` (empty: none measured).
+pub fn list_models(engine: &Engine, health: &[Snapshot], endpoints: &[Vec<EndpointLive>]) -> pb::ListModelsResponse {
     let cfg = engine.config();
     pb::ListModelsResponse {
         models: engine
@@ -554,7 +733,15 @@ pub fn list_models(engine: &Engine, health: &[Snapshot]) -> pb::ListModelsRespon
                 context_tokens: m.primary().context_tokens,
                 covered_by_head: engine.covers(i),
                 health: health.get(i).map(model_health),
-                endpoints: m.endpoints.iter().map(|e| endpoint(e, 0.0, 0.0)).collect(),
+                endpoints: m
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| pb::Endpoint {
+                        measured: endpoints.get(i).and_then(|v| v.get(j)).map(endpoint_measurements),
+                        ..endpoint(e, 0.0, 0.0, false)
+                    })
+                    .collect(),
             })
             .collect(),
         router_version: engine.version().to_string(),

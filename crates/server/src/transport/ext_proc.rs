@@ -32,7 +32,11 @@
 //!    report nothing); the body is passed on chunk by chunk (so streams stay streams) while its
 //!    tail is kept to read `usage` (the JSON body's last `usage` object, or the last `data:`
 //!    event of a stream); at its end `Feedback` is recorded with the latency from the decision, so
-//!    the loop closes by itself.
+//!    the loop closes by itself. The report names the endpoint (the provider it was sent to), so
+//!    it moves that endpoint's breaker and measurements; for a streamed answer
+//!    (`text/event-stream`) it also carries the time to first token (the decision to the first
+//!    body chunk) and the generation time (the first chunk to the last), from which, with the
+//!    usage's output tokens, the endpoint's throughput is measured.
 //!
 //! If Pointsman is down or slow, what happens is Envoy's choice: with `failure_mode_allow: true`
 //! (shipped) the request goes on unrouted to the default upstream; with `false` it fails with 500.
@@ -70,6 +74,10 @@ pub mod headers {
     pub const MIN_QUALITY: &str = "x-pointsman-min-quality";
     /// In: how many fallbacks to name (as `RouteRequest.max_fallbacks`).
     pub const MAX_FALLBACKS: &str = "x-pointsman-max-fallbacks";
+    /// In: the most measured latency of an endpoint, ms (as `RouteRequest.max_latency.ms`).
+    pub const MAX_LATENCY_MS: &str = "x-pointsman-max-latency-ms";
+    /// In: the percentile `MAX_LATENCY_MS` applies to: p50 (default), p75, p90, p99.
+    pub const MAX_LATENCY_PERCENTILE: &str = "x-pointsman-max-latency-percentile";
     /// In: the request id (else Envoy's `x-request-id`, else a new UUID). Out: the decision id.
     pub const REQUEST_ID: &str = "x-pointsman-request-id";
     /// In (Envoy's own): the request id Envoy generates or forwards.
@@ -89,8 +97,17 @@ pub mod headers {
     pub const PROVIDER: &str = "x-pointsman-provider";
     /// Out: how the request was passed through unrouted, when it was (`not_json`, `no_text`, ...).
     pub const PASSED: &str = "x-pointsman-passed";
+    /// In: the session id (OpenRouter's header; the body's `session_id` wins when both are given).
+    pub const SESSION_ID: &str = "x-session-id";
+    /// In: the conversation key that, with the body's OpenAI `user`, names the session when no
+    /// session id is given.
+    pub const CONVERSATION: &str = "x-pointsman-conversation";
+    /// In: `true` to switch the session only to a model of higher predicted quality.
+    pub const ESCALATE_ONLY: &str = "x-pointsman-escalate-only";
+    /// Out: what the session did (`new`, `kept`, `moved`), when the request named one.
+    pub const SESSION: &str = "x-pointsman-session";
     /// The headers only Pointsman sets: a client's copies are removed before routing.
-    pub const OWN: [&str; 5] = [MODEL, UPSTREAM, FALLBACKS, ATTEMPTS, PASSED];
+    pub const OWN: [&str; 6] = [MODEL, UPSTREAM, FALLBACKS, ATTEMPTS, PASSED, SESSION];
 }
 
 /// What a routed request needs for its feedback.
@@ -98,7 +115,11 @@ pub mod headers {
 struct Routed {
     request_id: String,
     model: String,
+    /// The endpoint's provider it was sent to.
+    provider: String,
     at: Instant,
+    /// When the first response body chunk arrived.
+    first_chunk: Option<Instant>,
 }
 
 /// Most bytes of a response body kept to read its `usage` (the end of it: a stream's usage is in
@@ -114,6 +135,8 @@ struct Exchange {
     too_large: bool,
     routed: Option<Routed>,
     status: Option<u16>,
+    /// The response is a server-sent-event stream (its first chunk is the first token).
+    streamed: bool,
     tail: Vec<u8>,
     reported: bool,
 }
@@ -316,6 +339,7 @@ impl Exchange {
                 let end = h.end_of_stream;
                 let h = read_headers(&h);
                 self.status = h.get(":status").and_then(|s| s.parse().ok());
+                self.streamed = h.get("content-type").is_some_and(|t| t.contains("text/event-stream"));
                 if end {
                     // A response without a body ends here.
                     self.report(service);
@@ -393,7 +417,7 @@ impl Exchange {
         };
         query.deadline = Some(Instant::now() + Duration::from_millis(config.ext_proc.message_timeout_ms));
         let decision = match service.route(call, &engine, query).await {
-            Ok(d) => convert::route_response(&engine, d, false),
+            Ok(d) => convert::route_response(&engine, d, false, None),
             Err(e) => return route_error_reply(e),
         };
         let Some(primary) = decision.candidates.first() else {
@@ -402,20 +426,32 @@ impl Exchange {
         json["model"] = serde_json::Value::String(primary.model.clone());
         let attempts: Vec<String> = decision.attempts.iter().map(|a| format!("{}@{}", a.model, a.provider)).collect();
         let fallbacks = attempts.get(1..).unwrap_or_default();
-        self.routed = Some(Routed { request_id: decision.request_id.clone(), model: primary.model.clone(), at: Instant::now() });
+        self.routed = Some(Routed {
+            request_id: decision.request_id.clone(),
+            model: primary.model.clone(),
+            provider: primary.provider.clone(),
+            at: Instant::now(),
+            first_chunk: None,
+        });
         let body = serde_json::to_vec(&json).expect("a JSON value serialises. This is a bug.");
+        let mut set_headers = vec![
+            set(headers::MODEL, &primary.model),
+            set(headers::UPSTREAM, &primary.provider),
+            set(headers::FALLBACKS, &fallbacks.join(",")),
+            set(headers::ATTEMPTS, &attempts.join(",")),
+            set(headers::REQUEST_ID, &decision.request_id),
+            set("content-length", &body.len().to_string()),
+        ];
+        if let Some(s) = &decision.session {
+            let verdict = match pb::SessionVerdict::try_from(s.verdict) {
+                Ok(pb::SessionVerdict::Kept) => "kept",
+                Ok(pb::SessionVerdict::Moved) => "moved",
+                _ => "new",
+            };
+            set_headers.push(set(headers::SESSION, &format!("{verdict}; reason={}", s.reason)));
+        }
         Step::Routed(CommonResponse {
-            header_mutation: Some(HeaderMutation {
-                set_headers: vec![
-                    set(headers::MODEL, &primary.model),
-                    set(headers::UPSTREAM, &primary.provider),
-                    set(headers::FALLBACKS, &fallbacks.join(",")),
-                    set(headers::ATTEMPTS, &attempts.join(",")),
-                    set(headers::REQUEST_ID, &decision.request_id),
-                    set("content-length", &body.len().to_string()),
-                ],
-                ..Default::default()
-            }),
+            header_mutation: Some(HeaderMutation { set_headers, ..Default::default() }),
             body_mutation: Some(BodyMutation { mutation: Some(Mutation::Body(body)) }),
             clear_route_cache: true,
             ..Default::default()
@@ -441,6 +477,7 @@ impl Exchange {
             (None, None) => None,
         };
         let request_id = h.get(headers::REQUEST_ID).or_else(|| h.get(headers::ENVOY_REQUEST_ID)).cloned().unwrap_or_default();
+        let session = self.session(body)?;
         Ok(pb::RouteRequest {
             request_id,
             messages: c.messages,
@@ -450,12 +487,46 @@ impl Exchange {
             max_cost_usd: knob(h, headers::MAX_COST_USD, "a number of USD")?,
             min_quality: knob(h, headers::MIN_QUALITY, "a number in [0, 1]")?,
             max_fallbacks: knob(h, headers::MAX_FALLBACKS, "a whole number")?,
+            max_latency: knob(h, headers::MAX_LATENCY_MS, "a number of milliseconds")?
+                .map(|ms| pb::LatencyLimit { ms, percentile: h.get(headers::MAX_LATENCY_PERCENTILE).cloned().unwrap_or_default() }),
             provider,
+            session,
             ..Default::default()
         })
     }
 
+    /// The request's session: the body's `session_id` (OpenRouter's), else the `x-session-id`
+    /// header, else the body's OpenAI `user` with the `x-pointsman-conversation` header. The
+    /// values are checked by `convert::session_request` like a `Route` call's.
+    fn session(&self, body: &serde_json::Value) -> Result<Option<pb::Session>, RouteError> {
+        let h = &self.headers;
+        let text = |field: &str| -> Result<Option<String>, RouteError> {
+            match body.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => {
+                    Err(RouteError::invalid(field, format!("must be a string. Given: {}", crate::engine::truncated(&other.to_string()))))
+                }
+            }
+        };
+        let escalate_only = knob::<bool>(h, headers::ESCALATE_ONLY, "true or false")?.unwrap_or(false);
+        let id = text("session_id")?.or_else(|| h.get(headers::SESSION_ID).cloned()).filter(|s| !s.is_empty());
+        let session = match (id, text("user")?.filter(|u| !u.is_empty()), h.get(headers::CONVERSATION).filter(|c| !c.is_empty())) {
+            (Some(id), _, _) => pb::Session { id, escalate_only, ..Default::default() },
+            (None, Some(user), Some(conversation)) => {
+                pb::Session { user, conversation: conversation.clone(), escalate_only, ..Default::default() }
+            }
+            // A `user` alone names a user, not a conversation: no session.
+            _ if !escalate_only => return Ok(None),
+            _ => pb::Session { escalate_only, ..Default::default() },
+        };
+        Ok(Some(session))
+    }
+
     fn response_chunk(&mut self, service: &Arc<Service>, b: &HttpBody) {
+        if let Some(r) = self.routed.as_mut().filter(|r| r.first_chunk.is_none() && !b.body.is_empty()) {
+            r.first_chunk = Some(Instant::now());
+        }
         if self.routed.is_some() {
             self.tail.extend_from_slice(&b.body);
             if self.tail.len() > RESPONSE_TAIL_BYTES {
@@ -480,13 +551,19 @@ impl Exchange {
             _ => return,
         };
         let (input_tokens, output_tokens) = usage(&self.tail);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // A stream's first chunk is its first token; a whole JSON body has no such moment.
+        let first = r.first_chunk.filter(|_| self.streamed && outcome == pb::Outcome::Success);
         let req = pb::FeedbackRequest {
             request_id: r.request_id.clone(),
             model: r.model.clone(),
             outcome: outcome as i32,
-            latency_ms: Some(r.at.elapsed().as_secs_f64() * 1000.0),
+            latency_ms: Some(ms(r.at.elapsed())),
             input_tokens,
             output_tokens,
+            provider: r.provider.clone(),
+            ttft_ms: first.map(|f| ms(f.duration_since(r.at))),
+            generation_ms: first.map(|f| ms(f.elapsed())),
             ..Default::default()
         };
         let service = Arc::clone(service);

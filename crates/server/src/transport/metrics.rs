@@ -64,6 +64,25 @@ pub fn render(service: &Service) -> String {
     }
     page.counter("pointsman_route_requests_total", ROUTES, &[("result", "cancelled")], load(&st.routes_cancelled));
     page.counter("pointsman_route_cache_hits_total", "Route calls answered from the prediction cache.", &[], load(&st.cache_hits));
+    if let Some(engine) = service.engine() {
+        let x = engine.explorer().stats();
+        const EXPLORE: &str = "Route decisions by exploration result: explored (the primary was drawn), switched (the draw was not the best model), capped (the day's max_extra_cost_usd_per_day was spent).";
+        page.counter("pointsman_exploration_decisions_total", EXPLORE, &[("result", "explored")], load(&x.explored));
+        page.counter("pointsman_exploration_decisions_total", EXPLORE, &[("result", "switched")], load(&x.switched));
+        page.counter("pointsman_exploration_decisions_total", EXPLORE, &[("result", "capped")], load(&x.capped));
+        page.gauge(
+            "pointsman_exploration_extra_cost_usd_today",
+            "Extra predicted cost of today's explored decisions on this replica, USD (UTC day).",
+            &[],
+            load(&x.extra_cost_micro_usd_today) as f64 / 1e6,
+        );
+        if let Some(head) = engine.shadow_head_id() {
+            const SHADOW: &str =
+                "Route decisions scored by the shadow head, by whether its primary agreed with the serving head's best model.";
+            page.counter("pointsman_shadow_decisions_total", SHADOW, &[("head", head), ("agrees", "true")], load(&st.shadow_agreed));
+            page.counter("pointsman_shadow_decisions_total", SHADOW, &[("head", head), ("agrees", "false")], load(&st.shadow_disagreed));
+        }
+    }
     for (o, n) in Outcome::ALL.iter().zip(&st.feedback) {
         page.counter("pointsman_feedback_total", "Feedback reports accepted, by outcome.", &[("outcome", o.as_str())], load(n));
     }
@@ -188,6 +207,22 @@ pub fn render(service: &Service) -> String {
             );
         }
     }
+    {
+        let sessions = service.sessions();
+        let s = sessions.stats();
+        const DECISIONS: &str = "Decisions of requests that named a session, by what the session did: new (first turn, or after the idle TTL), kept (the last turn's model and endpoint), moved.";
+        for (verdict, v) in [("new", &s.new), ("kept", &s.kept), ("moved", &s.moved)] {
+            page.counter("pointsman_session_decisions_total", DECISIONS, &[("verdict", verdict)], load(v));
+        }
+        page.gauge("pointsman_sessions", "Sessions this replica keeps (approximate).", &[], sessions.len() as f64);
+        if let Some(up) = sessions.shared_connected() {
+            page.gauge("pointsman_sessions_shared_connected", "1 while sessions are shared through Redis.", &[], f64::from(u8::from(up)));
+            const SHARED: &str = "Session turns shared through Redis: published (this replica's), applied (the others'), unshared (queue or backlog full, or older than the TTL).";
+            page.counter("pointsman_sessions_shared_total", SHARED, &[("result", "published")], load(&s.published));
+            page.counter("pointsman_sessions_shared_total", SHARED, &[("result", "applied")], load(&s.applied));
+            page.counter("pointsman_sessions_shared_total", SHARED, &[("result", "unshared")], load(&s.unshared));
+        }
+    }
     if let Some(shared) = service.shared_health() {
         let s = shared.stats();
         page.gauge(
@@ -279,8 +314,74 @@ pub fn render(service: &Service) -> String {
                 );
             }
         }
+        endpoint_metrics(&page, service, &engine);
     }
     let mut out = page.render();
     out.push_str(&service.telemetry().render());
     out
+}
+
+/// Per endpoint (model, provider) with a report: its breaker and what its traffic measured over
+/// the health window (quantiles only once measured, see `health.min_measured_requests`).
+fn endpoint_metrics(page: &Page, service: &Service, engine: &crate::engine::Engine) {
+    let live = service.endpoint_live(engine);
+    for (m, row) in engine.catalog().models().iter().zip(&live) {
+        for (e, l) in m.endpoints.iter().zip(row) {
+            if l.health.window_requests == 0 && l.measured_requests == 0 && l.health.state.as_str() == "healthy" {
+                continue;
+            }
+            let labels = [("model", m.id.as_str()), ("provider", e.provider.as_str())];
+            page.gauge(
+                "pointsman_endpoint_health_state",
+                "1 for each endpoint's current circuit state (endpoints with a report that named the provider).",
+                &[labels[0], labels[1], ("state", l.health.state.as_str())],
+                1.0,
+            );
+            page.gauge(
+                "pointsman_endpoint_window_requests",
+                "Attempts reported for each endpoint in the health window.",
+                &labels,
+                f64::from(l.health.window_requests),
+            );
+            page.gauge(
+                "pointsman_endpoint_error_rate",
+                "Failed share of each endpoint's attempts in the health window.",
+                &labels,
+                l.health.error_rate,
+            );
+            page.gauge(
+                "pointsman_endpoint_rate_limited_rate",
+                "Share of each endpoint's attempts in the health window refused for rate or quota (HTTP 429).",
+                &labels,
+                l.rate_limited_rate,
+            );
+            let figures: [(&'static str, &'static str, Option<crate::health::Quantiles>, f64); 3] = [
+                (
+                    "pointsman_endpoint_latency_seconds",
+                    "Measured end-to-end latency of each endpoint's successful attempts in the health window, by quantile.",
+                    l.latency_ms,
+                    1e-3,
+                ),
+                (
+                    "pointsman_endpoint_ttft_seconds",
+                    "Measured time to first token of each endpoint's streamed answers in the health window, by quantile.",
+                    l.ttft_ms,
+                    1e-3,
+                ),
+                (
+                    "pointsman_endpoint_throughput_tokens_per_second",
+                    "Measured output tokens per second of generation of each endpoint in the health window, by quantile.",
+                    l.tokens_per_second,
+                    1.0,
+                ),
+            ];
+            for (name, help, q, scale) in figures {
+                let Some(q) = q else { continue };
+                for p in crate::health::Percentile::ALL {
+                    let quantile = p.quantile().to_string();
+                    page.gauge(name, help, &[labels[0], labels[1], ("quantile", quantile.as_str())], q.at(p) * scale);
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod ext_proc;
 pub mod metrics;
 pub mod openai;
 pub mod reload;
+pub mod report;
 pub use crate::tls;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -127,7 +128,9 @@ impl Router for RouterService {
                         cache_hit = d.timings.cache_hit,
                         "routed"
                     );
-                    Ok(Response::new(convert::route_response(&engine, d, explain)))
+                    let savings = self.service.savings(&engine, &d);
+                    let live = if explain { self.service.endpoint_live(&engine) } else { Vec::new() };
+                    Ok(Response::new(convert::route_response_live(&engine, d, explain, &live, savings)))
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, label = e.label(), "route rejected");
@@ -142,7 +145,8 @@ impl Router for RouterService {
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
         let engine = loaded(&self.service)?;
         let health = self.service.catalog_health(&engine);
-        Ok(Response::new(convert::list_models(&engine, &health)))
+        let endpoints = self.service.endpoint_live(&engine);
+        Ok(Response::new(convert::list_models(&engine, &health, &endpoints)))
     }
 
     async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
@@ -155,6 +159,7 @@ impl Router for RouterService {
                     health: ack.health.map(|h| convert::model_health(&h)),
                     counted: ack.counted,
                     verified: ack.verified,
+                    endpoint: ack.endpoint.as_ref().map(convert::endpoint_measurements),
                 })),
                 Err(e @ FeedbackError::QueueFull(_)) => Err(Status::resource_exhausted(e.to_string())),
                 Err(e @ FeedbackError::LogClosed) => Err(Status::unavailable(e.to_string())),
@@ -237,7 +242,7 @@ fn not_served(here: auth::Plane) -> impl Fn(axum::extract::Request) -> std::futu
         let path = req.uri().path();
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         let elsewhere = match (here, service) {
-            (auth::Plane::Data, pb::admin_server::SERVICE_NAME) | (auth::Plane::Data, "metrics") => {
+            (auth::Plane::Data, pb::admin_server::SERVICE_NAME) | (auth::Plane::Data, "metrics" | "report" | "report.json") => {
                 " (it is served on the admin listener, admin.listen)"
             }
             (auth::Plane::Admin, pb::router_server::SERVICE_NAME) => " (it is served on the data port, server.listen)",
@@ -339,9 +344,12 @@ pub async fn serve(
         let health = health.clone();
         let config = config.clone();
         tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || Engine::load(config.engine_config())).await {
+            let engine_config = config.engine_config();
+            match tokio::task::spawn_blocking(move || Engine::load(engine_config)).await {
                 Ok(Ok(engine)) => {
-                    service.install(Arc::new(engine));
+                    let engine = Arc::new(engine);
+                    service.set_baseline_for(&engine, &config.savings).await;
+                    service.install(engine);
                     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
                     health.set_service_status("", ServingStatus::Serving).await;
                     tracing::info!("models loaded; serving");
@@ -396,6 +404,7 @@ pub async fn serve(
             }
         }),
     );
+    let admin_routes = report_routes(admin_routes, &service);
     let admin_routes = finish(admin_routes.into(), auth::Plane::Admin, &auth);
 
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -451,6 +460,18 @@ pub async fn serve(
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// Adds `GET /report` and `GET /report.json` (`report`) to the admin listener's routes.
+fn report_routes(routes: axum::Router, service: &Arc<Service>) -> axum::Router {
+    let route = |format: report::Format| {
+        let service = Arc::clone(service);
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let service = Arc::clone(&service);
+            async move { report::handle(service, format, uri.query().map(str::to_string)).await }
+        })
+    };
+    routes.route("/report", route(report::Format::Html)).route("/report.json", route(report::Format::Json))
 }
 
 /// Resolves on SIGINT or SIGTERM.

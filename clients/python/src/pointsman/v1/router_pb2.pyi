@@ -29,6 +29,14 @@ class ExclusionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCLUSION_REASON_UNHEALTHY: _ClassVar[ExclusionReason]
     EXCLUSION_REASON_PROVIDER_PREFERENCES: _ClassVar[ExclusionReason]
     EXCLUSION_REASON_CAPABILITY: _ClassVar[ExclusionReason]
+    EXCLUSION_REASON_MAX_LATENCY: _ClassVar[ExclusionReason]
+
+class SessionVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_VERDICT_UNSPECIFIED: _ClassVar[SessionVerdict]
+    SESSION_VERDICT_NEW: _ClassVar[SessionVerdict]
+    SESSION_VERDICT_KEPT: _ClassVar[SessionVerdict]
+    SESSION_VERDICT_MOVED: _ClassVar[SessionVerdict]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +63,11 @@ EXCLUSION_REASON_OUT_OF_DOMAIN: ExclusionReason
 EXCLUSION_REASON_UNHEALTHY: ExclusionReason
 EXCLUSION_REASON_PROVIDER_PREFERENCES: ExclusionReason
 EXCLUSION_REASON_CAPABILITY: ExclusionReason
+EXCLUSION_REASON_MAX_LATENCY: ExclusionReason
+SESSION_VERDICT_UNSPECIFIED: SessionVerdict
+SESSION_VERDICT_NEW: SessionVerdict
+SESSION_VERDICT_KEPT: SessionVerdict
+SESSION_VERDICT_MOVED: SessionVerdict
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCESS: Outcome
 OUTCOME_TIMEOUT: Outcome
@@ -139,7 +152,7 @@ class ProviderPreferences(_message.Message):
     def __init__(self, order: _Optional[_Iterable[str]] = ..., only: _Optional[_Iterable[str]] = ..., ignore: _Optional[_Iterable[str]] = ..., allow_fallbacks: _Optional[bool] = ..., sort: _Optional[str] = ..., partition: _Optional[str] = ..., max_price: _Optional[_Union[MaxPrice, _Mapping]] = ..., quantizations: _Optional[_Iterable[str]] = ..., data_collection: _Optional[str] = ..., zdr: _Optional[bool] = ..., require_parameters: _Optional[bool] = ..., preferred_max_latency: _Optional[_Union[Percentiles, _Mapping]] = ..., preferred_min_throughput: _Optional[_Union[Percentiles, _Mapping]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements", "provider")
+    __slots__ = ("request_id", "messages", "prompt", "profile", "cost_weight", "max_cost_usd", "min_quality", "allowed_models", "denied_models", "allowed_providers", "denied_providers", "max_fallbacks", "explain", "requirements", "provider", "max_latency", "explore", "session")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +168,9 @@ class RouteRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    EXPLORE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     prompt: str
@@ -170,10 +186,57 @@ class RouteRequest(_message.Message):
     explain: bool
     requirements: Requirements
     provider: ProviderPreferences
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., provider: _Optional[_Union[ProviderPreferences, _Mapping]] = ...) -> None: ...
+    max_latency: LatencyLimit
+    explore: bool
+    session: Session
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., prompt: _Optional[str] = ..., profile: _Optional[str] = ..., cost_weight: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., min_quality: _Optional[float] = ..., allowed_models: _Optional[_Iterable[str]] = ..., denied_models: _Optional[_Iterable[str]] = ..., allowed_providers: _Optional[_Iterable[str]] = ..., denied_providers: _Optional[_Iterable[str]] = ..., max_fallbacks: _Optional[int] = ..., explain: _Optional[bool] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., provider: _Optional[_Union[ProviderPreferences, _Mapping]] = ..., max_latency: _Optional[_Union[LatencyLimit, _Mapping]] = ..., explore: _Optional[bool] = ..., session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("id", "user", "conversation", "escalate_only")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    ESCALATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user: str
+    conversation: str
+    escalate_only: bool
+    def __init__(self, id: _Optional[str] = ..., user: _Optional[str] = ..., conversation: _Optional[str] = ..., escalate_only: _Optional[bool] = ...) -> None: ...
+
+class LatencyLimit(_message.Message):
+    __slots__ = ("ms", "percentile")
+    MS_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    ms: float
+    percentile: str
+    def __init__(self, ms: _Optional[float] = ..., percentile: _Optional[str] = ...) -> None: ...
+
+class EndpointMeasurements(_message.Message):
+    __slots__ = ("state", "window_requests", "error_rate", "rate_limited_rate", "measured_requests", "latency_ms", "ttft_ms", "tokens_per_second", "consecutive_failures", "cool_down_remaining_s")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITED_RATE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    COOL_DOWN_REMAINING_S_FIELD_NUMBER: _ClassVar[int]
+    state: HealthState
+    window_requests: int
+    error_rate: float
+    rate_limited_rate: float
+    measured_requests: int
+    latency_ms: Percentiles
+    ttft_ms: Percentiles
+    tokens_per_second: Percentiles
+    consecutive_failures: int
+    cool_down_remaining_s: float
+    def __init__(self, state: _Optional[_Union[HealthState, str]] = ..., window_requests: _Optional[int] = ..., error_rate: _Optional[float] = ..., rate_limited_rate: _Optional[float] = ..., measured_requests: _Optional[int] = ..., latency_ms: _Optional[_Union[Percentiles, _Mapping]] = ..., ttft_ms: _Optional[_Union[Percentiles, _Mapping]] = ..., tokens_per_second: _Optional[_Union[Percentiles, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., cool_down_remaining_s: _Optional[float] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("provider", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "context_tokens", "max_output_tokens", "quantization", "predicted_cost_usd", "predicted_latency_ms")
+    __slots__ = ("provider", "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "context_tokens", "max_output_tokens", "quantization", "predicted_cost_usd", "predicted_latency_ms", "measured", "latency_measured")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +246,8 @@ class Endpoint(_message.Message):
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MEASURED_FIELD_NUMBER: _ClassVar[int]
     provider: str
     input_usd_per_mtok: float
     output_usd_per_mtok: float
@@ -192,7 +257,9 @@ class Endpoint(_message.Message):
     quantization: str
     predicted_cost_usd: float
     predicted_latency_ms: float
-    def __init__(self, provider: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., cached_input_usd_per_mtok: _Optional[float] = ..., context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., quantization: _Optional[str] = ..., predicted_cost_usd: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ...) -> None: ...
+    measured: EndpointMeasurements
+    latency_measured: bool
+    def __init__(self, provider: _Optional[str] = ..., input_usd_per_mtok: _Optional[float] = ..., output_usd_per_mtok: _Optional[float] = ..., cached_input_usd_per_mtok: _Optional[float] = ..., context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., quantization: _Optional[str] = ..., predicted_cost_usd: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ..., measured: _Optional[_Union[EndpointMeasurements, _Mapping]] = ..., latency_measured: _Optional[bool] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("model", "provider")
@@ -215,7 +282,7 @@ class EndpointExplanation(_message.Message):
     def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., rank: _Optional[int] = ..., reason: _Optional[_Union[ExclusionReason, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("model", "provider", "predicted_quality", "predicted_output_tokens", "predicted_cost_usd", "utility", "predicted_latency_ms", "health", "endpoints")
+    __slots__ = ("model", "provider", "predicted_quality", "predicted_output_tokens", "predicted_cost_usd", "utility", "predicted_latency_ms", "health", "endpoints", "latency_measured")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +292,7 @@ class Candidate(_message.Message):
     PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MEASURED_FIELD_NUMBER: _ClassVar[int]
     model: str
     provider: str
     predicted_quality: float
@@ -234,7 +302,8 @@ class Candidate(_message.Message):
     predicted_latency_ms: float
     health: HealthState
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_output_tokens: _Optional[int] = ..., predicted_cost_usd: _Optional[float] = ..., utility: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    latency_measured: bool
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_output_tokens: _Optional[int] = ..., predicted_cost_usd: _Optional[float] = ..., utility: _Optional[float] = ..., predicted_latency_ms: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., latency_measured: _Optional[bool] = ...) -> None: ...
 
 class Explanation(_message.Message):
     __slots__ = ("candidate", "rank", "reason", "detail", "kept_despite", "endpoints")
@@ -269,7 +338,7 @@ class Timings(_message.Message):
     def __init__(self, prepare_us: _Optional[int] = ..., encode_us: _Optional[int] = ..., predict_us: _Optional[int] = ..., rank_us: _Optional[int] = ..., total_us: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts")
+    __slots__ = ("request_id", "candidates", "router_version", "timings", "explanations", "cost_weight", "input_tokens", "profile", "attempts", "savings", "session", "propensity", "explored", "shadow")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     ROUTER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +348,11 @@ class RouteResponse(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    SAVINGS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     router_version: str
@@ -288,7 +362,64 @@ class RouteResponse(_message.Message):
     input_tokens: int
     profile: str
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
-    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+    savings: Savings
+    session: SessionDecision
+    propensity: float
+    explored: bool
+    shadow: ShadowDecision
+    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., cost_weight: _Optional[float] = ..., input_tokens: _Optional[int] = ..., profile: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., savings: _Optional[_Union[Savings, _Mapping]] = ..., session: _Optional[_Union[SessionDecision, _Mapping]] = ..., propensity: _Optional[float] = ..., explored: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ...) -> None: ...
+
+class ShadowDecision(_message.Message):
+    __slots__ = ("head_id", "model", "predicted_quality", "predicted_cost_usd", "agrees")
+    HEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    AGREES_FIELD_NUMBER: _ClassVar[int]
+    head_id: str
+    model: str
+    predicted_quality: float
+    predicted_cost_usd: float
+    agrees: bool
+    def __init__(self, head_id: _Optional[str] = ..., model: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., predicted_cost_usd: _Optional[float] = ..., agrees: _Optional[bool] = ...) -> None: ...
+
+class SessionDecision(_message.Message):
+    __slots__ = ("verdict", "reason", "detail", "previous_model", "previous_provider", "cached_saving_usd", "saving_utility", "utility_gain", "turn", "session_hash")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CACHED_SAVING_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVING_UTILITY_FIELD_NUMBER: _ClassVar[int]
+    UTILITY_GAIN_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_HASH_FIELD_NUMBER: _ClassVar[int]
+    verdict: SessionVerdict
+    reason: str
+    detail: str
+    previous_model: str
+    previous_provider: str
+    cached_saving_usd: float
+    saving_utility: float
+    utility_gain: float
+    turn: int
+    session_hash: str
+    def __init__(self, verdict: _Optional[_Union[SessionVerdict, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., previous_model: _Optional[str] = ..., previous_provider: _Optional[str] = ..., cached_saving_usd: _Optional[float] = ..., saving_utility: _Optional[float] = ..., utility_gain: _Optional[float] = ..., turn: _Optional[int] = ..., session_hash: _Optional[str] = ...) -> None: ...
+
+class Savings(_message.Message):
+    __slots__ = ("baseline_model", "baseline_cost_usd", "baseline_quality", "predicted_cost_usd", "saving_usd")
+    BASELINE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVING_USD_FIELD_NUMBER: _ClassVar[int]
+    baseline_model: str
+    baseline_cost_usd: float
+    baseline_quality: float
+    predicted_cost_usd: float
+    saving_usd: float
+    def __init__(self, baseline_model: _Optional[str] = ..., baseline_cost_usd: _Optional[float] = ..., baseline_quality: _Optional[float] = ..., predicted_cost_usd: _Optional[float] = ..., saving_usd: _Optional[float] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -331,7 +462,7 @@ class ModelHealth(_message.Message):
     def __init__(self, state: _Optional[_Union[HealthState, str]] = ..., window_requests: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_latency_ms: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., cool_down_remaining_s: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("request_id", "model", "outcome", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "quality")
+    __slots__ = ("request_id", "model", "outcome", "latency_ms", "input_tokens", "output_tokens", "cost_usd", "quality", "provider", "ttft_ms", "generation_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +471,9 @@ class FeedbackRequest(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     outcome: Outcome
@@ -348,19 +482,24 @@ class FeedbackRequest(_message.Message):
     output_tokens: int
     cost_usd: float
     quality: float
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., quality: _Optional[float] = ...) -> None: ...
+    provider: str
+    ttft_ms: float
+    generation_ms: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., quality: _Optional[float] = ..., provider: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., generation_ms: _Optional[float] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
-    __slots__ = ("known_request", "health", "counted", "verified")
+    __slots__ = ("known_request", "health", "counted", "verified", "endpoint")
     KNOWN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     COUNTED_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     known_request: bool
     health: ModelHealth
     counted: bool
     verified: bool
-    def __init__(self, known_request: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ..., counted: _Optional[bool] = ..., verified: _Optional[bool] = ...) -> None: ...
+    endpoint: EndpointMeasurements
+    def __init__(self, known_request: _Optional[bool] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ..., counted: _Optional[bool] = ..., verified: _Optional[bool] = ..., endpoint: _Optional[_Union[EndpointMeasurements, _Mapping]] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ()
