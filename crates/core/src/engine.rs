@@ -382,7 +382,10 @@ impl Tier {
             EncoderVariant::Static => &config.static_head_dir,
             _ => &config.head_dir,
         };
-        let head = Head::load(env, head_dir)?;
+        // The static tier's head is most of its work (the encoder, a table lookup, is quick), so
+        // each worker thread gets a session of it; MiniLM's waits behind a 4 ms encoder, so one.
+        let sessions = if encoder.is_static() { encoder.parallelism() } else { 1 };
+        let head = Head::load_with_sessions(env, head_dir, sessions)?;
         let m = head.manifest();
         if m.encoder.dimension != encoder.dimension() {
             return Err(RouteError::Catalog(format!(

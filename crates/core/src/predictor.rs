@@ -3,10 +3,10 @@
 //!
 //! The head is produced by `pointsman train` (see `learning`); this module only loads and runs
 //! it, after checking that the manifest, the graph and the encoder agree.
-use std::{path::Path, sync::Mutex};
+use std::path::Path;
 
 use ndarray::ArrayView2;
-use ort::{environment::Environment, session::Session, value::TensorRef};
+use ort::{environment::Environment, value::TensorRef};
 
 pub mod graph;
 pub mod manifest;
@@ -57,7 +57,7 @@ impl HeadError {
 /// A loaded head.
 pub struct Head {
     manifest: HeadManifest,
-    session: Mutex<Session>,
+    sessions: crate::runtime::SessionPool,
     /// Per model, its family in `manifest.support.families` (none for a head of one family),
     /// derived once at load for the domain rule on every request.
     family_of: Vec<Option<usize>>,
@@ -110,6 +110,12 @@ impl Head {
     /// [`HeadManifest::parse`]), the graph's hash, that the manifest describes the graph (hidden
     /// units, support index, shrinkage: [`HeadManifest::check_graph`]), and runs one row.
     pub fn load(env: &Environment, dir: &Path) -> Result<Self, HeadError> {
+        Self::load_with_sessions(env, dir, 1)
+    }
+
+    /// As [`Head::load`], with `sessions` sessions of the graph, so that many threads can run it
+    /// at once (each session holds its own copy of the graph's tensors).
+    pub fn load_with_sessions(env: &Environment, dir: &Path, sessions: usize) -> Result<Self, HeadError> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(|e| HeadError::File { path: mpath.clone(), message: e.to_string() })?;
         let manifest = HeadManifest::parse(&text).map_err(|e| HeadError::Manifest(format!("{}: {e}", mpath.display())))?;
@@ -127,7 +133,8 @@ impl Head {
         manifest
             .check_graph(&facts)
             .map_err(|e| HeadError::Manifest(format!("{} does not describe {}: {e}", mpath.display(), gpath.display())))?;
-        let session = crate::encoder::session_from_bytes(env, &bytes, 1)?;
+        let sessions = crate::runtime::SessionPool::new(env, &bytes, sessions, 1)?;
+        let session = sessions.first();
         if !session.outputs().iter().any(|o| o.name() == SUPPORT) {
             return Err(HeadError::Manifest(format!("{} has no `{SUPPORT}` output, which the domain rule needs", gpath.display())));
         }
@@ -143,7 +150,8 @@ impl Head {
                 family_of[j] = Some(fi);
             }
         }
-        let head = Self { manifest, session: Mutex::new(session), family_of };
+        drop(session);
+        let head = Self { manifest, sessions, family_of };
         let probe = vec![0.0f32; head.manifest.encoder.dimension];
         let out = head.predict(ndarray::ArrayView2::from_shape((1, probe.len()), &probe).expect("1xD. This is a bug."))?;
         if out.quality.len() != head.manifest.models.len() || out.output_tokens.len() != head.manifest.models.len() {
@@ -206,7 +214,7 @@ impl Head {
             )));
         }
         let x = x.as_standard_layout();
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self.sessions.take();
         let outputs = session.run(ort::inputs![INPUT => TensorRef::from_array_view(&x)?])?;
         let q = outputs[QUALITY].try_extract_array::<f32>()?;
         let t = outputs[OUTPUT_TOKENS].try_extract_array::<f32>()?;

@@ -171,3 +171,51 @@ mod tests {
         assert_eq!(big.iter().map(|&b| usize::from(b)).sum::<usize>(), 8 << 20);
     }
 }
+
+/// Sessions of one graph, each run by one caller at a time: a caller takes the first free one, or
+/// waits on one when all are busy. The encoder keeps `encoder.sessions` of them; the static tier's
+/// head one per worker thread, since its head is most of that tier's work.
+pub struct SessionPool {
+    sessions: Vec<std::sync::Mutex<ort::session::Session>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl SessionPool {
+    /// `n` (at least 1) sessions of `bytes`, each with `intra_threads` threads.
+    pub fn new(env: &Environment, bytes: &[u8], n: usize, intra_threads: usize) -> Result<Self, ort::Error> {
+        let sessions = (0..n.max(1))
+            .map(|_| crate::encoder::session_from_bytes(env, bytes, intra_threads).map(std::sync::Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { sessions, next: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Always false: a pool holds at least one session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The first session.
+    pub fn first(&self) -> std::sync::MutexGuard<'_, ort::session::Session> {
+        self.sessions[0].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A session for one run. A session poisoned by a panic on its thread (caught by the engine's
+    /// worker pool) is as good as before: a run keeps no state.
+    pub fn take(&self) -> std::sync::MutexGuard<'_, ort::session::Session> {
+        use std::sync::{atomic::Ordering, TryLockError};
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let k = self.sessions.len();
+        (0..k)
+            .find_map(|j| match self.sessions[(start + j) % k].try_lock() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            })
+            .unwrap_or_else(|| self.sessions[start % k].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}

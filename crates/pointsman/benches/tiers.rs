@@ -174,7 +174,8 @@ async fn child(tier: EncoderVariant) {
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (name, mean, set) in &sets {
+    let only = std::env::var("BENCH_SETS").unwrap_or_default();
+    for (name, mean, set) in sets.iter().filter(|s| only.is_empty() || only.split(',').any(|o| o == s.0)) {
         for c in [1, 4, 16] {
             let before = metric(admin_addr, "pointsman_cascade_decisions_total").await;
             let (lat, wall) = run_load(&client, set, c).await;

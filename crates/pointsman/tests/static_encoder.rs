@@ -55,6 +55,70 @@ fn the_rust_static_encoder_reproduces_the_scripts_vectors() {
     assert_eq!(capped, 1, "the fixture's long prompt passes the cap");
 }
 
+/// Every prompt of the shared files, once.
+fn shared_prompts() -> Vec<String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in ["zeroeval", "alpaca_eval2", "mmlu_pro"] {
+        let file = std::fs::File::open(repo(&format!("data/{f}/train.jsonl.gz"))).unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if seen.insert(v["prompt_id"].as_str().unwrap().to_string()) {
+                out.push(v["prompt"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_ascii_count_is_the_tokenizers_pipelines() {
+    use pointsman::encoder::static_table::AsciiCount;
+    let mut tok = tokenizers::Tokenizer::from_file(repo("models/static/tokenizer.json")).unwrap();
+    tok.with_truncation(None).unwrap();
+    tok.with_padding(None);
+    let fast = AsciiCount::new(&tok).expect("BERT's uncased pipeline");
+    let slow = |t: &str| tok.encode_fast(t, false).unwrap().len() as u32;
+    let long_word = "a".repeat(101);
+    let edge = [
+        "",
+        "   ",
+        "Hello, World!!",
+        "snake_case and kebab-case, C++ and x86-64; 3.14159 -- e^(i*pi)",
+        "tab\tnew\nline\r\nreturn",
+        // Control characters are dropped and join their neighbours.
+        "bell\x07ed and\x0bvertical\x0cfeed\x7fdel",
+        // Beyond max_input_chars_per_word: one [UNK].
+        long_word.as_str(),
+        "zzzzqqqqxxxx unknownish qqq",
+        "MiXeD CaSe UPPER lower",
+        "[not an added token] and [ ] brackets",
+    ];
+    for t in edge {
+        assert_eq!(fast.count(t), Some(slow(t)), "{t:?}");
+    }
+    // Text the fast count leaves to `tokenizers`.
+    assert_eq!(fast.count("caf\u{e9}"), None);
+    assert_eq!(fast.count("a [MASK] here"), None);
+    let (mut checked, mut left) = (0, 0);
+    for p in shared_prompts() {
+        match fast.count(&p) {
+            Some(n) => {
+                assert_eq!(n, slow(&p), "{:.60}", p);
+                checked += 1;
+            }
+            None => {
+                assert!(!p.is_ascii() || p.contains('['), "{:.60}", p);
+                left += 1;
+            }
+        }
+    }
+    assert!(checked > 10_000, "{checked} ASCII prompts checked, {left} left to tokenizers");
+}
+
 #[test]
 fn a_lower_cap_averages_fewer_tokens() {
     let enc = load(repo("models/static"), 16).unwrap();

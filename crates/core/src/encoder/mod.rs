@@ -20,11 +20,13 @@ pub mod text;
 pub use config::{EncoderConfig, EncoderVariant};
 pub use static_table::{StaticEncoder, StaticManifest};
 
+use crate::runtime::SessionPool;
+
 use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Mutex, TryLockError,
+        Mutex,
     },
 };
 
@@ -134,7 +136,7 @@ pub struct Encoder {
 /// What embeds the ids.
 enum Kind {
     /// MiniLM: a pool of ONNX sessions (batch of one each).
-    Onnx { tokenizer: Tokenizer, output: String, sep_id: i64, sessions: Vec<Mutex<Session>>, next: AtomicUsize },
+    Onnx { tokenizer: Tokenizer, output: String, sep_id: i64, sessions: SessionPool },
     /// The static table, averaged in Rust; `threads` is the useful parallelism.
     Static { table: StaticEncoder, threads: usize },
 }
@@ -223,13 +225,12 @@ impl Encoder {
 
         let graph = cfg.dir.join(&file.path);
         let bytes = std::fs::read(&graph).map_err(|e| file_err(&graph, e))?;
-        let sessions =
-            (0..cfg.sessions).map(|_| session_from_bytes(env, &bytes, cfg.intra_threads).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+        let sessions = SessionPool::new(env, &bytes, cfg.sessions, cfg.intra_threads)?;
         let enc = Self {
             id: format!("{}/{variant}", manifest.id),
             dimension: manifest.dimension,
             max_tokens,
-            kind: Kind::Onnx { tokenizer, output: manifest.output, sep_id, sessions, next: AtomicUsize::new(0) },
+            kind: Kind::Onnx { tokenizer, output: manifest.output, sep_id, sessions },
         };
         // Fail at load, not on the first request, if the graph and manifest disagree.
         enc.embed_text("pointsman self-check")?;
@@ -295,8 +296,8 @@ impl Encoder {
 
     /// Embeds tokenized input (batch of one). Blocks: call from a blocking thread.
     pub fn embed(&self, tokens: &Tokens) -> Result<Vec<f32>, EncoderError> {
-        let (output, sessions, next) = match &self.kind {
-            Kind::Onnx { output, sessions, next, .. } => (output, sessions, next),
+        let (output, sessions) = match &self.kind {
+            Kind::Onnx { output, sessions, .. } => (output, sessions),
             Kind::Static { table, .. } => {
                 let text = tokens
                     .text
@@ -308,18 +309,7 @@ impl Encoder {
         let n = tokens.ids.len();
         let ids = Array2::from_shape_vec((1, n), tokens.ids.clone()).expect("shape matches length. This is a bug.");
         let mask = Array2::<i64>::ones((1, n));
-        let start = next.fetch_add(1, Ordering::Relaxed);
-        let k = sessions.len();
-        // Take the first free session; if all are busy, wait on one. A session poisoned by a
-        // panic on its thread (caught by the engine's worker pool) is as good as before: a run
-        // keeps no state.
-        let mut guard = (0..k)
-            .find_map(|j| match sessions[(start + j) % k].try_lock() {
-                Ok(g) => Some(g),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            })
-            .unwrap_or_else(|| sessions[start % k].lock().unwrap_or_else(|e| e.into_inner()));
+        let mut guard = sessions.take();
         let outputs = guard.run(ort::inputs![
             "input_ids" => TensorRef::from_array_view(&ids)?,
             "attention_mask" => TensorRef::from_array_view(&mask)?,

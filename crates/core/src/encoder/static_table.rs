@@ -47,8 +47,106 @@ pub const EXACT_COUNT_BYTES: usize = 2048;
 /// The loaded static encoder.
 pub struct StaticEncoder {
     model: model2vec_rs::model::StaticModel,
-    /// The same vocabulary, for counting tokens.
+    /// The same vocabulary, for counting the tokens of text that is not ASCII.
     counter: Tokenizer,
+    /// The same vocabulary, for counting the tokens of ASCII text.
+    ascii: AsciiCount,
+}
+
+/// Counts the tokens BERT's uncased WordPiece pipeline (`BertNormalizer` with lowercasing,
+/// `BertPreTokenizer`, `WordPiece`) makes of an ASCII text, without making them: on ASCII the
+/// normaliser only drops control characters, turns tab, CR and LF into spaces and lowercases,
+/// and the pre-tokeniser splits on whitespace and isolates punctuation. Each word then takes the
+/// longest vocabulary entry at its start, then the longest `##` entry at each next position; a
+/// word with a position no entry covers, or of more than `max_chars`, is one `[UNK]`. The
+/// `static_encoder` test checks it against `tokenizers` on every prompt of the shared files.
+#[derive(Debug)]
+pub struct AsciiCount {
+    /// Entries that start a word.
+    starts: std::collections::HashSet<Box<str>>,
+    /// Entries that continue one, without their `##`.
+    continues: std::collections::HashSet<Box<str>>,
+    /// The added tokens (`[CLS]`, `[MASK]`, ...), matched whole in the raw text by `tokenizers`:
+    /// a text holding one is counted there.
+    added: Vec<String>,
+    /// Longest word WordPiece splits (longer: one `[UNK]`).
+    max_chars: usize,
+    /// Longest vocabulary entry, in bytes.
+    longest: usize,
+}
+
+impl AsciiCount {
+    /// From a BERT uncased tokenizer; `None` when its pipeline is not that one.
+    pub fn new(tokenizer: &Tokenizer) -> Option<Self> {
+        use tokenizers::{models::ModelWrapper, normalizers::NormalizerWrapper, pre_tokenizers::PreTokenizerWrapper};
+        let ModelWrapper::WordPiece(wp) = tokenizer.get_model() else { return None };
+        match tokenizer.get_normalizer() {
+            Some(NormalizerWrapper::BertNormalizer(n)) if n.lowercase && n.clean_text => {}
+            _ => return None,
+        }
+        if !matches!(tokenizer.get_pre_tokenizer(), Some(PreTokenizerWrapper::BertPreTokenizer(_))) {
+            return None;
+        }
+        let (mut starts, mut continues) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let mut longest = 0;
+        for token in tokenizer.get_vocab(false).into_keys() {
+            longest = longest.max(token.len());
+            match token.strip_prefix(wp.continuing_subword_prefix.as_str()) {
+                Some(rest) => continues.insert(Box::from(rest)),
+                None => starts.insert(token.into_boxed_str()),
+            };
+        }
+        let added = tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
+        Some(Self { starts, continues, added, max_chars: wp.max_input_chars_per_word, longest })
+    }
+
+    /// The tokens of `text` (no special tokens), or `None` when it is not ASCII or holds an
+    /// added token.
+    pub fn count(&self, text: &str) -> Option<u32> {
+        if !text.is_ascii() || (text.contains('[') && self.added.iter().any(|a| text.contains(a.as_str()))) {
+            return None;
+        }
+        let mut n = 0u32;
+        let mut word = Vec::with_capacity(64);
+        for &b in text.as_bytes() {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => n += self.word(&mut word),
+                // Control characters are dropped before the split (they join what is beside them).
+                0..=0x1f | 0x7f => {}
+                b if b.is_ascii_punctuation() => n += self.word(&mut word) + 1,
+                b => word.push(b.to_ascii_lowercase()),
+            }
+        }
+        Some(n + self.word(&mut word))
+    }
+
+    /// The WordPiece tokens of the lowercased word in `word`, which it empties.
+    fn word(&self, word: &mut Vec<u8>) -> u32 {
+        if word.is_empty() {
+            return 0;
+        }
+        let w = std::str::from_utf8(word).expect("ASCII. This is a bug.");
+        let n = if w.len() > self.max_chars { 1 } else { self.pieces(w) };
+        word.clear();
+        n
+    }
+
+    fn pieces(&self, w: &str) -> u32 {
+        let (mut start, mut n) = (0, 0);
+        while start < w.len() {
+            let set = if start == 0 { &self.starts } else { &self.continues };
+            let mut end = w.len().min(start + self.longest);
+            while end > start && !set.contains(&w[start..end]) {
+                end -= 1;
+            }
+            if end == start {
+                return 1;
+            }
+            n += 1;
+            start = end;
+        }
+        n
+    }
 }
 
 fn manifest_err(path: &Path, message: impl Into<String>) -> EncoderError {
@@ -91,7 +189,9 @@ impl StaticEncoder {
         let mut counter = Tokenizer::from_bytes(&tokenizer).map_err(|e| super::file_err(&dir.join("tokenizer.json"), e))?;
         counter.with_truncation(None).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
         counter.with_padding(None);
-        Ok((Self { model, counter }, m))
+        let ascii = AsciiCount::new(&counter)
+            .ok_or_else(|| manifest_err(&mpath, "tokenizer.json is not BERT's uncased WordPiece pipeline, which the static tier counts with"))?;
+        Ok((Self { model, counter, ascii }, m))
     }
 
     /// The normalised mean of the rows of the first `max_tokens` tokens of `text`.
@@ -100,9 +200,13 @@ impl StaticEncoder {
         v.pop().expect("one text in, one vector out. This is a bug.")
     }
 
-    /// Tokens of `text` (no special tokens): exact up to [`EXACT_COUNT_BYTES`], else counted on
-    /// that prefix and scaled by the text's length.
+    /// Tokens of `text` (no special tokens): exact for ASCII text ([`AsciiCount`]); for other
+    /// text exact up to [`EXACT_COUNT_BYTES`], else counted on that prefix and scaled by the
+    /// text's length.
     pub fn count(&self, text: &str) -> Result<u32, EncoderError> {
+        if let Some(n) = self.ascii.count(text) {
+            return Ok(n);
+        }
         let prefix = super::text::cut_end(text, EXACT_COUNT_BYTES);
         let n = self.counter.encode_fast(prefix, false).map_err(|e| EncoderError::Tokenize(e.to_string()))?.len();
         if prefix.len() == text.len() || prefix.is_empty() {
