@@ -39,8 +39,8 @@ pub struct StaticManifest {
 /// The format this version reads.
 pub const STATIC_FORMAT: &str = "pointsman-static/1";
 
-/// Texts up to this many bytes have their tokens counted exactly; a longer one is counted on
-/// this prefix and extrapolated by its length in bytes (within a few percent on prose and code;
+/// Up to this many bytes of a text's chunks that are not ASCII are counted exactly; more are
+/// counted on this prefix and extrapolated by their length in bytes (within a few percent on prose and code;
 /// the count prices the request's input, and an LLM's own tokenizer differs from BERT's by more).
 pub const EXACT_COUNT_BYTES: usize = 2048;
 
@@ -54,7 +54,7 @@ pub struct StaticEncoder {
 }
 
 /// Counts the tokens BERT's uncased WordPiece pipeline (`BertNormalizer` with lowercasing,
-/// `BertPreTokenizer`, `WordPiece`) makes of an ASCII text, without making them: on ASCII the
+/// `BertPreTokenizer`, `WordPiece`) makes of the ASCII parts of a text, without making them: on ASCII the
 /// normaliser only drops control characters, turns tab, CR and LF into spaces and lowercases,
 /// and the pre-tokeniser splits on whitespace and isolates punctuation. Each word then takes the
 /// longest vocabulary entry at its start, then the longest `##` entry at each next position; a
@@ -100,24 +100,37 @@ impl AsciiCount {
         Some(Self { starts, continues, added, max_chars: wp.max_input_chars_per_word, longest })
     }
 
-    /// The tokens of `text` (no special tokens), or `None` when it is not ASCII or holds an
-    /// added token.
+    /// The tokens of `text` (no special tokens), or `None` when some of it is left to
+    /// `tokenizers` (see [`AsciiCount::count_ascii`]).
     pub fn count(&self, text: &str) -> Option<u32> {
-        if !text.is_ascii() || (text.contains('[') && self.added.iter().any(|a| text.contains(a.as_str()))) {
-            return None;
-        }
-        let mut n = 0u32;
+        let (n, rest) = self.count_ascii(text);
+        rest.is_empty().then_some(n)
+    }
+
+    /// The tokens of the chunks of `text` between ASCII whitespace that are ASCII and hold no
+    /// added token, and the other chunks joined by spaces. The pipeline splits at whitespace and
+    /// its normaliser works character by character, so a text's tokens are the sum of its
+    /// chunks': the second part's, counted by `tokenizers`, complete the count.
+    pub fn count_ascii(&self, text: &str) -> (u32, String) {
+        let (mut n, mut rest) = (0u32, String::new());
         let mut word = Vec::with_capacity(64);
-        for &b in text.as_bytes() {
-            match b {
-                b' ' | b'\t' | b'\n' | b'\r' => n += self.word(&mut word),
-                // Control characters are dropped before the split (they join what is beside them).
-                0..=0x1f | 0x7f => {}
-                b if b.is_ascii_punctuation() => n += self.word(&mut word) + 1,
-                b => word.push(b.to_ascii_lowercase()),
+        for chunk in text.split([' ', '\t', '\n', '\r']) {
+            if chunk.is_ascii() && !(chunk.contains('[') && self.added.iter().any(|a| chunk.contains(a.as_str()))) {
+                for &b in chunk.as_bytes() {
+                    match b {
+                        // Control characters are dropped before the split (they join what is beside them).
+                        0..=0x1f | 0x7f => {}
+                        b if b.is_ascii_punctuation() => n += self.word(&mut word) + 1,
+                        b => word.push(b.to_ascii_lowercase()),
+                    }
+                }
+                n += self.word(&mut word);
+            } else {
+                rest.push_str(chunk);
+                rest.push(' ');
             }
         }
-        Some(n + self.word(&mut word))
+        (n, rest)
     }
 
     /// The WordPiece tokens of the lowercased word in `word`, which it empties.
@@ -200,18 +213,17 @@ impl StaticEncoder {
         v.pop().expect("one text in, one vector out. This is a bug.")
     }
 
-    /// Tokens of `text` (no special tokens): exact for ASCII text ([`AsciiCount`]); for other
-    /// text exact up to [`EXACT_COUNT_BYTES`], else counted on that prefix and scaled by the
-    /// text's length.
+    /// Tokens of `text` (no special tokens): its ASCII chunks counted by [`AsciiCount`], the
+    /// others by `tokenizers`, exactly up to [`EXACT_COUNT_BYTES`] of them, past it on that prefix
+    /// scaled by their length.
     pub fn count(&self, text: &str) -> Result<u32, EncoderError> {
-        if let Some(n) = self.ascii.count(text) {
-            return Ok(n);
+        let (ascii, rest) = self.ascii.count_ascii(text);
+        if rest.is_empty() {
+            return Ok(ascii);
         }
-        let prefix = super::text::cut_end(text, EXACT_COUNT_BYTES);
-        let n = self.counter.encode_fast(prefix, false).map_err(|e| EncoderError::Tokenize(e.to_string()))?.len();
-        if prefix.len() == text.len() || prefix.is_empty() {
-            return Ok(n as u32);
-        }
-        Ok((n as f64 * text.len() as f64 / prefix.len() as f64).round() as u32)
+        let prefix = super::text::cut_end(&rest, EXACT_COUNT_BYTES);
+        let n = self.counter.encode_fast(prefix, false).map_err(|e| EncoderError::Tokenize(e.to_string()))?.len() as f64;
+        let n = if prefix.len() == rest.len() || prefix.is_empty() { n } else { n * rest.len() as f64 / prefix.len() as f64 };
+        Ok(ascii + n.round() as u32)
     }
 }
