@@ -96,9 +96,12 @@ fn the_ascii_count_is_the_tokenizers_pipelines() {
         "zzzzqqqqxxxx unknownish qqq",
         "MiXeD CaSe UPPER lower",
         "[not an added token] and [ ] brackets",
+        "don\u{2019}t \u{2014} \u{201c}quoted\u{201d}\u{2026} \u{00bf}qu\u{00e9}? \u{2022} item",
     ];
     for t in edge {
-        assert_eq!(fast.count(t), Some(slow(t)), "{t:?}");
+        let (n, rest) = fast.count_ascii(t);
+        assert_eq!(n + slow(&rest), slow(t), "{t:?}");
+        assert_eq!(rest.is_empty(), !t.contains('\u{e9}'), "{t:?}");
     }
     // Text the fast count leaves to `tokenizers`.
     assert_eq!(fast.count("caf\u{e9}"), None);
@@ -110,7 +113,7 @@ fn the_ascii_count_is_the_tokenizers_pipelines() {
         let (n, rest) = fast.count_ascii(&p);
         // The chunks left to tokenizers complete the count exactly.
         assert_eq!(n + slow(&rest), slow(&p), "{:.60}", p);
-        assert_eq!(rest.is_empty(), p.is_ascii() && !p.contains("[MASK]") && !p.contains("[CLS]"), "{:.60}", p);
+        assert!(rest.is_empty() || !p.is_ascii() || p.contains("[MASK]") || p.contains("[CLS]"), "{:.60}", p);
         checked += 1;
         left += usize::from(!rest.is_empty());
     }

@@ -75,6 +75,14 @@ pub struct AsciiCount {
     longest: usize,
 }
 
+/// Characters outside ASCII that are Unicode punctuation (which the pre-tokeniser isolates, as
+/// it does ASCII's) and common in English text: quotes, dashes, the ellipsis, bullets.
+const PUNCTUATION: &[char] = &[
+    '\u{2018}', '\u{2019}', '\u{201a}', '\u{201b}', '\u{201c}', '\u{201d}', '\u{201e}', '\u{201f}', '\u{2010}', '\u{2011}', '\u{2012}',
+    '\u{2013}', '\u{2014}', '\u{2015}', '\u{2026}', '\u{2022}', '\u{00ab}', '\u{00bb}', '\u{00bf}', '\u{00a1}', '\u{00b7}', '\u{00a7}',
+    '\u{00b6}', '\u{2020}', '\u{2021}', '\u{2032}', '\u{2033}',
+];
+
 impl AsciiCount {
     /// From a BERT uncased tokenizer; `None` when its pipeline is not that one.
     pub fn new(tokenizer: &Tokenizer) -> Option<Self> {
@@ -115,13 +123,27 @@ impl AsciiCount {
         let (mut n, mut rest) = (0u32, String::new());
         let mut word = Vec::with_capacity(64);
         for chunk in text.split([' ', '\t', '\n', '\r']) {
-            if chunk.is_ascii() && !(chunk.contains('[') && self.added.iter().any(|a| chunk.contains(a.as_str()))) {
+            if chunk.contains('[') && self.added.iter().any(|a| chunk.contains(a.as_str())) {
+                rest.push_str(chunk);
+                rest.push(' ');
+            } else if chunk.is_ascii() {
                 for &b in chunk.as_bytes() {
                     match b {
                         // Control characters are dropped before the split (they join what is beside them).
                         0..=0x1f | 0x7f => {}
                         b if b.is_ascii_punctuation() => n += self.word(&mut word) + 1,
                         b => word.push(b.to_ascii_lowercase()),
+                    }
+                }
+                n += self.word(&mut word);
+            } else if chunk.chars().all(|c| c.is_ascii() || PUNCTUATION.contains(&c)) {
+                // Typographic punctuation is split off like ASCII's; alone, it is one token (its
+                // own entry or `[UNK]`).
+                for c in chunk.chars() {
+                    match c {
+                        '\0'..='\x1f' | '\x7f' => {}
+                        c if c.is_ascii_punctuation() || !c.is_ascii() => n += self.word(&mut word) + 1,
+                        c => word.push(c.to_ascii_lowercase() as u8),
                     }
                 }
                 n += self.word(&mut word);
@@ -202,8 +224,9 @@ impl StaticEncoder {
         let mut counter = Tokenizer::from_bytes(&tokenizer).map_err(|e| super::file_err(&dir.join("tokenizer.json"), e))?;
         counter.with_truncation(None).map_err(|e| EncoderError::Tokenize(e.to_string()))?;
         counter.with_padding(None);
-        let ascii = AsciiCount::new(&counter)
-            .ok_or_else(|| manifest_err(&mpath, "tokenizer.json is not BERT's uncased WordPiece pipeline, which the static tier counts with"))?;
+        let ascii = AsciiCount::new(&counter).ok_or_else(|| {
+            manifest_err(&mpath, "tokenizer.json is not BERT's uncased WordPiece pipeline, which the static tier counts with")
+        })?;
         Ok((Self { model, counter, ascii }, m))
     }
 
