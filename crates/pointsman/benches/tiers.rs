@@ -87,7 +87,9 @@ fn joined(all: &[String], min: usize, max: usize, n: usize, count: &dyn Fn(&str)
     out
 }
 
-async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrency: usize) -> (Vec<Duration>, Duration) {
+/// Latencies, wall time, and the server's mean stage times in microseconds (prepare, encode,
+/// predict, rank, total).
+async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrency: usize) -> (Vec<Duration>, Duration, [f64; 5]) {
     let requests = env_usize("BENCH_REQUESTS", 1000);
     let budget = Duration::from_secs(env_usize("BENCH_SECONDS", 3) as u64);
     let prompts = Arc::new(prompts.to_vec());
@@ -98,25 +100,34 @@ async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrenc
         let (mut c, prompts, next) = (client.clone(), Arc::clone(&prompts), Arc::clone(&next));
         tasks.spawn(async move {
             let mut lat = Vec::new();
+            let mut stages = [0.0; 5];
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= requests || (i >= 30 && start.elapsed() > budget) {
-                    return lat;
+                    return (lat, stages);
                 }
                 let req = RouteRequest { prompt: prompts[i % prompts.len()].clone(), ..Default::default() };
                 let t = Instant::now();
-                c.route(req).await.expect("route succeeds");
+                let r = c.route(req).await.expect("route succeeds").into_inner();
                 lat.push(t.elapsed());
+                if let Some(s) = r.timings {
+                    for (acc, v) in stages.iter_mut().zip([s.prepare_us, s.encode_us, s.predict_us, s.rank_us, s.total_us]) {
+                        *acc += v as f64;
+                    }
+                }
             }
         });
     }
-    let mut all = Vec::new();
+    let (mut all, mut stages) = (Vec::new(), [0.0; 5]);
     while let Some(l) = tasks.join_next().await {
-        all.extend(l.unwrap());
+        let (l, s) = l.unwrap();
+        all.extend(l);
+        stages.iter_mut().zip(s).for_each(|(a, b)| *a += b);
     }
     let wall = start.elapsed();
     all.sort();
-    (all, wall)
+    stages.iter_mut().for_each(|s| *s /= all.len().max(1) as f64);
+    (all, wall, stages)
 }
 
 async fn metric(addr: std::net::SocketAddr, prefix: &str) -> Vec<(String, f64)> {
@@ -178,7 +189,7 @@ async fn child(tier: EncoderVariant) {
     for (name, mean, set) in sets.iter().filter(|s| only.is_empty() || only.split(',').any(|o| o == s.0)) {
         for c in [1, 4, 16] {
             let before = metric(admin_addr, "pointsman_cascade_decisions_total").await;
-            let (lat, wall) = run_load(&client, set, c).await;
+            let (lat, wall, stages) = run_load(&client, set, c).await;
             let after = metric(admin_addr, "pointsman_cascade_decisions_total").await;
             let delta = |tier: &str| {
                 let get = |v: &[(String, f64)]| v.iter().find(|(k, _)| k.contains(&format!("tier=\"{tier}\""))).map_or(0.0, |x| x.1);
@@ -187,11 +198,16 @@ async fn child(tier: EncoderVariant) {
             let (s, m) = (delta("static"), delta("minilm"));
             let share = if s + m > 0.0 { format!("{:.0}%", m / (s + m) * 100.0) } else { "-".into() };
             println!(
-                "ROW\t{}\t{name} ({mean:.0} tokens)\t{c}\t{:.3}\t{:.3}\t{:.0}\t{share}\t{}",
+                "ROW\t{}\t{name} ({mean:.0} tokens)\t{c}\t{:.3}\t{:.3}\t{:.0}\t{share}\t{:.0} / {:.0} / {:.0} / {:.0} / {:.0}\t{}",
                 tier.as_str(),
                 percentile(&lat, 0.5).as_secs_f64() * 1e3,
                 percentile(&lat, 0.99).as_secs_f64() * 1e3,
                 lat.len() as f64 / wall.as_secs_f64(),
+                stages[0],
+                stages[1],
+                stages[2],
+                stages[3],
+                stages[4],
                 lat.len()
             );
         }
@@ -229,7 +245,7 @@ async fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!(
-        "| tier | prompts | concurrency | p50 ms | p99 ms | routes/s | reached MiniLM | requests |\n|---|---|---|---|---|---|---|---|"
+        "| tier | prompts | concurrency | p50 ms | p99 ms | routes/s | reached MiniLM | server µs: prepare / encode / predict / rank / total (mean) | requests |\n|---|---|---|---|---|---|---|---|---|"
     );
     for r in &rows {
         println!("| {} |", r.join(" | "));
