@@ -11,7 +11,10 @@ use std::{
     sync::OnceLock,
 };
 
-use ort::environment::Environment;
+use ort::{
+    environment::Environment,
+    session::{builder::GraphOptimizationLevel, Session},
+};
 
 /// Version of ONNX Runtime that `scripts/bootstrap.sh` installs.
 pub const BUNDLED_ORT_VERSION: &str = "1.31.1";
@@ -160,16 +163,23 @@ fn set_malloc_thresholds() -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn glibc_takes_the_thresholds() {
-        // `mallopt` returns 0 for a value out of range: 128 KiB is in range for both.
-        assert!(super::set_malloc_thresholds());
-        let big = vec![1u8; 8 << 20];
-        assert_eq!(big.iter().map(|&b| usize::from(b)).sum::<usize>(), 8 << 20);
+/// Builds an ONNX session from a file with the given threads (the encoder's and the head's).
+pub fn build_session(env: &Environment, path: &Path, intra_threads: usize) -> Result<Session, ort::Error> {
+    let bytes = std::fs::read(path).map_err(|e| ort::Error::new(format!("{}: {e}", path.display())))?;
+    session_from_bytes(env, &bytes, intra_threads)
+}
+
+/// Builds an ONNX session from graph bytes.
+pub fn session_from_bytes(env: &Environment, bytes: &[u8], intra_threads: usize) -> Result<Session, ort::Error> {
+    let mut b = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(intra_threads)?
+        .with_inter_threads(1)?;
+    if intra_threads > 1 {
+        // NOTE: spinning threads burn the cores tokio and the other sessions need.
+        b = b.with_intra_op_spinning(false)?;
     }
+    b.commit_from_memory(bytes)
 }
 
 /// Sessions of one graph, each run by one caller at a time: a caller takes the first free one, or
@@ -184,7 +194,7 @@ impl SessionPool {
     /// `n` (at least 1) sessions of `bytes`, each with `intra_threads` threads.
     pub fn new(env: &Environment, bytes: &[u8], n: usize, intra_threads: usize) -> Result<Self, ort::Error> {
         let sessions = (0..n.max(1))
-            .map(|_| crate::encoder::session_from_bytes(env, bytes, intra_threads).map(std::sync::Mutex::new))
+            .map(|_| session_from_bytes(env, bytes, intra_threads).map(std::sync::Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { sessions, next: std::sync::atomic::AtomicUsize::new(0) })
     }
@@ -217,5 +227,17 @@ impl SessionPool {
                 Err(TryLockError::WouldBlock) => None,
             })
             .unwrap_or_else(|| self.sessions[start % k].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_the_thresholds() {
+        // `mallopt` returns 0 for a value out of range: 128 KiB is in range for both.
+        assert!(super::set_malloc_thresholds());
+        let big = vec![1u8; 8 << 20];
+        assert_eq!(big.iter().map(|&b| usize::from(b)).sum::<usize>(), 8 << 20);
     }
 }

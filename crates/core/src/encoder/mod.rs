@@ -21,6 +21,7 @@ pub use config::{EncoderConfig, EncoderVariant};
 pub use static_table::{StaticEncoder, StaticManifest};
 
 use crate::runtime::SessionPool;
+pub use crate::runtime::{build_session, session_from_bytes};
 
 use std::{
     path::{Path, PathBuf},
@@ -31,11 +32,7 @@ use std::{
 };
 
 use ndarray::Array2;
-use ort::{
-    environment::Environment,
-    session::{builder::GraphOptimizationLevel, Session},
-    value::TensorRef,
-};
+use ort::{environment::Environment, value::TensorRef};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -143,25 +140,6 @@ enum Kind {
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> EncoderError {
     EncoderError::File { path: path.to_path_buf(), message: e.to_string() }
-}
-
-/// Builds an ONNX session from a file with the given threads (shared with the head).
-pub fn build_session(env: &Environment, path: &Path, intra_threads: usize) -> Result<Session, ort::Error> {
-    let bytes = std::fs::read(path).map_err(|e| ort::Error::new(format!("{}: {e}", path.display())))?;
-    session_from_bytes(env, &bytes, intra_threads)
-}
-
-/// Builds an ONNX session from graph bytes.
-pub fn session_from_bytes(env: &Environment, bytes: &[u8], intra_threads: usize) -> Result<Session, ort::Error> {
-    let mut b = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?
-        .with_intra_threads(intra_threads)?
-        .with_inter_threads(1)?;
-    if intra_threads > 1 {
-        // NOTE: spinning threads burn the cores tokio and the other sessions need.
-        b = b.with_intra_op_spinning(false)?;
-    }
-    b.commit_from_memory(bytes)
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer, EncoderError> {
