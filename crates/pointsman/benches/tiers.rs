@@ -9,7 +9,7 @@
 //! MiniLM (from `/metrics`) and its peak RSS (VmHWM, load generator included). The parent prints
 //! one table. Each cell runs BENCH_REQUESTS requests (default 1000) or BENCH_SECONDS seconds
 //! (default 3), whichever ends first, and at least 30. BENCH_TIERS picks tiers (default
-//! `int8,static,cascade`); BENCH_DECISION_LOG=on adds the decision log (off by default here: the
+//! `int8,static,cascade`), BENCH_SETS prompt sets (default `short,256-token,4096-token`); BENCH_DECISION_LOG=on adds the decision log (off by default here: the
 //! cells measure routing). The load generator shares the server's process and cores.
 use std::{
     io::Read,
