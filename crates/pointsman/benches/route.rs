@@ -28,8 +28,13 @@
 //!
 //! `BENCH_MODE=shadow` runs the same side-by-side rounds against a server without and with a
 //! shadow head (`[shadow] head_dir`, a copy of the shipped head) and prints the added cost.
+#[path = "../tests/common/prompts.rs"]
+mod prompts;
+mod support;
+
+use support::start;
+
 use std::{
-    io::Read,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -42,27 +47,10 @@ use pointsman::{
     predictor::Head,
     runtime,
 };
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 fn real_prompts() -> Vec<String> {
-    let root = std::env::var_os("POINTSMAN_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("data"));
-    let mut out = Vec::new();
-    for f in ["alpaca_eval2/train.jsonl.gz", "zeroeval/train.jsonl.gz"] {
-        let file = std::fs::File::open(root.join(f)).expect("routing data present (data/ or POINTSMAN_DATA)");
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            if seen.insert(v["prompt_id"].as_str().unwrap().to_string()) {
-                out.push(v["prompt"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    out
+    prompts::shared_prompts(&["alpaca_eval2", "zeroeval"])
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -82,62 +70,13 @@ fn ms(d: Duration) -> String {
 }
 
 async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrency: usize, requests: usize) -> (Vec<Duration>, Duration) {
-    let prompts = Arc::new(prompts.to_vec());
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (mut c, prompts, next) = (client.clone(), Arc::clone(&prompts), Arc::clone(&next));
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= requests {
-                    return lat;
-                }
-                let req = RouteRequest { prompt: prompts[i % prompts.len()].clone(), ..Default::default() };
-                let t = Instant::now();
-                c.route(req).await.expect("route succeeds");
-                lat.push(t.elapsed());
-            }
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(l) = tasks.join_next().await {
-        all.extend(l.unwrap());
-    }
-    let wall = start.elapsed();
-    all.sort();
-    (all, wall)
-}
-
-async fn start(config: Config) -> (RouterClient<Channel>, tokio::sync::oneshot::Sender<()>, std::net::SocketAddr) {
-    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(pointsman::transport::serve(config, pointsman::transport::Listeners { data, admin, ext_proc: None }, async {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
-    let mut client = RouterClient::new(channel);
-    // Wait for the models.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.route(RouteRequest { prompt: "warm up".into(), ..Default::default() }).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (client, tx, admin_addr)
+    let l = support::run_load(client, prompts, concurrency, requests, None).await;
+    (l.latencies, l.wall)
 }
 
 /// The decision-log lines of the server's `/metrics` page.
 async fn log_metrics(addr: std::net::SocketAddr) -> Vec<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).await.unwrap();
-    page.lines().filter(|l| l.starts_with("pointsman_decision_log")).map(String::from).collect()
+    support::metrics(addr, "pointsman_decision_log").await
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

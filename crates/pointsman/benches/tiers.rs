@@ -11,43 +11,20 @@
 //! (default 3), whichever ends first, and at least 30. BENCH_TIERS picks tiers (default
 //! `int8,static,cascade`), BENCH_SETS prompt sets (default `short,256-token,4096-token`); BENCH_DECISION_LOG=on adds the decision log (off by default here: the
 //! cells measure routing). The load generator shares the server's process and cores.
-use std::{
-    io::Read,
-    path::Path,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+#[path = "../tests/common/prompts.rs"]
+mod prompts;
+mod support;
 
-use pointsman::{
-    config::{Config, EncoderVariant},
-    pb::{router_client::RouterClient, RouteRequest},
-};
-use tokio::net::TcpListener;
-use tonic::transport::Channel;
+use std::{path::Path, time::Duration};
+
+use pointsman::config::{Config, EncoderVariant};
 
 fn repo() -> std::path::PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_path_buf()
 }
 
 fn real_prompts() -> Vec<String> {
-    let root = std::env::var_os("POINTSMAN_DATA").map(std::path::PathBuf::from).unwrap_or_else(|| repo().join("data"));
-    let mut out = Vec::new();
-    for f in ["alpaca_eval2/train.jsonl.gz", "zeroeval/train.jsonl.gz"] {
-        let file = std::fs::File::open(root.join(f)).expect("routing data present (data/ or POINTSMAN_DATA)");
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
-        let mut seen = std::collections::HashSet::new();
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            if seen.insert(v["prompt_id"].as_str().unwrap().to_string()) {
-                out.push(v["prompt"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    out
+    prompts::shared_prompts(&["alpaca_eval2", "zeroeval"])
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -87,57 +64,10 @@ fn joined(all: &[String], min: usize, max: usize, n: usize, count: &dyn Fn(&str)
     out
 }
 
-/// Latencies, wall time, and the server's mean stage times in microseconds (prepare, encode,
-/// predict, rank, total).
-async fn run_load(client: &RouterClient<Channel>, prompts: &[String], concurrency: usize) -> (Vec<Duration>, Duration, [f64; 5]) {
-    let requests = env_usize("BENCH_REQUESTS", 1000);
-    let budget = Duration::from_secs(env_usize("BENCH_SECONDS", 3) as u64);
-    let prompts = Arc::new(prompts.to_vec());
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (mut c, prompts, next) = (client.clone(), Arc::clone(&prompts), Arc::clone(&next));
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            let mut stages = [0.0; 5];
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests || (i >= 30 && start.elapsed() > budget) {
-                    return (lat, stages);
-                }
-                let req = RouteRequest { prompt: prompts[i % prompts.len()].clone(), ..Default::default() };
-                let t = Instant::now();
-                let r = c.route(req).await.expect("route succeeds").into_inner();
-                lat.push(t.elapsed());
-                if let Some(s) = r.timings {
-                    for (acc, v) in stages.iter_mut().zip([s.prepare_us, s.encode_us, s.predict_us, s.rank_us, s.total_us]) {
-                        *acc += v as f64;
-                    }
-                }
-            }
-        });
-    }
-    let (mut all, mut stages) = (Vec::new(), [0.0; 5]);
-    while let Some(l) = tasks.join_next().await {
-        let (l, s) = l.unwrap();
-        all.extend(l);
-        stages.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-    }
-    let wall = start.elapsed();
-    all.sort();
-    stages.iter_mut().for_each(|s| *s /= all.len().max(1) as f64);
-    (all, wall, stages)
-}
-
 async fn metric(addr: std::net::SocketAddr, prefix: &str) -> Vec<(String, f64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).await.unwrap();
-    page.lines()
-        .filter(|l| l.starts_with(prefix))
+    support::metrics(addr, prefix)
+        .await
+        .iter()
         .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
         .collect()
 }
@@ -171,25 +101,15 @@ async fn child(tier: EncoderVariant) {
     let sets = [("short", mean(&short), short), ("256-token", mean(&t256), t256), ("4096-token", mean(&t4096), t4096)];
     drop(counter);
 
-    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(pointsman::transport::serve(config, pointsman::transport::Listeners { data, admin, ext_proc: None }, async {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap();
-    let mut client = RouterClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.route(RouteRequest { prompt: "warm up".into(), ..Default::default() }).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (client, tx, admin_addr) = support::start(config).await;
+    let client = client.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     let only = std::env::var("BENCH_SETS").unwrap_or_default();
     for (name, mean, set) in sets.iter().filter(|s| only.is_empty() || only.split(',').any(|o| o == s.0)) {
         for c in [1, 4, 16] {
             let before = metric(admin_addr, "pointsman_cascade_decisions_total").await;
-            let (lat, wall, stages) = run_load(&client, set, c).await;
+            let budget = Duration::from_secs(env_usize("BENCH_SECONDS", 3) as u64);
+            let support::Load { latencies: lat, wall, stages } =
+                support::run_load(&client, set, c, env_usize("BENCH_REQUESTS", 1000), Some(budget)).await;
             let after = metric(admin_addr, "pointsman_cascade_decisions_total").await;
             let delta = |tier: &str| {
                 let get = |v: &[(String, f64)]| v.iter().find(|(k, _)| k.contains(&format!("tier=\"{tier}\""))).map_or(0.0, |x| x.1);

@@ -1,6 +1,9 @@
 //! The static tier's encoder (the table `scripts/build_static_encoder.py` distils from MiniLM,
 //! averaged in Rust): it reproduces the script's reference vectors, honours its token cap, and
 //! refuses a table its manifest does not describe.
+#[path = "common/prompts.rs"]
+mod prompts;
+
 use std::path::{Path, PathBuf};
 
 use pointsman::{
@@ -55,25 +58,6 @@ fn the_rust_static_encoder_reproduces_the_scripts_vectors() {
     assert_eq!(capped, 1, "the fixture's long prompt passes the cap");
 }
 
-/// Every prompt of the shared files, once.
-fn shared_prompts() -> Vec<String> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for f in ["zeroeval", "alpaca_eval2", "mmlu_pro"] {
-        let file = std::fs::File::open(repo(&format!("data/{f}/train.jsonl.gz"))).unwrap();
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).unwrap();
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            if seen.insert(v["prompt_id"].as_str().unwrap().to_string()) {
-                out.push(v["prompt"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn the_ascii_count_is_the_tokenizers_pipelines() {
     use pointsman::encoder::static_table::AsciiCount;
@@ -109,7 +93,7 @@ fn the_ascii_count_is_the_tokenizers_pipelines() {
     assert_eq!(fast.count_ascii(mixed), (3, "caf\u{e9} [MASK] [PAD] ".to_string()));
     assert_eq!(3 + slow("caf\u{e9} [MASK] [PAD] "), slow(mixed));
     let (mut checked, mut left) = (0, 0);
-    for p in shared_prompts() {
+    for p in prompts::shared_prompts(&["zeroeval", "alpaca_eval2", "mmlu_pro"]) {
         let (n, rest) = fast.count_ascii(&p);
         // The chunks left to tokenizers complete the count exactly.
         assert_eq!(n + slow(&rest), slow(&p), "{:.60}", p);
