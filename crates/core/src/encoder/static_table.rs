@@ -126,22 +126,13 @@ impl AsciiCount {
             if chunk.contains('[') && self.added.iter().any(|a| chunk.contains(a.as_str())) {
                 rest.push_str(chunk);
                 rest.push(' ');
-            } else if chunk.is_ascii() {
-                for &b in chunk.as_bytes() {
-                    match b {
-                        // Control characters are dropped before the split (they join what is beside them).
-                        0..=0x1f | 0x7f => {}
-                        b if b.is_ascii_punctuation() => n += self.word(&mut word) + 1,
-                        b => word.push(b.to_ascii_lowercase()),
-                    }
-                }
-                n += self.word(&mut word);
-            } else if chunk.chars().all(|c| c.is_ascii() || PUNCTUATION.contains(&c)) {
-                // Typographic punctuation is split off like ASCII's; alone, it is one token (its
-                // own entry or `[UNK]`).
+            } else if chunk.is_ascii() || chunk.chars().all(|c| c.is_ascii() || PUNCTUATION.contains(&c)) {
                 for c in chunk.chars() {
                     match c {
+                        // Control characters are dropped before the split (they join what is beside them).
                         '\0'..='\x1f' | '\x7f' => {}
+                        // Punctuation is split off; typographic punctuation alone is one token (its
+                        // own entry or `[UNK]`).
                         c if c.is_ascii_punctuation() || !c.is_ascii() => n += self.word(&mut word) + 1,
                         c => word.push(c.to_ascii_lowercase() as u8),
                     }
